@@ -1,0 +1,12 @@
+//! Weir: runs sandboxed WebAssembly plugins over live event streams.
+//!
+//! Data flows one way: `source` → `bus` → `pipeline` → `lake`, with the API reading state. This crate holds:
+//! - [`runtime`]: wasmtime, the sandbox policy, the contract's host imports and plugin failure handling;
+//! - [`event`]: events parsed once, projected per plugin, written back once;
+//! - [`pipeline`]: chains of plugins over batches of events;
+//! - [`cli`]: the `weir` command line.
+
+pub mod cli;
+pub mod event;
+pub mod pipeline;
+pub mod runtime;

@@ -1,0 +1,215 @@
+//! What each plugin instance's store holds, and the host side of the contract's imports: keyed state, log,
+//! metrics and clock. These four are the only capabilities a plugin has.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::weir::transform::{clock, log, metrics, state, types};
+use super::guest_log::GuestLog;
+use super::sandbox::{self, Limits};
+use super::state::KeyedState;
+
+/// The clock plugins see. Tests and `weir plugin run --now` pin it so freshness checks are reproducible.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Clock {
+    #[default]
+    System,
+    Fixed(i64),
+}
+
+impl Clock {
+    pub fn now_ms(self) -> i64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            Clock::Fixed(ms) => ms,
+        }
+    }
+}
+
+/// Counters and gauges a plugin reported during one call; merged into its stats only if the call succeeds.
+#[derive(Debug, Default)]
+pub struct StagedMetrics {
+    pub counters: BTreeMap<String, u64>,
+    pub gauges: BTreeMap<String, f64>,
+}
+
+/// Enforces `Limits::memory_bytes`. Returning an error (rather than refusing the growth) traps at once, so the
+/// failure is classified as `plugin_oom` instead of surfacing later as an allocator abort.
+#[derive(Debug)]
+pub struct MemoryCap {
+    pub max_bytes: usize,
+    pub hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes reached (wanted {desired})",
+                self.max_bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million entries is far beyond any real plugin.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The data of one plugin instance's store.
+pub struct PluginCtx {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub plugin: Arc<str>,
+    pub state: KeyedState,
+    pub metrics: StagedMetrics,
+    pub memory: MemoryCap,
+    pub stdout: GuestLog,
+    pub stderr: GuestLog,
+    pub clock: Clock,
+    state_value_bytes: usize,
+}
+
+impl PluginCtx {
+    pub fn new(plugin: Arc<str>, limits: &Limits, clock: Clock, state: KeyedState) -> Self {
+        let stdout = GuestLog::new(plugin.clone(), "stdout", limits.log_bytes_per_call);
+        let stderr = GuestLog::new(plugin.clone(), "stderr", limits.log_bytes_per_call);
+        PluginCtx {
+            wasi: sandbox::empty_wasi_ctx(stdout.clone(), stderr.clone()),
+            table: ResourceTable::new(),
+            plugin,
+            state,
+            metrics: StagedMetrics::default(),
+            memory: MemoryCap {
+                max_bytes: limits.memory_bytes as usize,
+                hit: false,
+            },
+            stdout,
+            stderr,
+            clock,
+            state_value_bytes: limits.state_value_bytes,
+        }
+    }
+
+    fn check_value(&self, key: &str, value: &[u8]) -> wasmtime::Result<()> {
+        if value.len() > self.state_value_bytes {
+            wasmtime::bail!(
+                "state value for key {key:?} is {} bytes, over the limit of {} (limits.state_value_bytes)",
+                value.len(),
+                self.state_value_bytes
+            );
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for PluginCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for PluginCtx {}
+
+impl state::Host for PluginCtx {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self
+            .state
+            .get(&key, self.clock.now_ms())
+            .map(<[u8]>::to_vec))
+    }
+
+    fn get_many(&mut self, keys: Vec<String>) -> wasmtime::Result<Vec<Option<Vec<u8>>>> {
+        let now = self.clock.now_ms();
+        Ok(keys
+            .iter()
+            .map(|k| self.state.get(k, now).map(<[u8]>::to_vec))
+            .collect())
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
+        self.check_value(&key, &value)?;
+        let now = self.clock.now_ms();
+        self.state.set(key, value, ttl_ms, now);
+        Ok(())
+    }
+
+    fn set_many(&mut self, entries: Vec<state::Entry>) -> wasmtime::Result<()> {
+        let now = self.clock.now_ms();
+        for entry in entries {
+            self.check_value(&entry.key, &entry.value)?;
+            self.state.set(entry.key, entry.value, entry.ttl_ms, now);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.state.delete(key);
+        Ok(())
+    }
+
+    fn delete_many(&mut self, keys: Vec<String>) -> wasmtime::Result<()> {
+        keys.into_iter().for_each(|k| self.state.delete(k));
+        Ok(())
+    }
+}
+
+impl log::Host for PluginCtx {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        // Cut very long messages: a log line is for people.
+        let message = match message.char_indices().nth(4096) {
+            Some((cut, _)) => &message[..cut],
+            None => &message,
+        };
+        let plugin = &*self.plugin;
+        match level {
+            log::Level::Trace => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Info => tracing::info!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "weir::plugin", plugin, "{message}"),
+            log::Level::Error => tracing::error!(target: "weir::plugin", plugin, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl metrics::Host for PluginCtx {
+    fn counter_add(&mut self, name: String, delta: u64) -> wasmtime::Result<()> {
+        *self.metrics.counters.entry(name).or_default() += delta;
+        Ok(())
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        self.metrics.gauges.insert(name, value);
+        Ok(())
+    }
+}
+
+impl clock::Host for PluginCtx {
+    fn now_ms(&mut self) -> wasmtime::Result<i64> {
+        Ok(self.clock.now_ms())
+    }
+}

@@ -1,0 +1,21 @@
+//! The plugin runtime: wasmtime with the component model, the sandbox policy, the contract's host imports,
+//! the precompiled-component cache and the failure handling that keeps one bad plugin from hurting the host.
+
+pub mod bindings;
+pub mod context;
+pub mod failure;
+pub mod guest_log;
+pub mod loader;
+pub mod plugin;
+pub mod sandbox;
+pub mod state;
+pub mod stats;
+
+pub use bindings::types;
+pub use context::Clock;
+pub use failure::{FailureKind, PluginFailure};
+pub use loader::{LoadedPlugin, Loader};
+pub use plugin::{BatchResult, Plugin};
+pub use sandbox::Limits;
+pub use state::KeyedState;
+pub use stats::PluginStats;

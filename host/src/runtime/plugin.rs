@@ -1,0 +1,508 @@
+//! A running plugin: one sandboxed instance, its plan, its keyed state and its stats.
+//!
+//! The one rule here: a plugin failure never reaches the caller as an error. A call that traps, times out, runs
+//! out of memory or returns output the contract forbids gets a fresh instance, the batch is bisected until the
+//! event that fails alone is found, that event is quarantined with the failure's reason, and every other event
+//! gets the plugin's real answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use wasmtime::Store;
+
+use super::bindings::types::{
+    Event, Kind, Outcome, Output, Plan, PluginManifest as Manifest, Quarantine, Row, Value, Verdict,
+};
+use super::bindings::{self, Plugin as Instance};
+use super::context::{Clock, PluginCtx};
+use super::failure::{FailureKind, PluginFailure};
+use super::loader::LoadedPlugin;
+use super::sandbox::{self, Limits};
+use super::state::KeyedState;
+use super::stats::PluginStats;
+
+/// What a batch produced: one outcome per input event (failures already turned into quarantine outcomes) and
+/// the rows emitted by the calls that succeeded.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub outcomes: Vec<Outcome>,
+    pub rows: Vec<Row>,
+}
+
+pub struct Plugin {
+    loaded: Arc<LoadedPlugin>,
+    manifest: Manifest,
+    plan: Plan,
+    config: String,
+    limits: Limits,
+    store: Store<PluginCtx>,
+    instance: Instance,
+    /// The plugin's last good in-memory state, for plugins whose plan asks for snapshots; restored into every
+    /// replacement instance so a trap loses none of it.
+    snapshot: Option<Vec<u8>>,
+    /// Set when a replacement instance could not be started; see `replace_instance`.
+    broken: Option<String>,
+    stats: PluginStats,
+}
+
+impl Plugin {
+    /// Instantiates the plugin, reads its manifest and initializes it with `config` (JSON text).
+    pub fn start(
+        loaded: Arc<LoadedPlugin>,
+        config: &str,
+        limits: Limits,
+        clock: Clock,
+    ) -> Result<Self> {
+        limits
+            .validate()
+            .map_err(|e| anyhow!("{}: {e}", loaded.path.display()))?;
+        let name: Arc<str> = loaded
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default()
+            .into();
+        let (mut store, instance) =
+            instantiate(&loaded, name, &limits, clock, KeyedState::default())?;
+        let guest = instance.weir_transform_transform();
+        store.set_epoch_deadline(limits.deadline_ticks());
+        let manifest = guest.call_manifest(&mut store).map_err(|e| {
+            anyhow!(
+                "{}: manifest() failed: {}",
+                loaded.path.display(),
+                classify(&store, &e)
+            )
+        })?;
+        store.data_mut().plugin = manifest.name.clone().into();
+        store.set_epoch_deadline(limits.deadline_ticks());
+        let plan = guest
+            .call_init(&mut store, config)
+            .map_err(|e| {
+                anyhow!(
+                    "{}: init() failed: {}",
+                    loaded.path.display(),
+                    classify(&store, &e)
+                )
+            })?
+            .map_err(|e| anyhow!("plugin {} rejected its configuration: {e}", manifest.name))?;
+        check_plan(&manifest, &plan)?;
+        let mut plugin = Plugin {
+            loaded,
+            manifest,
+            plan,
+            config: config.to_string(),
+            limits,
+            store,
+            instance,
+            snapshot: None,
+            broken: None,
+            stats: PluginStats::default(),
+        };
+        plugin.store.data_mut().state.commit(clock.now_ms());
+        plugin
+            .take_snapshot()
+            .map_err(|f| anyhow!("{}: snapshot() failed: {f}", plugin.label()))?;
+        Ok(plugin)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    pub fn loaded(&self) -> &Arc<LoadedPlugin> {
+        &self.loaded
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// `name@version`, as recorded in lineage and quarantine rows.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.manifest.name, self.manifest.version)
+    }
+
+    pub fn state(&self) -> &KeyedState {
+        &self.store.data().state
+    }
+
+    /// Runs a batch. Never fails: see the module documentation.
+    pub fn process(&mut self, events: &[Event]) -> BatchResult {
+        let mut result = BatchResult {
+            outcomes: Vec::with_capacity(events.len()),
+            rows: Vec::new(),
+        };
+        self.process_into(events, &mut result);
+        self.stats.events_in += events.len() as u64;
+        for outcome in &result.outcomes {
+            match &outcome.verdict {
+                Verdict::Keep => self.stats.kept += 1,
+                Verdict::Drop(rule) => {
+                    self.stats.dropped += 1;
+                    *self.stats.dropped_by_rule.entry(rule.clone()).or_default() += 1;
+                }
+                Verdict::Quarantine(q) => {
+                    self.stats.quarantined += 1;
+                    *self
+                        .stats
+                        .quarantined_by_reason
+                        .entry(q.reason.clone())
+                        .or_default() += 1;
+                }
+            }
+        }
+        self.stats.rows_emitted += result.rows.len() as u64;
+        result
+    }
+
+    fn process_into(&mut self, events: &[Event], result: &mut BatchResult) {
+        if events.is_empty() {
+            return;
+        }
+        let failure = match self.broken.clone() {
+            Some(why) => PluginFailure {
+                kind: FailureKind::Trap,
+                detail: why,
+            },
+            None => {
+                let (emits, writes, limits) = (
+                    self.plan.emits.clone(),
+                    self.plan.writes.len(),
+                    self.limits.clone(),
+                );
+                let call = self.call(
+                    |instance, store| {
+                        instance
+                            .weir_transform_transform()
+                            .call_process(store, events)
+                    },
+                    |output| check_output(output, events.len(), writes, &emits, &limits),
+                );
+                match call {
+                    Ok(output) => {
+                        self.refresh_snapshot();
+                        result.outcomes.extend(output.outcomes);
+                        result.rows.extend(output.rows);
+                        return;
+                    }
+                    Err(failure) => failure,
+                }
+            }
+        };
+        if let [event] = events {
+            tracing::warn!(plugin = %self.label(), event = %event.id, reason = failure.kind.reason(), "quarantining event: {}", failure.detail);
+            result.outcomes.push(Outcome {
+                verdict: Verdict::Quarantine(Quarantine {
+                    reason: failure.kind.reason().to_string(),
+                    failed_checks: vec![failure.detail],
+                }),
+                writes: Vec::new(),
+            });
+            return;
+        }
+        let (left, right) = events.split_at(events.len() / 2);
+        self.process_into(left, result);
+        self.process_into(right, result);
+    }
+
+    /// Tells the plugin that event time reached `watermark_ms`; returns the rows it closes.
+    pub fn on_watermark(&mut self, watermark_ms: i64) -> Result<Vec<Row>, PluginFailure> {
+        if let Some(why) = &self.broken {
+            return Err(PluginFailure {
+                kind: FailureKind::Trap,
+                detail: why.clone(),
+            });
+        }
+        let (emits, limits) = (self.plan.emits.clone(), self.limits.clone());
+        let rows = self.call(
+            |instance, store| {
+                instance
+                    .weir_transform_transform()
+                    .call_on_watermark(store, watermark_ms)
+            },
+            |rows| check_rows(rows, &emits, &limits).map(drop),
+        )?;
+        self.refresh_snapshot();
+        self.stats.rows_emitted += rows.len() as u64;
+        Ok(rows)
+    }
+
+    /// The plugin's in-memory state, for checkpoints and hot swaps (empty for plugins without snapshot state).
+    pub fn take_snapshot(&mut self) -> Result<Vec<u8>, PluginFailure> {
+        if !self.plan.state.snapshot {
+            return Ok(Vec::new());
+        }
+        if let Some(why) = &self.broken {
+            return Err(PluginFailure {
+                kind: FailureKind::Trap,
+                detail: why.clone(),
+            });
+        }
+        let snapshot = self.call(
+            |instance, store| instance.weir_transform_transform().call_snapshot(store),
+            |_| Ok(()),
+        )?;
+        self.snapshot = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// Gives the plugin a snapshot taken by `take_snapshot` (of this version or the one it replaces).
+    pub fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+        if !self.plan.state.snapshot {
+            return Ok(());
+        }
+        self.call(
+            |instance, store| {
+                instance
+                    .weir_transform_transform()
+                    .call_restore(store, snapshot)
+            },
+            |_| Ok(()),
+        )?
+        .map_err(|e| anyhow!("plugin {} refused the state snapshot: {e}", self.label()))?;
+        self.snapshot = Some(snapshot.to_vec());
+        Ok(())
+    }
+
+    /// Replaces the keyed state (restart from a checkpoint, or hand-over from the version being replaced).
+    pub fn set_state(&mut self, state: KeyedState) {
+        self.store.data_mut().state = state;
+    }
+
+    /// Takes the keyed state out, leaving this plugin with none (hand-over to the next version).
+    pub fn take_state(&mut self) -> KeyedState {
+        std::mem::take(&mut self.store.data_mut().state)
+    }
+
+    /// One call into the guest under the sandbox limits. Staged state writes and metrics are applied only if
+    /// the call succeeds and its result passes `check`; otherwise they are forgotten with the instance.
+    fn call<R>(
+        &mut self,
+        f: impl FnOnce(&Instance, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+        check: impl FnOnce(&R) -> Result<(), PluginFailure>,
+    ) -> Result<R, PluginFailure> {
+        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        self.store.data_mut().memory.hit = false;
+        let started = Instant::now();
+        let outcome = f(&self.instance, &mut self.store);
+        self.stats.record_call(started.elapsed());
+        let ctx = self.store.data_mut();
+        self.stats.guest_log_dropped_bytes += ctx.stdout.end_call() + ctx.stderr.end_call();
+        let failure = match outcome {
+            Ok(value) => match check(&value) {
+                Ok(()) => {
+                    let now = ctx.clock.now_ms();
+                    ctx.state.commit(now);
+                    self.stats.merge_metrics(&mut ctx.metrics);
+                    return Ok(value);
+                }
+                Err(failure) => failure,
+            },
+            Err(error) => {
+                tracing::debug!(plugin = %self.manifest.name, "call failed: {error:?}");
+                PluginFailure::from_call_error(&error, ctx.memory.hit)
+            }
+        };
+        self.stats.record_failure(failure.kind);
+        self.replace_instance();
+        Err(failure)
+    }
+
+    /// Keeps the restore point of a snapshot plugin current after every successful batch, so a trap in the next
+    /// one loses nothing. Costs one `snapshot` call per batch, only for plugins whose plan asks for it.
+    fn refresh_snapshot(&mut self) {
+        if !self.plan.state.snapshot {
+            return;
+        }
+        if let Err(failure) = self.take_snapshot() {
+            tracing::warn!(plugin = %self.label(), "snapshot failed, keeping the previous one: {failure}");
+        }
+    }
+
+    /// A fresh instance with the same config, keyed state (committed part) and last snapshot.
+    fn replace_instance(&mut self) {
+        self.stats.instance_restarts += 1;
+        let ctx = self.store.data_mut();
+        ctx.state.rollback();
+        ctx.metrics = Default::default();
+        let (state, clock, name) = (
+            std::mem::take(&mut ctx.state),
+            ctx.clock,
+            ctx.plugin.clone(),
+        );
+        // The plugin initialized from this config before, and init must be deterministic.
+        let restarted = instantiate(&self.loaded, name, &self.limits, clock, state).and_then(
+            |(mut store, instance)| {
+                let guest = instance.weir_transform_transform();
+                store.set_epoch_deadline(self.limits.deadline_ticks());
+                guest
+                    .call_init(&mut store, &self.config)
+                    .map_err(|e| anyhow!("init() trapped: {e}"))?
+                    .map_err(|e| anyhow!("init() refused the config it accepted before: {e}"))?;
+                if let Some(snapshot) = &self.snapshot {
+                    store.set_epoch_deadline(self.limits.deadline_ticks());
+                    guest
+                        .call_restore(&mut store, snapshot)
+                        .map_err(|e| anyhow!("restore() trapped: {e}"))?
+                        .map_err(|e| anyhow!("restore() refused its own snapshot: {e}"))?;
+                }
+                Ok((store, instance))
+            },
+        );
+        match restarted {
+            Ok((store, instance)) => {
+                self.store = store;
+                self.instance = instance;
+            }
+            Err(e) => {
+                // Keep the host up: every later event is quarantined with this reason until the plugin is
+                // replaced by a working version.
+                let why = format!("plugin cannot be restarted after a failure: {e:#}");
+                tracing::error!(plugin = %self.label(), "{why}");
+                self.broken = Some(why);
+            }
+        }
+    }
+}
+
+fn instantiate(
+    loaded: &LoadedPlugin,
+    name: Arc<str>,
+    limits: &Limits,
+    clock: Clock,
+    state: KeyedState,
+) -> Result<(Store<PluginCtx>, Instance)> {
+    let mut store = Store::new(
+        sandbox::engine(),
+        PluginCtx::new(name, limits, clock, state),
+    );
+    store.limiter(|ctx| &mut ctx.memory);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(limits.deadline_ticks());
+    let instance = loaded
+        .pre
+        .instantiate(&mut store)
+        .map_err(|e| anyhow!("{}: cannot instantiate: {e:#}", loaded.path.display()))?;
+    Ok((store, instance))
+}
+
+fn classify(store: &Store<PluginCtx>, error: &wasmtime::Error) -> PluginFailure {
+    PluginFailure::from_call_error(error, store.data().memory.hit)
+}
+
+fn check_plan(manifest: &Manifest, plan: &Plan) -> Result<()> {
+    for path in plan.reads.iter().chain(&plan.writes) {
+        crate::event::JsonPath::parse(path).map_err(|e| {
+            anyhow!(
+                "plugin {} declared a bad field path {path:?}: {e}",
+                manifest.name
+            )
+        })?;
+    }
+    if manifest.kind != Kind::Aggregate
+        && !plan.emits.is_empty()
+        && manifest.kind != Kind::Transform
+    {
+        tracing::debug!(plugin = %manifest.name, "a non-aggregate plugin emits rows");
+    }
+    Ok(())
+}
+
+/// Checks a call's output against the contract and the limits.
+fn check_output(
+    output: &Output,
+    events: usize,
+    writes: usize,
+    emits: &[String],
+    limits: &Limits,
+) -> Result<(), PluginFailure> {
+    if output.outcomes.len() != events {
+        return Err(PluginFailure::bad_output(format!(
+            "returned {} outcomes for {events} events",
+            output.outcomes.len()
+        )));
+    }
+    let mut size = check_rows(&output.rows, emits, limits)?;
+    for outcome in &output.outcomes {
+        size += 16;
+        match &outcome.verdict {
+            Verdict::Keep => {}
+            Verdict::Drop(rule) => size += rule.len() as u64,
+            Verdict::Quarantine(q) => {
+                size += q.reason.len() as u64
+                    + q.failed_checks
+                        .iter()
+                        .map(|c| c.len() as u64 + 8)
+                        .sum::<u64>()
+            }
+        }
+        for write in &outcome.writes {
+            if write.field as usize >= writes {
+                return Err(PluginFailure::bad_output(format!(
+                    "wrote field #{} but its plan declares {writes} writes",
+                    write.field
+                )));
+            }
+            size += 8 + value_size(&write.value);
+        }
+    }
+    if size > limits.output_bytes {
+        return Err(PluginFailure::bad_output(format!(
+            "returned about {size} bytes, over limits.output_bytes = {}",
+            limits.output_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Checks emitted rows; returns their approximate size in bytes.
+fn check_rows(rows: &[Row], emits: &[String], limits: &Limits) -> Result<u64, PluginFailure> {
+    if rows.len() > limits.max_rows {
+        return Err(PluginFailure::bad_output(format!(
+            "emitted {} rows in one call, over limits.max_rows = {}",
+            rows.len(),
+            limits.max_rows
+        )));
+    }
+    let mut size = 0;
+    for row in rows {
+        if !emits.iter().any(|t| *t == row.table) {
+            return Err(PluginFailure::bad_output(format!(
+                "emitted a row for table {:?}, which its plan does not list in `emits`",
+                row.table
+            )));
+        }
+        size += row.table.len() as u64
+            + row
+                .columns
+                .iter()
+                .map(|(c, v)| c.len() as u64 + value_size(v))
+                .sum::<u64>();
+    }
+    if size > limits.output_bytes {
+        return Err(PluginFailure::bad_output(format!(
+            "emitted about {size} bytes of rows, over limits.output_bytes = {}",
+            limits.output_bytes
+        )));
+    }
+    Ok(size)
+}
+
+fn value_size(value: &Value) -> u64 {
+    match value {
+        Value::Text(s) | Value::Json(s) => 8 + s.len() as u64,
+        _ => 8,
+    }
+}
+
+/// Re-exported for callers that build events.
+pub use bindings::types;
