@@ -146,11 +146,14 @@ impl Loader {
                 .join(format!("{sha256}.cwasm"))
         });
         if let Some(artifact) = &artifact
-            && artifact.exists()
+            && let Ok(serialized) = std::fs::read(artifact)
         {
+            // Read into memory rather than mapping the file: a cache file replaced or truncated while mapped
+            // would crash the host with SIGBUS.
             // SAFETY: the artifact was written by `Component::serialize` of an engine with the same
-            // fingerprint (it is in the path), into the user's private cache directory.
-            match unsafe { Component::deserialize_file(engine, artifact) } {
+            // fingerprint (it is in the path), into the user's private cache directory; wasmtime checks its
+            // header and engine compatibility before using it.
+            match unsafe { Component::deserialize(engine, &serialized) } {
                 Ok(component) => return Ok((component, true)),
                 Err(e) => {
                     tracing::warn!(artifact = %artifact.display(), "ignoring unusable cached artifact: {e:#}")

@@ -126,6 +126,7 @@ macro_rules! export_plugin {
                 })
             }
 
+            #[allow(dead_code)]
             pub struct WeirExport;
 
             impl Guest for WeirExport {
@@ -149,13 +150,16 @@ macro_rules! export_plugin {
                     with(|p| $crate::Plugin::snapshot(p))
                 }
                 fn restore(
-            snapshot: ::std::vec::Vec<u8>,
+                    snapshot: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     with(|p| $crate::Plugin::restore(p, &snapshot))
                 }
             }
 
-            $crate::bindings::__export_weir_plugin!(WeirExport with_types_in $crate::bindings);
+            // Only a component exports the contract; native builds (unit tests) would otherwise export symbols
+            // whose names the native linker rejects.
+            #[cfg(target_arch = "wasm32")]
+    $crate::bindings::__export_weir_plugin!(WeirExport with_types_in $crate::bindings);
         };
     };
 }

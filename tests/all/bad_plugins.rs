@@ -1,0 +1,131 @@
+//! Deliberately bad plugins: the host survives each, quarantines exactly the poison event with the right
+//! reason, gives every other event of the batch the plugin's real answer, and processes the next batch.
+
+use weir::runtime::FailureKind;
+use weir::runtime::types::Verdict;
+
+use crate::support::{action_events, start};
+
+/// 64 events with a poison one at index 37, then a clean batch.
+fn assert_isolates(crate_name: &str, kind: FailureKind, detail_contains: &str) {
+    let mut plugin = start(crate_name);
+    let mut actions = vec!["ok"; 64];
+    actions[37] = "boom";
+    let result = plugin.process(&action_events(&actions));
+    assert_eq!(result.outcomes.len(), 64);
+    for (i, outcome) in result.outcomes.iter().enumerate() {
+        match (&outcome.verdict, i) {
+            (Verdict::Quarantine(q), 37) => {
+                assert_eq!(q.reason, kind.reason(), "{crate_name}: {q:?}");
+                assert!(
+                    q.failed_checks.iter().any(|c| c.contains(detail_contains)),
+                    "{crate_name}: expected {detail_contains:?} in {:?}",
+                    q.failed_checks
+                );
+            }
+            (Verdict::Keep, i) if i != 37 => {}
+            (other, i) => panic!("{crate_name}: event {i} got {other:?}"),
+        }
+    }
+    let stats = plugin.stats();
+    assert!(
+        stats.failures.get(&kind).copied().unwrap_or(0) >= 1,
+        "{crate_name}: {:?}",
+        stats.failures
+    );
+    assert!(stats.instance_restarts >= 1);
+    assert_eq!((stats.kept, stats.quarantined), (63, 1));
+
+    let next = plugin.process(&action_events(&["ok"; 100]));
+    assert!(
+        next.outcomes
+            .iter()
+            .all(|o| matches!(o.verdict, Verdict::Keep)),
+        "{crate_name}: next batch"
+    );
+}
+
+#[test]
+fn infinite_loop_times_out() {
+    assert_isolates("bad-iloop", FailureKind::Timeout, "CPU deadline");
+}
+
+#[test]
+fn memory_bomb_hits_the_cap() {
+    assert_isolates("bad-memory-bomb", FailureKind::Oom, "memory limit");
+}
+
+#[test]
+fn deep_recursion_overflows_the_stack() {
+    assert_isolates("bad-deep-recursion", FailureKind::Trap, "stack overflow");
+}
+
+#[test]
+fn panic_traps() {
+    assert_isolates("bad-panic", FailureKind::Trap, "unreachable");
+}
+
+#[test]
+fn huge_output_is_rejected() {
+    assert_isolates("bad-huge-output", FailureKind::BadOutput, "output_bytes");
+}
+
+#[test]
+fn wrong_outcome_count_is_rejected() {
+    assert_isolates(
+        "bad-bad-output",
+        FailureKind::BadOutput,
+        "outcomes for 1 events",
+    );
+}
+
+#[test]
+fn slow_but_legal_plugin_is_left_alone() {
+    let mut plugin = start("bad-slow");
+    let result = plugin.process(&action_events(&["slow", "ok", "slow"]));
+    assert!(
+        result
+            .outcomes
+            .iter()
+            .all(|o| matches!(o.verdict, Verdict::Keep))
+    );
+    assert!(
+        plugin.stats().failures.is_empty(),
+        "{:?}",
+        plugin.stats().failures
+    );
+}
+
+#[test]
+fn chatty_plugin_is_capped_not_stopped() {
+    let mut plugin = start("bad-chatty");
+    let result = plugin.process(&action_events(&["ok"; 10]));
+    assert!(
+        result
+            .outcomes
+            .iter()
+            .all(|o| matches!(o.verdict, Verdict::Keep))
+    );
+    assert!(
+        plugin.stats().guest_log_dropped_bytes > 500_000,
+        "{}",
+        plugin.stats().guest_log_dropped_bytes
+    );
+}
+
+#[test]
+fn several_poison_events_in_one_batch() {
+    let mut plugin = start("bad-panic");
+    let actions: Vec<&str> = (0..1000)
+        .map(|i| if i % 250 == 3 { "boom" } else { "ok" })
+        .collect();
+    let result = plugin.process(&action_events(&actions));
+    let quarantined: Vec<usize> = result
+        .outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o.verdict, Verdict::Quarantine(_)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(quarantined, [3, 253, 503, 753]);
+}

@@ -1,0 +1,7 @@
+//! One integration binary, a module per area (as wasmtime's `tests/all`).
+
+mod bad_plugins;
+mod cli;
+mod loading;
+mod state;
+mod support;

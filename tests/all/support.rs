@@ -1,0 +1,106 @@
+//! Shared helpers: building the Wasm plugins and the `weir` binary once per test run, and making events.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use weir::runtime::types::{Event, Value};
+use weir::runtime::{Clock, Limits, LoadedPlugin, Loader, Plugin};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn cargo(args: &[&str]) {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo {args:?} failed");
+}
+
+/// Builds every Wasm plugin of the workspace (the `cargo plugins` alias) once, and returns the path of one.
+pub fn plugin_path(crate_name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| cargo(&["plugins"]));
+    let path = target_dir()
+        .join("wasm32-wasip2/plugin")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The `weir` binary, built with the profile the tests run under.
+pub fn weir_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let release = !cfg!(debug_assertions);
+            let mut args = vec!["build", "-p", "weir", "--bin", "weir"];
+            if release {
+                args.push("--release");
+            }
+            cargo(&args);
+            target_dir()
+                .join(if release { "release" } else { "debug" })
+                .join("weir")
+        })
+        .clone()
+}
+
+/// A loader with a private, per-process cache directory.
+pub fn loader() -> Loader {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    Loader::new(Some(dir.path().to_path_buf()))
+}
+
+pub fn load(crate_name: &str) -> Arc<LoadedPlugin> {
+    loader().load(&plugin_path(crate_name)).unwrap()
+}
+
+pub fn start(crate_name: &str) -> Plugin {
+    Plugin::start(
+        load(crate_name),
+        "{}",
+        Limits::default(),
+        Clock::Fixed(1_700_000_000_000),
+    )
+    .unwrap()
+}
+
+/// Events for plugins that read `["action"]`: each carries the given action text.
+pub fn action_events(actions: &[&str]) -> Vec<Event> {
+    actions
+        .iter()
+        .enumerate()
+        .map(|(i, action)| Event {
+            id: format!("ev-{i}"),
+            key: None,
+            time_ms: 1_700_000_000_000 + i as i64,
+            fields: vec![Some(Value::Text(action.to_string()))],
+            payload: None,
+            attributes: Vec::new(),
+        })
+        .collect()
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    let path = workspace_root().join("../shared/fixtures").join(path);
+    assert!(
+        path.exists(),
+        "fixture {} is missing: ../shared must sit beside the checkout",
+        path.display()
+    );
+    path
+}
