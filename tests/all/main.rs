@@ -3,5 +3,6 @@
 mod bad_plugins;
 mod cli;
 mod loading;
+mod polyglot;
 mod state;
 mod support;
