@@ -1,7 +1,7 @@
 //! The same contract from JavaScript (componentize-js) and Python (componentize-py): the host runs both, alone
 //! and chained with a Rust plugin, and their answers match an independent computation over real events.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -36,7 +36,7 @@ fn built(example: &str, artifact: &str) -> PathBuf {
     path
 }
 
-fn start(path: &PathBuf, config: &str) -> Plugin {
+fn start(path: &Path, config: &str) -> Plugin {
     Plugin::start(
         loader().load(path).unwrap(),
         config,

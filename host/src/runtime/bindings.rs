@@ -7,8 +7,8 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use exports::weir::transform::transform;
-pub use weir::transform::types;
+pub use self::exports::weir::transform::transform;
+pub use self::weir::transform::types;
 
 /// The contract's package, as plugins import it.
 pub const PACKAGE: &str = "weir:transform";

@@ -148,15 +148,11 @@ impl Plugin {
                 Verdict::Keep => self.stats.kept += 1,
                 Verdict::Drop(rule) => {
                     self.stats.dropped += 1;
-                    *self.stats.dropped_by_rule.entry(rule.clone()).or_default() += 1;
+                    bump(&mut self.stats.dropped_by_rule, rule);
                 }
                 Verdict::Quarantine(q) => {
                     self.stats.quarantined += 1;
-                    *self
-                        .stats
-                        .quarantined_by_reason
-                        .entry(q.reason.clone())
-                        .or_default() += 1;
+                    bump(&mut self.stats.quarantined_by_reason, &q.reason);
                 }
             }
         }
@@ -374,6 +370,16 @@ impl Plugin {
     }
 }
 
+/// Counts one more for `key`, allocating the key only the first time it is seen (this runs per event).
+fn bump(counts: &mut std::collections::BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_string(), 1);
+        }
+    }
+}
+
 fn instantiate(
     loaded: &LoadedPlugin,
     name: Arc<str>,
@@ -475,7 +481,7 @@ fn check_rows(rows: &[Row], emits: &[String], limits: &Limits) -> Result<u64, Pl
     }
     let mut size = 0;
     for row in rows {
-        if !emits.iter().any(|t| *t == row.table) {
+        if !emits.contains(&row.table) {
             return Err(PluginFailure::bad_output(format!(
                 "emitted a row for table {:?}, which its plan does not list in `emits`",
                 row.table

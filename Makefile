@@ -1,0 +1,52 @@
+# Weir developer entry points. `make help` lists them.
+#
+# Quick start:  make run    (installs what is missing, builds, runs the plugin chain over real events)
+#               make test   (everything CI runs)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+COMPONENTIZE_PY_VERSION := 0.25.1
+FIXTURES ?= ../shared/fixtures/wikimedia/events/recentchange.verbatim.ndjson
+PLUGIN_DIR := target/wasm32-wasip2/plugin
+
+.PHONY: help setup plugins examples build run test bench lint
+
+help:
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: ## Install what a fresh machine lacks: the wasm32-wasip2 target, componentize-py, componentize-js
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	@command -v componentize-py >/dev/null && componentize-py --version | grep -q "$(COMPONENTIZE_PY_VERSION)" \
+		|| python3 -m pip install --quiet "componentize-py==$(COMPONENTIZE_PY_VERSION)"
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
+	@[ -x plugins/examples/js-drop-canary/node_modules/.bin/componentize-js ] \
+		|| (cd plugins/examples/js-drop-canary && npm ci --no-audit --no-fund --loglevel=error)
+
+plugins: ## Build the Rust plugins (examples and bad-plugin fixtures) into target/wasm32-wasip2/plugin
+	$(CARGO) plugins
+
+examples: setup plugins ## Build the JavaScript and Python examples too
+	plugins/examples/js-drop-canary/build.sh
+	plugins/examples/python-wiki-project/build.sh
+
+build: ## Build the weir binary (release)
+	$(CARGO) build --release -p weir
+
+run: examples build ## Run the example chain (Python enrich -> Rust filter -> JS filter) over real Wikimedia events
+	./target/release/weir plugin check $(PLUGIN_DIR)/rust_drop_bots.wasm
+	./target/release/weir plugin run \
+		$(PLUGIN_DIR)/python_wiki_project.wasm $(PLUGIN_DIR)/rust_drop_bots.wasm $(PLUGIN_DIR)/js_drop_canary.wasm \
+		--config '{}' --config '{}' --config '{"types": ["edit", "new"]}' \
+		--input $(FIXTURES) --quarantine target/quarantine.ndjson > target/kept.ndjson
+	@echo "kept events: target/kept.ndjson ($$(wc -l < target/kept.ndjson) lines); quarantine: target/quarantine.ndjson"
+
+test: examples ## Run every test (what .ci/run calls)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) test --release --workspace
+
+bench: plugins build ## Print plugin throughput next to native, at batch sizes 1, 64, 1024
+	$(CARGO) bench -p weir --bench plugin_throughput
+
+lint: ## Formatting and clippy, as required before a commit
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
