@@ -20,7 +20,7 @@ setup: ## Install what a fresh machine lacks: the wasm32-wasip2 target, componen
 		|| python3 -m pip install --quiet "componentize-py==$(COMPONENTIZE_PY_VERSION)"
 	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
 	@[ -x plugins/examples/js-drop-canary/node_modules/.bin/componentize-js ] \
-		|| (cd plugins/examples/js-drop-canary && npm ci --no-audit --no-fund --loglevel=error)
+		|| (cd plugins/examples/js-drop-canary && npm install --no-audit --no-fund --loglevel=error)
 
 plugins: ## Build the Rust plugins (examples and bad-plugin fixtures) into target/wasm32-wasip2/plugin
 	$(CARGO) plugins

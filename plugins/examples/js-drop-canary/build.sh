@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the JavaScript example into target/wasm32-wasip2/plugin/js_drop_canary.wasm.
 # HTTP support is disabled: Weir plugins get no network, and the host refuses components that import it.
-# Needs Node.js and npm; `npm ci` fetches componentize-js from the npm registry, then everything runs offline.
+# Needs Node.js and npm; `npm install` fetches componentize-js from the npm registry, then everything runs offline.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -9,7 +9,7 @@ out="${CARGO_TARGET_DIR:-$root/target}/wasm32-wasip2/plugin/js_drop_canary.wasm"
 mkdir -p "$(dirname "$out")"
 if [ -f "$out" ] && [ "$out" -nt "$here/app.js" ] && [ "$out" -nt "$root/wit/weir.wit" ]; then exit 0; fi
 cd "$here"
-[ -x node_modules/.bin/componentize-js ] || npm ci --no-audit --no-fund --loglevel=error
+[ -x node_modules/.bin/componentize-js ] || npm install --no-audit --no-fund --loglevel=error
 node_modules/.bin/componentize-js app.js --wit "$root/wit" --world-name weir:transform/plugin --disable http fetch-event -o "$out.tmp"
 mv "$out.tmp" "$out"
 echo "built $out"
