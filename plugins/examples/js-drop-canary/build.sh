@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Builds the JavaScript example into target/wasm32-wasip2/plugin/js_drop_canary.wasm.
+# package.json pins @bytecodealliance/preview2-shim: componentize-js imports it but declares it only as a
+# devDependency, so a clean install would lack it.
 # HTTP support is disabled: Weir plugins get no network, and the host refuses components that import it.
 # Needs Node.js and npm; `npm install` fetches componentize-js from the npm registry, then everything runs offline.
 set -euo pipefail
