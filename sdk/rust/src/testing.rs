@@ -115,3 +115,46 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
     }
 }
+
+/// A file of the shared fixtures (`shared/fixtures/...` beside the checkout), found from the crate under test.
+pub fn fixture(relative: &str) -> std::path::PathBuf {
+    let start = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    start
+        .ancestors()
+        .map(|dir| dir.join("shared/fixtures").join(relative))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!("fixture {relative} not found: shared/fixtures must sit beside the checkout")
+        })
+}
+
+/// Every line of an NDJSON fixture, parsed.
+pub fn ndjson(relative: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(fixture(relative)).expect("read fixture");
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("fixture line is JSON"))
+        .collect()
+}
+
+/// The real Wikimedia `recentchange` events of the fixtures.
+pub fn recentchange() -> Vec<serde_json::Value> {
+    ndjson("wikimedia/events/recentchange.verbatim.ndjson")
+}
+
+/// Checks that a generated file (an example config, say) matches what the code generates now; with
+/// `WEIR_BLESS=1` in the environment, rewrites it instead.
+pub fn check_generated(path: &str, generated: &str) {
+    let generated = format!("{}\n", generated.trim_end());
+    if std::env::var_os("WEIR_BLESS").is_some() {
+        std::fs::write(path, &generated).expect("write generated file");
+        return;
+    }
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        current == generated,
+        "{path} is out of date: run the tests with WEIR_BLESS=1 to regenerate it"
+    );
+}
