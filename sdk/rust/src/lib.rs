@@ -41,6 +41,7 @@ pub mod bindings {
 
 mod host;
 pub mod testing;
+pub mod time;
 mod types;
 
 pub use bindings::weir::transform::types::{
