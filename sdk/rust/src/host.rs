@@ -174,7 +174,7 @@ pub mod clock {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-mod native {
+pub(crate) mod native {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
@@ -216,6 +216,17 @@ mod native {
 
     thread_local! {
         static HOST: RefCell<Host> = RefCell::new(Host::default());
+    }
+
+    /// Forgets the state and metrics of this thread (keeps the pinned clock).
+    pub fn reset() {
+        with(|h| {
+            let now_ms = h.now_ms;
+            *h = Host {
+                now_ms,
+                ..Host::default()
+            };
+        })
     }
 
     pub fn with<R>(f: impl FnOnce(&mut Host) -> R) -> R {

@@ -37,11 +37,20 @@ pub fn project(doc: &serde_json::Value, plan: &Plan) -> Event {
     }
 }
 
-/// Builds the plugin from `config` and runs every JSON event through `process_batch`.
+/// Forgets the keyed state and metrics the in-memory host holds for this thread, as a fresh host would.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn reset_host() {
+    crate::host::native::reset();
+}
+
+/// Builds the plugin from `config` on a fresh in-memory host and runs every JSON event through
+/// `process_batch`.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run<P: Plugin>(
     config: &str,
     docs: &[serde_json::Value],
 ) -> Result<(P, Vec<Outcome>), String> {
+    reset_host();
     let (mut plugin, plan) = P::init(config)?;
     let events = docs.iter().map(|d| project(d, &plan)).collect();
     let output = plugin.process_batch(events);

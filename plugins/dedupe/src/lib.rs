@@ -1,0 +1,150 @@
+//! The standard dedupe plugin: drops an event whose key was already seen within a time to live. Seen keys live
+//! in the host's keyed state, so they survive restarts and hot swaps, and the state of a batch that fails is
+//! never half-applied. One `get-many` and one `set-many` per batch, however large.
+//!
+//! Config: `{"key": "meta.id", "ttl_ms": 86400000, "on_missing": "keep"}`. Use `"key": "revision.new"` for
+//! revision-level dedupe. Duplicates are dropped as `duplicate` (and counted); events without the key are kept
+//! (counted as `missing_key`) or quarantined with reason `missing_dedupe_key`.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use weir_sdk::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Dotted JSON path of the key.
+    pub key: String,
+    /// How long a key is remembered, in milliseconds.
+    pub ttl_ms: u64,
+    /// What to do with events that have no key (absent or null).
+    pub on_missing: OnMissing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMissing {
+    Keep,
+    Quarantine,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            key: "meta.id".into(),
+            ttl_ms: 24 * 60 * 60 * 1000,
+            on_missing: OnMissing::Keep,
+        }
+    }
+}
+
+pub struct Dedupe {
+    ttl_ms: u64,
+    on_missing: OnMissing,
+}
+
+/// The state key of a dedupe key. Namespaced so a dedupe can share state with nothing else by accident.
+fn state_key(key: &str) -> String {
+    format!("seen:{key}")
+}
+
+fn key_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::Text(s) => Some(s.clone()),
+        Value::Integer(n) => Some(n.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        Value::Boolean(b) => Some(b.to_string()),
+        Value::Json(j) => Some(j.clone()),
+    }
+}
+
+impl Plugin for Dedupe {
+    fn manifest() -> Manifest {
+        Manifest::new(
+            "dedupe",
+            env!("CARGO_PKG_VERSION"),
+            Kind::Dedupe,
+            "Drops events whose key was seen within a TTL",
+        )
+    }
+
+    fn init(config: &str) -> Result<(Self, Plan), String> {
+        let config: Config = parse_config(config)?;
+        if config.key.is_empty() || config.key.split('.').any(str::is_empty) {
+            return Err(format!("`key` {:?} is not a dotted JSON path", config.key));
+        }
+        if config.ttl_ms == 0 {
+            return Err("`ttl_ms` must be positive".into());
+        }
+        let plan = Plan::new().reads([config.key]).keyed_state();
+        Ok((
+            Dedupe {
+                ttl_ms: config.ttl_ms,
+                on_missing: config.on_missing,
+            },
+            plan,
+        ))
+    }
+
+    fn process(&mut self, event: &Event) -> Outcome {
+        self.process_batch(vec![event.clone()])
+            .outcomes
+            .pop()
+            .expect("one outcome per event")
+    }
+
+    fn process_batch(&mut self, events: Vec<Event>) -> Output {
+        let keys: Vec<Option<String>> = events
+            .iter()
+            .map(|e| e.field(0).and_then(key_text))
+            .collect();
+        let lookups: Vec<String> = keys.iter().flatten().map(|k| state_key(k)).collect();
+        let mut seen = state::get_many(&lookups).into_iter();
+        let mut in_batch = HashSet::new();
+        let mut fresh = Vec::new();
+        let (mut duplicates, mut missing) = (0, 0);
+        let outcomes = keys
+            .into_iter()
+            .map(|key| match key {
+                None => {
+                    missing += 1;
+                    match self.on_missing {
+                        OnMissing::Keep => Outcome::keep(),
+                        OnMissing::Quarantine => {
+                            Outcome::quarantine("missing_dedupe_key", vec!["key".into()])
+                        }
+                    }
+                }
+                Some(key) => {
+                    let stored = seen.next().expect("one lookup per key").is_some();
+                    if stored || !in_batch.insert(key.clone()) {
+                        duplicates += 1;
+                        Outcome::drop("duplicate")
+                    } else {
+                        fresh.push(state::Entry {
+                            key: state_key(&key),
+                            value: vec![1],
+                            ttl_ms: Some(self.ttl_ms),
+                        });
+                        Outcome::keep()
+                    }
+                }
+            })
+            .collect();
+        state::set_many(fresh);
+        if duplicates > 0 {
+            metrics::counter("duplicates", duplicates);
+        }
+        if missing > 0 {
+            metrics::counter("missing_key", missing);
+        }
+        Output {
+            outcomes,
+            rows: Vec::new(),
+        }
+    }
+}
+
+export_plugin!(Dedupe);
