@@ -4,5 +4,6 @@ mod bad_plugins;
 mod cli;
 mod loading;
 mod polyglot;
+mod standard_plugins;
 mod state;
 mod support;

@@ -1,0 +1,103 @@
+//! The standard plugins as components: each runs under the host over real events and answers exactly as its
+//! native build does (the native builds have their own unit tests in plugins/*/tests).
+
+use serde_json::Value;
+use weir::event::EventShape;
+use weir::pipeline::chain::Chain;
+use weir::runtime::{Clock, Limits, Plugin};
+
+use crate::support::{fixture, load};
+
+fn start(crate_name: &str, config: &str) -> Plugin {
+    Plugin::start(
+        load(crate_name),
+        config,
+        Limits::default(),
+        Clock::Fixed(1_800_000_000_000),
+    )
+    .unwrap()
+}
+
+fn real_events() -> (Vec<Value>, Vec<weir::event::Event>) {
+    let text =
+        std::fs::read_to_string(fixture("wikimedia/events/recentchange.verbatim.ndjson")).unwrap();
+    let shape = EventShape::default();
+    let docs = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        docs,
+        text.lines()
+            .map(|l| shape.parse(l.as_bytes(), 0).unwrap())
+            .collect(),
+    )
+}
+
+#[test]
+fn filter_enrich_dedupe_chain_over_real_events() {
+    let filter = r#"{"rules": [{"name": "bots", "path": "bot", "when": {"op": "equals", "value": true}, "action": "drop"}]}"#;
+    let mut chain = Chain::new(vec![
+        start("weir-plugin-filter", filter),
+        start("weir-plugin-enrich", "{}"),
+        start("weir-plugin-dedupe", "{}"),
+    ])
+    .unwrap();
+    let (docs, events) = real_events();
+    let humans = docs.iter().filter(|d| d["bot"] != true).count();
+
+    let first = chain.run(events.clone());
+    assert_eq!(first.kept.len(), humans);
+    assert!(first.quarantined.is_empty());
+    for event in &first.kept {
+        let doc = &event.doc;
+        assert_eq!(doc["is_bot"], false);
+        assert_eq!(
+            doc["processing_lag_ms"],
+            1_800_000_000_000i64 - event.time_ms,
+            "{}",
+            event.id
+        );
+        let bytes = doc["length"]["new"]
+            .as_i64()
+            .zip(doc["length"]["old"].as_i64())
+            .map(|(n, o)| n - o);
+        assert_eq!(doc["bytes_changed"], serde_json::json!(bytes));
+    }
+
+    // The same events again (a reconnect replay): dedupe drops every one, counted.
+    let replay = chain.run(events);
+    assert!(replay.kept.is_empty());
+    let duplicates = replay
+        .dropped
+        .iter()
+        .filter(|d| d.rule == "duplicate")
+        .count();
+    assert_eq!(duplicates, humans);
+    assert_eq!(
+        chain.stages()[2]
+            .plugin()
+            .stats()
+            .counters
+            .get("duplicates"),
+        Some(&(humans as u64))
+    );
+}
+
+#[test]
+fn bad_configs_are_refused_at_start_with_the_plugins_message() {
+    let err = Plugin::start(
+        load("weir-plugin-dedupe"),
+        r#"{"ttl": 1}"#,
+        Limits::default(),
+        Clock::System,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("plugin dedupe rejected its configuration")
+            && err.contains("unknown field `ttl`"),
+        "{err}"
+    );
+}
