@@ -40,6 +40,7 @@ pub mod bindings {
 }
 
 mod host;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod time;
 mod types;

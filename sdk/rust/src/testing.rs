@@ -1,4 +1,4 @@
-//! Helpers for native unit tests of plugins: project real JSON events exactly as the host does, and run them
+//! Helpers for native unit tests of plugins (native builds only): project real JSON events exactly as the host does, and run them
 //! through a plugin without building a component.
 
 use crate::time::parse_rfc3339_ms;
@@ -38,14 +38,12 @@ pub fn project(doc: &serde_json::Value, plan: &Plan) -> Event {
 }
 
 /// Forgets the keyed state and metrics the in-memory host holds for this thread, as a fresh host would.
-#[cfg(not(target_arch = "wasm32"))]
 pub fn reset_host() {
     crate::host::native::reset();
 }
 
 /// Builds the plugin from `config` on a fresh in-memory host and runs every JSON event through
 /// `process_batch`.
-#[cfg(not(target_arch = "wasm32"))]
 pub fn run<P: Plugin>(
     config: &str,
     docs: &[serde_json::Value],
