@@ -5,12 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use serde_json::Value;
-use weir::event::{Event, EventShape};
 use weir::pipeline::chain::Chain;
 use weir::runtime::{Clock, Limits, Plugin};
 
-use crate::support::{fixture, loader, plugin_path, workspace_root};
+use crate::support::{loader, plugin_path, real_events, workspace_root};
 
 /// Runs an example's build script once (it rebuilds only when the source changed).
 fn built(example: &str, artifact: &str) -> PathBuf {
@@ -44,21 +42,6 @@ fn start(path: &Path, config: &str) -> Plugin {
         Clock::System,
     )
     .unwrap()
-}
-
-fn real_events() -> (Vec<Value>, Vec<Event>) {
-    let text =
-        std::fs::read_to_string(fixture("wikimedia/events/recentchange.verbatim.ndjson")).unwrap();
-    let docs: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let shape = EventShape::default();
-    let events = text
-        .lines()
-        .map(|l| shape.parse(l.as_bytes(), 0).unwrap())
-        .collect();
-    (docs, events)
 }
 
 #[test]

@@ -1,12 +1,10 @@
 //! The standard plugins as components: each runs under the host over real events and answers exactly as its
 //! native build does (the native builds have their own unit tests in plugins/*/tests).
 
-use serde_json::Value;
-use weir::event::EventShape;
 use weir::pipeline::chain::Chain;
 use weir::runtime::{Clock, Limits, Plugin};
 
-use crate::support::{fixture, load};
+use crate::support::{load, real_events};
 
 fn start(crate_name: &str, config: &str) -> Plugin {
     Plugin::start(
@@ -16,22 +14,6 @@ fn start(crate_name: &str, config: &str) -> Plugin {
         Clock::Fixed(1_800_000_000_000),
     )
     .unwrap()
-}
-
-fn real_events() -> (Vec<Value>, Vec<weir::event::Event>) {
-    let text =
-        std::fs::read_to_string(fixture("wikimedia/events/recentchange.verbatim.ndjson")).unwrap();
-    let shape = EventShape::default();
-    let docs = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        docs,
-        text.lines()
-            .map(|l| shape.parse(l.as_bytes(), 0).unwrap())
-            .collect(),
-    )
 }
 
 #[test]

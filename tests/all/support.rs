@@ -104,3 +104,19 @@ pub fn fixture(path: &str) -> PathBuf {
     );
     path
 }
+
+/// The real Wikimedia events of the fixtures, as JSON and as host events.
+pub fn real_events() -> (Vec<serde_json::Value>, Vec<weir::event::Event>) {
+    let text =
+        std::fs::read_to_string(fixture("wikimedia/events/recentchange.verbatim.ndjson")).unwrap();
+    let shape = weir::event::EventShape::default();
+    let docs = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events = text
+        .lines()
+        .map(|l| shape.parse(l.as_bytes(), 0).unwrap())
+        .collect();
+    (docs, events)
+}
