@@ -83,3 +83,20 @@ fn bad_configs_are_refused_at_start_with_the_plugins_message() {
         "{err}"
     );
 }
+
+#[test]
+fn quality_quarantines_stale_events_with_every_failed_check() {
+    // The clock is pinned years after the recorded events: the freshness gate fails for each, nothing else.
+    let mut chain = Chain::new(vec![start("weir-plugin-quality", "{}")]).unwrap();
+    let (docs, events) = real_events();
+    let out = chain.run(events);
+    assert_eq!(out.quarantined.len(), docs.len());
+    for q in &out.quarantined {
+        assert_eq!(q.reason, "quality_failed");
+        assert_eq!(q.failed_checks, ["timestamp_fresh"], "{}", q.event.id);
+        assert_eq!(q.plugin, "quality@0.1.0");
+    }
+    let stats = chain.stages()[0].plugin().stats();
+    assert_eq!(stats.gauges.get("pass_rate"), Some(&0.0));
+    assert_eq!(stats.gauges.get("alert_level"), Some(&2.0));
+}
