@@ -100,3 +100,50 @@ fn quality_quarantines_stale_events_with_every_failed_check() {
     assert_eq!(stats.gauges.get("pass_rate"), Some(&0.0));
     assert_eq!(stats.gauges.get("alert_level"), Some(&2.0));
 }
+
+#[test]
+fn gold_wiki_aggregate_after_enrich_counts_every_event_once() {
+    let config = std::fs::read_to_string(
+        crate::support::workspace_root().join("plugins/aggregate/configs/gold_wiki.json"),
+    )
+    .unwrap();
+    let mut chain = Chain::new(vec![
+        start("weir-plugin-enrich", "{}"),
+        start("weir-plugin-aggregate", &config),
+    ])
+    .unwrap();
+    let (docs, events) = real_events();
+    let out = chain.run(events);
+    assert_eq!(out.kept.len(), docs.len());
+    let (rows, failures) = chain.on_watermark(i64::MAX);
+    assert!(failures.is_empty());
+    let total = |column: &str| -> i64 {
+        rows.iter()
+            .map(|r| {
+                match r
+                    .row
+                    .columns
+                    .iter()
+                    .find(|(c, _)| c == column)
+                    .map(|(_, v)| v)
+                {
+                    Some(weir::runtime::types::Value::Integer(n)) => *n,
+                    other => panic!("{column}: {other:?}"),
+                }
+            })
+            .sum()
+    };
+    assert_eq!(total("events"), docs.len() as i64);
+    assert_eq!(
+        total("bot_events"),
+        docs.iter().filter(|d| d["bot"] == true).count() as i64
+    );
+    assert_eq!(
+        total("edits"),
+        docs.iter().filter(|d| d["type"] == "edit").count() as i64
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.plugin == "aggregate@0.1.0" && r.row.table == "gold_wiki")
+    );
+}

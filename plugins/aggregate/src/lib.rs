@@ -1,0 +1,638 @@
+//! The standard aggregate plugin: event-time windows closed by watermarks, one output row per window and group.
+//!
+//! - `tumbling` windows of `size_ms` (default 10 min), `sliding` windows of `size_ms` every `slide_ms`, and
+//!   `session` windows per group that end after `gap_ms` without events (default 30 min).
+//! - Group-by paths and measures are configuration (see [`measure::Measure`]).
+//! - A window closes, and its row is emitted, when the watermark passes its end plus `allowed_lateness_ms`.
+//!   An event whose window has already closed is quarantined with reason `late`, never dropped silently.
+//! - `anomaly` adds `anomaly` and `z_score` columns: the z-score of one measure against the same group's
+//!   trailing windows.
+//! - Open windows live in the snapshot the host keeps (`snapshot_state`), so restarts and hot swaps lose none.
+//!
+//! Rows carry `window_start`/`window_end` (ms; for sessions the first and last event times), one column per
+//! group-by path (dots become underscores) and one per measure. Ready configs for the Wikimedia gold tables
+//! are in `configs/`.
+
+pub mod measure;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use weir_sdk::prelude::*;
+
+use measure::{Acc, Measure, Op};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The table rows are emitted into.
+    pub table: String,
+    pub window: WindowSpec,
+    /// Dotted JSON paths to group by; no paths means one global group.
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    pub measures: Vec<Measure>,
+    /// How long after a window's end it stays open for out-of-order events, in ms.
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<Anomaly>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WindowSpec {
+    Tumbling {
+        #[serde(default = "ten_minutes")]
+        size_ms: i64,
+    },
+    Sliding {
+        size_ms: i64,
+        slide_ms: i64,
+    },
+    Session {
+        #[serde(default = "thirty_minutes")]
+        gap_ms: i64,
+    },
+}
+
+fn ten_minutes() -> i64 {
+    600_000
+}
+
+fn thirty_minutes() -> i64 {
+    1_800_000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anomaly {
+    /// The measure whose z-score is computed.
+    pub measure: String,
+    /// Trailing windows of the same group the z-score compares against.
+    #[serde(default = "twelve")]
+    pub history: usize,
+    /// `anomaly` is true when |z| reaches this.
+    #[serde(default = "three")]
+    pub z_threshold: f64,
+}
+
+fn twelve() -> usize {
+    12
+}
+
+fn three() -> f64 {
+    3.0
+}
+
+/// An open window of one group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Window {
+    start: i64,
+    /// Exclusive end for tumbling and sliding windows; the last event time for sessions.
+    end: i64,
+    group: Vec<String>,
+    accs: Vec<Acc>,
+}
+
+/// Everything that must survive a restart or a hot swap.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    watermark: Option<i64>,
+    /// Arrival counter: breaks event-time ties for first/last.
+    seq: u64,
+    /// Tumbling and sliding windows, keyed so that iteration order is closing order.
+    windows: BTreeMap<String, Window>,
+    /// Open sessions per group key, sorted by start.
+    sessions: BTreeMap<String, Vec<Window>>,
+    /// Trailing values of the anomaly measure per group key.
+    history: BTreeMap<String, VecDeque<f64>>,
+}
+
+/// Per measure: the field index of its path, and of its filter path with the value it must equal.
+type MeasureFields = (Option<usize>, Option<(usize, Value)>);
+
+pub struct Aggregate {
+    config: Config,
+    fields: Vec<MeasureFields>,
+    group_columns: Vec<String>,
+    anomaly_index: Option<usize>,
+    state: State,
+}
+
+/// Order-preserving text for a signed time, so string keys sort by time.
+fn time_key(t: i64) -> String {
+    format!("{:020}", (t as u64) ^ (1 << 63))
+}
+
+impl Aggregate {
+    pub fn from_config(config: Config) -> Result<(Self, Plan), String> {
+        if config.table.is_empty() {
+            return Err("`table` must not be empty".into());
+        }
+        match config.window {
+            WindowSpec::Tumbling { size_ms } if size_ms <= 0 => {
+                return Err("window.size_ms must be positive".into());
+            }
+            WindowSpec::Sliding { size_ms, slide_ms }
+                if size_ms <= 0 || slide_ms <= 0 || slide_ms > size_ms =>
+            {
+                return Err("window: sliding needs 0 < slide_ms <= size_ms".into());
+            }
+            WindowSpec::Session { gap_ms } if gap_ms <= 0 => {
+                return Err("window.gap_ms must be positive".into());
+            }
+            _ => {}
+        }
+        if config.allowed_lateness_ms < 0 {
+            return Err("`allowed_lateness_ms` must not be negative".into());
+        }
+        if config.measures.is_empty() {
+            return Err("`measures` is empty: nothing to aggregate".into());
+        }
+        let mut reads: Vec<String> = Vec::new();
+        let mut field_of = |path: &str, at: &str| -> Result<usize, String> {
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                return Err(format!("{at}: {path:?} is not a dotted JSON path"));
+            }
+            Ok(reads.iter().position(|p| p == path).unwrap_or_else(|| {
+                reads.push(path.to_string());
+                reads.len() - 1
+            }))
+        };
+        for (i, path) in config.group_by.iter().enumerate() {
+            field_of(path, &format!("group_by[{i}]"))?;
+        }
+        let mut fields = Vec::new();
+        for (i, m) in config.measures.iter().enumerate() {
+            let at = format!("measures[{i}] ({:?})", m.name);
+            let path = match (&m.path, m.op) {
+                (Some(p), _) => Some(field_of(p, &at)?),
+                (None, Op::Count) => None,
+                (None, op) => return Err(format!("{at}: `{op:?}` needs a `path`").to_lowercase()),
+            };
+            if m.sign.is_some() && m.op != Op::Sum {
+                return Err(format!("{at}: `sign` applies to `sum` only"));
+            }
+            let filter = match &m.filter {
+                Some(f) => Some((field_of(&f.path, &at)?, Value::from(&f.equals))),
+                None => None,
+            };
+            fields.push((path, filter));
+        }
+        let group_columns: Vec<String> = config
+            .group_by
+            .iter()
+            .map(|p| p.replace('.', "_"))
+            .collect();
+        let mut columns: Vec<&str> = vec!["window_start", "window_end"];
+        columns.extend(group_columns.iter().map(String::as_str));
+        columns.extend(config.measures.iter().map(|m| m.name.as_str()));
+        if let Some(dup) = columns
+            .iter()
+            .enumerate()
+            .find(|(i, c)| columns[..*i].contains(c))
+            .map(|(_, c)| c)
+        {
+            return Err(format!("column {dup:?} appears twice: rename a measure"));
+        }
+        let anomaly_index = match &config.anomaly {
+            Some(a) => {
+                if a.history < 2 || a.z_threshold.is_nan() || a.z_threshold <= 0.0 {
+                    return Err(
+                        "anomaly: `history` must be at least 2 and `z_threshold` positive".into(),
+                    );
+                }
+                Some(
+                    config
+                        .measures
+                        .iter()
+                        .position(|m| m.name == a.measure)
+                        .ok_or_else(|| {
+                            format!(
+                                "anomaly.measure {:?} is not the name of a measure",
+                                a.measure
+                            )
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let plan = Plan::new()
+            .reads(reads)
+            .snapshot_state()
+            .emits([config.table.clone()]);
+        Ok((
+            Aggregate {
+                config,
+                fields,
+                group_columns,
+                anomaly_index,
+                state: State::default(),
+            },
+            plan,
+        ))
+    }
+
+    fn lateness(&self) -> i64 {
+        self.config.allowed_lateness_ms
+    }
+
+    fn closed_before(&self, end: i64) -> bool {
+        self.state
+            .watermark
+            .is_some_and(|w| end.saturating_add(self.lateness()) <= w)
+    }
+
+    fn new_accs(&self) -> Vec<Acc> {
+        self.config
+            .measures
+            .iter()
+            .map(|m| Acc::new(m.op))
+            .collect()
+    }
+
+    fn add_to(&self, accs: &mut [Acc], event: &Event, seq: u64) {
+        for ((measure, (path, filter)), acc) in
+            self.config.measures.iter().zip(&self.fields).zip(accs)
+        {
+            if let Some((field, equals)) = filter
+                && !event.field(*field).is_some_and(|v| same(v, equals))
+            {
+                continue;
+            }
+            let value = path
+                .and_then(|p| event.field(p))
+                .filter(|v| !matches!(v, Value::Null));
+            if measure.op != Op::Count && value.is_none() {
+                continue;
+            }
+            acc.add(value, measure.sign, event.time_ms, seq);
+        }
+    }
+
+    /// Adds an event to its windows; `false` when it is late.
+    fn add(&mut self, event: &Event) -> bool {
+        let group: Vec<String> = (0..self.config.group_by.len())
+            .map(|i| event.field(i).map_or_else(|| "null".into(), measure::text))
+            .collect();
+        let group_key = serde_json::to_string(&group).expect("strings serialize");
+        let t = event.time_ms;
+        self.state.seq += 1;
+        let seq = self.state.seq;
+        match self.config.window {
+            WindowSpec::Tumbling { size_ms } => self.add_fixed(
+                event,
+                t.div_euclid(size_ms) * size_ms,
+                size_ms,
+                size_ms,
+                group,
+                &group_key,
+                seq,
+            ),
+            WindowSpec::Sliding { size_ms, slide_ms } => {
+                let last_start = t.div_euclid(slide_ms) * slide_ms;
+                self.add_fixed(event, last_start, size_ms, slide_ms, group, &group_key, seq)
+            }
+            WindowSpec::Session { gap_ms } => {
+                self.add_session(event, gap_ms, group, group_key, seq)
+            }
+        }
+    }
+
+    /// Windows of `size` starting at `last_start`, `last_start - slide`, ... that contain the event.
+    #[allow(clippy::too_many_arguments)]
+    fn add_fixed(
+        &mut self,
+        event: &Event,
+        last_start: i64,
+        size: i64,
+        slide: i64,
+        group: Vec<String>,
+        group_key: &str,
+        seq: u64,
+    ) -> bool {
+        let t = event.time_ms;
+        let starts: Vec<i64> = (0..)
+            .map(|k| last_start - k * slide)
+            .take_while(|s| s + size > t)
+            .collect();
+        // The earliest window ends first: if it is closed the event is late for all of them (all or nothing).
+        if starts.iter().any(|s| self.closed_before(s + size)) {
+            return false;
+        }
+        for start in starts {
+            let key = format!("{}|{}|{group_key}", time_key(start + size), time_key(start));
+            let mut window = self.state.windows.remove(&key).unwrap_or_else(|| Window {
+                start,
+                end: start + size,
+                group: group.clone(),
+                accs: self.new_accs(),
+            });
+            self.add_to(&mut window.accs, event, seq);
+            self.state.windows.insert(key, window);
+        }
+        true
+    }
+
+    fn add_session(
+        &mut self,
+        event: &Event,
+        gap: i64,
+        group: Vec<String>,
+        group_key: String,
+        seq: u64,
+    ) -> bool {
+        let t = event.time_ms;
+        if self.closed_before(t.saturating_add(gap)) {
+            return false;
+        }
+        let mut sessions = self.state.sessions.remove(&group_key).unwrap_or_default();
+        // Every open session within `gap` of the event merges with it.
+        let (mut touching, rest): (Vec<Window>, Vec<Window>) = sessions
+            .drain(..)
+            .partition(|s| t >= s.start - gap && t <= s.end + gap);
+        let mut merged = Window {
+            start: t,
+            end: t,
+            group,
+            accs: self.new_accs(),
+        };
+        self.add_to(&mut merged.accs, event, seq);
+        for s in touching.drain(..) {
+            merged.start = merged.start.min(s.start);
+            merged.end = merged.end.max(s.end);
+            merged.accs = merge_accs(merged.accs, s.accs);
+        }
+        let mut sessions = rest;
+        sessions.push(merged);
+        sessions.sort_by_key(|s| s.start);
+        self.state.sessions.insert(group_key, sessions);
+        true
+    }
+
+    /// Closes every window the watermark has passed, in order of end time; returns their rows.
+    fn close(&mut self, watermark: i64) -> Vec<Row> {
+        self.state.watermark = Some(self.state.watermark.map_or(watermark, |w| w.max(watermark)));
+        let mut closed: Vec<Window> = Vec::new();
+        let due: Vec<String> = self
+            .state
+            .windows
+            .iter()
+            .take_while(|(_, w)| self.closed_before(w.end))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            closed.push(self.state.windows.remove(&key).expect("key just listed"));
+        }
+        if let WindowSpec::Session { gap_ms } = self.config.window {
+            let keys: Vec<String> = self.state.sessions.keys().cloned().collect();
+            for key in keys {
+                let sessions = self.state.sessions.remove(&key).expect("key just listed");
+                let (done, open): (Vec<Window>, Vec<Window>) = sessions
+                    .into_iter()
+                    .partition(|s| self.closed_before(s.end.saturating_add(gap_ms)));
+                closed.extend(done);
+                if !open.is_empty() {
+                    self.state.sessions.insert(key, open);
+                }
+            }
+            closed.sort_by_key(|w| (w.end, w.start));
+        }
+        closed.into_iter().map(|w| self.row(w)).collect()
+    }
+
+    fn row(&mut self, window: Window) -> Row {
+        let mut row = Row::new(self.config.table.as_str())
+            .with("window_start", window.start)
+            .with("window_end", window.end);
+        for (column, value) in self.group_columns.iter().zip(&window.group) {
+            row = row.with(column.as_str(), measure::from_text(value));
+        }
+        let results: Vec<Value> = window.accs.iter().map(Acc::result).collect();
+        if let (Some(index), Some(anomaly)) = (self.anomaly_index, &self.config.anomaly) {
+            let value = match results[index] {
+                Value::Integer(n) => n as f64,
+                Value::Float(f) => f,
+                _ => 0.0,
+            };
+            let key = serde_json::to_string(&window.group).expect("strings serialize");
+            let history = self.state.history.entry(key).or_default();
+            let z = z_score(history, value);
+            history.push_back(value);
+            while history.len() > anomaly.history {
+                history.pop_front();
+            }
+            for (measure, result) in self.config.measures.iter().zip(results) {
+                row = row.with(measure.name.as_str(), result);
+            }
+            row.with("anomaly", z.is_some_and(|z| z.abs() >= anomaly.z_threshold))
+                .with("z_score", z)
+        } else {
+            for (measure, result) in self.config.measures.iter().zip(results) {
+                row = row.with(measure.name.as_str(), result);
+            }
+            row
+        }
+    }
+}
+
+/// The z-score of `value` against `history`; `None` with fewer than two points or no variance.
+fn z_score(history: &VecDeque<f64>, value: f64) -> Option<f64> {
+    if history.len() < 2 {
+        return None;
+    }
+    let n = history.len() as f64;
+    let mean = history.iter().sum::<f64>() / n;
+    let var = history.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (var > 0.0).then(|| (value - mean) / var.sqrt())
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Integer(x), Value::Float(y)) | (Value::Float(y), Value::Integer(x)) => {
+            *x as f64 == *y
+        }
+        _ => a == b,
+    }
+}
+
+/// Merges two sessions' accumulators (session windows merge when an event bridges them).
+fn merge_accs(a: Vec<Acc>, b: Vec<Acc>) -> Vec<Acc> {
+    a.into_iter()
+        .zip(b)
+        .map(|(x, y)| measure::merge(x, y))
+        .collect()
+}
+
+impl Plugin for Aggregate {
+    fn manifest() -> Manifest {
+        Manifest::new(
+            "aggregate",
+            env!("CARGO_PKG_VERSION"),
+            Kind::Aggregate,
+            "Event-time windowed aggregates",
+        )
+    }
+
+    fn init(config: &str) -> Result<(Self, Plan), String> {
+        Aggregate::from_config(parse_config(config)?)
+    }
+
+    fn process(&mut self, event: &Event) -> Outcome {
+        if self.add(event) {
+            Outcome::keep()
+        } else {
+            Outcome::quarantine(
+                "late",
+                vec![format!("window closed before event time {}", event.time_ms)],
+            )
+        }
+    }
+
+    fn on_watermark(&mut self, watermark_ms: i64) -> Vec<Row> {
+        self.close(watermark_ms)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.state).expect("state serializes")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        if snapshot.is_empty() {
+            return Ok(());
+        }
+        let state: State = serde_json::from_slice(snapshot)
+            .map_err(|e| format!("unreadable aggregate snapshot: {e}"))?;
+        if let Some(w) = state
+            .windows
+            .values()
+            .chain(state.sessions.values().flatten())
+            .next()
+            && w.accs.len() != self.config.measures.len()
+        {
+            return Err(format!(
+                "the snapshot has {} measures per window, this configuration {}: replay instead of restoring",
+                w.accs.len(),
+                self.config.measures.len()
+            ));
+        }
+        self.state = state;
+        Ok(())
+    }
+}
+
+export_plugin!(Aggregate);
+
+/// Ready configurations for the gold tables of a Wikimedia `recentchange` pipeline, written to `configs/` by
+/// the tests (`WEIR_BLESS=1` regenerates them). They read the fields the standard enrich plugin adds
+/// (`is_bot`, `is_anonymous`, `bytes_changed`), so they run after it in the chain.
+pub fn gold_configs() -> Vec<(&'static str, Config)> {
+    use measure::{Filter, Sign};
+    let m = |name: &str, op, path: Option<&str>| Measure {
+        name: name.into(),
+        op,
+        path: path.map(Into::into),
+        filter: None,
+        sign: None,
+    };
+    let count_if = |name: &str, path: &str, equals: serde_json::Value| Measure {
+        filter: Some(Filter {
+            path: path.into(),
+            equals,
+        }),
+        ..m(name, Op::Count, None)
+    };
+    let bytes = |name: &str, sign| Measure {
+        sign: Some(sign),
+        ..m(name, Op::Sum, Some("bytes_changed"))
+    };
+    let tumbling = WindowSpec::Tumbling {
+        size_ms: ten_minutes(),
+    };
+    let config = |table: &str, window, group_by: &[&str], measures, anomaly| Config {
+        table: table.into(),
+        window,
+        group_by: group_by.iter().map(|g| g.to_string()).collect(),
+        measures,
+        allowed_lateness_ms: 60_000,
+        anomaly,
+    };
+    vec![
+        (
+            "gold_entity",
+            config(
+                "gold_entity",
+                tumbling,
+                &["wiki", "title"],
+                vec![
+                    m("events", Op::Count, None),
+                    count_if("edits", "type", "edit".into()),
+                    m("distinct_users", Op::DistinctCount, Some("user")),
+                    bytes("bytes_added", Sign::Positive),
+                    bytes("bytes_removed", Sign::Negative),
+                    m("last_revision", Op::Last, Some("revision.new")),
+                ],
+                None,
+            ),
+        ),
+        (
+            "gold_user",
+            config(
+                "gold_user",
+                tumbling,
+                &["user"],
+                vec![
+                    m("events", Op::Count, None),
+                    count_if("edits", "type", "edit".into()),
+                    m("pages", Op::DistinctCount, Some("title")),
+                    m("wikis", Op::DistinctCount, Some("wiki")),
+                    bytes("bytes_added", Sign::Positive),
+                    bytes("bytes_removed", Sign::Negative),
+                    m("is_bot", Op::Last, Some("is_bot")),
+                ],
+                None,
+            ),
+        ),
+        (
+            "gold_wiki",
+            config(
+                "gold_wiki",
+                tumbling,
+                &["wiki"],
+                vec![
+                    m("events", Op::Count, None),
+                    count_if("edits", "type", "edit".into()),
+                    count_if("new_pages", "type", "new".into()),
+                    count_if("bot_events", "is_bot", true.into()),
+                    count_if("human_events", "is_bot", false.into()),
+                    count_if("anonymous_events", "is_anonymous", true.into()),
+                    m("distinct_users", Op::DistinctCount, Some("user")),
+                    bytes("bytes_added", Sign::Positive),
+                    bytes("bytes_removed", Sign::Negative),
+                ],
+                Some(Anomaly {
+                    measure: "events".into(),
+                    history: twelve(),
+                    z_threshold: three(),
+                }),
+            ),
+        ),
+        (
+            "user_sessions",
+            config(
+                "user_sessions",
+                WindowSpec::Session {
+                    gap_ms: thirty_minutes(),
+                },
+                &["user"],
+                vec![
+                    m("events", Op::Count, None),
+                    m("pages", Op::DistinctCount, Some("title")),
+                    m("wikis", Op::DistinctCount, Some("wiki")),
+                ],
+                None,
+            ),
+        ),
+    ]
+}

@@ -1,0 +1,340 @@
+//! Measures and their accumulators: count, sum, min, max, distinct count (exact up to a bound, then
+//! HyperLogLog), first and last by event time.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use weir_sdk::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Count,
+    Sum,
+    Min,
+    Max,
+    DistinctCount,
+    First,
+    Last,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sign {
+    Positive,
+    Negative,
+}
+
+/// Only events whose value at `path` equals `equals` count towards the measure (`count` with a filter is the
+/// usual count-if).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub path: String,
+    pub equals: Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measure {
+    /// The output column.
+    pub name: String,
+    pub op: Op,
+    /// The value measured; not needed for `count`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    /// For `sum`: add only positive (or only negative) values, e.g. bytes added and bytes removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sign: Option<Sign>,
+}
+
+/// Distinct values are counted exactly up to this many, then estimated with HyperLogLog (~1.6 % error).
+pub const EXACT_DISTINCT_LIMIT: usize = 10_000;
+const HLL_BITS: u32 = 12;
+const HLL_REGISTERS: usize = 1 << HLL_BITS;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Acc {
+    Count(u64),
+    Sum {
+        int: i64,
+        float: f64,
+        any_float: bool,
+    },
+    Min(Option<f64>),
+    Max(Option<f64>),
+    Exact(BTreeSet<String>),
+    Hll(Vec<u8>),
+    /// (event time, arrival order, value as JSON text)
+    First(Option<(i64, u64, String)>),
+    Last(Option<(i64, u64, String)>),
+}
+
+impl Acc {
+    pub fn new(op: Op) -> Acc {
+        match op {
+            Op::Count => Acc::Count(0),
+            Op::Sum => Acc::Sum {
+                int: 0,
+                float: 0.0,
+                any_float: false,
+            },
+            Op::Min => Acc::Min(None),
+            Op::Max => Acc::Max(None),
+            Op::DistinctCount => Acc::Exact(BTreeSet::new()),
+            Op::First => Acc::First(None),
+            Op::Last => Acc::Last(None),
+        }
+    }
+
+    /// Adds one event's value (`None` when the path is absent or null; `count` ignores it).
+    pub fn add(&mut self, value: Option<&Value>, sign: Option<Sign>, time_ms: i64, seq: u64) {
+        match self {
+            Acc::Count(n) => *n += 1,
+            Acc::Sum {
+                int,
+                float,
+                any_float,
+            } => match value {
+                Some(Value::Integer(v)) if sign_ok(*v as f64, sign) => {
+                    *int = int.saturating_add(*v)
+                }
+                Some(Value::Float(v)) if sign_ok(*v, sign) => {
+                    *float += v;
+                    *any_float = true;
+                }
+                _ => {}
+            },
+            Acc::Min(m) => {
+                if let Some(v) = value.and_then(number) {
+                    *m = Some(m.map_or(v, |m| m.min(v)));
+                }
+            }
+            Acc::Max(m) => {
+                if let Some(v) = value.and_then(number) {
+                    *m = Some(m.map_or(v, |m| m.max(v)));
+                }
+            }
+            Acc::Exact(set) => {
+                if let Some(v) = value.map(text) {
+                    set.insert(v);
+                    if set.len() > EXACT_DISTINCT_LIMIT {
+                        let mut registers = vec![0u8; HLL_REGISTERS];
+                        set.iter().for_each(|v| hll_add(&mut registers, v));
+                        *self = Acc::Hll(registers);
+                    }
+                }
+            }
+            Acc::Hll(registers) => {
+                if let Some(v) = value.map(text) {
+                    hll_add(registers, &v);
+                }
+            }
+            Acc::First(slot) => {
+                if let Some(v) = value
+                    && slot
+                        .as_ref()
+                        .is_none_or(|(t, s, _)| (time_ms, seq) < (*t, *s))
+                {
+                    *slot = Some((time_ms, seq, text(v)));
+                }
+            }
+            Acc::Last(slot) => {
+                if let Some(v) = value
+                    && slot
+                        .as_ref()
+                        .is_none_or(|(t, s, _)| (time_ms, seq) > (*t, *s))
+                {
+                    *slot = Some((time_ms, seq, text(v)));
+                }
+            }
+        }
+    }
+
+    pub fn result(&self) -> Value {
+        match self {
+            Acc::Count(n) => Value::Integer(*n as i64),
+            Acc::Sum {
+                int,
+                float,
+                any_float,
+            } => {
+                if *any_float {
+                    Value::Float(*int as f64 + float)
+                } else {
+                    Value::Integer(*int)
+                }
+            }
+            Acc::Min(m) | Acc::Max(m) => m.map_or(Value::Null, float_or_int),
+            Acc::Exact(set) => Value::Integer(set.len() as i64),
+            Acc::Hll(registers) => Value::Integer(hll_estimate(registers).round() as i64),
+            Acc::First(slot) | Acc::Last(slot) => match slot {
+                Some((_, _, v)) => from_text(v),
+                None => Value::Null,
+            },
+        }
+    }
+}
+
+/// Combines two accumulators of the same measure (two session windows that an event bridged).
+pub fn merge(a: Acc, b: Acc) -> Acc {
+    fn pick<T>(x: Option<T>, y: Option<T>, keep_x: impl Fn(&T, &T) -> bool) -> Option<T> {
+        match (x, y) {
+            (Some(x), Some(y)) => Some(if keep_x(&x, &y) { x } else { y }),
+            (x, y) => x.or(y),
+        }
+    }
+    match (a, b) {
+        (Acc::Count(x), Acc::Count(y)) => Acc::Count(x + y),
+        (
+            Acc::Sum {
+                int: i1,
+                float: f1,
+                any_float: a1,
+            },
+            Acc::Sum {
+                int: i2,
+                float: f2,
+                any_float: a2,
+            },
+        ) => Acc::Sum {
+            int: i1.saturating_add(i2),
+            float: f1 + f2,
+            any_float: a1 || a2,
+        },
+        (Acc::Min(x), Acc::Min(y)) => Acc::Min(pick(x, y, |x, y| x <= y)),
+        (Acc::Max(x), Acc::Max(y)) => Acc::Max(pick(x, y, |x, y| x >= y)),
+        (Acc::Exact(mut x), Acc::Exact(y)) => {
+            x.extend(y);
+            if x.len() > EXACT_DISTINCT_LIMIT {
+                let mut registers = vec![0u8; HLL_REGISTERS];
+                x.iter().for_each(|v| hll_add(&mut registers, v));
+                Acc::Hll(registers)
+            } else {
+                Acc::Exact(x)
+            }
+        }
+        (Acc::Hll(mut r), Acc::Hll(s)) => {
+            r.iter_mut().zip(s).for_each(|(a, b)| *a = (*a).max(b));
+            Acc::Hll(r)
+        }
+        (Acc::Hll(mut r), Acc::Exact(set)) | (Acc::Exact(set), Acc::Hll(mut r)) => {
+            set.iter().for_each(|v| hll_add(&mut r, v));
+            Acc::Hll(r)
+        }
+        (Acc::First(x), Acc::First(y)) => Acc::First(pick(x, y, |x, y| (x.0, x.1) <= (y.0, y.1))),
+        (Acc::Last(x), Acc::Last(y)) => Acc::Last(pick(x, y, |x, y| (x.0, x.1) >= (y.0, y.1))),
+        // Both sides come from the same measure, so the kinds always match.
+        (a, _) => a,
+    }
+}
+
+fn sign_ok(v: f64, sign: Option<Sign>) -> bool {
+    match sign {
+        None => true,
+        Some(Sign::Positive) => v > 0.0,
+        Some(Sign::Negative) => v < 0.0,
+    }
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Integer(n) => Some(*n as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
+fn float_or_int(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        Value::Integer(v as i64)
+    } else {
+        Value::Float(v)
+    }
+}
+
+/// A value as JSON text, the identity used for distinct counts and first/last.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(n) => n.to_string(),
+        Value::Float(f) => {
+            serde_json::Number::from_f64(*f).map_or("null".into(), |n| n.to_string())
+        }
+        Value::Text(s) => Json::String(s.clone()).to_string(),
+        Value::Json(j) => j.clone(),
+    }
+}
+
+pub fn from_text(text: &str) -> Value {
+    serde_json::from_str::<Json>(text)
+        .map(|j| Value::from(&j))
+        .unwrap_or(Value::Null)
+}
+
+/// FNV-1a with a splitmix64 finalizer: fixed forever, so HyperLogLog registers in a snapshot stay valid across
+/// plugin versions and compilers (std's hasher makes no such promise).
+fn hash64(value: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in value.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn hll_add(registers: &mut [u8], value: &str) {
+    let hash = hash64(value);
+    let index = (hash >> (64 - HLL_BITS)) as usize;
+    let rank = ((hash << HLL_BITS) | (1 << (HLL_BITS - 1))).leading_zeros() as u8 + 1;
+    registers[index] = registers[index].max(rank);
+}
+
+fn hll_estimate(registers: &[u8]) -> f64 {
+    let m = registers.len() as f64;
+    let alpha = 0.7213 / (1.0 + 1.079 / m);
+    let sum: f64 = registers.iter().map(|&r| 2f64.powi(-(r as i32))).sum();
+    let raw = alpha * m * m / sum;
+    let zeros = registers.iter().filter(|&&r| r == 0).count();
+    if raw <= 2.5 * m && zeros > 0 {
+        m * (m / zeros as f64).ln()
+    } else {
+        raw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinct_switches_to_hyperloglog_within_two_percent() {
+        let mut acc = Acc::new(Op::DistinctCount);
+        for i in 0..50_000 {
+            acc.add(Some(&Value::Text(format!("user-{i}"))), None, 0, i);
+            acc.add(Some(&Value::Text(format!("user-{i}"))), None, 0, i);
+        }
+        assert!(matches!(acc, Acc::Hll(_)));
+        let Value::Integer(n) = acc.result() else {
+            panic!()
+        };
+        assert!((n - 50_000).abs() < 1_000, "estimate {n}");
+    }
+
+    #[test]
+    fn sums_keep_integers_and_signs() {
+        let mut added = Acc::new(Op::Sum);
+        let mut removed = Acc::new(Op::Sum);
+        for v in [5, -3, 7, 0, -10] {
+            added.add(Some(&Value::Integer(v)), Some(Sign::Positive), 0, 0);
+            removed.add(Some(&Value::Integer(v)), Some(Sign::Negative), 0, 0);
+        }
+        assert_eq!(added.result(), Value::Integer(12));
+        assert_eq!(removed.result(), Value::Integer(-13));
+    }
+}

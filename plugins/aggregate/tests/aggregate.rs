@@ -1,0 +1,385 @@
+use std::process::Command;
+
+use serde_json::{Value as Json, json};
+use weir_plugin_aggregate::{Aggregate, Config, gold_configs};
+use weir_sdk::testing::{project, reset_host};
+use weir_sdk::{Plugin, Row, Value, Verdict};
+
+const T0: i64 = 1_740_000_000_000;
+
+/// A small deterministic generator (LCG), so the test needs no crates and fails the same way every time.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// ~3 hours of recentchange-like events, out of order by up to 2 minutes, with the enrich fields present.
+fn generated(n: usize) -> Vec<(i64, Json)> {
+    let mut rng = Lcg(7);
+    let types = ["edit", "edit", "edit", "new", "log", "categorize"];
+    (0..n)
+        .map(|i| {
+            let t = T0 + (i as i64) * 3_600 + rng.next(120_000) as i64 - 60_000;
+            let user = rng.next(40);
+            let ty = types[rng.next(types.len() as u64) as usize];
+            let bytes = rng.next(2_000) as i64 - 800;
+            let wiki = ["enwiki", "dewiki", "frwiki", "wikidatawiki", "commonswiki"][rng.next(5) as usize];
+            let doc = json!({
+                "meta": {"id": format!("id-{i}")},
+                "wiki": wiki,
+                "title": format!("Page {}", rng.next(150)),
+                "user": if user < 6 { format!("192.0.2.{user}") } else { format!("User{user}") },
+                "type": ty,
+                "is_bot": user.is_multiple_of(7),
+                "is_anonymous": user < 6,
+                "bytes_changed": if ty == "edit" || ty == "new" { json!(bytes) } else { Json::Null },
+            });
+            (t, doc)
+        })
+        .collect()
+}
+
+/// Runs the plugin natively over `events` in batches, with a watermark trailing the newest event by
+/// `delay_ms` after each batch and a final one that closes everything.
+fn run_plugin(
+    config: &Config,
+    events: &[(i64, Json)],
+    batch: usize,
+    delay_ms: i64,
+) -> (Vec<Row>, usize) {
+    reset_host();
+    let (mut plugin, plan) = Aggregate::from_config(config.clone()).unwrap();
+    let mut rows = Vec::new();
+    let mut late = 0;
+    let mut max_t = i64::MIN;
+    for chunk in events.chunks(batch) {
+        let projected = chunk
+            .iter()
+            .map(|(t, doc)| {
+                max_t = max_t.max(*t);
+                let mut e = project(doc, &plan);
+                e.time_ms = *t;
+                e
+            })
+            .collect();
+        let out = plugin.process_batch(projected);
+        late += out
+            .outcomes
+            .iter()
+            .filter(|o| matches!(&o.verdict, Verdict::Quarantine(q) if q.reason == "late"))
+            .count();
+        rows.extend(plugin.on_watermark(max_t - delay_ms));
+    }
+    rows.extend(plugin.on_watermark(i64::MAX));
+    (rows, late)
+}
+
+fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Boolean(b) => json!(b),
+        Value::Integer(i) => json!(i),
+        Value::Float(f) => json!(f),
+        Value::Text(s) => json!(s),
+        Value::Json(s) => serde_json::from_str(s).unwrap(),
+    }
+}
+
+/// Rows as sorted canonical JSON texts, without the anomaly columns (the reference does not compute them).
+fn canonical_rows(rows: &[Row]) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let map: serde_json::Map<String, Json> = r
+                .columns
+                .iter()
+                .filter(|(c, _)| c != "anomaly" && c != "z_score")
+                .map(|(c, v)| (c.clone(), to_json(v)))
+                .collect();
+            Json::Object(map).to_string()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The reference computation in Python over the same events.
+fn reference(config: &Config, events: &[(i64, Json)]) -> Vec<String> {
+    let dir = tempfile_dir();
+    let config_path = dir.join("config.json");
+    let events_path = dir.join("events.ndjson");
+    std::fs::write(&config_path, serde_json::to_string(config).unwrap()).unwrap();
+    let lines: Vec<String> = events
+        .iter()
+        .map(|(t, d)| json!({"time_ms": t, "doc": d}).to_string())
+        .collect();
+    std::fs::write(&events_path, lines.join("\n") + "\n").unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&config_path)
+        .arg(&events_path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Map<String, Json>> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut rows: Vec<String> = rows
+        .into_iter()
+        .map(|r| Json::Object(r).to_string())
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "weir-aggregate-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config(window: Json, group_by: Json) -> Config {
+    serde_json::from_value(json!({
+        "table": "t",
+        "window": window,
+        "group_by": group_by,
+        "measures": [
+            {"name": "events", "op": "count"},
+            {"name": "edits", "op": "count", "filter": {"path": "type", "equals": "edit"}},
+            {"name": "bytes_added", "op": "sum", "path": "bytes_changed", "sign": "positive"},
+            {"name": "bytes_removed", "op": "sum", "path": "bytes_changed", "sign": "negative"},
+            {"name": "users", "op": "distinct_count", "path": "user"},
+            {"name": "smallest", "op": "min", "path": "bytes_changed"},
+            {"name": "largest", "op": "max", "path": "bytes_changed"},
+            {"name": "first_title", "op": "first", "path": "title"},
+            {"name": "last_title", "op": "last", "path": "title"}
+        ]
+    }))
+    .unwrap()
+}
+
+fn cross_check(config: Config) {
+    let events = generated(3_000);
+    let (rows, late) = run_plugin(&config, &events, 100, 300_000);
+    assert_eq!(
+        late, 0,
+        "the watermark trails by more than the disorder: nothing is late"
+    );
+    let got = canonical_rows(&rows);
+    let want = reference(&config, &events);
+    assert_eq!(got.len(), want.len(), "row count");
+    assert!(
+        got.len() > 20,
+        "only {} rows: the generator should span many windows and groups",
+        got.len()
+    );
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g, w);
+    }
+}
+
+#[test]
+fn tumbling_windows_match_the_reference() {
+    cross_check(config(
+        json!({"kind": "tumbling", "size_ms": 600_000}),
+        json!(["wiki"]),
+    ));
+}
+
+#[test]
+fn sliding_windows_match_the_reference() {
+    cross_check(config(
+        json!({"kind": "sliding", "size_ms": 600_000, "slide_ms": 120_000}),
+        json!(["wiki", "type"]),
+    ));
+}
+
+#[test]
+fn session_windows_match_the_reference() {
+    cross_check(config(
+        json!({"kind": "session", "gap_ms": 240_000}),
+        json!(["user"]),
+    ));
+}
+
+#[test]
+fn global_group_and_batch_size_do_not_change_the_result() {
+    let config = config(json!({"kind": "tumbling", "size_ms": 900_000}), json!([]));
+    let events = generated(2_000);
+    let (a, _) = run_plugin(&config, &events, 1, 300_000);
+    let (b, _) = run_plugin(&config, &events, 1_000, 300_000);
+    assert_eq!(canonical_rows(&a), canonical_rows(&b));
+    assert_eq!(canonical_rows(&a), reference(&config, &events));
+}
+
+#[test]
+fn late_events_are_quarantined_not_lost() {
+    let mut config = config(json!({"kind": "tumbling", "size_ms": 1_000}), json!([]));
+    config.allowed_lateness_ms = 500;
+    let (mut plugin, plan) = Aggregate::from_config(config).unwrap();
+    let ev = |t: i64| {
+        let mut e = project(&json!({"type": "edit"}), &plan);
+        e.time_ms = t;
+        e
+    };
+    assert!(
+        plugin
+            .process_batch(vec![ev(100), ev(1_100)])
+            .outcomes
+            .iter()
+            .all(|o| o.is_keep())
+    );
+    assert!(
+        plugin.on_watermark(1_400).is_empty(),
+        "window [0,1000) stays open for 500 ms of lateness"
+    );
+    assert!(
+        plugin.process_batch(vec![ev(900)]).outcomes[0].is_keep(),
+        "late but allowed"
+    );
+    let rows = plugin.on_watermark(1_500);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get("events"), Some(&Value::Integer(2)));
+    let out = plugin.process_batch(vec![ev(999), ev(1_200)]);
+    assert!(matches!(&out.outcomes[0].verdict, Verdict::Quarantine(q) if q.reason == "late"));
+    assert!(out.outcomes[1].is_keep());
+}
+
+#[test]
+fn windows_survive_a_snapshot_and_restore() {
+    let config = config(
+        json!({"kind": "session", "gap_ms": 240_000}),
+        json!(["user"]),
+    );
+    let events = generated(1_000);
+    let (expected, _) = run_plugin(&config, &events, 100, 300_000);
+    // Same run, but the plugin is rebuilt from a snapshot halfway (a restart or a hot swap).
+    let (mut first, plan) = Aggregate::from_config(config.clone()).unwrap();
+    let project_all = |chunk: &[(i64, Json)]| -> Vec<weir_sdk::Event> {
+        chunk
+            .iter()
+            .map(|(t, d)| {
+                let mut e = project(d, &plan);
+                e.time_ms = *t;
+                e
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    let mut max_t = i64::MIN;
+    let (a, b) = events.split_at(500);
+    for chunk in a.chunks(100) {
+        max_t = max_t.max(chunk.iter().map(|(t, _)| *t).max().unwrap());
+        first.process_batch(project_all(chunk));
+        rows.extend(first.on_watermark(max_t - 300_000));
+    }
+    let snapshot = first.snapshot();
+    let (mut second, _) = Aggregate::from_config(config).unwrap();
+    second.restore(&snapshot).unwrap();
+    for chunk in b.chunks(100) {
+        max_t = max_t.max(chunk.iter().map(|(t, _)| *t).max().unwrap());
+        second.process_batch(project_all(chunk));
+        rows.extend(second.on_watermark(max_t - 300_000));
+    }
+    rows.extend(second.on_watermark(i64::MAX));
+    assert_eq!(canonical_rows(&rows), canonical_rows(&expected));
+}
+
+#[test]
+fn anomaly_flags_a_spike_against_trailing_windows() {
+    let config: Config = serde_json::from_value(json!({
+        "table": "t", "window": {"kind": "tumbling", "size_ms": 1_000},
+        "measures": [{"name": "events", "op": "count"}],
+        "anomaly": {"measure": "events", "history": 5, "z_threshold": 3.0}
+    }))
+    .unwrap();
+    let (mut plugin, plan) = Aggregate::from_config(config).unwrap();
+    let counts = [10, 11, 9, 10, 12, 10, 60];
+    for (w, count) in counts.iter().enumerate() {
+        let events = (0..*count)
+            .map(|i| {
+                let mut e = project(&json!({}), &plan);
+                e.time_ms = w as i64 * 1_000 + i;
+                e
+            })
+            .collect();
+        plugin.process_batch(events);
+    }
+    let rows = plugin.on_watermark(i64::MAX);
+    let flags: Vec<bool> = rows
+        .iter()
+        .map(|r| r.get("anomaly") == Some(&Value::Boolean(true)))
+        .collect();
+    assert_eq!(flags, [false, false, false, false, false, false, true]);
+    assert_eq!(rows[0].get("z_score"), Some(&Value::Null));
+}
+
+#[test]
+fn bad_configs_name_the_problem() {
+    let err = |c: Json| Aggregate::init(&c.to_string()).err().unwrap();
+    let base = |window: Json, measures: Json| json!({"table": "t", "window": window, "measures": measures});
+    let count = json!([{"name": "n", "op": "count"}]);
+    assert!(
+        err(base(json!({"kind": "hopping"}), count.clone())).contains("unknown variant `hopping`")
+    );
+    assert!(
+        err(base(
+            json!({"kind": "sliding", "size_ms": 10, "slide_ms": 20}),
+            count.clone()
+        ))
+        .contains("slide_ms <= size_ms")
+    );
+    assert!(
+        err(base(
+            json!({"kind": "tumbling"}),
+            json!([{"name": "s", "op": "sum"}])
+        ))
+        .contains("needs a `path`")
+    );
+    assert!(
+        err(base(
+            json!({"kind": "tumbling"}),
+            json!([{"name": "window_end", "op": "count"}])
+        ))
+        .contains("appears twice")
+    );
+    assert!(
+        err(base(
+            json!({"kind": "tumbling"}),
+            json!([{"name": "n", "op": "count", "sign": "positive"}])
+        ))
+        .contains("`sign` applies to `sum` only")
+    );
+    let mut c = base(json!({"kind": "tumbling"}), count);
+    c["anomaly"] = json!({"measure": "nope"});
+    assert!(err(c).contains("anomaly.measure \"nope\""));
+    assert!(
+        err(json!({"table": "t", "window": {"kind": "session"}, "measures": [], "extra": 1}))
+            .contains("unknown field `extra`")
+    );
+}
+
+#[test]
+fn gold_config_files_are_generated_from_the_code() {
+    for (name, config) in gold_configs() {
+        Aggregate::from_config(config.clone()).unwrap();
+        weir_sdk::testing::check_generated(
+            &format!("{}/configs/{name}.json", env!("CARGO_MANIFEST_DIR")),
+            &serde_json::to_string_pretty(&config).unwrap(),
+        );
+    }
+}
