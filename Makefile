@@ -44,8 +44,9 @@ test: examples ## Run every test (what .ci/run calls)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --release --workspace
 
-bench: plugins build ## Print plugin throughput next to native, at batch sizes 1, 64, 1024
+bench: plugins build ## Print throughput next to native: one plugin at batch 1, 64, 1024, and the full standard chain
 	$(CARGO) bench -p weir --bench plugin_throughput
+	$(CARGO) bench -p weir --bench chain_throughput
 
 lint: ## Formatting and clippy, as required before a commit
 	$(CARGO) fmt --all -- --check

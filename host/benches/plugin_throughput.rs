@@ -15,6 +15,9 @@ use weir::runtime::types::Verdict;
 use weir::runtime::{Clock, Limits, Loader, Plugin};
 use weir_sdk::Plugin as _;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The working set: about what one or two micro-batches of the pipeline hold between parse and commit, so
 /// the events are as warm in cache as they are in the real hot path (a 100k-event set spread over ~500 MB
 /// measures DRAM latency instead).
