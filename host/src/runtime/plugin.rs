@@ -12,7 +12,7 @@ use anyhow::{Result, anyhow};
 use wasmtime::Store;
 
 use super::bindings::types::{
-    Event, Kind, Outcome, Output, Plan, PluginManifest as Manifest, Quarantine, Row, Value, Verdict,
+    Event, Outcome, Output, Plan, PluginManifest as Manifest, Quarantine, Row, Value, Verdict,
 };
 use super::bindings::{self, Plugin as Instance};
 use super::context::{Clock, PluginCtx};
@@ -414,11 +414,11 @@ fn check_plan(manifest: &Manifest, plan: &Plan) -> Result<()> {
             )
         })?;
     }
-    if manifest.kind != Kind::Aggregate
-        && !plan.emits.is_empty()
-        && manifest.kind != Kind::Transform
-    {
-        tracing::debug!(plugin = %manifest.name, "a non-aggregate plugin emits rows");
+    if let Some(table) = plan.emits.iter().find(|t| t.is_empty()) {
+        anyhow::bail!(
+            "plugin {} declared an empty table name in `emits` ({table:?})",
+            manifest.name
+        );
     }
     Ok(())
 }
