@@ -114,6 +114,15 @@ fn main() {
     println!("  ratio       {:>10.2}", wasm_rate / native_rate);
     println!("  parse alone {parse_rate:>10.0} events/s");
     println!("  kept {kept}, gold rows {rows}");
+    println!("  time inside each component, per input event of the run:");
+    for stage in chain.stages() {
+        let stats = stage.plugin().stats();
+        println!(
+            "    {:<16} {:>6.2} µs",
+            stage.plugin().label(),
+            stats.call_time_us as f64 / EVENTS as f64
+        );
+    }
 }
 
 /// The five plugins compiled natively, with the host's projection and write-back.
