@@ -95,14 +95,38 @@ struct Window {
     accs: Vec<Acc>,
 }
 
+/// Serializes a map with non-string keys as a list of entries (JSON objects only take string keys).
+mod entries {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
 /// Everything that must survive a restart or a hot swap.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     watermark: Option<i64>,
     /// Arrival counter: breaks event-time ties for first/last.
     seq: u64,
-    /// Tumbling and sliding windows, keyed so that iteration order is closing order.
-    windows: BTreeMap<String, Window>,
+    /// Tumbling and sliding windows by (end, start), then by group key: iteration order is closing order.
+    #[serde(with = "entries")]
+    windows: BTreeMap<(i64, i64), BTreeMap<String, Window>>,
     /// Open sessions per group key, sorted by start.
     sessions: BTreeMap<String, Vec<Window>>,
     /// Trailing values of the anomaly measure per group key.
@@ -118,11 +142,9 @@ pub struct Aggregate {
     group_columns: Vec<String>,
     anomaly_index: Option<usize>,
     state: State,
-}
-
-/// Order-preserving text for a signed time, so string keys sort by time.
-fn time_key(t: i64) -> String {
-    format!("{:020}", (t as u64) ^ (1 << 63))
+    /// Reused buffers, so the per-event path allocates only for new windows and new distinct values.
+    key_buf: String,
+    scratch: String,
 }
 
 impl Aggregate {
@@ -229,6 +251,8 @@ impl Aggregate {
                 group_columns,
                 anomaly_index,
                 state: State::default(),
+                key_buf: String::new(),
+                scratch: String::new(),
             },
             plan,
         ))
@@ -252,10 +276,17 @@ impl Aggregate {
             .collect()
     }
 
-    fn add_to(&self, accs: &mut [Acc], event: &Event, seq: u64) {
-        for ((measure, (path, filter)), acc) in
-            self.config.measures.iter().zip(&self.fields).zip(accs)
-        {
+    /// Adds an event to the accumulators of one window. An associated function, so callers can hold a window
+    /// of `self.state` mutably at the same time.
+    fn add_to(
+        measures: &[Measure],
+        fields: &[MeasureFields],
+        accs: &mut [Acc],
+        event: &Event,
+        seq: u64,
+        scratch: &mut String,
+    ) {
+        for ((measure, (path, filter)), acc) in measures.iter().zip(fields).zip(accs) {
             if let Some((field, equals)) = filter
                 && !event.field(*field).is_some_and(|v| same(v, equals))
             {
@@ -267,107 +298,140 @@ impl Aggregate {
             if measure.op != Op::Count && value.is_none() {
                 continue;
             }
-            acc.add(value, measure.sign, event.time_ms, seq);
+            acc.add(value, measure.sign, event.time_ms, seq, scratch);
         }
+    }
+
+    /// The group-by values of an event as JSON texts (stored with each window, for its row).
+    fn group_of(&self, event: &Event) -> Vec<String> {
+        (0..self.config.group_by.len())
+            .map(|i| event.field(i).map_or_else(|| "null".into(), measure::text))
+            .collect()
     }
 
     /// Adds an event to its windows; `false` when it is late.
     fn add(&mut self, event: &Event) -> bool {
-        let group: Vec<String> = (0..self.config.group_by.len())
-            .map(|i| event.field(i).map_or_else(|| "null".into(), measure::text))
-            .collect();
-        let group_key = serde_json::to_string(&group).expect("strings serialize");
-        let t = event.time_ms;
-        self.state.seq += 1;
-        let seq = self.state.seq;
-        match self.config.window {
-            WindowSpec::Tumbling { size_ms } => self.add_fixed(
-                event,
-                t.div_euclid(size_ms) * size_ms,
-                size_ms,
-                size_ms,
-                group,
-                &group_key,
-                seq,
-            ),
-            WindowSpec::Sliding { size_ms, slide_ms } => {
-                let last_start = t.div_euclid(slide_ms) * slide_ms;
-                self.add_fixed(event, last_start, size_ms, slide_ms, group, &group_key, seq)
+        // The group key: the group-by values' JSON texts joined by a separator no JSON text contains raw.
+        let mut key = std::mem::take(&mut self.key_buf);
+        key.clear();
+        for i in 0..self.config.group_by.len() {
+            if i > 0 {
+                key.push('\u{1f}');
             }
-            WindowSpec::Session { gap_ms } => {
-                self.add_session(event, gap_ms, group, group_key, seq)
+            match event.field(i) {
+                Some(v) => measure::write_text(&mut key, v),
+                None => key.push_str("null"),
             }
         }
+        self.state.seq += 1;
+        let accepted = match self.config.window {
+            WindowSpec::Tumbling { size_ms } => self.add_fixed(event, size_ms, size_ms, &key),
+            WindowSpec::Sliding { size_ms, slide_ms } => {
+                self.add_fixed(event, size_ms, slide_ms, &key)
+            }
+            WindowSpec::Session { gap_ms } => self.add_session(event, gap_ms, &key),
+        };
+        self.key_buf = key;
+        accepted
     }
 
-    /// Windows of `size` starting at `last_start`, `last_start - slide`, ... that contain the event.
-    #[allow(clippy::too_many_arguments)]
-    fn add_fixed(
-        &mut self,
-        event: &Event,
-        last_start: i64,
-        size: i64,
-        slide: i64,
-        group: Vec<String>,
-        group_key: &str,
-        seq: u64,
-    ) -> bool {
+    /// Adds the event to every window of `size`, one starting each `slide`, that contains its time.
+    fn add_fixed(&mut self, event: &Event, size: i64, slide: i64, key: &str) -> bool {
         let t = event.time_ms;
-        let starts: Vec<i64> = (0..)
+        let last_start = t.div_euclid(slide) * slide;
+        let starts = (0..)
             .map(|k| last_start - k * slide)
-            .take_while(|s| s + size > t)
-            .collect();
-        // The earliest window ends first: if it is closed the event is late for all of them (all or nothing).
-        if starts.iter().any(|s| self.closed_before(s + size)) {
+            .take_while(|s| s + size > t);
+        // All or nothing: if the earliest window has closed, the event is late for all of them.
+        if starts.clone().any(|s| self.closed_before(s + size)) {
             return false;
         }
+        let seq = self.state.seq;
         for start in starts {
-            let key = format!("{}|{}|{group_key}", time_key(start + size), time_key(start));
-            let mut window = self.state.windows.remove(&key).unwrap_or_else(|| Window {
-                start,
-                end: start + size,
-                group: group.clone(),
-                accs: self.new_accs(),
-            });
-            self.add_to(&mut window.accs, event, seq);
-            self.state.windows.insert(key, window);
+            let groups = self.state.windows.entry((start + size, start)).or_default();
+            if !groups.contains_key(key) {
+                let window = Window {
+                    start,
+                    end: start + size,
+                    group: self.group_of(event),
+                    accs: self.new_accs(),
+                };
+                self.state
+                    .windows
+                    .entry((start + size, start))
+                    .or_default()
+                    .insert(key.to_string(), window);
+            }
+            let window = self
+                .state
+                .windows
+                .get_mut(&(start + size, start))
+                .and_then(|g| g.get_mut(key))
+                .expect("window just ensured");
+            Self::add_to(
+                &self.config.measures,
+                &self.fields,
+                &mut window.accs,
+                event,
+                seq,
+                &mut self.scratch,
+            );
         }
         true
     }
 
-    fn add_session(
-        &mut self,
-        event: &Event,
-        gap: i64,
-        group: Vec<String>,
-        group_key: String,
-        seq: u64,
-    ) -> bool {
+    fn add_session(&mut self, event: &Event, gap: i64, key: &str) -> bool {
         let t = event.time_ms;
         if self.closed_before(t.saturating_add(gap)) {
             return false;
         }
-        let mut sessions = self.state.sessions.remove(&group_key).unwrap_or_default();
-        // Every open session within `gap` of the event merges with it.
-        let (mut touching, rest): (Vec<Window>, Vec<Window>) = sessions
-            .drain(..)
-            .partition(|s| t >= s.start - gap && t <= s.end + gap);
         let mut merged = Window {
             start: t,
             end: t,
-            group,
+            group: Vec::new(),
             accs: self.new_accs(),
         };
-        self.add_to(&mut merged.accs, event, seq);
-        for s in touching.drain(..) {
-            merged.start = merged.start.min(s.start);
-            merged.end = merged.end.max(s.end);
-            merged.accs = merge_accs(merged.accs, s.accs);
+        let seq = self.state.seq;
+        Self::add_to(
+            &self.config.measures,
+            &self.fields,
+            &mut merged.accs,
+            event,
+            seq,
+            &mut self.scratch,
+        );
+        if !self.state.sessions.contains_key(key) {
+            self.state.sessions.insert(key.to_string(), Vec::new());
         }
-        let mut sessions = rest;
+        let sessions = self
+            .state
+            .sessions
+            .get_mut(key)
+            .expect("sessions just ensured");
+        // Every open session within `gap` of the event merges with it.
+        let mut i = 0;
+        while i < sessions.len() {
+            let s = &sessions[i];
+            if t >= s.start - gap && t <= s.end + gap {
+                let s = sessions.swap_remove(i);
+                merged.start = merged.start.min(s.start);
+                merged.end = merged.end.max(s.end);
+                merged.group = s.group;
+                merged.accs = merge_accs(merged.accs, s.accs);
+            } else {
+                i += 1;
+            }
+        }
+        if merged.group.is_empty() && !self.config.group_by.is_empty() {
+            merged.group = self.group_of(event);
+        }
+        let sessions = self
+            .state
+            .sessions
+            .get_mut(key)
+            .expect("sessions just ensured");
         sessions.push(merged);
         sessions.sort_by_key(|s| s.start);
-        self.state.sessions.insert(group_key, sessions);
         true
     }
 
@@ -375,15 +439,16 @@ impl Aggregate {
     fn close(&mut self, watermark: i64) -> Vec<Row> {
         self.state.watermark = Some(self.state.watermark.map_or(watermark, |w| w.max(watermark)));
         let mut closed: Vec<Window> = Vec::new();
-        let due: Vec<String> = self
-            .state
-            .windows
-            .iter()
-            .take_while(|(_, w)| self.closed_before(w.end))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
-            closed.push(self.state.windows.remove(&key).expect("key just listed"));
+        while let Some((&(end, start), _)) = self.state.windows.first_key_value() {
+            if !self.closed_before(end) {
+                break;
+            }
+            let groups = self
+                .state
+                .windows
+                .remove(&(end, start))
+                .expect("first key just read");
+            closed.extend(groups.into_values());
         }
         if let WindowSpec::Session { gap_ms } = self.config.window {
             let keys: Vec<String> = self.state.sessions.keys().cloned().collect();
@@ -397,7 +462,7 @@ impl Aggregate {
                     self.state.sessions.insert(key, open);
                 }
             }
-            closed.sort_by_key(|w| (w.end, w.start));
+            closed.sort_by(|a, b| (a.end, a.start, &a.group).cmp(&(b.end, b.start, &b.group)));
         }
         closed.into_iter().map(|w| self.row(w)).collect()
     }
@@ -507,6 +572,7 @@ impl Plugin for Aggregate {
         if let Some(w) = state
             .windows
             .values()
+            .flat_map(|groups| groups.values())
             .chain(state.sessions.values().flatten())
             .next()
             && w.accs.len() != self.config.measures.len()

@@ -91,7 +91,15 @@ impl Acc {
     }
 
     /// Adds one event's value (`None` when the path is absent or null; `count` ignores it).
-    pub fn add(&mut self, value: Option<&Value>, sign: Option<Sign>, time_ms: i64, seq: u64) {
+    /// `scratch` is a reusable buffer, so counting an already-seen distinct value allocates nothing.
+    pub fn add(
+        &mut self,
+        value: Option<&Value>,
+        sign: Option<Sign>,
+        time_ms: i64,
+        seq: u64,
+        scratch: &mut String,
+    ) {
         match self {
             Acc::Count(n) => *n += 1,
             Acc::Sum {
@@ -119,8 +127,12 @@ impl Acc {
                 }
             }
             Acc::Exact(set) => {
-                if let Some(v) = value.map(text) {
-                    set.insert(v);
+                if let Some(v) = value {
+                    scratch.clear();
+                    write_text(scratch, v);
+                    if !set.contains(scratch.as_str()) {
+                        set.insert(scratch.clone());
+                    }
                     if set.len() > EXACT_DISTINCT_LIMIT {
                         let mut registers = vec![0u8; HLL_REGISTERS];
                         set.iter().for_each(|v| hll_add(&mut registers, v));
@@ -258,15 +270,33 @@ fn float_or_int(v: f64) -> Value {
 
 /// A value as JSON text, the identity used for distinct counts and first/last.
 pub fn text(v: &Value) -> String {
+    let mut out = String::new();
+    write_text(&mut out, v);
+    out
+}
+
+/// Appends a value's JSON text to `out` (the hot path: no allocation for plain strings and numbers).
+pub fn write_text(out: &mut String, v: &Value) {
+    use std::fmt::Write;
     match v {
-        Value::Null => "null".into(),
-        Value::Boolean(b) => b.to_string(),
-        Value::Integer(n) => n.to_string(),
-        Value::Float(f) => {
-            serde_json::Number::from_f64(*f).map_or("null".into(), |n| n.to_string())
+        Value::Null => out.push_str("null"),
+        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Integer(n) => {
+            let _ = write!(out, "{n}");
         }
-        Value::Text(s) => Json::String(s.clone()).to_string(),
-        Value::Json(j) => j.clone(),
+        Value::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.push_str("null"),
+        },
+        Value::Text(s) if !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) => {
+            out.push('"');
+            out.push_str(s);
+            out.push('"');
+        }
+        Value::Text(s) => out.push_str(&Json::String(s.clone()).to_string()),
+        Value::Json(j) => out.push_str(j),
     }
 }
 
@@ -316,8 +346,20 @@ mod tests {
     fn distinct_switches_to_hyperloglog_within_two_percent() {
         let mut acc = Acc::new(Op::DistinctCount);
         for i in 0..50_000 {
-            acc.add(Some(&Value::Text(format!("user-{i}"))), None, 0, i);
-            acc.add(Some(&Value::Text(format!("user-{i}"))), None, 0, i);
+            acc.add(
+                Some(&Value::Text(format!("user-{i}"))),
+                None,
+                0,
+                i,
+                &mut String::new(),
+            );
+            acc.add(
+                Some(&Value::Text(format!("user-{i}"))),
+                None,
+                0,
+                i,
+                &mut String::new(),
+            );
         }
         assert!(matches!(acc, Acc::Hll(_)));
         let Value::Integer(n) = acc.result() else {
@@ -331,8 +373,20 @@ mod tests {
         let mut added = Acc::new(Op::Sum);
         let mut removed = Acc::new(Op::Sum);
         for v in [5, -3, 7, 0, -10] {
-            added.add(Some(&Value::Integer(v)), Some(Sign::Positive), 0, 0);
-            removed.add(Some(&Value::Integer(v)), Some(Sign::Negative), 0, 0);
+            added.add(
+                Some(&Value::Integer(v)),
+                Some(Sign::Positive),
+                0,
+                0,
+                &mut String::new(),
+            );
+            removed.add(
+                Some(&Value::Integer(v)),
+                Some(Sign::Negative),
+                0,
+                0,
+                &mut String::new(),
+            );
         }
         assert_eq!(added.result(), Value::Integer(12));
         assert_eq!(removed.result(), Value::Integer(-13));
