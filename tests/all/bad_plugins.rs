@@ -99,7 +99,18 @@ fn slow_but_legal_plugin_is_left_alone() {
 
 #[test]
 fn chatty_plugin_is_capped_not_stopped() {
-    let mut plugin = start("bad-chatty");
+    // 16k host calls to print: give it a deadline no loaded machine can miss; this test is about the log cap.
+    let limits = weir::runtime::Limits {
+        call_timeout_ms: 5_000,
+        ..Default::default()
+    };
+    let mut plugin = weir::runtime::Plugin::start(
+        crate::support::load("bad-chatty"),
+        "{}",
+        limits,
+        weir::runtime::Clock::System,
+    )
+    .unwrap();
     let result = plugin.process(&action_events(&["ok"; 10]));
     assert!(
         result
