@@ -81,17 +81,6 @@ fn run_plugin(
     (rows, late)
 }
 
-fn to_json(v: &Value) -> Json {
-    match v {
-        Value::Null => Json::Null,
-        Value::Boolean(b) => json!(b),
-        Value::Integer(i) => json!(i),
-        Value::Float(f) => json!(f),
-        Value::Text(s) => json!(s),
-        Value::Json(s) => serde_json::from_str(s).unwrap(),
-    }
-}
-
 /// Rows as sorted canonical JSON texts, without the anomaly columns (the reference does not compute them).
 fn canonical_rows(rows: &[Row]) -> Vec<String> {
     let mut out: Vec<String> = rows
@@ -101,7 +90,7 @@ fn canonical_rows(rows: &[Row]) -> Vec<String> {
                 .columns
                 .iter()
                 .filter(|(c, _)| c != "anomaly" && c != "z_score")
-                .map(|(c, v)| (c.clone(), to_json(v)))
+                .map(|(c, v)| (c.clone(), Json::from(v)))
                 .collect();
             Json::Object(map).to_string()
         })

@@ -1,7 +1,7 @@
 use serde_json::{Value as Json, json};
 use weir_plugin_enrich::{Config, Enrich, split_server_name};
 use weir_sdk::testing::{recentchange, run};
-use weir_sdk::{Plugin, Value, Verdict, clock};
+use weir_sdk::{Plugin, Verdict, clock};
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -16,21 +16,10 @@ fn enrich(config: &str, docs: &[Json]) -> Vec<serde_json::Map<String, Json>> {
             assert!(matches!(o.verdict, Verdict::Keep));
             o.writes
                 .into_iter()
-                .map(|w| (plan.writes[w.field as usize].clone(), to_json(w.value)))
+                .map(|w| (plan.writes[w.field as usize].clone(), Json::from(&w.value)))
                 .collect()
         })
         .collect()
-}
-
-fn to_json(v: Value) -> Json {
-    match v {
-        Value::Null => Json::Null,
-        Value::Boolean(b) => json!(b),
-        Value::Integer(i) => json!(i),
-        Value::Float(f) => json!(f),
-        Value::Text(s) => json!(s),
-        Value::Json(s) => serde_json::from_str(&s).unwrap(),
-    }
 }
 
 #[test]

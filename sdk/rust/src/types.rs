@@ -284,3 +284,18 @@ impl PartialEq for Value {
         }
     }
 }
+
+impl From<&Value> for serde_json::Value {
+    fn from(v: &Value) -> Self {
+        match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Boolean(b) => (*b).into(),
+            Value::Integer(i) => (*i).into(),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+            }
+            Value::Text(s) => s.as_str().into(),
+            Value::Json(s) => serde_json::from_str(s).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
