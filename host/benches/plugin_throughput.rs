@@ -1,16 +1,21 @@
 //! Events/s through one Rust plugin that filters ~1 kB Wikimedia events on two fields (`meta.domain`, `bot`),
 //! as a sandboxed component and compiled natively, in the same process, at batch sizes 1, 64 and 1024.
 //!
-//! Both paths do the same work per event: project the two fields out of the host's parsed document, decide,
+//! Both paths do the same work per event: project the two fields out of the host's events into a batch, decide,
 //! and tally the verdict. JSON parsing is measured separately (it happens once per event whatever the number
 //! of plugins). Run with `make bench` (or `cargo bench -p weir --bench plugin_throughput`).
+
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rust_drop_bots::DropBots;
 use serde_json::Value;
-use weir::event::{Event, EventShape, JsonPath, Projection};
+use support::decide_native;
+use weir::event::{Event, Projection};
+use weir::pipeline::chain::Chain;
 use weir::runtime::types::Verdict;
 use weir::runtime::{Clock, Limits, Loader, Plugin};
 use weir_sdk::Plugin as _;
@@ -38,20 +43,24 @@ fn main() {
         realistic_lines(&std::fs::read_to_string(&fixture).expect("read the Wikimedia fixture"));
     let mean_size = lines.iter().map(String::len).sum::<usize>() / lines.len();
 
-    let shape = EventShape::default();
+    let loader = Loader::new(None);
+    let loaded = loader.load(&wasm).unwrap();
+    let layout_chain = Chain::new(vec![
+        Plugin::start(loaded.clone(), "{}", Limits::default(), Clock::System).unwrap(),
+    ])
+    .unwrap();
+    let parser = layout_chain.parser();
+    let lines: Vec<Bytes> = lines.into_iter().map(Bytes::from).collect();
     let (parse_rate, _) = measure(|| {
         lines
             .iter()
-            .filter(|l| std::hint::black_box(shape.parse(l.as_bytes(), 0)).is_ok())
+            .filter(|l| std::hint::black_box(parser.parse((*l).clone(), 0)).is_ok())
             .count()
     });
     let events: Vec<Event> = lines
         .iter()
-        .map(|l| shape.parse(l.as_bytes(), 0).unwrap())
+        .map(|l| parser.parse(l.clone(), 0).unwrap())
         .collect();
-
-    let loader = Loader::new(None);
-    let loaded = loader.load(&wasm).unwrap();
     println!(
         "plugin throughput: {EVENTS} distinct events, mean {mean_size} bytes, filter on meta.domain and bot"
     );
@@ -68,33 +77,32 @@ fn main() {
     for batch in [1usize, 64, 1024] {
         let mut plugin =
             Plugin::start(loaded.clone(), "{}", Limits::default(), Clock::System).unwrap();
-        let projection = Projection::from_plan(plugin.plan()).unwrap();
+        let projection = Projection::new(parser.layout(), plugin.plan()).unwrap();
         let (wasm_rate, wasm_kept) = measure(|| {
             let mut kept = 0;
             for chunk in events.chunks(batch) {
-                let projected: Vec<_> = chunk.iter().map(|e| projection.project(e)).collect();
-                let result = plugin.process(&projected);
+                let batch = projection.batch(chunk);
+                let result = plugin.process(&batch);
                 kept += result
-                    .outcomes
+                    .verdicts
                     .iter()
-                    .filter(|o| matches!(o.verdict, Verdict::Keep))
+                    .filter(|v| matches!(v, Verdict::Keep))
                     .count();
             }
             kept
         });
 
         let (mut native, plan) = DropBots::init("{}").unwrap();
-        let reads: Vec<JsonPath> = plan
-            .reads
-            .iter()
-            .map(|p| JsonPath::parse(p).unwrap())
-            .collect();
+        assert_eq!(plan.reads, plugin.plan().reads);
         let (native_rate, native_kept) = measure(|| {
             let mut kept = 0;
             for chunk in events.chunks(batch) {
-                let projected: Vec<_> = chunk.iter().map(|e| native_event(e, &reads)).collect();
-                let output = native.process_batch(projected);
-                kept += output.outcomes.iter().filter(|o| o.is_keep()).count();
+                let (result, _) = decide_native(&mut native, &projection, chunk);
+                kept += result
+                    .verdicts
+                    .iter()
+                    .filter(|v| matches!(v, Verdict::Keep))
+                    .count();
             }
             kept
         });
@@ -122,20 +130,6 @@ fn measure(mut pass: impl FnMut() -> usize) -> (f64, usize) {
         (passes * EVENTS) as f64 / started.elapsed().as_secs_f64(),
         result,
     )
-}
-
-fn native_event(event: &Event, reads: &[JsonPath]) -> weir_sdk::Event {
-    weir_sdk::Event {
-        id: event.id.clone(),
-        key: event.key.clone(),
-        time_ms: event.time_ms,
-        fields: reads
-            .iter()
-            .map(|p| p.get(&event.doc).map(weir_sdk::Value::from))
-            .collect(),
-        payload: None,
-        attributes: Vec::new(),
-    }
 }
 
 /// `EVENTS` real events, cycled, each with a fresh id; about a third are bots, as in the live stream.

@@ -12,9 +12,9 @@ fn assert_isolates(crate_name: &str, kind: FailureKind, detail_contains: &str) {
     let mut actions = vec!["ok"; 64];
     actions[37] = "boom";
     let result = plugin.process(&action_events(&actions));
-    assert_eq!(result.outcomes.len(), 64);
-    for (i, outcome) in result.outcomes.iter().enumerate() {
-        match (&outcome.verdict, i) {
+    assert_eq!(result.verdicts.len(), 64);
+    for (i, outcome) in result.verdicts.iter().enumerate() {
+        match (outcome, i) {
             (Verdict::Quarantine(q), 37) => {
                 assert_eq!(q.reason, kind.reason(), "{crate_name}: {q:?}");
                 assert!(
@@ -38,9 +38,7 @@ fn assert_isolates(crate_name: &str, kind: FailureKind, detail_contains: &str) {
 
     let next = plugin.process(&action_events(&["ok"; 100]));
     assert!(
-        next.outcomes
-            .iter()
-            .all(|o| matches!(o.verdict, Verdict::Keep)),
+        next.verdicts.iter().all(|o| matches!(o, Verdict::Keep)),
         "{crate_name}: next batch"
     );
 }
@@ -75,7 +73,7 @@ fn wrong_outcome_count_is_rejected() {
     assert_isolates(
         "bad-bad-output",
         FailureKind::BadOutput,
-        "outcomes for 1 events",
+        "verdicts for 1 events",
     );
 }
 
@@ -84,12 +82,7 @@ fn slow_but_legal_plugin_is_left_alone() {
     // One 30 ms event per batch: a 70 ms margin under the 100 ms deadline, even on a loaded CI machine.
     let mut plugin = start("bad-slow");
     let result = plugin.process(&action_events(&["ok", "slow", "ok"]));
-    assert!(
-        result
-            .outcomes
-            .iter()
-            .all(|o| matches!(o.verdict, Verdict::Keep))
-    );
+    assert!(result.verdicts.iter().all(|o| matches!(o, Verdict::Keep)));
     assert!(
         plugin.stats().failures.is_empty(),
         "{:?}",
@@ -112,12 +105,7 @@ fn chatty_plugin_is_capped_not_stopped() {
     )
     .unwrap();
     let result = plugin.process(&action_events(&["ok"; 10]));
-    assert!(
-        result
-            .outcomes
-            .iter()
-            .all(|o| matches!(o.verdict, Verdict::Keep))
-    );
+    assert!(result.verdicts.iter().all(|o| matches!(o, Verdict::Keep)));
     assert!(
         plugin.stats().guest_log_dropped_bytes > 500_000,
         "{}",
@@ -133,10 +121,10 @@ fn several_poison_events_in_one_batch() {
         .collect();
     let result = plugin.process(&action_events(&actions));
     let quarantined: Vec<usize> = result
-        .outcomes
+        .verdicts
         .iter()
         .enumerate()
-        .filter(|(_, o)| matches!(o.verdict, Verdict::Quarantine(_)))
+        .filter(|(_, o)| matches!(o, Verdict::Quarantine(_)))
         .map(|(i, _)| i)
         .collect();
     assert_eq!(quarantined, [3, 253, 503, 753]);

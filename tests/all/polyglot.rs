@@ -60,7 +60,7 @@ fn javascript_filter_matches_an_independent_count() {
     assert!(
         out.kept
             .iter()
-            .all(|e| e.doc["type"] == "edit" || e.doc["type"] == "new")
+            .all(|e| e.to_json()["type"] == "edit" || e.to_json()["type"] == "new")
     );
 }
 
@@ -100,16 +100,17 @@ fn python_enrich_then_rust_filter_then_javascript_filter() {
         .count();
     assert_eq!(out.kept.len(), expected);
     for event in &out.kept {
-        let server = event.doc["server_name"].as_str().unwrap();
+        let doc = event.to_json();
+        let server = doc["server_name"].as_str().unwrap();
         let parts: Vec<&str> = server.split('.').collect();
         let project = if parts[parts.len() - 2] == "wikimedia" {
             parts[0]
         } else {
             parts[parts.len() - 2]
         };
-        assert_eq!(event.doc["project"], project, "{server}");
+        assert_eq!(doc["project"], project, "{server}");
         if server.ends_with(".wikipedia.org") && !server.starts_with("test") {
-            assert_eq!(event.doc["language"], parts[0], "{server}");
+            assert_eq!(doc["language"], parts[0], "{server}");
         }
     }
     assert_eq!(

@@ -32,7 +32,7 @@ fn filter_enrich_dedupe_chain_over_real_events() {
     assert_eq!(first.kept.len(), humans);
     assert!(first.quarantined.is_empty());
     for event in &first.kept {
-        let doc = &event.doc;
+        let doc = &event.to_json();
         assert_eq!(doc["is_bot"], false);
         assert_eq!(
             doc["processing_lag_ms"],

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
-use weir::runtime::types::{Event, Value};
+use weir::runtime::columns::{ColumnBuilder, StringsBuilder};
+use weir::runtime::types::{Batch, ValueRef};
 use weir::runtime::{Clock, Limits, LoadedPlugin, Loader, Plugin};
 
 pub fn workspace_root() -> PathBuf {
@@ -79,20 +80,23 @@ pub fn start(crate_name: &str) -> Plugin {
     .unwrap()
 }
 
-/// Events for plugins that read `["action"]`: each carries the given action text.
-pub fn action_events(actions: &[&str]) -> Vec<Event> {
-    actions
-        .iter()
-        .enumerate()
-        .map(|(i, action)| Event {
-            id: format!("ev-{i}"),
-            key: None,
-            time_ms: 1_700_000_000_000 + i as i64,
-            fields: vec![Some(Value::Text(action.to_string()))],
-            payload: None,
-            attributes: Vec::new(),
-        })
-        .collect()
+/// A batch for plugins that read `["action"]`: each event carries the given action text.
+pub fn action_events(actions: &[&str]) -> Batch {
+    let mut ids = StringsBuilder::with_capacity(actions.len(), 0);
+    let mut column = ColumnBuilder::with_capacity(actions.len());
+    for (i, action) in actions.iter().enumerate() {
+        ids.push(&format!("ev-{i}"));
+        column.push(Some(ValueRef::Text(action)));
+    }
+    Batch {
+        ids: ids.finish(),
+        times: (0..actions.len() as i64)
+            .map(|i| 1_700_000_000_000 + i)
+            .collect(),
+        fields: vec![column.finish()],
+        payloads: StringsBuilder::empty(),
+        attributes: Vec::new(),
+    }
 }
 
 pub fn fixture(path: &str) -> PathBuf {
@@ -109,14 +113,14 @@ pub fn fixture(path: &str) -> PathBuf {
 pub fn real_events() -> (Vec<serde_json::Value>, Vec<weir::event::Event>) {
     let text =
         std::fs::read_to_string(fixture("wikimedia/events/recentchange.verbatim.ndjson")).unwrap();
-    let shape = weir::event::EventShape::default();
+    let parser = weir::event::EventShape::default().parser();
     let docs = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let events = text
         .lines()
-        .map(|l| shape.parse(l.as_bytes(), 0).unwrap())
+        .map(|l| parser.parse(l.to_string(), 0).unwrap())
         .collect();
     (docs, events)
 }

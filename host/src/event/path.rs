@@ -44,6 +44,34 @@ impl JsonPath {
         &self.text
     }
 
+    /// The segments, in order (`meta.dt` → `meta`, `dt`).
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().map(|s| s.key.as_str())
+    }
+
+    /// Every strict prefix, shortest first (`a.b.c` → `a`, `a.b`).
+    pub fn prefixes(&self) -> impl Iterator<Item = JsonPath> + '_ {
+        (1..self.segments.len()).map(|n| {
+            let segments = self.segments[..n].to_vec();
+            let text = segments
+                .iter()
+                .map(|s| s.key.as_str())
+                .collect::<Vec<_>>()
+                .join(".");
+            JsonPath { text, segments }
+        })
+    }
+
+    /// Whether this path is a strict prefix of `other` (`a` of `a.b`, not of `ab` nor of `a`).
+    pub fn is_prefix_of(&self, other: &JsonPath) -> bool {
+        self.segments.len() < other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| a.key == b.key)
+    }
+
     pub fn get<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
         self.segments.iter().try_fold(doc, |node, seg| match node {
             Value::Object(map) => map.get(&seg.key),

@@ -1,101 +1,129 @@
-//! Projection: turning a parsed event into what one plugin asked for, and applying that plugin's writes back.
+//! Projection: turning events into the batch one plugin asked for (its read paths, column-wise), and applying
+//! that plugin's writes back.
 
-use serde_json::{Number, Value};
+use super::{Event, FieldValue, Layout, Slot};
+use crate::runtime::columns::{ColumnBuilder, StringsBuilder};
+use crate::runtime::types::{Batch, Plan};
+use crate::runtime::{BatchResult, WriteChunk};
 
-use super::{Event, JsonPath};
-use crate::runtime::types::{self, FieldWrite, Plan};
-
-/// A plugin's plan, compiled against the host's event representation.
+/// A plugin's plan, compiled against a layout.
 #[derive(Clone, Debug)]
 pub struct Projection {
-    reads: Vec<JsonPath>,
-    writes: Vec<JsonPath>,
+    reads: Vec<Slot>,
+    writes: Vec<Slot>,
     needs_payload: bool,
     needs_attributes: bool,
 }
 
 impl Projection {
-    pub fn from_plan(plan: &Plan) -> Result<Self, String> {
-        let parse = |paths: &[String]| {
+    /// Fails, naming the path, when the layout lacks a path of the plan (the layout was not built for it).
+    pub fn new(layout: &Layout, plan: &Plan) -> Result<Self, String> {
+        let slots = |paths: &[String]| {
             paths
                 .iter()
-                .map(|p| JsonPath::parse(p))
+                .map(|p| {
+                    layout
+                        .slot(p)
+                        .ok_or_else(|| format!("the event layout has no slot for {p:?}"))
+                })
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Projection {
-            reads: parse(&plan.reads)?,
-            writes: parse(&plan.writes)?,
+            reads: slots(&plan.reads)?,
+            writes: slots(&plan.writes)?,
             needs_payload: plan.needs_payload,
             needs_attributes: plan.needs_attributes,
         })
     }
 
-    pub fn project(&self, event: &Event) -> types::Event {
-        types::Event {
-            id: event.id.clone(),
-            key: event.key.clone(),
-            time_ms: event.time_ms,
-            fields: self
-                .reads
-                .iter()
-                .map(|p| p.get(&event.doc).map(to_wit_value))
-                .collect(),
-            payload: self.needs_payload.then(|| event.doc.to_string()),
+    pub fn reads(&self) -> &[Slot] {
+        &self.reads
+    }
+
+    /// The events as the plugin's batch: ids, times, one column per read path, and payloads and attributes
+    /// when the plan asks for them.
+    pub fn batch(&self, events: &[Event]) -> Batch {
+        let n = events.len();
+        let mut ids = StringsBuilder::with_capacity(n, n * 40);
+        for event in events {
+            ids.push(&event.id);
+        }
+        let fields = self
+            .reads
+            .iter()
+            .map(|&slot| {
+                let mut column = ColumnBuilder::with_capacity(n);
+                for event in events {
+                    column.push(event.value(slot));
+                }
+                column.finish()
+            })
+            .collect();
+        let payloads = if self.needs_payload {
+            let mut payloads = StringsBuilder::with_capacity(n, n * 1200);
+            for event in events {
+                payloads.push(&event.to_json_text());
+            }
+            payloads.finish()
+        } else {
+            StringsBuilder::empty()
+        };
+        Batch {
+            ids: ids.finish(),
+            times: events.iter().map(|e| e.time_ms).collect(),
+            fields,
+            payloads,
             attributes: if self.needs_attributes {
-                event.attributes.clone()
+                events.iter().map(|e| e.attributes.clone()).collect()
             } else {
                 Vec::new()
             },
         }
     }
 
-    /// Applies a plugin's field writes to the event, in place (no copy of the document). Values are converted
-    /// before anything is written, so a bad value changes nothing; a path that crosses a scalar fails at that
-    /// write and the caller quarantines the event.
-    pub fn apply(&self, event: &mut Event, writes: Vec<FieldWrite>) -> Result<(), String> {
-        if writes.is_empty() {
-            return Ok(());
+    /// Applies one chunk of a plugin's writes to `events` (the chunk's rows are `events[chunk.start..]`), only
+    /// to events the plugin kept. An event whose writes cannot be applied (bad JSON text, a path crossing a
+    /// scalar) is reported with the reason, its fields left as they were, and the caller quarantines it.
+    pub fn apply(
+        &self,
+        events: &mut [Event],
+        result: &BatchResult,
+        chunk: &WriteChunk,
+        failed: &mut Vec<(usize, String)>,
+    ) {
+        let Some(rows) = chunk.columns.first().map(|c| c.kinds.len()) else {
+            return;
+        };
+        let columns = chunk.checked(rows);
+        for row in 0..rows {
+            let index = chunk.start + row;
+            if !matches!(result.verdicts[index], crate::runtime::types::Verdict::Keep) {
+                continue;
+            }
+            let event = &mut events[index];
+            let mut writes = Vec::new();
+            for (field, column) in columns.iter().enumerate() {
+                if let Some(value) = column.get(row) {
+                    let slot = self.writes[field];
+                    match FieldValue::from_ref(value) {
+                        Ok(value) => writes.push((slot, value)),
+                        Err(e) => {
+                            failed.push((
+                                index,
+                                format!("write to {}: {e}", event.layout().path(slot).as_str()),
+                            ));
+                            writes.clear();
+                            break;
+                        }
+                    }
+                }
+            }
+            for (slot, value) in writes {
+                if let Err(e) = event.set(slot, value) {
+                    failed.push((index, e));
+                    break;
+                }
+            }
         }
-        let converted = writes
-            .into_iter()
-            .map(|w| {
-                let path = &self.writes[w.field as usize];
-                from_wit_value(w.value)
-                    .map(|v| (path, v))
-                    .map_err(|e| format!("write to {}: {e}", path.as_str()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        for (path, value) in converted {
-            path.set(&mut event.doc, value)?;
-        }
-        Ok(())
     }
-}
-
-pub fn to_wit_value(value: &Value) -> types::Value {
-    match value {
-        Value::Null => types::Value::Null,
-        Value::Bool(b) => types::Value::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => types::Value::Integer(i),
-            None => types::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => types::Value::Text(s.clone()),
-        nested => types::Value::Json(nested.to_string()),
-    }
-}
-
-pub fn from_wit_value(value: types::Value) -> Result<Value, String> {
-    Ok(match value {
-        types::Value::Null => Value::Null,
-        types::Value::Boolean(b) => Value::Bool(b),
-        types::Value::Integer(i) => Value::Number(i.into()),
-        types::Value::Float(f) => {
-            Value::Number(Number::from_f64(f).ok_or_else(|| format!("{f} is not a JSON number"))?)
-        }
-        types::Value::Text(s) => Value::String(s),
-        types::Value::Json(text) => {
-            serde_json::from_str(&text).map_err(|e| format!("invalid JSON text: {e}"))?
-        }
-    })
 }

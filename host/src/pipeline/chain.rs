@@ -1,25 +1,22 @@
 //! A chain of plugins run over batches of events: each stage sees the events the previous one kept, projected
 //! for its plan, and its writes are applied to the host's parsed document before the next stage.
 
+use std::sync::Arc;
+
+use anyhow::anyhow;
 use serde::Serialize;
 
-use crate::event::{Event, Projection};
+use crate::event::{Event, EventShape, JsonPath, Layout, Parser, Projection};
 use crate::runtime::types::{Row, Verdict};
 use crate::runtime::{Plugin, PluginFailure};
 
-/// One plugin of a chain with its compiled projection.
+/// One plugin of a chain with its projection, compiled against the chain's layout.
 pub struct Stage {
     plugin: Plugin,
     projection: Projection,
 }
 
 impl Stage {
-    pub fn new(plugin: Plugin) -> anyhow::Result<Self> {
-        let projection = Projection::from_plan(plugin.plan())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", plugin.label()))?;
-        Ok(Stage { plugin, projection })
-    }
-
     pub fn plugin(&self) -> &Plugin {
         &self.plugin
     }
@@ -63,19 +60,55 @@ pub struct ChainOutput {
     pub rows: Vec<EmittedRow>,
 }
 
-#[derive(Default)]
+/// Plugins in order, and the layout of the events they see: the paths any of them reads or writes, the id,
+/// key and time paths, and the extra paths the caller reads afterwards (table columns).
 pub struct Chain {
+    shape: EventShape,
+    extra_reads: Vec<JsonPath>,
+    layout: Arc<Layout>,
     stages: Vec<Stage>,
 }
 
 impl Chain {
+    /// A chain over Wikimedia-shaped events (`meta.id`, `meta.dt`).
     pub fn new(plugins: Vec<Plugin>) -> anyhow::Result<Self> {
+        Chain::with_shape(EventShape::default(), plugins, Vec::new())
+    }
+
+    /// A chain over events of `shape`; `extra_reads` are paths read from kept events after the chain.
+    pub fn with_shape(
+        shape: EventShape,
+        plugins: Vec<Plugin>,
+        extra_reads: Vec<JsonPath>,
+    ) -> anyhow::Result<Self> {
+        let layout = build_layout(&shape, plugins.iter(), &extra_reads)?;
+        let stages = plugins
+            .into_iter()
+            .map(|plugin| {
+                let projection = Projection::new(&layout, plugin.plan())
+                    .map_err(|e| anyhow!("{}: {e}", plugin.label()))?;
+                Ok(Stage { plugin, projection })
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Chain {
-            stages: plugins
-                .into_iter()
-                .map(Stage::new)
-                .collect::<Result<_, _>>()?,
+            shape,
+            extra_reads,
+            layout,
+            stages,
         })
+    }
+
+    /// Parses raw events for this chain.
+    pub fn parser(&self) -> Parser {
+        Parser::new(self.layout.clone())
+    }
+
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
+    }
+
+    pub fn shape(&self) -> &EventShape {
+        &self.shape
     }
 
     pub fn stages(&self) -> &[Stage] {
@@ -86,43 +119,78 @@ impl Chain {
         &mut self.stages
     }
 
+    /// Puts `plugin` in place of stage `index` and returns the plugin it replaces. The layout is rebuilt for
+    /// the new plan; events parsed for the previous layout are laid out again when they next run.
+    pub fn replace_stage(&mut self, index: usize, plugin: Plugin) -> anyhow::Result<Plugin> {
+        let plans = self
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| if i == index { &plugin } else { &s.plugin });
+        let layout = build_layout(&self.shape, plans, &self.extra_reads)?;
+        let mut projections = Vec::with_capacity(self.stages.len());
+        for (i, stage) in self.stages.iter().enumerate() {
+            let p = if i == index { &plugin } else { &stage.plugin };
+            projections.push(
+                Projection::new(&layout, p.plan()).map_err(|e| anyhow!("{}: {e}", p.label()))?,
+            );
+        }
+        for (stage, projection) in self.stages.iter_mut().zip(projections) {
+            stage.projection = projection;
+        }
+        self.layout = layout;
+        Ok(std::mem::replace(&mut self.stages[index].plugin, plugin))
+    }
+
     pub fn run(&mut self, events: Vec<Event>) -> ChainOutput {
         let mut out = ChainOutput::default();
         let mut current = events;
+        for event in &mut current {
+            event.relayout(&self.layout);
+        }
         for stage in &mut self.stages {
             if current.is_empty() {
                 break;
             }
-            let projected: Vec<_> = current
-                .iter()
-                .map(|e| stage.projection.project(e))
-                .collect();
-            let result = stage.plugin.process(&projected);
-            drop(projected);
+            let batch = stage.projection.batch(&current);
+            let mut result = stage.plugin.process(&batch);
+            drop(batch);
             let label = stage.plugin.label();
-            out.rows
-                .extend(result.rows.into_iter().map(|row| EmittedRow {
-                    plugin: label.clone(),
-                    row,
-                }));
+            out.rows.extend(
+                std::mem::take(&mut result.rows)
+                    .into_iter()
+                    .map(|row| EmittedRow {
+                        plugin: label.clone(),
+                        row,
+                    }),
+            );
+            let mut failed_writes = Vec::new();
+            for chunk in &result.writes {
+                stage
+                    .projection
+                    .apply(&mut current, &result, chunk, &mut failed_writes);
+            }
+            let mut failed_writes = failed_writes.into_iter().peekable();
             let mut next = Vec::with_capacity(current.len());
-            for (mut event, outcome) in current.into_iter().zip(result.outcomes) {
-                match outcome.verdict {
-                    Verdict::Keep => match stage.projection.apply(&mut event, outcome.writes) {
-                        Ok(()) => next.push(event),
-                        Err(e) => out.quarantined.push(Quarantined {
-                            event,
-                            plugin: label.clone(),
-                            reason: crate::runtime::FailureKind::BadOutput.reason().into(),
-                            failed_checks: vec![e],
-                        }),
-                    },
-                    Verdict::Drop(rule) => out.dropped.push(Dropped {
+            for (index, (event, verdict)) in current.into_iter().zip(result.verdicts).enumerate() {
+                let mut write_error = None;
+                while let Some((_, e)) = failed_writes.next_if(|(i, _)| *i == index) {
+                    write_error.get_or_insert(e);
+                }
+                match (verdict, write_error) {
+                    (Verdict::Keep, None) => next.push(event),
+                    (Verdict::Keep, Some(e)) => out.quarantined.push(Quarantined {
+                        event,
+                        plugin: label.clone(),
+                        reason: crate::runtime::FailureKind::BadOutput.reason().into(),
+                        failed_checks: vec![e],
+                    }),
+                    (Verdict::Drop(rule), _) => out.dropped.push(Dropped {
                         event,
                         plugin: label.clone(),
                         rule,
                     }),
-                    Verdict::Quarantine(q) => out.quarantined.push(Quarantined {
+                    (Verdict::Quarantine(q), _) => out.quarantined.push(Quarantined {
                         event,
                         plugin: label.clone(),
                         reason: q.reason,
@@ -160,4 +228,27 @@ impl Chain {
         }
         (rows, failures)
     }
+}
+
+fn build_layout<'a>(
+    shape: &EventShape,
+    plugins: impl Iterator<Item = &'a Plugin>,
+    extra_reads: &[JsonPath],
+) -> anyhow::Result<Arc<Layout>> {
+    let mut reads = extra_reads.to_vec();
+    let mut writes = Vec::new();
+    for plugin in plugins {
+        let parse = |p: &String| {
+            JsonPath::parse(p).map_err(|e| anyhow!("{}: bad field path {p:?}: {e}", plugin.label()))
+        };
+        for p in &plugin.plan().reads {
+            reads.push(parse(p)?);
+        }
+        for p in &plugin.plan().writes {
+            writes.push(parse(p)?);
+        }
+    }
+    Ok(Arc::new(
+        Layout::new(shape, &reads, &writes).map_err(|e| anyhow!("{e}"))?,
+    ))
 }

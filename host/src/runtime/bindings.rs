@@ -8,12 +8,17 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::exports::weir::transform::transform;
-pub use self::weir::transform::types;
+
+/// The contract's types, as generated from the WIT, and the borrowed value the host reads columns with.
+pub mod types {
+    pub use super::super::columns::ValueRef;
+    pub use super::weir::transform::types::*;
+}
 
 /// The contract's package, as plugins import it.
 pub const PACKAGE: &str = "weir:transform";
 /// The interface every plugin exports.
-pub const EXPORT: &str = "weir:transform/transform@0.1.0";
+pub const EXPORT: &str = "weir:transform/transform@0.2.0";
 
 /// The lowercase name of a plugin kind, as shown to people and in metrics labels.
 pub fn kind_name(kind: types::Kind) -> &'static str {

@@ -238,9 +238,9 @@ mod tests {
                 .contains("`wasi:http/outgoing-handler@0.2.0`"),
             "{err}"
         );
-        check_import(Path::new("p.wasm"), "weir:transform/state@0.1.0").unwrap();
+        check_import(Path::new("p.wasm"), "weir:transform/state@0.2.0").unwrap();
         check_import(Path::new("p.wasm"), "wasi:cli/environment@0.2.6").unwrap();
-        assert!(check_import(Path::new("p.wasm"), "weir:transform/secrets@0.1.0").is_err());
+        assert!(check_import(Path::new("p.wasm"), "weir:transform/secrets@0.2.0").is_err());
     }
 
     #[test]

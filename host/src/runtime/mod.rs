@@ -2,6 +2,7 @@
 //! the precompiled-component cache and the failure handling that keeps one bad plugin from hurting the host.
 
 pub mod bindings;
+pub mod columns;
 pub mod context;
 pub mod failure;
 pub mod guest_log;
@@ -15,7 +16,7 @@ pub use bindings::types;
 pub use context::Clock;
 pub use failure::{FailureKind, PluginFailure};
 pub use loader::{LoadedPlugin, Loader};
-pub use plugin::{BatchResult, Plugin};
+pub use plugin::{BatchResult, Plugin, WriteChunk};
 pub use sandbox::Limits;
 pub use state::KeyedState;
 pub use stats::PluginStats;

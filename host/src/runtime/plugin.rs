@@ -12,9 +12,10 @@ use anyhow::{Result, anyhow};
 use wasmtime::Store;
 
 use super::bindings::types::{
-    Event, Outcome, Output, Plan, PluginManifest as Manifest, Quarantine, Row, Value, Verdict,
+    Batch, Column, Output, Plan, PluginManifest as Manifest, Quarantine, Row, Value, Verdict,
 };
 use super::bindings::{self, Plugin as Instance};
+use super::columns::{self, CheckedColumn};
 use super::context::{Clock, PluginCtx};
 use super::failure::{FailureKind, PluginFailure};
 use super::loader::LoadedPlugin;
@@ -22,12 +23,32 @@ use super::sandbox::{self, Limits};
 use super::state::KeyedState;
 use super::stats::PluginStats;
 
-/// What a batch produced: one outcome per input event (failures already turned into quarantine outcomes) and
-/// the rows emitted by the calls that succeeded.
+/// What a batch produced: one verdict per input event (failures already turned into quarantines), the field
+/// writes of the calls that succeeded and the rows they emitted.
 #[derive(Debug, Default)]
 pub struct BatchResult {
-    pub outcomes: Vec<Outcome>,
+    pub verdicts: Vec<Verdict>,
+    /// Writes in chunks, one per successful call: each covers the events from `start` on, in order.
+    pub writes: Vec<WriteChunk>,
     pub rows: Vec<Row>,
+}
+
+/// The write columns one call returned, for the events `start..start + rows` of the batch (every column has
+/// passed `columns::check_column`).
+#[derive(Debug)]
+pub struct WriteChunk {
+    pub start: usize,
+    pub columns: Vec<Column>,
+}
+
+impl WriteChunk {
+    /// The columns, checked again cheaply for reading (their text was validated when the call returned).
+    pub fn checked(&self, rows: usize) -> Vec<CheckedColumn<'_>> {
+        self.columns
+            .iter()
+            .map(|c| columns::check_column(c, rows).expect("checked when the call returned"))
+            .collect()
+    }
 }
 
 pub struct Plugin {
@@ -136,15 +157,17 @@ impl Plugin {
     }
 
     /// Runs a batch. Never fails: see the module documentation.
-    pub fn process(&mut self, events: &[Event]) -> BatchResult {
+    pub fn process(&mut self, batch: &Batch) -> BatchResult {
+        let events = batch.times.len();
         let mut result = BatchResult {
-            outcomes: Vec::with_capacity(events.len()),
+            verdicts: Vec::with_capacity(events),
+            writes: Vec::new(),
             rows: Vec::new(),
         };
-        self.process_into(events, &mut result);
-        self.stats.events_in += events.len() as u64;
-        for outcome in &result.outcomes {
-            match &outcome.verdict {
+        self.process_into(batch, 0, &mut result);
+        self.stats.events_in += events as u64;
+        for verdict in &result.verdicts {
+            match verdict {
                 Verdict::Keep => self.stats.kept += 1,
                 Verdict::Drop(rule) => {
                     self.stats.dropped += 1;
@@ -160,8 +183,10 @@ impl Plugin {
         result
     }
 
-    fn process_into(&mut self, events: &[Event], result: &mut BatchResult) {
-        if events.is_empty() {
+    /// Runs `batch`, whose first event is event `start` of the whole batch.
+    fn process_into(&mut self, batch: &Batch, start: usize, result: &mut BatchResult) {
+        let events = batch.times.len();
+        if events == 0 {
             return;
         }
         let failure = match self.broken.clone() {
@@ -179,14 +204,20 @@ impl Plugin {
                     |instance, store| {
                         instance
                             .weir_transform_transform()
-                            .call_process(store, events)
+                            .call_process(store, batch)
                     },
-                    |output| check_output(output, events.len(), writes, &emits, &limits),
+                    |output| check_output(output, events, writes, &emits, &limits),
                 );
                 match call {
                     Ok(output) => {
                         self.refresh_snapshot();
-                        result.outcomes.extend(output.outcomes);
+                        result.verdicts.extend(output.verdicts);
+                        if !output.writes.is_empty() {
+                            result.writes.push(WriteChunk {
+                                start,
+                                columns: output.writes,
+                            });
+                        }
                         result.rows.extend(output.rows);
                         return;
                     }
@@ -194,20 +225,22 @@ impl Plugin {
                 }
             }
         };
-        if let [event] = events {
-            tracing::warn!(plugin = %self.label(), event = %event.id, reason = failure.kind.reason(), "quarantining event: {}", failure.detail);
-            result.outcomes.push(Outcome {
-                verdict: Verdict::Quarantine(Quarantine {
-                    reason: failure.kind.reason().to_string(),
-                    failed_checks: vec![failure.detail],
-                }),
-                writes: Vec::new(),
-            });
+        if events == 1 {
+            let id = String::from_utf8_lossy(&batch.ids.bytes);
+            tracing::warn!(plugin = %self.label(), event = %id, reason = failure.kind.reason(), "quarantining event: {}", failure.detail);
+            result.verdicts.push(Verdict::Quarantine(Quarantine {
+                reason: failure.kind.reason().to_string(),
+                failed_checks: vec![failure.detail],
+            }));
             return;
         }
-        let (left, right) = events.split_at(events.len() / 2);
-        self.process_into(left, result);
-        self.process_into(right, result);
+        let half = events / 2;
+        self.process_into(&columns::slice_batch(batch, 0..half), start, result);
+        self.process_into(
+            &columns::slice_batch(batch, half..events),
+            start + half,
+            result,
+        );
     }
 
     /// Tells the plugin that event time reached `watermark_ms`; returns the rows it closes.
@@ -431,16 +464,27 @@ fn check_output(
     emits: &[String],
     limits: &Limits,
 ) -> Result<(), PluginFailure> {
-    if output.outcomes.len() != events {
+    if output.verdicts.len() != events {
         return Err(PluginFailure::bad_output(format!(
-            "returned {} outcomes for {events} events",
-            output.outcomes.len()
+            "returned {} verdicts for {events} events",
+            output.verdicts.len()
+        )));
+    }
+    if output.writes.len() > writes {
+        return Err(PluginFailure::bad_output(format!(
+            "returned {} write columns but its plan declares {writes} writes",
+            output.writes.len()
         )));
     }
     let mut size = check_rows(&output.rows, emits, limits)?;
-    for outcome in &output.outcomes {
-        size += 16;
-        match &outcome.verdict {
+    for (i, column) in output.writes.iter().enumerate() {
+        columns::check_column(column, events)
+            .map_err(|e| PluginFailure::bad_output(format!("write column {i} {e}")))?;
+        size += columns::column_size(column);
+    }
+    for verdict in &output.verdicts {
+        size += 8;
+        match verdict {
             Verdict::Keep => {}
             Verdict::Drop(rule) => size += rule.len() as u64,
             Verdict::Quarantine(q) => {
@@ -450,15 +494,6 @@ fn check_output(
                         .map(|c| c.len() as u64 + 8)
                         .sum::<u64>()
             }
-        }
-        for write in &outcome.writes {
-            if write.field as usize >= writes {
-                return Err(PluginFailure::bad_output(format!(
-                    "wrote field #{} but its plan declares {writes} writes",
-                    write.field
-                )));
-            }
-            size += 8 + value_size(&write.value);
         }
     }
     if size > limits.output_bytes {

@@ -288,24 +288,24 @@ impl Aggregate {
     ) {
         for ((measure, (path, filter)), acc) in measures.iter().zip(fields).zip(accs) {
             if let Some((field, equals)) = filter
-                && !event.field(*field).is_some_and(|v| same(v, equals))
+                && !event.value(*field).is_some_and(|v| same(equals, v))
             {
                 continue;
             }
             let value = path
-                .and_then(|p| event.field(p))
-                .filter(|v| !matches!(v, Value::Null));
+                .and_then(|p| event.value(p))
+                .filter(|v| !matches!(v, ValueRef::Null));
             if measure.op != Op::Count && value.is_none() {
                 continue;
             }
-            acc.add(value, measure.sign, event.time_ms, seq, scratch);
+            acc.add(value, measure.sign, event.time_ms(), seq, scratch);
         }
     }
 
     /// The group-by values of an event as JSON texts (stored with each window, for its row).
     fn group_of(&self, event: &Event) -> Vec<String> {
         (0..self.config.group_by.len())
-            .map(|i| event.field(i).map_or_else(|| "null".into(), measure::text))
+            .map(|i| event.value(i).map_or_else(|| "null".into(), measure::text))
             .collect()
     }
 
@@ -318,7 +318,7 @@ impl Aggregate {
             if i > 0 {
                 key.push('\u{1f}');
             }
-            match event.field(i) {
+            match event.value(i) {
                 Some(v) => measure::write_text(&mut key, v),
                 None => key.push_str("null"),
             }
@@ -337,7 +337,7 @@ impl Aggregate {
 
     /// Adds the event to every window of `size`, one starting each `slide`, that contains its time.
     fn add_fixed(&mut self, event: &Event, size: i64, slide: i64, key: &str) -> bool {
-        let t = event.time_ms;
+        let t = event.time_ms();
         let last_start = t.div_euclid(slide) * slide;
         let starts = (0..)
             .map(|k| last_start - k * slide)
@@ -381,7 +381,7 @@ impl Aggregate {
     }
 
     fn add_session(&mut self, event: &Event, gap: i64, key: &str) -> bool {
-        let t = event.time_ms;
+        let t = event.time_ms();
         if self.closed_before(t.saturating_add(gap)) {
             return false;
         }
@@ -513,12 +513,12 @@ fn z_score(history: &VecDeque<f64>, value: f64) -> Option<f64> {
     (var > 0.0).then(|| (value - mean) / var.sqrt())
 }
 
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Integer(x), Value::Float(y)) | (Value::Float(y), Value::Integer(x)) => {
-            *x as f64 == *y
+fn same(a: &Value, b: ValueRef<'_>) -> bool {
+    match (a.as_value_ref(), b) {
+        (ValueRef::Integer(x), ValueRef::Float(y)) | (ValueRef::Float(y), ValueRef::Integer(x)) => {
+            x as f64 == y
         }
-        _ => a == b,
+        (a, b) => a == b,
     }
 }
 
@@ -550,7 +550,10 @@ impl Plugin for Aggregate {
         } else {
             Outcome::quarantine(
                 "late",
-                vec![format!("window closed before event time {}", event.time_ms)],
+                vec![format!(
+                    "window closed before event time {}",
+                    event.time_ms()
+                )],
             )
         }
     }

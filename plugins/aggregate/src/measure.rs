@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use weir_sdk::Value;
+use weir_sdk::{Value, ValueRef};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,7 +94,7 @@ impl Acc {
     /// `scratch` is a reusable buffer, so counting an already-seen distinct value allocates nothing.
     pub fn add(
         &mut self,
-        value: Option<&Value>,
+        value: Option<ValueRef<'_>>,
         sign: Option<Sign>,
         time_ms: i64,
         seq: u64,
@@ -107,10 +107,10 @@ impl Acc {
                 float,
                 any_float,
             } => match value {
-                Some(Value::Integer(v)) if sign_ok(*v as f64, sign) => {
-                    *int = int.saturating_add(*v)
+                Some(ValueRef::Integer(v)) if sign_ok(v as f64, sign) => {
+                    *int = int.saturating_add(v)
                 }
-                Some(Value::Float(v)) if sign_ok(*v, sign) => {
+                Some(ValueRef::Float(v)) if sign_ok(v, sign) => {
                     *float += v;
                     *any_float = true;
                 }
@@ -252,10 +252,10 @@ fn sign_ok(v: f64, sign: Option<Sign>) -> bool {
     }
 }
 
-fn number(v: &Value) -> Option<f64> {
+fn number(v: ValueRef<'_>) -> Option<f64> {
     match v {
-        Value::Integer(n) => Some(*n as f64),
-        Value::Float(f) => Some(*f),
+        ValueRef::Integer(n) => Some(n as f64),
+        ValueRef::Float(f) => Some(f),
         _ => None,
     }
 }
@@ -269,34 +269,38 @@ fn float_or_int(v: f64) -> Value {
 }
 
 /// A value as JSON text, the identity used for distinct counts and first/last.
-pub fn text(v: &Value) -> String {
+pub fn text(v: ValueRef<'_>) -> String {
     let mut out = String::new();
     write_text(&mut out, v);
     out
 }
 
 /// Appends a value's JSON text to `out` (the hot path: no allocation for plain strings and numbers).
-pub fn write_text(out: &mut String, v: &Value) {
+pub fn write_text(out: &mut String, v: ValueRef<'_>) {
     use std::fmt::Write;
     match v {
-        Value::Null => out.push_str("null"),
-        Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Integer(n) => {
+        ValueRef::Null => out.push_str("null"),
+        ValueRef::Boolean(b) => out.push_str(if b { "true" } else { "false" }),
+        ValueRef::Integer(n) => {
             let _ = write!(out, "{n}");
         }
-        Value::Float(f) => match serde_json::Number::from_f64(*f) {
+        ValueRef::Float(f) => match serde_json::Number::from_f64(f) {
             Some(n) => {
                 let _ = write!(out, "{n}");
             }
             None => out.push_str("null"),
         },
-        Value::Text(s) if !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) => {
+        ValueRef::Text(s)
+            if !s
+                .bytes()
+                .any(|c| c == b'"' || c == b'\\' || c < 0x20 || c == 0x7f) =>
+        {
             out.push('"');
             out.push_str(s);
             out.push('"');
         }
-        Value::Text(s) => out.push_str(&Json::String(s.clone()).to_string()),
-        Value::Json(j) => out.push_str(j),
+        ValueRef::Text(s) => out.push_str(&Json::String(s.to_string()).to_string()),
+        ValueRef::Json(j) => out.push_str(j),
     }
 }
 
@@ -347,14 +351,14 @@ mod tests {
         let mut acc = Acc::new(Op::DistinctCount);
         for i in 0..50_000 {
             acc.add(
-                Some(&Value::Text(format!("user-{i}"))),
+                Some(ValueRef::Text(&format!("user-{i}"))),
                 None,
                 0,
                 i,
                 &mut String::new(),
             );
             acc.add(
-                Some(&Value::Text(format!("user-{i}"))),
+                Some(ValueRef::Text(&format!("user-{i}"))),
                 None,
                 0,
                 i,
@@ -374,14 +378,14 @@ mod tests {
         let mut removed = Acc::new(Op::Sum);
         for v in [5, -3, 7, 0, -10] {
             added.add(
-                Some(&Value::Integer(v)),
+                Some(ValueRef::Integer(v)),
                 Some(Sign::Positive),
                 0,
                 0,
                 &mut String::new(),
             );
             removed.add(
-                Some(&Value::Integer(v)),
+                Some(ValueRef::Integer(v)),
                 Some(Sign::Negative),
                 0,
                 0,

@@ -2,7 +2,7 @@ use std::process::Command;
 
 use serde_json::{Value as Json, json};
 use weir_plugin_aggregate::{Aggregate, Config, gold_configs};
-use weir_sdk::testing::{project, reset_host};
+use weir_sdk::testing::{reset_host, timed_batch};
 use weir_sdk::{Plugin, Row, Value, Verdict};
 
 const T0: i64 = 1_740_000_000_000;
@@ -60,18 +60,11 @@ fn run_plugin(
     let mut late = 0;
     let mut max_t = i64::MIN;
     for chunk in events.chunks(batch) {
-        let projected = chunk
-            .iter()
-            .map(|(t, doc)| {
-                max_t = max_t.max(*t);
-                let mut e = project(doc, &plan);
-                e.time_ms = *t;
-                e
-            })
-            .collect();
-        let out = plugin.process_batch(projected);
+        max_t = chunk.iter().map(|(t, _)| *t).fold(max_t, i64::max);
+        let projected = timed_batch(chunk.iter().map(|(t, doc)| (*t, doc)), &plan);
+        let out = plugin.process_batch(&projected);
         late += out
-            .outcomes
+            .outcomes()
             .iter()
             .filter(|o| matches!(&o.verdict, Verdict::Quarantine(q) if q.reason == "late"))
             .count();
@@ -220,15 +213,12 @@ fn late_events_are_quarantined_not_lost() {
     let mut config = config(json!({"kind": "tumbling", "size_ms": 1_000}), json!([]));
     config.allowed_lateness_ms = 500;
     let (mut plugin, plan) = Aggregate::from_config(config).unwrap();
-    let ev = |t: i64| {
-        let mut e = project(&json!({"type": "edit"}), &plan);
-        e.time_ms = t;
-        e
-    };
+    let edit = json!({"type": "edit"});
+    let ev = |times: &[i64]| timed_batch(times.iter().map(|t| (*t, &edit)), &plan);
     assert!(
         plugin
-            .process_batch(vec![ev(100), ev(1_100)])
-            .outcomes
+            .process_batch(&ev(&[100, 1_100]))
+            .outcomes()
             .iter()
             .all(|o| o.is_keep())
     );
@@ -237,15 +227,15 @@ fn late_events_are_quarantined_not_lost() {
         "window [0,1000) stays open for 500 ms of lateness"
     );
     assert!(
-        plugin.process_batch(vec![ev(900)]).outcomes[0].is_keep(),
+        plugin.process_batch(&ev(&[900])).outcomes()[0].is_keep(),
         "late but allowed"
     );
     let rows = plugin.on_watermark(1_500);
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get("events"), Some(&Value::Integer(2)));
-    let out = plugin.process_batch(vec![ev(999), ev(1_200)]);
-    assert!(matches!(&out.outcomes[0].verdict, Verdict::Quarantine(q) if q.reason == "late"));
-    assert!(out.outcomes[1].is_keep());
+    let out = plugin.process_batch(&ev(&[999, 1_200]));
+    assert!(matches!(&out.outcomes()[0].verdict, Verdict::Quarantine(q) if q.reason == "late"));
+    assert!(out.outcomes()[1].is_keep());
 }
 
 #[test]
@@ -258,22 +248,14 @@ fn windows_survive_a_snapshot_and_restore() {
     let (expected, _) = run_plugin(&config, &events, 100, 300_000);
     // Same run, but the plugin is rebuilt from a snapshot halfway (a restart or a hot swap).
     let (mut first, plan) = Aggregate::from_config(config.clone()).unwrap();
-    let project_all = |chunk: &[(i64, Json)]| -> Vec<weir_sdk::Event> {
-        chunk
-            .iter()
-            .map(|(t, d)| {
-                let mut e = project(d, &plan);
-                e.time_ms = *t;
-                e
-            })
-            .collect()
-    };
+    let project_all =
+        |chunk: &[(i64, Json)]| timed_batch(chunk.iter().map(|(t, d)| (*t, d)), &plan);
     let mut rows = Vec::new();
     let mut max_t = i64::MIN;
     let (a, b) = events.split_at(500);
     for chunk in a.chunks(100) {
         max_t = max_t.max(chunk.iter().map(|(t, _)| *t).max().unwrap());
-        first.process_batch(project_all(chunk));
+        first.process_batch(&project_all(chunk));
         rows.extend(first.on_watermark(max_t - 300_000));
     }
     let snapshot = first.snapshot();
@@ -281,7 +263,7 @@ fn windows_survive_a_snapshot_and_restore() {
     second.restore(&snapshot).unwrap();
     for chunk in b.chunks(100) {
         max_t = max_t.max(chunk.iter().map(|(t, _)| *t).max().unwrap());
-        second.process_batch(project_all(chunk));
+        second.process_batch(&project_all(chunk));
         rows.extend(second.on_watermark(max_t - 300_000));
     }
     rows.extend(second.on_watermark(i64::MAX));
@@ -299,14 +281,9 @@ fn anomaly_flags_a_spike_against_trailing_windows() {
     let (mut plugin, plan) = Aggregate::from_config(config).unwrap();
     let counts = [10, 11, 9, 10, 12, 10, 60];
     for (w, count) in counts.iter().enumerate() {
-        let events = (0..*count)
-            .map(|i| {
-                let mut e = project(&json!({}), &plan);
-                e.time_ms = w as i64 * 1_000 + i;
-                e
-            })
-            .collect();
-        plugin.process_batch(events);
+        let empty = json!({});
+        let events = timed_batch((0..*count).map(|i| (w as i64 * 1_000 + i, &empty)), &plan);
+        plugin.process_batch(&events);
     }
     let rows = plugin.on_watermark(i64::MAX);
     let flags: Vec<bool> = rows

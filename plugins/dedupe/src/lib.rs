@@ -6,6 +6,7 @@
 //! revision-level dedupe. Duplicates are dropped as `duplicate` (and counted); events without the key are kept
 //! (counted as `missing_key`) or quarantined with reason `missing_dedupe_key`.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
@@ -49,14 +50,13 @@ fn state_key(key: &str) -> String {
     format!("seen:{key}")
 }
 
-fn key_text(value: &Value) -> Option<String> {
+fn key_text(value: ValueRef<'_>) -> Option<Cow<'_, str>> {
     match value {
-        Value::Null => None,
-        Value::Text(s) => Some(s.clone()),
-        Value::Integer(n) => Some(n.to_string()),
-        Value::Float(f) => Some(f.to_string()),
-        Value::Boolean(b) => Some(b.to_string()),
-        Value::Json(j) => Some(j.clone()),
+        ValueRef::Null => None,
+        ValueRef::Text(s) | ValueRef::Json(s) => Some(Cow::Borrowed(s)),
+        ValueRef::Integer(n) => Some(Cow::Owned(n.to_string())),
+        ValueRef::Float(f) => Some(Cow::Owned(f.to_string())),
+        ValueRef::Boolean(b) => Some(Cow::Owned(b.to_string())),
     }
 }
 
@@ -89,22 +89,29 @@ impl Plugin for Dedupe {
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
-        self.process_batch(vec![event.clone()])
-            .outcomes
-            .pop()
-            .expect("one outcome per event")
+        self.decide(&[*event]).pop().expect("one outcome per event")
     }
 
-    fn process_batch(&mut self, events: Vec<Event>) -> Output {
-        let keys: Vec<Option<String>> = events
+    fn process_batch(&mut self, batch: &Batch) -> Output {
+        let events: Vec<Event> = batch.events().collect();
+        self.decide(&events).into_iter().collect()
+    }
+}
+
+impl Dedupe {
+    /// One state lookup and one state write for the whole batch; a key seen earlier in the same batch is a
+    /// duplicate too.
+    fn decide(&mut self, events: &[Event]) -> Vec<Outcome> {
+        let keys: Vec<Option<Cow<str>>> = events
             .iter()
-            .map(|e| e.field(0).and_then(key_text))
+            .map(|e| e.value(0).and_then(key_text))
             .collect();
-        let lookups: Vec<String> = keys.iter().flatten().map(|k| state_key(k)).collect();
-        let mut seen = state::get_many(&lookups).into_iter();
-        let mut in_batch = HashSet::new();
+        let mut lookups: Vec<String> = keys.iter().flatten().map(|k| state_key(k)).collect();
+        let seen = state::get_many(&lookups);
+        let mut in_batch = HashSet::with_capacity(lookups.len());
         let mut fresh = Vec::new();
         let (mut duplicates, mut missing) = (0, 0);
+        let mut lookup = 0;
         let outcomes = keys
             .into_iter()
             .map(|key| match key {
@@ -118,13 +125,15 @@ impl Plugin for Dedupe {
                     }
                 }
                 Some(key) => {
-                    let stored = seen.next().expect("one lookup per key").is_some();
-                    if stored || !in_batch.insert(key.clone()) {
+                    let stored = seen[lookup].is_some();
+                    let state_key = std::mem::take(&mut lookups[lookup]);
+                    lookup += 1;
+                    if stored || !in_batch.insert(key) {
                         duplicates += 1;
                         Outcome::drop("duplicate")
                     } else {
                         fresh.push(state::Entry {
-                            key: state_key(&key),
+                            key: state_key,
                             value: vec![1],
                             ttl_ms: Some(self.ttl_ms),
                         });
@@ -140,10 +149,7 @@ impl Plugin for Dedupe {
         if missing > 0 {
             metrics::counter("missing_key", missing);
         }
-        Output {
-            outcomes,
-            rows: Vec::new(),
-        }
+        outcomes
     }
 }
 

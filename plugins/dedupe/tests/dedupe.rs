@@ -20,15 +20,12 @@ fn real_events_are_unique_and_replays_are_dropped() {
     clock::set_now_ms(Some(1_000));
     let docs = recentchange();
     let (mut plugin, plan) = Dedupe::init("{}").unwrap();
-    let events: Vec<_> = docs
-        .iter()
-        .map(|d| weir_sdk::testing::project(d, &plan))
-        .collect();
-    let first = plugin.process_batch(events.clone());
-    assert!(kinds(&first.outcomes).iter().all(|k| *k == "keep"));
+    let events = weir_sdk::testing::batch(&docs, &plan);
+    let first = plugin.process_batch(&events);
+    assert!(kinds(&first.outcomes()).iter().all(|k| *k == "keep"));
     // A reconnect replays the whole stream: every event is a duplicate now.
-    let replay = plugin.process_batch(events);
-    assert!(kinds(&replay.outcomes).iter().all(|k| *k == "dup"));
+    let replay = plugin.process_batch(&events);
+    assert!(kinds(&replay.outcomes()).iter().all(|k| *k == "dup"));
     assert_eq!(metrics::counter_value("duplicates"), docs.len() as u64);
 }
 
@@ -58,18 +55,12 @@ fn the_same_id_twice_in_one_batch() {
 fn keys_expire_after_the_ttl() {
     clock::set_now_ms(Some(10_000));
     let (mut plugin, plan) = Dedupe::init(r#"{"key": "revision.new", "ttl_ms": 500}"#).unwrap();
-    let event = weir_sdk::testing::project(&json!({"revision": {"new": 42}}), &plan);
-    assert_eq!(
-        kinds(&plugin.process_batch(vec![event.clone()]).outcomes),
-        ["keep"]
-    );
+    let event = weir_sdk::testing::batch(&[json!({"revision": {"new": 42}})], &plan);
+    assert_eq!(kinds(&plugin.process_batch(&event).outcomes()), ["keep"]);
     clock::set_now_ms(Some(10_499));
-    assert_eq!(
-        kinds(&plugin.process_batch(vec![event.clone()]).outcomes),
-        ["dup"]
-    );
+    assert_eq!(kinds(&plugin.process_batch(&event).outcomes()), ["dup"]);
     clock::set_now_ms(Some(10_500));
-    assert_eq!(kinds(&plugin.process_batch(vec![event]).outcomes), ["keep"]);
+    assert_eq!(kinds(&plugin.process_batch(&event).outcomes()), ["keep"]);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 // Example Weir plugin in JavaScript: drops canary events and, when configured, events whose `type` is not in
 // an allow-list. Config: {"types": ["edit", "new"]} (default: every type).
-import { counterAdd } from 'weir:transform/metrics@0.1.0';
+// Uses the helpers of sdk/js/weir.js (WeirBatch, WeirOutput), which build.sh puts in front of this file.
+import { counterAdd } from 'weir:transform/metrics@0.2.0';
 
 let allowedTypes = null;
 
@@ -33,19 +34,17 @@ export const transform = {
     };
   },
 
-  process(events) {
-    const outcomes = events.map((event) => {
-      const [domain, type] = event.fields;
-      if (domain && domain.tag === 'text' && domain.val === 'canary') {
-        return { verdict: { tag: 'drop', val: 'canary' }, writes: [] };
-      }
-      if (allowedTypes && !(type && type.tag === 'text' && allowedTypes.has(type.val))) {
-        return { verdict: { tag: 'drop', val: 'type' }, writes: [] };
-      }
-      return { verdict: { tag: 'keep' }, writes: [] };
-    });
+  process(batch) {
+    const events = new WeirBatch(batch);
+    const out = new WeirOutput();
+    for (let i = 0; i < events.length; i++) {
+      const [domain, type] = [events.get(0, i), events.get(1, i)];
+      if (domain === 'canary') out.drop('canary');
+      else if (allowedTypes && !allowedTypes.has(type)) out.drop('type');
+      else out.keep();
+    }
     counterAdd('batches', 1n);
-    return { outcomes, rows: [] };
+    return out.finish();
   },
 
   onWatermark(_watermarkMs) {

@@ -9,9 +9,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 out="${CARGO_TARGET_DIR:-$root/target}/wasm32-wasip2/plugin/js_drop_canary.wasm"
 mkdir -p "$(dirname "$out")"
-if [ -f "$out" ] && [ "$out" -nt "$here/app.js" ] && [ "$out" -nt "$root/wit/weir.wit" ]; then exit 0; fi
+if [ -f "$out" ] && [ "$out" -nt "$here/app.js" ] && [ "$out" -nt "$root/wit/weir.wit" ] \
+  && [ "$out" -nt "$root/sdk/js/weir.js" ]; then exit 0; fi
 cd "$here"
 [ -x node_modules/.bin/componentize-js ] || npm install --no-audit --no-fund --loglevel=error
-node_modules/.bin/componentize-js app.js --wit "$root/wit" --world-name weir:transform/plugin --disable http fetch-event -o "$out.tmp"
+# componentize-js takes one source file: the SDK helpers, then the plugin.
+mkdir -p build
+cat "$root/sdk/js/weir.js" app.js > build/plugin.js
+node_modules/.bin/componentize-js build/plugin.js --wit "$root/wit" --world-name weir:transform/plugin --disable http fetch-event -o "$out.tmp"
 mv "$out.tmp" "$out"
 echo "built $out"

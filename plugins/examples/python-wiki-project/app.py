@@ -4,7 +4,9 @@
     commons.wikimedia.org -> project "commons",   language null
     www.wikidata.org      -> project "wikidata",  language null
 
-Build (see build.sh): componentize-py -d ../../../wit -w weir:transform/plugin componentize app -o <out.wasm>
+Build (see build.sh): componentize-py -d ../../../wit -w weir:transform/plugin componentize -p ../../../sdk/python app
+-o <out.wasm>. The helpers of sdk/python/weir_columns.py read the batch's columns event by event and gather the
+answers back into columns.
 """
 
 from typing import List
@@ -12,10 +14,9 @@ from typing import List
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import metrics
-from wit_world.imports.types import (
-    Event, FieldWrite, Kind, Outcome, Output, Plan, PluginManifest, Row, StateNeeds,
-    Value_Null, Value_Text, Verdict_Keep,
-)
+from wit_world.imports.types import Kind, Plan, PluginManifest, Row, StateNeeds
+
+import weir_columns
 
 # Wikis whose first label is not a language.
 NOT_LANGUAGES = {"commons", "www", "meta", "species", "incubator", "wikidata", "test", "test2", "mediawiki"}
@@ -44,19 +45,15 @@ class Transform(exports.Transform):
         return Plan(reads=["server_name"], writes=["project", "language"], needs_payload=False,
                     needs_attributes=False, state=StateNeeds(keyed=False, snapshot=False), emits=[])
 
-    def process(self, events: List[Event]) -> Output:
-        outcomes = []
-        for event in events:
-            server = event.fields[0]
-            project, language = (None, None)
-            if isinstance(server, Value_Text):
-                project, language = split_server(server.value)
-            outcomes.append(Outcome(Verdict_Keep(), [
-                FieldWrite(0, Value_Text(project) if project else Value_Null()),
-                FieldWrite(1, Value_Text(language) if language else Value_Null()),
-            ]))
+    def process(self, batch):
+        events = weir_columns.Batch(batch)
+        out = weir_columns.Output()
+        for i in range(len(events)):
+            server = events.get(0, i)
+            project, language = split_server(server) if isinstance(server, str) else (None, None)
+            out.set(0, project).set(1, language).keep()
         metrics.counter_add("enriched", len(events))
-        return Output(outcomes, [])
+        return out.finish()
 
     def on_watermark(self, watermark_ms: int) -> List[Row]:
         return []

@@ -134,29 +134,29 @@ enum Test {
 }
 
 impl Test {
-    fn matches(&self, value: Option<&Value>) -> bool {
+    fn matches(&self, value: Option<ValueRef<'_>>) -> bool {
         match self {
             Test::OneOf(values) => value.is_some_and(|v| values.iter().any(|c| same(c, v))),
             Test::NoneOf(values) => !value.is_some_and(|v| values.iter().any(|c| same(c, v))),
-            Test::Exists => !matches!(value, None | Some(Value::Null)),
-            Test::Missing => matches!(value, None | Some(Value::Null)),
+            Test::Exists => !matches!(value, None | Some(ValueRef::Null)),
+            Test::Missing => matches!(value, None | Some(ValueRef::Null)),
             Test::Compare(cmp, bound) => match value {
-                Some(Value::Integer(n)) => cmp(*n as f64, *bound),
-                Some(Value::Float(f)) => cmp(*f, *bound),
+                Some(ValueRef::Integer(n)) => cmp(n as f64, *bound),
+                Some(ValueRef::Float(f)) => cmp(f, *bound),
                 _ => false,
             },
-            Test::Regex(re) => matches!(value, Some(Value::Text(s)) if re.is_match(s)),
+            Test::Regex(re) => matches!(value, Some(ValueRef::Text(s)) if re.is_match(s)),
         }
     }
 }
 
 /// Equality across the int/float split: `1` in the config equals `1.0` in an event.
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Integer(x), Value::Float(y)) | (Value::Float(y), Value::Integer(x)) => {
-            (*x as f64) == *y
+fn same(a: &Value, b: ValueRef<'_>) -> bool {
+    match (a.as_value_ref(), b) {
+        (ValueRef::Integer(x), ValueRef::Float(y)) | (ValueRef::Float(y), ValueRef::Integer(x)) => {
+            (x as f64) == y
         }
-        _ => a == b,
+        (a, b) => a == b,
     }
 }
 
@@ -240,7 +240,7 @@ impl Plugin for Filter {
             return Outcome::drop("canary");
         }
         for rule in &self.rules {
-            let matched = rule.test.matches(event.field(rule.field));
+            let matched = rule.test.matches(event.value(rule.field));
             if matched == (rule.action == Action::Drop) {
                 return Outcome::drop(rule.name.as_str());
             }

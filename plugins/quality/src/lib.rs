@@ -12,6 +12,8 @@
 //!
 //! The default checks are the bronze/silver gates for Wikimedia `recentchange` (see `Config::default`).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use weir_sdk::prelude::*;
@@ -166,15 +168,16 @@ pub struct Quality {
     critical_below: f64,
 }
 
-fn number(v: &Value) -> Option<f64> {
+fn number(v: ValueRef<'_>) -> Option<f64> {
     match v {
-        Value::Integer(n) => Some(*n as f64),
-        Value::Float(f) => Some(*f),
+        ValueRef::Integer(n) => Some(n as f64),
+        ValueRef::Float(f) => Some(f),
         _ => None,
     }
 }
 
-fn same(a: &Value, b: &Value) -> bool {
+fn same(a: &Value, b: ValueRef<'_>) -> bool {
+    let a = a.as_value_ref();
     match (number(a), number(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,
@@ -184,12 +187,12 @@ fn same(a: &Value, b: &Value) -> bool {
 impl Compiled {
     fn passes(&self, event: &Event, now_ms: i64) -> bool {
         let value = event
-            .field(self.field)
-            .filter(|v| !matches!(v, Value::Null));
+            .value(self.field)
+            .filter(|v| !matches!(v, ValueRef::Null));
         let time = || {
             value.and_then(|v| match v {
-                Value::Text(s) => parse_rfc3339_ms(s),
-                Value::Integer(ms) => Some(*ms),
+                ValueRef::Text(s) => parse_rfc3339_ms(s),
+                ValueRef::Integer(ms) => Some(ms),
                 _ => None,
             })
         };
@@ -198,31 +201,33 @@ impl Compiled {
             Test::Freshness(max_age) => time().is_some_and(|t| now_ms - t <= *max_age),
             Test::NotFuture(skew) => time().is_some_and(|t| t <= now_ms + skew),
             Test::Requires(equals, then) => {
-                !value.is_some_and(|v| same(v, equals)) || !event.is_null_or_missing(*then)
+                !value.is_some_and(|v| same(equals, v)) || !event.is_null_or_missing(*then)
             }
             _ => value.is_none_or(|v| self.passes_present(v)),
         }
     }
 
-    fn passes_present(&self, value: &Value) -> bool {
+    fn passes_present(&self, value: ValueRef<'_>) -> bool {
         match (&self.test, value) {
             (Test::Type(t), v) => {
                 matches!(
                     (t, v),
-                    (JsonType::Boolean, Value::Boolean(_))
-                        | (JsonType::Integer, Value::Integer(_))
-                        | (JsonType::Number, Value::Integer(_) | Value::Float(_))
-                        | (JsonType::String, Value::Text(_))
-                ) || matches!((t, v), (JsonType::Object, Value::Json(j)) if j.starts_with('{'))
-                    || matches!((t, v), (JsonType::Array, Value::Json(j)) if j.starts_with('['))
+                    (JsonType::Boolean, ValueRef::Boolean(_))
+                        | (JsonType::Integer, ValueRef::Integer(_))
+                        | (JsonType::Number, ValueRef::Integer(_) | ValueRef::Float(_))
+                        | (JsonType::String, ValueRef::Text(_))
+                ) || matches!((t, v), (JsonType::Object, ValueRef::Json(j)) if j.starts_with('{'))
+                    || matches!((t, v), (JsonType::Array, ValueRef::Json(j)) if j.starts_with('['))
             }
             (Test::Enum(values), v) => values.iter().any(|c| same(c, v)),
             (Test::Range(min, max), v) => {
                 number(v).is_some_and(|n| min.is_none_or(|m| n >= m) && max.is_none_or(|m| n <= m))
             }
-            (Test::Regex(re), Value::Text(s)) => re.is_match(s),
+            (Test::Regex(re), ValueRef::Text(s)) => re.is_match(s),
             (Test::Regex(_), _) => false,
-            (Test::MaxLength(max), Value::Text(s)) => s.chars().count() <= *max,
+            (Test::MaxLength(max), ValueRef::Text(s)) => {
+                s.len() <= *max || s.chars().count() <= *max
+            }
             (Test::MaxLength(_), _) => true,
             _ => true,
         }
@@ -325,22 +330,26 @@ impl Plugin for Quality {
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
-        let (failed, error) = self.failures(event, clock::now_ms());
-        if error {
-            Outcome::quarantine("quality_failed", failed)
-        } else {
-            for name in &failed {
-                metrics::counter(&format!("warn.{name}"), 1);
-            }
-            Outcome::keep()
-        }
+        let mut warnings = BTreeMap::new();
+        let outcome = self.decide(event, clock::now_ms(), &mut warnings);
+        report_warnings(warnings);
+        outcome
     }
 
-    fn process_batch(&mut self, events: Vec<Event>) -> Output {
-        let outcomes: Vec<Outcome> = events.iter().map(|e| self.process(e)).collect();
-        let passed = outcomes.iter().filter(|o| o.is_keep()).count();
-        if !events.is_empty() {
-            let rate = passed as f64 / events.len() as f64;
+    fn process_batch(&mut self, batch: &Batch) -> Output {
+        // One clock reading per batch: a batch is checked against one "now".
+        let now = clock::now_ms();
+        let mut warnings = BTreeMap::new();
+        let mut output = OutputBuilder::with_capacity(batch.len());
+        let mut passed = 0;
+        for event in batch.events() {
+            let outcome = self.decide(&event, now, &mut warnings);
+            passed += usize::from(outcome.is_keep());
+            output.push(outcome);
+        }
+        report_warnings(warnings);
+        if !batch.is_empty() {
+            let rate = passed as f64 / batch.len() as f64;
             let level = if rate < self.critical_below {
                 2.0
             } else if rate < self.warning_below {
@@ -350,13 +359,38 @@ impl Plugin for Quality {
             };
             metrics::gauge("pass_rate", rate);
             metrics::gauge("alert_level", level);
-            metrics::counter("checked", events.len() as u64);
-            metrics::counter("failed", (events.len() - passed) as u64);
+            metrics::counter("checked", batch.len() as u64);
+            metrics::counter("failed", (batch.len() - passed) as u64);
         }
-        Output {
-            outcomes,
-            rows: Vec::new(),
+        output.finish()
+    }
+}
+
+impl Quality {
+    /// Quarantines an event that fails an error check; counts the warning checks it fails.
+    fn decide<'a>(
+        &'a self,
+        event: &Event,
+        now_ms: i64,
+        warnings: &mut BTreeMap<&'a str, u64>,
+    ) -> Outcome {
+        let (failed, error) = self.failures(event, now_ms);
+        if error {
+            return Outcome::quarantine("quality_failed", failed);
         }
+        for name in failed {
+            if let Some(check) = self.checks.iter().find(|c| c.name == name) {
+                *warnings.entry(check.name.as_str()).or_default() += 1;
+            }
+        }
+        Outcome::keep()
+    }
+}
+
+/// Warning checks are counted per batch (`warn.<check>`), not reported one host call per event.
+fn report_warnings(warnings: BTreeMap<&str, u64>) {
+    for (name, count) in warnings {
+        metrics::counter(&format!("warn.{name}"), count);
     }
 }
 

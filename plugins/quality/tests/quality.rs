@@ -1,6 +1,6 @@
 use serde_json::{Value as Json, json};
 use weir_plugin_quality::{Config, Quality};
-use weir_sdk::testing::{project, recentchange, reset_host, run};
+use weir_sdk::testing::{batch, recentchange, reset_host, run};
 use weir_sdk::time::parse_rfc3339_ms;
 use weir_sdk::{Plugin, Verdict, clock, metrics};
 
@@ -53,7 +53,8 @@ fn real_events_pass_the_default_gates_at_their_own_time() {
     for doc in recentchange() {
         let t = parse_rfc3339_ms(doc["meta"]["dt"].as_str().unwrap()).unwrap();
         clock::set_now_ms(Some(t + 30_000));
-        let outcome = quality.process(&project(&doc, &plan));
+        let events = batch(std::slice::from_ref(&doc), &plan);
+        let outcome = quality.process(&events.event(0));
         assert!(
             matches!(outcome.verdict, Verdict::Keep),
             "{}: {:?}",

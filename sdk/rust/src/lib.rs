@@ -24,9 +24,10 @@
 //! ```
 //!
 //! The host parses each event once and sends only the fields the plan reads, in plan order: `event.str(0)` is
-//! the first path of `reads`. Field writes name a path of `writes` by its index. The same code compiles
-//! natively, where the host imports (state, log, metrics, clock) are served in memory so plugins can be
-//! unit-tested with `cargo test` (see [`testing`]).
+//! the first path of `reads`. Field writes name a path of `writes` by its index. Batches cross the sandbox
+//! column-wise (see `wit/weir.wit`); [`Event`] is a view of one event over those columns, so nothing is copied
+//! per event. The same code compiles natively, where the host imports (state, log, metrics, clock) are served
+//! in memory so plugins can be unit-tested with `cargo test` (see [`testing`]).
 
 #[doc(hidden)]
 pub mod bindings {
@@ -39,23 +40,26 @@ pub mod bindings {
     });
 }
 
+mod batch;
 mod host;
+mod output;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod time;
 mod types;
 
+pub use batch::{Batch, BatchBuilder, Column, Event, Texts, ValueRef, kind};
 pub use bindings::weir::transform::types::{
-    Event, FieldWrite, Kind, Outcome, Output, Plan, PluginManifest as Manifest, Quarantine, Row,
-    StateNeeds, Value, Verdict,
+    Kind, Output, Plan, PluginManifest as Manifest, Quarantine, Row, StateNeeds, Value, Verdict,
 };
 pub use host::{clock, log, metrics, state};
+pub use output::{FieldWrite, Outcome, OutputBuilder};
 
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::{
-        Event, Kind, Manifest, Outcome, Output, Plan, Plugin, Row, Value, Verdict, clock,
-        export_plugin, log, metrics, parse_config, state,
+        Batch, Event, Kind, Manifest, Outcome, Output, OutputBuilder, Plan, Plugin, Row, Value,
+        ValueRef, Verdict, clock, export_plugin, log, metrics, parse_config, state,
     };
 }
 
@@ -69,15 +73,13 @@ pub trait Plugin: Sized + 'static {
     fn init(config: &str) -> Result<(Self, Plan), String>;
 
     /// Decides the fate of one event.
-    fn process(&mut self, event: &Event) -> Outcome;
+    fn process(&mut self, event: &Event<'_>) -> Outcome;
 
     /// Decides a whole batch. Override it to batch host calls (a dedupe asks the state for every key of the
-    /// batch in one `state::get_many`) or to emit rows.
-    fn process_batch(&mut self, events: Vec<Event>) -> Output {
-        Output {
-            outcomes: events.iter().map(|e| self.process(e)).collect(),
-            rows: Vec::new(),
-        }
+    /// batch in one `state::get_many`), to emit rows, or to write fields without building an [`Outcome`] per
+    /// event (see [`OutputBuilder`]).
+    fn process_batch(&mut self, batch: &Batch) -> Output {
+        batch.events().map(|e| self.process(&e)).collect()
     }
 
     /// Event time reached `watermark_ms`: return the rows of every window that closes.
@@ -142,8 +144,11 @@ macro_rules! export_plugin {
                     INSTANCE.with(|cell| *cell.borrow_mut() = ::std::option::Option::Some(plugin));
                     ::std::result::Result::Ok(plan)
                 }
-                fn process(events: ::std::vec::Vec<$crate::Event>) -> $crate::Output {
-                    with(|p| $crate::Plugin::process_batch(p, events))
+                fn process(
+                    batch: $crate::bindings::weir::transform::types::Batch,
+                ) -> $crate::Output {
+                    let batch = $crate::Batch::from(batch);
+                    with(|p| $crate::Plugin::process_batch(p, &batch))
                 }
                 fn on_watermark(watermark_ms: i64) -> ::std::vec::Vec<$crate::Row> {
                     with(|p| $crate::Plugin::on_watermark(p, watermark_ms))

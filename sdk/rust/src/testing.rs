@@ -2,7 +2,7 @@
 //! through a plugin without building a component.
 
 use crate::time::parse_rfc3339_ms;
-use crate::{Event, Outcome, Plan, Plugin, Value};
+use crate::{Batch, BatchBuilder, Outcome, Plan, Plugin, ValueRef};
 
 /// Reads a dotted path (`meta.domain`, `log_params.0`) the way the host does.
 pub fn get<'a>(doc: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
@@ -13,28 +13,54 @@ pub fn get<'a>(doc: &'a serde_json::Value, path: &str) -> Option<&'a serde_json:
     })
 }
 
-/// Projects a JSON event for `plan`, as the host would (id from `meta.id`, time from `meta.dt`).
-pub fn project(doc: &serde_json::Value, plan: &Plan) -> Event {
-    let id = get(doc, "meta.id")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
-    let time_ms = get(doc, "meta.dt")
-        .and_then(|v| v.as_str())
-        .and_then(parse_rfc3339_ms)
-        .unwrap_or(0);
-    Event {
-        id,
-        key: None,
-        time_ms,
-        fields: plan
+/// Projects JSON events for `plan` into a batch, as the host would (id from `meta.id`, time from `meta.dt`).
+pub fn batch(docs: &[serde_json::Value], plan: &Plan) -> Batch {
+    timed_batch(
+        docs.iter().map(|doc| {
+            let time_ms = get(doc, "meta.dt")
+                .and_then(|v| v.as_str())
+                .and_then(parse_rfc3339_ms)
+                .unwrap_or(0);
+            (time_ms, doc)
+        }),
+        plan,
+    )
+}
+
+/// Like [`batch`], with the event times given.
+pub fn timed_batch<'a>(
+    events: impl IntoIterator<Item = (i64, &'a serde_json::Value)>,
+    plan: &Plan,
+) -> Batch {
+    let mut builder = BatchBuilder::new(plan.reads.len());
+    for (time_ms, doc) in events {
+        let id = get(doc, "meta.id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let nested: Vec<Option<String>> = plan
             .reads
             .iter()
-            .map(|p| get(doc, p).map(Value::from))
-            .collect(),
-        payload: plan.needs_payload.then(|| doc.to_string()),
-        attributes: Vec::new(),
+            .map(|p| {
+                get(doc, p)
+                    .filter(|v| v.is_object() || v.is_array())
+                    .map(|v| v.to_string())
+            })
+            .collect();
+        let fields: Vec<Option<ValueRef<'_>>> = plan
+            .reads
+            .iter()
+            .zip(&nested)
+            .map(|(p, text)| match text {
+                Some(json) => Some(ValueRef::Json(json)),
+                None => get(doc, p).map(ValueRef::from),
+            })
+            .collect();
+        builder.push(id, time_ms, &fields);
+        if plan.needs_payload {
+            builder.payload(&doc.to_string());
+        }
     }
+    builder.build()
 }
 
 /// Forgets the keyed state and metrics the in-memory host holds for this thread, as a fresh host would.
@@ -50,9 +76,8 @@ pub fn run<P: Plugin>(
 ) -> Result<(P, Vec<Outcome>), String> {
     reset_host();
     let (mut plugin, plan) = P::init(config)?;
-    let events = docs.iter().map(|d| project(d, &plan)).collect();
-    let output = plugin.process_batch(events);
-    Ok((plugin, output.outcomes))
+    let output = plugin.process_batch(&batch(docs, &plan));
+    Ok((plugin, output.outcomes()))
 }
 
 /// A file of the shared fixtures (`shared/fixtures/...` beside the checkout), found from the crate under test.

@@ -1,8 +1,7 @@
-//! Conveniences on the contract's types: typed field access, builders and conversions.
+//! Conveniences on the contract's types: builders and conversions.
 
-use crate::{
-    Event, FieldWrite, Kind, Manifest, Outcome, Plan, Quarantine, Row, StateNeeds, Value, Verdict,
-};
+use crate::batch::ValueRef;
+use crate::{Kind, Manifest, Plan, Row, StateNeeds, Value};
 
 impl Manifest {
     pub fn new(name: &str, version: &str, kind: Kind, description: &str) -> Self {
@@ -79,113 +78,6 @@ impl Plan {
     }
 }
 
-impl Event {
-    /// A test event: fields are the values of the plan's reads, in order.
-    pub fn new(id: &str, time_ms: i64, fields: Vec<Option<Value>>) -> Self {
-        Event {
-            id: id.into(),
-            key: None,
-            time_ms,
-            fields,
-            payload: None,
-            attributes: Vec::new(),
-        }
-    }
-
-    /// The value of the `i`-th read path; `None` when the path is absent from the event (or out of range).
-    pub fn field(&self, i: usize) -> Option<&Value> {
-        self.fields.get(i).and_then(Option::as_ref)
-    }
-
-    /// Whether the `i`-th read path exists in the event (even if its value is `null`).
-    pub fn has(&self, i: usize) -> bool {
-        self.field(i).is_some()
-    }
-
-    pub fn is_null_or_missing(&self, i: usize) -> bool {
-        matches!(self.field(i), None | Some(Value::Null))
-    }
-
-    pub fn str(&self, i: usize) -> Option<&str> {
-        match self.field(i)? {
-            Value::Text(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn bool(&self, i: usize) -> Option<bool> {
-        match self.field(i)? {
-            Value::Boolean(b) => Some(*b),
-            _ => None,
-        }
-    }
-
-    /// An integer, or a float without a fractional part.
-    pub fn i64(&self, i: usize) -> Option<i64> {
-        match self.field(i)? {
-            Value::Integer(n) => Some(*n),
-            Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Some(*f as i64),
-            _ => None,
-        }
-    }
-
-    pub fn f64(&self, i: usize) -> Option<f64> {
-        match self.field(i)? {
-            Value::Integer(n) => Some(*n as f64),
-            Value::Float(f) => Some(*f),
-            _ => None,
-        }
-    }
-
-    pub fn attribute(&self, name: &str) -> Option<&str> {
-        self.attributes
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-impl Outcome {
-    pub fn keep() -> Self {
-        Outcome {
-            verdict: Verdict::Keep,
-            writes: Vec::new(),
-        }
-    }
-
-    /// Drops the event; `rule` names the rule, and the host counts drops per rule.
-    pub fn drop(rule: impl Into<String>) -> Self {
-        Outcome {
-            verdict: Verdict::Drop(rule.into()),
-            writes: Vec::new(),
-        }
-    }
-
-    /// Quarantines the event with a reason code and the checks it failed.
-    pub fn quarantine(reason: impl Into<String>, failed_checks: Vec<String>) -> Self {
-        Outcome {
-            verdict: Verdict::Quarantine(Quarantine {
-                reason: reason.into(),
-                failed_checks,
-            }),
-            writes: Vec::new(),
-        }
-    }
-
-    /// Sets the `field`-th write path of the plan to `value`.
-    pub fn set(mut self, field: u32, value: impl Into<Value>) -> Self {
-        self.writes.push(FieldWrite {
-            field,
-            value: value.into(),
-        });
-        self
-    }
-
-    pub fn is_keep(&self) -> bool {
-        matches!(self.verdict, Verdict::Keep)
-    }
-}
-
 impl Row {
     pub fn new(table: impl Into<String>) -> Self {
         Row {
@@ -204,6 +96,51 @@ impl Row {
             .iter()
             .find(|(c, _)| c == column)
             .map(|(_, v)| v)
+    }
+}
+
+impl Value {
+    /// The value borrowed, as a batch holds it.
+    pub fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Boolean(b) => ValueRef::Boolean(*b),
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Float(f) => ValueRef::Float(*f),
+            Value::Text(s) => ValueRef::Text(s),
+            Value::Json(s) => ValueRef::Json(s),
+        }
+    }
+}
+
+impl From<ValueRef<'_>> for Value {
+    fn from(v: ValueRef<'_>) -> Self {
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Boolean(b) => Value::Boolean(b),
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Float(f) => Value::Float(f),
+            ValueRef::Text(s) => Value::Text(s.to_string()),
+            ValueRef::Json(s) => Value::Json(s.to_string()),
+        }
+    }
+}
+
+impl<'a> From<&'a serde_json::Value> for ValueRef<'a> {
+    /// Borrows scalars and strings; objects and arrays must be serialized first (see `Value::from`).
+    fn from(v: &'a serde_json::Value) -> Self {
+        match v {
+            serde_json::Value::Null => ValueRef::Null,
+            serde_json::Value::Bool(b) => ValueRef::Boolean(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => ValueRef::Integer(i),
+                None => ValueRef::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => ValueRef::Text(s),
+            _ => panic!(
+                "ValueRef::from borrows scalars only; serialize objects and arrays with Value::from"
+            ),
+        }
     }
 }
 
@@ -296,6 +233,24 @@ impl From<&Value> for serde_json::Value {
             }
             Value::Text(s) => s.as_str().into(),
             Value::Json(s) => serde_json::from_str(s).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+impl PartialEq for crate::Quarantine {
+    fn eq(&self, other: &Self) -> bool {
+        self.reason == other.reason && self.failed_checks == other.failed_checks
+    }
+}
+
+impl PartialEq for crate::Verdict {
+    fn eq(&self, other: &Self) -> bool {
+        use crate::Verdict::*;
+        match (self, other) {
+            (Keep, Keep) => true,
+            (Drop(a), Drop(b)) => a == b,
+            (Quarantine(a), Quarantine(b)) => a == b,
+            _ => false,
         }
     }
 }

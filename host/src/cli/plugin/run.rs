@@ -119,7 +119,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             clock,
         )?);
     }
-    let mut chain = Chain::new(plugins)?;
     let shape = EventShape {
         id: JsonPath::parse(&args.id_path).map_err(|e| anyhow::anyhow!("--id-path: {e}"))?,
         time: JsonPath::parse(&args.time_path).map_err(|e| anyhow::anyhow!("--time-path: {e}"))?,
@@ -130,6 +129,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .transpose()
             .map_err(|e| anyhow::anyhow!("--key-path: {e}"))?,
     };
+    let mut chain = Chain::with_shape(shape, plugins, Vec::new())?;
+    let parser = chain.parser();
     let input: Box<dyn BufRead> = match &args.input {
         Some(path) => {
             Box::new(BufReader::new(File::open(path).with_context(|| {
@@ -167,7 +168,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
         summary.events_in += 1;
         let line_no = index + 1;
-        match shape.parse(&line, clock.now_ms()) {
+        let line = bytes::Bytes::from(line);
+        match parser.parse(line.clone(), clock.now_ms()) {
             Ok(mut event) => {
                 event
                     .attributes
@@ -267,14 +269,14 @@ fn record(summary: &mut Summary, sinks: &mut Sinks, output: ChainOutput) -> Resu
                 .map(|(_, v)| v.as_str());
             let record = json!({
                 "line": line.and_then(|l| l.parse::<u64>().ok()), "id": q.event.id, "stage": "plugin",
-                "plugin": q.plugin, "reason": q.reason, "failed_checks": q.failed_checks, "data": q.event.doc,
+                "plugin": q.plugin, "reason": q.reason, "failed_checks": q.failed_checks, "data": q.event.raw(),
             });
             writeln!(out, "{record}")?;
         }
     }
     if let Some(out) = &mut sinks.kept {
         for event in &output.kept {
-            serde_json::to_writer(&mut *out, &event.doc)?;
+            out.write_all(event.to_json_text().as_bytes())?;
             out.write_all(b"\n")?;
         }
     }

@@ -23,15 +23,12 @@ impl Plugin for Bad {
     fn process(&mut self, _: &Event) -> Outcome {
         Outcome::keep()
     }
-    fn process_batch(&mut self, events: Vec<Event>) -> Output {
-        let mut outcomes: Vec<Outcome> = events.iter().map(|_| Outcome::keep()).collect();
-        if events.iter().any(|e| e.str(0) == Some("boom")) {
+    fn process_batch(&mut self, batch: &Batch) -> Output {
+        let mut outcomes: Vec<Outcome> = batch.events().map(|_| Outcome::keep()).collect();
+        if batch.events().any(|e| e.str(0) == Some("boom")) {
             outcomes.pop();
         }
-        Output {
-            outcomes,
-            rows: Vec::new(),
-        }
+        outcomes.into_iter().collect()
     }
 }
 export_plugin!(Bad);

@@ -23,14 +23,11 @@ impl Plugin for Bad {
     fn process(&mut self, _: &Event) -> Outcome {
         Outcome::keep()
     }
-    fn process_batch(&mut self, events: Vec<Event>) -> Output {
+    fn process_batch(&mut self, batch: &Batch) -> Output {
         for i in 0..16_384 {
             println!("chatty line {i}: {}", "blah ".repeat(12));
         }
-        Output {
-            outcomes: events.iter().map(|_| Outcome::keep()).collect(),
-            rows: Vec::new(),
-        }
+        batch.events().map(|_| Outcome::keep()).collect()
     }
 }
 export_plugin!(Bad);

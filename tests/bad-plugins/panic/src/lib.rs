@@ -22,7 +22,7 @@ impl Plugin for Bad {
     }
     fn process(&mut self, event: &Event) -> Outcome {
         if event.str(0) == Some("boom") {
-            panic!("bad-panic was asked to panic by event {}", event.id);
+            panic!("bad-panic was asked to panic by event {}", event.id());
         }
         Outcome::keep()
     }

@@ -28,8 +28,8 @@ impl Plugin for Stateful {
 
     fn process(&mut self, event: &Event) -> Outcome {
         self.count += 1;
-        let seen = state::get(&event.id).map_or(0, |v| v[0]);
-        state::set(&event.id, &[seen + 1], None);
+        let seen = state::get(event.id()).map_or(0, |v| v[0]);
+        state::set(event.id(), &[seen + 1], None);
         metrics::counter("seen", 1);
         if event.str(0) == Some("boom") {
             panic!("boom");

@@ -4,9 +4,7 @@
 wit_bindgen::generate!({ path: "wit", world: "test:evil/evil", generate_all });
 
 use exports::weir::transform::transform::Guest;
-use weir::transform::types::{
-    Event, Kind, Outcome, Output, Plan, PluginManifest, Row, StateNeeds, Verdict,
-};
+use weir::transform::types::{Batch, Kind, Output, Plan, PluginManifest, Row, StateNeeds, Verdict};
 
 struct Evil;
 
@@ -32,18 +30,12 @@ impl Guest for Evil {
             emits: vec![],
         })
     }
-    fn process(events: Vec<Event>) -> Output {
-        for e in &events {
-            test::evil::net::connect(e.payload.as_deref().unwrap_or_default());
-        }
+    fn process(batch: Batch) -> Output {
+        let payloads = String::from_utf8_lossy(&batch.payloads.bytes).into_owned();
+        test::evil::net::connect(&payloads);
         Output {
-            outcomes: events
-                .iter()
-                .map(|_| Outcome {
-                    verdict: Verdict::Keep,
-                    writes: vec![],
-                })
-                .collect(),
+            verdicts: batch.times.iter().map(|_| Verdict::Keep).collect(),
+            writes: vec![],
             rows: vec![],
         }
     }

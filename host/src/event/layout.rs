@@ -1,0 +1,282 @@
+//! Which JSON paths the host extracts from each event, and where each value lives in an event's slot table.
+//!
+//! A chain never needs the whole document of an event: it needs the paths its plugins read and write, the id,
+//! key and time paths, and the columns of the tables it writes. A `Layout` lists those paths once, as a trie the
+//! parser walks in a single pass over the raw text (skipping everything else without building it), and gives
+//! each path a slot. Slots are numbered depth-first, so the slots below any node of the trie are contiguous.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::{EventShape, JsonPath};
+
+/// The index of a path in an event's slot table.
+pub type Slot = u16;
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) key: Box<str>,
+    /// `key` as an array index, when it is one.
+    pub(crate) index: Option<usize>,
+    pub(crate) children: Vec<usize>,
+    pub(crate) slot: Option<Slot>,
+    /// The slots of this node and everything below it.
+    pub(crate) slots: Range<usize>,
+}
+
+impl Node {
+    pub(crate) fn child(&self, nodes: &[Node], key: &str) -> Option<usize> {
+        self.children
+            .iter()
+            .copied()
+            .find(|&c| &*nodes[c].key == key)
+    }
+
+    pub(crate) fn child_at(&self, nodes: &[Node], index: usize) -> Option<usize> {
+        self.children
+            .iter()
+            .copied()
+            .find(|&c| nodes[c].index == Some(index))
+    }
+}
+
+/// What a slot is used for; decides how a write to a related path is handled (see `Event::set`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Someone reads the value: a plugin, the event shape, a table column.
+    pub read: bool,
+    /// A plugin may write it.
+    pub written: bool,
+}
+
+#[derive(Debug)]
+pub struct Layout {
+    paths: Vec<JsonPath>,
+    usage: Vec<Usage>,
+    by_text: HashMap<String, Slot>,
+    pub(crate) nodes: Vec<Node>,
+    /// Per slot: the slots whose path is a strict prefix or a strict extension of it. A write to a slot with a
+    /// related slot that is read goes through the whole document, so that no read is ever stale.
+    related: Vec<Vec<Slot>>,
+    /// Per slot: the slots of its strict prefixes, nearest first (they are all in the layout for written paths).
+    ancestors: Vec<Vec<Slot>>,
+    pub(crate) id: Slot,
+    pub(crate) key: Option<Slot>,
+    pub(crate) time: Slot,
+}
+
+/// The most paths one layout may hold; far above what any chain declares.
+pub const MAX_SLOTS: usize = u16::MAX as usize;
+
+impl Layout {
+    /// A layout for `shape`, the paths read (`reads`) and the paths plugins may write (`writes`). Every strict
+    /// prefix of a written path is added too, so a write can be checked against what the event holds there.
+    pub fn new<'a>(
+        shape: &EventShape,
+        reads: impl IntoIterator<Item = &'a JsonPath>,
+        writes: impl IntoIterator<Item = &'a JsonPath>,
+    ) -> Result<Self, String> {
+        let mut wanted: Vec<(JsonPath, Usage)> = Vec::new();
+        let mut add =
+            |path: &JsonPath, usage: Usage| match wanted.iter_mut().find(|(p, _)| p == path) {
+                Some((_, u)) => {
+                    u.read |= usage.read;
+                    u.written |= usage.written;
+                }
+                None => wanted.push((path.clone(), usage)),
+            };
+        let read = Usage {
+            read: true,
+            written: false,
+        };
+        add(&shape.id, read);
+        add(&shape.time, read);
+        if let Some(key) = &shape.key {
+            add(key, read);
+        }
+        for path in reads {
+            add(path, read);
+        }
+        for path in writes {
+            for prefix in path.prefixes() {
+                add(&prefix, Usage::default());
+            }
+            add(
+                path,
+                Usage {
+                    read: false,
+                    written: true,
+                },
+            );
+        }
+        if wanted.len() > MAX_SLOTS {
+            return Err(format!(
+                "{} distinct field paths; a chain may use at most {MAX_SLOTS}",
+                wanted.len()
+            ));
+        }
+
+        // The trie, then slots in depth-first order.
+        let mut nodes = vec![Node {
+            key: "".into(),
+            index: None,
+            children: Vec::new(),
+            slot: None,
+            slots: 0..0,
+        }];
+        let mut terminal: Vec<Option<usize>> = vec![None];
+        for (i, (path, _)) in wanted.iter().enumerate() {
+            let mut node = 0;
+            for segment in path.segments() {
+                node = match nodes[node].child(&nodes, segment) {
+                    Some(child) => child,
+                    None => {
+                        nodes.push(Node {
+                            key: segment.into(),
+                            index: segment.parse().ok(),
+                            children: Vec::new(),
+                            slot: None,
+                            slots: 0..0,
+                        });
+                        terminal.push(None);
+                        let child = nodes.len() - 1;
+                        nodes[node].children.push(child);
+                        child
+                    }
+                };
+            }
+            terminal[node] = Some(i);
+        }
+        let mut order = Vec::with_capacity(wanted.len());
+        number(&mut nodes, &terminal, 0, &mut order);
+        let paths: Vec<JsonPath> = order.iter().map(|&i| wanted[i].0.clone()).collect();
+        let usage: Vec<Usage> = order.iter().map(|&i| wanted[i].1).collect();
+        let by_text: HashMap<String, Slot> = paths
+            .iter()
+            .enumerate()
+            .map(|(slot, p)| (p.as_str().to_string(), slot as Slot))
+            .collect();
+        let related = paths
+            .iter()
+            .map(|p| {
+                paths
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, q)| *q != p && (p.is_prefix_of(q) || q.is_prefix_of(p)))
+                    .map(|(s, _)| s as Slot)
+                    .collect()
+            })
+            .collect();
+        let ancestors = paths
+            .iter()
+            .map(|p| {
+                let mut prefixes: Vec<Slot> = p
+                    .prefixes()
+                    .filter_map(|q| by_text.get(q.as_str()).copied())
+                    .collect();
+                prefixes.reverse();
+                prefixes
+            })
+            .collect();
+        let slot = |path: &JsonPath| by_text[path.as_str()];
+        Ok(Layout {
+            id: slot(&shape.id),
+            key: shape.key.as_ref().map(slot),
+            time: slot(&shape.time),
+            paths,
+            usage,
+            by_text,
+            nodes,
+            related,
+            ancestors,
+        })
+    }
+
+    /// The number of slots.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    pub fn slot(&self, path: &str) -> Option<Slot> {
+        self.by_text.get(path).copied()
+    }
+
+    pub fn path(&self, slot: Slot) -> &JsonPath {
+        &self.paths[slot as usize]
+    }
+
+    pub fn paths(&self) -> &[JsonPath] {
+        &self.paths
+    }
+
+    pub fn usage(&self, slot: Slot) -> Usage {
+        self.usage[slot as usize]
+    }
+
+    pub(crate) fn related(&self, slot: Slot) -> &[Slot] {
+        &self.related[slot as usize]
+    }
+
+    pub(crate) fn ancestors(&self, slot: Slot) -> &[Slot] {
+        &self.ancestors[slot as usize]
+    }
+}
+
+/// Gives slots to terminal nodes in depth-first order and records each node's slot range.
+fn number(nodes: &mut [Node], terminal: &[Option<usize>], node: usize, order: &mut Vec<usize>) {
+    let start = order.len();
+    if let Some(path) = terminal[node] {
+        nodes[node].slot = Some(order.len() as Slot);
+        order.push(path);
+    }
+    for i in 0..nodes[node].children.len() {
+        let child = nodes[node].children[i];
+        number(nodes, terminal, child, order);
+    }
+    nodes[node].slots = start..order.len();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(texts: &[&str]) -> Vec<JsonPath> {
+        texts.iter().map(|t| JsonPath::parse(t).unwrap()).collect()
+    }
+
+    #[test]
+    fn slots_are_depth_first_and_prefixes_of_writes_are_added() {
+        let reads = paths(&["length.new", "bot", "length.old"]);
+        let writes = paths(&["enriched.project"]);
+        let layout = Layout::new(&EventShape::default(), &reads, &writes).unwrap();
+        let texts: Vec<&str> = layout.paths().iter().map(JsonPath::as_str).collect();
+        assert_eq!(
+            texts,
+            [
+                "meta.id",
+                "meta.dt",
+                "length.new",
+                "length.old",
+                "bot",
+                "enriched",
+                "enriched.project"
+            ]
+        );
+        let meta = layout.nodes[0].child(&layout.nodes, "meta").unwrap();
+        assert_eq!(layout.nodes[meta].slots, 0..2);
+        let enriched = layout.slot("enriched").unwrap();
+        assert!(!layout.usage(enriched).read);
+        assert_eq!(
+            layout.ancestors(layout.slot("enriched.project").unwrap()),
+            [enriched]
+        );
+        assert_eq!(
+            layout.related(enriched),
+            [layout.slot("enriched.project").unwrap()]
+        );
+    }
+}
