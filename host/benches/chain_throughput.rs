@@ -22,8 +22,14 @@ use weir_sdk::Plugin as _;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const EVENTS: usize = 100_000;
-const BATCH: usize = 1024;
+/// Events per pass: `WEIR_BENCH_EVENTS`, default 100,000.
+fn events() -> usize {
+    std::env::var("WEIR_BENCH_EVENTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000)
+}
+const BATCH: usize = 256;
 const NOW: i64 = 1_740_000_000_000;
 
 fn main() {
@@ -41,7 +47,8 @@ fn main() {
     let lines: Vec<Bytes> = lines.into_iter().map(Bytes::from).collect();
 
     // Components. Each pass starts fresh plugins (dedupe would drop a second pass whole); the median counts.
-    let loader = Loader::new(None);
+    // Compiled components come from the cache (`$WEIR_CACHE_DIR`) after the first run: compiling is not measured.
+    let loader = Loader::with_default_cache();
     let loaded: Vec<_> = names
         .iter()
         .map(|name| {
@@ -85,9 +92,14 @@ fn main() {
         (kept, rows)
     });
 
-    // Native: the same plugin code, called directly.
+    // Native: the same plugin code, called directly. `WEIR_BENCH_ONLY=components` runs it once (profiling).
     weir_sdk::clock::set_now_ms(Some(NOW));
-    let (native_rate, native_result) = median_rate(passes(), || {
+    let native_passes = if std::env::var("WEIR_BENCH_ONLY").as_deref() == Ok("components") {
+        1
+    } else {
+        passes()
+    };
+    let (native_rate, native_result) = median_rate(native_passes, || {
         weir_sdk::testing::reset_host();
         let mut native = Native::new(&configs, &parser);
         let (mut kept, mut rows) = (0, 0);
@@ -120,12 +132,25 @@ fn main() {
     let parse_rate = parsed as f64 / started.elapsed().as_secs_f64();
 
     println!(
-        "chain throughput: filter → enrich → dedupe → quality → aggregate(gold_wiki), {EVENTS} events of ~{mean} B, batch {BATCH}, host parse included"
+        "chain throughput: filter → enrich → dedupe → quality → aggregate(gold_wiki), {} events of ~{mean} B, batch {BATCH}, host parse included",
+        events()
     );
-    println!("  (median of {} passes)", passes());
-    println!("  components  {wasm_rate:>10.0} events/s");
-    println!("  native      {native_rate:>10.0} events/s");
-    println!("  ratio       {:>10.2}", wasm_rate / native_rate);
+    println!("  {:<11} {:>10} {:>10}", "events/s", "median", "best");
+    println!(
+        "  components  {:>10.0} {:>10.0}   (of {} passes)",
+        wasm_rate.0,
+        wasm_rate.1,
+        passes()
+    );
+    println!(
+        "  native      {:>10.0} {:>10.0}",
+        native_rate.0, native_rate.1
+    );
+    println!(
+        "  ratio       {:>10.2} {:>10.2}",
+        wasm_rate.0 / native_rate.0,
+        wasm_rate.1 / native_rate.1
+    );
     println!("  parse alone {parse_rate:>10.0} events/s");
     println!("  kept {kept}, gold rows {rows}");
     println!("  time inside each component, per input event of the run:");
@@ -134,7 +159,7 @@ fn main() {
         println!(
             "    {:<16} {:>6.2} µs",
             stage.plugin().label(),
-            stats.call_time_us as f64 / EVENTS as f64
+            stats.call_time_us as f64 / events() as f64
         );
     }
 }
@@ -147,17 +172,21 @@ fn passes() -> usize {
         .unwrap_or(3)
 }
 
-/// Runs `pass` `n` times over all `EVENTS`; returns the median events/s and the last result.
-fn median_rate<R>(n: usize, mut pass: impl FnMut() -> R) -> (f64, R) {
+/// Runs `pass` `n` times over all the events; returns the median and best events/s, and the last result. On a
+/// shared machine the median is what to expect and the best what the code can do.
+fn median_rate<R>(n: usize, mut pass: impl FnMut() -> R) -> ((f64, f64), R) {
     let mut rates = Vec::new();
     let mut result = None;
     for _ in 0..n.max(1) {
         let started = Instant::now();
         result = Some(pass());
-        rates.push(EVENTS as f64 / started.elapsed().as_secs_f64());
+        rates.push(events() as f64 / started.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
-    (rates[rates.len() / 2], result.unwrap())
+    (
+        (rates[rates.len() / 2], rates[rates.len() - 1]),
+        result.unwrap(),
+    )
 }
 
 /// The five plugins compiled natively, each with the projection its component gets from the chain.
@@ -209,13 +238,13 @@ impl Native {
     }
 }
 
-/// `EVENTS` real events, cycled, each with a fresh id and a time spread over ~3 hours before `NOW`.
+/// `events()` real events, cycled, each with a fresh id and a time spread over ~3 hours before `NOW`.
 fn realistic_lines(fixture: &str) -> Vec<String> {
     let docs: Vec<Value> = fixture
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    (0..EVENTS)
+    (0..events())
         .map(|i| {
             let mut doc = docs[i % docs.len()].clone();
             doc["meta"]["id"] = Value::String(format!("00000000-0000-4000-8000-{i:012}"));

@@ -15,21 +15,49 @@ pub type Slot = u16;
 
 #[derive(Debug)]
 pub(crate) struct Node {
-    pub(crate) key: Box<str>,
     /// `key` as an array index, when it is one.
     pub(crate) index: Option<usize>,
     pub(crate) children: Vec<usize>,
+    /// The children by key length, then key: the parser looks up every key of every object it walks, and
+    /// almost every key of a document is not wanted, so a miss must cost one length check.
+    by_len: Vec<Vec<(Box<[u8]>, usize)>>,
     pub(crate) slot: Option<Slot>,
     /// The slots of this node and everything below it.
     pub(crate) slots: Range<usize>,
 }
 
 impl Node {
-    pub(crate) fn child(&self, nodes: &[Node], key: &str) -> Option<usize> {
-        self.children
+    fn new(key: &str) -> Self {
+        Node {
+            index: key.parse().ok(),
+            children: Vec::new(),
+            by_len: Vec::new(),
+            slot: None,
+            slots: 0..0,
+        }
+    }
+
+    fn add_child(&mut self, key: &str, child: usize) {
+        self.children.push(child);
+        if self.by_len.len() <= key.len() {
+            self.by_len.resize_with(key.len() + 1, Vec::new);
+        }
+        self.by_len[key.len()].push((key.as_bytes().into(), child));
+    }
+
+    #[inline]
+    pub(crate) fn child(&self, key: &str) -> Option<usize> {
+        self.child_bytes(key.as_bytes())
+    }
+
+    /// Looks a key up by its bytes (the scanner has the raw bytes of the key in hand).
+    #[inline]
+    pub(crate) fn child_bytes(&self, key: &[u8]) -> Option<usize> {
+        self.by_len
+            .get(key.len())?
             .iter()
-            .copied()
-            .find(|&c| &*nodes[c].key == key)
+            .find(|(k, _)| &**k == key)
+            .map(|(_, c)| *c)
     }
 
     pub(crate) fn child_at(&self, nodes: &[Node], index: usize) -> Option<usize> {
@@ -60,6 +88,9 @@ pub struct Layout {
     related: Vec<Vec<Slot>>,
     /// Per slot: the slots of its strict prefixes, nearest first (they are all in the layout for written paths).
     ancestors: Vec<Vec<Slot>>,
+    /// Per slot: a write there needs no check and touches no other slot (a top-level path nobody reads a part
+    /// of). Most writes are such, and take a fast path.
+    plain: Vec<bool>,
     pub(crate) id: Slot,
     pub(crate) key: Option<Slot>,
     pub(crate) time: Slot,
@@ -117,30 +148,18 @@ impl Layout {
         }
 
         // The trie, then slots in depth-first order.
-        let mut nodes = vec![Node {
-            key: "".into(),
-            index: None,
-            children: Vec::new(),
-            slot: None,
-            slots: 0..0,
-        }];
+        let mut nodes = vec![Node::new("")];
         let mut terminal: Vec<Option<usize>> = vec![None];
         for (i, (path, _)) in wanted.iter().enumerate() {
             let mut node = 0;
             for segment in path.segments() {
-                node = match nodes[node].child(&nodes, segment) {
+                node = match nodes[node].child(segment) {
                     Some(child) => child,
                     None => {
-                        nodes.push(Node {
-                            key: segment.into(),
-                            index: segment.parse().ok(),
-                            children: Vec::new(),
-                            slot: None,
-                            slots: 0..0,
-                        });
+                        nodes.push(Node::new(segment));
                         terminal.push(None);
                         let child = nodes.len() - 1;
-                        nodes[node].children.push(child);
+                        nodes[node].add_child(segment, child);
                         child
                     }
                 };
@@ -156,7 +175,7 @@ impl Layout {
             .enumerate()
             .map(|(slot, p)| (p.as_str().to_string(), slot as Slot))
             .collect();
-        let related = paths
+        let related: Vec<Vec<Slot>> = paths
             .iter()
             .map(|p| {
                 paths
@@ -167,7 +186,7 @@ impl Layout {
                     .collect()
             })
             .collect();
-        let ancestors = paths
+        let ancestors: Vec<Vec<Slot>> = paths
             .iter()
             .map(|p| {
                 let mut prefixes: Vec<Slot> = p
@@ -179,7 +198,15 @@ impl Layout {
             })
             .collect();
         let slot = |path: &JsonPath| by_text[path.as_str()];
+        let plain = related
+            .iter()
+            .zip(&ancestors)
+            .map(|(related, ancestors)| {
+                ancestors.is_empty() && related.iter().all(|&r| !usage[r as usize].read)
+            })
+            .collect();
         Ok(Layout {
+            plain,
             id: slot(&shape.id),
             key: shape.key.as_ref().map(slot),
             time: slot(&shape.time),
@@ -224,6 +251,10 @@ impl Layout {
     pub(crate) fn ancestors(&self, slot: Slot) -> &[Slot] {
         &self.ancestors[slot as usize]
     }
+
+    pub(crate) fn is_plain(&self, slot: Slot) -> bool {
+        self.plain[slot as usize]
+    }
 }
 
 /// Gives slots to terminal nodes in depth-first order and records each node's slot range.
@@ -266,7 +297,7 @@ mod tests {
                 "enriched.project"
             ]
         );
-        let meta = layout.nodes[0].child(&layout.nodes, "meta").unwrap();
+        let meta = layout.nodes[0].child("meta").unwrap();
         assert_eq!(layout.nodes[meta].slots, 0..2);
         let enriched = layout.slot("enriched").unwrap();
         assert!(!layout.usage(enriched).read);

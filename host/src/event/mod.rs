@@ -252,7 +252,12 @@ impl Event {
     /// path would cross it). Reads of related paths (a prefix read as JSON, or a path below) stay exact: such a
     /// write goes through the whole document and the related slots are read back from it.
     pub fn set(&mut self, slot: Slot, value: FieldValue) -> Result<(), String> {
-        let layout = self.layout.clone();
+        let layout = &self.layout;
+        if self.doc.is_none() && layout.is_plain(slot) {
+            self.values[slot as usize] = Some(value);
+            mark_written(&mut self.written, slot);
+            return Ok(());
+        }
         if self.doc.is_none() {
             let mut needs_doc = layout.related(slot).iter().any(|&r| layout.usage(r).read);
             for &prefix in layout.ancestors(slot) {
@@ -273,26 +278,20 @@ impl Event {
             }
             if !needs_doc {
                 self.values[slot as usize] = Some(value);
-                self.mark_written(slot);
+                mark_written(&mut self.written, slot);
                 return Ok(());
             }
             self.doc = Some(Box::new(self.to_json()));
         }
+        let layout = &self.layout;
         let doc = self.doc.as_mut().expect("materialized above");
         layout.path(slot).set(doc, value.to_json(&self.raw))?;
         for &r in layout.related(slot) {
             self.values[r as usize] = layout.path(r).get(doc).map(FieldValue::from_json);
         }
         self.values[slot as usize] = Some(value);
-        self.mark_written(slot);
+        mark_written(&mut self.written, slot);
         Ok(())
-    }
-
-    fn mark_written(&mut self, slot: Slot) {
-        if let Some(i) = self.written.iter().position(|&s| s == slot) {
-            self.written.remove(i);
-        }
-        self.written.push(slot);
     }
 
     /// Lays the event out for another layout (a chain whose plugins changed): its values are read again, from
@@ -325,12 +324,17 @@ impl Event {
     }
 }
 
-/// Reads an event time: RFC 3339 text (any fraction digits, any offset).
-pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.timestamp_millis())
+/// Records a write, keeping `written` in the order of last writes.
+fn mark_written(written: &mut Vec<Slot>, slot: Slot) {
+    if let Some(i) = written.iter().position(|&s| s == slot) {
+        written.remove(i);
+    }
+    written.push(slot);
 }
+
+/// Reads an event time: RFC 3339 text (any fraction digits, any offset). The plugins' SDK uses the same parser,
+/// so a plugin and the host never disagree on an event's time.
+pub use weir_sdk::time::parse_rfc3339_ms;
 
 /// Reads an event time from a parsed value: RFC 3339 text, or a number of milliseconds.
 pub fn parse_time_ms(value: &Value) -> Option<i64> {

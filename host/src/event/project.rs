@@ -45,20 +45,19 @@ impl Projection {
     pub fn batch(&self, events: &[Event]) -> Batch {
         let n = events.len();
         let mut ids = StringsBuilder::with_capacity(n, n * 40);
-        for event in events {
-            ids.push(&event.id);
-        }
-        let fields = self
+        let mut columns: Vec<ColumnBuilder> = self
             .reads
             .iter()
-            .map(|&slot| {
-                let mut column = ColumnBuilder::with_capacity(n);
-                for event in events {
-                    column.push(event.value(slot));
-                }
-                column.finish()
-            })
+            .map(|_| ColumnBuilder::with_capacity(n))
             .collect();
+        // Event by event, not column by column: each event's raw text is read while it is in cache.
+        for event in events {
+            ids.push(&event.id);
+            for (column, &slot) in columns.iter_mut().zip(&self.reads) {
+                column.push(event.value(slot));
+            }
+        }
+        let fields = columns.into_iter().map(ColumnBuilder::finish).collect();
         let payloads = if self.needs_payload {
             let mut payloads = StringsBuilder::with_capacity(n, n * 1200);
             for event in events {

@@ -4,8 +4,7 @@
 //! retried (bisection) never sees its own half-applied writes, so dedupe and similar plugins stay exact.
 //! The state lives outside the wasm instance, so it survives traps, instance replacement and hot swaps.
 
-use std::collections::HashMap;
-
+use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

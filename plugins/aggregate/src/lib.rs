@@ -15,7 +15,7 @@
 
 pub mod measure;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::prelude::*;
@@ -126,7 +126,7 @@ struct State {
     seq: u64,
     /// Tumbling and sliding windows by (end, start), then by group key: iteration order is closing order.
     #[serde(with = "entries")]
-    windows: BTreeMap<(i64, i64), BTreeMap<String, Window>>,
+    windows: BTreeMap<(i64, i64), HashMap<String, Window, measure::Fnv>>,
     /// Open sessions per group key, sorted by start.
     sessions: BTreeMap<String, Vec<Window>>,
     /// Trailing values of the anomaly measure per group key.
@@ -448,7 +448,10 @@ impl Aggregate {
                 .windows
                 .remove(&(end, start))
                 .expect("first key just read");
-            closed.extend(groups.into_values());
+            let mut groups: Vec<Window> = groups.into_values().collect();
+            // Rows of one window in group order, whatever the map's order.
+            groups.sort_by(|a, b| a.group.cmp(&b.group));
+            closed.extend(groups);
         }
         if let WindowSpec::Session { gap_ms } = self.config.window {
             let keys: Vec<String> = self.state.sessions.keys().cloned().collect();

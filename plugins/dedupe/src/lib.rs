@@ -46,10 +46,6 @@ pub struct Dedupe {
 }
 
 /// The state key of a dedupe key. Namespaced so a dedupe can share state with nothing else by accident.
-fn state_key(key: &str) -> String {
-    format!("seen:{key}")
-}
-
 fn key_text(value: ValueRef<'_>) -> Option<Cow<'_, str>> {
     match value {
         ValueRef::Null => None,
@@ -100,20 +96,21 @@ impl Plugin for Dedupe {
 
 impl Dedupe {
     /// One state lookup and one state write for the whole batch; a key seen earlier in the same batch is a
-    /// duplicate too.
+    /// duplicate too. Keys are the values' text, borrowed from the batch (state is private to the plugin, so
+    /// they need no prefix).
     fn decide(&mut self, events: &[Event]) -> Vec<Outcome> {
         let keys: Vec<Option<Cow<str>>> = events
             .iter()
             .map(|e| e.value(0).and_then(key_text))
             .collect();
-        let mut lookups: Vec<String> = keys.iter().flatten().map(|k| state_key(k)).collect();
+        let lookups: Vec<&str> = keys.iter().flatten().map(|k| &**k).collect();
         let seen = state::get_many(&lookups);
         let mut in_batch = HashSet::with_capacity(lookups.len());
         let mut fresh = Vec::new();
         let (mut duplicates, mut missing) = (0, 0);
         let mut lookup = 0;
         let outcomes = keys
-            .into_iter()
+            .iter()
             .map(|key| match key {
                 None => {
                     missing += 1;
@@ -126,15 +123,14 @@ impl Dedupe {
                 }
                 Some(key) => {
                     let stored = seen[lookup].is_some();
-                    let state_key = std::mem::take(&mut lookups[lookup]);
                     lookup += 1;
-                    if stored || !in_batch.insert(key) {
+                    if stored || !in_batch.insert(&**key) {
                         duplicates += 1;
                         Outcome::drop("duplicate")
                     } else {
                         fresh.push(state::Entry {
-                            key: state_key,
-                            value: vec![1],
+                            key,
+                            value: &[1],
                             ttl_ms: Some(self.ttl_ms),
                         });
                         Outcome::keep()
@@ -142,7 +138,7 @@ impl Dedupe {
                 }
             })
             .collect();
-        state::set_many(fresh);
+        state::set_many(&fresh);
         if duplicates > 0 {
             metrics::counter("duplicates", duplicates);
         }

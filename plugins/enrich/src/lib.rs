@@ -128,35 +128,56 @@ impl Plugin for Enrich {
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
+        let mut out = OutputBuilder::with_capacity(1);
+        self.enrich(event, clock::now_ms(), &mut out);
+        out.keep();
+        out.finish().outcomes().remove(0)
+    }
+
+    /// Writes straight into the output columns: no allocation per event. The host clock is read once per
+    /// batch, so `processing_lag_ms` is the lag at the moment the batch is processed.
+    fn process_batch(&mut self, batch: &Batch) -> Output {
+        let now = clock::now_ms();
+        let mut out = OutputBuilder::with_capacity(batch.len());
+        for event in batch.events() {
+            self.enrich(&event, now, &mut out);
+            out.keep();
+        }
+        out.finish()
+    }
+}
+
+impl Enrich {
+    fn enrich(&self, event: &Event, now_ms: i64, out: &mut OutputBuilder) {
         let time_ms = event.str(4).and_then(parse_rfc3339_ms);
         let (project, language) = event.str(5).map(split_server_name).unwrap_or((None, None));
-        let mut outcome = Outcome::keep();
         for (i, field) in self.fields.iter().enumerate() {
-            let value: Value = match field {
-                Derived::IsBot => event.bool(0).into(),
-                Derived::IsAnonymous => event.str(1).map(is_ip).into(),
+            let value = match field {
+                Derived::IsBot => event.bool(0).map(ValueRef::Boolean),
+                Derived::IsAnonymous => event.str(1).map(|u| ValueRef::Boolean(is_ip(u))),
                 Derived::BytesChanged => event
                     .i64(2)
                     .zip(event.i64(3))
-                    .map(|(new, old)| new - old)
-                    .into(),
-                Derived::EventTimeMs => time_ms.into(),
-                Derived::ProcessingLagMs => time_ms.map(|t| clock::now_ms() - t).into(),
-                Derived::Project => project.map(str::to_string).into(),
-                Derived::Language => language.map(str::to_string).into(),
-                Derived::IsTalkNamespace => {
-                    event.i64(NAMESPACE).map(|ns| ns > 0 && ns % 2 == 1).into()
-                }
+                    .map(|(new, old)| ValueRef::Integer(new - old)),
+                Derived::EventTimeMs => time_ms.map(ValueRef::Integer),
+                Derived::ProcessingLagMs => time_ms.map(|t| ValueRef::Integer(now_ms - t)),
+                Derived::Project => project.map(ValueRef::Text),
+                Derived::Language => language.map(ValueRef::Text),
+                Derived::IsTalkNamespace => event
+                    .i64(NAMESPACE)
+                    .map(|ns| ValueRef::Boolean(ns > 0 && ns % 2 == 1)),
             };
-            outcome = outcome.set(i as u32, value);
+            out.set(i as u32, value.unwrap_or(ValueRef::Null));
         }
-        outcome
     }
 }
 
 /// Whether a user name is an IP address: MediaWiki records edits without an account under the editor's IP.
 pub fn is_ip(user: &str) -> bool {
-    user.parse::<IpAddr>().is_ok()
+    // Most names are neither: an IPv4 address starts with a digit, an IPv6 one holds a colon.
+    let plausible =
+        user.as_bytes().first().is_some_and(u8::is_ascii_hexdigit) || user.contains(':');
+    plausible && user.parse::<IpAddr>().is_ok()
 }
 
 /// Hosts whose first label is not a language.
@@ -165,11 +186,27 @@ const NOT_LANGUAGE: [&str; 5] = ["www", "m", "test", "test2", "api"];
 /// `en.wikipedia.org` → (wikipedia, en); `commons.wikimedia.org` → (commons, none);
 /// `www.wikidata.org` → (wikidata, none); `en.m.wikipedia.org` → (wikipedia, en).
 pub fn split_server_name(server: &str) -> (Option<&str>, Option<&str>) {
-    let labels: Vec<&str> = server.split('.').collect();
-    if labels.len() < 3 || labels.iter().any(|l| l.is_empty()) {
+    // One pass over the bytes: the first label, the second-to-last label, and no empty label anywhere.
+    let b = server.as_bytes();
+    let (Some(first_dot), Some(last_dot)) = (
+        b.iter().position(|&c| c == b'.'),
+        b.iter().rposition(|&c| c == b'.'),
+    ) else {
+        return (None, None);
+    };
+    let project_start = b[..last_dot]
+        .iter()
+        .rposition(|&c| c == b'.')
+        .map_or(0, |p| p + 1);
+    if first_dot == last_dot
+        || first_dot == 0
+        || last_dot + 1 == b.len()
+        || b.windows(2).any(|w| w == b"..")
+    {
         return (None, None);
     }
-    let (first, project) = (labels[0], labels[labels.len() - 2]);
+    let first = &server[..first_dot];
+    let project = &server[project_start..last_dot];
     if project == "wikimedia" {
         return (Some(first), None);
     }

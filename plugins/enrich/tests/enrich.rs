@@ -164,3 +164,22 @@ fn example_config_file_is_generated_from_the_code() {
         &serde_json::to_string_pretty(&Config::default()).unwrap(),
     );
 }
+
+#[test]
+fn server_names_split_into_project_and_language() {
+    let cases = [
+        ("en.wikipedia.org", (Some("wikipedia"), Some("en"))),
+        ("en.m.wikipedia.org", (Some("wikipedia"), Some("en"))),
+        ("commons.wikimedia.org", (Some("commons"), None)),
+        ("www.wikidata.org", (Some("wikidata"), None)),
+        ("test.wikipedia.org", (Some("wikipedia"), None)),
+        ("wikipedia.org", (None, None)),
+        ("en..wikipedia.org", (None, None)),
+        (".wikipedia.org", (None, None)),
+        ("en.wikipedia.", (None, None)),
+        ("", (None, None)),
+    ];
+    for (server, expected) in cases {
+        assert_eq!(split_server_name(server), expected, "{server}");
+    }
+}

@@ -185,16 +185,28 @@ fn same(a: &Value, b: ValueRef<'_>) -> bool {
 }
 
 impl Compiled {
-    fn passes(&self, event: &Event, now_ms: i64) -> bool {
+    /// `parsed` remembers the last time read (field, value): freshness and not-future checks usually read
+    /// the same field, and parsing a timestamp is the costliest part of most checks.
+    fn passes(
+        &self,
+        event: &Event,
+        now_ms: i64,
+        parsed: &mut Option<(usize, Option<i64>)>,
+    ) -> bool {
         let value = event
             .value(self.field)
             .filter(|v| !matches!(v, ValueRef::Null));
-        let time = || {
-            value.and_then(|v| match v {
-                ValueRef::Text(s) => parse_rfc3339_ms(s),
-                ValueRef::Integer(ms) => Some(ms),
-                _ => None,
-            })
+        let mut time = || match *parsed {
+            Some((field, time)) if field == self.field => time,
+            _ => {
+                let time = value.and_then(|v| match v {
+                    ValueRef::Text(s) => parse_rfc3339_ms(s),
+                    ValueRef::Integer(ms) => Some(ms),
+                    _ => None,
+                });
+                *parsed = Some((self.field, time));
+                time
+            }
         };
         match &self.test {
             Test::NotNull => value.is_some(),
@@ -303,9 +315,10 @@ impl Quality {
     fn failures(&self, event: &Event, now_ms: i64) -> (Vec<String>, bool) {
         let mut failed = Vec::new();
         let mut error = false;
+        let mut parsed = None;
         for severity in [Severity::Error, Severity::Warn] {
             for check in self.checks.iter().filter(|c| c.severity == severity) {
-                if !check.passes(event, now_ms) {
+                if !check.passes(event, now_ms, &mut parsed) {
                     error |= severity == Severity::Error;
                     failed.push(check.name.clone());
                 }

@@ -25,7 +25,7 @@ pub enum ValueRef<'a> {
     Json(&'a str),
 }
 
-/// Strings sharing one buffer.
+/// Strings sharing one buffer, validated as UTF-8 once (the fields a plugin asked for: it reads them).
 #[derive(Clone, Debug, Default)]
 pub struct Texts {
     text: String,
@@ -34,7 +34,7 @@ pub struct Texts {
 
 impl Texts {
     fn from_wit(strings: wit::Strings) -> Self {
-        // The host sends UTF-8; validating the whole buffer once makes every later slice a cheap boundary check.
+        // The host sends UTF-8, so this never replaces anything.
         let text = String::from_utf8(strings.bytes)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         Texts {
@@ -103,10 +103,30 @@ impl Column {
     }
 }
 
+/// The ids of a batch: most plugins never read them, so each is checked as UTF-8 only when read.
+#[derive(Clone, Debug, Default)]
+struct Ids {
+    bytes: Vec<u8>,
+    offsets: Vec<u32>,
+}
+
+impl Ids {
+    fn get(&self, i: usize) -> &str {
+        match (self.offsets.get(i), self.offsets.get(i + 1)) {
+            (Some(&start), Some(&end)) => self
+                .bytes
+                .get(start as usize..end as usize)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or(""),
+            _ => "",
+        }
+    }
+}
+
 /// A batch of events. Iterate it with [`Batch::events`]; event `i` is entry `i` of every column.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
-    ids: Texts,
+    ids: Ids,
     times: Vec<i64>,
     fields: Vec<Column>,
     payloads: Texts,
@@ -116,7 +136,10 @@ pub struct Batch {
 impl From<wit::Batch> for Batch {
     fn from(batch: wit::Batch) -> Self {
         Batch {
-            ids: Texts::from_wit(batch.ids),
+            ids: Ids {
+                bytes: batch.ids.bytes,
+                offsets: batch.ids.offsets,
+            },
             times: batch.times,
             fields: batch.fields.into_iter().map(Column::from_wit).collect(),
             payloads: Texts::from_wit(batch.payloads),

@@ -12,9 +12,9 @@ pub mod state {
     use super::wit::state as imp;
 
     /// An entry for [`set_many`].
-    pub struct Entry {
-        pub key: String,
-        pub value: Vec<u8>,
+    pub struct Entry<'a> {
+        pub key: &'a str,
+        pub value: &'a [u8],
         pub ttl_ms: Option<u64>,
     }
 
@@ -26,7 +26,7 @@ pub mod state {
     }
 
     /// One host call for a whole batch of keys.
-    pub fn get_many(keys: &[String]) -> Vec<Option<Vec<u8>>> {
+    pub fn get_many(keys: &[&str]) -> Vec<Option<Vec<u8>>> {
         #[cfg(target_arch = "wasm32")]
         return imp::get_many(keys);
         #[cfg(not(target_arch = "wasm32"))]
@@ -41,11 +41,11 @@ pub mod state {
     }
 
     /// One host call for a whole batch of entries.
-    pub fn set_many(entries: Vec<Entry>) {
+    pub fn set_many(entries: &[Entry<'_>]) {
         #[cfg(target_arch = "wasm32")]
         return imp::set_many(
             &entries
-                .into_iter()
+                .iter()
                 .map(|e| imp::Entry {
                     key: e.key,
                     value: e.value,
@@ -56,8 +56,8 @@ pub mod state {
         #[cfg(not(target_arch = "wasm32"))]
         native::with(|n| {
             entries
-                .into_iter()
-                .for_each(|e| n.set(&e.key, e.value, e.ttl_ms))
+                .iter()
+                .for_each(|e| n.set(e.key, e.value.to_vec(), e.ttl_ms))
         })
     }
 
@@ -68,7 +68,7 @@ pub mod state {
         native::with(|n| n.delete(key))
     }
 
-    pub fn delete_many(keys: &[String]) {
+    pub fn delete_many(keys: &[&str]) {
         #[cfg(target_arch = "wasm32")]
         return imp::delete_many(keys);
         #[cfg(not(target_arch = "wasm32"))]
@@ -176,7 +176,8 @@ pub mod clock {
 #[cfg(not(target_arch = "wasm32"))]
 pub(crate) mod native {
     use std::cell::RefCell;
-    use std::collections::HashMap;
+
+    use foldhash::HashMap;
 
     #[derive(Default)]
     pub struct Host {

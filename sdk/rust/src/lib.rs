@@ -35,6 +35,9 @@ pub mod bindings {
         path: "../../wit",
         world: "weir:transform/plugin",
         pub_export_macro: true,
+        // Imports take borrowed arguments (`&[&str]` rather than `&[String]`): a dedupe passes every key of a
+        // batch to `state::get_many` without copying them.
+        ownership: Borrowing { duplicate_if_necessary: false },
         export_macro_name: "__export_weir_plugin",
         default_bindings_module: "weir_sdk::bindings",
     });

@@ -191,11 +191,14 @@ pub(crate) struct ColumnBuilder {
 
 impl ColumnBuilder {
     /// Sets row `row` (rows are given in increasing order; setting the last row again replaces it).
+    #[inline]
     pub(crate) fn put(&mut self, row: usize, value: ValueRef<'_>) {
-        if self.kinds.len() == row + 1 {
-            self.pop();
+        if self.kinds.len() != row {
+            if self.kinds.len() == row + 1 {
+                self.pop();
+            }
+            self.pad(row);
         }
-        self.pad(row);
         let code = match value {
             ValueRef::Null => kind::NULL,
             ValueRef::Boolean(_) => kind::BOOLEAN,
