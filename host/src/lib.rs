@@ -1,12 +1,19 @@
 //! Weir: runs sandboxed WebAssembly plugins over live event streams.
 //!
 //! Data flows one way: `source` → `bus` → `pipeline` → `lake`, with the API reading state. This crate holds:
+//! - [`source`]: Server-Sent Events (parser, client), the event generator and the local SSE server;
+//! - [`bus`]: NATS JetStream (the stream, ordered publishing, a supervised local nats-server);
+//! - [`ingest`]: a source into the stream, exactly once;
 //! - [`runtime`]: wasmtime, the sandbox policy, the contract's host imports and plugin failure handling;
 //! - [`event`]: events parsed once, projected per plugin, written back once;
 //! - [`pipeline`]: chains of plugins over batches of events;
 //! - [`cli`]: the `weir` command line.
 
+pub mod bus;
 pub mod cli;
 pub mod event;
+pub mod ingest;
 pub mod pipeline;
 pub mod runtime;
+pub mod source;
+mod tls;

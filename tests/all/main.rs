@@ -2,6 +2,7 @@
 
 mod bad_plugins;
 mod cli;
+mod ingest;
 mod loading;
 mod polyglot;
 mod standard_plugins;

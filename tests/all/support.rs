@@ -124,3 +124,16 @@ pub fn real_events() -> (Vec<serde_json::Value>, Vec<weir::event::Event>) {
         .collect();
     (docs, events)
 }
+
+/// Logs to the test output when `WEIR_LOG` is set (`WEIR_LOG=debug cargo test ...`).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("WEIR_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}

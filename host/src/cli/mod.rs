@@ -1,6 +1,9 @@
 //! The `weir` command line.
 
+mod generate;
+mod ingest;
 mod plugin;
+mod serve_sse;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +23,12 @@ enum Command {
     /// Check, run and scaffold plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Read an SSE stream into JetStream, each event exactly once (resumes where it left off).
+    Ingest(ingest::IngestArgs),
+    /// Write realistic Wikimedia recentchange events as NDJSON (reproducible by seed).
+    Gen(generate::GenArgs),
+    /// Serve a file of events, or generated ones, as a local SSE stream in Wikimedia's format.
+    ServeSse(serve_sse::ServeSseArgs),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -28,6 +37,9 @@ pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Ingest(args) => ingest::run(args),
+        Command::Gen(args) => generate::run(args),
+        Command::ServeSse(args) => serve_sse::run(args),
     };
     match result {
         Ok(code) => code,
@@ -42,8 +54,28 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("warn,weir=info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// A time on the command line: milliseconds since the epoch, or RFC 3339.
+fn parse_time(text: &str) -> Result<i64, String> {
+    text.parse::<i64>().or_else(|_| {
+        crate::event::parse_rfc3339_ms(text)
+            .ok_or_else(|| format!("{text:?} is neither milliseconds nor an RFC 3339 time"))
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the signals that ask Weir to finish cleanly.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

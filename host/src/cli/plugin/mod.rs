@@ -39,7 +39,7 @@ pub struct SandboxArgs {
     #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
     memory_mib: u64,
     /// Pin the clock plugins see (milliseconds since the epoch, or RFC 3339), for reproducible runs.
-    #[arg(long, value_parser = parse_now)]
+    #[arg(long, value_parser = super::parse_time)]
     now: Option<i64>,
     /// Directory of precompiled components (`off` disables it); default `$WEIR_CACHE_DIR` or `~/.cache/weir`.
     #[arg(long)]
@@ -66,14 +66,6 @@ impl SandboxArgs {
             None => Loader::with_default_cache(),
         }
     }
-}
-
-fn parse_now(text: &str) -> Result<i64, String> {
-    text.parse::<i64>().or_else(|_| {
-        chrono::DateTime::parse_from_rfc3339(text)
-            .map(|t| t.timestamp_millis())
-            .map_err(|e| format!("{text:?} is neither milliseconds nor RFC 3339: {e}"))
-    })
 }
 
 /// A plugin configuration given on the command line: JSON text, or `@FILE`.

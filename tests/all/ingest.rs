@@ -1,0 +1,328 @@
+//! Ingest against a real nats-server: whatever happens to the SSE connection or the host, the JetStream stream
+//! ends up with each source event exactly once, in the order the source sent them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use weir::bus::{NatsServer, StreamConfig};
+use weir::ingest::{Ingest, IngestConfig};
+use weir::source::client::SseConfig;
+use weir::source::generate::{GenConfig, Generator};
+use weir::source::serve::{Cut, Events, ServeConfig, spawn_local};
+use weir::source::sse::{Limits, SseItem, parse_all};
+
+use crate::support::fixture;
+
+fn runtime() -> tokio::runtime::Runtime {
+    crate::support::init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Backoff short enough that a test with thousands of cuts runs in seconds.
+fn source(url: &str) -> SseConfig {
+    SseConfig {
+        url: url.into(),
+        min_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        idle_timeout: Duration::from_secs(5),
+        ..SseConfig::default()
+    }
+}
+
+fn stream(name: &str) -> StreamConfig {
+    StreamConfig {
+        name: name.into(),
+        subjects: vec![format!("test.{name}")],
+        ..StreamConfig::default()
+    }
+}
+
+/// The number of messages in a stream (0 while the server is unreachable).
+async fn stream_count(nats: &async_nats::Client, stream: &str) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Resolves once the stream holds `count` messages.
+async fn stream_reaches(nats: async_nats::Client, stream: String, count: u64) {
+    while stream_count(&nats, &stream).await < count {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn ingest_config(name: &str) -> IngestConfig {
+    IngestConfig {
+        name: name.into(),
+        ..IngestConfig::default()
+    }
+}
+
+async fn start_ingest(
+    nats: &async_nats::Client,
+    url: &str,
+    stream: &StreamConfig,
+    name: &str,
+) -> Ingest {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    Ingest::new(
+        nats.clone(),
+        source(url),
+        stream.clone(),
+        ingest_config(name),
+        tx,
+    )
+    .await
+    .unwrap()
+}
+
+/// Ingests until the stream holds `expected` messages, then stops (flushing what is in flight).
+async fn ingest_until(
+    nats: &async_nats::Client,
+    url: &str,
+    stream: &StreamConfig,
+    name: &str,
+    expected: u64,
+) -> Arc<weir::ingest::IngestStats> {
+    let mut ingest = start_ingest(nats, url, stream, name).await;
+    let stats = ingest.stats().clone();
+    let done = stream_reaches(nats.clone(), stream.name.clone(), expected);
+    tokio::time::timeout(Duration::from_secs(120), ingest.run(done))
+        .await
+        .expect("ingest finished in time")
+        .unwrap();
+    stats
+}
+
+/// The `meta.id` of every message in the stream, in stream order.
+async fn stored_ids(nats: &async_nats::Client, stream: &str) -> Vec<String> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut s = js.get_stream(stream).await.unwrap();
+    let count = s.info().await.unwrap().state.messages;
+    let consumer = s
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(count as usize);
+    let mut ids = Vec::new();
+    while let Some(m) = messages.next().await {
+        let m = m.unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        ids.push(doc["meta"]["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+fn ids_of(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["meta"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn raw_captures_parse_to_their_events() {
+    // (file, events dispatched): an event counts only once an empty line ends it, so a capture that stops
+    // right after its last `data:` line yields one event fewer (WHATWG: an unfinished event is discarded).
+    let expected = [
+        ("DataPlumbHub_readme_2025-04-30.sse", 1),
+        ("dlw-github_wiki_visualizer_example.events", 2),
+        ("go-sse-receiver-test_testData1_2020-07-31.sse", 0),
+        ("go-sseclient-test_page-create_CRLF_2025-09-06.sse", 4),
+        ("java-HelloController-mock_2025-08-29.sse", 9),
+        ("java-SSEStreamMapperTest_codfw_2023-12-07.sse", 1),
+        ("opensearch-readme_2025-05-22.sse", 1),
+        ("stream2worlds_page_change_v1_first3_2026-09-27.sse", 3),
+    ];
+    for (file, count) in expected {
+        let bytes = std::fs::read(fixture(&format!("wikimedia/raw-sse/{file}"))).unwrap();
+        let events: Vec<_> = parse_all(&bytes, Limits::default())
+            .into_iter()
+            .filter_map(|item| match item {
+                SseItem::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events.len(), count, "{file}");
+        for event in &events {
+            assert_eq!(event.event, "message", "{file}");
+            assert!(!event.invalid_utf8, "{file}");
+            let doc: serde_json::Value = serde_json::from_str(&event.data)
+                .unwrap_or_else(|e| panic!("{file}: data is not JSON: {e}"));
+            assert!(
+                doc["meta"]["id"].is_string() || doc["meta"]["dt"].is_string(),
+                "{file}"
+            );
+            let id: serde_json::Value = serde_json::from_str(&event.last_event_id)
+                .unwrap_or_else(|e| panic!("{file}: the SSE id is not JSON: {e}"));
+            assert!(id.is_array(), "{file}: {id}");
+        }
+        // The same stream with LF line endings gives the same events.
+        let lf: Vec<u8> = String::from_utf8_lossy(&bytes)
+            .replace("\r\n", "\n")
+            .into_bytes();
+        let again = parse_all(&lf, Limits::default())
+            .into_iter()
+            .filter(|i| matches!(i, SseItem::Event(_)))
+            .count();
+        assert_eq!(again, count, "{file} with LF endings");
+    }
+}
+
+#[test]
+fn every_cut_point_of_a_sample_gives_each_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(dir.path(), None).unwrap();
+    let rt = runtime();
+    let text =
+        std::fs::read_to_string(fixture("wikimedia/events/recentchange.verbatim.ndjson")).unwrap();
+    let lines: Vec<String> = text.lines().take(2).map(str::to_string).collect();
+    let expected = ids_of(&lines);
+    rt.block_on(async {
+        let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
+        // The byte length of the whole stream as served: preamble, two events.
+        let total = {
+            let mut n = 5; // ":ok\n\n"
+            for (i, l) in lines.iter().enumerate() {
+                n += format!(
+                    "event: message\nid: {}\ndata: {l}\n\n",
+                    weir::source::generate::sse_id(i as u64, 0)
+                )
+                .len();
+            }
+            n as u64
+        };
+        // Every offset of the first half and a stride through the rest keeps the run short; the first
+        // event's framing (every line, every field, every byte of its data) is covered byte by byte.
+        let offsets: Vec<u64> = (1..total / 2)
+            .chain((total / 2..=total).step_by(7))
+            .collect();
+        for (run, cut) in offsets.iter().enumerate() {
+            let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+            config.cut = Cut::First(*cut);
+            let (url, server_task) = spawn_local(Arc::new(config)).await.unwrap();
+            let name = format!("CUT{run}");
+            let stream = stream(&name);
+            ingest_until(&nats, &url, &stream, &name, expected.len() as u64).await;
+            server_task.abort();
+            assert_eq!(
+                stored_ids(&nats, &name).await,
+                expected,
+                "cut after {cut} bytes"
+            );
+            async_nats::jetstream::new(nats.clone())
+                .delete_stream(&name)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+#[test]
+fn random_cuts_many_times_give_each_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(dir.path(), None).unwrap();
+    let rt = runtime();
+    let generator = Generator::new(GenConfig::default());
+    let lines: Vec<String> = (0..3000).map(|i| generator.event(i).data).collect();
+    let expected = ids_of(&lines);
+    rt.block_on(async {
+        let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
+        let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+        config.cut = Cut::Random {
+            max: 40_000,
+            seed: 7,
+        };
+        let config = Arc::new(config);
+        let (url, server_task) = spawn_local(config.clone()).await.unwrap();
+        let stream = stream("RANDOMCUTS");
+        let stats = ingest_until(&nats, &url, &stream, "random", expected.len() as u64).await;
+        server_task.abort();
+        let connections = config.connections.load(Ordering::Relaxed);
+        assert!(connections > 100, "only {connections} connections");
+        assert!(stats.reconnects.load(Ordering::Relaxed) >= connections - 1);
+        assert_eq!(stored_ids(&nats, "RANDOMCUTS").await, expected);
+    });
+}
+
+#[test]
+fn a_restarted_host_resumes_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(dir.path(), None).unwrap();
+    let rt = runtime();
+    let generator = Generator::new(GenConfig::default());
+    let lines: Vec<String> = (0..4000).map(|i| generator.event(i).data).collect();
+    let expected = ids_of(&lines);
+    rt.block_on(async {
+        let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
+        let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+        config.rate = Some(20_000.0);
+        let (url, server_task) = spawn_local(Arc::new(config)).await.unwrap();
+        let stream = stream("RESTART");
+        // Three hosts one after the other; the first two are killed mid-stream (their task dropped, with
+        // acks in flight and the saved position up to a second stale).
+        for kill_after in [900u64, 2200] {
+            let mut ingest = start_ingest(&nats, &url, &stream, "restart").await;
+            let task = tokio::spawn(async move { ingest.run(std::future::pending()).await });
+            while stream_count(&nats, "RESTART").await < kill_after {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            task.abort();
+            let _ = task.await;
+        }
+        ingest_until(&nats, &url, &stream, "restart", expected.len() as u64).await;
+        server_task.abort();
+        assert_eq!(stored_ids(&nats, "RESTART").await, expected);
+    });
+}
+
+#[test]
+fn nats_server_restart_mid_stream_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = NatsServer::start(dir.path(), None).unwrap();
+    let rt = runtime();
+    let generator = Generator::new(GenConfig::default());
+    let lines: Vec<String> = (0..3000).map(|i| generator.event(i).data).collect();
+    let expected = ids_of(&lines);
+    let url = server.url();
+    rt.block_on(async {
+        let nats = weir::bus::connect(&url, "test").await.unwrap();
+        let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+        config.rate = Some(10_000.0);
+        let (sse_url, server_task) = spawn_local(Arc::new(config)).await.unwrap();
+        let stream = stream("NATSRESTART");
+        let mut ingest = start_ingest(&nats, &sse_url, &stream, "natsrestart").await;
+        let stats = ingest.stats().clone();
+        let done = stream_reaches(nats.clone(), "NATSRESTART".into(), expected.len() as u64);
+        let task = tokio::spawn(async move { ingest.run(done).await });
+        while stats.publish.published.load(Ordering::Relaxed) < 1000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Crash the server and bring it back on the same port and store.
+        tokio::task::block_in_place(|| {
+            server.kill();
+            std::thread::sleep(Duration::from_millis(300));
+            server.restart().unwrap();
+        });
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("ingest finished after the restart")
+            .unwrap()
+            .unwrap();
+        server_task.abort();
+        assert_eq!(stored_ids(&nats, "NATSRESTART").await, expected);
+    });
+}
