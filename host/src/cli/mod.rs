@@ -1,8 +1,11 @@
 //! The `weir` command line.
 
+mod config;
 mod generate;
 mod ingest;
+mod lake;
 mod plugin;
+mod run;
 mod serve_sse;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +23,14 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a pipeline: source, stream, plugins, lake and API, as one service.
+    Run(run::RunArgs),
+    /// Check a pipeline configuration without starting it.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Inspect a lake: its tables, its consistency, its rows.
+    #[command(subcommand)]
+    Lake(lake::LakeCommand),
     /// Check, run and scaffold plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -36,6 +47,9 @@ pub fn main() -> std::process::ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Config(cmd) => config::run(cmd),
+        Command::Lake(cmd) => lake::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Ingest(args) => ingest::run(args),
         Command::Gen(args) => generate::run(args),

@@ -30,6 +30,10 @@ pub struct Event {
     pub key: Option<String>,
     /// Event time in milliseconds since the Unix epoch.
     pub time_ms: i64,
+    /// The stream sequence of the message that carried the event (0 when it did not come from a stream).
+    pub seq: u64,
+    /// When the event was received by ingest, in ms since the epoch (0 when unknown).
+    pub ingest_ms: i64,
     pub attributes: Vec<(String, String)>,
     raw: ByteString,
     layout: Arc<Layout>,
@@ -170,6 +174,8 @@ impl Event {
             id,
             key,
             time_ms,
+            seq: 0,
+            ingest_ms: 0,
             attributes,
             raw,
             layout,

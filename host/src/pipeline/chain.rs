@@ -42,6 +42,9 @@ pub struct Quarantined {
     pub plugin: String,
     pub reason: String,
     pub failed_checks: Vec<String>,
+    /// Quarantined by a stage that emits rows (an aggregate): the event stays in the chain's output (it is a
+    /// good event; only the aggregate could not count it) and goes to the gold quarantine.
+    pub gold: bool,
 }
 
 /// A row emitted by an aggregate, with the plugin that emitted it.
@@ -51,7 +54,8 @@ pub struct EmittedRow {
     pub row: Row,
 }
 
-/// Where every event of a batch went. `kept.len() + dropped.len() + quarantined.len()` is the batch size.
+/// Where every event of a batch went. Every event is in exactly one of `kept`, `dropped` and the quarantined
+/// entries with `gold == false`; events an aggregate quarantined (`gold == true`) are in `kept` too.
 #[derive(Debug, Default)]
 pub struct ChainOutput {
     pub kept: Vec<Event>,
@@ -172,10 +176,35 @@ impl Chain {
             }
             let mut failed_writes = failed_writes.into_iter().peekable();
             let mut next = Vec::with_capacity(current.len());
+            let gold = !stage.plugin.plan().emits.is_empty();
             for (index, (event, verdict)) in current.into_iter().zip(result.verdicts).enumerate() {
                 let mut write_error = None;
                 while let Some((_, e)) = failed_writes.next_if(|(i, _)| *i == index) {
                     write_error.get_or_insert(e);
+                }
+                if gold {
+                    // An aggregate's verdict decides what it counts, not whether the event is good.
+                    let (reason, failed_checks) = match (verdict, write_error) {
+                        (Verdict::Keep, None) => {
+                            next.push(event);
+                            continue;
+                        }
+                        (_, Some(e)) => (
+                            crate::runtime::FailureKind::BadOutput.reason().into(),
+                            vec![e],
+                        ),
+                        (Verdict::Drop(rule), None) => (rule, Vec::new()),
+                        (Verdict::Quarantine(q), None) => (q.reason, q.failed_checks),
+                    };
+                    out.quarantined.push(Quarantined {
+                        event: event.clone(),
+                        plugin: label.clone(),
+                        reason,
+                        failed_checks,
+                        gold: true,
+                    });
+                    next.push(event);
+                    continue;
                 }
                 match (verdict, write_error) {
                     (Verdict::Keep, None) => next.push(event),
@@ -184,6 +213,7 @@ impl Chain {
                         plugin: label.clone(),
                         reason: crate::runtime::FailureKind::BadOutput.reason().into(),
                         failed_checks: vec![e],
+                        gold: false,
                     }),
                     (Verdict::Drop(rule), _) => out.dropped.push(Dropped {
                         event,
@@ -195,6 +225,7 @@ impl Chain {
                         plugin: label.clone(),
                         reason: q.reason,
                         failed_checks: q.failed_checks,
+                        gold: false,
                     }),
                 }
             }

@@ -1,1 +1,8 @@
+//! Running plugins over events: chains of stages over batches, and the service that ties the stream, the
+//! chain and the lake together (`weir run`).
+
 pub mod chain;
+pub mod runner;
+pub mod service;
+pub mod shared;
+pub mod state;

@@ -156,6 +156,15 @@ impl Plugin {
         &self.store.data().state
     }
 
+    pub fn state_mut(&mut self) -> &mut KeyedState {
+        &mut self.store.data_mut().state
+    }
+
+    /// The last good in-memory snapshot (taken after every successful batch, for snapshot plugins).
+    pub fn last_snapshot(&self) -> Option<&[u8]> {
+        self.snapshot.as_deref()
+    }
+
     /// Runs a batch. Never fails: see the module documentation.
     pub fn process(&mut self, batch: &Batch) -> BatchResult {
         let events = batch.times.len();

@@ -8,7 +8,7 @@ use foldhash::HashMap;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Entry {
+pub struct Entry {
     value: Vec<u8>,
     /// Absolute expiry in host milliseconds; `None` never expires.
     expires_at_ms: Option<i64>,
@@ -30,6 +30,22 @@ pub struct KeyedState {
     swept_len: usize,
     /// Bytes of keys and values committed, for metrics and quotas.
     bytes: usize,
+    /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
+    dirty: foldhash::HashSet<String>,
+}
+
+/// The changes to a keyed state between two lake commits (`None`: deleted).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta(Vec<(String, Option<Entry>)>);
+
+impl Delta {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl KeyedState {
@@ -60,6 +76,9 @@ impl KeyedState {
     /// Applies the staged writes of a call that succeeded.
     pub fn commit(&mut self, now_ms: i64) {
         for (key, staged) in self.staged.drain() {
+            if !self.dirty.contains(&key) {
+                self.dirty.insert(key.clone());
+            }
             if let Some(old) = self.committed.remove(&key) {
                 self.bytes -= key.len() + old.value.len();
             }
@@ -103,20 +122,44 @@ impl KeyedState {
         self.bytes
     }
 
-    /// The committed entries, for checkpoints (the lake commits them with the data they produced).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.committed).expect("state entries serialize")
+    /// Every committed entry, as a delta from nothing (a full checkpoint); clears the change tracking.
+    pub fn full(&mut self, now_ms: i64) -> Delta {
+        self.dirty.clear();
+        Delta(
+            self.committed
+                .iter()
+                .filter(|(_, e)| e.live(now_ms))
+                .map(|(k, e)| (k.clone(), Some(e.clone())))
+                .collect(),
+        )
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        let committed: HashMap<String, Entry> = serde_json::from_slice(bytes)?;
-        let bytes = committed.iter().map(|(k, e)| k.len() + e.value.len()).sum();
-        Ok(KeyedState {
-            swept_len: committed.len(),
-            committed,
-            bytes,
-            ..Default::default()
-        })
+    /// What changed since the last call (or the last [`KeyedState::full`]).
+    pub fn take_delta(&mut self) -> Delta {
+        let dirty = std::mem::take(&mut self.dirty);
+        Delta(
+            dirty
+                .into_iter()
+                .map(|k| {
+                    let entry = self.committed.get(&k).cloned();
+                    (k, entry)
+                })
+                .collect(),
+        )
+    }
+
+    /// Applies a delta (restoring from the lake: the last full checkpoint, then the deltas after it).
+    pub fn apply(&mut self, delta: Delta) {
+        for (key, entry) in delta.0 {
+            if let Some(old) = self.committed.remove(&key) {
+                self.bytes -= key.len() + old.value.len();
+            }
+            if let Some(entry) = entry {
+                self.bytes += key.len() + entry.value.len();
+                self.committed.insert(key, entry);
+            }
+        }
+        self.swept_len = self.committed.len();
     }
 }
 
@@ -150,12 +193,24 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_through_bytes() {
+    fn full_state_and_deltas_restore_the_same_state() {
         let mut state = KeyedState::default();
-        state.set("k".into(), vec![1, 2], Some(10), 0);
+        state.set("a".into(), vec![1, 2], Some(10), 0);
+        state.set("b".into(), vec![3], None, 0);
         state.commit(0);
-        let back = KeyedState::from_bytes(&state.to_bytes()).unwrap();
-        assert_eq!(back.get("k", 5), Some(&[1u8, 2][..]));
-        assert_eq!(back.bytes(), 3);
+        let base = state.full(0);
+        state.set("c".into(), vec![4], None, 0);
+        state.delete("a".into());
+        state.commit(0);
+        let delta = state.take_delta();
+        assert_eq!(delta.len(), 2);
+        assert!(state.take_delta().is_empty());
+        let mut back = KeyedState::default();
+        back.apply(base);
+        back.apply(delta);
+        assert_eq!(back.get("a", 5), None);
+        assert_eq!(back.get("b", 5), Some(&[3u8][..]));
+        assert_eq!(back.get("c", 5), Some(&[4u8][..]));
+        assert_eq!(back.bytes(), 4);
     }
 }

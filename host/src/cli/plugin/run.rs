@@ -71,6 +71,8 @@ struct Summary {
     kept: u64,
     dropped: u64,
     quarantined: u64,
+    /// Kept events an aggregate could not count (late): in `kept` and in the quarantine file.
+    not_aggregated: u64,
     rows: u64,
     /// `plugin/rule` → count.
     dropped_by_rule: BTreeMap<String, u64>,
@@ -247,7 +249,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 fn record(summary: &mut Summary, sinks: &mut Sinks, output: ChainOutput) -> Result<()> {
     summary.kept += output.kept.len() as u64;
     summary.dropped += output.dropped.len() as u64;
-    summary.quarantined += output.quarantined.len() as u64;
+    let gold = output.quarantined.iter().filter(|q| q.gold).count() as u64;
+    summary.quarantined += output.quarantined.len() as u64 - gold;
+    summary.not_aggregated += gold;
     for d in &output.dropped {
         let name = d.plugin.split('@').next().unwrap_or(&d.plugin);
         *summary

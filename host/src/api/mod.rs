@@ -1,0 +1,311 @@
+//! The HTTP API (axum): health and readiness, Prometheus metrics, plugins (list, deploy, rollback), pipeline
+//! control (pause, resume), queries over recent data, and an OpenAPI document (`/openapi.json`).
+//!
+//! Control endpoints require `Authorization: Bearer <token>` when a token is configured; uploads are capped
+//! at `api.max_upload_bytes`. Queries about recent data answer from memory (no store round trip).
+
+mod metrics;
+mod openapi;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::pipeline::shared::{Control, Shared};
+use crate::runtime::Loader;
+
+pub struct ApiOptions {
+    pub token: Option<String>,
+    pub max_upload_bytes: usize,
+    pub loader: Loader,
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    loader: Loader,
+    token: Option<Arc<str>>,
+}
+
+pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
+    let state = AppState {
+        shared,
+        loader: options.loader,
+        token: options.token.map(Into::into),
+    };
+    let control = Router::new()
+        .route("/api/v1/plugins/{stage}", post(deploy_upload))
+        .route("/api/v1/plugins/{stage}/rollback", post(rollback))
+        .route("/api/v1/pipeline/pause", post(pause))
+        .route("/api/v1/pipeline/resume", post(resume))
+        .layer(DefaultBodyLimit::max(options.max_upload_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics::render))
+        .route("/openapi.json", get(openapi::document))
+        .route("/api/v1/plugins", get(plugins))
+        .route("/api/v1/pipeline", get(pipeline))
+        .route("/api/v1/events/latest", get(latest_events))
+        .route("/api/v1/gold/{table}", get(gold))
+        .route("/api/v1/quarantine/reasons", get(quarantine_reasons))
+        .merge(control)
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(&**token) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "control endpoints need `Authorization: Bearer <token>` (api.token or WEIR_API_TOKEN)",
+            );
+        }
+    }
+    next.run(request).await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let h = &state.shared.health;
+    let body = json!({
+        "ready": state.shared.is_ready(),
+        "nats_connected": h.nats_connected.load(Ordering::Relaxed),
+        "store_reachable": h.store_reachable.load(Ordering::Relaxed),
+        "plugins_loaded": h.plugins_loaded.load(Ordering::Relaxed),
+        "paused": h.paused.load(Ordering::Relaxed),
+        "stopping": h.stopping.load(Ordering::Relaxed),
+    });
+    let status = if state.shared.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn plugins(State(state): State<AppState>) -> Response {
+    Json(json!({ "plugins": *state.shared.plugins.load_full() })).into_response()
+}
+
+async fn pipeline(State(state): State<AppState>) -> Response {
+    let c = &state.shared.counters;
+    let (swaps, p50, p99) = state.shared.pauses.summary();
+    Json(json!({
+        "pipeline": state.shared.pipeline,
+        "stages": state.shared.stages,
+        "paused": state.shared.health.paused.load(Ordering::Relaxed),
+        "received": c.received.load(Ordering::Relaxed),
+        "silver": c.silver.load(Ordering::Relaxed),
+        "dropped": c.dropped.load(Ordering::Relaxed),
+        "quarantined": c.quarantined.load(Ordering::Relaxed),
+        "commits": c.commits.load(Ordering::Relaxed),
+        "committed_events": c.committed_events.load(Ordering::Relaxed),
+        "last_commit_ms": c.last_commit_ms.load(Ordering::Relaxed),
+        "swap_pauses": { "count": swaps, "p50_us": p50, "p99_us": p99 },
+        "lake": state.shared.lake.url,
+    }))
+    .into_response()
+}
+
+/// Compiles a component off the async threads, checks it against the contract and asks the pipeline to
+/// swap it in (after its self-test). Shared by the API and the watched directory.
+pub async fn deploy(
+    shared: &Shared,
+    loader: &Loader,
+    stage: &str,
+    path: &Path,
+    bytes: Option<Bytes>,
+) -> Result<String, String> {
+    if !shared.stages.iter().any(|s| s == stage) {
+        return Err(format!(
+            "no stage named {stage:?} (stages: {})",
+            shared.stages.join(", ")
+        ));
+    }
+    let (loader, path) = (loader.clone(), path.to_path_buf());
+    let loaded = tokio::task::spawn_blocking(move || match bytes {
+        Some(bytes) => loader.load_bytes(&path, &bytes),
+        None => loader.load(&path),
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("{e:#}"))?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    shared
+        .control
+        .send(Control::Deploy {
+            stage: stage.to_string(),
+            plugin: loaded,
+            reply,
+        })
+        .await
+        .map_err(|_| "the pipeline is stopping".to_string())?;
+    answer
+        .await
+        .map_err(|_| "the pipeline is stopping".to_string())?
+}
+
+async fn deploy_upload(
+    State(state): State<AppState>,
+    UrlPath(stage): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    if body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the body must be the plugin's .wasm component",
+        );
+    }
+    let name = format!("upload:{stage}.wasm");
+    match deploy(
+        &state.shared,
+        &state.loader,
+        &stage,
+        Path::new(&name),
+        Some(body),
+    )
+    .await
+    {
+        Ok(label) => Json(json!({ "stage": stage, "deployed": label })).into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    }
+}
+
+async fn rollback(State(state): State<AppState>, UrlPath(stage): UrlPath<String>) -> Response {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state
+        .shared
+        .control
+        .send(Control::Rollback {
+            stage: stage.clone(),
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping");
+    }
+    match answer.await {
+        Ok(Ok(label)) => Json(json!({ "stage": stage, "running": label })).into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"),
+    }
+}
+
+async fn pause(State(state): State<AppState>) -> Response {
+    state.shared.health.paused.store(true, Ordering::Relaxed);
+    Json(json!({ "paused": true })).into_response()
+}
+
+async fn resume(State(state): State<AppState>) -> Response {
+    state.shared.health.paused.store(false, Ordering::Relaxed);
+    Json(json!({ "paused": false })).into_response()
+}
+
+async fn latest_events(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(20)
+        .min(1000);
+    let recent = state.shared.recent.lock().expect("not poisoned");
+    let events: Vec<serde_json::Value> = recent
+        .events
+        .iter()
+        .rev()
+        .take(limit)
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    Json(json!({ "events": events })).into_response()
+}
+
+/// A time in a query: ms since the epoch, or RFC 3339.
+fn query_time(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, String> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .or_else(|| crate::event::parse_rfc3339_ms(v))
+            .map(Some)
+            .ok_or_else(|| format!("{name}={v:?} is neither milliseconds nor an RFC 3339 time")),
+    }
+}
+
+/// Rows of a gold table whose window starts in `[from, to)`, filtered by equality on any other query
+/// parameter (`?wiki=enwiki`, `?title=Main_Page`): per-wiki or per-page counts for a window.
+async fn gold(
+    State(state): State<AppState>,
+    UrlPath(table): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (from, to) = match (query_time(&q, "from"), query_time(&q, "to")) {
+        (Ok(f), Ok(t)) => (f.unwrap_or(i64::MIN), t.unwrap_or(i64::MAX)),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+    let filters: Vec<(&String, &String)> = q
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "from" | "to" | "limit"))
+        .collect();
+    let recent = state.shared.recent.lock().expect("not poisoned");
+    let table = table.strip_prefix("gold_").unwrap_or(&table).to_string();
+    let Some(rows) = recent.gold.get(&table) else {
+        let known: Vec<String> = recent.gold.keys().map(|k| format!("gold_{k}")).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no recent rows for gold table gold_{table} (tables with rows: {})",
+                known.join(", ")
+            ),
+        );
+    };
+    let matched: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| {
+            let start = r["window_start"].as_i64().unwrap_or(0);
+            start >= from && start < to
+        })
+        .filter(|r| {
+            filters.iter().all(|(k, v)| match &r[k.as_str()] {
+                serde_json::Value::String(s) => s == *v,
+                other => *other == serde_json::from_str::<serde_json::Value>(v).unwrap_or_default(),
+            })
+        })
+        .rev()
+        .take(limit)
+        .collect();
+    Json(json!({ "table": format!("gold_{table}"), "rows": matched })).into_response()
+}
+
+async fn quarantine_reasons(State(state): State<AppState>) -> Response {
+    let recent = state.shared.recent.lock().expect("not poisoned");
+    Json(json!({ "since_start": recent.quarantine_reasons })).into_response()
+}

@@ -1,0 +1,60 @@
+//! The OpenAPI 3 document of the API (`/openapi.json`).
+
+use axum::response::{IntoResponse, Json};
+use serde_json::json;
+
+fn op(summary: &str, control: bool) -> serde_json::Value {
+    let mut o = json!({ "summary": summary, "responses": { "200": { "description": "OK" } } });
+    if control {
+        o["security"] = json!([{ "bearer": [] }]);
+        o["responses"]["401"] =
+            json!({ "description": "A token is configured and the request has none or another" });
+    }
+    o
+}
+
+pub async fn document() -> impl IntoResponse {
+    let mut deploy = op(
+        "Deploy a new version of a stage's plugin (body: the .wasm component)",
+        true,
+    );
+    deploy["requestBody"] = json!({ "required": true, "content": { "application/wasm": { "schema": { "type": "string", "format": "binary" } } } });
+    deploy["responses"]["422"] = json!({ "description": "The component failed to load, its contract check or its self-test" });
+    let stage = json!([{ "name": "stage", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    let mut gold = op(
+        "Rows of a gold table for a window (per-wiki, per-page counts); other parameters filter columns by equality",
+        false,
+    );
+    gold["parameters"] = json!([
+        { "name": "table", "in": "path", "required": true, "schema": { "type": "string" } },
+        { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "window start at or after (ms or RFC 3339)" },
+        { "name": "to", "in": "query", "schema": { "type": "string" }, "description": "window start before (ms or RFC 3339)" },
+        { "name": "limit", "in": "query", "schema": { "type": "integer" } }
+    ]);
+    let mut latest = op("The newest silver events", false);
+    latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);
+    let mut deploy_path = json!({ "post": deploy });
+    deploy_path["parameters"] = stage.clone();
+    let mut rollback_path = json!({ "post": op("Return a stage to its previous version", true) });
+    rollback_path["parameters"] = stage;
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Weir", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "Sandboxed WebAssembly plugins over live event streams" },
+        "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } },
+        "paths": {
+            "/health": { "get": op("The process is alive", false) },
+            "/ready": { "get": op("NATS, the store and the plugins are up (503 otherwise)", false) },
+            "/metrics": { "get": op("Prometheus metrics", false) },
+            "/api/v1/pipeline": { "get": op("Pipeline counters and swap pauses", false) },
+            "/api/v1/plugins": { "get": op("The plugins with their versions and stats", false) },
+            "/api/v1/plugins/{stage}": deploy_path,
+            "/api/v1/plugins/{stage}/rollback": rollback_path,
+            "/api/v1/pipeline/pause": { "post": op("Stop taking new events (acks are kept alive)", true) },
+            "/api/v1/pipeline/resume": { "post": op("Take events again", true) },
+            "/api/v1/events/latest": { "get": latest },
+            "/api/v1/gold/{table}": { "get": gold },
+            "/api/v1/quarantine/reasons": { "get": op("Quarantine reasons with counts", false) }
+        }
+    }))
+}

@@ -1,0 +1,77 @@
+//! `weir run`: the pipeline as a service (see `pipeline::service`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::config::Config;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The pipeline configuration.
+    #[arg(long, short, default_value = "deploy/pipelines/wikimedia.toml")]
+    config: PathBuf,
+    /// Listen here for the API instead of the configured address (`127.0.0.1:0` picks a free port).
+    #[arg(long)]
+    api: Option<String>,
+    /// Use this lake instead of the configured one.
+    #[arg(long, env = "WEIR_LAKE_URL")]
+    lake: Option<String>,
+    /// Use this NATS server instead of the configured one (empty: a local nats-server).
+    #[arg(long, env = "WEIR_NATS_URL")]
+    nats: Option<String>,
+    /// Stop after this long (demos and tests; default: until SIGINT or SIGTERM).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    run_for: Option<std::time::Duration>,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let mut config = Config::load(&args.config)?;
+    if let Some(api) = args.api {
+        config.api.listen = api;
+    }
+    if let Some(lake) = args.lake.filter(|l| !l.is_empty()) {
+        config.lake.url = lake;
+    }
+    if let Some(nats) = args.nats {
+        config.nats.url = nats;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("weir-io")
+        .build()?;
+    let run_for = args.run_for;
+    runtime.block_on(async move {
+        let stop = async move {
+            match run_for {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = super::shutdown_signal() => {}
+                    }
+                }
+                None => super::shutdown_signal().await,
+            }
+        };
+        crate::pipeline::service::run(config, stop, |started| {
+            let api = started
+                .api
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_else(|| "off".into());
+            eprintln!(
+                "weir is running: pipeline {}, source {}, NATS {}, lake {}\n  look here: {api}/metrics, \
+                 {api}/api/v1/events/latest, {api}/api/v1/gold/gold_wiki, {api}/openapi.json; Parquet under {}",
+                started.shared.pipeline,
+                started.source.as_deref().unwrap_or("(none: consuming the stream only)"),
+                started.nats_url,
+                started.lake,
+                started.lake,
+            );
+        })
+        .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,445 @@
+//! The pipeline configuration: one TOML file declares the source, the stream and its consumer, the stages,
+//! the tables, the lake and the API. It is validated strictly before anything starts: an unknown key, a
+//! missing plugin or a bad column type stops the start with a message naming the file, line and field.
+//!
+//! `deploy/pipelines/wikimedia.toml` is the default pipeline and the reference for every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::bus::StreamConfig;
+use crate::ingest::IngestConfig;
+use crate::lake::{ColumnSpec, LakeConfig};
+use crate::runtime::Limits;
+use crate::source::client::SseConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub pipeline: PipelineSection,
+    /// Read an SSE source into the stream in the same process (leave out to consume a stream another
+    /// process fills, e.g. `weir ingest` at the edge).
+    pub source: Option<SseConfig>,
+    /// How the source is ingested (with `[source]`).
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    #[serde(default)]
+    pub nats: NatsSection,
+    #[serde(default)]
+    pub stream: StreamConfig,
+    #[serde(default)]
+    pub consumer: ConsumerSection,
+    #[serde(default)]
+    pub events: EventsSection,
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    #[serde(default)]
+    pub stages: Vec<StageSection>,
+    #[serde(default)]
+    pub silver: SilverSection,
+    #[serde(default)]
+    pub lake: LakeConfig,
+    #[serde(default)]
+    pub api: ApiSection,
+    /// The file this came from (for relative paths and messages).
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// The pipeline's name: in metrics, logs and the default consumer name.
+    pub name: String,
+    /// This host's id in the lake's commit log and file names; default: the machine's hostname.
+    pub host: Option<String>,
+    /// When `[source]` cannot be reached at start, serve generated events locally instead (`weir
+    /// serve-sse`), so a demo works on a machine without internet access.
+    #[serde(default)]
+    pub offline_fallback: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// A NATS server or cluster (`nats://host:4222`). Empty: Weir starts and supervises a local
+    /// nats-server with its data in `data_dir`.
+    pub url: String,
+    pub data_dir: PathBuf,
+    /// Port of the local nats-server (0: any free port).
+    pub port: u16,
+}
+
+impl Default for NatsSection {
+    fn default() -> Self {
+        NatsSection {
+            url: String::new(),
+            data_dir: PathBuf::from(".weir/nats"),
+            port: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsumerSection {
+    /// The durable consumer's name; hosts that share it share the work. Default `weir-<pipeline>`.
+    pub durable: Option<String>,
+    /// Events per micro-batch through the plugins.
+    pub batch: usize,
+    /// Messages delivered and not yet acked, at most (bounds memory; backpressure beyond it).
+    pub max_ack_pending: i64,
+    /// A message not acked within this is delivered again (progress acks extend it during slow commits).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// A message delivered this many times goes to quarantine as `poison` instead of through the plugins.
+    pub max_deliver: i64,
+}
+
+impl Default for ConsumerSection {
+    fn default() -> Self {
+        ConsumerSection {
+            durable: None,
+            batch: 256,
+            max_ack_pending: 300_000,
+            ack_wait: Duration::from_secs(120),
+            max_deliver: 5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    pub id_path: String,
+    /// RFC 3339 text or milliseconds.
+    pub time_path: String,
+    pub key_path: Option<String>,
+    /// The watermark trails the newest event time by this much; aggregate windows close behind it.
+    #[serde(with = "humantime_serde")]
+    pub watermark_delay: Duration,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection {
+            id_path: "meta.id".into(),
+            time_path: "meta.dt".into(),
+            key_path: None,
+            watermark_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsSection {
+    /// Where stage plugins are looked up, relative to this file. `WEIR_PLUGIN_DIR` overrides it.
+    pub dir: PathBuf,
+    /// New versions dropped here (`<stage>.wasm`) are deployed to that stage. Empty: not watched.
+    pub watch_dir: Option<PathBuf>,
+    /// After a swap, a failure rate above this (failed calls / calls over the next `watch_batches` batches)
+    /// rolls the previous version back.
+    pub rollback_error_rate: f64,
+    pub watch_batches: u64,
+    /// Compiled components are cached here (`off` disables it); default `~/.cache/weir`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginsSection {
+    fn default() -> Self {
+        PluginsSection {
+            dir: PathBuf::from("."),
+            watch_dir: None,
+            rollback_error_rate: 0.05,
+            watch_batches: 20,
+            cache_dir: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSection {
+    /// The stage's name (unique): used by the API, metrics and the watched directory.
+    pub name: String,
+    /// The component: a `.wasm` path, relative to `plugins.dir`.
+    pub plugin: Spanned<String>,
+    /// The plugin's configuration, as a TOML table (passed to the plugin as JSON).
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// Or a JSON file with it, relative to this file.
+    pub config_file: Option<PathBuf>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilverSection {
+    /// The silver table's typed columns.
+    #[serde(default)]
+    pub columns: Vec<ColumnSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// Where the HTTP API listens (empty: no API).
+    pub listen: String,
+    /// Control endpoints (deploy, rollback, pause, resume, replay) require `Authorization: Bearer <token>`
+    /// when set. `WEIR_API_TOKEN` overrides it.
+    pub token: Option<String>,
+    /// Largest plugin upload, in bytes.
+    pub max_upload_bytes: usize,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: "127.0.0.1:8080".into(),
+            token: None,
+            max_upload_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A stage resolved: its component's path and its configuration as JSON text.
+#[derive(Debug, Clone)]
+pub struct ResolvedStage {
+    pub name: String,
+    pub path: PathBuf,
+    pub config: String,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Reads and validates a pipeline file. Errors name the file, line and field.
+    pub fn load(file: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!("cannot read the pipeline configuration {}", file.display())
+        })?;
+        Self::parse(&text, file)
+    }
+
+    pub fn parse(text: &str, file: &Path) -> Result<Config> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
+        config.file = file.to_path_buf();
+        config.validate(text)?;
+        Ok(config)
+    }
+
+    fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
+    /// `file:line: message` for a span of the text.
+    fn at(
+        &self,
+        text: &str,
+        span: std::ops::Range<usize>,
+        message: impl std::fmt::Display,
+    ) -> anyhow::Error {
+        let line = text[..span.start.min(text.len())].lines().count().max(1);
+        anyhow::anyhow!("{}:{line}: {message}", self.file.display())
+    }
+
+    fn validate(&self, text: &str) -> Result<()> {
+        let file = self.file.display();
+        if self.pipeline.name.is_empty()
+            || !self
+                .pipeline
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!(
+                "{file}: pipeline.name {:?} must be letters, digits, `-` and `_`",
+                self.pipeline.name
+            );
+        }
+        if let Some(source) = &self.source {
+            source
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        }
+        self.stream
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        if self.consumer.batch == 0 || self.consumer.batch > 65_536 {
+            bail!("{file}: consumer.batch must be 1 to 65536");
+        }
+        if self.consumer.max_deliver < 2 {
+            bail!("{file}: consumer.max_deliver must be at least 2");
+        }
+        for (what, path) in [
+            ("events.id_path", &self.events.id_path),
+            ("events.time_path", &self.events.time_path),
+        ] {
+            crate::event::JsonPath::parse(path)
+                .map_err(|e| anyhow::anyhow!("{file}: {what} {path:?}: {e}"))?;
+        }
+        if self.stages.is_empty() {
+            bail!("{file}: no [[stages]]: a pipeline needs at least one plugin");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            if !names.insert(stage.name.as_str()) {
+                bail!("{file}: stages[{i}].name {:?} is used twice", stage.name);
+            }
+            if stage.config.is_some() && stage.config_file.is_some() {
+                bail!(
+                    "{file}: stages[{i}] ({}): give `config` or `config_file`, not both",
+                    stage.name
+                );
+            }
+            stage
+                .limits
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{file}: stages[{i}] ({}): {e}", stage.name))?;
+            let path = self.plugin_path(stage.plugin.get_ref());
+            if !path.is_file() {
+                return Err(self.at(
+                    text,
+                    stage.plugin.span(),
+                    format!(
+                        "stages[{i}] ({}).plugin: {} does not exist (plugins.dir is {}; build the plugins with \
+                         `make plugins`)",
+                        stage.name,
+                        path.display(),
+                        self.plugin_dir().display()
+                    ),
+                ));
+            }
+        }
+        crate::lake::schema::validate_columns(&self.silver.columns)
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        if self.lake.commit_events == 0 || self.lake.commit_interval.is_zero() {
+            bail!("{file}: lake.commit_events and lake.commit_interval must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn plugin_dir(&self) -> PathBuf {
+        match std::env::var_os("WEIR_PLUGIN_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => self.dir().join(&self.plugins.dir),
+        }
+    }
+
+    pub fn plugin_path(&self, plugin: &str) -> PathBuf {
+        self.plugin_dir().join(plugin)
+    }
+
+    pub fn watch_dir(&self) -> Option<PathBuf> {
+        self.plugins.watch_dir.as_ref().map(|d| self.dir().join(d))
+    }
+
+    /// The stages with their plugin paths and JSON configurations.
+    pub fn stages(&self) -> Result<Vec<ResolvedStage>> {
+        self.stages
+            .iter()
+            .map(|s| {
+                let config = match (&s.config, &s.config_file) {
+                    (Some(table), _) => serde_json::to_string(table)?,
+                    (None, Some(path)) => {
+                        let path = self.dir().join(path);
+                        std::fs::read_to_string(&path).with_context(|| {
+                            format!("stage {}: cannot read {}", s.name, path.display())
+                        })?
+                    }
+                    (None, None) => "{}".to_string(),
+                };
+                Ok(ResolvedStage {
+                    name: s.name.clone(),
+                    path: self.plugin_path(s.plugin.get_ref()),
+                    config,
+                    limits: s.limits.clone(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn host(&self) -> String {
+        self.pipeline.host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "weir".into())
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        })
+    }
+
+    pub fn durable(&self) -> String {
+        self.consumer
+            .durable
+            .clone()
+            .unwrap_or_else(|| format!("weir-{}", self.pipeline.name))
+    }
+
+    pub fn api_token(&self) -> Option<String> {
+        std::env::var("WEIR_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.api.token.clone().filter(|t| !t.is_empty()))
+    }
+
+    pub fn lake_config(&self) -> LakeConfig {
+        let mut lake = self.lake.clone();
+        // A relative local lake path is relative to the working directory (where `weir run` starts), like
+        // the quick start's `./lake`.
+        if let Ok(url) = std::env::var("WEIR_LAKE_URL")
+            && !url.is_empty()
+        {
+            lake.url = url;
+        }
+        lake
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/tmp/p.toml"))
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_field() {
+        let err = parse("[pipeline]\nname = \"x\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/tmp/p.toml") && err.contains("line 3") && err.contains("bogus"),
+            "{err}"
+        );
+        let err = parse(
+            "[pipeline]\nname = \"x\"\n\n[[stages]]\nname = \"f\"\nplugin = \"missing.wasm\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/tmp/p.toml:6") && err.contains("missing.wasm"),
+            "{err}"
+        );
+        let err = parse("[pipeline]\nname = \"x\"\n[silver]\ncolumns = [{name = \"a\", path = \"a\", type = \"int\"}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 4") && err.contains("int"), "{err}");
+    }
+}

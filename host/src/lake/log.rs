@@ -1,0 +1,282 @@
+//! The commit log: one JSON record per committed epoch under `_weir/log/`, each created with a conditional
+//! put (create-only). Creating the record is the one atomic step of a commit: files it lists are committed,
+//! files it does not list are not, and the stream sequences it lists are done (never written again).
+//!
+//! A checkpoint (`_weir/log/checkpoint.json`) summarizes the log every so often, so a restart reads a few
+//! records instead of all of them.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{ObjectStoreExt, PutMode, PutOptions};
+use serde::{Deserialize, Serialize};
+
+use super::store::Store;
+
+pub const LOG_DIR: &str = "_weir/log";
+const CHECKPOINT: &str = "_weir/log/checkpoint.json";
+
+/// Stream sequences as sorted, disjoint, inclusive ranges.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ranges(pub Vec<(u64, u64)>);
+
+impl Ranges {
+    pub fn from_sorted(seqs: impl IntoIterator<Item = u64>) -> Self {
+        let mut r = Ranges::default();
+        for s in seqs {
+            r.insert(s, s);
+        }
+        r
+    }
+
+    /// Adds `from..=to`, merging with neighbours.
+    pub fn insert(&mut self, from: u64, to: u64) {
+        if let Some(last) = self.0.last_mut()
+            && last.1.saturating_add(1) >= from
+            && last.0 <= from
+        {
+            last.1 = last.1.max(to);
+            return;
+        }
+        self.0.push((from, to));
+        self.0.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.0.len());
+        for &(a, b) in &self.0 {
+            match merged.last_mut() {
+                Some(last) if last.1.saturating_add(1) >= a => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        self.0 = merged;
+    }
+
+    pub fn extend(&mut self, other: &Ranges) {
+        for &(a, b) in &other.0 {
+            self.insert(a, b);
+        }
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        let i = self.0.partition_point(|&(_, b)| b < seq);
+        self.0.get(i).is_some_and(|&(a, _)| a <= seq)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|(a, b)| b - a + 1).sum()
+    }
+
+    pub fn overlaps(&self, other: &Ranges) -> bool {
+        other
+            .0
+            .iter()
+            .any(|&(a, b)| self.0.iter().any(|&(c, d)| a <= d && c <= b))
+    }
+
+    /// Forgets everything below `floor` (sequences the stream will never deliver again).
+    pub fn trim_below(&mut self, floor: u64) {
+        self.0.retain(|&(_, b)| b >= floor);
+        if let Some(first) = self.0.first_mut() {
+            first.0 = first.0.max(floor);
+        }
+    }
+
+    pub fn max(&self) -> Option<u64> {
+        self.0.last().map(|r| r.1)
+    }
+}
+
+/// A file a commit added.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Relative to the lake: `<table>/dt=.../hour=.../<name>.parquet`.
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_seq: u64,
+    pub max_seq: u64,
+}
+
+/// One committed epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    pub format: u32,
+    pub epoch: u64,
+    /// The host that committed it.
+    pub host: String,
+    pub committed_at_ms: i64,
+    /// Stream sequences this commit consumed (every one: written, dropped or quarantined).
+    pub sequences: Ranges,
+    /// Files per table.
+    pub tables: BTreeMap<String, Vec<FileEntry>>,
+    /// Where the files were written before the commit (they are moved from there to their paths).
+    pub staging: String,
+    /// Plugin state as of this commit (dedupe keys, open windows), restored on restart: the whole state when
+    /// `state_full`, else what changed since this host's previous commit.
+    pub state: Option<String>,
+    #[serde(default)]
+    pub state_full: bool,
+    /// The plugin versions that produced the data.
+    pub chain: Vec<String>,
+    /// Events dropped by a rule, by `plugin/rule`.
+    pub dropped: BTreeMap<String, u64>,
+    /// Events quarantined, by reason.
+    pub quarantined: BTreeMap<String, u64>,
+    /// Replaces these files (replays in place); empty for ordinary commits.
+    #[serde(default)]
+    pub replaces: Vec<String>,
+    /// The column types of every gold table so far (`timestamp`, `int64`, `float64`, `bool`, `string`), so
+    /// a table keeps its types across restarts even when a column starts out null.
+    #[serde(default)]
+    pub gold_columns: BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl CommitRecord {
+    pub const FORMAT: u32 = 1;
+
+    pub fn path(epoch: u64) -> String {
+        format!("{LOG_DIR}/{epoch:020}.json")
+    }
+
+    pub fn files(&self) -> impl Iterator<Item = &FileEntry> {
+        self.tables.values().flatten()
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last epoch the checkpoint covers.
+    pub epoch: u64,
+    /// Sequences committed up to `epoch`.
+    pub sequences: Ranges,
+    #[serde(default)]
+    pub gold_columns: BTreeMap<String, Vec<(String, String)>>,
+    /// Per host, the epoch of its last commit with the whole state (restores start there).
+    #[serde(default)]
+    pub bases: BTreeMap<String, u64>,
+}
+
+/// The log as read: records since the checkpoint, and everything committed.
+#[derive(Debug, Default)]
+pub struct LogState {
+    pub checkpoint: Checkpoint,
+    pub records: Vec<CommitRecord>,
+    pub committed: Ranges,
+    pub last_epoch: u64,
+}
+
+/// Why a record could not be created.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created,
+    /// Another record holds this epoch (another host, or this one before a crash).
+    Taken(Box<CommitRecord>),
+}
+
+/// Records after `epoch` (all hosts), oldest first.
+pub async fn records_after(store: &Store, epoch: u64) -> Result<Vec<CommitRecord>> {
+    let after = store.path(&CommitRecord::path(epoch));
+    let mut paths: Vec<object_store::path::Path> = store
+        .store
+        .list_with_offset(Some(&store.path(LOG_DIR)), &after)
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .context("cannot list the commit log")?;
+    paths.retain(|p| {
+        p.filename()
+            .is_some_and(|f| f != "checkpoint.json" && f.ends_with(".json"))
+    });
+    paths.sort();
+    let mut records = Vec::with_capacity(paths.len());
+    for path in paths {
+        let bytes = store.store.get(&path).await?.bytes().await?;
+        let record: CommitRecord = serde_json::from_slice(&bytes)
+            .with_context(|| format!("a corrupt commit record {path}"))?;
+        if record.epoch > epoch {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
+pub async fn read(store: &Store) -> Result<LogState> {
+    let mut state = LogState::default();
+    match store.store.get(&store.path(CHECKPOINT)).await {
+        Ok(got) => {
+            let bytes = got.bytes().await?;
+            state.checkpoint =
+                serde_json::from_slice(&bytes).context("a corrupt commit-log checkpoint")?;
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        Err(e) => return Err(e).context("cannot read the commit-log checkpoint"),
+    }
+    state.committed = state.checkpoint.sequences.clone();
+    state.last_epoch = state.checkpoint.epoch;
+    for record in records_after(store, state.checkpoint.epoch).await? {
+        state.committed.extend(&record.sequences);
+        state.last_epoch = state.last_epoch.max(record.epoch);
+        state.records.push(record);
+    }
+    Ok(state)
+}
+
+/// Creates the record for `record.epoch`, unless one exists.
+pub async fn create(store: &Store, record: &CommitRecord) -> Result<CreateOutcome> {
+    let path = store.path(&CommitRecord::path(record.epoch));
+    let body = Bytes::from(serde_json::to_vec_pretty(record)?);
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store.store.put_opts(&path, body.into(), options).await {
+        Ok(_) => Ok(CreateOutcome::Created),
+        Err(object_store::Error::AlreadyExists { .. })
+        | Err(object_store::Error::Precondition { .. }) => {
+            let bytes = store.store.get(&path).await?.bytes().await?;
+            let existing: CommitRecord = serde_json::from_slice(&bytes)
+                .with_context(|| format!("a corrupt commit record {path}"))?;
+            Ok(CreateOutcome::Taken(Box::new(existing)))
+        }
+        Err(object_store::Error::NotImplemented { .. }) => bail!(
+            "the lake's store does not support conditional writes, which the commit protocol needs; use a store \
+             that does (local disk, S3 or an S3-compatible store with If-None-Match, GCS, Azure)"
+        ),
+        Err(e) => Err(e).context("cannot write the commit record"),
+    }
+}
+
+/// Writes a checkpoint covering the log up to `epoch`.
+pub async fn checkpoint(store: &Store, checkpoint: &Checkpoint) -> Result<()> {
+    let body = Bytes::from(serde_json::to_vec(checkpoint)?);
+    store
+        .store
+        .put(&store.path(CHECKPOINT), body.into())
+        .await
+        .context("cannot write the commit-log checkpoint")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_answer() {
+        let mut r = Ranges::default();
+        r.insert(5, 7);
+        r.insert(1, 2);
+        r.insert(3, 4);
+        r.insert(10, 10);
+        assert_eq!(r.0, [(1, 7), (10, 10)]);
+        assert!(r.contains(1) && r.contains(7) && r.contains(10));
+        assert!(!r.contains(8) && !r.contains(0) && !r.contains(11));
+        assert_eq!(r.count(), 8);
+        assert!(r.overlaps(&Ranges(vec![(8, 10)])));
+        assert!(!r.overlaps(&Ranges(vec![(8, 9)])));
+        r.trim_below(3);
+        assert_eq!(r.0, [(3, 7), (10, 10)]);
+        assert_eq!(Ranges::from_sorted([1, 2, 3, 5]).0, [(1, 3), (5, 5)]);
+    }
+}

@@ -1,0 +1,705 @@
+//! The medallion lake: bronze, silver, gold and quarantine tables as Parquet on any object store, written so
+//! that after any crash, restart or redelivery every event is in its tables exactly once, and any engine
+//! (DuckDB, Spark, Athena, pyarrow) reads them with Hive partitioning.
+//!
+//! ## The commit protocol
+//!
+//! The pipeline gathers an *epoch* (a set of stream messages, usually a few seconds' worth) and commits it:
+//!
+//! 1. Every table's files are encoded as the epoch runs and uploaded to a staging prefix
+//!    (`_weir/staging/...`) that readers never look at, with the plugins' state next to them.
+//! 2. The commit record (`_weir/log/<epoch>.json`: the files, the stream sequences consumed, the state) is
+//!    created with a conditional put. **This is the one atomic step**: before it the epoch does not exist,
+//!    after it the epoch is committed.
+//! 3. The files are moved from staging to their table paths (idempotent; redone at start if interrupted).
+//! 4. Only then are the stream messages acked. A message redelivered after a crash whose sequence is in the
+//!    log is acked and skipped.
+//!
+//! On start, the log is read (from its last checkpoint), committed epochs whose move was interrupted are
+//! finished, staging left by uncommitted epochs is deleted, and the plugin state of the last commit is
+//! restored. Each step has a named crash point (see [`crash`]).
+
+pub mod crash;
+pub mod files;
+pub mod log;
+pub mod read;
+pub mod rows;
+pub mod schema;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use arrow_schema::DataType;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use serde::{Deserialize, Serialize};
+
+use files::EpochFiles;
+pub use log::{CommitRecord, FileEntry, Ranges};
+use rows::{DropRow, GoldRow, Mismatches, QuarantineRow, Received, SilverColumns};
+pub use schema::{ColumnSpec, ColumnType, Layer};
+pub use store::{Store, StoreConfig};
+
+/// Where the lake is and how it is written (`[lake]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// `./lake` (the default), `file:///data/lake`, `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, `memory://`. `WEIR_LAKE_URL` overrides it.
+    pub url: String,
+    /// S3-compatible stores: the endpoint (`http://127.0.0.1:8333`); AWS when absent.
+    pub endpoint: Option<String>,
+    /// S3: the region (default `$AWS_REGION`, else `us-east-1`).
+    pub region: Option<String>,
+    /// S3: address buckets by path, as most S3-compatible stores want (default: true with an endpoint).
+    pub path_style: Option<bool>,
+    /// Allow plain HTTP to the endpoint (local test stores).
+    pub allow_http: bool,
+    /// Commit at least this often (files are rolled by time this way).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Commit once an epoch holds this many events.
+    pub commit_events: u64,
+    /// A file larger than this is closed and the next rows start another (bytes, compressed). Default
+    /// 128 MiB.
+    pub max_file_bytes: usize,
+    /// Write a checkpoint of the commit log every this many commits.
+    pub checkpoint_every: u64,
+    /// Concurrent uploads per commit.
+    pub upload_concurrency: usize,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            url: "./lake".into(),
+            endpoint: None,
+            region: None,
+            path_style: None,
+            allow_http: false,
+            commit_interval: Duration::from_secs(10),
+            commit_events: 100_000,
+            max_file_bytes: 128 << 20,
+            checkpoint_every: 100,
+            upload_concurrency: 8,
+        }
+    }
+}
+
+impl LakeConfig {
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            url: self.url.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style,
+            allow_http: self.allow_http,
+        }
+    }
+}
+
+/// A lake open for writing by one host.
+pub struct Lake {
+    store: Store,
+    config: LakeConfig,
+    host: String,
+    committed: Ranges,
+    last_epoch: u64,
+    since_checkpoint: u64,
+    /// This host's state as of its last commit: the whole state, then the changes of each later commit.
+    state_chain: Vec<Bytes>,
+    /// Per host, the epoch of its last whole-state commit (kept in checkpoints).
+    bases: BTreeMap<String, u64>,
+    gold_types: HashMap<String, Vec<(String, DataType)>>,
+    pub mismatches: Arc<Mismatches>,
+}
+
+/// An epoch being written.
+pub struct Epoch {
+    files: EpochFiles,
+    sequences: Ranges,
+    dropped: BTreeMap<String, u64>,
+    quarantined: BTreeMap<String, u64>,
+    chain: Vec<String>,
+    gold_types: HashMap<String, Vec<(String, DataType)>>,
+    pub events: u64,
+    started: Instant,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Retries `attempt` with backoff until it succeeds: an unreachable store holds the commit (and so the acks)
+/// instead of losing anything; it recovers by itself when the store comes back.
+async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(v) => {
+                if failures > 0 {
+                    tracing::info!("{what}: succeeded after {failures} failed attempts");
+                }
+                return v;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!("{what} failed (attempt {failures}), retrying in {delay:?}: {e:#}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+impl Lake {
+    /// Opens the lake: reads the commit log, finishes interrupted commits, removes uncommitted staging.
+    pub async fn open(config: LakeConfig, host: &str) -> Result<Self> {
+        let store = Store::open(&config.store())?;
+        let state = retry("reading the commit log", || log::read(&store)).await;
+        let mut lake = Lake {
+            store,
+            host: host.to_string(),
+            committed: state.committed.clone(),
+            last_epoch: state.last_epoch,
+            since_checkpoint: state.records.len() as u64,
+            state_chain: Vec::new(),
+            bases: state.checkpoint.bases.clone(),
+            gold_types: HashMap::new(),
+            mismatches: Arc::new(Mismatches::default()),
+            config,
+        };
+        for record in &state.records {
+            lake.publish(record).await?;
+        }
+        lake.clean_staging(&state.records).await?;
+        for record in &state.records {
+            if record.state_full {
+                lake.bases.insert(record.host.clone(), record.epoch);
+            }
+        }
+        lake.state_chain = lake.read_state_chain(&state.records).await?;
+        let gold_columns = state
+            .records
+            .last()
+            .map(|r| &r.gold_columns)
+            .unwrap_or(&state.checkpoint.gold_columns);
+        lake.gold_types = gold_columns
+            .iter()
+            .map(|(table, columns)| {
+                let columns = columns
+                    .iter()
+                    .map(|(c, t)| (c.clone(), type_from_name(t)))
+                    .collect();
+                (table.clone(), columns)
+            })
+            .collect();
+        Ok(lake)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Whether a stream sequence is already committed (a redelivery to skip).
+    pub fn is_committed(&self, seq: u64) -> bool {
+        self.committed.contains(seq)
+    }
+
+    /// Reads commit records other hosts added since the last look (before deciding about redeliveries).
+    pub async fn refresh(&mut self) -> Result<()> {
+        let state = log::read(&self.store).await?;
+        self.committed.extend(&state.committed);
+        self.last_epoch = self.last_epoch.max(state.last_epoch);
+        Ok(())
+    }
+
+    /// The plugin state saved by this host's commits: its last whole state, then each later commit's changes
+    /// (apply them in order). Empty for a new host.
+    pub fn state_chain(&self) -> &[Bytes] {
+        &self.state_chain
+    }
+
+    /// Whether the next commit should save the whole plugin state rather than the changes (the first commit
+    /// of a host, and one per checkpoint interval, so restores read a bounded chain).
+    pub fn wants_full_state(&self) -> bool {
+        !self.bases.contains_key(&self.host)
+            || self.since_checkpoint + 1 >= self.config.checkpoint_every
+    }
+
+    async fn read_state_chain(&self, since_checkpoint: &[CommitRecord]) -> Result<Vec<Bytes>> {
+        let Some(&base) = self.bases.get(&self.host) else {
+            return Ok(Vec::new());
+        };
+        // The chain starts at this host's last whole state, which may be older than the checkpoint.
+        let older;
+        let records: &[CommitRecord] =
+            if since_checkpoint.first().is_some_and(|r| r.epoch <= base) || base == 0 {
+                since_checkpoint
+            } else {
+                older = retry("reading the commit log", || {
+                    log::records_after(&self.store, base.saturating_sub(1))
+                })
+                .await;
+                &older
+            };
+        let mut chain = Vec::new();
+        for record in records
+            .iter()
+            .filter(|r| r.host == self.host && r.epoch >= base)
+        {
+            let Some(path) = &record.state else { continue };
+            let location = self.store.path(path);
+            let bytes = retry("reading the plugin state", || async {
+                Ok(self.store.store.get(&location).await?.bytes().await?)
+            })
+            .await;
+            if record.state_full {
+                chain.clear();
+            }
+            chain.push(bytes);
+        }
+        Ok(chain)
+    }
+
+    pub fn last_epoch(&self) -> u64 {
+        self.last_epoch
+    }
+
+    /// Sequences below `floor` will never be delivered again (the consumer acked them): forget them.
+    pub fn trim_committed(&mut self, floor: u64) {
+        self.committed.trim_below(floor);
+    }
+
+    /// Starts an epoch whose data the plugins `chain` (`name@version`) produce.
+    pub fn begin(&self, chain: Vec<String>) -> Epoch {
+        let metadata = vec![
+            ("weir.chain".to_string(), chain.join(",")),
+            ("weir.host".to_string(), self.host.clone()),
+        ];
+        Epoch {
+            files: EpochFiles::new(&self.host, self.config.max_file_bytes, metadata),
+            sequences: Ranges::default(),
+            dropped: BTreeMap::new(),
+            quarantined: BTreeMap::new(),
+            chain,
+            gold_types: self.gold_types.clone(),
+            events: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Commits an epoch (see the module documentation); `state` is the plugins' state after it. Returns the
+    /// record once the epoch's files are in their tables. Only after this may the messages be acked.
+    pub async fn commit(
+        &mut self,
+        epoch: Epoch,
+        state: Option<Bytes>,
+        state_full: bool,
+    ) -> Result<CommitRecord> {
+        crash::point("commit.start");
+        let Epoch {
+            files,
+            sequences,
+            dropped,
+            quarantined,
+            chain,
+            gold_types,
+            ..
+        } = epoch;
+        let first = sequences.0.first().map_or(0, |r| r.0);
+        let staging = format!("_weir/staging/{}-{first:020}", self.host);
+        let finished = files.finish_all()?;
+        let mut tables: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
+        let uploads = finished.into_iter().map(|f| {
+            let path = format!("{}/{}", f.table, f.relative);
+            tables.entry(f.table.clone()).or_default().push(FileEntry {
+                path: path.clone(),
+                rows: f.rows,
+                bytes: f.bytes.len() as u64,
+                min_seq: f.min_seq,
+                max_seq: f.max_seq,
+            });
+            (self.store.path(&format!("{staging}/{path}")), f.bytes)
+        });
+        let uploads: Vec<_> = uploads.collect();
+        let store = self.store.clone();
+        futures::stream::iter(uploads)
+            .map(|(location, bytes)| {
+                let store = store.clone();
+                async move {
+                    retry(&format!("uploading {location}"), || {
+                        let (store, location, bytes) =
+                            (store.clone(), location.clone(), bytes.clone());
+                        async move {
+                            store.store.put(&location, bytes.into()).await?;
+                            Ok(())
+                        }
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(self.config.upload_concurrency.max(1))
+            .collect::<Vec<()>>()
+            .await;
+        let state_path = match state {
+            Some(bytes) => {
+                let staged = self.store.path(&format!("{staging}/state.bin"));
+                retry("uploading the plugin state", || {
+                    let (store, staged, bytes) = (store.clone(), staged.clone(), bytes.clone());
+                    async move {
+                        store.store.put(&staged, bytes.into()).await?;
+                        Ok(())
+                    }
+                })
+                .await;
+                Some(format!(
+                    "_weir/state/{}.bin",
+                    staging.rsplit('/').next().unwrap_or("state")
+                ))
+            }
+            None => None,
+        };
+        crash::point("commit.after_files");
+
+        let mut record = CommitRecord {
+            format: CommitRecord::FORMAT,
+            epoch: self.last_epoch + 1,
+            host: self.host.clone(),
+            committed_at_ms: now_ms(),
+            sequences,
+            tables,
+            staging,
+            state: state_path,
+            state_full,
+            chain,
+            dropped,
+            quarantined,
+            replaces: Vec::new(),
+            gold_columns: gold_types
+                .iter()
+                .map(|(table, columns)| {
+                    let columns = columns
+                        .iter()
+                        .map(|(c, t)| (c.clone(), type_name(t).to_string()))
+                        .collect();
+                    (table.clone(), columns)
+                })
+                .collect(),
+        };
+        loop {
+            let outcome = retry("writing the commit record", || {
+                log::create(&self.store, &record)
+            })
+            .await;
+            match outcome {
+                log::CreateOutcome::Created => break,
+                log::CreateOutcome::Taken(existing) if *existing == record => break,
+                log::CreateOutcome::Taken(existing) => {
+                    // Another host committed this epoch number first: take the next one.
+                    if existing.sequences.overlaps(&record.sequences) {
+                        anyhow::bail!(
+                            "epoch {} of host {} covers stream sequences this host also wrote: two hosts \
+                             consumed the same messages (share one durable consumer, do not run two)",
+                            existing.epoch,
+                            existing.host
+                        );
+                    }
+                    self.committed.extend(&existing.sequences);
+                    record.epoch = existing.epoch + 1;
+                }
+            }
+        }
+        self.last_epoch = record.epoch;
+        self.committed.extend(&record.sequences);
+        crash::point("commit.after_record");
+
+        self.publish(&record).await?;
+        crash::point("commit.after_publish");
+
+        if state_full && record.state.is_some() {
+            self.bases.insert(self.host.clone(), record.epoch);
+        }
+        self.since_checkpoint += 1;
+        if self.since_checkpoint >= self.config.checkpoint_every {
+            let checkpoint = log::Checkpoint {
+                epoch: self.last_epoch,
+                sequences: self.committed.clone(),
+                gold_columns: record.gold_columns.clone(),
+                bases: self.bases.clone(),
+            };
+            retry("writing the log checkpoint", || {
+                log::checkpoint(&self.store, &checkpoint)
+            })
+            .await;
+            self.since_checkpoint = 0;
+        }
+        self.gold_types = gold_types;
+        Ok(record)
+    }
+
+    /// Moves a committed record's files from staging to their tables (idempotent).
+    async fn publish(&self, record: &CommitRecord) -> Result<()> {
+        let mut moves: Vec<(String, String)> = record
+            .files()
+            .map(|f| (format!("{}/{}", record.staging, f.path), f.path.clone()))
+            .collect();
+        if let Some(state) = &record.state {
+            moves.push((format!("{}/state.bin", record.staging), state.clone()));
+        }
+        let store = self.store.clone();
+        futures::stream::iter(moves)
+            .map(|(from, to)| {
+                let store = store.clone();
+                async move {
+                    let (from, to) = (store.path(&from), store.path(&to));
+                    retry(&format!("moving {from} to {to}"), || {
+                        let (store, from, to) = (store.clone(), from.clone(), to.clone());
+                        async move {
+                            match store.store.rename(&from, &to).await {
+                                Ok(()) => Ok(()),
+                                // Already moved (an earlier attempt, or another host's recovery).
+                                Err(object_store::Error::NotFound { .. }) => match store.store.head(&to).await {
+                                    Ok(_) => Ok(()),
+                                    Err(object_store::Error::NotFound { .. }) => Err(anyhow::anyhow!(
+                                        "{to} is missing and its staged copy {from} too: the lake lost a committed file \
+                                         (run `weir lake verify`)"
+                                    )),
+                                    Err(e) => Err(e.into()),
+                                },
+                                Err(e) => Err(e.into()),
+                            }
+                        }
+                    })
+                    .await;
+                }
+            })
+            .buffer_unordered(self.config.upload_concurrency.max(1))
+            .collect::<Vec<()>>()
+            .await;
+        Ok(())
+    }
+
+    /// Deletes staging this host left behind: of committed epochs (already moved) and of epochs that never
+    /// committed (a crash before their record).
+    async fn clean_staging(&self, _records: &[CommitRecord]) -> Result<()> {
+        let prefix = self.store.path(&format!("_weir/staging/{}-", self.host));
+        let dir = self.store.path("_weir/staging");
+        let leftovers: Vec<object_store::path::Path> = self
+            .store
+            .store
+            .list(Some(&dir))
+            .try_filter(|m| {
+                futures::future::ready(m.location.as_ref().starts_with(prefix.as_ref()))
+            })
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .context("cannot list the lake's staging area")?;
+        if !leftovers.is_empty() {
+            tracing::info!(
+                files = leftovers.len(),
+                "removing staged files of uncommitted or moved epochs"
+            );
+        }
+        for location in leftovers {
+            match self.store.store.delete(&location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e).context("cannot clean the staging area"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Epoch {
+    /// Records that these plugin versions produced data in this epoch (lineage in the commit record).
+    pub fn note_chain(&mut self, chain: &[String]) {
+        for label in chain {
+            if !self.chain.contains(label) {
+                self.chain.push(label.clone());
+            }
+        }
+    }
+
+    /// Marks stream sequences as consumed by this epoch (every message, whatever became of it).
+    pub fn consume(&mut self, seqs: impl IntoIterator<Item = u64>) {
+        for s in seqs {
+            self.sequences.insert(s, s);
+            self.events += 1;
+        }
+    }
+
+    pub fn sequences(&self) -> &Ranges {
+        &self.sequences
+    }
+
+    /// How long the epoch has been open.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Compressed bytes written so far.
+    pub fn bytes(&self) -> usize {
+        self.files.bytes()
+    }
+
+    pub fn add_bronze(&mut self, rows: &[Received]) -> Result<()> {
+        for (partition, group) in rows::by_partition(rows.iter(), |r| r.ingest_ms) {
+            let batch = rows::bronze_batch(&group);
+            self.files.append(
+                "bronze",
+                &partition,
+                &batch,
+                seq_range(group.iter().map(|r| r.seq)),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn add_silver(
+        &mut self,
+        events: &[&crate::event::Event],
+        columns: &SilverColumns,
+        chain: &str,
+        mismatches: &Mismatches,
+    ) -> Result<()> {
+        for (partition, group) in rows::by_partition(events.iter().copied(), |e| e.time_ms) {
+            let batch = columns.batch(&group, chain, mismatches);
+            self.files.append(
+                "silver",
+                &partition,
+                &batch,
+                seq_range(group.iter().map(|e| e.seq)),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn add_quarantine(&mut self, rows: &[QuarantineRow]) -> Result<()> {
+        for r in rows {
+            *self.quarantined.entry(r.reason.clone()).or_default() += 1;
+        }
+        let mut by_layer: BTreeMap<Layer, Vec<&QuarantineRow>> = BTreeMap::new();
+        for r in rows {
+            by_layer.entry(r.layer).or_default().push(r);
+        }
+        for (layer, rows) in by_layer {
+            for (partition, group) in
+                rows::by_partition(rows.iter().copied(), |r| r.event_ms.unwrap_or(r.at_ms))
+            {
+                let batch = rows::quarantine_batch(&group);
+                self.files.append(
+                    layer.quarantine_table(),
+                    &partition,
+                    &batch,
+                    seq_range(group.iter().map(|r| r.seq)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_drops(&mut self, rows: &[DropRow]) -> Result<()> {
+        for r in rows {
+            let name = r.plugin.split('@').next().unwrap_or(&r.plugin);
+            *self
+                .dropped
+                .entry(format!("{name}/{}", r.rule))
+                .or_default() += 1;
+        }
+        for (partition, group) in rows::by_partition(rows.iter(), |r| r.event_ms) {
+            let batch = rows::drops_batch(&group);
+            self.files.append(
+                "drops",
+                &partition,
+                &batch,
+                seq_range(group.iter().map(|r| r.seq)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Gold rows; `seqs` is the range of the epoch's sequences so far (rows come from windows, not events).
+    pub fn add_gold(&mut self, rows: &[GoldRow]) -> Result<()> {
+        let seqs = (
+            self.sequences.0.first().map_or(0, |r| r.0),
+            self.sequences.max().unwrap_or(0),
+        );
+        let mut by_table: BTreeMap<&str, Vec<&GoldRow>> = BTreeMap::new();
+        for r in rows {
+            by_table.entry(r.table.as_str()).or_default().push(r);
+        }
+        for (table, rows) in by_table {
+            let name = format!("gold_{table}");
+            // Column types: the table's known ones, extended by any new column (in first-seen order).
+            let types = self.gold_types.entry(name.clone()).or_default();
+            for row in &rows {
+                for (column, _) in &row.columns {
+                    if !types.iter().any(|(c, _)| c == column) {
+                        let values: Vec<&crate::runtime::types::Value> = rows
+                            .iter()
+                            .filter_map(|r| {
+                                r.columns.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+                            })
+                            .collect();
+                        if let Some(ty) = rows::gold_type(column, &values) {
+                            types.push((column.clone(), ty));
+                        }
+                    }
+                }
+            }
+            let types = types.clone();
+            let start = |r: &&GoldRow| match r.columns.iter().find(|(c, _)| c == "window_start") {
+                Some((_, crate::runtime::types::Value::Integer(ms))) => *ms,
+                _ => 0,
+            };
+            for (partition, group) in rows::by_partition(rows.iter(), start) {
+                let group: Vec<&GoldRow> = group.into_iter().copied().collect();
+                let batch = rows::gold_batch(&group, &types);
+                self.files.append(&name, &partition, &batch, seqs)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn type_name(ty: &DataType) -> &'static str {
+    match ty {
+        DataType::Timestamp(..) => "timestamp",
+        DataType::Int64 => "int64",
+        DataType::Float64 => "float64",
+        DataType::Boolean => "bool",
+        _ => "string",
+    }
+}
+
+fn type_from_name(name: &str) -> DataType {
+    match name {
+        "timestamp" => schema::timestamp(),
+        "int64" => DataType::Int64,
+        "float64" => DataType::Float64,
+        "bool" => DataType::Boolean,
+        _ => DataType::Utf8,
+    }
+}
+
+fn seq_range(seqs: impl Iterator<Item = u64>) -> (u64, u64) {
+    seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)))
+}

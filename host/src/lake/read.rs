@@ -1,0 +1,284 @@
+//! Reading a lake back: what it holds (`weir lake ls`), whether its files and its commit log agree
+//! (`weir lake verify`), and the rows of a table in a time range (`weir lake query`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result};
+use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray};
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::log::{CommitRecord, LOG_DIR};
+use super::store::Store;
+
+/// Every commit record, oldest first (all of them, not just since the last checkpoint).
+pub async fn records(store: &Store) -> Result<Vec<CommitRecord>> {
+    let mut paths: Vec<object_store::path::Path> = store
+        .store
+        .list(Some(&store.path(LOG_DIR)))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .context("cannot list the commit log")?;
+    paths.retain(|p| {
+        p.filename()
+            .is_some_and(|f| f != "checkpoint.json" && f.ends_with(".json"))
+    });
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        let bytes = store.store.get(&path).await?.bytes().await?;
+        out.push(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("a corrupt commit record {path}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Per-table totals.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TableSummary {
+    pub files: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub commits: u64,
+    pub events: u64,
+    pub last_commit_ms: Option<i64>,
+    pub tables: BTreeMap<String, TableSummary>,
+    pub dropped: BTreeMap<String, u64>,
+    pub quarantined: BTreeMap<String, u64>,
+}
+
+/// What the lake holds, from its commit log.
+pub fn summarize(records: &[CommitRecord]) -> Summary {
+    let mut s = Summary::default();
+    let replaced: BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.replaces.iter().map(String::as_str))
+        .collect();
+    for r in records {
+        s.commits += 1;
+        s.events += r.sequences.count();
+        s.last_commit_ms = Some(r.committed_at_ms);
+        for (table, files) in &r.tables {
+            let t = s.tables.entry(table.clone()).or_default();
+            for f in files.iter().filter(|f| !replaced.contains(f.path.as_str())) {
+                t.files += 1;
+                t.rows += f.rows;
+                t.bytes += f.bytes;
+            }
+        }
+        for (k, v) in &r.dropped {
+            *s.dropped.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &r.quarantined {
+            *s.quarantined.entry(k.clone()).or_default() += v;
+        }
+    }
+    s
+}
+
+/// What `verify` found wrong.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Problems {
+    /// Files a commit lists that are not in the store.
+    pub missing: Vec<String>,
+    /// Parquet files in the tables that no commit lists (invisible to a correct reader, but not to a glob).
+    pub orphaned: Vec<String>,
+    /// Stream sequences two commits both claim.
+    pub duplicate_sequences: Vec<(u64, u64, u64)>,
+    /// Files whose row count differs from their commit's.
+    pub wrong_rows: Vec<String>,
+    /// Staged files left behind.
+    pub staging_leftovers: u64,
+}
+
+impl Problems {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty()
+            && self.orphaned.is_empty()
+            && self.duplicate_sequences.is_empty()
+            && self.wrong_rows.is_empty()
+    }
+}
+
+/// Checks the commit log against the store. `deep` also opens every file to compare its row count.
+pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
+    let records = records(store).await?;
+    let mut problems = Problems::default();
+    let replaced: BTreeSet<String> = records
+        .iter()
+        .flat_map(|r| r.replaces.iter().cloned())
+        .collect();
+    let mut listed: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &records {
+        for f in r.files() {
+            listed.insert(f.path.clone(), f.rows);
+        }
+    }
+    // Sequences claimed twice.
+    let mut claims: Vec<(u64, u64, u64)> = records
+        .iter()
+        .flat_map(|r| r.sequences.0.iter().map(move |&(a, b)| (a, b, r.epoch)))
+        .collect();
+    claims.sort();
+    for pair in claims.windows(2) {
+        if pair[1].0 <= pair[0].1 {
+            problems
+                .duplicate_sequences
+                .push((pair[1].0, pair[0].1.min(pair[1].1), pair[1].2));
+        }
+    }
+    let all: Vec<object_store::ObjectMeta> = store
+        .store
+        .list(Some(&store.prefix))
+        .try_collect()
+        .await
+        .context("cannot list the lake")?;
+    let mut present = BTreeSet::new();
+    for meta in &all {
+        let relative = store.relative(&meta.location);
+        if relative.starts_with("_weir/staging/") {
+            problems.staging_leftovers += 1;
+        } else if relative.ends_with(".parquet") {
+            if !listed.contains_key(&relative) && !replaced.contains(&relative) {
+                problems.orphaned.push(relative.clone());
+            }
+            present.insert(relative);
+        }
+    }
+    for (path, rows) in &listed {
+        if replaced.contains(path) {
+            continue;
+        }
+        if !present.contains(path) {
+            problems.missing.push(path.clone());
+        } else if deep {
+            let bytes = store.store.get(&store.path(path)).await?.bytes().await?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+            let actual = builder.metadata().file_metadata().num_rows() as u64;
+            if actual != *rows {
+                problems
+                    .wrong_rows
+                    .push(format!("{path}: {actual} rows, the commit says {rows}"));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+/// The column a table's rows are timed by (the one it is partitioned by).
+pub fn time_column(table: &str) -> &'static str {
+    match table {
+        "bronze" => "ingest_time",
+        "silver" => "_event_time",
+        "drops" => "event_time",
+        t if t.starts_with("quarantine") => "quarantined_at",
+        _ => "window_start",
+    }
+}
+
+/// The committed files of `table` whose partition (hour) overlaps `[from_ms, to_ms)`, oldest first.
+pub fn files_in_range(
+    records: &[CommitRecord],
+    table: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Vec<String> {
+    let replaced: BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.replaces.iter().map(String::as_str))
+        .collect();
+    let mut files: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.tables.get(table))
+        .flatten()
+        .filter(|f| !replaced.contains(f.path.as_str()))
+        .filter(|f| {
+            partition_start(&f.path)
+                .is_none_or(|start| start < to_ms && start + 3_600_000 > from_ms)
+        })
+        .map(|f| f.path.clone())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The start of the hour a path's `dt=.../hour=...` names.
+fn partition_start(path: &str) -> Option<i64> {
+    let dt = path.split('/').find_map(|p| p.strip_prefix("dt="))?;
+    let hour: u32 = path
+        .split('/')
+        .find_map(|p| p.strip_prefix("hour="))?
+        .parse()
+        .ok()?;
+    let date = chrono::NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_millis())
+}
+
+/// Reads the rows of `table` timed in `[from_ms, to_ms)`, calling `each` per batch, up to `limit` rows.
+pub async fn query(
+    store: &Store,
+    table: &str,
+    from_ms: i64,
+    to_ms: i64,
+    limit: usize,
+    mut each: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<usize> {
+    let records = records(store).await?;
+    let column = time_column(table);
+    let mut emitted = 0;
+    for path in files_in_range(&records, table, from_ms, to_ms) {
+        if emitted >= limit {
+            break;
+        }
+        let bytes = store
+            .store
+            .get(&store.path(&path))
+            .await
+            .with_context(|| format!("cannot read {path}"))?
+            .bytes()
+            .await?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+            .with_batch_size(8192)
+            .build()?;
+        for batch in reader {
+            let batch = batch?;
+            let keep = match batch.column_by_name(column) {
+                Some(times) => {
+                    let times = times
+                        .as_any()
+                        .downcast_ref::<TimestampMicrosecondArray>()
+                        .context("the time column is not a timestamp")?;
+                    let mask: arrow_array::BooleanArray = (0..times.len())
+                        .map(|i| {
+                            Some(
+                                times.is_valid(i) && {
+                                    let ms = times.value(i) / 1000;
+                                    ms >= from_ms && ms < to_ms
+                                },
+                            )
+                        })
+                        .collect();
+                    arrow_select::filter::filter_record_batch(&batch, &mask)?
+                }
+                None => batch,
+            };
+            let take = keep.num_rows().min(limit - emitted);
+            if take > 0 {
+                each(&keep.slice(0, take))?;
+                emitted += take;
+            }
+            if emitted >= limit {
+                break;
+            }
+        }
+    }
+    Ok(emitted)
+}

@@ -1,0 +1,494 @@
+//! What the pipeline hands the lake, and how it becomes Arrow columns: built in bulk, straight from the host's
+//! events (their slots), never by parsing JSON text again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, StringBuilder,
+    TimestampMicrosecondBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use super::schema::{self, ColumnSpec, ColumnType, Layer};
+use crate::event::{Event, FieldValue, Slot};
+use crate::runtime::types::Value;
+
+/// A message as it came off the stream (one bronze row).
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub seq: u64,
+    /// `Nats-Msg-Id`: the source event id.
+    pub source_id: String,
+    pub sse_id: Option<String>,
+    pub ingest_ms: i64,
+    pub data: bytes::Bytes,
+    /// Why the event could not be read (ingest or host parse), if it could not.
+    pub rejected: Option<String>,
+    pub invalid_utf8: bool,
+}
+
+/// An event a stage quarantined, or input that never became an event.
+#[derive(Clone, Debug)]
+pub struct QuarantineRow {
+    pub layer: Layer,
+    pub seq: u64,
+    pub event_id: Option<String>,
+    /// `parse`, `ingest`, or the plugin (`name@version`).
+    pub stage: String,
+    pub reason: String,
+    pub failed_checks: Vec<String>,
+    /// The original data.
+    pub data: String,
+    pub event_ms: Option<i64>,
+    pub at_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct DropRow {
+    pub seq: u64,
+    pub event_id: String,
+    pub plugin: String,
+    pub rule: String,
+    pub event_ms: i64,
+}
+
+/// A row an aggregate emitted.
+#[derive(Clone, Debug)]
+pub struct GoldRow {
+    pub table: String,
+    /// `name@version` of the aggregate.
+    pub plugin: String,
+    pub columns: Vec<(String, Value)>,
+}
+
+/// `dt=YYYY-MM-DD/hour=HH` of a time in ms.
+pub fn partition(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    match chrono::DateTime::from_timestamp(secs, 0) {
+        Some(t) => t.format("dt=%Y-%m-%d/hour=%H").to_string(),
+        None => "dt=1970-01-01/hour=00".into(),
+    }
+}
+
+/// Rows grouped by partition, in arrival order within each.
+pub fn by_partition<'a, T>(
+    rows: impl IntoIterator<Item = &'a T>,
+    time: impl Fn(&T) -> i64,
+) -> BTreeMap<String, Vec<&'a T>>
+where
+    T: 'a,
+{
+    let mut out: BTreeMap<String, Vec<&T>> = BTreeMap::new();
+    // Consecutive rows usually share a partition: reuse the last key instead of formatting a date per row.
+    let mut last: Option<(i64, String)> = None;
+    for row in rows {
+        let hour = time(row).div_euclid(3_600_000);
+        let key = match &last {
+            Some((h, key)) if *h == hour => key.clone(),
+            _ => {
+                let key = partition(hour * 3_600_000);
+                last = Some((hour, key.clone()));
+                key
+            }
+        };
+        out.entry(key).or_default().push(row);
+    }
+    out
+}
+
+fn micros(ms: i64) -> i64 {
+    ms.saturating_mul(1000)
+}
+
+pub fn bronze_batch(rows: &[&Received]) -> RecordBatch {
+    let mut seq = UInt64Builder::with_capacity(rows.len());
+    let mut source_id = StringBuilder::new();
+    let mut sse_id = StringBuilder::new();
+    let mut ingest = TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("+00:00");
+    let mut data =
+        StringBuilder::with_capacity(rows.len(), rows.iter().map(|r| r.data.len()).sum());
+    let mut rejected = StringBuilder::new();
+    let mut invalid = BooleanBuilder::with_capacity(rows.len());
+    for r in rows {
+        seq.append_value(r.seq);
+        source_id.append_value(&r.source_id);
+        sse_id.append_option(r.sse_id.as_deref());
+        ingest.append_value(micros(r.ingest_ms));
+        data.append_value(String::from_utf8_lossy(&r.data));
+        rejected.append_option(r.rejected.as_deref());
+        invalid.append_value(r.invalid_utf8);
+    }
+    batch(
+        schema::bronze(),
+        vec![
+            Arc::new(seq.finish()),
+            Arc::new(source_id.finish()),
+            Arc::new(sse_id.finish()),
+            Arc::new(ingest.finish()),
+            Arc::new(data.finish()),
+            Arc::new(rejected.finish()),
+            Arc::new(invalid.finish()),
+        ],
+    )
+}
+
+fn batch(schema: SchemaRef, columns: Vec<ArrayRef>) -> RecordBatch {
+    RecordBatch::try_new(schema, columns).expect("columns built to their schema")
+}
+
+/// Silver columns resolved against a layout: which slot each configured column reads.
+#[derive(Clone, Debug)]
+pub struct SilverColumns {
+    pub specs: Vec<ColumnSpec>,
+    pub slots: Vec<Slot>,
+    pub schema: SchemaRef,
+}
+
+/// Counts values that did not fit their silver column (stored as null).
+#[derive(Debug, Default)]
+pub struct Mismatches(pub AtomicU64);
+
+impl SilverColumns {
+    pub fn new(specs: Vec<ColumnSpec>, layout: &crate::event::Layout) -> Result<Self, String> {
+        let slots = specs
+            .iter()
+            .map(|c| {
+                layout.slot(&c.path).ok_or_else(|| {
+                    format!(
+                        "silver column {}: path {} is not in the event layout",
+                        c.name, c.path
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(SilverColumns {
+            schema: schema::silver(&specs),
+            specs,
+            slots,
+        })
+    }
+
+    /// The silver rows of `events` (all from one partition), with the chain's lineage.
+    pub fn batch(&self, events: &[&Event], chain: &str, mismatches: &Mismatches) -> RecordBatch {
+        let n = events.len();
+        let mut seq = UInt64Builder::with_capacity(n);
+        let mut id = StringBuilder::with_capacity(n, n * 36);
+        let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+        let mut ingest = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+        let mut lineage = StringBuilder::with_capacity(n, n * chain.len());
+        for e in events {
+            seq.append_value(e.seq);
+            id.append_value(&e.id);
+            time.append_value(micros(e.time_ms));
+            ingest.append_option((e.ingest_ms > 0).then(|| micros(e.ingest_ms)));
+            lineage.append_value(chain);
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(seq.finish()),
+            Arc::new(id.finish()),
+            Arc::new(time.finish()),
+            Arc::new(ingest.finish()),
+            Arc::new(lineage.finish()),
+        ];
+        let mut wrong = 0u64;
+        for (spec, &slot) in self.specs.iter().zip(&self.slots) {
+            columns.push(column(spec.ty, events, slot, &mut wrong));
+        }
+        if wrong > 0 {
+            mismatches.0.fetch_add(wrong, Ordering::Relaxed);
+        }
+        batch(self.schema.clone(), columns)
+    }
+}
+
+/// One typed column from a slot of every event.
+fn column(ty: ColumnType, events: &[&Event], slot: Slot, wrong: &mut u64) -> ArrayRef {
+    let n = events.len();
+    macro_rules! fill {
+        ($builder:expr, $convert:expr) => {{
+            let mut b = $builder;
+            for e in events {
+                match e.field(slot) {
+                    None | Some(FieldValue::Null) => b.append_null(),
+                    Some(v) => match $convert(e, v) {
+                        Some(x) => b.append_value(x),
+                        None => {
+                            *wrong += 1;
+                            b.append_null()
+                        }
+                    },
+                }
+            }
+            Arc::new(b.finish()) as ArrayRef
+        }};
+    }
+    match ty {
+        ColumnType::String => fill!(
+            StringBuilder::with_capacity(n, n * 16),
+            |e: &Event, v: &FieldValue| match v {
+                FieldValue::Text(t) => Some(e.text(t).to_string()),
+                FieldValue::Int(i) => Some(i.to_string()),
+                FieldValue::Float(f) => Some(f.to_string()),
+                FieldValue::Bool(b) => Some(b.to_string()),
+                _ => None,
+            }
+        ),
+        ColumnType::Json => fill!(
+            StringBuilder::with_capacity(n, n * 16),
+            |e: &Event, v: &FieldValue| match v {
+                FieldValue::Text(t) =>
+                    Some(serde_json::Value::String(e.text(t).to_string()).to_string()),
+                FieldValue::Json(t) => Some(e.text(t).to_string()),
+                FieldValue::Int(i) => Some(i.to_string()),
+                FieldValue::Float(f) => Some(f.to_string()),
+                FieldValue::Bool(b) => Some(b.to_string()),
+                FieldValue::Null => None,
+            }
+        ),
+        ColumnType::Int64 => fill!(
+            Int64Builder::with_capacity(n),
+            |_: &Event, v: &FieldValue| match v {
+                FieldValue::Int(i) => Some(*i),
+                FieldValue::Float(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Some(*f as i64),
+                _ => None,
+            }
+        ),
+        ColumnType::Float64 => fill!(
+            Float64Builder::with_capacity(n),
+            |_: &Event, v: &FieldValue| match v {
+                FieldValue::Int(i) => Some(*i as f64),
+                FieldValue::Float(f) => Some(*f),
+                _ => None,
+            }
+        ),
+        ColumnType::Bool => fill!(
+            BooleanBuilder::with_capacity(n),
+            |_: &Event, v: &FieldValue| match v {
+                FieldValue::Bool(b) => Some(*b),
+                _ => None,
+            }
+        ),
+        ColumnType::Timestamp | ColumnType::TimestampSeconds => {
+            let scale = if ty == ColumnType::Timestamp { 1 } else { 1000 };
+            fill!(
+                TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00"),
+                |e: &Event, v: &FieldValue| match v {
+                    FieldValue::Text(t) => crate::event::parse_rfc3339_ms(e.text(t)).map(micros),
+                    FieldValue::Int(i) => Some(micros(i.saturating_mul(scale))),
+                    FieldValue::Float(f) => Some(micros((*f * scale as f64) as i64)),
+                    _ => None,
+                }
+            )
+        }
+    }
+}
+
+pub fn quarantine_batch(rows: &[&QuarantineRow]) -> RecordBatch {
+    let n = rows.len();
+    let mut seq = UInt64Builder::with_capacity(n);
+    let mut id = StringBuilder::new();
+    let mut stage = StringBuilder::new();
+    let mut reason = StringBuilder::new();
+    let mut checks = ListBuilder::new(StringBuilder::new());
+    let mut data = StringBuilder::new();
+    let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+    let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+    for r in rows {
+        seq.append_value(r.seq);
+        id.append_option(r.event_id.as_deref());
+        stage.append_value(&r.stage);
+        reason.append_value(&r.reason);
+        for c in &r.failed_checks {
+            checks.values().append_value(c);
+        }
+        checks.append(true);
+        data.append_value(&r.data);
+        time.append_option(r.event_ms.map(micros));
+        at.append_value(micros(r.at_ms));
+    }
+    batch(
+        schema::quarantine(),
+        vec![
+            Arc::new(seq.finish()),
+            Arc::new(id.finish()),
+            Arc::new(stage.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(checks.finish()),
+            Arc::new(data.finish()),
+            Arc::new(time.finish()),
+            Arc::new(at.finish()),
+        ],
+    )
+}
+
+pub fn drops_batch(rows: &[&DropRow]) -> RecordBatch {
+    let n = rows.len();
+    let mut seq = UInt64Builder::with_capacity(n);
+    let mut id = StringBuilder::new();
+    let mut plugin = StringBuilder::new();
+    let mut rule = StringBuilder::new();
+    let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+    for r in rows {
+        seq.append_value(r.seq);
+        id.append_value(&r.event_id);
+        plugin.append_value(&r.plugin);
+        rule.append_value(&r.rule);
+        time.append_value(micros(r.event_ms));
+    }
+    batch(
+        schema::drops(),
+        vec![
+            Arc::new(seq.finish()),
+            Arc::new(id.finish()),
+            Arc::new(plugin.finish()),
+            Arc::new(rule.finish()),
+            Arc::new(time.finish()),
+        ],
+    )
+}
+
+/// The Arrow type of a gold column, from its values: the first non-null type decides (integers that meet a
+/// float become floats); `window_start`, `window_end` and `*_time` columns are timestamps (ms in the row).
+/// `None` while every value is null: the column is written once a value shows its type.
+pub fn gold_type(name: &str, values: &[&Value]) -> Option<DataType> {
+    if name == "window_start" || name == "window_end" || name.ends_with("_time") {
+        return Some(schema::timestamp());
+    }
+    let mut ty: Option<DataType> = None;
+    for v in values {
+        let t = match v {
+            Value::Null => continue,
+            Value::Boolean(_) => DataType::Boolean,
+            Value::Integer(_) => DataType::Int64,
+            Value::Float(_) => DataType::Float64,
+            Value::Text(_) | Value::Json(_) => DataType::Utf8,
+        };
+        ty = Some(match (ty, t) {
+            (None, t) => t,
+            (Some(DataType::Int64), DataType::Float64)
+            | (Some(DataType::Float64), DataType::Int64) => DataType::Float64,
+            (Some(a), b) if a == b => a,
+            _ => DataType::Utf8,
+        });
+    }
+    ty
+}
+
+/// Gold rows (all of one table and partition) as a batch with the given column types (every row's columns
+/// are looked up by name; missing ones are null).
+pub fn gold_batch(rows: &[&GoldRow], types: &[(String, DataType)]) -> RecordBatch {
+    let n = rows.len();
+    let mut fields = Vec::with_capacity(types.len() + 1);
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(types.len() + 1);
+    let value = |row: &GoldRow, name: &str| -> Option<Value> {
+        row.columns
+            .iter()
+            .find(|(c, _)| c == name)
+            .map(|(_, v)| v.clone())
+    };
+    for (name, ty) in types {
+        fields.push(Field::new(name, ty.clone(), true));
+        let array: ArrayRef = match ty {
+            DataType::Timestamp(..) => {
+                let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
+                for r in rows {
+                    b.append_option(match value(r, name) {
+                        Some(Value::Integer(ms)) => Some(micros(ms)),
+                        Some(Value::Float(ms)) => Some(micros(ms as i64)),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Int64 => {
+                let mut b = Int64Builder::with_capacity(n);
+                for r in rows {
+                    b.append_option(match value(r, name) {
+                        Some(Value::Integer(i)) => Some(i),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Float64 => {
+                let mut b = Float64Builder::with_capacity(n);
+                for r in rows {
+                    b.append_option(match value(r, name) {
+                        Some(Value::Integer(i)) => Some(i as f64),
+                        Some(Value::Float(f)) => Some(f),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Boolean => {
+                let mut b = BooleanBuilder::with_capacity(n);
+                for r in rows {
+                    b.append_option(match value(r, name) {
+                        Some(Value::Boolean(v)) => Some(v),
+                        _ => None,
+                    });
+                }
+                Arc::new(b.finish())
+            }
+            _ => {
+                let mut b = StringBuilder::new();
+                for r in rows {
+                    b.append_option(match value(r, name) {
+                        Some(Value::Text(s)) | Some(Value::Json(s)) => Some(s),
+                        Some(Value::Null) | None => None,
+                        Some(other) => crate::event::from_wit_value(other)
+                            .ok()
+                            .map(|v| v.to_string()),
+                    });
+                }
+                Arc::new(b.finish())
+            }
+        };
+        columns.push(array);
+    }
+    fields.push(Field::new("_plugin", DataType::Utf8, false));
+    let mut plugin = StringBuilder::new();
+    for r in rows {
+        plugin.append_value(&r.plugin);
+    }
+    columns.push(Arc::new(plugin.finish()));
+    batch(Arc::new(Schema::new(fields)), columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_hive_style_by_hour() {
+        assert_eq!(
+            partition(1_767_225_600_000 + 3_600_000 * 5 + 59_000),
+            "dt=2026-01-01/hour=05"
+        );
+        let times = [10i64, 20, 3_600_000 + 1, 30];
+        let groups = by_partition(times.iter(), |t| *t);
+        assert_eq!(groups["dt=1970-01-01/hour=00"], [&10, &20, &30]);
+        assert_eq!(groups["dt=1970-01-01/hour=01"], [&3_600_001]);
+    }
+
+    #[test]
+    fn gold_types_follow_values() {
+        assert_eq!(
+            gold_type("x", &[&Value::Integer(1), &Value::Float(1.5)]),
+            Some(DataType::Float64)
+        );
+        assert_eq!(
+            gold_type("x", &[&Value::Null, &Value::Boolean(true)]),
+            Some(DataType::Boolean)
+        );
+        assert_eq!(
+            gold_type("window_start", &[&Value::Integer(1)]),
+            Some(schema::timestamp())
+        );
+        assert_eq!(gold_type("x", &[&Value::Null]), None);
+    }
+}

@@ -1,0 +1,809 @@
+//! `weir run`: the stream, the plugins and the lake as one service.
+//!
+//! ```text
+//!  [source] ──ingest──▶ JetStream ──fetch task──▶ micro-batches ──processor thread──▶ epoch ──commit──▶ acks
+//!                                  (durable pull,    (bounded      parse once, chain,     Parquet   (after the
+//!                                   explicit acks)    channel)     watermarks, Arrow)     (lake)    commit only)
+//! ```
+//!
+//! - The fetch task pulls messages and hands micro-batches to the processor through a bounded channel:
+//!   a slow processor or store slows fetching, and the consumer's `max_ack_pending` bounds what the server
+//!   delivers, so memory stays bounded.
+//! - The processor thread owns the chain and the epoch being written. It skips redeliveries of committed
+//!   messages (acking them) and of messages already in the open epoch, sends poison messages (delivered
+//!   `max_deliver - 1` times) to quarantine, and commits by size or time. Acks go out only after the commit.
+//! - During a commit, progress acks keep the epoch's messages from being redelivered however long the store
+//!   takes; an unreachable store is retried until it comes back.
+//! - Hot swaps and rollbacks are applied between batches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use async_nats::jetstream::{self, consumer::pull};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::chain::{Chain, ChainOutput};
+use super::shared::{Control, PluginInfo, Recent, Shared};
+use crate::bus::headers;
+use crate::config::Config;
+use crate::event::{EventShape, JsonPath};
+use crate::lake::rows::{DropRow, GoldRow, QuarantineRow, Received, SilverColumns};
+use crate::lake::{Epoch, Lake, Layer, crash};
+use crate::runtime::{Clock, LoadedPlugin, Loader, Plugin};
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A message's place in the stream and where to ack it.
+struct Delivery {
+    seq: u64,
+    reply: async_nats::Subject,
+}
+
+/// The plugins of the pipeline, by stage.
+pub struct Stages {
+    pub names: Vec<String>,
+    pub configs: Vec<String>,
+    pub limits: Vec<crate::runtime::Limits>,
+}
+
+/// Loads and starts every stage's plugin; errors name the stage.
+pub fn start_plugins(config: &Config, loader: &Loader) -> Result<(Vec<Plugin>, Stages)> {
+    let mut plugins = Vec::new();
+    let mut stages = Stages {
+        names: Vec::new(),
+        configs: Vec::new(),
+        limits: Vec::new(),
+    };
+    for stage in config.stages()? {
+        let loaded = loader
+            .load(&stage.path)
+            .with_context(|| format!("stage {}", stage.name))?;
+        let plugin = Plugin::start(loaded, &stage.config, stage.limits.clone(), Clock::System)
+            .with_context(|| format!("stage {}", stage.name))?;
+        tracing::info!(stage = %stage.name, plugin = %plugin.label(), "plugin loaded");
+        plugins.push(plugin);
+        stages.names.push(stage.name);
+        stages.configs.push(stage.config);
+        stages.limits.push(stage.limits);
+    }
+    Ok((plugins, stages))
+}
+
+pub fn shape(config: &Config) -> Result<EventShape> {
+    let parse = |what: &str, p: &str| JsonPath::parse(p).map_err(|e| anyhow!("events.{what}: {e}"));
+    Ok(EventShape {
+        id: parse("id_path", &config.events.id_path)?,
+        time: parse("time_path", &config.events.time_path)?,
+        key: config
+            .events
+            .key_path
+            .as_deref()
+            .map(|p| parse("key_path", p))
+            .transpose()?,
+    })
+}
+
+/// The durable consumer the pipeline reads through (created, or updated to the configured settings).
+pub async fn consumer(
+    js: &jetstream::Context,
+    config: &Config,
+) -> Result<jetstream::consumer::Consumer<pull::Config>> {
+    let stream = js
+        .get_stream(&config.stream.name)
+        .await
+        .with_context(|| format!("stream {} does not exist", config.stream.name))?;
+    let wanted = pull::Config {
+        durable_name: Some(config.durable()),
+        description: Some(format!("Weir pipeline {}", config.pipeline.name)),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.consumer.ack_wait,
+        max_deliver: config.consumer.max_deliver,
+        max_ack_pending: config.consumer.max_ack_pending,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    match stream.get_consumer::<pull::Config>(&config.durable()).await {
+        Ok(existing) => {
+            let current = existing.cached_info().config.clone();
+            if current.ack_wait != wanted.ack_wait
+                || current.max_deliver != wanted.max_deliver
+                || current.max_ack_pending != wanted.max_ack_pending
+            {
+                stream
+                    .update_consumer(wanted)
+                    .await
+                    .context("cannot update the durable consumer")?;
+                return stream
+                    .get_consumer(&config.durable())
+                    .await
+                    .map_err(|e| anyhow!("cannot read the durable consumer: {e}"));
+            }
+            Ok(existing)
+        }
+        Err(_) => Ok(stream
+            .create_consumer(wanted)
+            .await
+            .context("cannot create the durable consumer")?),
+    }
+}
+
+/// The processor: the chain and the epoch, on their own thread.
+pub struct Processor {
+    pub chain: Chain,
+    pub stages: Stages,
+    pub lake: Lake,
+    pub shared: Arc<Shared>,
+    pub client: async_nats::Client,
+    pub runtime: tokio::runtime::Handle,
+    pub silver_specs: Vec<crate::lake::ColumnSpec>,
+    pub commit_events: u64,
+    pub commit_interval: Duration,
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub watermark_delay_ms: i64,
+    pub rollback_error_rate: f64,
+    pub watch_batches: u64,
+    silver: SilverColumns,
+    epoch: Option<Epoch>,
+    deliveries: Vec<Delivery>,
+    watermark: i64,
+    /// Versions swapped out, for rollback, by stage.
+    previous: Vec<Option<Plugin>>,
+    /// Stages under watch after a swap: (batches left, calls and failures when the swap happened).
+    watching: Vec<Option<(u64, u64, u64)>>,
+    /// Raw texts of the last batch, for self-tests of new plugin versions.
+    sample: Vec<Bytes>,
+}
+
+impl Processor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        chain: Chain,
+        stages: Stages,
+        lake: Lake,
+        shared: Arc<Shared>,
+        client: async_nats::Client,
+        runtime: tokio::runtime::Handle,
+        config: &Config,
+    ) -> Result<Self> {
+        let silver = SilverColumns::new(config.silver.columns.clone(), chain.layout())
+            .map_err(|e| anyhow!(e))?;
+        let n = stages.names.len();
+        let processor = Processor {
+            chain,
+            stages,
+            lake,
+            shared,
+            client,
+            runtime,
+            silver_specs: config.silver.columns.clone(),
+            commit_events: config.lake.commit_events,
+            commit_interval: config.lake.commit_interval,
+            ack_wait: config.consumer.ack_wait,
+            max_deliver: config.consumer.max_deliver,
+            watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
+            rollback_error_rate: config.plugins.rollback_error_rate,
+            watch_batches: config.plugins.watch_batches,
+            silver,
+            epoch: None,
+            deliveries: Vec::new(),
+            watermark: i64::MIN,
+            previous: (0..n).map(|_| None).collect(),
+            watching: vec![None; n],
+            sample: Vec::new(),
+        };
+        processor.publish_plugins();
+        Ok(processor)
+    }
+
+    fn chain_labels(&self) -> Vec<String> {
+        self.chain
+            .stages()
+            .iter()
+            .map(|s| s.plugin().label())
+            .collect()
+    }
+
+    fn epoch(&mut self) -> &mut Epoch {
+        if self.epoch.is_none() {
+            self.epoch = Some(self.lake.begin(self.chain_labels()));
+        }
+        self.epoch.as_mut().expect("just set")
+    }
+
+    /// Whether the open epoch should be committed now.
+    pub fn commit_due(&self) -> bool {
+        self.epoch.as_ref().is_some_and(|e| {
+            e.events > 0 && (e.events >= self.commit_events || e.age() >= self.commit_interval)
+        })
+    }
+
+    /// Processes one micro-batch of messages.
+    pub fn process(&mut self, messages: Vec<jetstream::Message>) -> Result<()> {
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
+        let mut received = Vec::with_capacity(messages.len());
+        let mut events = Vec::with_capacity(messages.len());
+        let mut quarantine = Vec::new();
+        let mut immediate_acks = Vec::new();
+        let parser = self.chain.parser();
+        let in_epoch_before = self.epoch.as_ref().map(|e| e.sequences().clone());
+        let mut max_time = i64::MIN;
+        self.sample.clear();
+        let at = now_ms();
+        for message in messages {
+            let (seq, delivered) = match message.info() {
+                Ok(info) => (info.stream_sequence, info.delivered),
+                Err(e) => {
+                    tracing::warn!("a message without JetStream metadata, ignored: {e}");
+                    continue;
+                }
+            };
+            let Some(reply) = message.message.reply.clone() else {
+                continue;
+            };
+            if delivered > 1 {
+                // A redelivery: committed already (ack it), or still in the open epoch (its ack will come).
+                if !self.lake.is_committed(seq) {
+                    let _ = self.runtime.block_on(self.lake.refresh());
+                }
+                if self.lake.is_committed(seq) {
+                    counters.skipped_committed.fetch_add(1, Ordering::Relaxed);
+                    immediate_acks.push(reply);
+                    continue;
+                }
+                if in_epoch_before.as_ref().is_some_and(|s| s.contains(seq))
+                    || self.deliveries.iter().any(|d| d.seq == seq)
+                {
+                    counters.skipped_in_flight.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            counters.received.fetch_add(1, Ordering::Relaxed);
+            let msg = message.message;
+            let header = |name: &str| {
+                msg.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            let ingest_ms = header(headers::INGEST_MS)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(at);
+            let source_id = header("Nats-Msg-Id").unwrap_or_else(|| format!("seq:{seq}"));
+            let mut rejected = header(headers::REJECTED);
+            let invalid_utf8 = header(headers::INVALID_UTF8).is_some();
+            let poison = delivered >= self.max_deliver - 1;
+            let data = msg.payload.clone();
+            if poison {
+                rejected = Some("poison".into());
+            }
+            let parsed = match &rejected {
+                Some(_) => None,
+                None => match parser.parse(data.clone(), ingest_ms) {
+                    Ok(mut event) => {
+                        event.seq = seq;
+                        event.ingest_ms = ingest_ms;
+                        Some(event)
+                    }
+                    Err(e) => {
+                        rejected = Some(e.reason.to_string());
+                        quarantine.push(QuarantineRow {
+                            layer: Layer::Bronze,
+                            seq,
+                            event_id: Some(source_id.clone()),
+                            stage: "parse".into(),
+                            reason: e.reason.into(),
+                            failed_checks: vec![e.detail],
+                            data: String::from_utf8_lossy(&data).into_owned(),
+                            event_ms: None,
+                            at_ms: at,
+                        });
+                        None
+                    }
+                },
+            };
+            if parsed.is_none() && quarantine.last().is_none_or(|q| q.seq != seq) {
+                let reason = rejected.clone().unwrap_or_default();
+                let detail = if poison {
+                    format!("delivered {delivered} times without being committed")
+                } else {
+                    "ingest could not read the event".to_string()
+                };
+                quarantine.push(QuarantineRow {
+                    layer: Layer::Bronze,
+                    seq,
+                    event_id: Some(source_id.clone()),
+                    stage: if poison { "pipeline" } else { "ingest" }.into(),
+                    reason,
+                    failed_checks: vec![detail],
+                    data: String::from_utf8_lossy(&data).into_owned(),
+                    event_ms: None,
+                    at_ms: at,
+                });
+            }
+            if let Some(event) = parsed {
+                if !event.attributes.iter().any(|(k, _)| k == "time.source") {
+                    max_time = max_time.max(event.time_ms);
+                }
+                self.sample.push(data.clone());
+                events.push(event);
+            }
+            received.push(Received {
+                seq,
+                source_id,
+                sse_id: header(headers::SSE_ID),
+                ingest_ms,
+                data,
+                rejected,
+                invalid_utf8,
+            });
+            self.deliveries.push(Delivery { seq, reply });
+        }
+        if !immediate_acks.is_empty() {
+            let client = self.client.clone();
+            self.runtime.block_on(ack(&client, &immediate_acks));
+        }
+        if received.is_empty() {
+            return Ok(());
+        }
+        let labels = self.chain_labels();
+        let chain_label = labels.join(",");
+        let output = self.chain.run(events);
+        let mut gold: Vec<GoldRow> = output
+            .rows
+            .iter()
+            .map(|r| GoldRow {
+                table: r.row.table.clone(),
+                plugin: r.plugin.clone(),
+                columns: r.row.columns.clone(),
+            })
+            .collect();
+        if max_time > i64::MIN {
+            let watermark = max_time - self.watermark_delay_ms;
+            if watermark > self.watermark {
+                self.watermark = watermark;
+                let (rows, failures) = self.chain.on_watermark(watermark);
+                for (plugin, failure) in failures {
+                    tracing::error!(plugin, "watermark failed: {failure}");
+                }
+                gold.extend(rows.into_iter().map(|r| GoldRow {
+                    table: r.row.table,
+                    plugin: r.plugin,
+                    columns: r.row.columns,
+                }));
+            }
+        }
+        self.record(&received, output, quarantine, gold, &labels, &chain_label)?;
+        self.after_batch();
+        Ok(())
+    }
+
+    /// Writes a processed batch into the open epoch and the shared counters.
+    fn record(
+        &mut self,
+        received: &[Received],
+        output: ChainOutput,
+        mut quarantine: Vec<QuarantineRow>,
+        gold: Vec<GoldRow>,
+        labels: &[String],
+        chain_label: &str,
+    ) -> Result<()> {
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
+        let at = now_ms();
+        let drops: Vec<DropRow> = output
+            .dropped
+            .iter()
+            .map(|d| DropRow {
+                seq: d.event.seq,
+                event_id: d.event.id.clone(),
+                plugin: d.plugin.clone(),
+                rule: d.rule.clone(),
+                event_ms: d.event.time_ms,
+            })
+            .collect();
+        quarantine.extend(output.quarantined.iter().map(|q| QuarantineRow {
+            layer: if q.gold { Layer::Gold } else { Layer::Silver },
+            seq: q.event.seq,
+            event_id: Some(q.event.id.clone()),
+            stage: q.plugin.clone(),
+            reason: q.reason.clone(),
+            failed_checks: q.failed_checks.clone(),
+            data: q.event.raw().to_string(),
+            event_ms: Some(q.event.time_ms),
+            at_ms: at,
+        }));
+        let kept: Vec<&crate::event::Event> = output.kept.iter().collect();
+        let mismatches = self.lake.mismatches.clone();
+        let silver = self.silver.clone();
+        let epoch = self.epoch();
+        epoch.note_chain(labels);
+        epoch.consume(received.iter().map(|r| r.seq));
+        epoch.add_bronze(received)?;
+        epoch.add_silver(&kept, &silver, chain_label, &mismatches)?;
+        epoch.add_drops(&drops)?;
+        epoch.add_quarantine(&quarantine)?;
+        epoch.add_gold(&gold)?;
+        counters
+            .silver
+            .fetch_add(kept.len() as u64, Ordering::Relaxed);
+        counters
+            .dropped
+            .fetch_add(drops.len() as u64, Ordering::Relaxed);
+        counters.quarantined.fetch_add(
+            quarantine.iter().filter(|q| q.layer != Layer::Gold).count() as u64,
+            Ordering::Relaxed,
+        );
+        counters
+            .gold_rows
+            .fetch_add(gold.len() as u64, Ordering::Relaxed);
+        counters
+            .type_mismatches
+            .store(mismatches.0.load(Ordering::Relaxed), Ordering::Relaxed);
+        let mut recent = shared.recent.lock().expect("not poisoned");
+        for event in output.kept.iter().rev().take(Recent::EVENTS).rev() {
+            recent.push_event(event.to_json_text().into_owned());
+        }
+        for q in &quarantine {
+            *recent
+                .quarantine_reasons
+                .entry(q.reason.clone())
+                .or_default() += 1;
+        }
+        for row in &gold {
+            let mut object = serde_json::Map::new();
+            for (name, value) in &row.columns {
+                let value =
+                    crate::event::from_wit_value(value.clone()).unwrap_or(serde_json::Value::Null);
+                object.insert(name.clone(), value);
+            }
+            recent.push_gold(&row.table, serde_json::Value::Object(object));
+        }
+        Ok(())
+    }
+
+    /// Commits the open epoch, then acks its messages.
+    pub fn commit(&mut self) -> Result<()> {
+        let Some(mut epoch) = self.epoch.take() else {
+            return Ok(());
+        };
+        if epoch.events == 0 {
+            return Ok(());
+        }
+        epoch.note_chain(&self.chain_labels());
+        let started = Instant::now();
+        let full = self.lake.wants_full_state();
+        let state = super::state::capture(&mut self.chain, &self.stages.names, full, now_ms());
+        let deliveries = std::mem::take(&mut self.deliveries);
+        let replies: Vec<async_nats::Subject> = deliveries.into_iter().map(|d| d.reply).collect();
+        let events = epoch.events;
+        let client = self.client.clone();
+        let ack_wait = self.ack_wait;
+        let shared = self.shared.clone();
+        let record = self.runtime.block_on(async {
+            // Keep the epoch's messages ours while the store takes its time.
+            let progress = tokio::spawn(progress(client.clone(), replies.clone(), ack_wait / 3));
+            let result = self
+                .lake
+                .commit(epoch, Some(Bytes::from(state)), full)
+                .await;
+            progress.abort();
+            if result.is_ok() {
+                shared.health.store_reachable.store(true, Ordering::Relaxed);
+                ack(&client, &replies).await;
+            }
+            result
+        })?;
+        crash::point("commit.after_ack");
+        let c = &self.shared.counters;
+        c.commits.fetch_add(1, Ordering::Relaxed);
+        c.committed_events.fetch_add(events, Ordering::Relaxed);
+        c.bytes_written.fetch_add(
+            record.files().map(|f| f.bytes).sum::<u64>(),
+            Ordering::Relaxed,
+        );
+        c.last_commit_ms
+            .store(record.committed_at_ms, Ordering::Relaxed);
+        c.last_commit_duration_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        tracing::debug!(
+            epoch = record.epoch,
+            events,
+            files = record.files().count(),
+            ms = started.elapsed().as_millis() as u64,
+            "committed"
+        );
+        Ok(())
+    }
+
+    /// After each batch: watch recently swapped stages, publish the plugins' stats.
+    fn after_batch(&mut self) {
+        for index in 0..self.watching.len() {
+            let Some((left, calls0, failures0)) = self.watching[index] else {
+                continue;
+            };
+            let stats = self.chain.stages()[index].plugin().stats();
+            let failures: u64 = stats.failures.values().sum::<u64>() - failures0;
+            let calls = stats.calls.saturating_sub(calls0).max(1);
+            let rate = failures as f64 / calls as f64;
+            if failures > 0 && rate > self.rollback_error_rate {
+                let stage = self.stages.names[index].clone();
+                tracing::warn!(%stage, rate, "the new version fails too often; rolling back");
+                if let Err(e) = self.rollback(&stage) {
+                    tracing::error!(%stage, "automatic rollback failed: {e}");
+                }
+                self.watching[index] = None;
+            } else if left <= 1 {
+                self.watching[index] = None;
+            } else {
+                self.watching[index] = Some((left - 1, calls0, failures0));
+            }
+        }
+        self.publish_plugins();
+    }
+
+    fn publish_plugins(&self) {
+        let infos = self
+            .chain
+            .stages()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let p = s.plugin();
+                PluginInfo {
+                    stage: self.stages.names[i].clone(),
+                    name: p.manifest().name.clone(),
+                    version: p.manifest().version.clone(),
+                    sha256: p.loaded().sha256.clone(),
+                    kind: crate::runtime::bindings::kind_name(p.manifest().kind).to_string(),
+                    previous: self.previous[i].as_ref().map(Plugin::label),
+                    stats: p.stats().clone(),
+                }
+            })
+            .collect();
+        self.shared.plugins.store(Arc::new(infos));
+    }
+
+    pub fn handle(&mut self, control: Control) {
+        match control {
+            Control::Deploy {
+                stage,
+                plugin,
+                reply,
+            } => {
+                let _ = reply.send(self.deploy(&stage, plugin));
+            }
+            Control::Rollback { stage, reply } => {
+                let _ = reply.send(self.rollback(&stage));
+            }
+        }
+        self.publish_plugins();
+    }
+
+    fn stage_index(&self, stage: &str) -> Result<usize, String> {
+        self.stages
+            .names
+            .iter()
+            .position(|n| n == stage)
+            .ok_or_else(|| {
+                format!(
+                    "no stage named {stage:?} (stages: {})",
+                    self.stages.names.join(", ")
+                )
+            })
+    }
+
+    /// Swaps a stage's plugin for a new version: starts it, runs it on the last batch as a self-test (in an
+    /// instance of its own, so the test leaves no state), hands the old version's state over, and swaps.
+    fn deploy(&mut self, stage: &str, loaded: Arc<LoadedPlugin>) -> Result<String, String> {
+        let index = self.stage_index(stage)?;
+        let config = self.stages.configs[index].clone();
+        let limits = self.stages.limits[index].clone();
+        let start = |loaded: Arc<LoadedPlugin>| {
+            Plugin::start(loaded, &config, limits.clone(), Clock::System)
+                .map_err(|e| format!("{e:#}"))
+        };
+        self.self_test(start(loaded.clone())?)?;
+        let new = start(loaded)?;
+        let label = new.label();
+        let pause = Instant::now();
+        let old = self.swap(index, new)?;
+        self.shared
+            .pauses
+            .record(pause.elapsed().as_micros() as u64);
+        let stats = self.chain.stages()[index].plugin().stats();
+        self.watching[index] = Some((
+            self.watch_batches,
+            stats.calls,
+            stats.failures.values().sum(),
+        ));
+        self.previous[index] = Some(old);
+        self.shared.counters.swaps.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%stage, plugin = %label, "deployed");
+        Ok(label)
+    }
+
+    /// Returns a stage to the version before the last swap.
+    fn rollback(&mut self, stage: &str) -> Result<String, String> {
+        let index = self.stage_index(stage)?;
+        let previous = self.previous[index]
+            .take()
+            .ok_or_else(|| format!("stage {stage} has no previous version to roll back to"))?;
+        let label = previous.label();
+        let pause = Instant::now();
+        self.swap(index, previous)?;
+        self.shared
+            .pauses
+            .record(pause.elapsed().as_micros() as u64);
+        self.watching[index] = None;
+        self.shared
+            .counters
+            .rollbacks
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%stage, plugin = %label, "rolled back");
+        Ok(label)
+    }
+
+    /// Puts `new` in place of stage `index`, with the current version's keyed state and snapshot; returns
+    /// the version it replaced. On failure nothing changes (and `new` is dropped).
+    fn swap(&mut self, index: usize, mut new: Plugin) -> Result<Plugin, String> {
+        let current = self.chain.stages_mut()[index].plugin_mut();
+        let snapshot = current
+            .take_snapshot()
+            .map_err(|e| format!("the current version's snapshot: {e}"))?;
+        new.set_state(current.take_state());
+        if let Err(e) = new.restore(&snapshot) {
+            // Give the state back: nothing changed.
+            let state = new.take_state();
+            self.chain.stages_mut()[index].plugin_mut().set_state(state);
+            return Err(format!("the new version refused the current state: {e:#}"));
+        }
+        let mut old = self
+            .chain
+            .replace_stage(index, new)
+            .map_err(|e| format!("{e:#}"))?;
+        // The old version keeps a copy of the state, for a rollback that hands it back.
+        old.set_state(crate::runtime::KeyedState::default());
+        self.silver = SilverColumns::new(self.silver_specs.clone(), self.chain.layout())
+            .map_err(|e| e.to_string())?;
+        Ok(old)
+    }
+
+    /// Runs a candidate on the last batch's events; any failure refuses it.
+    fn self_test(&self, candidate: Plugin) -> Result<(), String> {
+        let label = candidate.label();
+        let mut chain = Chain::with_shape(self.chain.shape().clone(), vec![candidate], Vec::new())
+            .map_err(|e| format!("{label}: {e:#}"))?;
+        let parser = chain.parser();
+        let events: Vec<_> = self
+            .sample
+            .iter()
+            .filter_map(|raw| parser.parse(raw.clone(), now_ms()).ok())
+            .collect();
+        let n = events.len();
+        let out = chain.run(events);
+        let stats = chain.stages()[0].plugin().stats();
+        let failures: u64 = stats.failures.values().sum();
+        if failures > 0 {
+            return Err(format!(
+                "{label} failed its self-test: {failures} failed calls on {n} recent events ({:?})",
+                stats.failures
+            ));
+        }
+        tracing::info!(plugin = %label, events = n, kept = out.kept.len(), "self-test passed");
+        Ok(())
+    }
+}
+
+/// Acks messages (after their commit).
+async fn ack(client: &async_nats::Client, replies: &[async_nats::Subject]) {
+    for reply in replies {
+        if let Err(e) = client
+            .publish(reply.clone(), Bytes::from_static(b"+ACK"))
+            .await
+        {
+            // A lost ack means a redelivery, which the commit log turns into a skip.
+            tracing::warn!("cannot ack: {e}");
+        }
+    }
+    let _ = client.flush().await;
+}
+
+/// Tells the server, every `every`, that these messages are still being worked on.
+async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for reply in &replies {
+            let _ = client
+                .publish(reply.clone(), Bytes::from_static(b"+WPI"))
+                .await;
+        }
+        tracing::info!(
+            messages = replies.len(),
+            "commit still running; extended the messages' ack deadline"
+        );
+    }
+}
+
+/// Pulls messages and sends micro-batches to the processor until `stop`.
+pub async fn fetch(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+    tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch.max(64) * 4)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .context("cannot pull from the consumer")?;
+    shared.health.nats_connected.store(true, Ordering::Relaxed);
+    loop {
+        let mut buf = Vec::with_capacity(batch);
+        // Wait for the first message (or stop), then gather the rest for a few milliseconds at most.
+        tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            next = messages.next() => match next {
+                Some(Ok(m)) => buf.push(m),
+                Some(Err(e)) => {
+                    shared.health.nats_connected.store(false, Ordering::Relaxed);
+                    tracing::warn!("pulling messages: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => return Ok(()),
+            }
+        }
+        shared.health.nats_connected.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::sleep(Duration::from_millis(5));
+        tokio::pin!(deadline);
+        while buf.len() < batch {
+            tokio::select! {
+                _ = &mut deadline => break,
+                next = messages.next() => match next {
+                    Some(Ok(m)) => buf.push(m),
+                    _ => break,
+                }
+            }
+        }
+        if shared.health.paused.load(Ordering::Relaxed) {
+            // Paused: hold the batch until resumed (the consumer's ack deadline is long; progress is sent).
+            while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
+                for m in &buf {
+                    let _ = m.ack_with(jetstream::AckKind::Progress).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        if tx.send(buf).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Per-stage summary for logs: `stage=plugin@version`.
+pub fn describe(names: &[String], chain: &Chain) -> String {
+    let mut out = BTreeMap::new();
+    for (name, stage) in names.iter().zip(chain.stages()) {
+        out.insert(name.clone(), stage.plugin().label());
+    }
+    out.into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

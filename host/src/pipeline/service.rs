@@ -1,0 +1,383 @@
+//! Starting and stopping the whole service: a local nats-server when no NATS URL is configured, the stream,
+//! the optional in-process ingest, the consumer, the lake, the plugins, the API, the watched plugin
+//! directory, and the processor. Stopping (SIGINT, SIGTERM) finishes the batch in hand, commits, acks, and
+//! stops everything in order.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::chain::Chain;
+use super::runner::{self, Processor};
+use super::shared::{Control, Counters, Health, Pauses, Recent, Shared};
+use crate::bus::NatsServer;
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::lake::Lake;
+use crate::runtime::Loader;
+
+/// What `run` reports once the service is up (for the "where to look" line and for tests).
+pub struct Started {
+    pub api: Option<std::net::SocketAddr>,
+    pub nats_url: String,
+    pub lake: String,
+    pub source: Option<String>,
+    pub shared: Arc<Shared>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs the pipeline until `stop` resolves; calls `started` once everything is up.
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    started: impl FnOnce(&Started),
+) -> Result<()> {
+    let local = if config.nats.url.is_empty() {
+        let dir = config.nats.data_dir.clone();
+        let port = (config.nats.port != 0).then_some(config.nats.port);
+        Some(
+            tokio::task::spawn_blocking(move || NatsServer::start(&dir, port))
+                .await?
+                .context("cannot start the local nats-server")?,
+        )
+    } else {
+        None
+    };
+    let nats_url = local
+        .as_ref()
+        .map(NatsServer::url)
+        .unwrap_or_else(|| config.nats.url.clone());
+    let client = crate::bus::connect(&nats_url, &format!("weir-{}", config.pipeline.name)).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    config.stream.ensure(&js).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    // The source, in process: live, or generated locally when the live stream cannot be reached.
+    let mut ingest_task = None;
+    let mut source_url = None;
+    let mut fallback_server = None;
+    let mut ingest_stats = None;
+    if let Some(source) = &config.source {
+        let mut source = source.clone();
+        if config.pipeline.offline_fallback && !reachable(&source).await {
+            let (url, task) = offline_source().await?;
+            tracing::warn!(
+                live = %source.url,
+                local = %url,
+                "the source cannot be reached: serving generated events locally instead (weir serve-sse)"
+            );
+            source.url = url;
+            fallback_server = Some(task);
+        }
+        source_url = Some(source.url.clone());
+        let (refused_tx, mut refused_rx) =
+            tokio::sync::mpsc::unbounded_channel::<crate::ingest::Refused>();
+        tokio::spawn(async move {
+            while let Some(r) = refused_rx.recv().await {
+                tracing::warn!(reason = r.reason, after = %r.last_event_id, "not ingested: {}", r.detail);
+            }
+        });
+        let mut ingest = Ingest::new(
+            client.clone(),
+            source,
+            config.stream.clone(),
+            config.ingest.clone(),
+            refused_tx,
+        )
+        .await?;
+        ingest_stats = Some(ingest.stats().clone());
+        let mut stop = stop_rx.clone();
+        ingest_task = Some(tokio::spawn(async move {
+            ingest
+                .run(async move {
+                    let _ = stop.changed().await;
+                })
+                .await
+        }));
+    }
+
+    let consumer = runner::consumer(&js, &config).await?;
+    let host = config.host();
+    let lake = Lake::open(config.lake_config(), &host)
+        .await
+        .context("cannot open the lake")?;
+    let lake_store = lake.store().clone();
+
+    // Plugins compile off the async threads (a cold Python component takes seconds).
+    let loader = match &config.plugins.cache_dir {
+        Some(dir) if dir.as_os_str() == "off" => Loader::new(None),
+        Some(dir) => Loader::new(Some(dir.clone())),
+        None => Loader::with_default_cache(),
+    };
+    let (config, loader, started_at) = (Arc::new(config), loader, Instant::now());
+    let (plugins, stages) = {
+        let (config, loader) = (config.clone(), loader.clone());
+        tokio::task::spawn_blocking(move || runner::start_plugins(&config, &loader)).await??
+    };
+    let extra_reads = config
+        .silver
+        .columns
+        .iter()
+        .map(|c| crate::event::JsonPath::parse(&c.path).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let mut chain = Chain::with_shape(runner::shape(&config)?, plugins, extra_reads)?;
+    super::state::restore(&mut chain, &stages.names, lake.state_chain())?;
+    tracing::info!(
+        stages = %runner::describe(&stages.names, &chain),
+        restored_commits = lake.state_chain().len(),
+        ms = started_at.elapsed().as_millis() as u64,
+        "plugins ready"
+    );
+
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel::<Control>(16);
+    let shared = Arc::new(Shared {
+        pipeline: config.pipeline.name.clone(),
+        counters: Counters::default(),
+        health: Health::default(),
+        plugins: Default::default(),
+        recent: std::sync::Mutex::new(Recent::default()),
+        pauses: Pauses::default(),
+        ingest: arc_swap::ArcSwap::from_pointee(ingest_stats),
+        control: control_tx,
+        stages: stages.names.clone(),
+        lake: lake_store.clone(),
+        started_ms: now_ms(),
+    });
+    shared.health.store_reachable.store(true, Ordering::Relaxed);
+    shared.health.plugins_loaded.store(true, Ordering::Relaxed);
+    shared.health.nats_connected.store(true, Ordering::Relaxed);
+
+    let api = if config.api.listen.is_empty() {
+        None
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.api.listen)
+            .await
+            .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
+        let addr = listener.local_addr()?;
+        let options = crate::api::ApiOptions {
+            token: config.api_token(),
+            max_upload_bytes: config.api.max_upload_bytes,
+            loader: loader.clone(),
+        };
+        let router = crate::api::router(shared.clone(), options);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+        });
+        Some(addr)
+    };
+
+    let watcher = config.watch_dir().map(|dir| {
+        tokio::spawn(watch_plugins(
+            dir,
+            shared.clone(),
+            loader.clone(),
+            stop_rx.clone(),
+        ))
+    });
+
+    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(4);
+    let fetch_task = tokio::spawn(runner::fetch(
+        consumer,
+        config.consumer.batch,
+        batches_tx,
+        shared.clone(),
+        stop_rx.clone(),
+    ));
+    let processor = Processor::new(
+        chain,
+        stages,
+        lake,
+        shared.clone(),
+        client.clone(),
+        tokio::runtime::Handle::current(),
+        &config,
+    )?;
+    let processor_thread = std::thread::Builder::new()
+        .name("weir-processor".into())
+        .spawn(move || process_loop(processor, batches_rx, control_rx))?;
+
+    started(&Started {
+        api,
+        nats_url: nats_url.clone(),
+        lake: lake_store.url.clone(),
+        source: source_url,
+        shared: shared.clone(),
+    });
+
+    // Run until asked to stop, or until the processor fails.
+    let processor_done = tokio::task::spawn_blocking(move || processor_thread.join());
+    tokio::pin!(processor_done);
+    tokio::pin!(stop);
+    let early = tokio::select! {
+        _ = &mut stop => None,
+        done = &mut processor_done => Some(done),
+    };
+    tracing::info!("stopping: finishing the batch in hand, committing, acking");
+    shared.health.stopping.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = fetch_task.await;
+    let result = match early {
+        Some(done) => done,
+        None => processor_done.await,
+    };
+    let result = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(anyhow::anyhow!("the processor thread panicked")),
+        Err(e) => Err(e.into()),
+    };
+    if let Some(task) = ingest_task {
+        match task.await {
+            Ok(Err(e)) => tracing::error!("ingest: {e:#}"),
+            Err(e) => tracing::error!("ingest task: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+    if let Some(task) = watcher {
+        task.abort();
+    }
+    if let Some(task) = fallback_server {
+        task.abort();
+    }
+    let _ = client.flush().await;
+    drop(client);
+    if let Some(mut server) = local {
+        tokio::task::spawn_blocking(move || server.stop()).await?;
+    }
+    result
+}
+
+/// The processor thread: batches, control requests between them, commits by size and time; a final
+/// commit when the batches end.
+fn process_loop(
+    mut processor: Processor,
+    mut batches: tokio::sync::mpsc::Receiver<Vec<async_nats::jetstream::Message>>,
+    mut control: tokio::sync::mpsc::Receiver<Control>,
+) -> Result<()> {
+    let runtime = processor.runtime.clone();
+    loop {
+        while let Ok(request) = control.try_recv() {
+            processor.handle(request);
+        }
+        let next = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(100), batches.recv()).await
+        });
+        match next {
+            Ok(Some(batch)) => processor.process(batch)?,
+            Ok(None) => return processor.commit(),
+            Err(_) => {}
+        }
+        if processor.commit_due() {
+            processor.commit()?;
+        }
+    }
+}
+
+/// Whether the live source answers at all (a short GET).
+async fn reachable(source: &crate::source::client::SseConfig) -> bool {
+    crate::tls::install_default_provider();
+    let Ok(client) = reqwest::Client::builder()
+        .user_agent(source.user_agent.clone())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(8))
+        .build()
+    else {
+        return false;
+    };
+    // The response's headers are enough: the body is a stream.
+    matches!(
+        tokio::time::timeout(Duration::from_secs(8), client.get(&source.url).header("Accept", "text/event-stream").send()).await,
+        Ok(Ok(r)) if r.status().is_success()
+    )
+}
+
+/// A local SSE server of generated events, timed like the live stream (a few hundred per second, event time
+/// now), for demos without internet access.
+async fn offline_source() -> Result<(String, tokio::task::JoinHandle<Result<()>>)> {
+    use crate::source::generate::{GenConfig, Generator};
+    use crate::source::serve::{Events, ServeConfig, spawn_local};
+    let rate = 200.0;
+    let generator = Generator::new(GenConfig {
+        seed: now_ms() as u64,
+        start_ms: now_ms(),
+        events_per_s: rate,
+        duplicates: 0.005,
+        malformed: 0.001,
+        late: 0.002,
+        canary: 0.0005,
+        ..GenConfig::default()
+    });
+    let mut config = ServeConfig::new(Events::Generated {
+        generator,
+        count: None,
+    });
+    config.rate = Some(rate);
+    spawn_local(Arc::new(config)).await
+}
+
+/// Deploys `<stage>.wasm` files that appear (or change) in `dir`.
+async fn watch_plugins(
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    loader: Loader,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::error!(dir = %dir.display(), "cannot watch the plugin directory: {e}");
+        return;
+    }
+    tracing::info!(dir = %dir.display(), "watching for new plugin versions (<stage>.wasm)");
+    let mut seen: std::collections::HashMap<PathBuf, std::time::SystemTime> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let (Some(stage), Some("wasm")) = (
+                path.file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_string),
+                path.extension().and_then(|e| e.to_str()),
+            ) else {
+                continue;
+            };
+            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            if seen.get(&path) == Some(&modified) {
+                continue;
+            }
+            seen.insert(path.clone(), modified);
+            if !shared.stages.contains(&stage) {
+                tracing::warn!(file = %path.display(), "no stage named {stage:?}; ignored");
+                continue;
+            }
+            match crate::api::deploy(&shared, &loader, &stage, &path, None).await {
+                Ok(label) => {
+                    tracing::info!(%stage, plugin = %label, "deployed from the watched directory")
+                }
+                Err(e) => tracing::error!(%stage, file = %path.display(), "not deployed: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! What the running pipeline shares with the API: counters, readiness, the plugins' stats, recent data for
+//! fast queries, and a channel for control requests. The API only reads these and sends requests; it never
+//! reaches into the flow.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::ingest::IngestStats;
+use crate::runtime::PluginStats;
+
+/// Pipeline counters (exported as `weir_<name>_<unit>_total` and gauges).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub received: AtomicU64,
+    pub silver: AtomicU64,
+    pub dropped: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub gold_rows: AtomicU64,
+    /// Redeliveries of committed messages, acked and skipped.
+    pub skipped_committed: AtomicU64,
+    /// Redeliveries of messages still in the open epoch, ignored.
+    pub skipped_in_flight: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_failures: AtomicU64,
+    pub committed_events: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Event time of the newest committed event (ms).
+    pub newest_committed_event_ms: AtomicI64,
+    pub last_commit_ms: AtomicI64,
+    pub last_commit_duration_us: AtomicU64,
+    pub swaps: AtomicU64,
+    pub rollbacks: AtomicU64,
+    pub type_mismatches: AtomicU64,
+}
+
+/// Readiness: the API says ready only when every part is up.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub nats_connected: AtomicBool,
+    pub store_reachable: AtomicBool,
+    pub plugins_loaded: AtomicBool,
+    pub paused: AtomicBool,
+    pub stopping: AtomicBool,
+}
+
+/// A plugin as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PluginInfo {
+    pub stage: String,
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub kind: String,
+    /// The version a rollback returns to, if any.
+    pub previous: Option<String>,
+    pub stats: PluginStats,
+}
+
+/// Recent data kept in memory, so queries about the last minutes answer in microseconds.
+#[derive(Debug, Default)]
+pub struct Recent {
+    /// The newest silver events (JSON text), newest last.
+    pub events: VecDeque<String>,
+    /// Gold rows by table, newest last.
+    pub gold: BTreeMap<String, VecDeque<serde_json::Value>>,
+    /// Quarantine reasons with counts, since start.
+    pub quarantine_reasons: BTreeMap<String, u64>,
+}
+
+impl Recent {
+    pub const EVENTS: usize = 1000;
+    pub const GOLD_ROWS: usize = 20_000;
+
+    pub fn push_event(&mut self, json: String) {
+        if self.events.len() == Self::EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(json);
+    }
+
+    pub fn push_gold(&mut self, table: &str, row: serde_json::Value) {
+        let rows = self.gold.entry(table.to_string()).or_default();
+        if rows.len() == Self::GOLD_ROWS {
+            rows.pop_front();
+        }
+        rows.push_back(row);
+    }
+}
+
+/// Hot-swap pauses (between batches), in microseconds, for the p50/p99 the API reports.
+#[derive(Debug, Default)]
+pub struct Pauses(Mutex<Vec<u64>>);
+
+impl Pauses {
+    pub fn record(&self, us: u64) {
+        self.0.lock().expect("not poisoned").push(us);
+    }
+
+    /// (count, p50, p99) in microseconds.
+    pub fn summary(&self) -> (usize, u64, u64) {
+        let mut v = self.0.lock().expect("not poisoned").clone();
+        if v.is_empty() {
+            return (0, 0, 0);
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        (v.len(), at(0.5), at(0.99))
+    }
+}
+
+/// Requests to the pipeline (from the API, the CLI or the watched directory).
+pub enum Control {
+    /// Deploy a new version of a stage's plugin (already compiled and checked against the contract).
+    Deploy {
+        stage: String,
+        plugin: Arc<crate::runtime::LoadedPlugin>,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
+    Rollback {
+        stage: String,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// Everything shared between the pipeline and the API.
+pub struct Shared {
+    pub pipeline: String,
+    pub counters: Counters,
+    pub health: Health,
+    pub plugins: ArcSwap<Vec<PluginInfo>>,
+    pub recent: Mutex<Recent>,
+    pub pauses: Pauses,
+    pub ingest: ArcSwap<Option<Arc<IngestStats>>>,
+    pub control: tokio::sync::mpsc::Sender<Control>,
+    /// Stage names, in chain order.
+    pub stages: Vec<String>,
+    /// Where the lake is (for queries that read committed data).
+    pub lake: crate::lake::Store,
+    pub started_ms: i64,
+}
+
+impl Shared {
+    pub fn is_ready(&self) -> bool {
+        let h = &self.health;
+        h.nats_connected.load(Ordering::Relaxed)
+            && h.store_reachable.load(Ordering::Relaxed)
+            && h.plugins_loaded.load(Ordering::Relaxed)
+            && !h.stopping.load(Ordering::Relaxed)
+    }
+}
