@@ -48,6 +48,9 @@ pub struct Config {
     /// The file this came from (for relative paths and messages).
     #[serde(skip)]
     pub file: PathBuf,
+    /// Set by `weir replay`: run as a replay into a new table version (see `pipeline::replay`).
+    #[serde(skip)]
+    pub replay: Option<crate::pipeline::replay::Replay>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,10 +388,15 @@ impl Config {
     }
 
     pub fn durable(&self) -> String {
-        self.consumer
+        let live = self
+            .consumer
             .durable
             .clone()
-            .unwrap_or_else(|| format!("weir-{}", self.pipeline.name))
+            .unwrap_or_else(|| format!("weir-{}", self.pipeline.name));
+        match &self.replay {
+            Some(replay) => replay.durable(&live),
+            None => live,
+        }
     }
 
     pub fn api_token(&self) -> Option<String> {

@@ -1,10 +1,14 @@
 //! One integration binary, a module per area (as wasmtime's `tests/all`).
 
+mod api;
 mod bad_plugins;
 mod cli;
+mod harness;
 mod ingest;
+mod lake;
 mod loading;
 mod polyglot;
+mod service;
 mod standard_plugins;
 mod state;
 mod support;

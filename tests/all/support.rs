@@ -22,7 +22,29 @@ fn target_dir() -> PathBuf {
 }
 
 fn cargo(args: &[&str]) {
-    let status = Command::new(env!("CARGO"))
+    let mut command = Command::new(env!("CARGO"));
+    // Cargo gives the test process the variables of the package under test (`CARGO_PKG_NAME`,
+    // `CARGO_MANIFEST_DIR`, ...). Some build scripts (ring's) rerun when those change, so passing them on
+    // would rebuild half the dependency tree for every test run.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || matches!(
+                key.as_ref(),
+                "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let status = command
         .args(args)
         .current_dir(workspace_root())
         .status()
@@ -36,6 +58,17 @@ pub fn plugin_path(crate_name: &str) -> PathBuf {
     BUILT.get_or_init(|| cargo(&["plugins"]));
     let path = target_dir()
         .join("wasm32-wasip2/plugin")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A hot-swap fixture (`tests/swap-plugins/`), built on its own (see the `swap-plugins` alias).
+pub fn swap_plugin_path(crate_name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| cargo(&["swap-plugins"]));
+    let path = workspace_root()
+        .join("target/swap-plugins/wasm32-wasip2/plugin")
         .join(format!("{}.wasm", crate_name.replace('-', "_")));
     assert!(path.exists(), "{} was not built", path.display());
     path

@@ -6,6 +6,7 @@
 
 mod metrics;
 mod openapi;
+mod replays;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,13 +22,18 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use crate::lake::schema::gold_table;
 use crate::pipeline::shared::{Control, Shared};
 use crate::runtime::Loader;
+pub use replays::ReplayContext;
+use replays::{ReplayRequest, Replays};
 
 pub struct ApiOptions {
     pub token: Option<String>,
     pub max_upload_bytes: usize,
     pub loader: Loader,
+    /// Replays from the API (`None`: not offered, e.g. in a replay itself).
+    pub replay: Option<ReplayContext>,
 }
 
 #[derive(Clone)]
@@ -35,6 +41,8 @@ struct AppState {
     shared: Arc<Shared>,
     loader: Loader,
     token: Option<Arc<str>>,
+    replay: Option<Arc<ReplayContext>>,
+    replays: Arc<Replays>,
 }
 
 pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
@@ -42,12 +50,15 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         shared,
         loader: options.loader,
         token: options.token.map(Into::into),
+        replay: options.replay.map(Arc::new),
+        replays: Arc::default(),
     };
     let control = Router::new()
         .route("/api/v1/plugins/{stage}", post(deploy_upload))
         .route("/api/v1/plugins/{stage}/rollback", post(rollback))
         .route("/api/v1/pipeline/pause", post(pause))
         .route("/api/v1/pipeline/resume", post(resume))
+        .route("/api/v1/pipeline/replay", post(start_replay))
         .layer(DefaultBodyLimit::max(options.max_upload_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -60,6 +71,7 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         .route("/api/v1/events/latest", get(latest_events))
         .route("/api/v1/gold/{table}", get(gold))
         .route("/api/v1/quarantine/reasons", get(quarantine_reasons))
+        .route("/api/v1/pipeline/replays", get(list_replays))
         .merge(control)
         .with_state(state)
 }
@@ -276,15 +288,12 @@ async fn gold(
         .filter(|(k, _)| !matches!(k.as_str(), "from" | "to" | "limit"))
         .collect();
     let recent = state.shared.recent.lock().expect("not poisoned");
-    let table = table.strip_prefix("gold_").unwrap_or(&table).to_string();
+    let table = gold_table(&table);
     let Some(rows) = recent.gold.get(&table) else {
-        let known: Vec<String> = recent.gold.keys().map(|k| format!("gold_{k}")).collect();
+        let known: Vec<&String> = recent.gold.keys().collect();
         return error(
             StatusCode::NOT_FOUND,
-            format!(
-                "no recent rows for gold table gold_{table} (tables with rows: {})",
-                known.join(", ")
-            ),
+            format!("no recent rows for gold table {table} (tables with rows: {known:?})"),
         );
     };
     let matched: Vec<&serde_json::Value> = rows
@@ -302,10 +311,44 @@ async fn gold(
         .rev()
         .take(limit)
         .collect();
-    Json(json!({ "table": format!("gold_{table}"), "rows": matched })).into_response()
+    Json(json!({ "table": table, "rows": matched })).into_response()
 }
 
 async fn quarantine_reasons(State(state): State<AppState>) -> Response {
     let recent = state.shared.recent.lock().expect("not poisoned");
     Json(json!({ "since_start": recent.quarantine_reasons })).into_response()
+}
+
+/// Starts a replay of the stream (from a sequence or a time) into a new table version, as a child
+/// `weir replay` process; `GET /api/v1/pipeline/replays` follows it.
+async fn start_replay(State(state): State<AppState>, body: Bytes) -> Response {
+    let Some(context) = &state.replay else {
+        return error(StatusCode::NOT_FOUND, "replays are not offered here");
+    };
+    let request: ReplayRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body must be JSON like {{\"version\": \"v2\", \"from_seq\": 1}} \
+                     (version, from_seq or from_time, to_seq): {e}"
+                ),
+            );
+        }
+    };
+    if request.from_seq.is_some() && request.from_time.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give from_seq or from_time, not both",
+        );
+    }
+    match state.replays.start(context, request) {
+        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+async fn list_replays(State(state): State<AppState>) -> Response {
+    Json(json!({ "replays": state.replays.list() })).into_response()
 }

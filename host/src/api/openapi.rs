@@ -33,6 +33,17 @@ pub async fn document() -> impl IntoResponse {
     ]);
     let mut latest = op("The newest silver events", false);
     latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);
+    let mut replay = op(
+        "Replay the stream from a sequence or time into a new table version (<lake>/_versions/<version>)",
+        true,
+    );
+    replay["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": {
+        "type": "object", "required": ["version"],
+        "properties": {
+            "version": { "type": "string" }, "from_seq": { "type": "integer" },
+            "from_time": { "type": "string", "description": "RFC 3339 or ms" }, "to_seq": { "type": "integer" }
+        } } } } });
+    replay["responses"] = json!({ "202": { "description": "Started" }, "409": { "description": "Bad request or already running" } });
     let mut deploy_path = json!({ "post": deploy });
     deploy_path["parameters"] = stage.clone();
     let mut rollback_path = json!({ "post": op("Return a stage to its previous version", true) });
@@ -54,7 +65,9 @@ pub async fn document() -> impl IntoResponse {
             "/api/v1/pipeline/resume": { "post": op("Take events again", true) },
             "/api/v1/events/latest": { "get": latest },
             "/api/v1/gold/{table}": { "get": gold },
-            "/api/v1/quarantine/reasons": { "get": op("Quarantine reasons with counts", false) }
+            "/api/v1/quarantine/reasons": { "get": op("Quarantine reasons with counts", false) },
+            "/api/v1/pipeline/replay": { "post": replay },
+            "/api/v1/pipeline/replays": { "get": op("Replays started here, with their state and log", false) }
         }
     }))
 }

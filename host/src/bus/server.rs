@@ -80,7 +80,25 @@ impl NatsServer {
             log,
         };
         server.wait_ready(Duration::from_secs(10))?;
+        // Other Weir processes on this machine (`weir replay`, a second `weir run`) find it here.
+        let _ = std::fs::write(Self::url_file(store_dir), server.url());
         Ok(server)
+    }
+
+    fn url_file(store_dir: &Path) -> PathBuf {
+        store_dir.join("weir-nats.url")
+    }
+
+    /// The URL of a local server another Weir process started on `store_dir` and still runs.
+    pub fn running(store_dir: &Path) -> Option<String> {
+        let url = std::fs::read_to_string(Self::url_file(store_dir)).ok()?;
+        let port: u16 = url.trim().rsplit(':').next()?.parse().ok()?;
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(500),
+        )
+        .ok()?;
+        Some(url.trim().to_string())
     }
 
     pub fn url(&self) -> String {
@@ -131,6 +149,7 @@ impl NatsServer {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
+        let _ = std::fs::remove_file(Self::url_file(&self.store_dir));
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let started = Instant::now();

@@ -1,18 +1,23 @@
 //! `weir lake`: what a lake holds, whether it is consistent, and rows of a table for a time range.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+use crate::config::Config;
 use crate::lake::read;
 use crate::lake::store::{Store, StoreConfig};
 
 #[derive(Args, Clone)]
 pub struct LakeArgs {
-    /// The lake (`./lake`, `s3://bucket/prefix`, ...).
-    #[arg(long, env = "WEIR_LAKE_URL", default_value = "./lake")]
-    lake: String,
+    /// The lake (`./lake`, `s3://bucket/prefix`, ...); default: the `--config` pipeline's, else `./lake`.
+    #[arg(long, env = "WEIR_LAKE_URL")]
+    lake: Option<String>,
+    /// Take the lake and its store options from this pipeline configuration.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
     /// S3-compatible stores: the endpoint.
     #[arg(long, env = "WEIR_LAKE_ENDPOINT")]
     endpoint: Option<String>,
@@ -23,13 +28,18 @@ pub struct LakeArgs {
 
 impl LakeArgs {
     fn store(&self) -> Result<Store> {
-        Store::open(&StoreConfig {
-            url: self.lake.clone(),
-            endpoint: self.endpoint.clone(),
-            region: None,
-            path_style: None,
-            allow_http: self.allow_http,
-        })
+        let mut store = match &self.config {
+            Some(file) => Config::load(file)?.lake_config().store(),
+            None => StoreConfig::default(),
+        };
+        if let Some(lake) = self.lake.as_ref().filter(|l| !l.is_empty()) {
+            store.url = lake.clone();
+        }
+        if self.endpoint.is_some() {
+            store.endpoint = self.endpoint.clone();
+        }
+        store.allow_http |= self.allow_http;
+        Store::open(&store)
     }
 }
 

@@ -5,6 +5,7 @@ mod generate;
 mod ingest;
 mod lake;
 mod plugin;
+mod replay;
 mod run;
 mod serve_sse;
 
@@ -34,6 +35,9 @@ enum Command {
     /// Check, run and scaffold plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Compute silver and gold again from the stream (from a sequence or time, with new plugin versions if
+    /// wanted) into a new table version.
+    Replay(replay::ReplayArgs),
     /// Read an SSE stream into JetStream, each event exactly once (resumes where it left off).
     Ingest(ingest::IngestArgs),
     /// Write realistic Wikimedia recentchange events as NDJSON (reproducible by seed).
@@ -51,6 +55,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Config(cmd) => config::run(cmd),
         Command::Lake(cmd) => lake::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Replay(args) => replay::run(args),
         Command::Ingest(args) => ingest::run(args),
         Command::Gen(args) => generate::run(args),
         Command::ServeSse(args) => serve_sse::run(args),

@@ -119,7 +119,7 @@ pub struct CommitRecord {
     pub state_full: bool,
     /// The plugin versions that produced the data.
     pub chain: Vec<String>,
-    /// Events dropped by a rule, by `plugin/rule`.
+    /// Events dropped by a rule, by `stage/rule`.
     pub dropped: BTreeMap<String, u64>,
     /// Events quarantined, by reason.
     pub quarantined: BTreeMap<String, u64>,

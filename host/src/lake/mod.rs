@@ -282,11 +282,6 @@ impl Lake {
         self.last_epoch
     }
 
-    /// Sequences below `floor` will never be delivered again (the consumer acked them): forget them.
-    pub fn trim_committed(&mut self, floor: u64) {
-        self.committed.trim_below(floor);
-    }
-
     /// Starts an epoch whose data the plugins `chain` (`name@version`) produce.
     pub fn begin(&self, chain: Vec<String>) -> Epoch {
         let metadata = vec![
@@ -618,10 +613,9 @@ impl Epoch {
 
     pub fn add_drops(&mut self, rows: &[DropRow]) -> Result<()> {
         for r in rows {
-            let name = r.plugin.split('@').next().unwrap_or(&r.plugin);
             *self
                 .dropped
-                .entry(format!("{name}/{}", r.rule))
+                .entry(format!("{}/{}", r.stage, r.rule))
                 .or_default() += 1;
         }
         for (partition, group) in rows::by_partition(rows.iter(), |r| r.event_ms) {
@@ -647,7 +641,7 @@ impl Epoch {
             by_table.entry(r.table.as_str()).or_default().push(r);
         }
         for (table, rows) in by_table {
-            let name = format!("gold_{table}");
+            let name = schema::gold_table(table);
             // Column types: the table's known ones, extended by any new column (in first-seen order).
             let types = self.gold_types.entry(name.clone()).or_default();
             for row in &rows {

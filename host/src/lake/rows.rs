@@ -36,8 +36,10 @@ pub struct QuarantineRow {
     pub layer: Layer,
     pub seq: u64,
     pub event_id: Option<String>,
-    /// `parse`, `ingest`, or the plugin (`name@version`).
+    /// `parse`, `ingest`, `pipeline`, or the stage's name (`quality`, `gold_wiki`).
     pub stage: String,
+    /// The plugin (`name@version`) when a plugin quarantined it.
+    pub plugin: Option<String>,
     pub reason: String,
     pub failed_checks: Vec<String>,
     /// The original data.
@@ -50,6 +52,7 @@ pub struct QuarantineRow {
 pub struct DropRow {
     pub seq: u64,
     pub event_id: String,
+    pub stage: String,
     pub plugin: String,
     pub rule: String,
     pub event_ms: i64,
@@ -291,6 +294,7 @@ pub fn quarantine_batch(rows: &[&QuarantineRow]) -> RecordBatch {
     let mut seq = UInt64Builder::with_capacity(n);
     let mut id = StringBuilder::new();
     let mut stage = StringBuilder::new();
+    let mut plugin = StringBuilder::new();
     let mut reason = StringBuilder::new();
     let mut checks = ListBuilder::new(StringBuilder::new());
     let mut data = StringBuilder::new();
@@ -300,6 +304,7 @@ pub fn quarantine_batch(rows: &[&QuarantineRow]) -> RecordBatch {
         seq.append_value(r.seq);
         id.append_option(r.event_id.as_deref());
         stage.append_value(&r.stage);
+        plugin.append_option(r.plugin.as_deref());
         reason.append_value(&r.reason);
         for c in &r.failed_checks {
             checks.values().append_value(c);
@@ -315,6 +320,7 @@ pub fn quarantine_batch(rows: &[&QuarantineRow]) -> RecordBatch {
             Arc::new(seq.finish()),
             Arc::new(id.finish()),
             Arc::new(stage.finish()),
+            Arc::new(plugin.finish()),
             Arc::new(reason.finish()),
             Arc::new(checks.finish()),
             Arc::new(data.finish()),
@@ -328,12 +334,14 @@ pub fn drops_batch(rows: &[&DropRow]) -> RecordBatch {
     let n = rows.len();
     let mut seq = UInt64Builder::with_capacity(n);
     let mut id = StringBuilder::new();
+    let mut stage = StringBuilder::new();
     let mut plugin = StringBuilder::new();
     let mut rule = StringBuilder::new();
     let mut time = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("+00:00");
     for r in rows {
         seq.append_value(r.seq);
         id.append_value(&r.event_id);
+        stage.append_value(&r.stage);
         plugin.append_value(&r.plugin);
         rule.append_value(&r.rule);
         time.append_value(micros(r.event_ms));
@@ -343,6 +351,7 @@ pub fn drops_batch(rows: &[&DropRow]) -> RecordBatch {
         vec![
             Arc::new(seq.finish()),
             Arc::new(id.finish()),
+            Arc::new(stage.finish()),
             Arc::new(plugin.finish()),
             Arc::new(rule.finish()),
             Arc::new(time.finish()),

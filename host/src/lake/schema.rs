@@ -62,6 +62,16 @@ pub fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
 }
 
+/// The lake table an aggregate's rows go to: its `table` name, prefixed with `gold_` unless it already is
+/// (`gold_wiki` stays `gold_wiki`, `user_sessions` becomes `gold_user_sessions`).
+pub fn gold_table(table: &str) -> String {
+    if table.starts_with("gold_") {
+        table.to_string()
+    } else {
+        format!("gold_{table}")
+    }
+}
+
 /// Which quarantine table an event goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,6 +127,7 @@ pub fn quarantine() -> SchemaRef {
         field("_seq", DataType::UInt64, false),
         field("event_id", DataType::Utf8, true),
         field("stage", DataType::Utf8, false),
+        field("plugin", DataType::Utf8, true),
         field("reason", DataType::Utf8, false),
         field(
             "failed_checks",
@@ -133,6 +144,7 @@ pub fn drops() -> SchemaRef {
     Arc::new(Schema::new(vec![
         field("_seq", DataType::UInt64, false),
         field("event_id", DataType::Utf8, false),
+        field("stage", DataType::Utf8, false),
         field("plugin", DataType::Utf8, false),
         field("rule", DataType::Utf8, false),
         field("event_time", timestamp(), false),

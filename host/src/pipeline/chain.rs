@@ -12,11 +12,17 @@ use crate::runtime::{Plugin, PluginFailure};
 
 /// One plugin of a chain with its projection, compiled against the chain's layout.
 pub struct Stage {
+    /// The stage's name in the pipeline (`gold_wiki`); the plugin's own name unless the chain is `named`.
+    name: String,
     plugin: Plugin,
     projection: Projection,
 }
 
 impl Stage {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn plugin(&self) -> &Plugin {
         &self.plugin
     }
@@ -30,6 +36,7 @@ impl Stage {
 #[derive(Debug)]
 pub struct Dropped {
     pub event: Event,
+    pub stage: String,
     pub plugin: String,
     pub rule: String,
 }
@@ -39,6 +46,7 @@ pub struct Dropped {
 pub struct Quarantined {
     #[serde(skip)]
     pub event: Event,
+    pub stage: String,
     pub plugin: String,
     pub reason: String,
     pub failed_checks: Vec<String>,
@@ -50,6 +58,7 @@ pub struct Quarantined {
 /// A row emitted by an aggregate, with the plugin that emitted it.
 #[derive(Debug)]
 pub struct EmittedRow {
+    pub stage: String,
     pub plugin: String,
     pub row: Row,
 }
@@ -91,7 +100,11 @@ impl Chain {
             .map(|plugin| {
                 let projection = Projection::new(&layout, plugin.plan())
                     .map_err(|e| anyhow!("{}: {e}", plugin.label()))?;
-                Ok(Stage { plugin, projection })
+                Ok(Stage {
+                    name: plugin.manifest().name.clone(),
+                    plugin,
+                    projection,
+                })
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Chain {
@@ -100,6 +113,15 @@ impl Chain {
             layout,
             stages,
         })
+    }
+
+    /// Names the stages as the pipeline does (`gold_wiki`, `gold_user`: several stages may run one plugin),
+    /// for lineage, drops and quarantine rows.
+    pub fn named(mut self, names: &[String]) -> Self {
+        for (stage, name) in self.stages.iter_mut().zip(names) {
+            stage.name = name.clone();
+        }
+        self
     }
 
     /// Parses raw events for this chain.
@@ -160,10 +182,12 @@ impl Chain {
             let mut result = stage.plugin.process(&batch);
             drop(batch);
             let label = stage.plugin.label();
+            let name = &stage.name;
             out.rows.extend(
                 std::mem::take(&mut result.rows)
                     .into_iter()
                     .map(|row| EmittedRow {
+                        stage: name.clone(),
                         plugin: label.clone(),
                         row,
                     }),
@@ -198,6 +222,7 @@ impl Chain {
                     };
                     out.quarantined.push(Quarantined {
                         event: event.clone(),
+                        stage: name.clone(),
                         plugin: label.clone(),
                         reason,
                         failed_checks,
@@ -210,6 +235,7 @@ impl Chain {
                     (Verdict::Keep, None) => next.push(event),
                     (Verdict::Keep, Some(e)) => out.quarantined.push(Quarantined {
                         event,
+                        stage: name.clone(),
                         plugin: label.clone(),
                         reason: crate::runtime::FailureKind::BadOutput.reason().into(),
                         failed_checks: vec![e],
@@ -217,11 +243,13 @@ impl Chain {
                     }),
                     (Verdict::Drop(rule), _) => out.dropped.push(Dropped {
                         event,
+                        stage: name.clone(),
                         plugin: label.clone(),
                         rule,
                     }),
                     (Verdict::Quarantine(q), _) => out.quarantined.push(Quarantined {
                         event,
+                        stage: name.clone(),
                         plugin: label.clone(),
                         reason: q.reason,
                         failed_checks: q.failed_checks,
@@ -251,6 +279,7 @@ impl Chain {
             let label = stage.plugin.label();
             match stage.plugin.on_watermark(watermark_ms) {
                 Ok(emitted) => rows.extend(emitted.into_iter().map(|row| EmittedRow {
+                    stage: stage.name.clone(),
                     plugin: label.clone(),
                     row,
                 })),

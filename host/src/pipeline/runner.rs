@@ -32,6 +32,7 @@ use crate::bus::headers;
 use crate::config::Config;
 use crate::event::{EventShape, JsonPath};
 use crate::lake::rows::{DropRow, GoldRow, QuarantineRow, Received, SilverColumns};
+use crate::lake::schema::gold_table;
 use crate::lake::{Epoch, Lake, Layer, crash};
 use crate::runtime::{Clock, LoadedPlugin, Loader, Plugin};
 
@@ -108,7 +109,10 @@ pub async fn consumer(
         ack_wait: config.consumer.ack_wait,
         max_deliver: config.consumer.max_deliver,
         max_ack_pending: config.consumer.max_ack_pending,
-        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        deliver_policy: match &config.replay {
+            Some(replay) => replay.deliver_policy()?,
+            None => jetstream::consumer::DeliverPolicy::All,
+        },
         ..Default::default()
     };
     match stream.get_consumer::<pull::Config>(&config.durable()).await {
@@ -152,6 +156,9 @@ pub struct Processor {
     pub watermark_delay_ms: i64,
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
+    /// Replays: the last stream sequence to process (later ones are left to the replay's consumer, which
+    /// is removed at the end).
+    pub until: Option<u64>,
     silver: SilverColumns,
     epoch: Option<Epoch>,
     deliveries: Vec<Delivery>,
@@ -193,6 +200,7 @@ impl Processor {
             watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
+            until: None,
             silver,
             epoch: None,
             deliveries: Vec::new(),
@@ -251,22 +259,27 @@ impl Processor {
             let Some(reply) = message.message.reply.clone() else {
                 continue;
             };
-            if delivered > 1 {
-                // A redelivery: committed already (ack it), or still in the open epoch (its ack will come).
-                if !self.lake.is_committed(seq) {
-                    let _ = self.runtime.block_on(self.lake.refresh());
-                }
-                if self.lake.is_committed(seq) {
-                    counters.skipped_committed.fetch_add(1, Ordering::Relaxed);
-                    immediate_acks.push(reply);
-                    continue;
-                }
-                if in_epoch_before.as_ref().is_some_and(|s| s.contains(seq))
-                    || self.deliveries.iter().any(|d| d.seq == seq)
-                {
-                    counters.skipped_in_flight.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+            if self.until.is_some_and(|until| seq > until) {
+                continue;
+            }
+            // A redelivery may have been committed by another host since the log was last read.
+            if delivered > 1 && !self.lake.is_committed(seq) {
+                let _ = self.runtime.block_on(self.lake.refresh());
+            }
+            // Committed already: ack and skip. Checked for first deliveries too: a consumer that was deleted
+            // and created again (or a replay into the same lake) delivers committed messages afresh.
+            if self.lake.is_committed(seq) {
+                counters.skipped_committed.fetch_add(1, Ordering::Relaxed);
+                immediate_acks.push(reply);
+                continue;
+            }
+            // Still in the open epoch: its ack will come with the commit.
+            if delivered > 1
+                && (in_epoch_before.as_ref().is_some_and(|s| s.contains(seq))
+                    || self.deliveries.iter().any(|d| d.seq == seq))
+            {
+                counters.skipped_in_flight.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             counters.received.fetch_add(1, Ordering::Relaxed);
             let msg = message.message;
@@ -302,6 +315,7 @@ impl Processor {
                             seq,
                             event_id: Some(source_id.clone()),
                             stage: "parse".into(),
+                            plugin: None,
                             reason: e.reason.into(),
                             failed_checks: vec![e.detail],
                             data: String::from_utf8_lossy(&data).into_owned(),
@@ -324,6 +338,7 @@ impl Processor {
                     seq,
                     event_id: Some(source_id.clone()),
                     stage: if poison { "pipeline" } else { "ingest" }.into(),
+                    plugin: None,
                     reason,
                     failed_checks: vec![detail],
                     data: String::from_utf8_lossy(&data).into_owned(),
@@ -407,6 +422,7 @@ impl Processor {
             .map(|d| DropRow {
                 seq: d.event.seq,
                 event_id: d.event.id.clone(),
+                stage: d.stage.clone(),
                 plugin: d.plugin.clone(),
                 rule: d.rule.clone(),
                 event_ms: d.event.time_ms,
@@ -416,7 +432,8 @@ impl Processor {
             layer: if q.gold { Layer::Gold } else { Layer::Silver },
             seq: q.event.seq,
             event_id: Some(q.event.id.clone()),
-            stage: q.plugin.clone(),
+            stage: q.stage.clone(),
+            plugin: Some(q.plugin.clone()),
             reason: q.reason.clone(),
             failed_checks: q.failed_checks.clone(),
             data: q.event.raw().to_string(),
@@ -426,10 +443,14 @@ impl Processor {
         let kept: Vec<&crate::event::Event> = output.kept.iter().collect();
         let mismatches = self.lake.mismatches.clone();
         let silver = self.silver.clone();
+        let replaying = self.until.is_some();
         let epoch = self.epoch();
         epoch.note_chain(labels);
         epoch.consume(received.iter().map(|r| r.seq));
-        epoch.add_bronze(received)?;
+        // A replay's table version holds what the plugins made; bronze stays where it is.
+        if !replaying {
+            epoch.add_bronze(received)?;
+        }
         epoch.add_silver(&kept, &silver, chain_label, &mismatches)?;
         epoch.add_drops(&drops)?;
         epoch.add_quarantine(&quarantine)?;
@@ -467,7 +488,7 @@ impl Processor {
                     crate::event::from_wit_value(value.clone()).unwrap_or(serde_json::Value::Null);
                 object.insert(name.clone(), value);
             }
-            recent.push_gold(&row.table, serde_json::Value::Object(object));
+            recent.push_gold(&gold_table(&row.table), serde_json::Value::Object(object));
         }
         Ok(())
     }

@@ -41,7 +41,14 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     started: impl FnOnce(&Started),
 ) -> Result<()> {
-    let local = if config.nats.url.is_empty() {
+    // No URL: the local server another Weir process runs on this data directory, else one of our own.
+    let shared_local = config
+        .nats
+        .url
+        .is_empty()
+        .then(|| NatsServer::running(&config.nats.data_dir))
+        .flatten();
+    let local = if config.nats.url.is_empty() && shared_local.is_none() {
         let dir = config.nats.data_dir.clone();
         let port = (config.nats.port != 0).then_some(config.nats.port);
         Some(
@@ -55,6 +62,7 @@ pub async fn run(
     let nats_url = local
         .as_ref()
         .map(NatsServer::url)
+        .or(shared_local)
         .unwrap_or_else(|| config.nats.url.clone());
     let client = crate::bus::connect(&nats_url, &format!("weir-{}", config.pipeline.name)).await?;
     let js = async_nats::jetstream::new(client.clone());
@@ -67,7 +75,9 @@ pub async fn run(
     let mut source_url = None;
     let mut fallback_server = None;
     let mut ingest_stats = None;
-    if let Some(source) = &config.source {
+    // A replay reads what the stream holds already; the live pipeline does the ingesting.
+    let source = config.source.as_ref().filter(|_| config.replay.is_none());
+    if let Some(source) = source {
         let mut source = source.clone();
         if config.pipeline.offline_fallback && !reachable(&source).await {
             let (url, task) = offline_source().await?;
@@ -107,6 +117,19 @@ pub async fn run(
     }
 
     let consumer = runner::consumer(&js, &config).await?;
+    let replay_until = match &config.replay {
+        Some(replay) => Some(super::replay::last_sequence(&js, &config.stream.name, replay).await?),
+        None => None,
+    };
+    let replay_done = {
+        let consumer = consumer.clone();
+        async move {
+            match replay_until {
+                Some(until) => super::replay::finished(consumer, until).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let host = config.host();
     let lake = Lake::open(config.lake_config(), &host)
         .await
@@ -130,7 +153,8 @@ pub async fn run(
         .iter()
         .map(|c| crate::event::JsonPath::parse(&c.path).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let mut chain = Chain::with_shape(runner::shape(&config)?, plugins, extra_reads)?;
+    let mut chain =
+        Chain::with_shape(runner::shape(&config)?, plugins, extra_reads)?.named(&stages.names);
     super::state::restore(&mut chain, &stages.names, lake.state_chain())?;
     tracing::info!(
         stages = %runner::describe(&stages.names, &chain),
@@ -168,6 +192,15 @@ pub async fn run(
             token: config.api_token(),
             max_upload_bytes: config.api.max_upload_bytes,
             loader: loader.clone(),
+            replay: Some(crate::api::ReplayContext {
+                config_file: std::fs::canonicalize(&config.file).unwrap_or(config.file.clone()),
+                nats_url: nats_url.clone(),
+                lake: config.lake.url.clone(),
+                log_dir: config.nats.data_dir.parent().map_or_else(
+                    || std::path::PathBuf::from(".weir"),
+                    std::path::Path::to_path_buf,
+                ),
+            }),
         };
         let router = crate::api::router(shared.clone(), options);
         let mut stop = stop_rx.clone();
@@ -181,14 +214,17 @@ pub async fn run(
         Some(addr)
     };
 
-    let watcher = config.watch_dir().map(|dir| {
-        tokio::spawn(watch_plugins(
-            dir,
-            shared.clone(),
-            loader.clone(),
-            stop_rx.clone(),
-        ))
-    });
+    let watcher = config
+        .watch_dir()
+        .filter(|_| config.replay.is_none())
+        .map(|dir| {
+            tokio::spawn(watch_plugins(
+                dir,
+                shared.clone(),
+                loader.clone(),
+                stop_rx.clone(),
+            ))
+        });
 
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(4);
     let fetch_task = tokio::spawn(runner::fetch(
@@ -198,7 +234,7 @@ pub async fn run(
         shared.clone(),
         stop_rx.clone(),
     ));
-    let processor = Processor::new(
+    let mut processor = Processor::new(
         chain,
         stages,
         lake,
@@ -207,6 +243,7 @@ pub async fn run(
         tokio::runtime::Handle::current(),
         &config,
     )?;
+    processor.until = replay_until;
     let processor_thread = std::thread::Builder::new()
         .name("weir-processor".into())
         .spawn(move || process_loop(processor, batches_rx, control_rx))?;
@@ -223,9 +260,10 @@ pub async fn run(
     let processor_done = tokio::task::spawn_blocking(move || processor_thread.join());
     tokio::pin!(processor_done);
     tokio::pin!(stop);
-    let early = tokio::select! {
-        _ = &mut stop => None,
-        done = &mut processor_done => Some(done),
+    let (early, replayed) = tokio::select! {
+        _ = &mut stop => (None, false),
+        _ = replay_done => (None, true),
+        done = &mut processor_done => (Some(done), false),
     };
     tracing::info!("stopping: finishing the batch in hand, committing, acking");
     shared.health.stopping.store(true, Ordering::Relaxed);
@@ -252,6 +290,10 @@ pub async fn run(
     }
     if let Some(task) = fallback_server {
         task.abort();
+    }
+    // A finished replay's consumer goes; an interrupted one stays, so running it again resumes.
+    if result.is_ok() && replayed {
+        super::replay::remove_consumer(&js, &config.stream.name, &config.durable()).await;
     }
     let _ = client.flush().await;
     drop(client);

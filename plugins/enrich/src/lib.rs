@@ -214,4 +214,6 @@ pub fn split_server_name(server: &str) -> (Option<&str>, Option<&str>) {
     (Some(project), language)
 }
 
+// Without the `component` feature the crate is a library other plugins build on (the hot-swap tests wrap it).
+#[cfg(feature = "component")]
 export_plugin!(Enrich);

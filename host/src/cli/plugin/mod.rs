@@ -1,6 +1,7 @@
 //! `weir plugin ...`: the plugin author's tools.
 
 mod check;
+mod deploy;
 mod new;
 mod run;
 
@@ -19,6 +20,10 @@ pub enum PluginCommand {
     Run(run::RunArgs),
     /// Create a working plugin project from a template.
     New(new::NewArgs),
+    /// Hot-swap a stage of a running pipeline to this component (through its API).
+    Deploy(deploy::DeployArgs),
+    /// Put a stage of a running pipeline back on its previous version.
+    Rollback(deploy::RollbackArgs),
 }
 
 pub fn run(cmd: PluginCommand) -> Result<std::process::ExitCode> {
@@ -26,6 +31,8 @@ pub fn run(cmd: PluginCommand) -> Result<std::process::ExitCode> {
         PluginCommand::Check(args) => check::run(args),
         PluginCommand::Run(args) => run::run(args),
         PluginCommand::New(args) => new::run(args),
+        PluginCommand::Deploy(args) => deploy::deploy(args),
+        PluginCommand::Rollback(args) => deploy::rollback(args),
     }
 }
 

@@ -1,0 +1,111 @@
+//! `weir replay`: silver and gold computed again from the stream into a new table version (see
+//! `pipeline::replay`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::config::Config;
+use crate::pipeline::replay::{Replay, ReplayStart};
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// The pipeline configuration (its stream, stages, tables and lake).
+    #[arg(long, short, default_value = "deploy/pipelines/wikimedia.toml")]
+    config: PathBuf,
+    /// The new table version's name: tables go to `<lake>/_versions/<version>/`.
+    #[arg(long)]
+    version: String,
+    /// Replay from this stream sequence.
+    #[arg(long, conflicts_with = "from_time")]
+    from_seq: Option<u64>,
+    /// Replay from the first message stored at or after this time (RFC 3339 or ms since the epoch).
+    #[arg(long, value_parser = super::parse_time)]
+    from_time: Option<i64>,
+    /// The last sequence to replay (default: the stream's last when the replay starts).
+    #[arg(long)]
+    to_seq: Option<u64>,
+    /// Run a stage with another plugin: `--stage enrich=build/enrich-v2.wasm` (repeatable).
+    #[arg(long = "stage", value_name = "STAGE=FILE")]
+    stages: Vec<String>,
+    /// Write the version here instead of `<lake>/_versions/<version>`.
+    #[arg(long)]
+    lake: Option<String>,
+    /// The NATS server holding the stream (default: the configured one, or the local server `weir run`
+    /// started).
+    #[arg(long, env = "WEIR_NATS_URL")]
+    nats: Option<String>,
+}
+
+pub fn run(args: ReplayArgs) -> Result<ExitCode> {
+    let mut config = Config::load(&args.config)?;
+    let replay = Replay {
+        version: args.version.clone(),
+        start: match (args.from_seq, args.from_time) {
+            (_, Some(ms)) => ReplayStart::Time(ms),
+            (seq, None) => ReplayStart::Sequence(seq.unwrap_or(1)),
+        },
+        until: args.to_seq,
+    };
+    replay.validate().map_err(anyhow::Error::msg)?;
+    for spec in &args.stages {
+        let Some((stage, file)) = spec.split_once('=') else {
+            bail!("--stage {spec:?}: write STAGE=FILE (e.g. enrich=build/enrich.wasm)");
+        };
+        let file = std::fs::canonicalize(file)
+            .with_context(|| format!("--stage {spec}: cannot read {file}"))?;
+        let Some(section) = config.stages.iter_mut().find(|s| s.name == stage) else {
+            let names: Vec<&str> = config.stages.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "--stage {spec}: no stage named {stage:?} (stages: {})",
+                names.join(", ")
+            );
+        };
+        let span = section.plugin.span();
+        section.plugin = toml::Spanned::new(span, file.to_string_lossy().into_owned());
+    }
+    config.lake.url = args
+        .lake
+        .clone()
+        .unwrap_or_else(|| replay.lake_url(&config.lake.url));
+    if let Some(nats) = args.nats.filter(|n| !n.is_empty()) {
+        config.nats.url = nats;
+    }
+    // A replay is a batch job: no API, no watched directory, no source.
+    config.api.listen = String::new();
+    config.replay = Some(replay);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("weir-io")
+        .build()?;
+    let started_at = std::time::Instant::now();
+    let shared = runtime.block_on(async {
+        let mut shared = None;
+        crate::pipeline::service::run(config, super::shutdown_signal(), |started| {
+            eprintln!(
+                "weir replay {}: from the stream on {} into {}",
+                args.version, started.nats_url, started.lake
+            );
+            shared = Some(started.shared.clone());
+        })
+        .await
+        .map(|()| shared)
+    })?;
+    if let Some(shared) = shared {
+        let c = &shared.counters;
+        use std::sync::atomic::Ordering::Relaxed;
+        eprintln!(
+            "replayed {} events in {:.1}s: {} to silver, {} dropped, {} quarantined ({} already in the version, skipped)",
+            c.received.load(Relaxed),
+            started_at.elapsed().as_secs_f64(),
+            c.silver.load(Relaxed),
+            c.dropped.load(Relaxed),
+            c.quarantined.load(Relaxed),
+            c.skipped_committed.load(Relaxed),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

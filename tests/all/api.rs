@@ -1,0 +1,192 @@
+//! The HTTP API of a running `weir run`, as an operator and a dashboard use it: health and readiness,
+//! Prometheus metrics, the OpenAPI document, queries of recent data, token-protected control with an
+//! upload limit, and replays started from the API.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Harness, LakeAt, realistic};
+use crate::support::plugin_path;
+
+const TOKEN: &str = "test-token";
+
+/// (status, body) of a request with curl (`method`, optional bearer token, optional body file).
+fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    if let Some(body) = body {
+        command.args(["--data-binary", body]);
+    }
+    let out = command.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn get_json(api: &str, path: &str) -> Value {
+    let (code, body) = http("GET", &format!("{api}{path}"), None, None);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+#[test]
+fn the_api_reports_queries_controls_and_replays() {
+    let h = Harness::new(LakeAt::Local, |t| {
+        let api = t["api"].as_table_mut().unwrap();
+        api.insert("token".into(), TOKEN.into());
+        // Smaller than a plugin, to see the limit at work.
+        api.insert("max_upload_bytes".into(), 100_000.into());
+    });
+    let events = 3000;
+    let last = h.prefill(realistic(23, events, Duration::from_secs(25 * 60)), events);
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    h.wait_committed(&mut weir, last, Duration::from_secs(180));
+
+    assert_eq!(http("GET", &format!("{api}/health"), None, None).0, 200);
+    let ready = get_json(&api, "/ready");
+    assert_eq!(ready["ready"], true, "{ready}");
+
+    let (code, metrics) = http("GET", &format!("{api}/metrics"), None, None);
+    assert_eq!(code, 200);
+    for line in metrics.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut parts = line.split_whitespace().skip(2);
+        let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(name.starts_with("weir_"), "{line}");
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "a counter without _total: {line}");
+        }
+    }
+    let received = metrics
+        .lines()
+        .find(|l| l.starts_with("weir_events_received_total"))
+        .unwrap_or_else(|| panic!("no weir_events_received_total:\n{metrics}"));
+    assert!(received.ends_with(&format!(" {last}")), "{received}");
+
+    let openapi = get_json(&api, "/openapi.json");
+    assert_eq!(openapi["openapi"], "3.0.3");
+    for path in [
+        "/api/v1/gold/{table}",
+        "/api/v1/pipeline/replay",
+        "/metrics",
+    ] {
+        assert!(openapi["paths"][path].is_object(), "{path} not documented");
+    }
+
+    let plugins = get_json(&api, "/api/v1/plugins");
+    let stages: Vec<&str> = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "filter",
+            "enrich",
+            "dedupe",
+            "quality",
+            "gold_entity",
+            "gold_user",
+            "gold_wiki",
+            "sessions"
+        ]
+    );
+    let latest = get_json(&api, "/api/v1/events/latest?limit=5");
+    assert_eq!(latest["events"].as_array().unwrap().len(), 5, "{latest}");
+
+    // Per-wiki counts for a window, from the recent gold rows.
+    let gold = get_json(&api, "/api/v1/gold/gold_wiki");
+    let rows = gold["rows"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{gold}");
+    let wiki = rows[0]["wiki"].as_str().unwrap();
+    let start = rows[0]["window_start"].as_i64().unwrap();
+    let one = get_json(
+        &api,
+        &format!(
+            "/api/v1/gold/gold_wiki?wiki={wiki}&from={start}&to={}",
+            start + 1
+        ),
+    );
+    let one = one["rows"].as_array().unwrap();
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0]["events"], rows[0]["events"]);
+    let (code, _) = http("GET", &format!("{api}/api/v1/gold/nonesuch"), None, None);
+    assert_eq!(code, 404);
+    let reasons = get_json(&api, "/api/v1/quarantine/reasons");
+    assert!(
+        !reasons["since_start"].as_object().unwrap().is_empty(),
+        "{reasons}"
+    );
+
+    // Control needs the token; uploads have a limit.
+    let pause = format!("{api}/api/v1/pipeline/pause");
+    assert_eq!(http("POST", &pause, None, None).0, 401);
+    assert_eq!(http("POST", &pause, Some("wrong"), None).0, 401);
+    assert_eq!(http("POST", &pause, Some(TOKEN), None).0, 200);
+    assert_eq!(get_json(&api, "/ready")["paused"], true);
+    assert_eq!(
+        http(
+            "POST",
+            &format!("{api}/api/v1/pipeline/resume"),
+            Some(TOKEN),
+            None
+        )
+        .0,
+        200
+    );
+    let enrich = format!("@{}", plugin_path("weir-plugin-enrich").display());
+    let (code, body) = http(
+        "POST",
+        &format!("{api}/api/v1/plugins/enrich"),
+        Some(TOKEN),
+        Some(&enrich),
+    );
+    assert_eq!(code, 413, "{body}");
+    let (code, body) = http(
+        "POST",
+        &format!("{api}/api/v1/plugins/nonesuch/rollback"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(code, 409, "{body}");
+
+    // A replay from the API, into a new table version.
+    let replay = format!("{api}/api/v1/pipeline/replay");
+    let (code, body) = http(
+        "POST",
+        &replay,
+        Some(TOKEN),
+        Some(r#"{"version": "api-v2"}"#),
+    );
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = http("POST", &replay, Some(TOKEN), Some(r#"{"version": "../x"}"#));
+    assert_eq!(code, 409, "{body}");
+    let started = Instant::now();
+    let status = loop {
+        let replays = get_json(&api, "/api/v1/pipeline/replays");
+        let job = replays["replays"][0].clone();
+        if job["state"] != "running" {
+            break job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{replays}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        status["state"],
+        "finished",
+        "{status}: {}",
+        std::fs::read_to_string(status["log"].as_str().unwrap()).unwrap_or_default()
+    );
+    weir.stop();
+    // The version sits beside the live tables without disturbing them.
+    h.verify();
+    h.read_back_at(status["lake"].as_str().unwrap())
+        .assert_replayed(1, last);
+}

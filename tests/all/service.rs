@@ -1,0 +1,200 @@
+//! `weir serve-sse` → `weir run` with the default pipeline → Parquet read back, end to end, while the enrich
+//! stage is hot-swapped several times (from the CLI, the API and the watched directory, once to a broken
+//! release that must be rolled back) and while `weir run` and `nats-server` are killed and restarted.
+//! Afterwards the conservation rule holds and gold equals a recomputation from silver.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{Harness, LakeAt, Weir, realistic};
+use crate::support::{plugin_path, swap_plugin_path, weir_bin};
+
+const EVENTS: u64 = 6000;
+
+/// `weir serve-sse` with generated events at a steady rate, on a free port.
+struct ServeSse {
+    child: Child,
+    url: String,
+}
+
+impl ServeSse {
+    fn start(count: u64, rate: f64) -> Self {
+        let port = weir::bus::server::free_port().unwrap();
+        let generator = realistic(5, count, Duration::from_secs(25 * 60));
+        let child = Command::new(weir_bin())
+            .args(["serve-sse", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--events", &count.to_string(), "--rate", &rate.to_string()])
+            .args(["--seed", &generator.seed.to_string()])
+            .args(["--start", &generator.start_ms.to_string()])
+            .args(["--event-rate", &generator.events_per_s.to_string()])
+            .args(["--malformed", &generator.malformed.to_string()])
+            .args(["--canary", &generator.canary.to_string()])
+            .args(["--late", &generator.late.to_string()])
+            .args(["--future", &generator.future.to_string()])
+            // Reconnects on cuts too, as against the live stream.
+            .args(["--cut-every", "1000", "--hold-open"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "serve-sse did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ServeSse {
+            child,
+            url: format!("http://127.0.0.1:{port}/v2/stream/recentchange"),
+        }
+    }
+}
+
+impl Drop for ServeSse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(weir_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "weir {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deploys `file` to the enrich stage with `weir plugin deploy`.
+fn deploy(weir: &Weir, file: &Path) -> String {
+    let api = weir.api(Duration::from_secs(60));
+    cli(&[
+        "plugin",
+        "deploy",
+        "--api",
+        &api,
+        "--stage",
+        "enrich",
+        file.to_str().unwrap(),
+    ])
+}
+
+/// Waits for `text` to appear in the log of `weir run`.
+fn wait_log(weir: &Weir, text: &str, timeout: Duration) {
+    let started = Instant::now();
+    while !std::fs::read_to_string(&weir.log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            started.elapsed() < timeout,
+            "no {text:?} in the log of weir run:\n{}",
+            weir.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_until(h: &Harness, weir: &mut Weir, committed: u64) {
+    h.wait_committed(weir, committed, Duration::from_secs(120));
+}
+
+#[test]
+fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
+    let source = ServeSse::start(EVENTS, 250.0);
+    let url = source.url.clone();
+    let mut h = Harness::new(LakeAt::Local, move |t| {
+        let mut source = toml::Table::new();
+        source.insert("url".into(), url.into());
+        source.insert("min_backoff".into(), "20ms".into());
+        source.insert("max_backoff".into(), "500ms".into());
+        source.insert("idle_timeout".into(), "5s".into());
+        t.insert("source".into(), source.into());
+    });
+    let next = swap_plugin_path("swap-enrich-next");
+    let flaky = swap_plugin_path("swap-enrich-flaky");
+    let original = plugin_path("weir-plugin-enrich");
+
+    let mut weir = h.weir(&[]);
+    wait_until(&h, &mut weir, 500);
+    // A good new release, from the CLI.
+    assert!(deploy(&weir, &next).contains("enrich@0.2.0"));
+    wait_until(&h, &mut weir, 1200);
+
+    // A broken release, dropped in the watched directory: it passes its self-test, then fails batches and
+    // is rolled back to 0.2.0 by the error-rate watch.
+    let watch = h.config.watch_dir().unwrap();
+    std::fs::create_dir_all(&watch).unwrap();
+    std::fs::copy(&flaky, watch.join("enrich.wasm.tmp")).unwrap();
+    std::fs::rename(watch.join("enrich.wasm.tmp"), watch.join("enrich.wasm")).unwrap();
+    wait_log(&weir, "rolled back", Duration::from_secs(60));
+    // Back to the original, from the CLI; the watched file goes, or a restart would deploy it again.
+    std::fs::remove_file(watch.join("enrich.wasm")).unwrap();
+    assert!(deploy(&weir, &original).contains("enrich@0.1.0"));
+    wait_until(&h, &mut weir, 2000);
+
+    // Killed mid-stream, restarted.
+    weir.kill();
+    let mut weir = h.weir(&[]);
+    wait_until(&h, &mut weir, 2800);
+    assert!(deploy(&weir, &next).contains("enrich@0.2.0"));
+
+    // The broker crashes and comes back.
+    h.nats.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    h.nats.restart().unwrap();
+    wait_until(&h, &mut weir, 3500);
+    assert!(deploy(&weir, &original).contains("enrich@0.1.0"));
+
+    // Everything the source served lands, then a clean stop.
+    let last = wait_for_stream(&h, EVENTS, &weir);
+    wait_until(&h, &mut weir, last);
+    weir.stop();
+    drop(source);
+
+    h.verify();
+    let report = h.read_back();
+    report.assert_exactly_once(last);
+    let chains: Vec<String> = report.0["silver_chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    for version in ["enrich@0.1.0", "enrich@0.2.0"] {
+        assert!(
+            chains.iter().any(|c| c.contains(version)),
+            "no silver row from {version}: {chains:?}"
+        );
+    }
+}
+
+/// Waits until the stream holds `count` messages (the source's every event); returns its last sequence.
+fn wait_for_stream(h: &Harness, count: u64, weir: &Weir) -> u64 {
+    let started = Instant::now();
+    h.rt.block_on(async {
+        let nats = weir::bus::connect(&h.nats.url(), "test").await.unwrap();
+        let js = async_nats::jetstream::new(nats);
+        loop {
+            if let Ok(mut stream) = js.get_stream(&h.config.stream.name).await
+                && let Ok(info) = stream.info().await
+                && info.state.messages >= count
+            {
+                assert_eq!(info.state.messages, count, "duplicates in the stream");
+                return info.state.last_sequence;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "the stream did not reach {count} events:\n{}",
+                weir.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}

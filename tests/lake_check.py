@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Reads a Weir lake back as any engine would, independently of Weir's own code, and prints what it found.
+
+The Rust tests (`tests/all/lake.rs`, `tests/all/service.rs`) call this and assert on its JSON output:
+
+- every table read with pyarrow's Hive partitioning (`dt=YYYY-MM-DD/hour=HH`), its schema and its `_seq`s;
+- the event ids in silver;
+- `gold_wiki` recomputed with DuckDB from silver (minus the events the aggregate quarantined as late) and
+  compared, window by window, with what the aggregate wrote.
+
+    python3 tests/lake_check.py LAKE [--endpoint http://127.0.0.1:8333]
+
+LAKE is a directory or `s3://bucket/prefix` (with `--endpoint` for an S3-compatible server).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+GOLD_WIKI_SQL = """
+with counted as (
+  select * from silver where _seq not in (select _seq from late)
+)
+select
+  wiki,
+  epoch_ms(_event_time) // 600000 * 600000 as window_start,
+  count(*) as events,
+  count(*) filter (where event_type = 'edit') as edits,
+  count(*) filter (where event_type = 'new') as new_pages,
+  count(*) filter (where is_bot) as bot_events,
+  count(*) filter (where not is_bot) as human_events,
+  count(*) filter (where is_anonymous) as anonymous_events,
+  count(distinct "user") as distinct_users,
+  coalesce(sum(bytes_changed) filter (where bytes_changed > 0), 0) as bytes_added,
+  coalesce(sum(bytes_changed) filter (where bytes_changed < 0), 0) as bytes_removed
+from counted
+where wiki is not null
+group by all
+"""
+
+MEASURES = [
+    "events",
+    "edits",
+    "new_pages",
+    "bot_events",
+    "human_events",
+    "anonymous_events",
+    "distinct_users",
+    "bytes_added",
+    "bytes_removed",
+]
+
+
+def filesystem(lake, endpoint):
+    if lake.startswith("s3://"):
+        scheme, _, host = endpoint.partition("://")
+        fs = pafs.S3FileSystem(
+            endpoint_override=host,
+            scheme=scheme,
+            access_key=os.environ.get("AWS_ACCESS_KEY_ID", "weir"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "weir"),
+            region=os.environ.get("AWS_REGION", "us-east-1"),
+        )
+        return fs, lake[len("s3://") :].rstrip("/")
+    path = lake[len("file://") :] if lake.startswith("file://") else lake
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def tables(fs, root):
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    return sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and not i.base_name.startswith("_")
+    )
+
+
+def read(fs, root, table):
+    dataset = ds.dataset(
+        f"{root}/{table}", filesystem=fs, format="parquet", partitioning="hive"
+    )
+    return dataset.to_table()
+
+
+def gold_wiki_check(silver, late, gold):
+    con = duckdb.connect()
+    con.register("silver", silver)
+    con.register("late", late)
+    expected = {
+        (r[0], r[1]): r[2:]
+        for r in con.execute(GOLD_WIKI_SQL).fetchall()
+    }
+    con.register("gold", gold)
+    columns = ", ".join(f"coalesce({m}, 0)" for m in MEASURES)
+    written = con.execute(
+        f"select wiki, epoch_ms(window_start), {columns} from gold"
+    ).fetchall()
+    mismatches = []
+    for row in written:
+        key = (row[0], row[1])
+        want = expected.get(key)
+        got = tuple(row[2:])
+        if want is None or tuple(want) != got:
+            mismatches.append(
+                {"wiki": key[0], "window_start": key[1], "gold": got, "silver": want}
+            )
+    return {"windows": len(written), "mismatches": mismatches[:20], "mismatched": len(mismatches)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("lake")
+    parser.add_argument("--endpoint", default="")
+    args = parser.parse_args()
+    fs, root = filesystem(args.lake, args.endpoint)
+
+    report = {"tables": {}}
+    data = {}
+    for table in tables(fs, root):
+        t = read(fs, root, table)
+        data[table] = t
+        report["tables"][table] = {
+            "rows": t.num_rows,
+            "schema": [[f.name, str(f.type)] for f in t.schema],
+            "seqs": t.column("_seq").to_pylist() if "_seq" in t.column_names else [],
+        }
+    if "silver" in data:
+        report["silver_event_ids"] = data["silver"].column("_event_id").to_pylist()
+        report["silver_chains"] = sorted(set(data["silver"].column("_chain").to_pylist()))
+    late = data.get("quarantine_gold")
+    if late is None:
+        late = pa.table({"_seq": pa.array([], pa.uint64()), "stage": pa.array([], pa.string())})
+    report["late_by_stage"] = [
+        [stage, seq]
+        for stage, seq in zip(late.column("stage").to_pylist(), late.column("_seq").to_pylist())
+    ]
+    if "silver" in data and "gold_wiki" in data:
+        late_wiki = late.filter(pa.compute.equal(late.column("stage"), "gold_wiki")).select(["_seq"])
+        report["gold_wiki"] = gold_wiki_check(data["silver"], late_wiki, data["gold_wiki"])
+    json.dump(report, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

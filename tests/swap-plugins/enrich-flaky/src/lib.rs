@@ -1,0 +1,32 @@
+//! A broken enrich release: it passes the host's self-test (its first batch is fine) and then panics on
+//! every second batch, so the pipeline's error-rate watch must roll it back to the previous version.
+
+use weir_plugin_enrich::Enrich;
+use weir_sdk::prelude::*;
+
+pub struct Flaky {
+    inner: Enrich,
+    batches: u64,
+}
+
+impl Plugin for Flaky {
+    fn manifest() -> Manifest {
+        let mut manifest = Enrich::manifest();
+        manifest.version = env!("CARGO_PKG_VERSION").into();
+        manifest
+    }
+    fn init(config: &str) -> Result<(Self, Plan), String> {
+        Enrich::init(config).map(|(inner, plan)| (Flaky { inner, batches: 0 }, plan))
+    }
+    fn process(&mut self, event: &Event) -> Outcome {
+        self.inner.process(event)
+    }
+    fn process_batch(&mut self, batch: &Batch) -> Output {
+        self.batches += 1;
+        if self.batches.is_multiple_of(2) {
+            panic!("enrich 0.3.0 has a bug: batch {} failed", self.batches);
+        }
+        self.inner.process_batch(batch)
+    }
+}
+export_plugin!(Flaky);
