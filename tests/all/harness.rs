@@ -364,6 +364,19 @@ impl Weir {
 
     /// SIGTERM, as an operator or an orchestrator stops it; the graceful shutdown must exit 0.
     pub fn stop(&mut self) {
+        // Stop a started service: a SIGTERM in the first milliseconds after exec, before any handler can be
+        // installed, kills any process, and that is not what this checks.
+        let started = Instant::now();
+        while !std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .contains("weir is running")
+            && started.elapsed() < Duration::from_secs(120)
+        {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.wait(Duration::from_secs(60));

@@ -10,9 +10,10 @@ use crate::harness::{Harness, LakeAt, Seaweed, realistic};
 
 const EVENTS: u64 = 3000;
 
-/// Event time spread so that a few 10-minute windows close.
+/// Event time the test events cover: more than a session gap (30 min), so the watermark closes sessions too,
+/// and less than the quality stage's freshness limit (1 h).
 fn span() -> Duration {
-    Duration::from_secs(25 * 60)
+    Duration::from_secs(50 * 60)
 }
 
 /// Runs until the process dies at `point` (its second visit, so one commit is already behind it), restarts,

@@ -51,6 +51,10 @@ pub struct IngestArgs {
 
 pub fn run(args: IngestArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
+    let signal = {
+        let _runtime = runtime.enter();
+        super::shutdown_signal()
+    };
     runtime.block_on(async move {
         let local = match &args.nats {
             Some(_) => None,
@@ -126,7 +130,7 @@ pub fn run(args: IngestArgs) -> Result<ExitCode> {
             };
             tokio::select! {
                 _ = enough => {}
-                _ = super::shutdown_signal() => {}
+                _ = signal => {}
             }
         };
         ingest.run(stop).await?;

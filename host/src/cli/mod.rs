@@ -89,12 +89,18 @@ fn parse_time(text: &str) -> Result<i64, String> {
     })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM: the signals that ask Weir to finish cleanly.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called, and resolves on the first one.
+///
+/// Call it first thing, inside the runtime: a signal that arrives while the service is still starting is then
+/// a clean stop once start-up is done, not the default action (which kills the process mid-commit).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -82,9 +82,13 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         .thread_name("weir-io")
         .build()?;
     let started_at = std::time::Instant::now();
+    let signal = {
+        let _runtime = runtime.enter();
+        super::shutdown_signal()
+    };
     let shared = runtime.block_on(async {
         let mut shared = None;
-        crate::pipeline::service::run(config, super::shutdown_signal(), |started| {
+        crate::pipeline::service::run(config, signal, |started| {
             eprintln!(
                 "weir replay {}: from the stream on {} into {}",
                 args.version, started.nats_url, started.lake

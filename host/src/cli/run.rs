@@ -19,9 +19,16 @@ pub struct RunArgs {
     /// Use this lake instead of the configured one.
     #[arg(long, env = "WEIR_LAKE_URL")]
     lake: Option<String>,
+    /// S3-compatible stores: the endpoint (`http://minio:9000`); plain HTTP is then allowed for it.
+    #[arg(long, env = "WEIR_LAKE_ENDPOINT")]
+    lake_endpoint: Option<String>,
     /// Use this NATS server instead of the configured one (empty: a local nats-server).
     #[arg(long, env = "WEIR_NATS_URL")]
     nats: Option<String>,
+    /// Leave the configured source out: consume the stream only (another process, e.g. `weir ingest`,
+    /// fills it).
+    #[arg(long)]
+    no_source: bool,
     /// Stop after this long (demos and tests; default: until SIGINT or SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     run_for: Option<std::time::Duration>,
@@ -35,8 +42,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(lake) = args.lake.filter(|l| !l.is_empty()) {
         config.lake.url = lake;
     }
+    if let Some(endpoint) = args.lake_endpoint.filter(|e| !e.is_empty()) {
+        config.lake.allow_http |= endpoint.starts_with("http://");
+        config.lake.endpoint = Some(endpoint);
+    }
     if let Some(nats) = args.nats {
         config.nats.url = nats;
+    }
+    if args.no_source {
+        config.source = None;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -44,16 +58,20 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .thread_name("weir-io")
         .build()?;
     let run_for = args.run_for;
+    let signal = {
+        let _runtime = runtime.enter();
+        super::shutdown_signal()
+    };
     runtime.block_on(async move {
         let stop = async move {
             match run_for {
                 Some(d) => {
                     tokio::select! {
                         _ = tokio::time::sleep(d) => {}
-                        _ = super::shutdown_signal() => {}
+                        _ = signal => {}
                     }
                 }
-                None => super::shutdown_signal().await,
+                None => signal.await,
             }
         };
         crate::pipeline::service::run(config, stop, |started| {

@@ -9,7 +9,8 @@ use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 /// A finished file, ready to upload.
 #[derive(Debug)]
@@ -44,8 +45,23 @@ pub struct EpochFiles {
     done: Vec<FinishedFile>,
 }
 
-fn properties(row_group_rows: usize, metadata: &[(String, String)]) -> WriterProperties {
-    WriterProperties::builder()
+fn properties(
+    row_group_rows: usize,
+    metadata: &[(String, String)],
+    schema: &arrow_schema::Schema,
+) -> WriterProperties {
+    let mut builder = WriterProperties::builder();
+    // Dictionaries pay off for repeated text (wiki, type, user, lineage); numbers and timestamps are mostly
+    // distinct, so interning them is wasted work (they compress well enough plain, under zstd).
+    for field in schema.fields() {
+        if !matches!(field.data_type(), arrow_schema::DataType::Utf8) {
+            builder = builder
+                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    builder
+        // Min/max per column chunk (what engines prune files and row groups by), not per page.
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("a valid level"),
         ))
@@ -101,7 +117,11 @@ impl EpochFiles {
                 let writer = ArrowWriter::try_new(
                     Vec::with_capacity(1 << 20),
                     batch.schema(),
-                    Some(properties(self.row_group_rows, &self.metadata)),
+                    Some(properties(
+                        self.row_group_rows,
+                        &self.metadata,
+                        &batch.schema(),
+                    )),
                 )?;
                 v.insert(Open {
                     writer,

@@ -1,6 +1,7 @@
 //! What the pipeline hands the lake, and how it becomes Arrow columns: built in bulk, straight from the host's
 //! events (their slots), never by parsing JSON text again.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,22 +85,28 @@ pub fn by_partition<'a, T>(
 where
     T: 'a,
 {
-    let mut out: BTreeMap<String, Vec<&T>> = BTreeMap::new();
-    // Consecutive rows usually share a partition: reuse the last key instead of formatting a date per row.
-    let mut last: Option<(i64, String)> = None;
+    // Grouped by hour number first (rows of a batch nearly always share one or two), named once per group.
+    let mut hours: BTreeMap<i64, Vec<&T>> = BTreeMap::new();
+    let mut last: Option<(i64, Vec<&T>)> = None;
     for row in rows {
         let hour = time(row).div_euclid(3_600_000);
-        let key = match &last {
-            Some((h, key)) if *h == hour => key.clone(),
+        match &mut last {
+            Some((h, group)) if *h == hour => group.push(row),
             _ => {
-                let key = partition(hour * 3_600_000);
-                last = Some((hour, key.clone()));
-                key
+                if let Some((h, group)) = last.take() {
+                    hours.entry(h).or_default().extend(group);
+                }
+                last = Some((hour, vec![row]));
             }
-        };
-        out.entry(key).or_default().push(row);
+        }
     }
-    out
+    if let Some((h, group)) = last {
+        hours.entry(h).or_default().extend(group);
+    }
+    hours
+        .into_iter()
+        .map(|(hour, group)| (partition(hour * 3_600_000), group))
+        .collect()
 }
 
 fn micros(ms: i64) -> i64 {
@@ -208,7 +215,7 @@ impl SilverColumns {
 }
 
 /// One typed column from a slot of every event.
-fn column(ty: ColumnType, events: &[&Event], slot: Slot, wrong: &mut u64) -> ArrayRef {
+fn column<'a>(ty: ColumnType, events: &[&'a Event], slot: Slot, wrong: &mut u64) -> ArrayRef {
     let n = events.len();
     macro_rules! fill {
         ($builder:expr, $convert:expr) => {{
@@ -231,11 +238,11 @@ fn column(ty: ColumnType, events: &[&Event], slot: Slot, wrong: &mut u64) -> Arr
     match ty {
         ColumnType::String => fill!(
             StringBuilder::with_capacity(n, n * 16),
-            |e: &Event, v: &FieldValue| match v {
-                FieldValue::Text(t) => Some(e.text(t).to_string()),
-                FieldValue::Int(i) => Some(i.to_string()),
-                FieldValue::Float(f) => Some(f.to_string()),
-                FieldValue::Bool(b) => Some(b.to_string()),
+            |e: &'a Event, v: &'a FieldValue| match v {
+                FieldValue::Text(t) => Some(Cow::Borrowed(e.text(t))),
+                FieldValue::Int(i) => Some(Cow::Owned(i.to_string())),
+                FieldValue::Float(f) => Some(Cow::Owned(f.to_string())),
+                FieldValue::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
                 _ => None,
             }
         ),

@@ -140,6 +140,9 @@ pub async fn consumer(
     }
 }
 
+/// How far ahead of the host clock an event time may be and still move the watermark.
+const WATERMARK_HORIZON_MS: i64 = 5 * 60 * 1000;
+
 /// The processor: the chain and the epoch, on their own thread.
 pub struct Processor {
     pub chain: Chain,
@@ -347,9 +350,6 @@ impl Processor {
                 });
             }
             if let Some(event) = parsed {
-                if !event.attributes.iter().any(|(k, _)| k == "time.source") {
-                    max_time = max_time.max(event.time_ms);
-                }
                 self.sample.push(data.clone());
                 events.push(event);
             }
@@ -374,6 +374,16 @@ impl Processor {
         let labels = self.chain_labels();
         let chain_label = labels.join(",");
         let output = self.chain.run(events);
+        // Event time moves the watermark only through events the chain kept (a far-future timestamp that
+        // quality quarantines must not close every window), whose time is their own (not the fallback), and
+        // never beyond the host clock plus a small skew, whatever the plugins let through.
+        let horizon = now_ms() + WATERMARK_HORIZON_MS;
+        for event in &output.kept {
+            if event.time_ms <= horizon && !event.attributes.iter().any(|(k, _)| k == "time.source")
+            {
+                max_time = max_time.max(event.time_ms);
+            }
+        }
         let mut gold: Vec<GoldRow> = output
             .rows
             .iter()
@@ -504,7 +514,7 @@ impl Processor {
         epoch.note_chain(&self.chain_labels());
         let started = Instant::now();
         let full = self.lake.wants_full_state();
-        let state = super::state::capture(&mut self.chain, &self.stages.names, full, now_ms());
+        let state = super::state::capture(&mut self.chain, &self.stages.names, full, now_ms())?;
         let deliveries = std::mem::take(&mut self.deliveries);
         let replies: Vec<async_nats::Subject> = deliveries.into_iter().map(|d| d.reply).collect();
         let events = epoch.events;

@@ -22,7 +22,7 @@ struct StageState {
 }
 
 /// The state of every stage, for a commit: whole when `full`, else the changes since the last call.
-pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> Vec<u8> {
+pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> Result<Vec<u8>> {
     let stages = chain
         .stages_mut()
         .iter_mut()
@@ -34,19 +34,31 @@ pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> 
             } else {
                 plugin.state_mut().take_delta()
             };
-            StageState {
+            Ok(StageState {
                 name: name.clone(),
                 keyed,
-                snapshot: plugin
-                    .plan()
-                    .state
-                    .snapshot
-                    .then(|| plugin.last_snapshot().map(<[u8]>::to_vec))
-                    .flatten(),
-            }
+                snapshot: current_snapshot(plugin, name)?,
+            })
         })
-        .collect();
-    postcard::to_allocvec(&Blob { full, stages }).expect("state serializes")
+        .collect::<Result<_>>()?;
+    Ok(postcard::to_allocvec(&Blob { full, stages }).expect("state serializes"))
+}
+
+/// The stage's in-memory state as of now. A failed snapshot replaces the instance, which comes back up to date
+/// (last snapshot, then its journal), so one more try normally succeeds; a commit never goes ahead with a
+/// stale state.
+fn current_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<Option<Vec<u8>>> {
+    if let Ok(snapshot) = plugin.current_snapshot() {
+        return Ok(snapshot.map(<[u8]>::to_vec));
+    }
+    tracing::warn!(
+        stage,
+        "snapshot for the commit failed; retrying on the replacement instance"
+    );
+    let snapshot = plugin.current_snapshot().map_err(|f| {
+        anyhow::anyhow!("stage {stage}: cannot snapshot its state for the commit: {f}")
+    })?;
+    Ok(snapshot.map(<[u8]>::to_vec))
 }
 
 /// Applies a commit chain's state to the stages (matched by name; a stage with no saved state starts empty).

@@ -6,7 +6,7 @@
 //! gets the plugin's real answer.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use wasmtime::Store;
@@ -60,8 +60,12 @@ pub struct Plugin {
     store: Store<PluginCtx>,
     instance: Instance,
     /// The plugin's last good in-memory state, for plugins whose plan asks for snapshots; restored into every
-    /// replacement instance so a trap loses none of it.
+    /// replacement instance, followed by `journal`, so a trap loses none of it.
     snapshot: Option<Vec<u8>>,
+    /// The calls that succeeded since `snapshot` was taken.
+    journal: Journal,
+    /// How long the last call into the guest took.
+    last_call: Duration,
     /// Set when a replacement instance could not be started; see `replace_instance`.
     broken: Option<String>,
     stats: PluginStats,
@@ -117,6 +121,8 @@ impl Plugin {
             store,
             instance,
             snapshot: None,
+            journal: Journal::default(),
+            last_call: Duration::ZERO,
             broken: None,
             stats: PluginStats::default(),
         };
@@ -219,7 +225,7 @@ impl Plugin {
                 );
                 match call {
                     Ok(output) => {
-                        self.refresh_snapshot();
+                        self.refresh_snapshot(Journaled::Process(batch.clone()), events);
                         result.verdicts.extend(output.verdicts);
                         if !output.writes.is_empty() {
                             result.writes.push(WriteChunk {
@@ -269,7 +275,7 @@ impl Plugin {
             },
             |rows| check_rows(rows, &emits, &limits).map(drop),
         )?;
-        self.refresh_snapshot();
+        self.refresh_snapshot(Journaled::Watermark(watermark_ms), 0);
         self.stats.rows_emitted += rows.len() as u64;
         Ok(rows)
     }
@@ -285,12 +291,27 @@ impl Plugin {
                 detail: why.clone(),
             });
         }
-        let snapshot = self.call(
+        let started = Instant::now();
+        let snapshot = self.call_with_deadline(
+            sandbox::state_deadline_ticks(),
             |instance, store| instance.weir_transform_transform().call_snapshot(store),
             |_| Ok(()),
         )?;
+        self.journal = Journal {
+            snapshot_cost: started.elapsed(),
+            ..Journal::default()
+        };
         self.snapshot = Some(snapshot.clone());
         Ok(snapshot)
+    }
+
+    /// The in-memory state as of now, for a commit: the last snapshot when no call changed it since, else a new
+    /// one. If the plugin cannot take one, the commit must not go ahead with a stale state.
+    pub fn current_snapshot(&mut self) -> Result<Option<&[u8]>, PluginFailure> {
+        if self.plan.state.snapshot && !self.journal.calls.is_empty() {
+            self.take_snapshot()?;
+        }
+        Ok(self.snapshot.as_deref())
     }
 
     /// Gives the plugin a snapshot taken by `take_snapshot` (of this version or the one it replaces).
@@ -298,7 +319,8 @@ impl Plugin {
         if !self.plan.state.snapshot {
             return Ok(());
         }
-        self.call(
+        self.call_with_deadline(
+            sandbox::state_deadline_ticks(),
             |instance, store| {
                 instance
                     .weir_transform_transform()
@@ -308,6 +330,7 @@ impl Plugin {
         )?
         .map_err(|e| anyhow!("plugin {} refused the state snapshot: {e}", self.label()))?;
         self.snapshot = Some(snapshot.to_vec());
+        self.journal = Journal::default();
         Ok(())
     }
 
@@ -328,11 +351,21 @@ impl Plugin {
         f: impl FnOnce(&Instance, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
         check: impl FnOnce(&R) -> Result<(), PluginFailure>,
     ) -> Result<R, PluginFailure> {
-        self.store.set_epoch_deadline(self.limits.deadline_ticks());
+        self.call_with_deadline(self.limits.deadline_ticks(), f, check)
+    }
+
+    fn call_with_deadline<R>(
+        &mut self,
+        deadline_ticks: u64,
+        f: impl FnOnce(&Instance, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
+        check: impl FnOnce(&R) -> Result<(), PluginFailure>,
+    ) -> Result<R, PluginFailure> {
+        self.store.set_epoch_deadline(deadline_ticks);
         self.store.data_mut().memory.hit = false;
         let started = Instant::now();
         let outcome = f(&self.instance, &mut self.store);
-        self.stats.record_call(started.elapsed());
+        self.last_call = started.elapsed();
+        self.stats.record_call(self.last_call);
         let ctx = self.store.data_mut();
         self.stats.guest_log_dropped_bytes += ctx.stdout.end_call() + ctx.stderr.end_call();
         let failure = match outcome {
@@ -355,14 +388,23 @@ impl Plugin {
         Err(failure)
     }
 
-    /// Keeps the restore point of a snapshot plugin current after every successful batch, so a trap in the next
-    /// one loses nothing. Costs one `snapshot` call per batch, only for plugins whose plan asks for it.
-    fn refresh_snapshot(&mut self) {
+    /// Keeps the restore point of a snapshot plugin current after a successful call, so a trap in the next one
+    /// loses nothing: the call joins the journal, and a new snapshot replaces snapshot and journal once the
+    /// journal has cost more than a few snapshots would (a snapshot copies the whole state, so taking one per
+    /// batch would make a large window state quadratic), or holds too many events.
+    fn refresh_snapshot(&mut self, call: Journaled, events: usize) {
         if !self.plan.state.snapshot {
             return;
         }
-        if let Err(failure) = self.take_snapshot() {
-            tracing::warn!(plugin = %self.label(), "snapshot failed, keeping the previous one: {failure}");
+        let spent = self.last_call;
+        let journal = &mut self.journal;
+        journal.calls.push(call);
+        journal.events += events;
+        journal.spent += spent;
+        let due = journal.spent >= journal.snapshot_cost * JOURNAL_COST_RATIO
+            || journal.events >= JOURNAL_MAX_EVENTS;
+        if due && let Err(failure) = self.take_snapshot() {
+            tracing::warn!(plugin = %self.label(), "snapshot failed, keeping the previous one and its journal: {failure}");
         }
     }
 
@@ -387,11 +429,31 @@ impl Plugin {
                     .map_err(|e| anyhow!("init() trapped: {e}"))?
                     .map_err(|e| anyhow!("init() refused the config it accepted before: {e}"))?;
                 if let Some(snapshot) = &self.snapshot {
-                    store.set_epoch_deadline(self.limits.deadline_ticks());
+                    store.set_epoch_deadline(sandbox::state_deadline_ticks());
                     guest
                         .call_restore(&mut store, snapshot)
                         .map_err(|e| anyhow!("restore() trapped: {e}"))?
                         .map_err(|e| anyhow!("restore() refused its own snapshot: {e}"))?;
+                }
+                // Bring the in-memory state up to date by repeating what succeeded since the snapshot. Their
+                // outputs, keyed-state writes and metrics were taken the first time: drop them now.
+                for call in &self.journal.calls {
+                    store.set_epoch_deadline(sandbox::state_deadline_ticks());
+                    match call {
+                        Journaled::Process(batch) => drop(
+                            guest
+                                .call_process(&mut store, batch)
+                                .map_err(|e| anyhow!("repeating a journaled batch trapped: {e}"))?,
+                        ),
+                        Journaled::Watermark(w) => {
+                            drop(guest.call_on_watermark(&mut store, *w).map_err(|e| {
+                                anyhow!("repeating a journaled watermark trapped: {e}")
+                            })?)
+                        }
+                    }
+                    let ctx = store.data_mut();
+                    ctx.state.rollback();
+                    ctx.metrics = Default::default();
                 }
                 Ok((store, instance))
             },
@@ -410,6 +472,28 @@ impl Plugin {
             }
         }
     }
+}
+
+/// A new snapshot is taken once the calls journaled since the last one took this many times as long as that
+/// snapshot did: snapshots then cost at most ~1/N of the plugin's time, whatever the size of its state.
+const JOURNAL_COST_RATIO: u32 = 4;
+/// ... or once the journal holds this many events (bounds its memory and the time a restart spends repeating).
+const JOURNAL_MAX_EVENTS: usize = 50_000;
+
+/// Successful calls since the last snapshot, to repeat on a replacement instance.
+#[derive(Default)]
+struct Journal {
+    calls: Vec<Journaled>,
+    events: usize,
+    /// Time those calls took.
+    spent: Duration,
+    /// Time the last snapshot took.
+    snapshot_cost: Duration,
+}
+
+enum Journaled {
+    Process(Batch),
+    Watermark(i64),
 }
 
 /// Counts one more for `key`, allocating the key only the first time it is seen (this runs per event).

@@ -13,6 +13,16 @@ use wasmtime::{Config, Engine, OptLevel};
 /// is stopped between `call_timeout` and `call_timeout + EPOCH_TICK` after its call began.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// CPU deadline of the calls that copy a plugin's whole in-memory state (`snapshot`, `restore`, and repeating
+/// the journal on a replacement instance). Their cost grows with the state (open windows of an aggregate), not
+/// with a batch, so `call_timeout_ms` does not fit them; this still stops a plugin that loops in them.
+pub const STATE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The epoch deadline of a state call, in ticks (see `STATE_CALL_TIMEOUT`).
+pub fn state_deadline_ticks() -> u64 {
+    (STATE_CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
+}
+
 /// Wasm stack available to one call. Deep recursion past it traps as a stack overflow (`plugin_trap`) instead of
 /// taking the host thread's stack with it. 1 MiB is 2-4x what the SDK's own code needs at its deepest.
 pub const MAX_WASM_STACK: usize = 1 << 20;

@@ -15,7 +15,7 @@
 
 pub mod measure;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::prelude::*;
@@ -131,6 +131,10 @@ struct State {
     sessions: BTreeMap<String, Vec<Window>>,
     /// Trailing values of the anomaly measure per group key.
     history: BTreeMap<String, VecDeque<f64>>,
+    /// Open sessions by (earliest `end + gap` of the key's sessions, key): a watermark visits only the keys
+    /// with a session it may close, not every user. Derived from `sessions`, rebuilt on restore.
+    #[serde(skip)]
+    expiries: BTreeSet<(i64, String)>,
 }
 
 /// Per measure: the field index of its path, and of its filter path with the value it must equal.
@@ -408,6 +412,7 @@ impl Aggregate {
             .sessions
             .get_mut(key)
             .expect("sessions just ensured");
+        let expiry_before = earliest_expiry(sessions, gap);
         // Every open session within `gap` of the event merges with it.
         let mut i = 0;
         while i < sessions.len() {
@@ -432,6 +437,15 @@ impl Aggregate {
             .expect("sessions just ensured");
         sessions.push(merged);
         sessions.sort_by_key(|s| s.start);
+        let expiry = earliest_expiry(sessions, gap);
+        if expiry != expiry_before {
+            if let Some(before) = expiry_before {
+                self.state.expiries.remove(&(before, key.to_string()));
+            }
+            if let Some(expiry) = expiry {
+                self.state.expiries.insert((expiry, key.to_string()));
+            }
+        }
         true
     }
 
@@ -454,14 +468,20 @@ impl Aggregate {
             closed.extend(groups);
         }
         if let WindowSpec::Session { gap_ms } = self.config.window {
-            let keys: Vec<String> = self.state.sessions.keys().cloned().collect();
-            for key in keys {
-                let sessions = self.state.sessions.remove(&key).expect("key just listed");
+            while let Some((expiry, _)) = self.state.expiries.first() {
+                if !self.closed_before(*expiry) {
+                    break;
+                }
+                let (_, key) = self.state.expiries.pop_first().expect("first just read");
+                let Some(sessions) = self.state.sessions.remove(&key) else {
+                    continue;
+                };
                 let (done, open): (Vec<Window>, Vec<Window>) = sessions
                     .into_iter()
                     .partition(|s| self.closed_before(s.end.saturating_add(gap_ms)));
                 closed.extend(done);
-                if !open.is_empty() {
+                if let Some(expiry) = earliest_expiry(&open, gap_ms) {
+                    self.state.expiries.insert((expiry, key.clone()));
                     self.state.sessions.insert(key, open);
                 }
             }
@@ -590,8 +610,23 @@ impl Plugin for Aggregate {
             ));
         }
         self.state = state;
+        if let WindowSpec::Session { gap_ms } = self.config.window {
+            let State {
+                sessions, expiries, ..
+            } = &mut self.state;
+            for (key, open) in sessions.iter() {
+                if let Some(expiry) = earliest_expiry(open, gap_ms) {
+                    expiries.insert((expiry, key.clone()));
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// When the first of these sessions may close: its last event time plus the gap.
+fn earliest_expiry(sessions: &[Window], gap_ms: i64) -> Option<i64> {
+    sessions.iter().map(|s| s.end.saturating_add(gap_ms)).min()
 }
 
 export_plugin!(Aggregate);

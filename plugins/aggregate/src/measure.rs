@@ -220,7 +220,10 @@ pub fn merge(a: Acc, b: Acc) -> Acc {
         },
         (Acc::Min(x), Acc::Min(y)) => Acc::Min(pick(x, y, |x, y| x <= y)),
         (Acc::Max(x), Acc::Max(y)) => Acc::Max(pick(x, y, |x, y| x >= y)),
-        (Acc::Exact(mut x), Acc::Exact(y)) => {
+        (Acc::Exact(x), Acc::Exact(y)) => {
+            // Into the larger set: a session merges a one-event window into its own on every event, and
+            // copying the session's set each time would make a long session quadratic.
+            let (mut x, y) = if x.len() >= y.len() { (x, y) } else { (y, x) };
             x.extend(y);
             if x.len() > EXACT_DISTINCT_LIMIT {
                 let mut registers = vec![0u8; HLL_REGISTERS];

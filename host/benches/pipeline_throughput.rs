@@ -1,0 +1,298 @@
+//! End to end: events/s from a pre-filled JetStream stream through the whole default pipeline
+//! (`deploy/pipelines/wikimedia.toml`: parse, filter → enrich → dedupe → quality → four aggregates, bronze,
+//! silver, gold, drops and quarantine as Parquet, commits, acks) to committed Parquet on local disk, with
+//! `weir run` as its own process on this machine; its peak RSS; and the hot-swap pause (p50/p99) of
+//! deploys of the enrich stage made through the API while the events flow.
+//!
+//! Run with `make bench` (or `cargo bench -p weir --bench pipeline_throughput`; it runs
+//! `target/release/weir`, so build that first). `WEIR_BENCH_EVENTS` sets the number of events (default
+//! 1,000,000), `WEIR_BENCH_SWAPS` the number of hot swaps (default 20).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use weir::bus::NatsServer;
+use weir::config::Config;
+use weir::ingest::{Ingest, IngestConfig};
+use weir::lake::store::{Store, StoreConfig};
+use weir::source::client::SseConfig;
+use weir::source::generate::{GenConfig, Generator};
+use weir::source::serve::{Events, ServeConfig, spawn_local};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Fills the pipeline's stream with `count` generated events through the real ingest; returns the last
+/// sequence.
+async fn prefill(nats: &async_nats::Client, config: &Config, count: u64) -> u64 {
+    // Fresh (the quality stage quarantines events over an hour old), spread over 50 minutes of event time,
+    // with a little of every fault.
+    let span_ms = 50 * 60 * 1000;
+    let generator = Generator::new(GenConfig {
+        seed: 1,
+        start_ms: now_ms() - span_ms - 60_000,
+        events_per_s: count as f64 / (span_ms as f64 / 1000.0),
+        malformed: 0.001,
+        canary: 0.001,
+        late: 0.002,
+        future: 0.001,
+        ..GenConfig::default()
+    });
+    let serve = ServeConfig::new(Events::Generated {
+        generator,
+        count: Some(count),
+    });
+    let (url, server) = spawn_local(Arc::new(serve)).await.unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let source = SseConfig {
+        url,
+        ..SseConfig::default()
+    };
+    let ingest_config = IngestConfig {
+        name: "bench-prefill".into(),
+        ..config.ingest.clone()
+    };
+    let mut ingest = Ingest::new(
+        nats.clone(),
+        source,
+        config.stream.clone(),
+        ingest_config,
+        tx,
+    )
+    .await
+    .unwrap();
+    let stats = ingest.stats().clone();
+    let done = async move {
+        while stats.received.load(Ordering::Relaxed) < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    ingest.run(done).await.unwrap();
+    server.abort();
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut stream = js.get_stream(&config.stream.name).await.unwrap();
+    stream.info().await.unwrap().state.last_sequence
+}
+
+/// Peak resident set of a process, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+async fn committed(store: &Store) -> u64 {
+    weir::lake::read::records(store)
+        .await
+        .map(|r| r.iter().map(|r| r.sequences.count()).sum())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let events = env("WEIR_BENCH_EVENTS", 1_000_000);
+    let swaps = env("WEIR_BENCH_SWAPS", 20);
+    let weir = root().join("target/release/weir");
+    assert!(
+        weir.exists(),
+        "{} is missing: `cargo build --release -p weir` first (make bench does)",
+        weir.display()
+    );
+    let enrich = root().join("target/wasm32-wasip2/plugin/weir_plugin_enrich.wasm");
+    assert!(enrich.exists(), "build the plugins first (`make plugins`)");
+    let config_path = root().join("deploy/pipelines/wikimedia.toml");
+    let config = Config::load(&config_path).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(&dir.path().join("nats"), None)
+        .expect("a nats-server (run `make setup`)");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nats = runtime
+        .block_on(weir::bus::connect(&server.url(), "bench"))
+        .unwrap();
+    let started = Instant::now();
+    let last = runtime.block_on(prefill(&nats, &config, events));
+    println!(
+        "pipeline_throughput: {events} generated events pre-filled into JetStream in {:.1}s; the default pipeline \
+         ({} stages) to Parquet on local disk",
+        started.elapsed().as_secs_f64(),
+        config.stages.len()
+    );
+
+    let lake = dir.path().join("lake");
+    let log = dir.path().join("weir.log");
+    let mut child = Command::new(&weir)
+        .args(["run", "--no-source", "--api", "127.0.0.1:0", "--config"])
+        .arg(&config_path)
+        .args(["--nats", &server.url()])
+        .arg("--lake")
+        .arg(&lake)
+        .current_dir(dir.path())
+        .env("WEIR_PLUGIN_DIR", enrich.parent().unwrap())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let launched = Instant::now();
+    let store = Store::open(&StoreConfig {
+        url: lake.to_string_lossy().into_owned(),
+        ..StoreConfig::default()
+    })
+    .unwrap();
+
+    // The API address, from the start-up line.
+    let api = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(at) = text.find("look here: http://") {
+            break text[at + "look here: ".len()..]
+                .split("/metrics")
+                .next()
+                .unwrap()
+                .to_string();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("weir run exited ({status}): {text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ready_after = launched.elapsed();
+
+    // Swaps while the events flow, spaced over the first seconds; then wait for the last commit.
+    let http = reqwest::Client::new();
+    let wasm = std::fs::read(&enrich).unwrap();
+    let (mut first_commit, mut done) = (None, None);
+    let mut swapped = 0;
+    let mut last_swap = Instant::now();
+    runtime.block_on(async {
+        loop {
+            let n = committed(&store).await;
+            if n > 0 && first_commit.is_none() {
+                first_commit = Some(launched.elapsed());
+            }
+            if n >= last {
+                done = Some(launched.elapsed());
+                break;
+            }
+            if n > 0 && swapped < swaps && last_swap.elapsed() > Duration::from_millis(300) {
+                let r = http
+                    .post(format!("{api}/api/v1/plugins/enrich"))
+                    .body(wasm.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    r.status().is_success(),
+                    "deploy: {}",
+                    r.text().await.unwrap()
+                );
+                swapped += 1;
+                last_swap = Instant::now();
+            }
+            assert!(
+                launched.elapsed() < Duration::from_secs(900),
+                "not done after 15 minutes: {} of {last} committed",
+                n
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let pipeline: serde_json::Value = runtime.block_on(async {
+        let text = http
+            .get(format!("{api}/api/v1/pipeline"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    });
+    let reasons: serde_json::Value = runtime.block_on(async {
+        let text = http
+            .get(format!("{api}/api/v1/quarantine/reasons"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    });
+    let rss = peak_rss(pid).unwrap_or(0);
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "weir run did not stop cleanly");
+
+    let done = done.unwrap();
+    let seconds = done.as_secs_f64() - ready_after.as_secs_f64();
+    let bytes: u64 = walk(&lake);
+    println!(
+        "  {:.0} events/s end to end ({last} events committed {seconds:.1}s after the API came up; start-up {:.1}s)",
+        last as f64 / seconds,
+        ready_after.as_secs_f64()
+    );
+    println!(
+        "  peak RSS of weir run: {:.0} MB; lake: {:.0} MB ({} commits)",
+        rss as f64 / (1 << 20) as f64,
+        bytes as f64 / (1 << 20) as f64,
+        pipeline["commits"]
+    );
+    println!(
+        "  events: {} to silver, {} dropped by rules, {} quarantined {}",
+        pipeline["silver"], pipeline["dropped"], pipeline["quarantined"], reasons["since_start"]
+    );
+    let pauses = &pipeline["swap_pauses"];
+    println!(
+        "  hot-swap pause of enrich under load: p50 {} µs, p99 {} µs over {} swaps",
+        pauses["p50_us"], pauses["p99_us"], pauses["count"]
+    );
+    drop(server);
+}
+
+fn walk(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let meta = e.metadata().unwrap();
+            total += if meta.is_dir() {
+                walk(&e.path())
+            } else {
+                meta.len()
+            };
+        }
+    }
+    total
+}
