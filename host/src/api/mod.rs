@@ -253,7 +253,7 @@ async fn latest_events(
         .iter()
         .rev()
         .take(limit)
-        .filter_map(|e| serde_json::from_str(e).ok())
+        .map(|e| e.to_json())
         .collect();
     Json(json!({ "events": events })).into_response()
 }

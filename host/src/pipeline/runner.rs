@@ -483,7 +483,7 @@ impl Processor {
             .store(mismatches.0.load(Ordering::Relaxed), Ordering::Relaxed);
         let mut recent = shared.recent.lock().expect("not poisoned");
         for event in output.kept.iter().rev().take(Recent::EVENTS).rev() {
-            recent.push_event(event.to_json_text().into_owned());
+            recent.push_event(event.clone());
         }
         for q in &quarantine {
             *recent

@@ -63,8 +63,10 @@ pub struct PluginInfo {
 /// Recent data kept in memory, so queries about the last minutes answer in microseconds.
 #[derive(Debug, Default)]
 pub struct Recent {
-    /// The newest silver events (JSON text), newest last.
-    pub events: VecDeque<String>,
+    /// The newest silver events, newest last. Kept as events and turned into JSON only when asked: the
+    /// pipeline replaces them far more often than anyone reads them, and writing an enriched event out as
+    /// JSON costs several times what keeping it does.
+    pub events: VecDeque<crate::event::Event>,
     /// Gold rows by table, newest last.
     pub gold: BTreeMap<String, VecDeque<serde_json::Value>>,
     /// Quarantine reasons with counts, since start.
@@ -75,11 +77,11 @@ impl Recent {
     pub const EVENTS: usize = 1000;
     pub const GOLD_ROWS: usize = 20_000;
 
-    pub fn push_event(&mut self, json: String) {
+    pub fn push_event(&mut self, event: crate::event::Event) {
         if self.events.len() == Self::EVENTS {
             self.events.pop_front();
         }
-        self.events.push_back(json);
+        self.events.push_back(event);
     }
 
     pub fn push_gold(&mut self, table: &str, row: serde_json::Value) {

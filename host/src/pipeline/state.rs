@@ -18,6 +18,9 @@ struct Blob {
 struct StageState {
     name: String,
     keyed: Delta,
+    // As one byte string (same postcard encoding as a sequence of u8, which serde would otherwise write a
+    // byte at a time: a large window state made that a visible part of each commit).
+    #[serde(with = "serde_bytes")]
     snapshot: Option<Vec<u8>>,
 }
 

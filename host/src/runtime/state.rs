@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
+    // As one byte string, not a sequence of numbers: the same postcard encoding, written as one copy.
+    #[serde(with = "serde_bytes")]
     value: Vec<u8>,
     /// Absolute expiry in host milliseconds; `None` never expires.
     expires_at_ms: Option<i64>,
@@ -166,6 +168,26 @@ impl KeyedState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_keep_the_encoding_of_lakes_written_before_they_were_byte_strings() {
+        let entry = Entry {
+            value: vec![1, 2, 250],
+            expires_at_ms: Some(7),
+        };
+        #[derive(Serialize)]
+        struct Before {
+            value: Vec<u8>,
+            expires_at_ms: Option<i64>,
+        }
+        let before = Before {
+            value: entry.value.clone(),
+            expires_at_ms: entry.expires_at_ms,
+        };
+        let bytes = postcard::to_allocvec(&entry).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+        assert_eq!(postcard::from_bytes::<Entry>(&bytes).unwrap(), entry);
+    }
 
     #[test]
     fn staged_writes_are_visible_to_the_call_and_dropped_on_rollback() {
