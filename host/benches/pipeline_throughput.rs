@@ -226,28 +226,14 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let pipeline: serde_json::Value = runtime.block_on(async {
-        let text = http
-            .get(format!("{api}/api/v1/pipeline"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        serde_json::from_str(&text).unwrap()
-    });
-    let reasons: serde_json::Value = runtime.block_on(async {
-        let text = http
-            .get(format!("{api}/api/v1/quarantine/reasons"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        serde_json::from_str(&text).unwrap()
-    });
+    let get_json = |path: &str| -> serde_json::Value {
+        runtime.block_on(async {
+            let response = http.get(format!("{api}{path}")).send().await.unwrap();
+            serde_json::from_str(&response.text().await.unwrap()).unwrap()
+        })
+    };
+    let pipeline = get_json("/api/v1/pipeline");
+    let reasons = get_json("/api/v1/quarantine/reasons");
     let rss = peak_rss(pid).unwrap_or(0);
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -260,6 +260,12 @@ impl Harness {
     }
 
     /// Waits until the lake holds every sequence up to `last`; fails with the log if `weir` exits first.
+    /// Lets `weir` commit through sequence `last`, then stops it as an operator would.
+    pub fn finish(&self, weir: &mut Weir, last: u64) {
+        self.wait_committed(weir, last, Duration::from_secs(180));
+        weir.stop();
+    }
+
     pub fn wait_committed(&self, weir: &mut Weir, last: u64, timeout: Duration) {
         let started = Instant::now();
         loop {

@@ -13,16 +13,8 @@ use weir::source::generate::{GenConfig, Generator};
 use weir::source::serve::{Cut, Events, ServeConfig, spawn_local};
 use weir::source::sse::{Limits, SseItem, parse_all};
 
+use crate::harness::runtime;
 use crate::support::fixture;
-
-fn runtime() -> tokio::runtime::Runtime {
-    crate::support::init_logging();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Backoff short enough that a test with thousands of cuts runs in seconds.
 fn source(url: &str) -> SseConfig {

@@ -36,8 +36,7 @@ fn crash_and_recover(lake: LakeAt, point: &str, seed: u64) {
         crashing.log_tail()
     );
     let mut again = h.weir(&[]);
-    h.wait_committed(&mut again, last, Duration::from_secs(180));
-    again.stop();
+    h.finish(&mut again, last);
     h.verify();
     h.read_back().assert_exactly_once(last);
 }
@@ -87,8 +86,7 @@ fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         weir.kill();
     }
     let mut weir = h.weir(&[]);
-    h.wait_committed(&mut weir, last, Duration::from_secs(180));
-    weir.stop();
+    h.finish(&mut weir, last);
     h.verify();
     h.read_back().assert_exactly_once(last);
 }
@@ -98,8 +96,7 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
     let h = Harness::new(LakeAt::Local, |_| {});
     let last = h.prefill(realistic(11, EVENTS, span()), EVENTS);
     let mut weir = h.weir(&[]);
-    h.wait_committed(&mut weir, last, Duration::from_secs(180));
-    weir.stop();
+    h.finish(&mut weir, last);
     let report = h.read_back();
     report.assert_exactly_once(last);
 
@@ -228,8 +225,7 @@ fn s3_lake_survives_the_store_going_away() {
         weir.log_tail()
     );
     weed.restart();
-    h.wait_committed(&mut weir, last, Duration::from_secs(180));
-    weir.stop();
+    h.finish(&mut weir, last);
     h.verify();
     h.read_back().assert_exactly_once(last);
 }
@@ -242,8 +238,7 @@ fn replay_writes_a_new_table_version_without_duplicates() {
     let h = Harness::new(LakeAt::Local, |_| {});
     let last = h.prefill(realistic(17, EVENTS, span()), EVENTS);
     let mut weir = h.weir(&[]);
-    h.wait_committed(&mut weir, last, Duration::from_secs(180));
-    weir.stop();
+    h.finish(&mut weir, last);
     let live = h.read_back();
 
     let next = crate::support::swap_plugin_path("swap-enrich-next");

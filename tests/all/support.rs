@@ -56,19 +56,20 @@ fn cargo(args: &[&str]) {
 pub fn plugin_path(crate_name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| cargo(&["plugins"]));
-    let path = target_dir()
-        .join("wasm32-wasip2/plugin")
-        .join(format!("{}.wasm", crate_name.replace('-', "_")));
-    assert!(path.exists(), "{} was not built", path.display());
-    path
+    built(&target_dir(), crate_name)
 }
 
 /// A hot-swap fixture (`tests/swap-plugins/`), built on its own (see the `swap-plugins` alias).
 pub fn swap_plugin_path(crate_name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| cargo(&["swap-plugins"]));
-    let path = workspace_root()
-        .join("target/swap-plugins/wasm32-wasip2/plugin")
+    built(&workspace_root().join("target/swap-plugins"), crate_name)
+}
+
+/// Where the `plugin` profile puts a crate's component under `target`.
+fn built(target: &std::path::Path, crate_name: &str) -> PathBuf {
+    let path = target
+        .join("wasm32-wasip2/plugin")
         .join(format!("{}.wasm", crate_name.replace('-', "_")));
     assert!(path.exists(), "{} was not built", path.display());
     path

@@ -51,10 +51,7 @@ pub struct IngestArgs {
 
 pub fn run(args: IngestArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let signal = {
-        let _runtime = runtime.enter();
-        super::shutdown_signal()
-    };
+    let signal = super::shutdown_signal(&runtime);
     runtime.block_on(async move {
         let local = match &args.nats {
             Some(_) => None,

@@ -91,10 +91,11 @@ fn parse_time(text: &str) -> Result<i64, String> {
 
 /// Listens for SIGINT (Ctrl-C) and SIGTERM from the moment it is called, and resolves on the first one.
 ///
-/// Call it first thing, inside the runtime: a signal that arrives while the service is still starting is then
-/// a clean stop once start-up is done, not the default action (which kills the process mid-commit).
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// Call it as soon as the runtime exists: a signal that arrives while the service is still starting is then a
+/// clean stop once start-up is done, not the default action (which kills the process mid-commit).
+fn shutdown_signal(runtime: &tokio::runtime::Runtime) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let _runtime = runtime.enter();
     let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
     async move {

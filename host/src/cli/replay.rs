@@ -82,10 +82,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         .thread_name("weir-io")
         .build()?;
     let started_at = std::time::Instant::now();
-    let signal = {
-        let _runtime = runtime.enter();
-        super::shutdown_signal()
-    };
+    let signal = super::shutdown_signal(&runtime);
     let shared = runtime.block_on(async {
         let mut shared = None;
         crate::pipeline::service::run(config, signal, |started| {

@@ -58,10 +58,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         .thread_name("weir-io")
         .build()?;
     let run_for = args.run_for;
-    let signal = {
-        let _runtime = runtime.enter();
-        super::shutdown_signal()
-    };
+    let signal = super::shutdown_signal(&runtime);
     runtime.block_on(async move {
         let stop = async move {
             match run_for {

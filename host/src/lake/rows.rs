@@ -85,23 +85,13 @@ pub fn by_partition<'a, T>(
 where
     T: 'a,
 {
-    // Grouped by hour number first (rows of a batch nearly always share one or two), named once per group.
+    // Grouped by hour number (rows of a batch nearly always share one or two), named once per group.
     let mut hours: BTreeMap<i64, Vec<&T>> = BTreeMap::new();
-    let mut last: Option<(i64, Vec<&T>)> = None;
     for row in rows {
-        let hour = time(row).div_euclid(3_600_000);
-        match &mut last {
-            Some((h, group)) if *h == hour => group.push(row),
-            _ => {
-                if let Some((h, group)) = last.take() {
-                    hours.entry(h).or_default().extend(group);
-                }
-                last = Some((hour, vec![row]));
-            }
-        }
-    }
-    if let Some((h, group)) = last {
-        hours.entry(h).or_default().extend(group);
+        hours
+            .entry(time(row).div_euclid(3_600_000))
+            .or_default()
+            .push(row);
     }
     hours
         .into_iter()

@@ -166,11 +166,6 @@ impl Plugin {
         &mut self.store.data_mut().state
     }
 
-    /// The last good in-memory snapshot (taken after every successful batch, for snapshot plugins).
-    pub fn last_snapshot(&self) -> Option<&[u8]> {
-        self.snapshot.as_deref()
-    }
-
     /// Runs a batch. Never fails: see the module documentation.
     pub fn process(&mut self, batch: &Batch) -> BatchResult {
         let events = batch.times.len();
@@ -291,14 +286,13 @@ impl Plugin {
                 detail: why.clone(),
             });
         }
-        let started = Instant::now();
         let snapshot = self.call_with_deadline(
             sandbox::state_deadline_ticks(),
             |instance, store| instance.weir_transform_transform().call_snapshot(store),
             |_| Ok(()),
         )?;
         self.journal = Journal {
-            snapshot_cost: started.elapsed(),
+            snapshot_cost: self.last_call,
             ..Journal::default()
         };
         self.snapshot = Some(snapshot.clone());
