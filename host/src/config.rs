@@ -410,8 +410,10 @@ impl Config {
         let mut lake = self.lake.clone();
         // A relative local lake path is relative to the working directory (where `weir run` starts), like
         // the quick start's `./lake`.
+        // A replay's lake is its table version, set explicitly: the variable names the live lake.
         if let Ok(url) = std::env::var("WEIR_LAKE_URL")
             && !url.is_empty()
+            && self.replay.is_none()
         {
             lake.url = url;
         }

@@ -288,3 +288,78 @@ fn replay_writes_a_new_table_version_without_duplicates() {
     h.read_back_at(&format!("{}/_versions/tail", h.lake_url()))
         .assert_replayed(from, last);
 }
+
+/// `weir replay --from-bronze` computes silver and gold again from the bronze table when the stream no
+/// longer holds the events (here: purged): the version holds every sequence once, keyed by the original
+/// sequences, with the same events in silver as the live tables; running it again adds nothing; a range
+/// replays only its part; the staging stream is removed when the replay is done.
+#[test]
+fn replay_from_bronze_when_the_stream_is_gone() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let last = h.prefill(realistic(23, EVENTS, span()), EVENTS);
+    let mut weir = h.weir(&[]);
+    h.finish(&mut weir, last);
+    let live = h.read_back();
+
+    // The stream's retention has passed: nothing left to replay from but bronze.
+    let stream = h.config.stream.name.clone();
+    h.rt.block_on(async {
+        let client = weir::bus::connect(&h.nats.url(), "test").await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.get_stream(&stream).await.unwrap().purge().await.unwrap();
+    });
+
+    let replay = |version: &str, extra: &[&str]| {
+        let out = std::process::Command::new(crate::support::weir_bin())
+            .args(["replay", "--from-bronze", "--config"])
+            .arg(&h.config_path)
+            .args(["--version", version])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "weir replay failed: {stderr}");
+        stderr
+    };
+    let first = replay("from-bronze", &[]);
+    assert!(
+        first.contains(&format!("replayed {last} events")),
+        "{first}"
+    );
+    let url = format!("{}/_versions/from-bronze", h.lake_url());
+    let version = h.read_back_at(&url);
+    version.assert_replayed(1, last);
+    let sorted = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(
+        sorted(live.seqs("silver")),
+        sorted(version.seqs("silver")),
+        "the same events reach silver, under their original sequences"
+    );
+
+    let again = replay("from-bronze", &[]);
+    assert!(again.contains("replayed 0 events"), "{again}");
+    h.read_back_at(&url).assert_replayed(1, last);
+
+    let from = last / 3;
+    let to = 2 * last / 3;
+    replay(
+        "middle",
+        &["--from-seq", &from.to_string(), "--to-seq", &to.to_string()],
+    );
+    h.read_back_at(&format!("{}/_versions/middle", h.lake_url()))
+        .assert_replayed(from, to);
+
+    let streams: Vec<String> = h.rt.block_on(async {
+        use futures::TryStreamExt;
+        let client = weir::bus::connect(&h.nats.url(), "test").await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.stream_names().try_collect().await.unwrap()
+    });
+    assert!(
+        streams.contains(&stream) && !streams.iter().any(|s| s.contains("_REPLAY_")),
+        "staging streams are removed: {streams:?}"
+    );
+}

@@ -41,7 +41,8 @@ pub async fn document() -> impl IntoResponse {
         "type": "object", "required": ["version"],
         "properties": {
             "version": { "type": "string" }, "from_seq": { "type": "integer" },
-            "from_time": { "type": "string", "description": "RFC 3339 or ms" }, "to_seq": { "type": "integer" }
+            "from_time": { "type": "string", "description": "RFC 3339 or ms" }, "to_seq": { "type": "integer" },
+            "from_bronze": { "type": "boolean", "description": "read the bronze table, not the stream" }
         } } } } });
     replay["responses"] = json!({ "202": { "description": "Started" }, "409": { "description": "Bad request or already running" } });
     let mut deploy_path = json!({ "post": deploy });

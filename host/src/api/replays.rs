@@ -28,6 +28,10 @@ pub struct ReplayRequest {
     /// RFC 3339 or ms since the epoch.
     pub from_time: Option<String>,
     pub to_seq: Option<u64>,
+    /// Read the events from the lake's bronze table instead of the stream (for events older than the
+    /// stream keeps).
+    #[serde(default)]
+    pub from_bronze: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +65,7 @@ impl Replays {
             version: request.version.clone(),
             start: crate::pipeline::replay::ReplayStart::Sequence(1),
             until: request.to_seq,
+            bronze: request.from_bronze.then(|| context.lake.clone()),
         };
         replay.validate()?;
         let mut jobs = self.jobs.lock().expect("not poisoned");
@@ -92,6 +97,9 @@ impl Replays {
         }
         if let Some(seq) = request.to_seq {
             command.args(["--to-seq", &seq.to_string()]);
+        }
+        if let Some(bronze) = &replay.bronze {
+            command.arg(format!("--from-bronze={bronze}"));
         }
         let child = command
             .stdin(Stdio::null())

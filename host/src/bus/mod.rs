@@ -25,6 +25,11 @@ pub mod headers {
     pub const INVALID_UTF8: &str = "Weir-Invalid-Utf8";
     /// The source the event came from (the configured source name).
     pub const SOURCE: &str = "Weir-Source";
+    /// Set by a replay from bronze, which stages events in a stream of its own: the sequence the event had
+    /// in the stream it first came through, which its rows in the lake are keyed by.
+    pub const ORIGINAL_SEQ: &str = "Weir-Original-Seq";
+    /// Set with `ORIGINAL_SEQ`: the event's source id (`Nats-Msg-Id` then names the staged copy).
+    pub const SOURCE_ID: &str = "Weir-Source-Id";
 }
 
 /// Connects to NATS with the options Weir uses everywhere: a name that shows in server monitoring, and

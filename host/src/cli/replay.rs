@@ -1,5 +1,5 @@
-//! `weir replay`: silver and gold computed again from the stream into a new table version (see
-//! `pipeline::replay`).
+//! `weir replay`: silver and gold computed again from the stream or from bronze into a new table version
+//! (see `pipeline::replay`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,11 @@ pub struct ReplayArgs {
     /// The last sequence to replay (default: the stream's last when the replay starts).
     #[arg(long)]
     to_seq: Option<u64>,
+    /// Read the events from the bronze table instead of the stream (for events the stream no longer
+    /// holds): of the configured lake, or of the lake given (`--from-bronze=s3://bucket/lake`). The range
+    /// options then select bronze rows by their original sequence or ingest time.
+    #[arg(long, value_name = "LAKE", num_args = 0..=1, default_missing_value = "", require_equals = true)]
+    from_bronze: Option<String>,
     /// Run a stage with another plugin: `--stage enrich=build/enrich-v2.wasm` (repeatable).
     #[arg(long = "stage", value_name = "STAGE=FILE")]
     stages: Vec<String>,
@@ -48,6 +53,14 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             (seq, None) => ReplayStart::Sequence(seq.unwrap_or(1)),
         },
         until: args.to_seq,
+        // The live lake as configured (with `WEIR_LAKE_URL`), before the version's replaces it below.
+        bronze: args.from_bronze.as_ref().map(|lake| {
+            if lake.is_empty() {
+                config.lake_config().url
+            } else {
+                lake.clone()
+            }
+        }),
     };
     replay.validate().map_err(anyhow::Error::msg)?;
     for spec in &args.stages {
@@ -69,7 +82,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     config.lake.url = args
         .lake
         .clone()
-        .unwrap_or_else(|| replay.lake_url(&config.lake.url));
+        .unwrap_or_else(|| replay.lake_url(&config.lake_config().url));
     if let Some(nats) = args.nats.filter(|n| !n.is_empty()) {
         config.nats.url = nats;
     }
@@ -86,8 +99,12 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let shared = runtime.block_on(async {
         let mut shared = None;
         crate::pipeline::service::run(config, signal, |started| {
+            let from = match &args.from_bronze {
+                Some(_) => "bronze, staged in a stream",
+                None => "the stream",
+            };
             eprintln!(
-                "weir replay {}: from the stream on {} into {}",
+                "weir replay {}: from {from} on {} into {}",
                 args.version, started.nats_url, started.lake
             );
             shared = Some(started.shared.clone());

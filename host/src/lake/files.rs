@@ -1,16 +1,26 @@
 //! Parquet files being written for one commit: one open writer per table and partition, encoding (zstd) as
 //! batches arrive so an epoch in progress holds compressed bytes, not rows. A file that grows past
 //! `max_file_bytes` is closed and the next batch starts another part.
+//!
+//! The pipeline encodes on a thread of its own ([`EpochFiles::background`]): Parquet and zstd are a large
+//! share of a batch's cost, and the thread that runs the plugins should not wait for them. The batches go
+//! through a short bounded queue, so a slow encoder slows the pipeline instead of piling up rows.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use anyhow::Context;
+
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+
+use super::schema;
 
 /// A finished file, ready to upload.
 #[derive(Debug)]
@@ -33,8 +43,33 @@ struct Open {
     part: u32,
 }
 
-/// Writers for one epoch.
+/// Writers for one epoch, encoding inline or on a thread of their own.
 pub struct EpochFiles {
+    mode: Mode,
+}
+
+enum Mode {
+    Inline(Encoder),
+    Background {
+        queue: std::sync::mpsc::SyncSender<Append>,
+        worker: std::thread::JoinHandle<anyhow::Result<Vec<FinishedFile>>>,
+        /// The encoder's compressed bytes so far, as of the last batch it took.
+        bytes: Arc<AtomicUsize>,
+    },
+}
+
+struct Append {
+    table: String,
+    partition: String,
+    batch: RecordBatch,
+    seqs: (u64, u64),
+}
+
+/// Batches waiting for the background encoder; a full queue blocks the pipeline (backpressure).
+const QUEUE: usize = 16;
+
+/// The open writers and finished files of one epoch.
+struct Encoder {
     /// Tag in every file name (the host id): hosts that share a lake never collide.
     tag: String,
     max_file_bytes: usize,
@@ -45,18 +80,27 @@ pub struct EpochFiles {
     done: Vec<FinishedFile>,
 }
 
+/// Writer settings for a file whose first batch is `first`.
 fn properties(
     row_group_rows: usize,
     metadata: &[(String, String)],
-    schema: &arrow_schema::Schema,
+    first: &RecordBatch,
 ) -> WriterProperties {
     let mut builder = WriterProperties::builder();
-    // Dictionaries pay off for repeated text (wiki, type, user, lineage); numbers and timestamps are mostly
-    // distinct, so interning them is wasted work (they compress well enough plain, under zstd).
-    for field in schema.fields() {
-        if !matches!(field.data_type(), arrow_schema::DataType::Utf8) {
-            builder = builder
-                .set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+    for (field, column) in first.schema().fields().iter().zip(first.columns()) {
+        let path = ColumnPath::from(field.name().as_str());
+        // Dictionaries pay off for repeated text (wiki, type, user, lineage); numbers and timestamps are
+        // mostly distinct, so interning them is wasted work (they compress well enough plain, under zstd).
+        let repeated_text = matches!(field.data_type(), DataType::Utf8)
+            && !schema::DISTINCT_TEXT.contains(&field.name().as_str())
+            && !mostly_distinct(column);
+        if !repeated_text {
+            builder = builder.set_column_dictionary_enabled(path.clone(), false);
+        }
+        // Text that differs in every row (ids, titles, comments, raw payloads) gains nothing from min/max:
+        // no engine prunes by them, and computing them compares every value.
+        if matches!(field.data_type(), DataType::Utf8) && !repeated_text {
+            builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
         }
     }
     builder
@@ -75,16 +119,57 @@ fn properties(
         .build()
 }
 
+/// Whether a text column's first values are nearly all different (titles, comments, request ids), judged
+/// from a sample large enough to tell: interning such a column fills a dictionary page only to fall back to
+/// plain encoding, at the cost of hashing every value. Small batches keep the dictionary.
+fn mostly_distinct(column: &dyn Array) -> bool {
+    const SAMPLE: usize = 128;
+    let Some(text) = column.as_any().downcast_ref::<StringArray>() else {
+        return false;
+    };
+    if text.len() - text.null_count() < SAMPLE {
+        return false;
+    }
+    let sample: Vec<&str> = text.iter().flatten().take(SAMPLE).collect();
+    let distinct: std::collections::HashSet<&str> = sample.iter().copied().collect();
+    distinct.len() * 4 > sample.len() * 3
+}
+
 impl EpochFiles {
+    /// Encodes on the caller's thread.
     pub fn new(tag: &str, max_file_bytes: usize, metadata: Vec<(String, String)>) -> Self {
         EpochFiles {
-            tag: tag.to_string(),
-            max_file_bytes,
-            row_group_rows: 128 * 1024,
-            metadata,
-            open: BTreeMap::new(),
-            done: Vec::new(),
+            mode: Mode::Inline(Encoder::new(tag, max_file_bytes, metadata)),
         }
+    }
+
+    /// Encodes on a thread of its own; [`EpochFiles::finish_all`] waits for it.
+    pub fn background(
+        tag: &str,
+        max_file_bytes: usize,
+        metadata: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut encoder = Encoder::new(tag, max_file_bytes, metadata);
+        let (queue, batches) = std::sync::mpsc::sync_channel::<Append>(QUEUE);
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let written = bytes.clone();
+        let worker = std::thread::Builder::new()
+            .name("weir-parquet".into())
+            .spawn(move || {
+                for a in batches {
+                    encoder.append(&a.table, &a.partition, &a.batch, a.seqs)?;
+                    written.store(encoder.bytes(), Ordering::Relaxed);
+                }
+                encoder.finish_all()
+            })
+            .context("starting the Parquet encoder thread")?;
+        Ok(EpochFiles {
+            mode: Mode::Background {
+                queue,
+                worker,
+                bytes,
+            },
+        })
     }
 
     /// Appends a batch to `table`'s file for `partition`. `seqs` are the smallest and largest stream
@@ -99,6 +184,87 @@ impl EpochFiles {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        match &mut self.mode {
+            Mode::Inline(encoder) => encoder.append(table, partition, batch, seqs),
+            Mode::Background { queue, .. } => {
+                let sent = queue.send(Append {
+                    table: table.to_string(),
+                    partition: partition.to_string(),
+                    batch: batch.clone(),
+                    seqs,
+                });
+                match sent {
+                    Ok(()) => Ok(()),
+                    // The encoder stopped on an error: that error is the one to report.
+                    Err(_) => {
+                        match std::mem::replace(&mut self.mode, Mode::Inline(Encoder::closed())) {
+                            Mode::Background { queue, worker, .. } => {
+                                drop(queue);
+                                Err(join(worker).err().unwrap_or_else(|| {
+                                    anyhow::anyhow!("the Parquet encoder stopped")
+                                }))
+                            }
+                            Mode::Inline(_) => unreachable!("matched as background above"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes every file; returns them all.
+    pub fn finish_all(self) -> anyhow::Result<Vec<FinishedFile>> {
+        match self.mode {
+            Mode::Inline(encoder) => encoder.finish_all(),
+            Mode::Background { queue, worker, .. } => {
+                drop(queue);
+                join(worker)
+            }
+        }
+    }
+
+    /// Compressed bytes so far (for commit-size triggers and memory accounting); in the background, as of
+    /// the last batch the encoder took.
+    pub fn bytes(&self) -> usize {
+        match &self.mode {
+            Mode::Inline(encoder) => encoder.bytes(),
+            Mode::Background { bytes, .. } => bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn join(
+    worker: std::thread::JoinHandle<anyhow::Result<Vec<FinishedFile>>>,
+) -> anyhow::Result<Vec<FinishedFile>> {
+    worker
+        .join()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet encoder thread panicked")))
+}
+
+impl Encoder {
+    fn new(tag: &str, max_file_bytes: usize, metadata: Vec<(String, String)>) -> Self {
+        Encoder {
+            tag: tag.to_string(),
+            max_file_bytes,
+            row_group_rows: 128 * 1024,
+            metadata,
+            open: BTreeMap::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// An encoder with no files, standing in for one that stopped.
+    fn closed() -> Self {
+        Encoder::new("", 0, Vec::new())
+    }
+
+    fn append(
+        &mut self,
+        table: &str,
+        partition: &str,
+        batch: &RecordBatch,
+        seqs: (u64, u64),
+    ) -> anyhow::Result<()> {
         let key = (table.to_string(), partition.to_string());
         // A new schema (gold tables grow columns) or a full file closes the current part.
         let roll = self.open.get(&key).is_some_and(|o| {
@@ -117,11 +283,7 @@ impl EpochFiles {
                 let writer = ArrowWriter::try_new(
                     Vec::with_capacity(1 << 20),
                     batch.schema(),
-                    Some(properties(
-                        self.row_group_rows,
-                        &self.metadata,
-                        &batch.schema(),
-                    )),
+                    Some(properties(self.row_group_rows, &self.metadata, batch)),
                 )?;
                 v.insert(Open {
                     writer,
@@ -158,8 +320,7 @@ impl EpochFiles {
         Ok(())
     }
 
-    /// Closes every file; returns them all.
-    pub fn finish_all(mut self) -> anyhow::Result<Vec<FinishedFile>> {
+    fn finish_all(mut self) -> anyhow::Result<Vec<FinishedFile>> {
         let open = std::mem::take(&mut self.open);
         for (key, file) in open {
             self.finish(&key, file)?;
@@ -167,16 +328,80 @@ impl EpochFiles {
         Ok(self.done)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.done.is_empty()
-    }
-
-    /// Bytes encoded so far (for commit-size triggers and memory accounting).
-    pub fn bytes(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.open
             .values()
             .map(|o| o.writer.bytes_written() + o.writer.in_progress_size())
             .sum::<usize>()
             + self.done.iter().map(|f| f.bytes.len()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, UInt64Array};
+    use arrow_schema::{Field, Schema};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    /// Which columns of the file got a dictionary page, and which have min/max statistics.
+    fn encodings(bytes: Bytes) -> Vec<(String, bool, bool)> {
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let group = reader.metadata().row_group(0);
+        group
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.column_path().string(),
+                    c.dictionary_page_offset().is_some(),
+                    c.statistics().is_some_and(|s| s.min_bytes_opt().is_some()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dictionaries_only_for_repeated_text() {
+        let n = 1000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_seq", DataType::UInt64, false),
+            Field::new("_event_id", DataType::Utf8, false),
+            Field::new("wiki", DataType::Utf8, false),
+            Field::new("title", DataType::Utf8, false),
+        ]));
+        let text = |f: &dyn Fn(u64) -> String| -> ArrayRef {
+            Arc::new(StringArray::from_iter_values((0..n).map(f)))
+        };
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from_iter_values(0..n)),
+                text(&|i| format!("{i:08x}-id")),
+                text(&|i| format!("wiki{}", i % 7)),
+                text(&|i| format!("Page {i}")),
+            ],
+        )
+        .unwrap();
+        for mut files in [
+            EpochFiles::new("t", 1 << 30, Vec::new()),
+            EpochFiles::background("t", 1 << 30, Vec::new()).unwrap(),
+        ] {
+            files.append("silver", "p", &batch, (0, n - 1)).unwrap();
+            let file = files.finish_all().unwrap().pop().unwrap();
+            assert_eq!(file.rows, n);
+            assert_eq!(
+                encodings(file.bytes),
+                vec![
+                    ("_seq".to_string(), false, true),
+                    ("_event_id".to_string(), false, false),
+                    ("wiki".to_string(), true, true),
+                    ("title".to_string(), false, false),
+                ]
+            );
+        }
     }
 }

@@ -289,7 +289,11 @@ impl Lake {
             ("weir.host".to_string(), self.host.clone()),
         ];
         Epoch {
-            files: EpochFiles::new(&self.host, self.config.max_file_bytes, metadata),
+            files: EpochFiles::background(&self.host, self.config.max_file_bytes, metadata.clone())
+                .unwrap_or_else(|e| {
+                    tracing::warn!("{e:#}; encoding Parquet on the pipeline's thread");
+                    EpochFiles::new(&self.host, self.config.max_file_bytes, metadata)
+                }),
             sequences: Ranges::default(),
             dropped: BTreeMap::new(),
             quarantined: BTreeMap::new(),

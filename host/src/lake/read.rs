@@ -226,6 +226,23 @@ fn partition_start(path: &str) -> Option<i64> {
     Some(date.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_millis())
 }
 
+/// The batches of one committed file.
+pub async fn read_file(
+    store: &Store,
+    path: &str,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    let bytes = store
+        .store
+        .get(&store.path(path))
+        .await
+        .with_context(|| format!("cannot read {path}"))?
+        .bytes()
+        .await?;
+    ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.with_batch_size(8192).build())
+        .with_context(|| format!("{path} is not a readable Parquet file"))
+}
+
 /// Reads the rows of `table` timed in `[from_ms, to_ms)`, calling `each` per batch, up to `limit` rows.
 pub async fn query(
     store: &Store,
@@ -242,17 +259,7 @@ pub async fn query(
         if emitted >= limit {
             break;
         }
-        let bytes = store
-            .store
-            .get(&store.path(&path))
-            .await
-            .with_context(|| format!("cannot read {path}"))?
-            .bytes()
-            .await?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
-            .with_batch_size(8192)
-            .build()?;
-        for batch in reader {
+        for batch in read_file(store, &path).await? {
             let batch = batch?;
             let keep = match batch.column_by_name(column) {
                 Some(times) => {

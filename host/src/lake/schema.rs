@@ -91,6 +91,10 @@ impl Layer {
     }
 }
 
+/// Weir's own text columns that hold a different value in (nearly) every row: ids and raw payloads. The
+/// Parquet writer skips dictionaries and min/max statistics for them (see `lake::files`).
+pub const DISTINCT_TEXT: &[&str] = &["_event_id", "source_id", "sse_id", "data", "event_id"];
+
 fn field(name: &str, ty: DataType, nullable: bool) -> Field {
     Field::new(name, ty, nullable)
 }

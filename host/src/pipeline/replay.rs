@@ -1,15 +1,27 @@
-//! Replays: the silver and gold tables computed again from the stream (from a sequence or a time), through
-//! the current plugins or new versions of some, into a new table version.
+//! Replays: the silver and gold tables computed again from the stream (from a sequence or a time), or from
+//! the lake's bronze table, through the current plugins or new versions of some, into a new table version.
 //!
 //! A replay is the pipeline itself with three differences: its own durable consumer that starts where the
 //! replay starts, an end (the stream's last sequence when it began, or `--to-seq`), and its own lake (by
 //! default `<lake>/_versions/<version>`, beside the live tables, which it never touches). The commit
 //! protocol is the same, so a replay that is interrupted and run again resumes without duplicating rows.
+//!
+//! A replay from bronze (for events the stream no longer holds: it keeps a week, bronze keeps everything)
+//! first stages the committed bronze rows of the range in a stream of its own, in sequence order, each
+//! carrying the sequence it had in the live stream; the pipeline then reads that stream as above, keying
+//! rows and commits by the original sequences, so its tables line up with the live ones row for row.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use arrow_array::{
+    Array, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
+};
 use async_nats::jetstream::{self, consumer::pull};
+
+use crate::bus::{self, StreamConfig};
+use crate::lake::read;
+use crate::lake::store::Store;
 
 /// Where a replay starts.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +38,9 @@ pub struct Replay {
     pub start: ReplayStart,
     /// The last stream sequence to replay; `None`: the stream's last one when the replay starts.
     pub until: Option<u64>,
+    /// Read the events from the bronze table of this lake (URL) instead of the stream. The start and end
+    /// then select bronze rows: by their original sequence, or from an ingest time.
+    pub bronze: Option<String>,
 }
 
 impl Replay {
@@ -61,7 +76,22 @@ impl Replay {
         format!("{live}-replay-{}", self.version)
     }
 
+    /// The stream a replay from bronze stages its events in (beside the live one, which it never touches).
+    pub fn staging_stream(&self, live: &StreamConfig) -> StreamConfig {
+        StreamConfig {
+            name: format!("{}_REPLAY_{}", live.name, self.version),
+            subjects: vec![format!("weir.replay.{}.{}", live.name, self.version)],
+            max_age: Duration::ZERO,
+            max_bytes: 0,
+            ..live.clone()
+        }
+    }
+
     pub fn deliver_policy(&self) -> Result<jetstream::consumer::DeliverPolicy> {
+        if self.bronze.is_some() {
+            // The staging stream holds exactly the range.
+            return Ok(jetstream::consumer::DeliverPolicy::All);
+        }
         Ok(match self.start {
             ReplayStart::Sequence(start_sequence) => {
                 jetstream::consumer::DeliverPolicy::ByStartSequence {
@@ -83,7 +113,130 @@ pub async fn last_sequence(js: &jetstream::Context, stream: &str, replay: &Repla
         .await
         .with_context(|| format!("stream {stream} does not exist"))?;
     let last = stream.info().await?.state.last_sequence;
+    if replay.bronze.is_some() {
+        // Staged already to the range: `until` is an original sequence, not one of this stream's.
+        return Ok(last);
+    }
     Ok(replay.until.map_or(last, |u| u.min(last)))
+}
+
+/// Stages the committed bronze rows of `replay`'s range from `bronze` (the live lake) in the stream
+/// `staging`, which is made afresh (a replay run again re-stages; its commit log skips what it has).
+/// Returns the number of events staged.
+pub async fn stage_bronze(
+    js: &jetstream::Context,
+    bronze: &Store,
+    staging: &StreamConfig,
+    replay: &Replay,
+) -> Result<u64> {
+    if js.get_stream(&staging.name).await.is_ok() {
+        js.delete_stream(&staging.name)
+            .await
+            .with_context(|| format!("cannot remove the old staging stream {}", staging.name))?;
+    }
+    staging.ensure(js).await?;
+    let (from_seq, from_ms) = match replay.start {
+        ReplayStart::Sequence(seq) => (seq, i64::MIN),
+        ReplayStart::Time(ms) => (0, ms),
+    };
+    let until = replay.until.unwrap_or(u64::MAX);
+    let records = read::records(bronze).await?;
+    // Files are named by their first sequence: in name order they come (nearly) in stream order, and the
+    // commit log does not need exact order.
+    let mut files = read::files_in_range(&records, "bronze", from_ms, i64::MAX);
+    files.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
+    let subject = staging.subjects[0].clone();
+    let mut acks = std::collections::VecDeque::new();
+    let mut staged = 0u64;
+    for path in files {
+        for batch in read::read_file(bronze, &path).await? {
+            let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
+            let rows = BronzeColumns::of(&batch).with_context(|| format!("bronze file {path}"))?;
+            for i in 0..rows.len() {
+                let seq = rows.seq.value(i);
+                let ingest_ms = rows.ingest.value(i).div_euclid(1000);
+                if seq < from_seq || seq > until || ingest_ms < from_ms {
+                    continue;
+                }
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", seq.to_string().as_str());
+                headers.insert(bus::headers::ORIGINAL_SEQ, seq.to_string().as_str());
+                headers.insert(bus::headers::SOURCE_ID, rows.source_id.value(i));
+                headers.insert(bus::headers::INGEST_MS, ingest_ms.to_string().as_str());
+                if rows.sse_id.is_valid(i) {
+                    headers.insert(bus::headers::SSE_ID, rows.sse_id.value(i));
+                }
+                if rows.invalid_utf8.value(i) {
+                    headers.insert(bus::headers::INVALID_UTF8, "replaced");
+                }
+                let payload = bytes::Bytes::copy_from_slice(rows.data.value(i).as_bytes());
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, payload)
+                    .await
+                    .context("staging a bronze event")?;
+                acks.push_back(ack);
+                if acks.len() >= STAGING_IN_FLIGHT {
+                    acks.pop_front()
+                        .expect("not empty")
+                        .await
+                        .context("staging a bronze event")?;
+                }
+                staged += 1;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.context("staging a bronze event")?;
+    }
+    tracing::info!(
+        staged,
+        stream = staging.name,
+        "bronze rows staged for the replay"
+    );
+    Ok(staged)
+}
+
+/// Publishes awaiting their acks while staging.
+const STAGING_IN_FLIGHT: usize = 1024;
+
+/// The columns of a bronze batch a replay needs.
+struct BronzeColumns<'a> {
+    seq: &'a UInt64Array,
+    source_id: &'a StringArray,
+    sse_id: &'a StringArray,
+    ingest: &'a TimestampMicrosecondArray,
+    data: &'a StringArray,
+    invalid_utf8: &'a BooleanArray,
+}
+
+impl<'a> BronzeColumns<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Self> {
+        fn column<'b, T: 'static>(batch: &'b RecordBatch, name: &str) -> Result<&'b T> {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<T>())
+                .with_context(|| format!("no column {name} of the bronze schema"))
+        }
+        Ok(BronzeColumns {
+            seq: column(batch, "_seq")?,
+            source_id: column(batch, "source_id")?,
+            sse_id: column(batch, "sse_id")?,
+            ingest: column(batch, "ingest_time")?,
+            data: column(batch, "data")?,
+            invalid_utf8: column(batch, "invalid_utf8")?,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.seq.len()
+    }
+}
+
+/// Removes a bronze replay's staging stream once the replay is done.
+pub async fn remove_staging(js: &jetstream::Context, stream: &str) {
+    if let Err(e) = js.delete_stream(stream).await {
+        tracing::warn!(stream, "cannot remove the replay's staging stream: {e}");
+    }
 }
 
 /// Resolves once the replay's consumer has every message up to `until` acked, i.e. committed (or when
@@ -126,6 +279,7 @@ mod tests {
             version: "v2".into(),
             start: ReplayStart::Sequence(10),
             until: Some(20),
+            bronze: None,
         };
         assert!(replay.validate().is_ok());
         assert_eq!(replay.lake_url("./lake/"), "./lake/_versions/v2");

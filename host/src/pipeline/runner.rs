@@ -265,6 +265,13 @@ impl Processor {
             if self.until.is_some_and(|until| seq > until) {
                 continue;
             }
+            // A replay from bronze: the event keeps the sequence it had in the live stream.
+            let seq = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::ORIGINAL_SEQ))
+                .and_then(|v| v.as_str().parse().ok())
+                .unwrap_or(seq);
             // A redelivery may have been committed by another host since the log was last read.
             if delivered > 1 && !self.lake.is_committed(seq) {
                 let _ = self.runtime.block_on(self.lake.refresh());
@@ -295,7 +302,9 @@ impl Processor {
             let ingest_ms = header(headers::INGEST_MS)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(at);
-            let source_id = header("Nats-Msg-Id").unwrap_or_else(|| format!("seq:{seq}"));
+            let source_id = header(headers::SOURCE_ID)
+                .or_else(|| header("Nats-Msg-Id"))
+                .unwrap_or_else(|| format!("seq:{seq}"));
             let mut rejected = header(headers::REJECTED);
             let invalid_utf8 = header(headers::INVALID_UTF8).is_some();
             let poison = delivered >= self.max_deliver - 1;

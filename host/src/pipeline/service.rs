@@ -66,6 +66,18 @@ pub async fn run(
         .unwrap_or_else(|| config.nats.url.clone());
     let client = crate::bus::connect(&nats_url, &format!("weir-{}", config.pipeline.name)).await?;
     let js = async_nats::jetstream::new(client.clone());
+    // A replay from bronze reads a stream of its own, filled here from the live lake's bronze table.
+    let mut config = config;
+    if let Some(replay) = config.replay.clone()
+        && let Some(bronze) = &replay.bronze
+    {
+        let mut live = config.lake_config();
+        live.url = bronze.clone();
+        let store = crate::lake::store::Store::open(&live.store())
+            .with_context(|| format!("the lake to replay bronze from ({bronze})"))?;
+        config.stream = replay.staging_stream(&config.stream);
+        super::replay::stage_bronze(&js, &store, &config.stream, &replay).await?;
+    }
     config.stream.ensure(&js).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -294,6 +306,9 @@ pub async fn run(
     // A finished replay's consumer goes; an interrupted one stays, so running it again resumes.
     if result.is_ok() && replayed {
         super::replay::remove_consumer(&js, &config.stream.name, &config.durable()).await;
+        if config.replay.as_ref().is_some_and(|r| r.bronze.is_some()) {
+            super::replay::remove_staging(&js, &config.stream.name).await;
+        }
     }
     let _ = client.flush().await;
     drop(client);

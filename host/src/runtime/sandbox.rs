@@ -115,6 +115,11 @@ fn engine_config() -> Config {
     config.epoch_interruption(true);
     config.max_wasm_stack(MAX_WASM_STACK);
     config.cranelift_opt_level(OptLevel::Speed);
+    // `WEIR_PERF_MAP=1` names plugin functions for `perf` (in /tmp/perf-<pid>.map): without it a profile
+    // shows plugin code as unknown addresses.
+    if std::env::var_os("WEIR_PERF_MAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     // Plugins are untrusted: keep the Spectre mitigations and guard pages that are wasmtime's defaults.
     config
 }
