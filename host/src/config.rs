@@ -151,6 +151,9 @@ pub struct PluginsSection {
     pub watch_batches: u64,
     /// Compiled components are cached here (`off` disables it); default `~/.cache/weir`.
     pub cache_dir: Option<PathBuf>,
+    /// Versions deployed while running are kept here, relative to the working directory, so that a restart
+    /// comes back with them (see `pipeline::deployed`). Empty: a restart runs the configured versions.
+    pub deployed_dir: PathBuf,
 }
 
 impl Default for PluginsSection {
@@ -161,6 +164,7 @@ impl Default for PluginsSection {
             rollback_error_rate: 0.05,
             watch_batches: 20,
             cache_dir: None,
+            deployed_dir: PathBuf::from(".weir/deployed"),
         }
     }
 }
@@ -337,6 +341,12 @@ impl Config {
 
     pub fn plugin_path(&self, plugin: &str) -> PathBuf {
         self.plugin_dir().join(plugin)
+    }
+
+    /// Where deployed versions are remembered; `None` for replays, which run the versions they are given.
+    pub fn deployed(&self) -> Option<crate::pipeline::deployed::Deployed> {
+        (self.replay.is_none() && !self.plugins.deployed_dir.as_os_str().is_empty())
+            .then(|| crate::pipeline::deployed::Deployed::new(self.plugins.deployed_dir.clone()))
     }
 
     pub fn watch_dir(&self) -> Option<PathBuf> {

@@ -198,3 +198,47 @@ fn wait_for_stream(h: &Harness, count: u64, weir: &Weir) -> u64 {
         }
     })
 }
+
+/// The plugin line of the last start-up for `stage`, from the log of `weir run`.
+fn loaded_line(weir: &Weir, stage: &str) -> String {
+    let log = std::fs::read_to_string(&weir.log).unwrap_or_default();
+    log.lines()
+        .rfind(|l| l.contains("plugin loaded") && l.contains(&format!("stage={stage}")))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A deploy outlives a restart: `weir run` starts again on the version deployed, and can still roll back to
+/// the one before it; a rollback outlives a restart too.
+#[test]
+fn deploys_and_rollbacks_outlive_a_restart() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let last = h.prefill(realistic(31, 1500, Duration::from_secs(20 * 60)), 1500);
+    let next = swap_plugin_path("swap-enrich-next");
+    let mut weir = h.weir(&[]);
+    h.wait_committed(&mut weir, 500, Duration::from_secs(120));
+    assert!(deploy(&weir, &next).contains("enrich@0.2.0"));
+    weir.stop();
+
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    let line = loaded_line(&weir, "enrich");
+    assert!(
+        line.contains("deployed before the restart") && line.contains("@0.2.0"),
+        "{line}"
+    );
+    let back = cli(&["plugin", "rollback", "--api", &api, "--stage", "enrich"]);
+    assert!(back.contains("@0.1.0"), "{back}");
+    h.wait_committed(&mut weir, last, Duration::from_secs(120));
+    weir.stop();
+
+    let mut weir = h.weir(&[]);
+    weir.api(Duration::from_secs(60));
+    let line = loaded_line(&weir, "enrich");
+    assert!(
+        !line.contains("deployed before the restart") && line.contains("@0.1.0"),
+        "{line}"
+    );
+    weir.stop();
+    h.read_back().assert_exactly_once(last);
+}

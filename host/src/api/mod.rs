@@ -158,20 +158,25 @@ pub async fn deploy(
             shared.stages.join(", ")
         ));
     }
-    let (loader, path) = (loader.clone(), path.to_path_buf());
-    let loaded = tokio::task::spawn_blocking(move || match bytes {
-        Some(bytes) => loader.load_bytes(&path, &bytes),
-        None => loader.load(&path),
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("{e:#}"))?;
+    let bytes = match bytes {
+        Some(bytes) => bytes,
+        None => tokio::fs::read(path)
+            .await
+            .map_err(|e| format!("cannot read plugin {}: {e}", path.display()))?
+            .into(),
+    };
+    let (loader, path, component) = (loader.clone(), path.to_path_buf(), bytes.clone());
+    let loaded = tokio::task::spawn_blocking(move || loader.load_bytes(&path, &component))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e:#}"))?;
     let (reply, answer) = tokio::sync::oneshot::channel();
     shared
         .control
         .send(Control::Deploy {
             stage: stage.to_string(),
             plugin: loaded,
+            bytes,
             reply,
         })
         .await

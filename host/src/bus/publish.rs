@@ -179,7 +179,17 @@ impl Publisher {
         while !self.in_flight.is_empty() {
             self.settle_oldest().await?;
         }
-        self.save_position().await
+        // The last save before a stop: worth a few tries (a server just restarted can be slow to answer).
+        let mut delay = Duration::from_millis(200);
+        for _ in 0..5 {
+            self.save_position().await?;
+            if self.saved {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        Ok(())
     }
 
     async fn send(
@@ -261,8 +271,13 @@ impl Publisher {
         if self.saved {
             return Ok(());
         }
-        if let Some(position) = &self.acked_position {
-            self.positions.set(&self.source, position).await?;
+        if let Some(position) = &self.acked_position
+            && let Err(e) = self.positions.set(&self.source, position).await
+        {
+            // Not fatal: the position only spares a restart from re-reading what is in the stream already
+            // (which the stream's duplicate window drops). The next save tries again.
+            tracing::warn!(source = %self.source, "{e:#}; will try again");
+            return Ok(());
         }
         self.saved = true;
         Ok(())

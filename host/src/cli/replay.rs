@@ -38,6 +38,9 @@ pub struct ReplayArgs {
     /// Write the version here instead of `<lake>/_versions/<version>`.
     #[arg(long)]
     lake: Option<String>,
+    /// The S3-compatible endpoint of the lake (`http://127.0.0.1:8333`), as for `weir run`.
+    #[arg(long, env = "WEIR_LAKE_ENDPOINT")]
+    lake_endpoint: Option<String>,
     /// The NATS server holding the stream (default: the configured one, or the local server `weir run`
     /// started).
     #[arg(long, env = "WEIR_NATS_URL")]
@@ -46,6 +49,10 @@ pub struct ReplayArgs {
 
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let mut config = Config::load(&args.config)?;
+    if let Some(endpoint) = args.lake_endpoint.clone().filter(|e| !e.is_empty()) {
+        config.lake.allow_http |= endpoint.starts_with("http://");
+        config.lake.endpoint = Some(endpoint);
+    }
     let replay = Replay {
         version: args.version.clone(),
         start: match (args.from_seq, args.from_time) {

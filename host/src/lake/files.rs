@@ -56,6 +56,8 @@ enum Mode {
         /// The encoder's compressed bytes so far, as of the last batch it took.
         bytes: Arc<AtomicUsize>,
     },
+    /// The background encoder stopped on this error: the epoch cannot be committed.
+    Failed(String),
 }
 
 struct Append {
@@ -193,22 +195,25 @@ impl EpochFiles {
                     batch: batch.clone(),
                     seqs,
                 });
-                match sent {
-                    Ok(()) => Ok(()),
-                    // The encoder stopped on an error: that error is the one to report.
-                    Err(_) => {
-                        match std::mem::replace(&mut self.mode, Mode::Inline(Encoder::closed())) {
-                            Mode::Background { queue, worker, .. } => {
-                                drop(queue);
-                                Err(join(worker).err().unwrap_or_else(|| {
-                                    anyhow::anyhow!("the Parquet encoder stopped")
-                                }))
-                            }
-                            Mode::Inline(_) => unreachable!("matched as background above"),
-                        }
-                    }
+                if sent.is_ok() {
+                    return Ok(());
                 }
+                // The encoder stopped on an error: that error is the one to report, now and at commit.
+                let error = match std::mem::replace(&mut self.mode, Mode::Failed(String::new())) {
+                    Mode::Background { queue, worker, .. } => {
+                        drop(queue);
+                        join(worker)
+                            .err()
+                            .map_or("the Parquet encoder stopped".to_string(), |e| {
+                                format!("{e:#}")
+                            })
+                    }
+                    _ => unreachable!("matched as background above"),
+                };
+                self.mode = Mode::Failed(error.clone());
+                Err(anyhow::anyhow!(error))
             }
+            Mode::Failed(error) => Err(anyhow::anyhow!(error.clone())),
         }
     }
 
@@ -220,6 +225,7 @@ impl EpochFiles {
                 drop(queue);
                 join(worker)
             }
+            Mode::Failed(error) => Err(anyhow::anyhow!(error)),
         }
     }
 
@@ -229,6 +235,7 @@ impl EpochFiles {
         match &self.mode {
             Mode::Inline(encoder) => encoder.bytes(),
             Mode::Background { bytes, .. } => bytes.load(Ordering::Relaxed),
+            Mode::Failed(_) => 0,
         }
     }
 }
@@ -251,11 +258,6 @@ impl Encoder {
             open: BTreeMap::new(),
             done: Vec::new(),
         }
-    }
-
-    /// An encoder with no files, standing in for one that stopped.
-    fn closed() -> Self {
-        Encoder::new("", 0, Vec::new())
     }
 
     fn append(

@@ -81,8 +81,11 @@ impl Replay {
         StreamConfig {
             name: format!("{}_REPLAY_{}", live.name, self.version),
             subjects: vec![format!("weir.replay.{}.{}", live.name, self.version)],
-            max_age: Duration::ZERO,
+            // Never drop the oldest staged events for room; a replay that fails leaves the stream to
+            // expire like the live one (a successful one removes it).
             max_bytes: 0,
+            // Staged messages carry no message id: nothing for the server to remember.
+            duplicate_window: Duration::from_secs(1),
             ..live.clone()
         }
     }
@@ -141,8 +144,10 @@ pub async fn stage_bronze(
     };
     let until = replay.until.unwrap_or(u64::MAX);
     let records = read::records(bronze).await?;
-    // Files are named by their first sequence: in name order they come (nearly) in stream order, and the
-    // commit log does not need exact order.
+    // Files are named by their first sequence: in name order they come in stream order but where an epoch's
+    // files of two hours overlap (the commit log does not need exact order; windows may see a few events
+    // in a different order than the live run did). `rejected` is not staged: the replay parses again, and
+    // events quarantined as poison get another chance.
     let mut files = read::files_in_range(&records, "bronze", from_ms, i64::MAX);
     files.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
     let subject = staging.subjects[0].clone();
@@ -159,7 +164,6 @@ pub async fn stage_bronze(
                     continue;
                 }
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", seq.to_string().as_str());
                 headers.insert(bus::headers::ORIGINAL_SEQ, seq.to_string().as_str());
                 headers.insert(bus::headers::SOURCE_ID, rows.source_id.value(i));
                 headers.insert(bus::headers::INGEST_MS, ingest_ms.to_string().as_str());

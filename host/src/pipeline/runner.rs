@@ -57,26 +57,72 @@ pub struct Stages {
 }
 
 /// Loads and starts every stage's plugin; errors name the stage.
-pub fn start_plugins(config: &Config, loader: &Loader) -> Result<(Vec<Plugin>, Stages)> {
+/// Starts every stage's plugin: the configured version, or the one deployed before a restart. Returns the
+/// plugins, the stages, and for stages started on a deployed version the one before it (for a rollback).
+pub fn start_plugins(
+    config: &Config,
+    loader: &Loader,
+) -> Result<(Vec<Plugin>, Stages, Vec<Option<Plugin>>)> {
     let mut plugins = Vec::new();
+    let mut previous = Vec::new();
     let mut stages = Stages {
         names: Vec::new(),
         configs: Vec::new(),
         limits: Vec::new(),
     };
+    let deployed = config.deployed();
     for stage in config.stages()? {
-        let loaded = loader
-            .load(&stage.path)
-            .with_context(|| format!("stage {}", stage.name))?;
-        let plugin = Plugin::start(loaded, &stage.config, stage.limits.clone(), Clock::System)
-            .with_context(|| format!("stage {}", stage.name))?;
-        tracing::info!(stage = %stage.name, plugin = %plugin.label(), "plugin loaded");
+        let start = |path: &std::path::Path| {
+            let loaded = loader
+                .load(path)
+                .with_context(|| format!("stage {}", stage.name))?;
+            Plugin::start(loaded, &stage.config, stage.limits.clone(), Clock::System)
+                .with_context(|| format!("stage {}", stage.name))
+        };
+        // The version deployed before a restart, unless it no longer starts (then the configured one).
+        let redeployed = deployed
+            .as_ref()
+            .and_then(|d| d.current(&stage.name))
+            .and_then(|path| match start(&path) {
+                Ok(plugin) => Some(plugin),
+                Err(e) => {
+                    tracing::error!(
+                        stage = %stage.name,
+                        file = %path.display(),
+                        "the version deployed before the restart does not start ({e:#}); running the configured one"
+                    );
+                    None
+                }
+            });
+        let plugin = match redeployed {
+            Some(plugin) => {
+                tracing::info!(stage = %stage.name, plugin = %plugin.label(), "plugin loaded (deployed before the restart)");
+                let before = deployed
+                    .as_ref()
+                    .and_then(|d| d.previous(&stage.name))
+                    .unwrap_or_else(|| stage.path.clone());
+                previous.push(
+                    start(&before)
+                        .inspect_err(|e| {
+                            tracing::warn!(stage = %stage.name, "no rollback after the restart: {e:#}")
+                        })
+                        .ok(),
+                );
+                plugin
+            }
+            None => {
+                let plugin = start(&stage.path)?;
+                tracing::info!(stage = %stage.name, plugin = %plugin.label(), "plugin loaded");
+                previous.push(None);
+                plugin
+            }
+        };
         plugins.push(plugin);
         stages.names.push(stage.name);
         stages.configs.push(stage.config);
         stages.limits.push(stage.limits);
     }
-    Ok((plugins, stages))
+    Ok((plugins, stages, previous))
 }
 
 pub fn shape(config: &Config) -> Result<EventShape> {
@@ -162,6 +208,8 @@ pub struct Processor {
     /// Replays: the last stream sequence to process (later ones are left to the replay's consumer, which
     /// is removed at the end).
     pub until: Option<u64>,
+    /// A replay from bronze: messages carry their original sequence and source id in headers.
+    pub from_bronze: bool,
     silver: SilverColumns,
     epoch: Option<Epoch>,
     deliveries: Vec<Delivery>,
@@ -172,6 +220,8 @@ pub struct Processor {
     watching: Vec<Option<(u64, u64, u64)>>,
     /// Raw texts of the last batch, for self-tests of new plugin versions.
     sample: Vec<Bytes>,
+    /// Where deploys and rollbacks are remembered across restarts.
+    deployed: Option<super::deployed::Deployed>,
 }
 
 impl Processor {
@@ -204,6 +254,7 @@ impl Processor {
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
             until: None,
+            from_bronze: config.replay.as_ref().is_some_and(|r| r.bronze.is_some()),
             silver,
             epoch: None,
             deliveries: Vec::new(),
@@ -211,9 +262,16 @@ impl Processor {
             previous: (0..n).map(|_| None).collect(),
             watching: vec![None; n],
             sample: Vec::new(),
+            deployed: config.deployed(),
         };
         processor.publish_plugins();
         Ok(processor)
+    }
+
+    /// The versions to roll back to, by stage, when the pipeline starts on versions deployed before.
+    pub fn set_previous(&mut self, previous: Vec<Option<Plugin>>) {
+        self.previous = previous;
+        self.publish_plugins();
     }
 
     fn chain_labels(&self) -> Vec<String> {
@@ -265,13 +323,23 @@ impl Processor {
             if self.until.is_some_and(|until| seq > until) {
                 continue;
             }
-            // A replay from bronze: the event keeps the sequence it had in the live stream.
-            let seq = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(headers::ORIGINAL_SEQ))
-                .and_then(|v| v.as_str().parse().ok())
-                .unwrap_or(seq);
+            // A replay from bronze: the event keeps the sequence it had in the live stream. Only there: the
+            // live stream's sequences are its own, whatever a message's headers say.
+            let seq = if self.from_bronze {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(headers::ORIGINAL_SEQ))
+                    .and_then(|v| v.as_str().parse().ok())
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "staged message {seq} has no valid {} header",
+                            headers::ORIGINAL_SEQ
+                        )
+                    })?
+            } else {
+                seq
+            };
             // A redelivery may have been committed by another host since the log was last read.
             if delivered > 1 && !self.lake.is_committed(seq) {
                 let _ = self.runtime.block_on(self.lake.refresh());
@@ -302,9 +370,12 @@ impl Processor {
             let ingest_ms = header(headers::INGEST_MS)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(at);
-            let source_id = header(headers::SOURCE_ID)
-                .or_else(|| header("Nats-Msg-Id"))
-                .unwrap_or_else(|| format!("seq:{seq}"));
+            let source_id = header(if self.from_bronze {
+                headers::SOURCE_ID
+            } else {
+                "Nats-Msg-Id"
+            })
+            .unwrap_or_else(|| format!("seq:{seq}"));
             let mut rejected = header(headers::REJECTED);
             let invalid_utf8 = header(headers::INVALID_UTF8).is_some();
             let poison = delivered >= self.max_deliver - 1;
@@ -619,9 +690,17 @@ impl Processor {
             Control::Deploy {
                 stage,
                 plugin,
+                bytes,
                 reply,
             } => {
-                let _ = reply.send(self.deploy(&stage, plugin));
+                let deployed = self.deploy(&stage, plugin);
+                if deployed.is_ok()
+                    && let Some(record) = &self.deployed
+                    && let Err(e) = record.record_deploy(&stage, &bytes)
+                {
+                    tracing::warn!(%stage, "deployed, but a restart will not remember it: {e}");
+                }
+                let _ = reply.send(deployed);
             }
             Control::Rollback { stage, reply } => {
                 let _ = reply.send(self.rollback(&stage));
@@ -691,6 +770,11 @@ impl Processor {
             .rollbacks
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(%stage, plugin = %label, "rolled back");
+        if let Some(record) = &self.deployed
+            && let Err(e) = record.record_rollback(stage)
+        {
+            tracing::warn!(%stage, "rolled back, but a restart will not remember it: {e}");
+        }
         Ok(label)
     }
 

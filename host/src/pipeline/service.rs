@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::lake::Lake;
 use crate::runtime::Loader;
+use sha2::Digest;
 
 /// What `run` reports once the service is up (for the "where to look" line and for tests).
 pub struct Started {
@@ -155,7 +156,7 @@ pub async fn run(
         None => Loader::with_default_cache(),
     };
     let (config, loader, started_at) = (Arc::new(config), loader, Instant::now());
-    let (plugins, stages) = {
+    let (plugins, stages, previous) = {
         let (config, loader) = (config.clone(), loader.clone());
         tokio::task::spawn_blocking(move || runner::start_plugins(&config, &loader)).await??
     };
@@ -256,6 +257,7 @@ pub async fn run(
         &config,
     )?;
     processor.until = replay_until;
+    processor.set_previous(previous);
     let processor_thread = std::thread::Builder::new()
         .name("weir-processor".into())
         .spawn(move || process_loop(processor, batches_rx, control_rx))?;
@@ -429,7 +431,21 @@ async fn watch_plugins(
                 tracing::warn!(file = %path.display(), "no stage named {stage:?}; ignored");
                 continue;
             }
-            match crate::api::deploy(&shared, &loader, &stage, &path, None).await {
+            // A file holding the version that runs already (the last one deployed from here, started again
+            // after a restart) is not deployed twice.
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+            if shared
+                .plugins
+                .load()
+                .iter()
+                .any(|p| p.stage == stage && p.sha256 == sha256)
+            {
+                continue;
+            }
+            match crate::api::deploy(&shared, &loader, &stage, &path, Some(bytes.into())).await {
                 Ok(label) => {
                     tracing::info!(%stage, plugin = %label, "deployed from the watched directory")
                 }

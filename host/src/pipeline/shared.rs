@@ -120,6 +120,8 @@ pub enum Control {
     Deploy {
         stage: String,
         plugin: Arc<crate::runtime::LoadedPlugin>,
+        /// The component's bytes, kept so that the deploy outlives a restart.
+        bytes: bytes::Bytes,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     },
     Rollback {
