@@ -62,6 +62,7 @@ pub struct Stages {
 pub fn start_plugins(
     config: &Config,
     loader: &Loader,
+    clock: &Clock,
 ) -> Result<(Vec<Plugin>, Stages, Vec<Option<Plugin>>)> {
     let mut plugins = Vec::new();
     let mut previous = Vec::new();
@@ -76,7 +77,7 @@ pub fn start_plugins(
             let loaded = loader
                 .load(path)
                 .with_context(|| format!("stage {}", stage.name))?;
-            Plugin::start(loaded, &stage.config, stage.limits.clone(), Clock::System)
+            Plugin::start(loaded, &stage.config, stage.limits.clone(), clock.clone())
                 .with_context(|| format!("stage {}", stage.name))
         };
         // The version deployed before a restart, unless it no longer starts (then the configured one).
@@ -210,6 +211,8 @@ pub struct Processor {
     pub until: Option<u64>,
     /// A replay from bronze: messages carry their original sequence and source id in headers.
     pub from_bronze: bool,
+    /// The plugins' clock; a replay's is set to each batch's ingest time (see `Clock::Shared`).
+    pub clock: Clock,
     silver: SilverColumns,
     epoch: Option<Epoch>,
     deliveries: Vec<Delivery>,
@@ -255,6 +258,7 @@ impl Processor {
             watch_batches: config.plugins.watch_batches,
             until: None,
             from_bronze: config.replay.as_ref().is_some_and(|r| r.bronze.is_some()),
+            clock: Clock::System,
             silver,
             epoch: None,
             deliveries: Vec::new(),
@@ -307,6 +311,7 @@ impl Processor {
         let parser = self.chain.parser();
         let in_epoch_before = self.epoch.as_ref().map(|e| e.sequences().clone());
         let mut max_time = i64::MIN;
+        let mut newest_ingest = i64::MIN;
         self.sample.clear();
         let at = now_ms();
         for message in messages {
@@ -370,6 +375,7 @@ impl Processor {
             let ingest_ms = header(headers::INGEST_MS)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(at);
+            newest_ingest = newest_ingest.max(ingest_ms);
             let source_id = header(if self.from_bronze {
                 headers::SOURCE_ID
             } else {
@@ -453,6 +459,9 @@ impl Processor {
         }
         let labels = self.chain_labels();
         let chain_label = labels.join(",");
+        if newest_ingest > i64::MIN {
+            self.clock.set(newest_ingest);
+        }
         let output = self.chain.run(events);
         // Event time moves the watermark only through events the chain kept (a far-future timestamp that
         // quality quarantines must not close every window), whose time is their own (not the fallback), and

@@ -156,9 +156,16 @@ pub async fn run(
         None => Loader::with_default_cache(),
     };
     let (config, loader, started_at) = (Arc::new(config), loader, Instant::now());
+    // Replays judge "now" by when each batch was ingested (see `Clock::Shared`); the live pipeline by the
+    // system clock.
+    let clock = match config.replay {
+        Some(_) => crate::runtime::Clock::shared(),
+        None => crate::runtime::Clock::System,
+    };
     let (plugins, stages, previous) = {
-        let (config, loader) = (config.clone(), loader.clone());
-        tokio::task::spawn_blocking(move || runner::start_plugins(&config, &loader)).await??
+        let (config, loader, clock) = (config.clone(), loader.clone(), clock.clone());
+        tokio::task::spawn_blocking(move || runner::start_plugins(&config, &loader, &clock))
+            .await??
     };
     let extra_reads = config
         .silver
@@ -258,6 +265,7 @@ pub async fn run(
     )?;
     processor.until = replay_until;
     processor.set_previous(previous);
+    processor.clock = clock;
     let processor_thread = std::thread::Builder::new()
         .name("weir-processor".into())
         .spawn(move || process_loop(processor, batches_rx, control_rx))?;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
@@ -13,22 +14,40 @@ use super::guest_log::GuestLog;
 use super::sandbox::{self, Limits};
 use super::state::KeyedState;
 
-/// The clock plugins see. Tests and `weir plugin run --now` pin it so freshness checks are reproducible.
-#[derive(Clone, Copy, Debug, Default)]
+/// The clock plugins see (and keyed state's time-to-live). Tests and `weir plugin run --now` pin it so
+/// freshness checks are reproducible.
+#[derive(Clone, Debug, Default)]
 pub enum Clock {
     #[default]
     System,
     Fixed(i64),
+    /// Set by the pipeline before each batch. Replays set it to when the batch's events were ingested, so
+    /// that checks against "now" (freshness, state expiry) judge each event as the live run did, however
+    /// long ago that was.
+    Shared(Arc<AtomicI64>),
 }
 
 impl Clock {
-    pub fn now_ms(self) -> i64 {
+    /// A clock the pipeline sets, starting at the system time.
+    pub fn shared() -> Self {
+        Clock::Shared(Arc::new(AtomicI64::new(Clock::System.now_ms())))
+    }
+
+    pub fn now_ms(&self) -> i64 {
         match self {
             Clock::System => SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
-            Clock::Fixed(ms) => ms,
+            Clock::Fixed(ms) => *ms,
+            Clock::Shared(ms) => ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets a shared clock (other kinds keep their own time).
+    pub fn set(&self, now_ms: i64) {
+        if let Clock::Shared(ms) = self {
+            ms.store(now_ms, Ordering::Relaxed);
         }
     }
 }

@@ -89,7 +89,7 @@ impl Plugin {
             .unwrap_or_default()
             .into();
         let (mut store, instance) =
-            instantiate(&loaded, name, &limits, clock, KeyedState::default())?;
+            instantiate(&loaded, name, &limits, clock.clone(), KeyedState::default())?;
         let guest = instance.weir_transform_transform();
         store.set_epoch_deadline(limits.deadline_ticks());
         let manifest = guest.call_manifest(&mut store).map_err(|e| {
@@ -410,7 +410,7 @@ impl Plugin {
         ctx.metrics = Default::default();
         let (state, clock, name) = (
             std::mem::take(&mut ctx.state),
-            ctx.clock,
+            ctx.clock.clone(),
             ctx.plugin.clone(),
         );
         // The plugin initialized from this config before, and init must be deterministic.

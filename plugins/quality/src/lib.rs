@@ -5,9 +5,9 @@
 //!
 //! Check kinds: `not_null`, `type` (`boolean`, `integer`, `number`, `string`, `object`, `array`), `enum`,
 //! `range` (`min`/`max`, inclusive), `regex`, `max_length` (characters), `freshness` (the time at `path` is
-//! no older than `max_age_ms` against the host clock; a missing or unreadable time fails), `not_future` (not
-//! later than the host clock plus `skew_ms`), and `requires` (when `path` equals `equals`, `then` must be
-//! present). Checks other than `not_null`, `requires`, `freshness` and `not_future` pass when the value is
+//! no older than `max_age_ms` against the host clock, which in a replay reads when the batch was ingested; a
+//! missing or unreadable time fails), `not_future` (not later than the host clock plus `skew_ms`), and
+//! `requires` (when `path` equals `equals`, `then` must be present). Checks other than `not_null`, `requires`, `freshness` and `not_future` pass when the value is
 //! absent or null: pair them with `not_null` where presence matters.
 //!
 //! The default checks are the bronze/silver gates for Wikimedia `recentchange` (see `Config::default`).

@@ -118,7 +118,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             loaded,
             &config,
             args.sandbox.limits(),
-            clock,
+            clock.clone(),
         )?);
     }
     let shape = EventShape {
