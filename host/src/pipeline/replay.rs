@@ -20,6 +20,7 @@ use arrow_array::{
 use async_nats::jetstream::{self, consumer::pull};
 
 use crate::bus::{self, StreamConfig};
+use crate::lake::log::Ranges;
 use crate::lake::read;
 use crate::lake::store::Store;
 
@@ -124,13 +125,14 @@ pub async fn last_sequence(js: &jetstream::Context, stream: &str, replay: &Repla
 }
 
 /// Stages the committed bronze rows of `replay`'s range from `bronze` (the live lake) in the stream
-/// `staging`, which is made afresh (a replay run again re-stages; its commit log skips what it has).
-/// Returns the number of events staged.
+/// `staging`, which is made afresh, leaving out the sequences the version holds already (`done`: a
+/// replay run again stages only what it has not committed). Returns the number of events staged.
 pub async fn stage_bronze(
     js: &jetstream::Context,
     bronze: &Store,
     staging: &StreamConfig,
     replay: &Replay,
+    done: &Ranges,
 ) -> Result<u64> {
     if js.get_stream(&staging.name).await.is_ok() {
         js.delete_stream(&staging.name)
@@ -160,7 +162,7 @@ pub async fn stage_bronze(
             for i in 0..rows.len() {
                 let seq = rows.seq.value(i);
                 let ingest_ms = rows.ingest.value(i).div_euclid(1000);
-                if seq < from_seq || seq > until || ingest_ms < from_ms {
+                if seq < from_seq || seq > until || ingest_ms < from_ms || done.contains(seq) {
                     continue;
                 }
                 let mut headers = async_nats::HeaderMap::new();

@@ -76,8 +76,14 @@ pub async fn run(
         live.url = bronze.clone();
         let store = crate::lake::store::Store::open(&live.store())
             .with_context(|| format!("the lake to replay bronze from ({bronze})"))?;
+        // What a replay that ran before holds already is not staged again.
+        let version = crate::lake::store::Store::open(&config.lake_config().store())?;
+        let done = crate::lake::log::read(&version)
+            .await
+            .context("reading the replay version's commit log")?
+            .committed;
         config.stream = replay.staging_stream(&config.stream);
-        super::replay::stage_bronze(&js, &store, &config.stream, &replay).await?;
+        super::replay::stage_bronze(&js, &store, &config.stream, &replay, &done).await?;
     }
     config.stream.ensure(&js).await?;
 
