@@ -416,6 +416,14 @@ impl Config {
             .or_else(|| self.api.token.clone().filter(|t| !t.is_empty()))
     }
 
+    /// An S3-compatible endpoint given on the command line (empty: the configured one stays).
+    pub fn set_lake_endpoint(&mut self, endpoint: String) {
+        if !endpoint.is_empty() {
+            self.lake.allow_http |= endpoint.starts_with("http://");
+            self.lake.endpoint = Some(endpoint);
+        }
+    }
+
     pub fn lake_config(&self) -> LakeConfig {
         let mut lake = self.lake.clone();
         // A relative local lake path is relative to the working directory (where `weir run` starts), like

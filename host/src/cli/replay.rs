@@ -49,9 +49,8 @@ pub struct ReplayArgs {
 
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let mut config = Config::load(&args.config)?;
-    if let Some(endpoint) = args.lake_endpoint.clone().filter(|e| !e.is_empty()) {
-        config.lake.allow_http |= endpoint.starts_with("http://");
-        config.lake.endpoint = Some(endpoint);
+    if let Some(endpoint) = args.lake_endpoint.clone() {
+        config.set_lake_endpoint(endpoint);
     }
     let replay = Replay {
         version: args.version.clone(),

@@ -42,9 +42,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(lake) = args.lake.filter(|l| !l.is_empty()) {
         config.lake.url = lake;
     }
-    if let Some(endpoint) = args.lake_endpoint.filter(|e| !e.is_empty()) {
-        config.lake.allow_http |= endpoint.starts_with("http://");
-        config.lake.endpoint = Some(endpoint);
+    if let Some(endpoint) = args.lake_endpoint {
+        config.set_lake_endpoint(endpoint);
     }
     if let Some(nats) = args.nats {
         config.nats.url = nats;

@@ -7,11 +7,8 @@
 //! through a short bounded queue, so a slow encoder slows the pipeline instead of piling up rows.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
-
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, SchemaRef};
 use bytes::Bytes;
@@ -53,8 +50,6 @@ enum Mode {
     Background {
         queue: std::sync::mpsc::SyncSender<Append>,
         worker: std::thread::JoinHandle<anyhow::Result<Vec<FinishedFile>>>,
-        /// The encoder's compressed bytes so far, as of the last batch it took.
-        bytes: Arc<AtomicUsize>,
     },
     /// The background encoder stopped on this error: the epoch cannot be committed.
     Failed(String),
@@ -93,15 +88,15 @@ fn properties(
         let path = ColumnPath::from(field.name().as_str());
         // Dictionaries pay off for repeated text (wiki, type, user, lineage); numbers and timestamps are
         // mostly distinct, so interning them is wasted work (they compress well enough plain, under zstd).
-        let repeated_text = matches!(field.data_type(), DataType::Utf8)
-            && !schema::DISTINCT_TEXT.contains(&field.name().as_str())
-            && !mostly_distinct(column);
-        if !repeated_text {
+        let text = matches!(field.data_type(), DataType::Utf8);
+        let distinct_text = text
+            && (schema::DISTINCT_TEXT.contains(&field.name().as_str()) || mostly_distinct(column));
+        if !text || distinct_text {
             builder = builder.set_column_dictionary_enabled(path.clone(), false);
         }
         // Text that differs in every row (ids, titles, comments, raw payloads) gains nothing from min/max:
         // no engine prunes by them, and computing them compares every value.
-        if matches!(field.data_type(), DataType::Utf8) && !repeated_text {
+        if distinct_text {
             builder = builder.set_column_statistics_enabled(path, EnabledStatistics::None);
         }
     }
@@ -132,9 +127,8 @@ fn mostly_distinct(column: &dyn Array) -> bool {
     if text.len() - text.null_count() < SAMPLE {
         return false;
     }
-    let sample: Vec<&str> = text.iter().flatten().take(SAMPLE).collect();
-    let distinct: std::collections::HashSet<&str> = sample.iter().copied().collect();
-    distinct.len() * 4 > sample.len() * 3
+    let distinct: std::collections::HashSet<&str> = text.iter().flatten().take(SAMPLE).collect();
+    distinct.len() * 4 > SAMPLE * 3
 }
 
 impl EpochFiles {
@@ -153,24 +147,17 @@ impl EpochFiles {
     ) -> anyhow::Result<Self> {
         let mut encoder = Encoder::new(tag, max_file_bytes, metadata);
         let (queue, batches) = std::sync::mpsc::sync_channel::<Append>(QUEUE);
-        let bytes = Arc::new(AtomicUsize::new(0));
-        let written = bytes.clone();
         let worker = std::thread::Builder::new()
             .name("weir-parquet".into())
             .spawn(move || {
                 for a in batches {
                     encoder.append(&a.table, &a.partition, &a.batch, a.seqs)?;
-                    written.store(encoder.bytes(), Ordering::Relaxed);
                 }
                 encoder.finish_all()
             })
             .context("starting the Parquet encoder thread")?;
         Ok(EpochFiles {
-            mode: Mode::Background {
-                queue,
-                worker,
-                bytes,
-            },
+            mode: Mode::Background { queue, worker },
         })
     }
 
@@ -198,17 +185,16 @@ impl EpochFiles {
                 if sent.is_ok() {
                     return Ok(());
                 }
-                // The encoder stopped on an error: that error is the one to report, now and at commit.
-                let error = match std::mem::replace(&mut self.mode, Mode::Failed(String::new())) {
-                    Mode::Background { queue, worker, .. } => {
-                        drop(queue);
-                        join(worker)
-                            .err()
-                            .map_or("the Parquet encoder stopped".to_string(), |e| {
-                                format!("{e:#}")
-                            })
-                    }
-                    _ => unreachable!("matched as background above"),
+                // The encoder stopped on an error (its end of the queue is gone): that error is the one to
+                // report, now and at commit.
+                let Mode::Background { worker, .. } =
+                    std::mem::replace(&mut self.mode, Mode::Failed(String::new()))
+                else {
+                    unreachable!("matched as background above")
+                };
+                let error = match join(worker) {
+                    Err(e) => format!("{e:#}"),
+                    Ok(_) => "the Parquet encoder stopped".to_string(),
                 };
                 self.mode = Mode::Failed(error.clone());
                 Err(anyhow::anyhow!(error))
@@ -221,21 +207,12 @@ impl EpochFiles {
     pub fn finish_all(self) -> anyhow::Result<Vec<FinishedFile>> {
         match self.mode {
             Mode::Inline(encoder) => encoder.finish_all(),
-            Mode::Background { queue, worker, .. } => {
+            Mode::Background { queue, worker } => {
+                // Closing the queue ends the encoder's loop.
                 drop(queue);
                 join(worker)
             }
             Mode::Failed(error) => Err(anyhow::anyhow!(error)),
-        }
-    }
-
-    /// Compressed bytes so far (for commit-size triggers and memory accounting); in the background, as of
-    /// the last batch the encoder took.
-    pub fn bytes(&self) -> usize {
-        match &self.mode {
-            Mode::Inline(encoder) => encoder.bytes(),
-            Mode::Background { bytes, .. } => bytes.load(Ordering::Relaxed),
-            Mode::Failed(_) => 0,
         }
     }
 }
@@ -328,14 +305,6 @@ impl Encoder {
             self.finish(&key, file)?;
         }
         Ok(self.done)
-    }
-
-    fn bytes(&self) -> usize {
-        self.open
-            .values()
-            .map(|o| o.writer.bytes_written() + o.writer.in_progress_size())
-            .sum::<usize>()
-            + self.done.iter().map(|f| f.bytes.len()).sum::<usize>()
     }
 }
 

@@ -554,11 +554,6 @@ impl Epoch {
         self.started.elapsed()
     }
 
-    /// Compressed bytes written so far.
-    pub fn bytes(&self) -> usize {
-        self.files.bytes()
-    }
-
     pub fn add_bronze(&mut self, rows: &[Received]) -> Result<()> {
         for (partition, group) in rows::by_partition(rows.iter(), |r| r.ingest_ms) {
             let batch = rows::bronze_batch(&group);

@@ -56,9 +56,9 @@ pub struct Stages {
     pub limits: Vec<crate::runtime::Limits>,
 }
 
-/// Loads and starts every stage's plugin; errors name the stage.
 /// Starts every stage's plugin: the configured version, or the one deployed before a restart. Returns the
 /// plugins, the stages, and for stages started on a deployed version the one before it (for a rollback).
+/// Errors name the stage.
 pub fn start_plugins(
     config: &Config,
     loader: &Loader,
@@ -95,30 +95,27 @@ pub fn start_plugins(
                     None
                 }
             });
-        let plugin = match redeployed {
+        let (plugin, before) = match redeployed {
             Some(plugin) => {
                 tracing::info!(stage = %stage.name, plugin = %plugin.label(), "plugin loaded (deployed before the restart)");
+                // What a rollback returns to: the deployed version before it, else the configured one.
                 let before = deployed
                     .as_ref()
                     .and_then(|d| d.previous(&stage.name))
                     .unwrap_or_else(|| stage.path.clone());
-                previous.push(
-                    start(&before)
-                        .inspect_err(|e| {
-                            tracing::warn!(stage = %stage.name, "no rollback after the restart: {e:#}")
-                        })
-                        .ok(),
-                );
-                plugin
+                let before = start(&before)
+                    .inspect_err(|e| tracing::warn!(stage = %stage.name, "no rollback after the restart: {e:#}"))
+                    .ok();
+                (plugin, before)
             }
             None => {
                 let plugin = start(&stage.path)?;
                 tracing::info!(stage = %stage.name, plugin = %plugin.label(), "plugin loaded");
-                previous.push(None);
-                plugin
+                (plugin, None)
             }
         };
         plugins.push(plugin);
+        previous.push(before);
         stages.names.push(stage.name);
         stages.configs.push(stage.config);
         stages.limits.push(stage.limits);
@@ -702,14 +699,7 @@ impl Processor {
                 bytes,
                 reply,
             } => {
-                let deployed = self.deploy(&stage, plugin);
-                if deployed.is_ok()
-                    && let Some(record) = &self.deployed
-                    && let Err(e) = record.record_deploy(&stage, &bytes)
-                {
-                    tracing::warn!(%stage, "deployed, but a restart will not remember it: {e}");
-                }
-                let _ = reply.send(deployed);
+                let _ = reply.send(self.deploy(&stage, plugin, &bytes));
             }
             Control::Rollback { stage, reply } => {
                 let _ = reply.send(self.rollback(&stage));
@@ -733,12 +723,18 @@ impl Processor {
 
     /// Swaps a stage's plugin for a new version: starts it, runs it on the last batch as a self-test (in an
     /// instance of its own, so the test leaves no state), hands the old version's state over, and swaps.
-    fn deploy(&mut self, stage: &str, loaded: Arc<LoadedPlugin>) -> Result<String, String> {
+    fn deploy(
+        &mut self,
+        stage: &str,
+        loaded: Arc<LoadedPlugin>,
+        bytes: &[u8],
+    ) -> Result<String, String> {
         let index = self.stage_index(stage)?;
         let config = self.stages.configs[index].clone();
         let limits = self.stages.limits[index].clone();
+        let clock = self.clock.clone();
         let start = |loaded: Arc<LoadedPlugin>| {
-            Plugin::start(loaded, &config, limits.clone(), Clock::System)
+            Plugin::start(loaded, &config, limits.clone(), clock.clone())
                 .map_err(|e| format!("{e:#}"))
         };
         self.self_test(start(loaded.clone())?)?;
@@ -758,6 +754,11 @@ impl Processor {
         self.previous[index] = Some(old);
         self.shared.counters.swaps.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%stage, plugin = %label, "deployed");
+        if let Some(record) = &self.deployed
+            && let Err(e) = record.record_deploy(stage, bytes)
+        {
+            tracing::warn!(%stage, "deployed, but a restart will not remember it: {e}");
+        }
         Ok(label)
     }
 
