@@ -8,6 +8,13 @@
 //! - When an ack fails (timeout, lost connection), everything not yet acked is sent again, in order, with the
 //!   same ids, until the server has them: what arrived before is dropped as a duplicate, so the stream ends up
 //!   with each event once and in arrival order.
+//! - A server that crashes loses what it had acked but not yet written: JetStream's file store coalesces
+//!   writes for a few milliseconds. So the newest `max_in_flight` acked messages are kept too, and after a
+//!   failed ack or a reconnect the publisher asks the stream for the newest one it was acked; when the stream
+//!   no longer holds it, the kept messages are sent again ahead of the unacked ones (those the stream still
+//!   holds are dropped as duplicates: the server rebuilds its duplicate window from the stored messages).
+//!   Only then is the order not kept: messages the client queued while the server was down reach the new
+//!   server before the lost ones are found and sent again.
 //! - The source position (the SSE id) of the newest acked event is saved in a JetStream key-value bucket, so a
 //!   restarted host resumes where it left off.
 
@@ -104,6 +111,15 @@ impl Positions {
 struct InFlight {
     message: Outgoing,
     ack: Option<PublishAckFuture>,
+    /// Acked before, by a server that then lost its newest messages: counted in the stats already.
+    recovered: bool,
+}
+
+/// A message the server acked, kept until newer acks push it out in case the server loses it.
+struct Acked {
+    message: Outgoing,
+    stream: String,
+    sequence: u64,
 }
 
 pub struct Publisher {
@@ -111,6 +127,10 @@ pub struct Publisher {
     subject: String,
     max_in_flight: usize,
     in_flight: VecDeque<InFlight>,
+    /// The newest acked messages, oldest first, at most `max_in_flight`.
+    acked: VecDeque<Acked>,
+    /// The client's connection count when the stream was last known to hold every acked message.
+    connects: u64,
     positions: Positions,
     source: String,
     /// The newest position acked, and whether it is saved.
@@ -130,11 +150,14 @@ impl Publisher {
         source: impl Into<String>,
         stats: Arc<PublishStats>,
     ) -> Self {
+        let connects = js.client().statistics().connects.load(Ordering::Relaxed);
         Publisher {
             js,
             subject: subject.into(),
             max_in_flight: max_in_flight.max(1),
             in_flight: VecDeque::new(),
+            acked: VecDeque::new(),
+            connects,
             positions,
             source: source.into(),
             acked_position: None,
@@ -156,6 +179,10 @@ impl Publisher {
 
     /// Sends a message; waits for the oldest ack first when `max_in_flight` are pending.
     pub async fn publish(&mut self, message: Outgoing) -> Result<()> {
+        if self.reconnected() {
+            // The server may have restarted after a crash: check before anything new is stored after it.
+            self.resend_all().await?;
+        }
         while self.in_flight.len() >= self.max_in_flight {
             self.settle_oldest().await?;
         }
@@ -164,6 +191,7 @@ impl Publisher {
         self.in_flight.push_back(InFlight {
             message,
             ack: ack.ok(),
+            recovered: false,
         });
         if failed {
             self.resend_all().await?;
@@ -218,18 +246,27 @@ impl Publisher {
         match result {
             Ok(ack) => {
                 let done = self.in_flight.pop_front().expect("front exists");
-                if ack.duplicate {
+                // A recovered message was counted when it was first acked.
+                if ack.duplicate && !done.recovered {
                     self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                } else {
+                } else if !done.recovered {
                     self.stats.published.fetch_add(1, Ordering::Relaxed);
                     self.stats
                         .bytes
                         .fetch_add(done.message.payload.len() as u64, Ordering::Relaxed);
                 }
-                if let Some(position) = done.message.position {
-                    self.acked_position = Some(position);
+                if let Some(position) = &done.message.position {
+                    self.acked_position = Some(position.clone());
                     self.saved = false;
                 }
+                if self.acked.len() >= self.max_in_flight {
+                    self.acked.pop_front();
+                }
+                self.acked.push_back(Acked {
+                    message: done.message,
+                    stream: ack.stream,
+                    sequence: ack.sequence,
+                });
                 Ok(())
             }
             Err(e) => {
@@ -239,14 +276,31 @@ impl Publisher {
         }
     }
 
+    /// How many times the client has connected to a server so far.
+    fn connects(&self) -> u64 {
+        self.js
+            .client()
+            .statistics()
+            .connects
+            .load(Ordering::Relaxed)
+    }
+
+    /// Whether the client has connected again since the stream was last checked.
+    fn reconnected(&self) -> bool {
+        self.connects() != self.connects
+    }
+
     /// Sends every unacked message again, in order, until each has an ack future; waits out the acks of the
-    /// earlier sends first so the new sends come after them.
+    /// earlier sends first so the new sends come after them. Acked messages the server lost go first.
     async fn resend_all(&mut self) -> Result<()> {
-        for entry in &mut self.in_flight {
-            if let Some(ack) = entry.ack.take() {
-                let _ = ack.await;
-            }
-        }
+        // All at once: each ack lost with a dead connection takes the whole ack timeout to give up.
+        let pending = self
+            .in_flight
+            .iter_mut()
+            .filter_map(|entry| entry.ack.take())
+            .map(std::future::IntoFuture::into_future);
+        futures::future::join_all(pending).await;
+        self.recover_lost().await;
         let mut delay = Duration::from_millis(100);
         let mut i = 0;
         while i < self.in_flight.len() {
@@ -264,6 +318,58 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// Puts the kept acked messages back in front of the unacked ones when the stream lost the newest of
+    /// them (a server crash). Waits until the server answers: nothing can be published before that anyway.
+    async fn recover_lost(&mut self) {
+        let mut delay = Duration::from_millis(100);
+        let lost = loop {
+            let connects = self.connects();
+            match self.holds_newest_acked().await {
+                Ok(holds) => {
+                    self.connects = connects;
+                    break !holds;
+                }
+                Err(e) => {
+                    tracing::warn!(subject = %self.subject, "cannot check the stream for lost messages ({e:#}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        if !lost {
+            return;
+        }
+        let count = self.acked.len();
+        tracing::warn!(
+            subject = %self.subject,
+            "the stream lost acked messages (a server crash before they were written); sending the last {count} acked again"
+        );
+        for acked in self.acked.drain(..).rev() {
+            self.in_flight.push_front(InFlight {
+                message: acked.message,
+                ack: None,
+                recovered: true,
+            });
+        }
+    }
+
+    /// Whether the stream still holds the newest message it acked, under the same id.
+    async fn holds_newest_acked(&self) -> Result<bool> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
+        let Some(newest) = self.acked.back() else {
+            return Ok(true);
+        };
+        let stream = self.js.get_stream_no_info(&newest.stream).await?;
+        match stream.get_raw_message(newest.sequence).await {
+            Ok(stored) => Ok(stored
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .is_some_and(|id| id.as_str() == newest.message.id)),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn save_position(&mut self) -> Result<()> {
