@@ -335,9 +335,9 @@ fn nats_server_restart_mid_stream_loses_nothing() {
     });
 }
 
-/// What a crashed server loses: messages it acked but had not written yet. Deleting the newest ones and
-/// restarting the server leaves the stream as such a crash would; the publisher must find the gap after the
-/// reconnect and fill it, each message once.
+/// What a crashed server loses: messages it acked but had not written yet. A stream that holds only the
+/// older ones, on a server that is then killed and restarted, is what such a crash leaves; the publisher must
+/// find the gap after the reconnect and fill it, each message once.
 #[test]
 fn acked_messages_a_crashed_server_lost_are_sent_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,16 +382,20 @@ fn acked_messages_a_crashed_server_lost_are_sent_again() {
                 .await
                 .unwrap();
         }
-        // Crash it then: it rebuilds its duplicate window from what it holds.
+        // Crash it then (it rebuilds its duplicate window from what it holds), and publish more while it is
+        // down: the client queues those, and the new server stores them where the lost ones were.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        tokio::task::block_in_place(|| {
-            server.kill();
+        server.kill();
+        let restart = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
             server.restart().unwrap();
+            server
         });
         for i in 100..110 {
             publisher.publish(message(i)).await.unwrap();
         }
         publisher.flush().await.unwrap();
+        let _server = restart.join().unwrap();
         let mut stored = stored_ids(&nats, "LOST").await;
         stored.sort();
         let expected: Vec<String> = (0..110).map(|i| format!("event-{i:03}")).collect();

@@ -10,15 +10,13 @@
 //!   with each event once and in arrival order.
 //! - A server that crashes loses what it had acked but not yet written: JetStream's file store coalesces
 //!   writes for a few milliseconds. So the newest `max_in_flight` acked messages are kept too, and after a
-//!   failed ack or a reconnect the publisher asks the stream for the newest one it was acked; when the stream
-//!   no longer holds it, the kept messages are sent again ahead of the unacked ones (those the stream still
-//!   holds are dropped as duplicates: the server rebuilds its duplicate window from the stored messages).
-//!   Only then is the order not kept: messages the client queued while the server was down reach the new
-//!   server before the lost ones are found and sent again.
+//!   failed ack or a reconnect the publisher reads the stream back from the oldest of them; those it no
+//!   longer holds are sent again ahead of the unacked ones. Only then is the order not kept: messages the
+//!   client queued while the server was down reach the new server before the lost ones are found.
 //! - The source position (the SSE id) of the newest acked event is saved in a JetStream key-value bucket, so a
 //!   restarted host resumes where it left off.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +25,7 @@ use anyhow::{Context, Result};
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, kv};
 use bytes::Bytes;
+use futures::StreamExt;
 
 /// A message ready to publish.
 #[derive(Clone, Debug)]
@@ -204,8 +203,15 @@ impl Publisher {
 
     /// Waits until every message sent is acked, and saves the position.
     pub async fn flush(&mut self) -> Result<()> {
-        while !self.in_flight.is_empty() {
-            self.settle_oldest().await?;
+        loop {
+            while !self.in_flight.is_empty() {
+                self.settle_oldest().await?;
+            }
+            // Acked through a new connection: the server may have lost older acked messages in a crash.
+            if !self.reconnected() {
+                break;
+            }
+            self.resend_all().await?;
         }
         // The last save before a stop: worth a few tries (a server just restarted can be slow to answer).
         let mut delay = Duration::from_millis(200);
@@ -320,16 +326,16 @@ impl Publisher {
         Ok(())
     }
 
-    /// Puts the kept acked messages back in front of the unacked ones when the stream lost the newest of
-    /// them (a server crash). Waits until the server answers: nothing can be published before that anyway.
+    /// Puts the kept acked messages the stream no longer holds back in front of the unacked ones (a server
+    /// crash lost them). Waits until the server answers: nothing can be published before that anyway.
     async fn recover_lost(&mut self) {
         let mut delay = Duration::from_millis(100);
-        let lost = loop {
+        let present = loop {
             let connects = self.connects();
-            match self.holds_newest_acked().await {
-                Ok(holds) => {
+            match self.stored_ids().await {
+                Ok(present) => {
                     self.connects = connects;
-                    break !holds;
+                    break present;
                 }
                 Err(e) => {
                     tracing::warn!(subject = %self.subject, "cannot check the stream for lost messages ({e:#}); retrying in {delay:?}");
@@ -338,15 +344,20 @@ impl Publisher {
                 }
             }
         };
-        if !lost {
+        let lost: Vec<Acked> = self
+            .acked
+            .drain(..)
+            .filter(|a| !present.contains(&a.message.id))
+            .collect();
+        if lost.is_empty() {
             return;
         }
-        let count = self.acked.len();
         tracing::warn!(
             subject = %self.subject,
-            "the stream lost acked messages (a server crash before they were written); sending the last {count} acked again"
+            "the stream lost {} acked messages (a server crash before they were written); sending them again",
+            lost.len()
         );
-        for acked in self.acked.drain(..).rev() {
+        for acked in lost.into_iter().rev() {
             self.in_flight.push_front(InFlight {
                 message: acked.message,
                 ack: None,
@@ -355,21 +366,57 @@ impl Publisher {
         }
     }
 
-    /// Whether the stream still holds the newest message it acked, under the same id.
-    async fn holds_newest_acked(&self) -> Result<bool> {
-        use async_nats::jetstream::stream::RawMessageErrorKind;
-        let Some(newest) = self.acked.back() else {
-            return Ok(true);
+    /// The ids of the messages the stream holds from the oldest kept acked message on. Every kept message is
+    /// looked up, not only the newest: messages the client queued while the server was down may have been
+    /// stored (and acked) in the place of lost ones.
+    async fn stored_ids(&self) -> Result<HashSet<String>> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let mut present = HashSet::new();
+        let (Some(newest), Some(first)) = (
+            self.acked.back(),
+            self.acked.iter().map(|a| a.sequence).min(),
+        ) else {
+            return Ok(present);
         };
-        let stream = self.js.get_stream_no_info(&newest.stream).await?;
-        match stream.get_raw_message(newest.sequence).await {
-            Ok(stored) => Ok(stored
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .is_some_and(|id| id.as_str() == newest.message.id)),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(e.into()),
+        let mut stream = self.js.get_stream(&newest.stream).await?;
+        let last = stream.info().await?.state.last_sequence;
+        if last < first {
+            return Ok(present);
         }
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: first,
+                },
+                headers_only: true,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                .await
+                .context("reading the stream back timed out")?;
+            let Some(message) = next else { break };
+            let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(id) = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            {
+                present.insert(id.to_string());
+            }
+            if message
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence
+                >= last
+            {
+                break;
+            }
+        }
+        Ok(present)
     }
 
     async fn save_position(&mut self) -> Result<()> {
