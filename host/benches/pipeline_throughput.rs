@@ -6,7 +6,8 @@
 //!
 //! Run with `make bench` (or `cargo bench -p weir --bench pipeline_throughput`; it runs
 //! `target/release/weir`, so build that first). `WEIR_BENCH_EVENTS` sets the number of events (default
-//! 1,000,000), `WEIR_BENCH_SWAPS` the number of hot swaps (default 20).
+//! 1,000,000), `WEIR_BENCH_SWAPS` the number of hot swaps (default 20), `WEIR_BENCH_WRAPPER` a command to
+//! run `weir run` under (`heaptrack`, `perf record -g`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -98,6 +99,19 @@ async fn prefill(nats: &async_nats::Client, config: &Config, count: u64) -> u64 
     stream.info().await.unwrap().state.last_sequence
 }
 
+/// `pid` itself or its first descendant named `weir`.
+fn weir_process(pid: u32) -> Option<u32> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    if comm.trim() == "weir" {
+        return Some(pid);
+    }
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find_map(weir_process)
+}
+
 /// Peak resident set of a process, in bytes (`VmHWM`).
 fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -149,7 +163,18 @@ fn main() {
 
     let lake = dir.path().join("lake");
     let log = dir.path().join("weir.log");
-    let mut child = Command::new(&weir)
+    // `WEIR_BENCH_WRAPPER="heaptrack"` (or any command) runs `weir run` under it, for profiles.
+    let wrapper = std::env::var("WEIR_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(&weir);
+            c
+        }
+        None => Command::new(&weir),
+    };
+    let mut child = command
         .args(["run", "--no-source", "--api", "127.0.0.1:0", "--config"])
         .arg(&config_path)
         .args(["--nats", &server.url()])
@@ -233,10 +258,13 @@ fn main() {
         })
     };
     let pipeline = get_json("/api/v1/pipeline");
+    let plugins = get_json("/api/v1/plugins");
     let reasons = get_json("/api/v1/quarantine/reasons");
-    let rss = peak_rss(pid).unwrap_or(0);
+    // Under a wrapper, `weir run` is a process further down.
+    let weir_pid = weir_process(pid).unwrap_or(pid);
+    let rss = peak_rss(weir_pid).unwrap_or(0);
     Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args(["-TERM", &weir_pid.to_string()])
         .status()
         .unwrap();
     let status = child.wait().unwrap();
@@ -260,6 +288,32 @@ fn main() {
         "  events: {} to silver, {} dropped by rules, {} quarantined {}",
         pipeline["silver"], pipeline["dropped"], pipeline["quarantined"], reasons["since_start"]
     );
+    let mb = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+    let stages: Vec<String> = plugins["plugins"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|p| {
+                    let stats = &p["stats"];
+                    let snapshot = mb(&stats["snapshot_bytes"]);
+                    if snapshot > 0.0 {
+                        format!(
+                            "{} {:.0} (snapshot {snapshot:.0})",
+                            p["stage"].as_str().unwrap_or("?"),
+                            mb(&stats["memory_bytes"])
+                        )
+                    } else {
+                        format!(
+                            "{} {:.0}",
+                            p["stage"].as_str().unwrap_or("?"),
+                            mb(&stats["memory_bytes"])
+                        )
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    println!("  plugin memory, MB: {}", stages.join(", "));
     let pauses = &pipeline["swap_pauses"];
     println!(
         "  hot-swap pause of enrich under load: p50 {} µs, p99 {} µs over {} swaps",

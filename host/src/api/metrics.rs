@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
-use crate::runtime::stats::LATENCY_BUCKETS_US;
+use crate::runtime::stats::{LATENCY_BUCKETS_US, PluginStats};
 
 fn label(value: &str) -> String {
     value
@@ -278,6 +278,27 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
                 "weir_plugin_reported",
                 &[("pipeline", p), ("stage", &info.stage), ("name", name)],
                 v,
+            );
+        }
+    }
+    for (name, help, value) in [
+        (
+            "weir_plugin_memory_bytes",
+            "A plugin instance's linear memory (its high-water mark: Wasm memory never shrinks).",
+            (|st: &PluginStats| st.memory_bytes) as fn(&PluginStats) -> u64,
+        ),
+        (
+            "weir_plugin_snapshot_bytes",
+            "The size of a plugin's last state snapshot (saved with every commit).",
+            |st| st.snapshot_bytes,
+        ),
+    ] {
+        o.metric(name, "gauge", help);
+        for info in plugins.iter() {
+            o.value(
+                name,
+                &[("pipeline", p), ("stage", &info.stage)],
+                value(&info.stats),
             );
         }
     }

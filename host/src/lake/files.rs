@@ -2,6 +2,11 @@
 //! batches arrive so an epoch in progress holds compressed bytes, not rows. A file that grows past
 //! `max_file_bytes` is closed and the next batch starts another part.
 //!
+//! A Parquet writer costs about a megabyte before its first row (a page buffer and a zstd context per
+//! column), and late or future events scatter a few rows over many hourly partitions. So a partition's
+//! batches wait as Arrow rows until it has [`WRITER_AFTER_ROWS`]; small partitions are encoded in one go
+//! when the epoch ends.
+//!
 //! The pipeline encodes on a thread of its own ([`EpochFiles::background`]): Parquet and zstd are a large
 //! share of a batch's cost, and the thread that runs the plugins should not wait for them. The batches go
 //! through a short bounded queue, so a slow encoder slows the pipeline instead of piling up rows.
@@ -32,7 +37,10 @@ pub struct FinishedFile {
 }
 
 struct Open {
-    writer: ArrowWriter<Vec<u8>>,
+    /// `None` while the partition's rows are few enough to wait in `pending`.
+    writer: Option<ArrowWriter<Vec<u8>>>,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
     schema: SchemaRef,
     rows: u64,
     min_seq: u64,
@@ -64,6 +72,9 @@ struct Append {
 
 /// Batches waiting for the background encoder; a full queue blocks the pipeline (backpressure).
 const QUEUE: usize = 16;
+
+/// Rows a partition collects before it gets a Parquet writer of its own.
+const WRITER_AFTER_ROWS: usize = 4096;
 
 /// The open writers and finished files of one epoch.
 struct Encoder {
@@ -225,6 +236,32 @@ fn join(
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet encoder thread panicked")))
 }
 
+impl Open {
+    /// Gives the partition its writer and encodes what waited; returns the writer.
+    fn start_writer(
+        &mut self,
+        row_group_rows: usize,
+        metadata: &[(String, String)],
+    ) -> anyhow::Result<&mut ArrowWriter<Vec<u8>>> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_rows = 0;
+        // The largest batch is the best sample for the per-column choices.
+        let sample = pending
+            .iter()
+            .max_by_key(|b| b.num_rows())
+            .expect("a partition is opened by a batch");
+        let mut writer = ArrowWriter::try_new(
+            Vec::new(),
+            self.schema.clone(),
+            Some(properties(row_group_rows, metadata, sample)),
+        )?;
+        for batch in &pending {
+            writer.write(batch)?;
+        }
+        Ok(self.writer.insert(writer))
+    }
+}
+
 impl Encoder {
     fn new(tag: &str, max_file_bytes: usize, metadata: Vec<(String, String)>) -> Self {
         Encoder {
@@ -248,7 +285,9 @@ impl Encoder {
         // A new schema (gold tables grow columns) or a full file closes the current part.
         let roll = self.open.get(&key).is_some_and(|o| {
             o.schema != batch.schema()
-                || o.writer.bytes_written() + o.writer.in_progress_size() >= self.max_file_bytes
+                || o.writer.as_ref().is_some_and(|w| {
+                    w.bytes_written() + w.in_progress_size() >= self.max_file_bytes
+                })
         });
         let mut part = 0;
         if roll {
@@ -256,33 +295,38 @@ impl Encoder {
             part = open.part + 1;
             self.finish(&key, open)?;
         }
-        let open = match self.open.entry(key) {
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                let writer = ArrowWriter::try_new(
-                    Vec::with_capacity(1 << 20),
-                    batch.schema(),
-                    Some(properties(self.row_group_rows, &self.metadata, batch)),
-                )?;
-                v.insert(Open {
-                    writer,
-                    schema: batch.schema(),
-                    rows: 0,
-                    min_seq: seqs.0,
-                    max_seq: seqs.1,
-                    part,
-                })
-            }
-        };
-        open.writer.write(batch)?;
+        let open = self.open.entry(key).or_insert_with(|| Open {
+            writer: None,
+            pending: Vec::new(),
+            pending_rows: 0,
+            schema: batch.schema(),
+            rows: 0,
+            min_seq: seqs.0,
+            max_seq: seqs.1,
+            part,
+        });
         open.rows += batch.num_rows() as u64;
         open.min_seq = open.min_seq.min(seqs.0);
         open.max_seq = open.max_seq.max(seqs.1);
+        match &mut open.writer {
+            Some(writer) => writer.write(batch)?,
+            None => {
+                open.pending.push(batch.clone());
+                open.pending_rows += batch.num_rows();
+                if open.pending_rows >= WRITER_AFTER_ROWS {
+                    open.start_writer(self.row_group_rows, &self.metadata)?;
+                }
+            }
+        }
         Ok(())
     }
 
-    fn finish(&mut self, key: &(String, String), open: Open) -> anyhow::Result<()> {
-        let bytes = open.writer.into_inner()?;
+    fn finish(&mut self, key: &(String, String), mut open: Open) -> anyhow::Result<()> {
+        if open.writer.is_none() {
+            open.start_writer(self.row_group_rows, &self.metadata)?;
+        }
+        let writer = open.writer.take().expect("started above");
+        let bytes = writer.into_inner()?;
         // Named from the sequences it holds: `<first seq>-<last seq>-<host>-<part>.parquet`.
         let name = format!(
             "{:020}-{:020}-{}-{:03}.parquet",
@@ -374,5 +418,63 @@ mod tests {
                 ]
             );
         }
+    }
+
+    /// Small partitions wait as rows and are written at the end, large ones get a writer on the way; either
+    /// way every row lands in its partition's file once.
+    #[test]
+    fn small_and_large_partitions_hold_every_row() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "_seq",
+            DataType::UInt64,
+            false,
+        )]));
+        let batch = |from: u64, to: u64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(UInt64Array::from_iter_values(from..to)) as ArrayRef],
+            )
+            .unwrap()
+        };
+        let mut files = EpochFiles::new("t", 1 << 30, Vec::new());
+        files
+            .append("silver", "large", &batch(0, 3000), (0, 2999))
+            .unwrap();
+        files
+            .append("silver", "small", &batch(3000, 3010), (3000, 3009))
+            .unwrap();
+        files
+            .append("silver", "large", &batch(3010, 6010), (3010, 6009))
+            .unwrap();
+        files
+            .append("silver", "small", &batch(6010, 6012), (6010, 6011))
+            .unwrap();
+        let mut done = files.finish_all().unwrap();
+        done.sort_by(|a, b| a.relative.cmp(&b.relative));
+        let rows: Vec<(String, u64, u64, u64)> = done
+            .iter()
+            .map(|f| {
+                let reader = SerializedFileReader::new(f.bytes.clone()).unwrap();
+                assert_eq!(reader.metadata().file_metadata().num_rows() as u64, f.rows);
+                (f.relative.clone(), f.rows, f.min_seq, f.max_seq)
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "large/00000000000000000000-00000000000000006009-t-000.parquet".to_string(),
+                    6000,
+                    0,
+                    6009
+                ),
+                (
+                    "small/00000000000000003000-00000000000000006011-t-000.parquet".to_string(),
+                    12,
+                    3000,
+                    6011
+                ),
+            ]
+        );
     }
 }

@@ -24,44 +24,62 @@ struct StageState {
     snapshot: Option<Vec<u8>>,
 }
 
-/// The state of every stage, for a commit: whole when `full`, else the changes since the last call.
-pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> Result<Vec<u8>> {
-    let stages = chain
-        .stages_mut()
-        .iter_mut()
-        .zip(names)
-        .map(|(stage, name)| {
-            let plugin = stage.plugin_mut();
-            let keyed = if full {
-                plugin.state_mut().full(now_ms)
-            } else {
-                plugin.state_mut().take_delta()
-            };
-            Ok(StageState {
-                name: name.clone(),
-                keyed,
-                snapshot: current_snapshot(plugin, name)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    Ok(postcard::to_allocvec(&Blob { full, stages }).expect("state serializes"))
+/// What `capture` writes: the same encoding as [`Blob`], borrowing the snapshots instead of copying them.
+#[derive(Serialize)]
+struct BlobRef<'a> {
+    full: bool,
+    stages: Vec<StageStateRef<'a>>,
 }
 
-/// The stage's in-memory state as of now. A failed snapshot replaces the instance, which comes back up to date
-/// (last snapshot, then its journal), so one more try normally succeeds; a commit never goes ahead with a
-/// stale state.
-fn current_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<Option<Vec<u8>>> {
-    if let Ok(snapshot) = plugin.current_snapshot() {
-        return Ok(snapshot.map(<[u8]>::to_vec));
+#[derive(Serialize)]
+struct StageStateRef<'a> {
+    name: &'a str,
+    keyed: Delta,
+    #[serde(with = "serde_bytes")]
+    snapshot: Option<&'a [u8]>,
+}
+
+/// The state of every stage, for a commit: whole when `full`, else the changes since the last call.
+pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> Result<Vec<u8>> {
+    let mut keyed = Vec::with_capacity(names.len());
+    for (stage, name) in chain.stages_mut().iter_mut().zip(names) {
+        let plugin = stage.plugin_mut();
+        keyed.push(if full {
+            plugin.state_mut().full(now_ms)
+        } else {
+            plugin.state_mut().take_delta()
+        });
+        refresh_snapshot(plugin, name)?;
+    }
+    let stages = chain
+        .stages()
+        .iter()
+        .zip(names)
+        .zip(keyed)
+        .map(|((stage, name), keyed)| StageStateRef {
+            name,
+            keyed,
+            snapshot: stage.plugin().last_snapshot(),
+        })
+        .collect();
+    Ok(postcard::to_allocvec(&BlobRef { full, stages }).expect("state serializes"))
+}
+
+/// Brings the stage's snapshot up to date. A failed snapshot replaces the instance, which comes back up to
+/// date (last snapshot, then its journal), so one more try normally succeeds; a commit never goes ahead with
+/// a stale state.
+fn refresh_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<()> {
+    if plugin.current_snapshot().is_ok() {
+        return Ok(());
     }
     tracing::warn!(
         stage,
         "snapshot for the commit failed; retrying on the replacement instance"
     );
-    let snapshot = plugin.current_snapshot().map_err(|f| {
+    plugin.current_snapshot().map_err(|f| {
         anyhow::anyhow!("stage {stage}: cannot snapshot its state for the commit: {f}")
     })?;
-    Ok(snapshot.map(<[u8]>::to_vec))
+    Ok(())
 }
 
 /// Applies a commit chain's state to the stages (matched by name; a stage with no saved state starts empty).

@@ -65,12 +65,14 @@ pub struct StagedMetrics {
 pub struct MemoryCap {
     pub max_bytes: usize,
     pub hit: bool,
+    /// The instance's linear memories together, in bytes (they only grow).
+    pub size: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -81,6 +83,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
                 self.max_bytes
             );
         }
+        self.size += desired.saturating_sub(current);
         Ok(true)
     }
 
@@ -122,6 +125,7 @@ impl PluginCtx {
             memory: MemoryCap {
                 max_bytes: limits.memory_bytes as usize,
                 hit: false,
+                size: 0,
             },
             stdout,
             stderr,

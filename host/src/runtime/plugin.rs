@@ -128,7 +128,7 @@ impl Plugin {
         };
         plugin.store.data_mut().state.commit(clock.now_ms());
         plugin
-            .take_snapshot()
+            .snapshot_now()
             .map_err(|f| anyhow!("{}: snapshot() failed: {f}", plugin.label()))?;
         Ok(plugin)
     }
@@ -275,10 +275,16 @@ impl Plugin {
         Ok(rows)
     }
 
-    /// The plugin's in-memory state, for checkpoints and hot swaps (empty for plugins without snapshot state).
+    /// The plugin's in-memory state, for hot swaps (empty for plugins without snapshot state).
     pub fn take_snapshot(&mut self) -> Result<Vec<u8>, PluginFailure> {
+        self.snapshot_now()?;
+        Ok(self.snapshot.clone().unwrap_or_default())
+    }
+
+    /// Replaces the restore point with a snapshot of the state as of now (nothing for plugins without one).
+    fn snapshot_now(&mut self) -> Result<(), PluginFailure> {
         if !self.plan.state.snapshot {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if let Some(why) = &self.broken {
             return Err(PluginFailure {
@@ -295,17 +301,23 @@ impl Plugin {
             snapshot_cost: self.last_call,
             ..Journal::default()
         };
-        self.snapshot = Some(snapshot.clone());
-        Ok(snapshot)
+        self.stats.snapshot_bytes = snapshot.len() as u64;
+        self.snapshot = Some(snapshot);
+        Ok(())
     }
 
     /// The in-memory state as of now, for a commit: the last snapshot when no call changed it since, else a new
     /// one. If the plugin cannot take one, the commit must not go ahead with a stale state.
     pub fn current_snapshot(&mut self) -> Result<Option<&[u8]>, PluginFailure> {
         if self.plan.state.snapshot && !self.journal.calls.is_empty() {
-            self.take_snapshot()?;
+            self.snapshot_now()?;
         }
         Ok(self.snapshot.as_deref())
+    }
+
+    /// The snapshot [`Plugin::current_snapshot`] made current, without taking another.
+    pub fn last_snapshot(&self) -> Option<&[u8]> {
+        self.snapshot.as_deref()
     }
 
     /// Gives the plugin a snapshot taken by `take_snapshot` (of this version or the one it replaces).
@@ -362,6 +374,7 @@ impl Plugin {
         self.stats.record_call(self.last_call);
         let ctx = self.store.data_mut();
         self.stats.guest_log_dropped_bytes += ctx.stdout.end_call() + ctx.stderr.end_call();
+        self.stats.memory_bytes = ctx.memory.size as u64;
         let failure = match outcome {
             Ok(value) => match check(&value) {
                 Ok(()) => {
@@ -397,7 +410,7 @@ impl Plugin {
         journal.spent += spent;
         let due = journal.spent >= journal.snapshot_cost * JOURNAL_COST_RATIO
             || journal.events >= JOURNAL_MAX_EVENTS;
-        if due && let Err(failure) = self.take_snapshot() {
+        if due && let Err(failure) = self.snapshot_now() {
             tracing::warn!(plugin = %self.label(), "snapshot failed, keeping the previous one and its journal: {failure}");
         }
     }
@@ -454,6 +467,7 @@ impl Plugin {
         );
         match restarted {
             Ok((store, instance)) => {
+                self.stats.memory_bytes = store.data().memory.size as u64;
                 self.store = store;
                 self.instance = instance;
             }

@@ -36,6 +36,10 @@ pub struct PluginStats {
     /// Fresh instances created after a failure.
     pub instance_restarts: u64,
     pub guest_log_dropped_bytes: u64,
+    /// The instance's linear memory now, in bytes: its high-water mark, since Wasm memory never shrinks.
+    pub memory_bytes: u64,
+    /// The size of the plugin's last state snapshot, in bytes (0 for plugins without one).
+    pub snapshot_bytes: u64,
     pub counters: BTreeMap<String, u64>,
     pub gauges: BTreeMap<String, f64>,
 }
