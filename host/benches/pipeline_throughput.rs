@@ -284,6 +284,26 @@ fn main() {
         bytes as f64 / (1 << 20) as f64,
         pipeline["commits"]
     );
+    let mut tables: Vec<(u64, String)> = std::fs::read_dir(&lake)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    (
+                        walk(&e.path()),
+                        e.file_name().to_string_lossy().into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tables.sort_by(|a, b| b.cmp(a));
+    let tables: Vec<String> = tables
+        .iter()
+        .take(6)
+        .map(|(bytes, name)| format!("{name} {:.1}", *bytes as f64 / (1 << 20) as f64))
+        .collect();
+    println!("  largest in the lake, MB: {}", tables.join(", "));
     println!(
         "  events: {} to silver, {} dropped by rules, {} quarantined {}",
         pipeline["silver"], pipeline["dropped"], pipeline["quarantined"], reasons["since_start"]
