@@ -1,6 +1,10 @@
 //! Plugin state as the lake keeps it with each commit: per stage, the keyed state (whole, or what changed
 //! since the previous commit) and the in-memory snapshot. Restoring applies the last whole state, then every
 //! later change, so a restart resumes with exactly the state that matches the committed data.
+//!
+//! A blob is postcard in a zstd frame: dedupe keys and window groups are text, and compress several times.
+//! Blobs written before compression are bare postcard, which starts with a bool and so never with zstd's
+//! magic number.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -62,8 +66,11 @@ pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> 
             snapshot: stage.plugin().last_snapshot(),
         })
         .collect();
-    Ok(postcard::to_allocvec(&BlobRef { full, stages }).expect("state serializes"))
+    let raw = postcard::to_allocvec(&BlobRef { full, stages }).expect("state serializes");
+    zstd::bulk::compress(&raw, 1).context("compressing the plugin state")
 }
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// Brings the stage's snapshot up to date. A failed snapshot replaces the instance, which comes back up to
 /// date (last snapshot, then its journal), so one more try normally succeeds; a commit never goes ahead with
@@ -86,6 +93,14 @@ fn refresh_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<
 pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> Result<()> {
     let mut snapshots: Vec<Option<Vec<u8>>> = vec![None; names.len()];
     for (i, bytes) in blobs.iter().enumerate() {
+        let raw;
+        let bytes: &[u8] = if bytes.starts_with(&ZSTD_MAGIC) {
+            raw = zstd::stream::decode_all(&bytes[..])
+                .with_context(|| format!("plugin state {i} is corrupt"))?;
+            &raw
+        } else {
+            bytes
+        };
         let blob: Blob =
             postcard::from_bytes(bytes).with_context(|| format!("plugin state {i} is corrupt"))?;
         for saved in blob.stages {
@@ -115,4 +130,24 @@ pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> R
         stage.plugin_mut().state_mut().take_delta();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blobs from before compression are told apart by their first byte, the `full` flag.
+    #[test]
+    fn bare_postcard_blobs_never_look_like_zstd() {
+        for full in [false, true] {
+            let bare = postcard::to_allocvec(&Blob {
+                full,
+                stages: Vec::new(),
+            })
+            .unwrap();
+            assert!(!bare.starts_with(&ZSTD_MAGIC));
+        }
+        let compressed = zstd::bulk::compress(b"state", 1).unwrap();
+        assert!(compressed.starts_with(&ZSTD_MAGIC));
+    }
 }
