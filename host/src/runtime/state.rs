@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     // As one byte string, not a sequence of numbers: the same postcard encoding, written as one copy.
+    // A boxed slice, not a Vec: 8 bytes less per entry, and a dedupe state holds millions.
     #[serde(with = "serde_bytes")]
-    value: Vec<u8>,
+    value: Box<[u8]>,
     /// Absolute expiry in host milliseconds; `None` never expires.
     expires_at_ms: Option<i64>,
 }
@@ -25,7 +26,8 @@ impl Entry {
 /// A plugin's keyed state: committed entries plus the writes staged by the call in progress.
 #[derive(Debug, Default)]
 pub struct KeyedState {
-    committed: HashMap<String, Entry>,
+    // Boxed keys, 8 bytes less per entry than `String` (the table's slots dominate a large state).
+    committed: HashMap<Box<str>, Entry>,
     /// `None` stages a delete.
     staged: HashMap<String, Option<Entry>>,
     /// Entry count after the last sweep of expired entries; the next sweep runs when the map has doubled.
@@ -33,12 +35,12 @@ pub struct KeyedState {
     /// Bytes of keys and values committed, for metrics and quotas.
     bytes: usize,
     /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
-    dirty: foldhash::HashSet<String>,
+    dirty: foldhash::HashSet<Box<str>>,
 }
 
 /// The changes to a keyed state between two lake commits (`None`: deleted).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Delta(Vec<(String, Option<Entry>)>);
+pub struct Delta(Vec<(Box<str>, Option<Entry>)>);
 
 impl Delta {
     pub fn len(&self) -> usize {
@@ -56,7 +58,7 @@ impl KeyedState {
             Some(staged) => staged.as_ref(),
             None => self.committed.get(key),
         };
-        entry.filter(|e| e.live(now_ms)).map(|e| e.value.as_slice())
+        entry.filter(|e| e.live(now_ms)).map(|e| &*e.value)
     }
 
     pub fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>, now_ms: i64) {
@@ -65,7 +67,7 @@ impl KeyedState {
         self.staged.insert(
             key,
             Some(Entry {
-                value,
+                value: value.into_boxed_slice(),
                 expires_at_ms,
             }),
         );
@@ -78,6 +80,7 @@ impl KeyedState {
     /// Applies the staged writes of a call that succeeded.
     pub fn commit(&mut self, now_ms: i64) {
         for (key, staged) in self.staged.drain() {
+            let key = key.into_boxed_str();
             if !self.dirty.contains(&key) {
                 self.dirty.insert(key.clone());
             }
@@ -172,7 +175,7 @@ mod tests {
     #[test]
     fn values_keep_the_encoding_of_lakes_written_before_they_were_byte_strings() {
         let entry = Entry {
-            value: vec![1, 2, 250],
+            value: vec![1, 2, 250].into(),
             expires_at_ms: Some(7),
         };
         #[derive(Serialize)]
@@ -181,7 +184,7 @@ mod tests {
             expires_at_ms: Option<i64>,
         }
         let before = Before {
-            value: entry.value.clone(),
+            value: entry.value.to_vec(),
             expires_at_ms: entry.expires_at_ms,
         };
         let bytes = postcard::to_allocvec(&entry).unwrap();
