@@ -117,7 +117,6 @@ struct InFlight {
 /// A message the server acked, kept until newer acks push it out in case the server loses it.
 struct Acked {
     message: Outgoing,
-    stream: String,
     sequence: u64,
 }
 
@@ -128,6 +127,10 @@ pub struct Publisher {
     in_flight: VecDeque<InFlight>,
     /// The newest acked messages, oldest first, at most `max_in_flight`.
     acked: VecDeque<Acked>,
+    /// The stream the subject's messages are stored in (from the first ack).
+    stream: Option<String>,
+    /// The client's counters: `connects` tells a reconnect (read on every publish, so kept, not asked for).
+    client_stats: Arc<async_nats::Statistics>,
     /// The client's connection count when the stream was last known to hold every acked message.
     connects: u64,
     positions: Positions,
@@ -149,13 +152,16 @@ impl Publisher {
         source: impl Into<String>,
         stats: Arc<PublishStats>,
     ) -> Self {
-        let connects = js.client().statistics().connects.load(Ordering::Relaxed);
+        let client_stats = js.client().statistics();
+        let connects = client_stats.connects.load(Ordering::Relaxed);
         Publisher {
             js,
             subject: subject.into(),
             max_in_flight: max_in_flight.max(1),
             in_flight: VecDeque::new(),
             acked: VecDeque::new(),
+            stream: None,
+            client_stats,
             connects,
             positions,
             source: source.into(),
@@ -253,13 +259,15 @@ impl Publisher {
             Ok(ack) => {
                 let done = self.in_flight.pop_front().expect("front exists");
                 // A recovered message was counted when it was first acked.
-                if ack.duplicate && !done.recovered {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                } else if !done.recovered {
-                    self.stats.published.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .bytes
-                        .fetch_add(done.message.payload.len() as u64, Ordering::Relaxed);
+                if !done.recovered {
+                    if ack.duplicate {
+                        self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.published.fetch_add(1, Ordering::Relaxed);
+                        self.stats
+                            .bytes
+                            .fetch_add(done.message.payload.len() as u64, Ordering::Relaxed);
+                    }
                 }
                 if let Some(position) = &done.message.position {
                     self.acked_position = Some(position.clone());
@@ -270,9 +278,11 @@ impl Publisher {
                 }
                 self.acked.push_back(Acked {
                     message: done.message,
-                    stream: ack.stream,
                     sequence: ack.sequence,
                 });
+                if self.stream.is_none() {
+                    self.stream = Some(ack.stream);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -284,11 +294,7 @@ impl Publisher {
 
     /// How many times the client has connected to a server so far.
     fn connects(&self) -> u64 {
-        self.js
-            .client()
-            .statistics()
-            .connects
-            .load(Ordering::Relaxed)
+        self.client_stats.connects.load(Ordering::Relaxed)
     }
 
     /// Whether the client has connected again since the stream was last checked.
@@ -372,13 +378,12 @@ impl Publisher {
     async fn stored_ids(&self) -> Result<HashSet<String>> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
         let mut present = HashSet::new();
-        let (Some(newest), Some(first)) = (
-            self.acked.back(),
-            self.acked.iter().map(|a| a.sequence).min(),
-        ) else {
+        let (Some(stream), Some(first)) =
+            (&self.stream, self.acked.iter().map(|a| a.sequence).min())
+        else {
             return Ok(present);
         };
-        let mut stream = self.js.get_stream(&newest.stream).await?;
+        let mut stream = self.js.get_stream(stream).await?;
         let last = stream.info().await?.state.last_sequence;
         if last < first {
             return Ok(present);

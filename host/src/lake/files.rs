@@ -37,10 +37,9 @@ pub struct FinishedFile {
 }
 
 struct Open {
-    /// `None` while the partition's rows are few enough to wait in `pending`.
+    /// `None` while the partition's rows (`rows` of them) are few enough to wait in `pending`.
     writer: Option<ArrowWriter<Vec<u8>>>,
     pending: Vec<RecordBatch>,
-    pending_rows: usize,
     schema: SchemaRef,
     rows: u64,
     min_seq: u64,
@@ -236,30 +235,24 @@ fn join(
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the Parquet encoder thread panicked")))
 }
 
-impl Open {
-    /// Gives the partition its writer and encodes what waited; returns the writer.
-    fn start_writer(
-        &mut self,
-        row_group_rows: usize,
-        metadata: &[(String, String)],
-    ) -> anyhow::Result<&mut ArrowWriter<Vec<u8>>> {
-        let pending = std::mem::take(&mut self.pending);
-        self.pending_rows = 0;
-        // The largest batch is the best sample for the per-column choices.
-        let sample = pending
-            .iter()
-            .max_by_key(|b| b.num_rows())
-            .expect("a partition is opened by a batch");
-        let mut writer = ArrowWriter::try_new(
-            Vec::new(),
-            self.schema.clone(),
-            Some(properties(row_group_rows, metadata, sample)),
-        )?;
-        for batch in &pending {
-            writer.write(batch)?;
-        }
-        Ok(self.writer.insert(writer))
+/// A writer for a partition, with what waited for it encoded; the per-column choices are made from the
+/// largest batch, the best sample.
+fn writer_for(
+    schema: &SchemaRef,
+    pending: Vec<RecordBatch>,
+    row_group_rows: usize,
+    metadata: &[(String, String)],
+) -> anyhow::Result<ArrowWriter<Vec<u8>>> {
+    let sample = pending
+        .iter()
+        .max_by_key(|b| b.num_rows())
+        .expect("a partition is opened by a batch");
+    let properties = properties(row_group_rows, metadata, sample);
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
+    for batch in &pending {
+        writer.write(batch)?;
     }
+    Ok(writer)
 }
 
 impl Encoder {
@@ -298,7 +291,6 @@ impl Encoder {
         let open = self.open.entry(key).or_insert_with(|| Open {
             writer: None,
             pending: Vec::new(),
-            pending_rows: 0,
             schema: batch.schema(),
             rows: 0,
             min_seq: seqs.0,
@@ -312,20 +304,30 @@ impl Encoder {
             Some(writer) => writer.write(batch)?,
             None => {
                 open.pending.push(batch.clone());
-                open.pending_rows += batch.num_rows();
-                if open.pending_rows >= WRITER_AFTER_ROWS {
-                    open.start_writer(self.row_group_rows, &self.metadata)?;
+                if open.rows >= WRITER_AFTER_ROWS as u64 {
+                    let pending = std::mem::take(&mut open.pending);
+                    open.writer = Some(writer_for(
+                        &open.schema,
+                        pending,
+                        self.row_group_rows,
+                        &self.metadata,
+                    )?);
                 }
             }
         }
         Ok(())
     }
 
-    fn finish(&mut self, key: &(String, String), mut open: Open) -> anyhow::Result<()> {
-        if open.writer.is_none() {
-            open.start_writer(self.row_group_rows, &self.metadata)?;
-        }
-        let writer = open.writer.take().expect("started above");
+    fn finish(&mut self, key: &(String, String), open: Open) -> anyhow::Result<()> {
+        let writer = match open.writer {
+            Some(writer) => writer,
+            None => writer_for(
+                &open.schema,
+                open.pending,
+                self.row_group_rows,
+                &self.metadata,
+            )?,
+        };
         let bytes = writer.into_inner()?;
         // Named from the sequences it holds: `<first seq>-<last seq>-<host>-<part>.parquet`.
         let name = format!(

@@ -6,41 +6,31 @@
 //! Blobs written before compression are bare postcard, which starts with a bool and so never with zstd's
 //! magic number.
 
+use std::borrow::Cow;
+
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::chain::Chain;
 use crate::runtime::state::Delta;
 
+/// One commit's state. `capture` writes it borrowing the stages' snapshots; `restore` reads it back.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Blob {
+struct Blob<'a> {
     full: bool,
-    stages: Vec<StageState>,
+    #[serde(borrow)]
+    stages: Vec<StageState<'a>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct StageState {
-    name: String,
+struct StageState<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
     keyed: Delta,
     // As one byte string (same postcard encoding as a sequence of u8, which serde would otherwise write a
     // byte at a time: a large window state made that a visible part of each commit).
-    #[serde(with = "serde_bytes")]
-    snapshot: Option<Vec<u8>>,
-}
-
-/// What `capture` writes: the same encoding as [`Blob`], borrowing the snapshots instead of copying them.
-#[derive(Serialize)]
-struct BlobRef<'a> {
-    full: bool,
-    stages: Vec<StageStateRef<'a>>,
-}
-
-#[derive(Serialize)]
-struct StageStateRef<'a> {
-    name: &'a str,
-    keyed: Delta,
-    #[serde(with = "serde_bytes")]
-    snapshot: Option<&'a [u8]>,
+    #[serde(with = "serde_bytes", borrow)]
+    snapshot: Option<Cow<'a, [u8]>>,
 }
 
 /// The state of every stage, for a commit: whole when `full`, else the changes since the last call.
@@ -60,13 +50,13 @@ pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> 
         .iter()
         .zip(names)
         .zip(keyed)
-        .map(|((stage, name), keyed)| StageStateRef {
-            name,
+        .map(|((stage, name), keyed)| StageState {
+            name: Cow::Borrowed(name),
             keyed,
-            snapshot: stage.plugin().last_snapshot(),
+            snapshot: stage.plugin().last_snapshot().map(Cow::Borrowed),
         })
         .collect();
-    let raw = postcard::to_allocvec(&BlobRef { full, stages }).expect("state serializes");
+    let raw = postcard::to_allocvec(&Blob { full, stages }).expect("state serializes");
     zstd::bulk::compress(&raw, 1).context("compressing the plugin state")
 }
 
@@ -112,8 +102,8 @@ pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> R
                 .plugin_mut()
                 .state_mut()
                 .apply(saved.keyed);
-            if saved.snapshot.is_some() {
-                snapshots[index] = saved.snapshot;
+            if let Some(snapshot) = saved.snapshot {
+                snapshots[index] = Some(snapshot.into_owned());
             }
         }
     }
