@@ -281,6 +281,18 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             );
         }
     }
+    o.metric(
+        "weir_plugin_instance_restarts_total",
+        "counter",
+        "Fresh instances a plugin was given after a failed call.",
+    );
+    for info in plugins.iter() {
+        o.value(
+            "weir_plugin_instance_restarts_total",
+            &[("pipeline", p), ("stage", &info.stage)],
+            info.stats.instance_restarts,
+        );
+    }
     for (name, help, value) in [
         (
             "weir_plugin_memory_bytes",
