@@ -881,7 +881,10 @@ pub async fn fetch(
 ) -> Result<()> {
     let mut messages = consumer
         .stream()
-        .max_messages_per_batch(batch.max(64) * 4)
+        // Pull requests of 16 micro-batches (~4 MB of ~1 kB events): with 4, the processor waited on round
+        // trips to the server (pipeline_throughput at 300k events: ~13k → ~15k events/s; at 1M, where the
+        // plugins' growing state dominates, no change beyond noise).
+        .max_messages_per_batch(batch.max(64) * 16)
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await

@@ -252,7 +252,9 @@ pub async fn run(
             ))
         });
 
-    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(4);
+    // Room for one pull request's worth of micro-batches, so the processor keeps going while the fetch task
+    // (on the I/O runtime, shared with acks and uploads) is busy; still bounded, for backpressure.
+    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(16);
     let fetch_task = tokio::spawn(runner::fetch(
         consumer,
         config.consumer.batch,
