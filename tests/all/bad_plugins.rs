@@ -1,14 +1,23 @@
 //! Deliberately bad plugins: the host survives each, quarantines exactly the poison event with the right
 //! reason, gives every other event of the batch the plugin's real answer, and processes the next batch.
 
-use weir::runtime::FailureKind;
 use weir::runtime::types::Verdict;
+use weir::runtime::{FailureKind, Limits};
 
-use crate::support::{action_events, start};
+use crate::support::{action_events, start, start_with};
 
 /// 64 events with a poison one at index 37, then a clean batch.
 fn assert_isolates(crate_name: &str, kind: FailureKind, detail_contains: &str) {
-    let mut plugin = start(crate_name);
+    assert_isolates_with(crate_name, kind, detail_contains, Limits::default());
+}
+
+fn assert_isolates_with(
+    crate_name: &str,
+    kind: FailureKind,
+    detail_contains: &str,
+    limits: Limits,
+) {
+    let mut plugin = start_with(crate_name, limits);
     let mut actions = vec!["ok"; 64];
     actions[37] = "boom";
     let result = plugin.process(&action_events(&actions));
@@ -50,7 +59,14 @@ fn infinite_loop_times_out() {
 
 #[test]
 fn memory_bomb_hits_the_cap() {
-    assert_isolates("bad-memory-bomb", FailureKind::Oom, "memory limit");
+    // Filling 64 MiB takes a few milliseconds alone, but can take longer than the default 100 ms CPU deadline
+    // (wall time, by epochs) on a machine busy with the other tests; then the deadline, not the cap, stops it.
+    // The cap is what this test is about.
+    let limits = Limits {
+        call_timeout_ms: 10_000,
+        ..Limits::default()
+    };
+    assert_isolates_with("bad-memory-bomb", FailureKind::Oom, "memory limit", limits);
 }
 
 #[test]

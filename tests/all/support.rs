@@ -105,10 +105,14 @@ pub fn load(crate_name: &str) -> Arc<LoadedPlugin> {
 }
 
 pub fn start(crate_name: &str) -> Plugin {
+    start_with(crate_name, Limits::default())
+}
+
+pub fn start_with(crate_name: &str, limits: Limits) -> Plugin {
     Plugin::start(
         load(crate_name),
         "{}",
-        Limits::default(),
+        limits,
         Clock::Fixed(1_700_000_000_000),
     )
     .unwrap()
