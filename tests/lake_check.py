@@ -161,6 +161,11 @@ def main():
     if "silver" in data:
         report["silver_event_ids"] = data["silver"].column("_event_id").to_pylist()
         report["silver_chains"] = sorted(set(data["silver"].column("_chain").to_pylist()))
+        ranges = {}
+        for chain, seq in zip(data["silver"].column("_chain").to_pylist(), data["silver"].column("_seq").to_pylist()):
+            lo, hi = ranges.get(chain, (seq, seq))
+            ranges[chain] = (min(lo, seq), max(hi, seq))
+        report["silver_chain_ranges"] = ranges
     late = data.get("quarantine_gold")
     if late is None:
         late = pa.table({"_seq": pa.array([], pa.uint64()), "stage": pa.array([], pa.string())})

@@ -312,6 +312,110 @@ fn replay_writes_a_new_table_version_without_duplicates() {
         .assert_replayed(from, last);
 }
 
+/// `weir replay --in-place` puts silver and gold computed again through a new enrich version in place of
+/// the live rows from a sequence on, while `weir run` keeps running: killed at each step of the swap and
+/// run again, it ends with every sequence exactly once (bronze untouched), the new version's lineage on the
+/// rows of its range and the old one's before it, gold matching a recomputation from silver, and a log
+/// `weir lake verify` accepts. Running it again changes nothing.
+#[test]
+fn replay_in_place_replaces_the_rows_of_its_range_exactly_once() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let last = h.prefill(realistic(31, EVENTS, span()), EVENTS);
+    let mut weir = h.weir(&[]);
+    h.wait_committed(&mut weir, last, Duration::from_secs(180));
+    let before = h.read_back();
+
+    let next = crate::support::swap_plugin_path("swap-enrich-next");
+    let stage = format!("enrich={}", next.display());
+    let from = (last / 2).to_string();
+    let replay = |crash_at: &str| {
+        let mut command = std::process::Command::new(crate::support::weir_bin());
+        command
+            .args(["replay", "--in-place", "--config"])
+            .arg(&h.config_path)
+            .args([
+                "--version",
+                "fix-enrich",
+                "--from-seq",
+                &from,
+                "--stage",
+                &stage,
+            ]);
+        if !crash_at.is_empty() {
+            command.env("WEIR_CRASH_AT", crash_at);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The replay runs, then dies at each step of the swap in turn; the last run finishes it.
+    let mut planned = String::new();
+    for point in weir::lake::crash::REPLACE_POINTS {
+        let (ok, stderr) = replay(point);
+        assert!(!ok, "weir replay should have crashed at {point}: {stderr}");
+        if planned.is_empty() {
+            planned = stderr.clone();
+        }
+    }
+    let (ok, stderr) = replay("");
+    assert!(ok, "weir replay failed: {stderr}");
+    assert!(stderr.contains("in place already"), "{stderr}");
+    // "in place: sequences A..=B (...)": the range, widened to whole commits.
+    let range = planned
+        .split("in place: sequences ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no planned range in: {planned}"));
+    let (start, end) = range.split_once("..=").unwrap();
+    let (start, end): (u64, u64) = (start.parse().unwrap(), end.parse().unwrap());
+    assert!(start <= last / 2 && start > 1 && end == last, "{planned}");
+
+    h.verify();
+    let after = h.read_back();
+    after.assert_exactly_once(last);
+    assert_eq!(
+        {
+            let mut b = after.seqs("bronze");
+            b.sort_unstable();
+            b
+        },
+        {
+            let mut b = before.seqs("bronze");
+            b.sort_unstable();
+            b
+        },
+        "bronze is untouched"
+    );
+    let ranges = after.0["silver_chain_ranges"].as_object().unwrap();
+    for (chain, range) in ranges {
+        let (lo, hi) = (range[0].as_u64().unwrap(), range[1].as_u64().unwrap());
+        if chain.contains("enrich@0.2.0") {
+            assert!(lo >= start, "{chain}: rows {lo}..={hi}, range from {start}");
+        } else {
+            assert!(
+                hi < start,
+                "{chain}: rows {lo}..={hi} left in the range from {start}"
+            );
+        }
+    }
+    assert!(
+        ranges.keys().any(|c| c.contains("enrich@0.2.0")),
+        "{ranges:?}"
+    );
+
+    // The live pipeline, still running, and a restart of it, see the swap and lose nothing.
+    weir.stop();
+    let mut again = h.weir(&[]);
+    std::thread::sleep(Duration::from_secs(3));
+    again.stop();
+    let (ok, stderr) = replay("");
+    assert!(ok && stderr.contains("nothing to do"), "{stderr}");
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
 /// `weir replay --from-bronze` computes silver and gold again from the bronze table when the stream no
 /// longer holds the events (here: purged): the version holds every sequence once, keyed by the original
 /// sequences, with the same events in silver as the live tables, although by the time of the replay the

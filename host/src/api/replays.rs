@@ -32,6 +32,10 @@ pub struct ReplayRequest {
     /// stream keeps).
     #[serde(default)]
     pub from_bronze: bool,
+    /// Put the replayed silver and gold in place of the live rows of the range once it is complete,
+    /// instead of leaving them in a version beside the live tables.
+    #[serde(default)]
+    pub in_place: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +70,7 @@ impl Replays {
             start: crate::pipeline::replay::ReplayStart::Sequence(1),
             until: request.to_seq,
             bronze: request.from_bronze.then(|| context.lake.clone()),
+            in_place: None,
         };
         replay.validate()?;
         let mut jobs = self.jobs.lock().expect("not poisoned");
@@ -100,6 +105,17 @@ impl Replays {
         }
         if let Some(bronze) = &replay.bronze {
             command.arg(format!("--from-bronze={bronze}"));
+        }
+        if request.in_place {
+            if request.from_time.is_some() {
+                return Err(
+                    "a replay in place starts at a sequence: give from_seq, not from_time".into(),
+                );
+            }
+            // The live lake the version goes in place of.
+            command
+                .arg("--in-place")
+                .env("WEIR_LAKE_URL", &context.lake);
         }
         let child = command
             .stdin(Stdio::null())

@@ -1,5 +1,5 @@
-//! `weir replay`: silver and gold computed again from the stream or from bronze into a new table version
-//! (see `pipeline::replay`).
+//! `weir replay`: silver and gold computed again from the stream or from bronze into a new table version,
+//! or in place of the live rows of a range (see `pipeline::replay` and `lake::replace`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::config::Config;
+use crate::lake::replace;
+use crate::lake::store::Store;
 use crate::pipeline::replay::{Replay, ReplayStart};
 
 #[derive(Args)]
@@ -38,6 +40,11 @@ pub struct ReplayArgs {
     /// Write the version here instead of `<lake>/_versions/<version>`.
     #[arg(long)]
     lake: Option<String>,
+    /// Then put the version in place of the live silver, gold, drops and quarantine rows of the range, in
+    /// one commit (bronze stays). The range is widened to whole commits and files; the replay starts from
+    /// the plugin state the live pipeline had just before it. The live pipeline may keep running.
+    #[arg(long, conflicts_with = "from_time")]
+    in_place: bool,
     /// The S3-compatible endpoint of the lake (`http://127.0.0.1:8333`), as for `weir run`.
     #[arg(long, env = "WEIR_LAKE_ENDPOINT")]
     lake_endpoint: Option<String>,
@@ -52,7 +59,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     if let Some(endpoint) = args.lake_endpoint.clone() {
         config.set_lake_endpoint(endpoint);
     }
-    let replay = Replay {
+    let mut replay = Replay {
         version: args.version.clone(),
         start: match (args.from_seq, args.from_time) {
             (_, Some(ms)) => ReplayStart::Time(ms),
@@ -67,8 +74,57 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
                 lake.clone()
             }
         }),
+        in_place: None,
     };
     replay.validate().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("weir-io")
+        .build()?;
+    let concurrency = config.lake_config().upload_concurrency;
+    let live = if args.in_place {
+        let live = Store::open(&config.lake_config().store())?;
+        if let Some(record) = runtime.block_on(replace::done(&live, &replay.version))? {
+            // Done before (maybe up to a crash after the swap): finish the idempotent steps.
+            runtime.block_on(crate::lake::publish(
+                &live,
+                &record,
+                concurrency,
+                &Default::default(),
+            ))?;
+            eprintln!(
+                "version {} is in place already (epoch {} of {}): nothing to do; replay into a new version to \
+                 run it again",
+                replay.version, record.epoch, live.url
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let from = args.from_seq.unwrap_or(1);
+        let plan = runtime.block_on(replace::plan(&live, from, args.to_seq))?;
+        eprintln!(
+            "weir replay {} in place: sequences {}..={} ({} committed events){}, starting from {}",
+            replay.version,
+            plan.from,
+            plan.until,
+            plan.sequences.count(),
+            if plan.from != from || args.to_seq.is_some_and(|t| t != plan.until) {
+                " (widened to whole commits and files)"
+            } else {
+                ""
+            },
+            match &plan.state_of {
+                Some((host, epoch)) => format!("the plugin state of epoch {epoch} ({host})"),
+                None => "no plugin state (the start of the stream)".into(),
+            }
+        );
+        replay.start = ReplayStart::Sequence(plan.from);
+        replay.until = Some(plan.until);
+        replay.in_place = Some(plan);
+        Some(live)
+    } else {
+        None
+    };
     for spec in &args.stages {
         let Some((stage, file)) = spec.split_once('=') else {
             bail!("--stage {spec:?}: write STAGE=FILE (e.g. enrich=build/enrich.wasm)");
@@ -94,12 +150,8 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     }
     // A replay is a batch job: no API, no watched directory, no source.
     config.api.listen = String::new();
-    config.replay = Some(replay);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("weir-io")
-        .build()?;
+    config.replay = Some(replay.clone());
+    let version_store = config.lake_config().store();
     let started_at = std::time::Instant::now();
     let signal = super::shutdown_signal(&runtime);
     let shared = runtime.block_on(async {
@@ -129,6 +181,25 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             c.dropped.load(Relaxed),
             c.quarantined.load(Relaxed),
             c.skipped_committed.load(Relaxed),
+        );
+    }
+    if let (Some(live), Some(plan)) = (live, &replay.in_place) {
+        let version = Store::open(&version_store)?;
+        let record = runtime.block_on(replace::put_in_place(
+            &live,
+            &version,
+            &replay.version,
+            plan,
+            concurrency,
+        ))?;
+        eprintln!(
+            "put in place in {}: {} files replace {} live files of sequences {}..={} (epoch {})",
+            live.url,
+            record.files().count(),
+            record.replaces.len(),
+            plan.from,
+            plan.until,
+            record.epoch
         );
     }
     Ok(ExitCode::SUCCESS)

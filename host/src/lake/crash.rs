@@ -14,6 +14,13 @@ pub const POINTS: [&str; 5] = [
     "commit.after_ack",
 ];
 
+/// The crash points of a replay in place (see `lake::replace`), in order.
+pub const REPLACE_POINTS: [&str; 3] = [
+    "replace.after_files",
+    "replace.after_record",
+    "replace.after_moves",
+];
+
 fn target() -> Option<&'static (String, u64)> {
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
     TARGET
@@ -24,8 +31,8 @@ fn target() -> Option<&'static (String, u64)> {
                 None => (spec, 1),
             };
             assert!(
-                POINTS.contains(&point.as_str()),
-                "WEIR_CRASH_AT={point}: not a crash point (one of {POINTS:?})"
+                POINTS.contains(&point.as_str()) || REPLACE_POINTS.contains(&point.as_str()),
+                "WEIR_CRASH_AT={point}: not a crash point (one of {POINTS:?} {REPLACE_POINTS:?})"
             );
             Some((point, nth))
         })

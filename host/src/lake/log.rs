@@ -85,6 +85,29 @@ impl Ranges {
     pub fn max(&self) -> Option<u64> {
         self.0.last().map(|r| r.1)
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether every sequence of `other` is in these ranges.
+    pub fn covers(&self, other: &Ranges) -> bool {
+        other.0.iter().all(|&(a, b)| {
+            let i = self.0.partition_point(|&(_, d)| d < a);
+            self.0.get(i).is_some_and(|&(c, d)| c <= a && b <= d)
+        })
+    }
+
+    /// The part of these ranges within `from..=to`.
+    pub fn within(&self, from: u64, to: u64) -> Ranges {
+        Ranges(
+            self.0
+                .iter()
+                .filter(|&&(a, b)| a <= to && b >= from)
+                .map(|&(a, b)| (a.max(from), b.min(to)))
+                .collect(),
+        )
+    }
 }
 
 /// A file a commit added.
@@ -126,6 +149,19 @@ pub struct CommitRecord {
     /// Replaces these files (replays in place); empty for ordinary commits.
     #[serde(default)]
     pub replaces: Vec<String>,
+    /// A replay in place: the table version this commit put in place of `replaces` (see `lake::replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<String>,
+    /// A replay in place: the stream sequences whose rows it replaced (already counted by the commits
+    /// that first wrote them, so not in `sequences`).
+    #[serde(default, skip_serializing_if = "Ranges::is_empty")]
+    pub covers: Ranges,
+    /// A replay in place: the drops (by `stage/rule`) and quarantined events (by reason) of the rows it
+    /// replaced, which `dropped` and `quarantined` no longer count.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replaced_dropped: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replaced_quarantined: BTreeMap<String, u64>,
     /// The column types of every gold table so far (`timestamp`, `int64`, `float64`, `bool`, `string`), so
     /// a table keeps its types across restarts even when a column starts out null.
     #[serde(default)]
@@ -278,5 +314,8 @@ mod tests {
         r.trim_below(3);
         assert_eq!(r.0, [(3, 7), (10, 10)]);
         assert_eq!(Ranges::from_sorted([1, 2, 3, 5]).0, [(1, 3), (5, 5)]);
+        assert!(r.covers(&Ranges(vec![(3, 5), (10, 10)])));
+        assert!(!r.covers(&Ranges(vec![(6, 8)])));
+        assert_eq!(r.within(4, 10).0, [(4, 7), (10, 10)]);
     }
 }

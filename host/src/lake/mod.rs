@@ -23,6 +23,7 @@ pub mod crash;
 pub mod files;
 pub mod log;
 pub mod read;
+pub mod replace;
 pub mod rows;
 pub mod schema;
 pub mod store;
@@ -181,8 +182,20 @@ impl Lake {
             mismatches: Arc::new(Mismatches::default()),
             config,
         };
+        // Files a later replay in place replaced are gone for good: not moved again.
+        let replaced: std::collections::BTreeSet<&str> = state
+            .records
+            .iter()
+            .flat_map(|r| r.replaces.iter().map(String::as_str))
+            .collect();
         for record in &state.records {
-            lake.publish(record).await?;
+            publish(
+                &lake.store,
+                record,
+                lake.config.upload_concurrency,
+                &replaced,
+            )
+            .await?;
         }
         lake.clean_staging(&state.records).await?;
         for record in &state.records {
@@ -391,6 +404,10 @@ impl Lake {
             dropped,
             quarantined,
             replaces: Vec::new(),
+            replay: None,
+            covers: Ranges::default(),
+            replaced_dropped: BTreeMap::new(),
+            replaced_quarantined: BTreeMap::new(),
             gold_columns: gold_types
                 .iter()
                 .map(|(table, columns)| {
@@ -455,44 +472,13 @@ impl Lake {
 
     /// Moves a committed record's files from staging to their tables (idempotent).
     async fn publish(&self, record: &CommitRecord) -> Result<()> {
-        let mut moves: Vec<(String, String)> = record
-            .files()
-            .map(|f| (format!("{}/{}", record.staging, f.path), f.path.clone()))
-            .collect();
-        if let Some(state) = &record.state {
-            moves.push((format!("{}/state.bin", record.staging), state.clone()));
-        }
-        let store = self.store.clone();
-        futures::stream::iter(moves)
-            .map(|(from, to)| {
-                let store = store.clone();
-                async move {
-                    let (from, to) = (store.path(&from), store.path(&to));
-                    retry(&format!("moving {from} to {to}"), || {
-                        let (store, from, to) = (store.clone(), from.clone(), to.clone());
-                        async move {
-                            match store.store.rename(&from, &to).await {
-                                Ok(()) => Ok(()),
-                                // Already moved (an earlier attempt, or another host's recovery).
-                                Err(object_store::Error::NotFound { .. }) => match store.store.head(&to).await {
-                                    Ok(_) => Ok(()),
-                                    Err(object_store::Error::NotFound { .. }) => Err(anyhow::anyhow!(
-                                        "{to} is missing and its staged copy {from} too: the lake lost a committed file \
-                                         (run `weir lake verify`)"
-                                    )),
-                                    Err(e) => Err(e.into()),
-                                },
-                                Err(e) => Err(e.into()),
-                            }
-                        }
-                    })
-                    .await;
-                }
-            })
-            .buffer_unordered(self.config.upload_concurrency.max(1))
-            .collect::<Vec<()>>()
-            .await;
-        Ok(())
+        publish(
+            &self.store,
+            record,
+            self.config.upload_concurrency,
+            &Default::default(),
+        )
+        .await
     }
 
     /// Deletes staging this host left behind: of committed epochs (already moved) and of epochs that never
@@ -671,6 +657,78 @@ impl Epoch {
         }
         Ok(())
     }
+}
+
+/// Finishes a committed record (idempotent, so anyone may redo it after a crash): moves its files from
+/// staging to their tables, then deletes the files it replaces (a replay in place), so that readers of the
+/// directories alone (DuckDB, pyarrow) see what the log says. Files in `replaced` (by a later record) are
+/// left alone.
+pub(crate) async fn publish(
+    store: &Store,
+    record: &CommitRecord,
+    concurrency: usize,
+    replaced: &std::collections::BTreeSet<&str>,
+) -> Result<()> {
+    let mut moves: Vec<(String, String)> = record
+        .files()
+        .filter(|f| !replaced.contains(f.path.as_str()))
+        .map(|f| (format!("{}/{}", record.staging, f.path), f.path.clone()))
+        .collect();
+    if let Some(state) = &record.state {
+        moves.push((format!("{}/state.bin", record.staging), state.clone()));
+    }
+    futures::stream::iter(moves)
+        .map(|(from, to)| {
+            let store = store.clone();
+            async move {
+                let (from, to) = (store.path(&from), store.path(&to));
+                retry(&format!("moving {from} to {to}"), || {
+                    let (store, from, to) = (store.clone(), from.clone(), to.clone());
+                    async move {
+                        match store.store.rename(&from, &to).await {
+                            Ok(()) => Ok(()),
+                            // Already moved (an earlier attempt, or another host's recovery).
+                            Err(object_store::Error::NotFound { .. }) => match store.store.head(&to).await {
+                                Ok(_) => Ok(()),
+                                Err(object_store::Error::NotFound { .. }) => Err(anyhow::anyhow!(
+                                    "{to} is missing and its staged copy {from} too: the lake lost a committed file \
+                                     (run `weir lake verify`)"
+                                )),
+                                Err(e) => Err(e.into()),
+                            },
+                            Err(e) => Err(e.into()),
+                        }
+                    }
+                })
+                .await;
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<()>>()
+        .await;
+    if !record.replaces.is_empty() {
+        crash::point("replace.after_moves");
+    }
+    futures::stream::iter(record.replaces.iter())
+        .map(|path| {
+            let location = store.path(path);
+            async move {
+                retry(
+                    &format!("deleting the replaced file {location}"),
+                    || async {
+                        match store.store.delete(&location).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                            Err(e) => Err(e.into()),
+                        }
+                    },
+                )
+                .await
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<()>>()
+        .await;
+    Ok(())
 }
 
 fn type_name(ty: &DataType) -> &'static str {

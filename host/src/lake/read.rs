@@ -80,6 +80,15 @@ pub fn summarize(records: &[CommitRecord]) -> Summary {
         for (k, v) in &r.quarantined {
             *s.quarantined.entry(k.clone()).or_default() += v;
         }
+        // A replay in place counts its own; the rows it replaced no longer count.
+        for (k, v) in &r.replaced_dropped {
+            let n = s.dropped.entry(k.clone()).or_default();
+            *n = n.saturating_sub(*v);
+        }
+        for (k, v) in &r.replaced_quarantined {
+            let n = s.quarantined.entry(k.clone()).or_default();
+            *n = n.saturating_sub(*v);
+        }
     }
     s
 }

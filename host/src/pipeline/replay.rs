@@ -6,6 +6,10 @@
 //! default `<lake>/_versions/<version>`, beside the live tables, which it never touches). The commit
 //! protocol is the same, so a replay that is interrupted and run again resumes without duplicating rows.
 //!
+//! A replay in place (`--in-place`) runs the same way into its version, over a range planned on the live
+//! lake and from the live plugin state just before it, then puts the version in place of the live rows of
+//! the range in one commit (see `lake::replace`).
+//!
 //! A replay from bronze (for events the stream no longer holds: it keeps a week, bronze keeps everything)
 //! first stages the committed bronze rows of the range in a stream of its own, in sequence order, each
 //! carrying the sequence it had in the live stream; the pipeline then reads that stream as above, keying
@@ -42,6 +46,9 @@ pub struct Replay {
     /// Read the events from the bronze table of this lake (URL) instead of the stream. The start and end
     /// then select bronze rows: by their original sequence, or from an ingest time.
     pub bronze: Option<String>,
+    /// A replay in place (`--in-place`): the range planned on the live lake, whose rows the version
+    /// replaces when it is complete (see `lake::replace`).
+    pub in_place: Option<crate::lake::replace::Plan>,
 }
 
 impl Replay {
@@ -286,6 +293,7 @@ mod tests {
             start: ReplayStart::Sequence(10),
             until: Some(20),
             bronze: None,
+            in_place: None,
         };
         assert!(replay.validate().is_ok());
         assert_eq!(replay.lake_url("./lake/"), "./lake/_versions/v2");

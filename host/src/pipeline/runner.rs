@@ -208,6 +208,8 @@ pub struct Processor {
     pub until: Option<u64>,
     /// A replay from bronze: messages carry their original sequence and source id in headers.
     pub from_bronze: bool,
+    /// A replay in place: the sequences it covers (any other is acked and skipped).
+    pub only: Option<crate::lake::Ranges>,
     /// The plugins' clock; a replay's is set to each batch's ingest time (see `Clock::Shared`).
     pub clock: Clock,
     silver: SilverColumns,
@@ -255,6 +257,11 @@ impl Processor {
             watch_batches: config.plugins.watch_batches,
             until: None,
             from_bronze: config.replay.as_ref().is_some_and(|r| r.bronze.is_some()),
+            only: config
+                .replay
+                .as_ref()
+                .and_then(|r| r.in_place.as_ref())
+                .map(|plan| plan.sequences.clone()),
             clock: Clock::System,
             silver,
             epoch: None,
@@ -342,6 +349,12 @@ impl Processor {
             } else {
                 seq
             };
+            // A replay in place covers what the live tables committed in its range, nothing else.
+            if self.only.as_ref().is_some_and(|only| !only.contains(seq)) {
+                counters.skipped_committed.fetch_add(1, Ordering::Relaxed);
+                immediate_acks.push(reply);
+                continue;
+            }
             // A redelivery may have been committed by another host since the log was last read.
             if delivered > 1 && !self.lake.is_committed(seq) {
                 let _ = self.runtime.block_on(self.lake.refresh());

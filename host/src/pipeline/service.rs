@@ -181,7 +181,13 @@ pub async fn run(
         .collect::<Result<Vec<_>>>()?;
     let mut chain =
         Chain::with_shape(runner::shape(&config)?, plugins, extra_reads)?.named(&stages.names);
-    super::state::restore(&mut chain, &stages.names, lake.state_chain())?;
+    // A replay in place starts from the live pipeline's state just before its range (once: after that
+    // from its version's own commits).
+    let state = match config.replay.as_ref().and_then(|r| r.in_place.as_ref()) {
+        Some(plan) if lake.last_epoch() == 0 => &plan.state[..],
+        _ => lake.state_chain(),
+    };
+    super::state::restore(&mut chain, &stages.names, state)?;
     tracing::info!(
         stages = %runner::describe(&stages.names, &chain),
         restored_commits = lake.state_chain().len(),

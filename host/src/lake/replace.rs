@@ -1,0 +1,363 @@
+//! Replays in place: a replayed table version put in place of the live tables' rows for the stream
+//! sequences it covers, in one commit of the live log.
+//!
+//! A replay in place runs like any replay, into its own version (`_versions/<name>`, where an interrupted
+//! run resumes), but over a range the live tables can give up whole: [`plan`] widens the range asked for
+//! until no live file and no commit straddles either end, and reads the plugin state the live pipeline had
+//! just before it, which the replay starts from (dedupe keys and open windows carry on as they were; windows
+//! still open at the end are left to the live pipeline, which emits them). When the version holds every
+//! sequence of the range, [`put_in_place`] copies its files into the live lake's staging under names of
+//! their own and creates one commit record that lists them and the live files they replace: the swap is
+//! that one conditional put. The files are then moved in and the replaced ones deleted, so readers of the
+//! directories alone (DuckDB, pyarrow) see it too; anyone redoes those idempotent steps after a crash (the
+//! live pipeline when it opens the lake, or the replay run again).
+//!
+//! Bronze is never replaced: it is what came in. The live pipeline runs on meanwhile: the swap's record
+//! consumes no sequences, and the live pipeline's later commits hold later sequences.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Context, Result, bail};
+use arrow_array::{Array, StringArray};
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+
+use super::log::{self, CommitRecord, FileEntry, Ranges};
+use super::store::Store;
+use super::{crash, read, retry};
+
+/// The range a replay in place covers, and where it starts from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The first and last sequence of the range (widened to the live files' and commits' edges).
+    pub from: u64,
+    pub until: u64,
+    /// The committed sequences of the range: the replay handles these and skips any other.
+    pub sequences: Ranges,
+    /// The plugin state just before `from` (a whole state, then later changes; empty at the stream's
+    /// start), and the commit it is from.
+    pub state: Vec<Bytes>,
+    pub state_of: Option<(String, u64)>,
+}
+
+/// Plans a replay in place of `from..=until` (default: everything committed from `from` on).
+pub async fn plan(live: &Store, from: u64, until: Option<u64>) -> Result<Plan> {
+    let records = read::records(live).await?;
+    let mut committed = Ranges::default();
+    for r in &records {
+        committed.extend(&r.sequences);
+    }
+    let Some(last) = committed.max() else {
+        bail!(
+            "the lake at {} has nothing committed: there is nothing to replay in place",
+            live.url
+        )
+    };
+    let (mut lo, mut hi) = (from.max(1), until.unwrap_or(last).min(last));
+    if hi < lo {
+        bail!("nothing committed in {from}..={hi} to replay (the lake's last sequence is {last})");
+    }
+    // Spans that must be replaced whole or not at all: every visible file of a table a replay writes, and
+    // every commit (its state is the only one there is between its sequences).
+    let replaced = replaced_paths(&records);
+    let mut spans: Vec<(u64, u64)> = visible_outputs(&records, &replaced)
+        .map(|(_, f)| (f.min_seq, f.max_seq))
+        .collect();
+    spans.extend(records.iter().filter_map(|r| {
+        let first = r.sequences.0.first()?.0;
+        Some((first, r.sequences.max()?))
+    }));
+    loop {
+        let (before, after) = (lo, hi);
+        for &(a, b) in &spans {
+            if a < lo && lo <= b {
+                lo = a;
+            }
+            if a <= hi && hi < b {
+                hi = b;
+            }
+        }
+        if (lo, hi) == (before, after) {
+            break;
+        }
+    }
+    // The state the live pipeline had after the last commit before the range.
+    let before = records
+        .iter()
+        .filter(|r| r.sequences.max().is_some_and(|m| m < lo))
+        .max_by_key(|r| r.sequences.max());
+    let (state, state_of) = match before {
+        Some(r) => (
+            state_chain(live, &records, &r.host, r.epoch).await?,
+            Some((r.host.clone(), r.epoch)),
+        ),
+        None => (Vec::new(), None),
+    };
+    Ok(Plan {
+        from: lo,
+        until: hi,
+        sequences: committed.within(lo, hi),
+        state,
+        state_of,
+    })
+}
+
+/// The record that put `version` in place already, if one did.
+pub async fn done(live: &Store, version: &str) -> Result<Option<CommitRecord>> {
+    Ok(read::records(live)
+        .await?
+        .into_iter()
+        .find(|r| r.replay.as_deref() == Some(version)))
+}
+
+/// Puts the table version in `version` (named `name`, made by a replay of `plan`) in place of the live
+/// rows of the range, or finishes doing so if a run before crashed after the swap. Returns the record.
+pub async fn put_in_place(
+    live: &Store,
+    version: &Store,
+    name: &str,
+    plan: &Plan,
+    concurrency: usize,
+) -> Result<CommitRecord> {
+    if let Some(record) = done(live, name).await? {
+        super::publish(live, &record, concurrency, &Default::default()).await?;
+        return Ok(record);
+    }
+    let made = read::records(version).await?;
+    let mut held = Ranges::default();
+    for r in &made {
+        held.extend(&r.sequences);
+    }
+    if !held.covers(&plan.sequences) {
+        let missing = plan
+            .sequences
+            .0
+            .iter()
+            .flat_map(|&(a, b)| a..=b)
+            .find(|s| !held.contains(*s))
+            .unwrap_or(plan.from);
+        bail!(
+            "version {name} lacks sequences of {}..={} (the first: {missing}): run the replay again to finish \
+             it, with --from-bronze if the stream no longer holds them",
+            plan.from,
+            plan.until
+        );
+    }
+    let records = read::records(live).await?;
+    let replaced = replaced_paths(&records);
+    let replaces: Vec<(&str, &FileEntry)> = visible_outputs(&records, &replaced)
+        .filter(|(_, f)| f.min_seq >= plan.from && f.max_seq <= plan.until)
+        .collect();
+    let (replaced_dropped, replaced_quarantined) = count_replaced(live, &replaces).await?;
+
+    // The version's files, copied into the live lake's staging under names of their own (the version's
+    // name added), so they never collide with the files they replace.
+    let staging = format!("_weir/staging/replay-{name}");
+    let mut tables: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
+    let mut copies = Vec::new();
+    for (table, files) in made.iter().flat_map(|r| &r.tables) {
+        for f in files {
+            if f.min_seq < plan.from || f.max_seq > plan.until {
+                bail!(
+                    "version {name} holds {} (sequences {}..={}), outside the range {}..={}: it was not made by \
+                     this replay in place; replay into a new version",
+                    f.path,
+                    f.min_seq,
+                    f.max_seq,
+                    plan.from,
+                    plan.until
+                );
+            }
+            let path = match f.path.strip_suffix(".parquet") {
+                Some(stem) => format!("{stem}-{name}.parquet"),
+                None => format!("{}-{name}", f.path),
+            };
+            copies.push((f.path.clone(), format!("{staging}/{path}")));
+            tables
+                .entry(table.clone())
+                .or_default()
+                .push(FileEntry { path, ..f.clone() });
+        }
+    }
+    futures::stream::iter(copies)
+        .map(|(from, to)| async move {
+            let (from, to) = (version.path(&from), live.path(&to));
+            retry(&format!("copying {from} to {to}"), || async {
+                let bytes = version.store.get(&from).await?.bytes().await?;
+                live.store.put(&to, bytes.into()).await?;
+                Ok(())
+            })
+            .await
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<()>>()
+        .await;
+    crash::point("replace.after_files");
+
+    let mut dropped = BTreeMap::new();
+    let mut quarantined = BTreeMap::new();
+    let mut chain: Vec<String> = Vec::new();
+    for r in &made {
+        for (k, v) in &r.dropped {
+            *dropped.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &r.quarantined {
+            *quarantined.entry(k.clone()).or_default() += v;
+        }
+        for label in &r.chain {
+            if !chain.contains(label) {
+                chain.push(label.clone());
+            }
+        }
+    }
+    // The live tables' gold columns, with any the version added: the newest record's are the ones a
+    // restarting host takes.
+    let mut gold_columns = records
+        .last()
+        .map(|r| r.gold_columns.clone())
+        .unwrap_or_default();
+    if let Some(newest) = made.last() {
+        for (table, columns) in &newest.gold_columns {
+            let known = gold_columns.entry(table.clone()).or_default();
+            for column in columns {
+                if !known.iter().any(|(c, _)| *c == column.0) {
+                    known.push(column.clone());
+                }
+            }
+        }
+    }
+    let mut record = CommitRecord {
+        format: CommitRecord::FORMAT,
+        epoch: records.iter().map(|r| r.epoch).max().unwrap_or(0) + 1,
+        host: format!("replay-{name}"),
+        committed_at_ms: chrono::Utc::now().timestamp_millis(),
+        sequences: Ranges::default(),
+        tables,
+        staging,
+        state: None,
+        state_full: false,
+        chain,
+        dropped,
+        quarantined,
+        replaces: replaces.iter().map(|(_, f)| f.path.clone()).collect(),
+        replay: Some(name.to_string()),
+        covers: plan.sequences.clone(),
+        replaced_dropped,
+        replaced_quarantined,
+        gold_columns,
+    };
+    loop {
+        match retry("writing the commit record", || log::create(live, &record)).await {
+            log::CreateOutcome::Created => break,
+            log::CreateOutcome::Taken(existing) if *existing == record => break,
+            log::CreateOutcome::Taken(existing) => {
+                // The live pipeline committed this epoch number first (its files hold later sequences),
+                // unless it is another replay in place of some of the same files.
+                if existing
+                    .replaces
+                    .iter()
+                    .any(|p| record.replaces.contains(p))
+                {
+                    bail!(
+                        "epoch {} ({}) replaced files of the range {}..={} while this replay ran: run one \
+                         replay in place of a range at a time",
+                        existing.epoch,
+                        existing.host,
+                        plan.from,
+                        plan.until
+                    );
+                }
+                record.epoch = existing.epoch + 1;
+            }
+        }
+    }
+    crash::point("replace.after_record");
+    super::publish(live, &record, concurrency, &Default::default()).await?;
+    Ok(record)
+}
+
+/// Files some commit replaced (no longer part of their tables).
+fn replaced_paths(records: &[CommitRecord]) -> BTreeSet<&str> {
+    records
+        .iter()
+        .flat_map(|r| r.replaces.iter().map(String::as_str))
+        .collect()
+}
+
+/// The visible files of every table a replay writes (all but bronze), with their tables.
+fn visible_outputs<'a>(
+    records: &'a [CommitRecord],
+    replaced: &'a BTreeSet<&'a str>,
+) -> impl Iterator<Item = (&'a str, &'a FileEntry)> + 'a {
+    records
+        .iter()
+        .flat_map(|r| &r.tables)
+        .filter(|(table, _)| table.as_str() != "bronze")
+        .flat_map(|(table, files)| files.iter().map(move |f| (table.as_str(), f)))
+        .filter(|(_, f)| !replaced.contains(f.path.as_str()))
+}
+
+/// The drops (by `stage/rule`) and quarantined events (by reason) in the files a replay in place replaces,
+/// read from the files themselves (a range need not line up with whole commits' counts).
+async fn count_replaced(
+    live: &Store,
+    files: &[(&str, &FileEntry)],
+) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+    let mut dropped = BTreeMap::new();
+    let mut quarantined = BTreeMap::new();
+    for (table, f) in files {
+        let (counts, keys): (&mut BTreeMap<String, u64>, &[&str]) = match *table {
+            "drops" => (&mut dropped, &["stage", "rule"]),
+            t if t.starts_with("quarantine") => (&mut quarantined, &["reason"]),
+            _ => continue,
+        };
+        for batch in read::read_file(live, &f.path).await? {
+            let batch = batch.with_context(|| format!("reading {}", f.path))?;
+            let columns: Vec<&StringArray> = keys
+                .iter()
+                .map(|k| {
+                    batch
+                        .column_by_name(k)
+                        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                        .with_context(|| format!("{}: no text column {k}", f.path))
+                })
+                .collect::<Result<_>>()?;
+            for i in 0..batch.num_rows() {
+                let key: Vec<&str> = columns
+                    .iter()
+                    .map(|c| if c.is_valid(i) { c.value(i) } else { "" })
+                    .collect();
+                *counts.entry(key.join("/")).or_default() += 1;
+            }
+        }
+    }
+    Ok((dropped, quarantined))
+}
+
+/// The plugin state `host` saved up to and including `epoch`: its last whole state, then each later change.
+async fn state_chain(
+    live: &Store,
+    records: &[CommitRecord],
+    host: &str,
+    epoch: u64,
+) -> Result<Vec<Bytes>> {
+    let mine: Vec<&CommitRecord> = records
+        .iter()
+        .filter(|r| r.host == host && r.epoch <= epoch && r.state.is_some())
+        .collect();
+    let start = mine.iter().rposition(|r| r.state_full).unwrap_or(0);
+    let mut chain = Vec::new();
+    for r in &mine[start..] {
+        let path = r.state.as_deref().expect("filtered on state");
+        let bytes = live
+            .store
+            .get(&live.path(path))
+            .await
+            .with_context(|| format!("cannot read the plugin state {path} of epoch {}", r.epoch))?
+            .bytes()
+            .await?;
+        chain.push(bytes);
+    }
+    Ok(chain)
+}
