@@ -56,8 +56,17 @@ pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> 
             snapshot: stage.plugin().last_snapshot().map(Cow::Borrowed),
         })
         .collect();
-    let raw = postcard::to_allocvec(&Blob { full, stages }).expect("state serializes");
-    zstd::bulk::compress(&raw, 1).context("compressing the plugin state")
+    // Serialized straight into the compressor: a whole state is tens of MB raw, and holding it beside its
+    // compressed form showed in the pipeline's peak memory at commits.
+    let encoder =
+        zstd::stream::write::Encoder::new(Vec::new(), 1).context("compressing the plugin state")?;
+    let writer = postcard::to_io(&Blob { full, stages }, std::io::BufWriter::new(encoder))
+        .context("serializing the plugin state")?;
+    writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|encoder| encoder.finish())
+        .context("compressing the plugin state")
 }
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
