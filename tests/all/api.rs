@@ -168,25 +168,42 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(code, 202, "{body}");
     let (code, body) = http("POST", &replay, Some(TOKEN), Some(r#"{"version": "../x"}"#));
     assert_eq!(code, 409, "{body}");
-    let started = Instant::now();
-    let status = loop {
-        let replays = get_json(&api, "/api/v1/pipeline/replays");
-        let job = replays["replays"][0].clone();
-        if job["state"] != "running" {
-            break job;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "{replays}");
-        std::thread::sleep(Duration::from_millis(200));
+    let finished = |version: &str| {
+        let started = Instant::now();
+        let status = loop {
+            let replays = get_json(&api, "/api/v1/pipeline/replays");
+            let job = replays["replays"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|j| j["version"] == version)
+                .cloned()
+                .unwrap_or_else(|| panic!("no replay {version}: {replays}"));
+            if job["state"] != "running" {
+                break job;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "{replays}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let log = std::fs::read_to_string(status["log"].as_str().unwrap()).unwrap_or_default();
+        assert_eq!(status["state"], "finished", "{status}: {log}");
+        (status, log)
     };
-    assert_eq!(
-        status["state"],
-        "finished",
-        "{status}: {}",
-        std::fs::read_to_string(status["log"].as_str().unwrap()).unwrap_or_default()
+    let (status, _) = finished("api-v2");
+
+    // And in place of the live rows from the middle on, while the pipeline runs.
+    let body = format!(
+        r#"{{"version": "api-fix", "from_seq": {}, "in_place": true}}"#,
+        last / 2
     );
+    let (code, body) = http("POST", &replay, Some(TOKEN), Some(&body));
+    assert_eq!(code, 202, "{body}");
+    let (_, log) = finished("api-fix");
+    assert!(log.contains("put in place"), "{log}");
     weir.stop();
     // The version sits beside the live tables without disturbing them.
     h.verify();
     h.read_back_at(status["lake"].as_str().unwrap())
         .assert_replayed(1, last);
+    h.read_back().assert_exactly_once(last);
 }

@@ -228,10 +228,14 @@ pub async fn run(
                 config_file: std::fs::canonicalize(&config.file).unwrap_or(config.file.clone()),
                 nats_url: nats_url.clone(),
                 lake: config.lake.url.clone(),
-                log_dir: config.nats.data_dir.parent().map_or_else(
-                    || std::path::PathBuf::from(".weir"),
-                    std::path::Path::to_path_buf,
-                ),
+                // Absolute, so the path the API reports can be opened from anywhere.
+                log_dir: {
+                    let dir = config.nats.data_dir.parent().map_or_else(
+                        || std::path::PathBuf::from(".weir"),
+                        std::path::Path::to_path_buf,
+                    );
+                    std::path::absolute(&dir).unwrap_or(dir)
+                },
             }),
         };
         let router = crate::api::router(shared.clone(), options);
