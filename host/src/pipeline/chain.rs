@@ -277,18 +277,35 @@ impl Chain {
                 continue;
             }
             let label = stage.plugin.label();
-            match stage.plugin.on_watermark(watermark_ms) {
-                Ok(emitted) => rows.extend(emitted.into_iter().map(|row| EmittedRow {
-                    stage: stage.name.clone(),
-                    plugin: label.clone(),
-                    row,
-                })),
-                Err(failure) => failures.push((label, failure)),
+            // A plugin may hand over a large closing in parts: a full part asks for another call with the
+            // same watermark (see `on-watermark` in the WIT contract).
+            for _ in 0..MAX_WATERMARK_CALLS {
+                match stage.plugin.on_watermark(watermark_ms) {
+                    Ok(emitted) => {
+                        let more = emitted.len() >= weir_sdk::WATERMARK_PART_ROWS;
+                        rows.extend(emitted.into_iter().map(|row| EmittedRow {
+                            stage: stage.name.clone(),
+                            plugin: label.clone(),
+                            row,
+                        }));
+                        if !more {
+                            break;
+                        }
+                    }
+                    Err(failure) => {
+                        failures.push((label, failure));
+                        break;
+                    }
+                }
             }
         }
         (rows, failures)
     }
 }
+
+/// Calls of `on-watermark` per stage and watermark at most (a million rows in parts): a plugin that returns
+/// full parts on every call, with nothing left to close, still gets its turn ended.
+const MAX_WATERMARK_CALLS: usize = 128;
 
 fn build_layout<'a>(
     shape: &EventShape,

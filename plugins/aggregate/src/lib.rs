@@ -88,6 +88,24 @@ fn three() -> f64 {
 /// Starts a binary (postcard) snapshot; a JSON one starts with `{`.
 const SNAPSHOT_MAGIC: &[u8] = b"WAGG1";
 
+/// Counts the bytes written to it (to size a snapshot before writing it).
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Rows one `on-watermark` call returns at most (see `Aggregate::close`): a full part makes the host call
+/// again.
+pub const ROWS_PER_CALL: usize = weir_sdk::WATERMARK_PART_ROWS;
+
 /// An open window of one group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Window {
@@ -121,6 +139,9 @@ mod entries {
     }
 }
 
+/// The open windows of one time range, by group key.
+type Groups = HashMap<Box<str>, Box<Window>, measure::Fnv>;
+
 /// Everything that must survive a restart or a hot swap.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -129,7 +150,10 @@ struct State {
     seq: u64,
     /// Tumbling and sliding windows by (end, start), then by group key: iteration order is closing order.
     #[serde(with = "entries")]
-    windows: BTreeMap<(i64, i64), HashMap<String, Window, measure::Fnv>>,
+    /// Boxed keys and windows: a window over pages holds hundreds of thousands of groups, and a table slot of
+    /// 24 bytes instead of 88 is what sets this instance's memory high-water mark when the table doubles
+    /// (old and new table live at once). Boxes serialize as what they hold.
+    windows: BTreeMap<(i64, i64), Groups>,
     /// Open sessions per group key, sorted by start.
     sessions: BTreeMap<String, Vec<Window>>,
     /// Trailing values of the anomaly measure per group key.
@@ -373,7 +397,7 @@ impl Aggregate {
                     .windows
                     .entry((start + size, start))
                     .or_default()
-                    .insert(key.to_string(), window);
+                    .insert(key.into(), Box::new(window));
             }
             let window = self
                 .state
@@ -458,27 +482,50 @@ impl Aggregate {
         true
     }
 
-    /// Closes every window the watermark has passed, in order of end time; returns their rows.
+    /// Closes the windows the watermark has passed, in order of end time, and returns their rows: at most
+    /// [`ROWS_PER_CALL`] of them, the rest on the next calls (the host calls again with the same watermark
+    /// after a full part). A window over pages closes hundreds of thousands of groups at once, and their
+    /// rows, built and then copied out whole, set this instance's memory high-water mark, which never goes
+    /// down. Groups waiting for their turn stay in the state, already closed: a late event for one is
+    /// quarantined like any other.
     fn close(&mut self, watermark: i64) -> Vec<Row> {
         self.state.watermark = Some(self.state.watermark.map_or(watermark, |w| w.max(watermark)));
         let mut closed: Vec<Window> = Vec::new();
-        while let Some((&(end, start), _)) = self.state.windows.first_key_value() {
-            if !self.closed_before(end) {
+        while let Some((&(end, start), groups)) = self.state.windows.first_key_value() {
+            if !self.closed_before(end) || closed.len() >= ROWS_PER_CALL {
                 break;
             }
-            let groups = self
-                .state
-                .windows
-                .remove(&(end, start))
-                .expect("first key just read");
-            let mut groups: Vec<Window> = groups.into_values().collect();
-            // Rows of one window in group order, whatever the map's order.
-            groups.sort_by(|a, b| a.group.cmp(&b.group));
-            closed.extend(groups);
+            let room = ROWS_PER_CALL - closed.len();
+            if groups.len() <= room {
+                let groups = self
+                    .state
+                    .windows
+                    .remove(&(end, start))
+                    .expect("first key just read");
+                let mut groups: Vec<(Box<str>, Box<Window>)> = groups.into_iter().collect();
+                // Rows of one window in key order, whatever the map's order.
+                groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                closed.extend(groups.into_iter().map(|(_, w)| *w));
+            } else {
+                // The first `room` groups in key order (chosen in linear time), the rest next call.
+                let mut keys: Vec<&Box<str>> = groups.keys().collect();
+                keys.select_nth_unstable(room);
+                let mut keys: Vec<Box<str>> = keys[..room].iter().map(|k| (*k).clone()).collect();
+                keys.sort_unstable();
+                let groups = self
+                    .state
+                    .windows
+                    .get_mut(&(end, start))
+                    .expect("first key just read");
+                closed.extend(
+                    keys.iter()
+                        .map(|k| *groups.remove(k).expect("a key of this map")),
+                );
+            }
         }
         if let WindowSpec::Session { gap_ms } = self.config.window {
             while let Some((expiry, _)) = self.state.expiries.first() {
-                if !self.closed_before(*expiry) {
+                if !self.closed_before(*expiry) || closed.len() >= ROWS_PER_CALL {
                     break;
                 }
                 let (_, key) = self.state.expiries.pop_first().expect("first just read");
@@ -597,7 +644,14 @@ impl Plugin for Aggregate {
     fn snapshot(&self) -> Vec<u8> {
         // Binary: the host saves this with every commit, and for a dense stream it holds hundreds of
         // thousands of open windows (JSON was several times larger and slower).
-        let mut out = SNAPSHOT_MAGIC.to_vec();
+        // Sized first, then written once: a buffer that doubles as it fills holds up to three times the
+        // snapshot while it grows, and that transient set this instance's memory high-water mark (linear
+        // memory never shrinks).
+        let size = postcard::to_io(&self.state, ByteCount(0))
+            .expect("state serializes")
+            .0;
+        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + size);
+        out.extend_from_slice(SNAPSHOT_MAGIC);
         postcard::to_io(&self.state, &mut out).expect("state serializes");
         out
     }
@@ -616,7 +670,7 @@ impl Plugin for Aggregate {
         if let Some(w) = state
             .windows
             .values()
-            .flat_map(|groups| groups.values())
+            .flat_map(|groups| groups.values().map(|w| &**w))
             .chain(state.sessions.values().flatten())
             .next()
             && w.accs.len() != self.config.measures.len()

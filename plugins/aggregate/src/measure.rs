@@ -57,6 +57,9 @@ pub const EXACT_DISTINCT_LIMIT: usize = 10_000;
 const HLL_BITS: u32 = 12;
 const HLL_REGISTERS: usize = 1 << HLL_BITS;
 
+/// One measure's running value. An aggregate over pages holds hundreds of thousands of windows, each with one
+/// of these per measure, so the rare large variants are boxed: 24 bytes each instead of 48. Boxes serialize
+/// as what they hold, so snapshots keep their format.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Acc {
     Count(u64),
@@ -67,11 +70,102 @@ pub enum Acc {
     },
     Min(Option<f64>),
     Max(Option<f64>),
-    Exact(HashSet<String, Fnv>),
-    Hll(Vec<u8>),
+    Exact(Box<Distinct>),
+    Hll(Box<[u8]>),
     /// (event time, arrival order, value as JSON text)
-    First(Option<(i64, u64, String)>),
-    Last(Option<(i64, u64, String)>),
+    First(Option<Box<(i64, u64, String)>>),
+    Last(Option<Box<(i64, u64, String)>>),
+}
+
+/// The distinct values of an exact distinct count: a short list while there are few (most windows of a
+/// page or a user see one or two values, and a hash set's smallest table is ~100 bytes), a hash set beyond.
+/// Serialized as a sequence of values, as the hash set it replaced was.
+#[derive(Debug, Clone)]
+pub enum Distinct {
+    Few(Vec<Box<str>>),
+    Many(HashSet<Box<str>, Fnv>),
+}
+
+/// Values a [`Distinct`] keeps in a list before it becomes a hash set.
+const FEW: usize = 16;
+
+impl Distinct {
+    fn contains(&self, value: &str) -> bool {
+        match self {
+            Distinct::Few(values) => values.iter().any(|v| &**v == value),
+            Distinct::Many(set) => set.contains(value),
+        }
+    }
+
+    /// Adds a value known not to be there.
+    fn insert_new(&mut self, value: Box<str>) {
+        match self {
+            Distinct::Few(values) if values.len() < FEW => values.push(value),
+            Distinct::Few(values) => {
+                let mut set: HashSet<Box<str>, Fnv> = std::mem::take(values).into_iter().collect();
+                set.insert(value);
+                *self = Distinct::Many(set);
+            }
+            Distinct::Many(set) => {
+                set.insert(value);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Distinct::Few(values) => values.len(),
+            Distinct::Many(set) => set.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Distinct::Few(values) => Box::new(values.iter().map(|v| &**v)),
+            Distinct::Many(set) => Box::new(set.iter().map(|v| &**v)),
+        }
+    }
+
+    fn into_values(self) -> Vec<Box<str>> {
+        match self {
+            Distinct::Few(values) => values,
+            Distinct::Many(set) => set.into_iter().collect(),
+        }
+    }
+}
+
+impl Default for Distinct {
+    fn default() -> Self {
+        Distinct::Few(Vec::new())
+    }
+}
+
+impl PartialEq for Distinct {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|v| other.contains(v))
+    }
+}
+
+impl Serialize for Distinct {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Distinct {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut distinct = Distinct::default();
+        for value in Vec::<Box<str>>::deserialize(d)? {
+            if !distinct.contains(&value) {
+                distinct.insert_new(value);
+            }
+        }
+        Ok(distinct)
+    }
 }
 
 impl Acc {
@@ -85,7 +179,7 @@ impl Acc {
             },
             Op::Min => Acc::Min(None),
             Op::Max => Acc::Max(None),
-            Op::DistinctCount => Acc::Exact(HashSet::default()),
+            Op::DistinctCount => Acc::Exact(Box::default()),
             Op::First => Acc::First(None),
             Op::Last => Acc::Last(None),
         }
@@ -132,12 +226,12 @@ impl Acc {
                     scratch.clear();
                     write_text(scratch, v);
                     if !set.contains(scratch.as_str()) {
-                        set.insert(scratch.clone());
+                        set.insert_new(scratch.as_str().into());
                     }
                     if set.len() > EXACT_DISTINCT_LIMIT {
                         let mut registers = vec![0u8; HLL_REGISTERS];
                         set.iter().for_each(|v| hll_add(&mut registers, v));
-                        *self = Acc::Hll(registers);
+                        *self = Acc::Hll(registers.into());
                     }
                 }
             }
@@ -150,18 +244,18 @@ impl Acc {
                 if let Some(v) = value
                     && slot
                         .as_ref()
-                        .is_none_or(|(t, s, _)| (time_ms, seq) < (*t, *s))
+                        .is_none_or(|first| (time_ms, seq) < (first.0, first.1))
                 {
-                    *slot = Some((time_ms, seq, text(v)));
+                    *slot = Some(Box::new((time_ms, seq, text(v))));
                 }
             }
             Acc::Last(slot) => {
                 if let Some(v) = value
                     && slot
                         .as_ref()
-                        .is_none_or(|(t, s, _)| (time_ms, seq) > (*t, *s))
+                        .is_none_or(|last| (time_ms, seq) > (last.0, last.1))
                 {
-                    *slot = Some((time_ms, seq, text(v)));
+                    *slot = Some(Box::new((time_ms, seq, text(v))));
                 }
             }
         }
@@ -185,7 +279,7 @@ impl Acc {
             Acc::Exact(set) => Value::Integer(set.len() as i64),
             Acc::Hll(registers) => Value::Integer(hll_estimate(registers).round() as i64),
             Acc::First(slot) | Acc::Last(slot) => match slot {
-                Some((_, _, v)) => from_text(v),
+                Some(kept) => from_text(&kept.2),
                 None => Value::Null,
             },
         }
@@ -224,11 +318,15 @@ pub fn merge(a: Acc, b: Acc) -> Acc {
             // Into the larger set: a session merges a one-event window into its own on every event, and
             // copying the session's set each time would make a long session quadratic.
             let (mut x, y) = if x.len() >= y.len() { (x, y) } else { (y, x) };
-            x.extend(y);
+            for value in y.into_values() {
+                if !x.contains(&value) {
+                    x.insert_new(value);
+                }
+            }
             if x.len() > EXACT_DISTINCT_LIMIT {
                 let mut registers = vec![0u8; HLL_REGISTERS];
                 x.iter().for_each(|v| hll_add(&mut registers, v));
-                Acc::Hll(registers)
+                Acc::Hll(registers.into())
             } else {
                 Acc::Exact(x)
             }
@@ -400,6 +498,63 @@ mod tests {
             panic!()
         };
         assert!((n - 50_000).abs() < 1_000, "estimate {n}");
+    }
+
+    #[test]
+    fn accumulators_stay_small_and_snapshots_keep_their_format() {
+        assert_eq!(std::mem::size_of::<Acc>(), 24);
+        // The form before the boxes and the short list: a hash set, plain tuples.
+        #[derive(Serialize)]
+        enum Before {
+            _Count(u64),
+            _Sum {
+                int: i64,
+                float: f64,
+                any_float: bool,
+            },
+            _Min(Option<f64>),
+            _Max(Option<f64>),
+            Exact(Vec<String>),
+            _Hll(Vec<u8>),
+            _First(Option<(i64, u64, String)>),
+            Last(Option<(i64, u64, String)>),
+        }
+        let mut distinct = Acc::new(Op::DistinctCount);
+        let mut last = Acc::new(Op::Last);
+        for (i, user) in ["a", "b", "a"].iter().enumerate() {
+            distinct.add(
+                Some(ValueRef::Text(user)),
+                None,
+                0,
+                i as u64,
+                &mut String::new(),
+            );
+            last.add(
+                Some(ValueRef::Text(user)),
+                None,
+                5,
+                i as u64,
+                &mut String::new(),
+            );
+        }
+        let old =
+            postcard::to_allocvec(&Before::Exact(vec!["\"a\"".into(), "\"b\"".into()])).unwrap();
+        assert_eq!(postcard::to_allocvec(&distinct).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Acc>(&old).unwrap(), distinct);
+        let old = postcard::to_allocvec(&Before::Last(Some((5, 2, "\"a\"".into())))).unwrap();
+        assert_eq!(postcard::to_allocvec(&last).unwrap(), old);
+        // Past the short list, a set; merged, still exact.
+        let mut many = Acc::new(Op::DistinctCount);
+        for i in 0..100 {
+            many.add(
+                Some(ValueRef::Integer(i % 40)),
+                None,
+                0,
+                i as u64,
+                &mut String::new(),
+            );
+        }
+        assert_eq!(merge(many, distinct).result(), Value::Integer(42));
     }
 
     #[test]

@@ -67,6 +67,11 @@ pub mod prelude {
 }
 
 /// A Weir plugin. Only `manifest`, `init` and `process` are required.
+/// Rows from `on-watermark` that make the host call again with the same watermark (see the WIT contract): a
+/// plugin closing more than this returns it in parts, so its instance never holds the whole closing as rows
+/// at once (linear memory never shrinks).
+pub const WATERMARK_PART_ROWS: usize = 8192;
+
 pub trait Plugin: Sized + 'static {
     /// Static facts about the plugin; the host reads them before sending any event.
     fn manifest() -> Manifest;
@@ -85,7 +90,9 @@ pub trait Plugin: Sized + 'static {
         batch.events().map(|e| self.process(&e)).collect()
     }
 
-    /// Event time reached `watermark_ms`: return the rows of every window that closes.
+    /// Event time reached `watermark_ms`: return the rows of every window that closes. A large closing may
+    /// come in parts of [`WATERMARK_PART_ROWS`] rows: a call that returns that many or more is followed by
+    /// another with the same watermark.
     fn on_watermark(&mut self, _watermark_ms: i64) -> Vec<Row> {
         Vec::new()
     }
