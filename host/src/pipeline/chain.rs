@@ -271,23 +271,40 @@ impl Chain {
         watermark_ms: i64,
     ) -> (Vec<EmittedRow>, Vec<(String, PluginFailure)>) {
         let mut rows = Vec::new();
+        let failures = self.on_watermark_parts(watermark_ms, |part| rows.extend(part));
+        (rows, failures)
+    }
+
+    /// [`Chain::on_watermark`], handing the rows to `each` part by part as the plugins return them, so a
+    /// large closing never needs to be held whole (see `on-watermark` in the WIT contract).
+    pub fn on_watermark_parts(
+        &mut self,
+        watermark_ms: i64,
+        mut each: impl FnMut(Vec<EmittedRow>),
+    ) -> Vec<(String, PluginFailure)> {
         let mut failures = Vec::new();
         for stage in &mut self.stages {
             if stage.plugin.plan().emits.is_empty() && !stage.plugin.plan().state.snapshot {
                 continue;
             }
             let label = stage.plugin.label();
-            // A plugin may hand over a large closing in parts: a full part asks for another call with the
-            // same watermark (see `on-watermark` in the WIT contract).
+            // A full part asks for another call with the same watermark.
             for _ in 0..MAX_WATERMARK_CALLS {
                 match stage.plugin.on_watermark(watermark_ms) {
                     Ok(emitted) => {
                         let more = emitted.len() >= weir_sdk::WATERMARK_PART_ROWS;
-                        rows.extend(emitted.into_iter().map(|row| EmittedRow {
-                            stage: stage.name.clone(),
-                            plugin: label.clone(),
-                            row,
-                        }));
+                        if !emitted.is_empty() {
+                            each(
+                                emitted
+                                    .into_iter()
+                                    .map(|row| EmittedRow {
+                                        stage: stage.name.clone(),
+                                        plugin: label.clone(),
+                                        row,
+                                    })
+                                    .collect(),
+                            );
+                        }
                         if !more {
                             break;
                         }
@@ -299,7 +316,7 @@ impl Chain {
                 }
             }
         }
-        (rows, failures)
+        failures
     }
 }
 

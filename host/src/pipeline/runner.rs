@@ -483,7 +483,7 @@ impl Processor {
                 max_time = max_time.max(event.time_ms);
             }
         }
-        let mut gold: Vec<GoldRow> = output
+        let gold: Vec<GoldRow> = output
             .rows
             .iter()
             .map(|r| GoldRow {
@@ -492,22 +492,39 @@ impl Processor {
                 columns: r.row.columns.clone(),
             })
             .collect();
+        // The batch's sequences join the epoch first: gold files are named by the epoch's range so far.
+        let epoch = self.epoch();
+        epoch.note_chain(&labels);
+        epoch.consume(received.iter().map(|r| r.seq));
         if max_time > i64::MIN {
             let watermark = max_time - self.watermark_delay_ms;
             if watermark > self.watermark {
                 self.watermark = watermark;
-                let (rows, failures) = self.chain.on_watermark(watermark);
+                // Each part of what closes goes into the epoch as it comes (a window over pages closes
+                // ~10^5 rows; held whole, they were the host's largest allocation at its peak).
+                let epoch = self.epoch.as_mut().expect("opened above");
+                let shared = &self.shared;
+                let mut recorded = Ok(());
+                let failures = self.chain.on_watermark_parts(watermark, |part| {
+                    let part: Vec<GoldRow> = part
+                        .into_iter()
+                        .map(|r| GoldRow {
+                            table: r.row.table,
+                            plugin: r.plugin,
+                            columns: r.row.columns,
+                        })
+                        .collect();
+                    if recorded.is_ok() {
+                        recorded = record_gold(epoch, shared, &part);
+                    }
+                });
                 for (plugin, failure) in failures {
                     tracing::error!(plugin, "watermark failed: {failure}");
                 }
-                gold.extend(rows.into_iter().map(|r| GoldRow {
-                    table: r.row.table,
-                    plugin: r.plugin,
-                    columns: r.row.columns,
-                }));
+                recorded?;
             }
         }
-        self.record(&received, output, quarantine, gold, &labels, &chain_label)?;
+        self.record(&received, output, quarantine, gold, &chain_label)?;
         self.after_batch();
         Ok(())
     }
@@ -519,7 +536,6 @@ impl Processor {
         output: ChainOutput,
         mut quarantine: Vec<QuarantineRow>,
         gold: Vec<GoldRow>,
-        labels: &[String],
         chain_label: &str,
     ) -> Result<()> {
         let shared = self.shared.clone();
@@ -554,8 +570,6 @@ impl Processor {
         let silver = self.silver.clone();
         let replaying = self.until.is_some();
         let epoch = self.epoch();
-        epoch.note_chain(labels);
-        epoch.consume(received.iter().map(|r| r.seq));
         // A replay's table version holds what the plugins made; bronze stays where it is.
         if !replaying {
             epoch.add_bronze(received)?;
@@ -563,7 +577,7 @@ impl Processor {
         epoch.add_silver(&kept, &silver, chain_label, &mismatches)?;
         epoch.add_drops(&drops)?;
         epoch.add_quarantine(&quarantine)?;
-        epoch.add_gold(&gold)?;
+        record_gold(epoch, &shared, &gold)?;
         counters
             .silver
             .fetch_add(kept.len() as u64, Ordering::Relaxed);
@@ -574,9 +588,6 @@ impl Processor {
             quarantine.iter().filter(|q| q.layer != Layer::Gold).count() as u64,
             Ordering::Relaxed,
         );
-        counters
-            .gold_rows
-            .fetch_add(gold.len() as u64, Ordering::Relaxed);
         counters
             .type_mismatches
             .store(mismatches.0.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -589,15 +600,6 @@ impl Processor {
                 .quarantine_reasons
                 .entry(q.reason.clone())
                 .or_default() += 1;
-        }
-        for row in &gold {
-            let mut object = serde_json::Map::new();
-            for (name, value) in &row.columns {
-                let value =
-                    crate::event::from_wit_value(value.clone()).unwrap_or(serde_json::Value::Null);
-                object.insert(name.clone(), value);
-            }
-            recent.push_gold(&gold_table(&row.table), serde_json::Value::Object(object));
         }
         Ok(())
     }
@@ -853,6 +855,29 @@ impl Processor {
 }
 
 /// Acks messages (after their commit).
+/// Adds gold rows to the epoch, the counters, and the recent rows the API answers from.
+fn record_gold(epoch: &mut Epoch, shared: &Shared, gold: &[GoldRow]) -> Result<()> {
+    if gold.is_empty() {
+        return Ok(());
+    }
+    epoch.add_gold(gold)?;
+    shared
+        .counters
+        .gold_rows
+        .fetch_add(gold.len() as u64, Ordering::Relaxed);
+    let mut recent = shared.recent.lock().expect("not poisoned");
+    for row in gold {
+        let mut object = serde_json::Map::new();
+        for (name, value) in &row.columns {
+            let value =
+                crate::event::from_wit_value(value.clone()).unwrap_or(serde_json::Value::Null);
+            object.insert(name.clone(), value);
+        }
+        recent.push_gold(&gold_table(&row.table), serde_json::Value::Object(object));
+    }
+    Ok(())
+}
+
 async fn ack(client: &async_nats::Client, replies: &[async_nats::Subject]) {
     for reply in replies {
         if let Err(e) = client

@@ -291,7 +291,11 @@ mod tests {
 
     #[test]
     fn packed_entries_give_back_key_and_value() {
-        for (key, value) in [("", &b""[..]), ("ключ-🔑", &b"\x00v"[..]), ("id", &[1u8][..])] {
+        for (key, value) in [
+            ("", &b""[..]),
+            ("ключ-🔑", &b"\x00v"[..]),
+            ("id", &[1u8][..]),
+        ] {
             let packed = Packed::new(key, value);
             assert_eq!((packed.key(), packed.value()), (key, value));
             assert_eq!(packed.entry(NEVER).expires_at_ms, None);
