@@ -145,6 +145,20 @@ pub async fn put_in_place(
         );
     }
     let records = read::records(live).await?;
+    // Sequences of the range another host committed after the plan (in flight then) were not replayed:
+    // replacing their files would lose their rows.
+    let mut committed = Ranges::default();
+    for r in &records {
+        committed.extend(&r.sequences);
+    }
+    if committed.within(plan.from, plan.until) != plan.sequences {
+        bail!(
+            "sequences of {}..={} were committed after the replay was planned (another host had them in \
+             flight): run the replay again, which plans afresh and replays them too",
+            plan.from,
+            plan.until
+        );
+    }
     let replaced = replaced_paths(&records);
     let replaces: Vec<(&str, &FileEntry)> = visible_outputs(&records, &replaced)
         .filter(|(_, f)| f.min_seq >= plan.from && f.max_seq <= plan.until)
