@@ -414,6 +414,36 @@ fn replay_in_place_replaces_the_rows_of_its_range_exactly_once() {
     assert!(ok && stderr.contains("nothing to do"), "{stderr}");
     h.verify();
     h.read_back().assert_exactly_once(last);
+
+    // From a time (everything was ingested within the last hour): the whole stream, back to the first
+    // enrich version, over rows a replay in place wrote before.
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 3_600_000;
+    let out = std::process::Command::new(crate::support::weir_bin())
+        .args(["replay", "--in-place", "--config"])
+        .arg(&h.config_path)
+        .args(["--version", "by-time", "--from-time", &hour_ago.to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("in place: sequences 1..={last} ")),
+        "{stderr}"
+    );
+    h.verify();
+    let back = h.read_back();
+    back.assert_exactly_once(last);
+    let chains = back.0["silver_chains"].as_array().unwrap();
+    assert!(
+        chains
+            .iter()
+            .all(|c| !c.as_str().unwrap().contains("enrich@0.2.0")),
+        "{chains:?}"
+    );
 }
 
 /// `weir replay --from-bronze` computes silver and gold again from the bronze table when the stream no

@@ -43,7 +43,7 @@ pub async fn document() -> impl IntoResponse {
             "version": { "type": "string" }, "from_seq": { "type": "integer" },
             "from_time": { "type": "string", "description": "RFC 3339 or ms" }, "to_seq": { "type": "integer" },
             "from_bronze": { "type": "boolean", "description": "read the bronze table, not the stream" },
-            "in_place": { "type": "boolean", "description": "then put the version in place of the live rows of the range (from_seq, not from_time)" }
+            "in_place": { "type": "boolean", "description": "then put the version in place of the live rows of the range" }
         } } } } });
     replay["responses"] = json!({ "202": { "description": "Started" }, "409": { "description": "Bad request or already running" } });
     let mut deploy_path = json!({ "post": deploy });

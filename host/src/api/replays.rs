@@ -107,11 +107,6 @@ impl Replays {
             command.arg(format!("--from-bronze={bronze}"));
         }
         if request.in_place {
-            if request.from_time.is_some() {
-                return Err(
-                    "a replay in place starts at a sequence: give from_seq, not from_time".into(),
-                );
-            }
             // The live lake the version goes in place of.
             command
                 .arg("--in-place")

@@ -43,7 +43,7 @@ pub struct ReplayArgs {
     /// Then put the version in place of the live silver, gold, drops and quarantine rows of the range, in
     /// one commit (bronze stays). The range is widened to whole commits and files; the replay starts from
     /// the plugin state the live pipeline had just before it. The live pipeline may keep running.
-    #[arg(long, conflicts_with = "from_time")]
+    #[arg(long)]
     in_place: bool,
     /// The S3-compatible endpoint of the lake (`http://127.0.0.1:8333`), as for `weir run`.
     #[arg(long, env = "WEIR_LAKE_ENDPOINT")]
@@ -100,7 +100,11 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let from = args.from_seq.unwrap_or(1);
+        let from = match args.from_time {
+            // The same start a replay of the stream takes: the first message stored at or after it.
+            Some(ms) => runtime.block_on(replace::first_sequence_at(&live, ms))?,
+            None => args.from_seq.unwrap_or(1),
+        };
         let plan = runtime.block_on(replace::plan(&live, from, args.to_seq))?;
         eprintln!(
             "weir replay {} in place: sequences {}..={} ({} committed events){}, starting from {}",
@@ -119,6 +123,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             }
         );
         replay.start = ReplayStart::Sequence(plan.from);
+        // Planned by sequence from here on (a time start was resolved above).
         replay.until = Some(plan.until);
         replay.in_place = Some(plan);
         Some(live)

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
-use arrow_array::{Array, StringArray};
+use arrow_array::{Array, StringArray, TimestampMicrosecondArray, UInt64Array};
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -100,6 +100,45 @@ pub async fn plan(live: &Store, from: u64, until: Option<u64>) -> Result<Plan> {
         sequences: committed.within(lo, hi),
         state,
         state_of,
+    })
+}
+
+/// The first committed sequence ingested at or after `ms` (by bronze's ingest time, which is what
+/// `--from-time` means for replays of the stream too: when the stream stored the message). Reads the bronze
+/// files of the hours from `ms` on.
+pub async fn first_sequence_at(live: &Store, ms: i64) -> Result<u64> {
+    let records = read::records(live).await?;
+    let mut first: Option<u64> = None;
+    for path in read::files_in_range(&records, "bronze", ms, i64::MAX) {
+        for batch in read::read_file(live, &path).await? {
+            let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
+            let column = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .with_context(|| format!("bronze file {path} has no column {name}"))
+            };
+            let (seqs, ingest) = (column("_seq")?, column("ingest_time")?);
+            let seqs = seqs
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .context("bronze _seq is not UInt64")?;
+            let ingest = ingest
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .context("bronze ingest_time is not a timestamp")?;
+            for i in 0..batch.num_rows() {
+                if ingest.value(i).div_euclid(1000) >= ms {
+                    let seq = seqs.value(i);
+                    first = Some(first.map_or(seq, |f| f.min(seq)));
+                }
+            }
+        }
+    }
+    first.with_context(|| {
+        format!(
+            "the lake at {} holds nothing ingested at or after {ms} ms since the epoch",
+            live.url
+        )
     })
 }
 
