@@ -85,11 +85,12 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let concurrency = config.lake_config().upload_concurrency;
     let live = if args.in_place {
         let live = Store::open(&config.lake_config().store())?;
-        if let Some(record) = runtime.block_on(replace::done(&live, &replay.version))? {
+        let records = runtime.block_on(crate::lake::read::records(&live))?;
+        if let Some(record) = replace::done(&records, &replay.version) {
             // Done before (maybe up to a crash after the swap): finish the idempotent steps.
             runtime.block_on(crate::lake::publish(
                 &live,
-                &record,
+                record,
                 concurrency,
                 &Default::default(),
             ))?;
@@ -102,10 +103,10 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         }
         let from = match args.from_time {
             // The same start a replay of the stream takes: the first message stored at or after it.
-            Some(ms) => runtime.block_on(replace::first_sequence_at(&live, ms))?,
+            Some(ms) => runtime.block_on(replace::first_sequence_at(&live, &records, ms))?,
             None => args.from_seq.unwrap_or(1),
         };
-        let plan = runtime.block_on(replace::plan(&live, from, args.to_seq))?;
+        let plan = runtime.block_on(replace::plan(&live, &records, from, args.to_seq))?;
         eprintln!(
             "weir replay {} in place: sequences {}..={} ({} committed events){}, starting from {}",
             replay.version,

@@ -86,10 +86,6 @@ impl Ranges {
         self.0.last().map(|r| r.1)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Whether every sequence of `other` is in these ranges.
     pub fn covers(&self, other: &Ranges) -> bool {
         other.0.iter().all(|&(a, b)| {
@@ -152,10 +148,6 @@ pub struct CommitRecord {
     /// A replay in place: the table version this commit put in place of `replaces` (see `lake::replace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<String>,
-    /// A replay in place: the stream sequences whose rows it replaced (already counted by the commits
-    /// that first wrote them, so not in `sequences`).
-    #[serde(default, skip_serializing_if = "Ranges::is_empty")]
-    pub covers: Ranges,
     /// A replay in place: the drops (by `stage/rule`) and quarantined events (by reason) of the rows it
     /// replaced, which `dropped` and `quarantined` no longer count.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -178,6 +170,23 @@ impl CommitRecord {
     pub fn files(&self) -> impl Iterator<Item = &FileEntry> {
         self.tables.values().flatten()
     }
+}
+
+/// Every stream sequence these records consumed.
+pub fn committed(records: &[CommitRecord]) -> Ranges {
+    let mut committed = Ranges::default();
+    for r in records {
+        committed.extend(&r.sequences);
+    }
+    committed
+}
+
+/// Files a later record replaced (a replay in place): no longer part of their tables.
+pub fn replaced_paths(records: &[CommitRecord]) -> std::collections::BTreeSet<&str> {
+    records
+        .iter()
+        .flat_map(|r| r.replaces.iter().map(String::as_str))
+        .collect()
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

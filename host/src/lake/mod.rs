@@ -183,11 +183,7 @@ impl Lake {
             config,
         };
         // Files a later replay in place replaced are gone for good: not moved again.
-        let replaced: std::collections::BTreeSet<&str> = state
-            .records
-            .iter()
-            .flat_map(|r| r.replaces.iter().map(String::as_str))
-            .collect();
+        let replaced = log::replaced_paths(&state.records);
         for record in &state.records {
             publish(
                 &lake.store,
@@ -405,7 +401,6 @@ impl Lake {
             quarantined,
             replaces: Vec::new(),
             replay: None,
-            covers: Ranges::default(),
             replaced_dropped: BTreeMap::new(),
             replaced_quarantined: BTreeMap::new(),
             gold_columns: gold_types

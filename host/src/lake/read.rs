@@ -58,10 +58,7 @@ pub struct Summary {
 /// What the lake holds, from its commit log.
 pub fn summarize(records: &[CommitRecord]) -> Summary {
     let mut s = Summary::default();
-    let replaced: BTreeSet<&str> = records
-        .iter()
-        .flat_map(|r| r.replaces.iter().map(String::as_str))
-        .collect();
+    let replaced = super::log::replaced_paths(records);
     for r in records {
         s.commits += 1;
         s.events += r.sequences.count();
@@ -121,10 +118,7 @@ impl Problems {
 pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
     let records = records(store).await?;
     let mut problems = Problems::default();
-    let replaced: BTreeSet<String> = records
-        .iter()
-        .flat_map(|r| r.replaces.iter().cloned())
-        .collect();
+    let replaced = super::log::replaced_paths(&records);
     let mut listed: BTreeMap<String, u64> = BTreeMap::new();
     for r in &records {
         for f in r.files() {
@@ -160,14 +154,14 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
         if relative.starts_with("_weir/staging/") {
             problems.staging_leftovers += 1;
         } else if relative.ends_with(".parquet") {
-            if !listed.contains_key(&relative) && !replaced.contains(&relative) {
+            if !listed.contains_key(&relative) && !replaced.contains(relative.as_str()) {
                 problems.orphaned.push(relative.clone());
             }
             present.insert(relative);
         }
     }
     for (path, rows) in &listed {
-        if replaced.contains(path) {
+        if replaced.contains(path.as_str()) {
             continue;
         }
         if !present.contains(path) {
@@ -204,10 +198,7 @@ pub fn files_in_range(
     from_ms: i64,
     to_ms: i64,
 ) -> Vec<String> {
-    let replaced: BTreeSet<&str> = records
-        .iter()
-        .flat_map(|r| r.replaces.iter().map(String::as_str))
-        .collect();
+    let replaced = super::log::replaced_paths(records);
     let mut files: Vec<String> = records
         .iter()
         .filter_map(|r| r.tables.get(table))

@@ -41,13 +41,15 @@ pub struct Plan {
     pub state_of: Option<(String, u64)>,
 }
 
-/// Plans a replay in place of `from..=until` (default: everything committed from `from` on).
-pub async fn plan(live: &Store, from: u64, until: Option<u64>) -> Result<Plan> {
-    let records = read::records(live).await?;
-    let mut committed = Ranges::default();
-    for r in &records {
-        committed.extend(&r.sequences);
-    }
+/// Plans a replay in place of `from..=until` (default: everything committed from `from` on) over the live
+/// lake's commit `records` (all of them, as `read::records` gives them).
+pub async fn plan(
+    live: &Store,
+    records: &[CommitRecord],
+    from: u64,
+    until: Option<u64>,
+) -> Result<Plan> {
+    let committed = log::committed(records);
     let Some(last) = committed.max() else {
         bail!(
             "the lake at {} has nothing committed: there is nothing to replay in place",
@@ -60,8 +62,8 @@ pub async fn plan(live: &Store, from: u64, until: Option<u64>) -> Result<Plan> {
     }
     // Spans that must be replaced whole or not at all: every visible file of a table a replay writes, and
     // every commit (its state is the only one there is between its sequences).
-    let replaced = replaced_paths(&records);
-    let mut spans: Vec<(u64, u64)> = visible_outputs(&records, &replaced)
+    let replaced = log::replaced_paths(records);
+    let mut spans: Vec<(u64, u64)> = visible_outputs(records, &replaced)
         .map(|(_, f)| (f.min_seq, f.max_seq))
         .collect();
     spans.extend(records.iter().filter_map(|r| {
@@ -89,7 +91,7 @@ pub async fn plan(live: &Store, from: u64, until: Option<u64>) -> Result<Plan> {
         .max_by_key(|r| r.sequences.max());
     let (state, state_of) = match before {
         Some(r) => (
-            state_chain(live, &records, &r.host, r.epoch).await?,
+            state_chain(live, records, &r.host, r.epoch).await?,
             Some((r.host.clone(), r.epoch)),
         ),
         None => (Vec::new(), None),
@@ -106,10 +108,9 @@ pub async fn plan(live: &Store, from: u64, until: Option<u64>) -> Result<Plan> {
 /// The first committed sequence ingested at or after `ms` (by bronze's ingest time, which is what
 /// `--from-time` means for replays of the stream too: when the stream stored the message). Reads the bronze
 /// files of the hours from `ms` on.
-pub async fn first_sequence_at(live: &Store, ms: i64) -> Result<u64> {
-    let records = read::records(live).await?;
+pub async fn first_sequence_at(live: &Store, records: &[CommitRecord], ms: i64) -> Result<u64> {
     let mut first: Option<u64> = None;
-    for path in read::files_in_range(&records, "bronze", ms, i64::MAX) {
+    for path in read::files_in_range(records, "bronze", ms, i64::MAX) {
         for batch in read::read_file(live, &path).await? {
             let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
             let column = |name: &str| {
@@ -143,11 +144,10 @@ pub async fn first_sequence_at(live: &Store, ms: i64) -> Result<u64> {
 }
 
 /// The record that put `version` in place already, if one did.
-pub async fn done(live: &Store, version: &str) -> Result<Option<CommitRecord>> {
-    Ok(read::records(live)
-        .await?
-        .into_iter()
-        .find(|r| r.replay.as_deref() == Some(version)))
+pub fn done<'a>(records: &'a [CommitRecord], version: &str) -> Option<&'a CommitRecord> {
+    records
+        .iter()
+        .find(|r| r.replay.as_deref() == Some(version))
 }
 
 /// Puts the table version in `version` (named `name`, made by a replay of `plan`) in place of the live
@@ -159,15 +159,13 @@ pub async fn put_in_place(
     plan: &Plan,
     concurrency: usize,
 ) -> Result<CommitRecord> {
-    if let Some(record) = done(live, name).await? {
-        super::publish(live, &record, concurrency, &Default::default()).await?;
-        return Ok(record);
+    let records = read::records(live).await?;
+    if let Some(record) = done(&records, name) {
+        super::publish(live, record, concurrency, &Default::default()).await?;
+        return Ok(record.clone());
     }
     let made = read::records(version).await?;
-    let mut held = Ranges::default();
-    for r in &made {
-        held.extend(&r.sequences);
-    }
+    let held = log::committed(&made);
     if !held.covers(&plan.sequences) {
         let missing = plan
             .sequences
@@ -183,14 +181,9 @@ pub async fn put_in_place(
             plan.until
         );
     }
-    let records = read::records(live).await?;
     // Sequences of the range another host committed after the plan (in flight then) were not replayed:
     // replacing their files would lose their rows.
-    let mut committed = Ranges::default();
-    for r in &records {
-        committed.extend(&r.sequences);
-    }
-    if committed.within(plan.from, plan.until) != plan.sequences {
+    if log::committed(&records).within(plan.from, plan.until) != plan.sequences {
         bail!(
             "sequences of {}..={} were committed after the replay was planned (another host had them in \
              flight): run the replay again, which plans afresh and replays them too",
@@ -198,7 +191,7 @@ pub async fn put_in_place(
             plan.until
         );
     }
-    let replaced = replaced_paths(&records);
+    let replaced = log::replaced_paths(&records);
     let replaces: Vec<(&str, &FileEntry)> = visible_outputs(&records, &replaced)
         .filter(|(_, f)| f.min_seq >= plan.from && f.max_seq <= plan.until)
         .collect();
@@ -248,20 +241,11 @@ pub async fn put_in_place(
         .await;
     crash::point("replace.after_files");
 
-    let mut dropped = BTreeMap::new();
-    let mut quarantined = BTreeMap::new();
+    let made_counts = read::summarize(&made);
     let mut chain: Vec<String> = Vec::new();
-    for r in &made {
-        for (k, v) in &r.dropped {
-            *dropped.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &r.quarantined {
-            *quarantined.entry(k.clone()).or_default() += v;
-        }
-        for label in &r.chain {
-            if !chain.contains(label) {
-                chain.push(label.clone());
-            }
+    for label in made.iter().flat_map(|r| &r.chain) {
+        if !chain.contains(label) {
+            chain.push(label.clone());
         }
     }
     // The live tables' gold columns, with any the version added: the newest record's are the ones a
@@ -291,11 +275,10 @@ pub async fn put_in_place(
         state: None,
         state_full: false,
         chain,
-        dropped,
-        quarantined,
+        dropped: made_counts.dropped,
+        quarantined: made_counts.quarantined,
         replaces: replaces.iter().map(|(_, f)| f.path.clone()).collect(),
         replay: Some(name.to_string()),
-        covers: plan.sequences.clone(),
         replaced_dropped,
         replaced_quarantined,
         gold_columns,
@@ -328,14 +311,6 @@ pub async fn put_in_place(
     crash::point("replace.after_record");
     super::publish(live, &record, concurrency, &Default::default()).await?;
     Ok(record)
-}
-
-/// Files some commit replaced (no longer part of their tables).
-fn replaced_paths(records: &[CommitRecord]) -> BTreeSet<&str> {
-    records
-        .iter()
-        .flat_map(|r| r.replaces.iter().map(String::as_str))
-        .collect()
 }
 
 /// The visible files of every table a replay writes (all but bronze), with their tables.

@@ -472,7 +472,7 @@ impl Processor {
         if newest_ingest > i64::MIN {
             self.clock.set(newest_ingest);
         }
-        let output = self.chain.run(events);
+        let mut output = self.chain.run(events);
         // Event time moves the watermark only through events the chain kept (a far-future timestamp that
         // quality quarantines must not close every window), whose time is their own (not the fallback), and
         // never beyond the host clock plus a small skew, whatever the plugins let through.
@@ -483,14 +483,9 @@ impl Processor {
                 max_time = max_time.max(event.time_ms);
             }
         }
-        let gold: Vec<GoldRow> = output
-            .rows
-            .iter()
-            .map(|r| GoldRow {
-                table: r.row.table.clone(),
-                plugin: r.plugin.clone(),
-                columns: r.row.columns.clone(),
-            })
+        let gold: Vec<GoldRow> = std::mem::take(&mut output.rows)
+            .into_iter()
+            .map(gold_row)
             .collect();
         // The batch's sequences join the epoch first: gold files are named by the epoch's range so far.
         let epoch = self.epoch();
@@ -506,14 +501,7 @@ impl Processor {
                 let shared = &self.shared;
                 let mut recorded = Ok(());
                 let failures = self.chain.on_watermark_parts(watermark, |part| {
-                    let part: Vec<GoldRow> = part
-                        .into_iter()
-                        .map(|r| GoldRow {
-                            table: r.row.table,
-                            plugin: r.plugin,
-                            columns: r.row.columns,
-                        })
-                        .collect();
+                    let part: Vec<GoldRow> = part.into_iter().map(gold_row).collect();
                     if recorded.is_ok() {
                         recorded = record_gold(epoch, shared, &part);
                     }
@@ -854,7 +842,15 @@ impl Processor {
     }
 }
 
-/// Acks messages (after their commit).
+/// A row an aggregate emitted, as the lake writes it.
+fn gold_row(r: super::chain::EmittedRow) -> GoldRow {
+    GoldRow {
+        table: r.row.table,
+        plugin: r.plugin,
+        columns: r.row.columns,
+    }
+}
+
 /// Adds gold rows to the epoch, the counters, and the recent rows the API answers from.
 fn record_gold(epoch: &mut Epoch, shared: &Shared, gold: &[GoldRow]) -> Result<()> {
     if gold.is_empty() {
@@ -878,6 +874,7 @@ fn record_gold(epoch: &mut Epoch, shared: &Shared, gold: &[GoldRow]) -> Result<(
     Ok(())
 }
 
+/// Acks messages (after their commit).
 async fn ack(client: &async_nats::Client, replies: &[async_nats::Subject]) {
     for reply in replies {
         if let Err(e) = client
