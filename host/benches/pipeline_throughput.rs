@@ -120,6 +120,17 @@ fn peak_rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU seconds (user and system) a process has used so far: steadier than wall time on a shared machine,
+/// where other tenants' load stretches every run.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) end with `)`; utime and stime are 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
+
 async fn committed(store: &Store) -> u64 {
     weir::lake::read::records(store)
         .await
@@ -260,9 +271,14 @@ fn main() {
     let pipeline = get_json("/api/v1/pipeline");
     let plugins = get_json("/api/v1/plugins");
     let reasons = get_json("/api/v1/quarantine/reasons");
+    let metrics = runtime.block_on(async {
+        let response = http.get(format!("{api}/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    });
     // Under a wrapper, `weir run` is a process further down.
     let weir_pid = weir_process(pid).unwrap_or(pid);
     let rss = peak_rss(weir_pid).unwrap_or(0);
+    let cpu = cpu_seconds(weir_pid).unwrap_or(0.0);
     Command::new("kill")
         .args(["-TERM", &weir_pid.to_string()])
         .status()
@@ -278,6 +294,31 @@ fn main() {
         last as f64 / seconds,
         ready_after.as_secs_f64()
     );
+    println!(
+        "  CPU of weir run: {cpu:.1} s ({:.1} µs per event; other processes on the machine: nats-server, this bench)",
+        cpu * 1e6 / last as f64
+    );
+    // Where the pipeline's thread spent its time (`weir_pipeline_thread_seconds_total`).
+    let phases: Vec<String> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("weir_pipeline_thread_seconds_total{"))
+        .filter_map(|rest| {
+            let phase = rest.split("phase=\"").nth(1)?.split('"').next()?;
+            let seconds: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            Some(format!("{phase} {seconds:.1}"))
+        })
+        .collect();
+    println!("  pipeline thread, s: {}", phases.join(", "));
+    let calls: Vec<String> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("weir_plugin_call_seconds_sum{"))
+        .filter_map(|rest| {
+            let stage = rest.split("stage=\"").nth(1)?.split('"').next()?;
+            let seconds: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            Some(format!("{stage} {seconds:.1}"))
+        })
+        .collect();
+    println!("  time in plugin calls, s: {}", calls.join(", "));
     println!(
         "  peak RSS of weir run: {:.0} MB; lake: {:.0} MB ({} commits)",
         rss as f64 / (1 << 20) as f64,

@@ -67,6 +67,28 @@ fn the_api_reports_queries_controls_and_replays() {
         .find(|l| l.starts_with("weir_events_received_total"))
         .unwrap_or_else(|| panic!("no weir_events_received_total:\n{metrics}"));
     assert!(received.ends_with(&format!(" {last}")), "{received}");
+    // Where the pipeline's thread spent its time: every phase reported, and the plugins took some.
+    let phases: Vec<(&str, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("weir_pipeline_thread_seconds_total{"))
+        .map(|rest| {
+            let phase = rest
+                .split("phase=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            (phase, rest.rsplit(' ').next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(phases.len(), 7, "{metrics}");
+    assert!(
+        phases
+            .iter()
+            .any(|&(phase, s)| phase == "plugins" && s > 0.0),
+        "{phases:?}"
+    );
 
     let openapi = get_json(&api, "/openapi.json");
     assert_eq!(openapi["openapi"], "3.0.3");

@@ -112,6 +112,18 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         c.skipped_in_flight.load(Ordering::Relaxed),
     );
     o.metric(
+        "weir_pipeline_thread_seconds_total",
+        "counter",
+        "Time the pipeline's thread spent per phase (waiting for messages, reading, plugins, watermark, tables, state, commit).",
+    );
+    for phase in crate::pipeline::shared::Phase::ALL {
+        o.value(
+            "weir_pipeline_thread_seconds_total",
+            &[("pipeline", p), ("phase", phase.name())],
+            c.phase_us[phase as usize].load(Ordering::Relaxed) as f64 / 1e6,
+        );
+    }
+    o.metric(
         "weir_commit_duration_seconds",
         "gauge",
         "How long the last commit took.",

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::chain::{Chain, ChainOutput};
-use super::shared::{Control, PluginInfo, Recent, Shared};
+use super::shared::{Control, Phase, PluginInfo, Recent, Shared};
 use crate::bus::headers;
 use crate::config::Config;
 use crate::event::{EventShape, JsonPath};
@@ -308,6 +308,7 @@ impl Processor {
     pub fn process(&mut self, messages: Vec<jetstream::Message>) -> Result<()> {
         let shared = self.shared.clone();
         let counters = &shared.counters;
+        let mut clock = Instant::now();
         let mut received = Vec::with_capacity(messages.len());
         let mut events = Vec::with_capacity(messages.len());
         let mut quarantine = Vec::new();
@@ -465,6 +466,7 @@ impl Processor {
             self.runtime.block_on(ack(&client, &immediate_acks));
         }
         if received.is_empty() {
+            counters.phase(Phase::Reading, clock);
             return Ok(());
         }
         let labels = self.chain_labels();
@@ -472,7 +474,9 @@ impl Processor {
         if newest_ingest > i64::MIN {
             self.clock.set(newest_ingest);
         }
+        clock = counters.phase(Phase::Reading, clock);
         let mut output = self.chain.run(events);
+        clock = counters.phase(Phase::Plugins, clock);
         // Event time moves the watermark only through events the chain kept (a far-future timestamp that
         // quality quarantines must not close every window), whose time is their own (not the fallback), and
         // never beyond the host clock plus a small skew, whatever the plugins let through.
@@ -512,8 +516,10 @@ impl Processor {
                 recorded?;
             }
         }
+        clock = counters.phase(Phase::Watermark, clock);
         self.record(&received, output, quarantine, gold, &chain_label)?;
         self.after_batch();
+        counters.phase(Phase::Tables, clock);
         Ok(())
     }
 
@@ -604,6 +610,7 @@ impl Processor {
         let started = Instant::now();
         let full = self.lake.wants_full_state();
         let state = super::state::capture(&mut self.chain, &self.stages.names, full, now_ms())?;
+        let captured = self.shared.counters.phase(Phase::State, started);
         let deliveries = std::mem::take(&mut self.deliveries);
         let replies: Vec<async_nats::Subject> = deliveries.into_iter().map(|d| d.reply).collect();
         let events = epoch.events;
@@ -626,6 +633,7 @@ impl Processor {
         })?;
         crash::point("commit.after_ack");
         let c = &self.shared.counters;
+        c.phase(Phase::Commit, captured);
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.committed_events.fetch_add(events, Ordering::Relaxed);
         c.bytes_written.fetch_add(

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 
 use super::chain::Chain;
 use super::runner::{self, Processor};
-use super::shared::{Control, Counters, Health, Pauses, Recent, Shared};
+use super::shared::{Control, Counters, Health, Pauses, Phase, Recent, Shared};
 use crate::bus::NatsServer;
 use crate::config::Config;
 use crate::ingest::Ingest;
@@ -358,9 +358,11 @@ fn process_loop(
         while let Ok(request) = control.try_recv() {
             processor.handle(request);
         }
+        let waiting = Instant::now();
         let next = runtime.block_on(async {
             tokio::time::timeout(Duration::from_millis(100), batches.recv()).await
         });
+        processor.shared.counters.phase(Phase::Waiting, waiting);
         match next {
             Ok(Some(batch)) => processor.process(batch)?,
             Ok(None) => return processor.commit(),

@@ -35,6 +35,61 @@ pub struct Counters {
     pub swaps: AtomicU64,
     pub rollbacks: AtomicU64,
     pub type_mismatches: AtomicU64,
+    /// Microseconds the pipeline's thread spent in each [`Phase`]: where a slow pipeline's time goes.
+    pub phase_us: [AtomicU64; Phase::ALL.len()],
+}
+
+/// What the pipeline's thread is doing (`weir_pipeline_thread_seconds_total{phase}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the next micro-batch: the thread has nothing to do.
+    Waiting,
+    /// Reading messages: redelivery checks, headers, the host's parse of each event.
+    Reading,
+    /// The chain of plugins over a batch.
+    Plugins,
+    /// Closing windows: the aggregates' `on-watermark` and their rows into the epoch.
+    Watermark,
+    /// Building the batch's Arrow rows for the tables and handing them to the Parquet encoder.
+    Tables,
+    /// Saving the plugins' state at a commit.
+    State,
+    /// Waiting for a commit: the last Parquet encoding, the uploads, the commit record, the acks.
+    Commit,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Waiting,
+        Phase::Reading,
+        Phase::Plugins,
+        Phase::Watermark,
+        Phase::Tables,
+        Phase::State,
+        Phase::Commit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Reading => "reading",
+            Phase::Plugins => "plugins",
+            Phase::Watermark => "watermark",
+            Phase::Tables => "tables",
+            Phase::State => "state",
+            Phase::Commit => "commit",
+        }
+    }
+}
+
+impl Counters {
+    /// Adds the time since `since` to `phase`; returns now, the start of the next phase.
+    pub fn phase(&self, phase: Phase, since: std::time::Instant) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        self.phase_us[phase as usize]
+            .fetch_add((now - since).as_micros() as u64, Ordering::Relaxed);
+        now
+    }
 }
 
 /// Readiness: the API says ready only when every part is up.
