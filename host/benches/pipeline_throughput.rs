@@ -319,6 +319,23 @@ fn main() {
         })
         .collect();
     println!("  time in plugin calls, s: {}", calls.join(", "));
+    let snapshots: Vec<String> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("weir_plugin_snapshot_seconds_total{"))
+        .filter_map(|rest| {
+            let stage = rest.split("stage=\"").nth(1)?.split('"').next()?;
+            let seconds: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            let count = metrics
+                .lines()
+                .filter_map(|l| l.strip_prefix("weir_plugin_snapshots_total{"))
+                .find(|l| l.contains(&format!("stage=\"{stage}\"")))?
+                .rsplit(' ')
+                .next()?
+                .to_string();
+            (seconds > 0.0).then(|| format!("{stage} {count} in {seconds:.1}"))
+        })
+        .collect();
+    println!("  of which snapshots, s: {}", snapshots.join(", "));
     println!(
         "  peak RSS of weir run: {:.0} MB; lake: {:.0} MB ({} commits)",
         rss as f64 / (1 << 20) as f64,

@@ -312,6 +312,12 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             "The size of a plugin's last state snapshot (saved with every commit).",
             |st| st.snapshot_bytes,
         ),
+        (
+            "weir_plugin_snapshots_total",
+            "counter",
+            "State snapshots taken: at each commit, and as restore points between commits.",
+            |st| st.snapshots,
+        ),
     ] {
         o.metric(name, kind, help);
         for info in plugins.iter() {
@@ -321,6 +327,18 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
                 value(&info.stats),
             );
         }
+    }
+    o.metric(
+        "weir_plugin_snapshot_seconds_total",
+        "counter",
+        "Time spent taking state snapshots (part of weir_plugin_call_seconds).",
+    );
+    for info in plugins.iter() {
+        o.value(
+            "weir_plugin_snapshot_seconds_total",
+            &[("pipeline", p), ("stage", &info.stage)],
+            info.stats.snapshot_time_us as f64 / 1e6,
+        );
     }
     if let Some(ingest) = s.ingest.load_full().as_ref() {
         let ingest_counters = [

@@ -302,6 +302,8 @@ impl Plugin {
             ..Journal::default()
         };
         self.stats.snapshot_bytes = snapshot.len() as u64;
+        self.stats.snapshots += 1;
+        self.stats.snapshot_time_us += self.last_call.as_micros() as u64;
         self.snapshot = Some(snapshot);
         Ok(())
     }
