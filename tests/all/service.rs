@@ -242,3 +242,23 @@ fn deploys_and_rollbacks_outlive_a_restart() {
     weir.stop();
     h.read_back().assert_exactly_once(last);
 }
+
+/// A stream that goes quiet is committed once it has been quiet for `lake.commit_after_idle`, not at the end
+/// of a long `commit_interval`: with an interval of an hour and an epoch size it never reaches, the events
+/// can only be committed that way. Read back exactly once.
+#[test]
+fn a_quiet_stream_is_committed_without_waiting_for_the_interval() {
+    let h = Harness::new(LakeAt::Local, |t| {
+        let lake = t["lake"].as_table_mut().unwrap();
+        lake.insert("commit_interval".into(), "1h".into());
+        lake.insert("commit_events".into(), 1_000_000.into());
+        lake.insert("commit_after_idle".into(), "500ms".into());
+    });
+    let events = 1500;
+    let last = h.prefill(realistic(31, events, Duration::from_secs(20 * 60)), events);
+    let mut weir = h.weir(&[]);
+    // Far below the hour: the idle commit, or none.
+    h.wait_committed(&mut weir, last, Duration::from_secs(120));
+    weir.stop();
+    h.read_back().assert_exactly_once(last);
+}

@@ -65,6 +65,10 @@ pub struct LakeConfig {
     pub commit_interval: Duration,
     /// Commit once an epoch holds this many events.
     pub commit_events: u64,
+    /// Commit early once no message has come for this long: when the stream goes quiet, what arrived is
+    /// committed (visible, acked) now rather than at the end of `commit_interval`. `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub commit_after_idle: Duration,
     /// A file larger than this is closed and the next rows start another (bytes, compressed). Default
     /// 128 MiB.
     pub max_file_bytes: usize,
@@ -84,6 +88,7 @@ impl Default for LakeConfig {
             allow_http: false,
             commit_interval: Duration::from_secs(10),
             commit_events: 100_000,
+            commit_after_idle: Duration::from_secs(1),
             max_file_bytes: 128 << 20,
             checkpoint_every: 100,
             upload_concurrency: 8,

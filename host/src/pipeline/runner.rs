@@ -198,6 +198,9 @@ pub struct Processor {
     pub silver_specs: Vec<crate::lake::ColumnSpec>,
     pub commit_events: u64,
     pub commit_interval: Duration,
+    pub commit_after_idle: Duration,
+    /// When the last micro-batch came (for `commit_after_idle`).
+    last_batch: Instant,
     pub ack_wait: Duration,
     pub max_deliver: i64,
     pub watermark_delay_ms: i64,
@@ -250,6 +253,8 @@ impl Processor {
             silver_specs: config.silver.columns.clone(),
             commit_events: config.lake.commit_events,
             commit_interval: config.lake.commit_interval,
+            commit_after_idle: config.lake.commit_after_idle,
+            last_batch: Instant::now(),
             ack_wait: config.consumer.ack_wait,
             max_deliver: config.consumer.max_deliver,
             watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
@@ -297,10 +302,13 @@ impl Processor {
         self.epoch.as_mut().expect("just set")
     }
 
-    /// Whether the open epoch should be committed now.
+    /// Whether the open epoch should be committed now: it is full, old enough, or the stream went quiet.
     pub fn commit_due(&self) -> bool {
+        let quiet = !self.commit_after_idle.is_zero()
+            && self.last_batch.elapsed() >= self.commit_after_idle;
         self.epoch.as_ref().is_some_and(|e| {
-            e.events > 0 && (e.events >= self.commit_events || e.age() >= self.commit_interval)
+            e.events > 0
+                && (e.events >= self.commit_events || e.age() >= self.commit_interval || quiet)
         })
     }
 
@@ -309,6 +317,7 @@ impl Processor {
         let shared = self.shared.clone();
         let counters = &shared.counters;
         let mut clock = Instant::now();
+        self.last_batch = clock;
         let mut received = Vec::with_capacity(messages.len());
         let mut events = Vec::with_capacity(messages.len());
         let mut quarantine = Vec::new();
