@@ -131,6 +131,20 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// The values of one Prometheus series by one of its labels, in the order `/metrics` lists them.
+fn series(metrics: &str, name: &str, label: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{name}{{");
+    let label = format!("{label}=\"");
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .filter_map(|rest| {
+            let value = rest.split(label.as_str()).nth(1)?.split('"').next()?;
+            Some((value.to_string(), rest.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 async fn committed(store: &Store) -> u64 {
     weir::lake::read::records(store)
         .await
@@ -298,42 +312,24 @@ fn main() {
         "  CPU of weir run: {cpu:.1} s ({:.1} µs per event; other processes on the machine: nats-server, this bench)",
         cpu * 1e6 / last as f64
     );
-    // Where the pipeline's thread spent its time (`weir_pipeline_thread_seconds_total`).
-    let phases: Vec<String> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("weir_pipeline_thread_seconds_total{"))
-        .filter_map(|rest| {
-            let phase = rest.split("phase=\"").nth(1)?.split('"').next()?;
-            let seconds: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-            Some(format!("{phase} {seconds:.1}"))
-        })
-        .collect();
-    println!("  pipeline thread, s: {}", phases.join(", "));
-    let calls: Vec<String> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("weir_plugin_call_seconds_sum{"))
-        .filter_map(|rest| {
-            let stage = rest.split("stage=\"").nth(1)?.split('"').next()?;
-            let seconds: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-            Some(format!("{stage} {seconds:.1}"))
-        })
-        .collect();
-    println!("  time in plugin calls, s: {}", calls.join(", "));
-    let snapshots: Vec<String> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("weir_plugin_snapshot_seconds_total{"))
-        .filter_map(|rest| {
-            let stage = rest.split("stage=\"").nth(1)?.split('"').next()?;
-            let seconds: f64 = rest.rsplit(' ').next()?.parse().ok()?;
-            let count = metrics
-                .lines()
-                .filter_map(|l| l.strip_prefix("weir_plugin_snapshots_total{"))
-                .find(|l| l.contains(&format!("stage=\"{stage}\"")))?
-                .rsplit(' ')
-                .next()?
-                .to_string();
-            (seconds > 0.0).then(|| format!("{stage} {count} in {seconds:.1}"))
-        })
+    // Where the pipeline's thread spent its time, and the plugins theirs.
+    let show = |values: Vec<(String, f64)>| {
+        let shown: Vec<String> = values
+            .iter()
+            .map(|(label, v)| format!("{label} {v:.1}"))
+            .collect();
+        shown.join(", ")
+    };
+    let phases = series(&metrics, "weir_pipeline_thread_seconds_total", "phase");
+    println!("  pipeline thread, s: {}", show(phases));
+    let calls = series(&metrics, "weir_plugin_call_seconds_sum", "stage");
+    println!("  time in plugin calls, s: {}", show(calls));
+    let counts = series(&metrics, "weir_plugin_snapshots_total", "stage");
+    let snapshots: Vec<String> = series(&metrics, "weir_plugin_snapshot_seconds_total", "stage")
+        .into_iter()
+        .zip(counts)
+        .filter(|((_, seconds), _)| *seconds > 0.0)
+        .map(|((stage, seconds), (_, count))| format!("{stage} {count} in {seconds:.1}"))
         .collect();
     println!("  of which snapshots, s: {}", snapshots.join(", "));
     println!(

@@ -298,25 +298,32 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             "weir_plugin_instance_restarts_total",
             "counter",
             "Fresh instances a plugin was given after a failed call.",
-            (|st: &PluginStats| st.instance_restarts) as fn(&PluginStats) -> u64,
+            // As f64, so seconds fit the same table (whole numbers print without a fraction).
+            (|st: &PluginStats| st.instance_restarts as f64) as fn(&PluginStats) -> f64,
         ),
         (
             "weir_plugin_memory_bytes",
             "gauge",
             "A plugin instance's linear memory (its high-water mark: Wasm memory never shrinks).",
-            |st| st.memory_bytes,
+            |st| st.memory_bytes as f64,
         ),
         (
             "weir_plugin_snapshot_bytes",
             "gauge",
             "The size of a plugin's last state snapshot (saved with every commit).",
-            |st| st.snapshot_bytes,
+            |st| st.snapshot_bytes as f64,
         ),
         (
             "weir_plugin_snapshots_total",
             "counter",
             "State snapshots taken: at each commit, and as restore points between commits.",
-            |st| st.snapshots,
+            |st| st.snapshots as f64,
+        ),
+        (
+            "weir_plugin_snapshot_seconds_total",
+            "counter",
+            "Time spent taking state snapshots (part of weir_plugin_call_seconds).",
+            |st| st.snapshot_time_us as f64 / 1e6,
         ),
     ] {
         o.metric(name, kind, help);
@@ -327,18 +334,6 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
                 value(&info.stats),
             );
         }
-    }
-    o.metric(
-        "weir_plugin_snapshot_seconds_total",
-        "counter",
-        "Time spent taking state snapshots (part of weir_plugin_call_seconds).",
-    );
-    for info in plugins.iter() {
-        o.value(
-            "weir_plugin_snapshot_seconds_total",
-            &[("pipeline", p), ("stage", &info.stage)],
-            info.stats.snapshot_time_us as f64 / 1e6,
-        );
     }
     if let Some(ingest) = s.ingest.load_full().as_ref() {
         let ingest_counters = [

@@ -487,7 +487,7 @@ impl Plugin {
 /// A new snapshot is taken once the calls journaled since the last one took this many times as long as that
 /// snapshot did: snapshots then cost at most ~1/(N+1) of the plugin's time, whatever the size of its state,
 /// and repeating the journal after a trap takes at most N snapshots' time. At 4, restore points and commit
-/// snapshots were a quarter of the four aggregates' time in pipeline_throughput (7.4 of 29.6 s at 1M events).
+/// snapshots were a quarter of the four aggregates' time in pipeline_throughput (7.4 of 27.5 s at 1M events).
 const JOURNAL_COST_RATIO: u32 = 8;
 /// ... or once the journal holds this many events (bounds its memory and the time a restart spends repeating).
 const JOURNAL_MAX_EVENTS: usize = 50_000;
