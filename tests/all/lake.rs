@@ -70,14 +70,16 @@ fn every_crash_point_is_tested() {
     assert_eq!(weir::lake::crash::POINTS, tested);
 }
 
+/// Kills at random moments, of commits and of the compactions running beside them.
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let h = Harness::new(LakeAt::Local, |t| {
+        let lake = t["lake"].as_table_mut().unwrap();
         // Small commits, so kills land in every phase of the protocol.
-        t["lake"]
-            .as_table_mut()
-            .unwrap()
-            .insert("commit_events".into(), 200.into());
+        lake.insert("commit_events".into(), 200.into());
+        // Compactions all the while, of the hour before this one, so kills land in theirs too.
+        lake.insert("compact_every".into(), "300ms".into());
+        lake.insert("compact_after".into(), "0s".into());
     });
     let last = h.prefill(realistic(7, EVENTS, span()), EVENTS);
     for after in [1500u64, 2600, 1900, 3300] {
@@ -444,6 +446,124 @@ fn replay_in_place_replaces_the_rows_of_its_range_exactly_once() {
             .all(|c| !c.as_str().unwrap().contains("enrich@0.2.0")),
         "{chains:?}"
     );
+}
+
+/// `weir lake compact` merges the small files of each partition while the pipeline runs, dying at each step
+/// of its swap in turn: afterwards every table holds exactly the rows it held (as pyarrow and DuckDB read
+/// them), with the same columns and lineage, in fewer files; the pipeline commits on, a restart finds
+/// everything in place, and a second compaction merges the files written since.
+#[test]
+fn compaction_merges_small_files_without_changing_a_row() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let last = h.prefill(realistic(41, EVENTS, span()), EVENTS);
+    let mut weir = h.weir(&[]);
+    h.wait_committed(&mut weir, last, Duration::from_secs(180));
+    let before = h.read_back();
+    let files_before = lake_files(&h);
+
+    let compact = |crash_at: &str| {
+        let mut command = std::process::Command::new(crate::support::weir_bin());
+        command
+            .args([
+                "lake",
+                "compact",
+                "--json",
+                "--min-age",
+                "0s",
+                "--min-files",
+                "2",
+            ])
+            .arg("--config")
+            .arg(&h.config_path);
+        if !crash_at.is_empty() {
+            command.env("WEIR_CRASH_AT", crash_at);
+        }
+        let out = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.success(),
+            crash_at.is_empty(),
+            "weir lake compact (crash at {crash_at:?}): {stderr}"
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    for point in weir::lake::crash::COMPACT_POINTS {
+        compact(point);
+    }
+    // The run that died after its record is finished, and nothing is left to merge.
+    let report = compact("");
+    assert_eq!(report["finished"], 1, "{report}");
+    assert!(report["epoch"].is_null(), "{report}");
+
+    h.verify();
+    let after = h.read_back();
+    after.assert_exactly_once(last);
+    for table in before.tables() {
+        let sorted = |r: &crate::harness::LakeReport| {
+            let mut s = r.seqs(&table);
+            s.sort_unstable();
+            s
+        };
+        assert_eq!(sorted(&before), sorted(&after), "{table}: sequences");
+        assert_eq!(
+            before.schema(&table),
+            after.schema(&table),
+            "{table}: columns"
+        );
+        assert_eq!(
+            before.0["tables"][&table]["rows"], after.0["tables"][&table]["rows"],
+            "{table}: rows"
+        );
+    }
+    assert_eq!(
+        before.0["silver_chain_ranges"],
+        after.0["silver_chain_ranges"]
+    );
+    let files_after = lake_files(&h);
+    for (table, n) in &files_before {
+        assert!(
+            files_after[table] <= *n,
+            "{table}: {n} files, then {}",
+            files_after[table]
+        );
+    }
+    assert!(
+        files_after["silver"] < files_before["silver"],
+        "silver: {files_before:?} -> {files_after:?}"
+    );
+
+    // The pipeline commits on after the compaction's record, and a second compaction merges what it wrote.
+    let last = h.prefill(realistic(42, 1000, span()), 1000);
+    h.wait_committed(&mut weir, last, Duration::from_secs(180));
+    weir.stop();
+    let report = compact("");
+    assert!(report["epoch"].is_u64(), "{report}");
+    let mut again = h.weir(&[]);
+    std::thread::sleep(Duration::from_secs(3));
+    again.stop();
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
+/// Files per table, as `weir lake ls` counts them from the commit log.
+fn lake_files(h: &Harness) -> std::collections::BTreeMap<String, u64> {
+    let out = std::process::Command::new(crate::support::weir_bin())
+        .args(["lake", "ls", "--json", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    summary["tables"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(t, s)| (t.clone(), s["files"].as_u64().unwrap()))
+        .collect()
 }
 
 /// `weir replay --from-bronze` computes silver and gold again from the bronze table when the stream no

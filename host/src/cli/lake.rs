@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
-use crate::lake::read;
-use crate::lake::store::{Store, StoreConfig};
+use crate::lake::store::Store;
+use crate::lake::{LakeConfig, compact, read};
 
 #[derive(Args, Clone)]
 pub struct LakeArgs {
@@ -27,11 +27,16 @@ pub struct LakeArgs {
 }
 
 impl LakeArgs {
+    /// The lake's settings: the `--config` pipeline's, else the defaults.
+    fn config(&self) -> Result<LakeConfig> {
+        Ok(match &self.config {
+            Some(file) => Config::load(file)?.lake_config(),
+            None => LakeConfig::default(),
+        })
+    }
+
     fn store(&self) -> Result<Store> {
-        let mut store = match &self.config {
-            Some(file) => Config::load(file)?.lake_config().store(),
-            None => StoreConfig::default(),
-        };
+        let mut store = self.config()?.store();
         if let Some(lake) = self.lake.as_ref().filter(|l| !l.is_empty()) {
             store.url = lake.clone();
         }
@@ -60,6 +65,27 @@ pub enum LakeCommand {
         /// Also open every file and compare its row count with its commit's.
         #[arg(long)]
         deep: bool,
+    },
+    /// Merge the small files of partitions whose hour has passed into large ones, in one commit (the rows
+    /// stay as they are; a running pipeline carries on). Finishes an interrupted run first.
+    Compact {
+        #[command(flatten)]
+        lake: LakeArgs,
+        /// Only partitions whose hour ended at least this long ago (late events still land in recent ones).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        min_age: std::time::Duration,
+        /// The fewest small files of a partition worth merging.
+        #[arg(long, default_value_t = 4)]
+        min_files: usize,
+        /// The size of the merged files; default: the lake's `max_file_bytes`.
+        #[arg(long)]
+        target_bytes: Option<u64>,
+        /// Only this table (repeat for several); default: all.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Print rows of a table in a time range, as JSON lines.
     Query {
@@ -117,6 +143,53 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 } else {
                     ExitCode::FAILURE
                 })
+            }
+            LakeCommand::Compact {
+                lake,
+                min_age,
+                min_files,
+                target_bytes,
+                tables,
+                json,
+            } => {
+                let config = lake.config()?;
+                let options = compact::Options {
+                    min_age,
+                    min_files,
+                    target_bytes: target_bytes.unwrap_or(config.max_file_bytes as u64),
+                    tables,
+                    concurrency: config.upload_concurrency,
+                };
+                let store = lake.store()?;
+                let report = compact::compact(&store, &options).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                if report.finished > 0 {
+                    println!("finished {} interrupted compaction(s)", report.finished);
+                }
+                let Some(epoch) = report.epoch else {
+                    println!("{}: nothing to compact", store.url);
+                    return Ok(ExitCode::SUCCESS);
+                };
+                println!(
+                    "{:<60} {:>6} {:>10} {:>12} {:>12}",
+                    "merged file", "files", "rows", "bytes before", "bytes after"
+                );
+                for m in &report.merged {
+                    println!(
+                        "{:<60} {:>6} {:>10} {:>12} {:>12}",
+                        m.path, m.files, m.rows, m.bytes_before, m.bytes_after
+                    );
+                }
+                let files: usize = report.merged.iter().map(|m| m.files).sum();
+                println!(
+                    "{}: {files} files merged into {} in epoch {epoch}",
+                    store.url,
+                    report.merged.len()
+                );
+                Ok(ExitCode::SUCCESS)
             }
             LakeCommand::Query {
                 table,

@@ -21,6 +21,14 @@ pub const REPLACE_POINTS: [&str; 3] = [
     "replace.after_moves",
 ];
 
+/// The crash points of a compaction (see `lake::compact`), in order: its swap ends as a replay in place's
+/// does, in the same step.
+pub const COMPACT_POINTS: [&str; 3] = [
+    "compact.after_files",
+    "compact.after_record",
+    "replace.after_moves",
+];
+
 fn target() -> Option<&'static (String, u64)> {
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
     TARGET
@@ -31,8 +39,11 @@ fn target() -> Option<&'static (String, u64)> {
                 None => (spec, 1),
             };
             assert!(
-                POINTS.contains(&point.as_str()) || REPLACE_POINTS.contains(&point.as_str()),
-                "WEIR_CRASH_AT={point}: not a crash point (one of {POINTS:?} {REPLACE_POINTS:?})"
+                [&POINTS[..], &REPLACE_POINTS, &COMPACT_POINTS]
+                    .iter()
+                    .any(|points| points.contains(&point.as_str())),
+                "WEIR_CRASH_AT={point}: not a crash point (one of {POINTS:?} {REPLACE_POINTS:?} \
+                 {COMPACT_POINTS:?})"
             );
             Some((point, nth))
         })

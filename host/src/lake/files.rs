@@ -87,8 +87,11 @@ struct Encoder {
     done: Vec<FinishedFile>,
 }
 
+/// Rows per row group: large enough for engines to read efficiently, small enough to prune by.
+pub(super) const ROW_GROUP_ROWS: usize = 128 * 1024;
+
 /// Writer settings for a file whose first batch is `first`.
-fn properties(
+pub(super) fn properties(
     row_group_rows: usize,
     metadata: &[(String, String)],
     first: &RecordBatch,
@@ -260,7 +263,7 @@ impl Encoder {
         Encoder {
             tag: tag.to_string(),
             max_file_bytes,
-            row_group_rows: 128 * 1024,
+            row_group_rows: ROW_GROUP_ROWS,
             metadata,
             open: BTreeMap::new(),
             done: Vec::new(),

@@ -19,6 +19,7 @@
 //! finished, staging left by uncommitted epochs is deleted, and the plugin state of the last commit is
 //! restored. Each step has a named crash point (see [`crash`]).
 
+pub mod compact;
 pub mod crash;
 pub mod files;
 pub mod log;
@@ -76,6 +77,14 @@ pub struct LakeConfig {
     pub checkpoint_every: u64,
     /// Concurrent uploads per commit.
     pub upload_concurrency: usize,
+    /// How often `weir run` merges the small files of partitions whose hour ended `compact_after` ago or
+    /// more (see [`compact`]); `0s` leaves it to `weir lake compact`.
+    #[serde(with = "humantime_serde")]
+    pub compact_every: Duration,
+    /// Compaction leaves a partition alone until its hour ended this long ago: late events still land in
+    /// recent ones.
+    #[serde(with = "humantime_serde")]
+    pub compact_after: Duration,
 }
 
 impl Default for LakeConfig {
@@ -92,6 +101,8 @@ impl Default for LakeConfig {
             max_file_bytes: 128 << 20,
             checkpoint_every: 100,
             upload_concurrency: 8,
+            compact_every: Duration::from_secs(3600),
+            compact_after: Duration::from_secs(3600),
         }
     }
 }
@@ -205,11 +216,19 @@ impl Lake {
             }
         }
         lake.state_chain = lake.read_state_chain(&state.records).await?;
-        let gold_columns = state
-            .records
-            .last()
-            .map(|r| &r.gold_columns)
-            .unwrap_or(&state.checkpoint.gold_columns);
+        // Every record lists every gold column so far, but a compaction or a replay in place may have
+        // written its record with an older list than a pipeline's commit just before it: take them all.
+        let mut gold_columns = state.checkpoint.gold_columns.clone();
+        for record in &state.records {
+            for (table, columns) in &record.gold_columns {
+                let known = gold_columns.entry(table.clone()).or_default();
+                for column in columns {
+                    if !known.iter().any(|(c, _)| *c == column.0) {
+                        known.push(column.clone());
+                    }
+                }
+            }
+        }
         lake.gold_types = gold_columns
             .iter()
             .map(|(table, columns)| {
@@ -709,19 +728,22 @@ pub(crate) async fn publish(
     if !record.replaces.is_empty() {
         crash::point("replace.after_moves");
     }
-    futures::stream::iter(record.replaces.iter())
-        .map(|path| {
-            let location = store.path(path);
+    // Owned paths and store handles, so the future is `Send` for any caller (a spawned compaction too).
+    let deletes: Vec<object_store::path::Path> =
+        record.replaces.iter().map(|p| store.path(p)).collect();
+    futures::stream::iter(deletes)
+        .map(|location| {
+            let store = store.clone();
             async move {
-                retry(
-                    &format!("deleting the replaced file {location}"),
-                    || async {
+                retry(&format!("deleting the replaced file {location}"), || {
+                    let (store, location) = (store.clone(), location.clone());
+                    async move {
                         match store.store.delete(&location).await {
                             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
                             Err(e) => Err(e.into()),
                         }
-                    },
-                )
+                    }
+                })
                 .await
             }
         })

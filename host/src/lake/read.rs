@@ -215,7 +215,7 @@ pub fn files_in_range(
 }
 
 /// The start of the hour a path's `dt=.../hour=...` names.
-fn partition_start(path: &str) -> Option<i64> {
+pub(super) fn partition_start(path: &str) -> Option<i64> {
     let dt = path.split('/').find_map(|p| p.strip_prefix("dt="))?;
     let hour: u32 = path
         .split('/')
@@ -224,6 +224,17 @@ fn partition_start(path: &str) -> Option<i64> {
         .ok()?;
     let date = chrono::NaiveDate::parse_from_str(dt, "%Y-%m-%d").ok()?;
     Some(date.and_hms_opt(hour, 0, 0)?.and_utc().timestamp_millis())
+}
+
+/// Whether reading failed because the file is gone (a compaction or a replay in place replaced it after the
+/// log was read: read the log again).
+pub fn is_not_found(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<object_store::Error>(),
+            Some(object_store::Error::NotFound { .. })
+        )
+    })
 }
 
 /// The batches of one committed file.

@@ -192,6 +192,23 @@ pub async fn put_in_place(
         );
     }
     let replaced = log::replaced_paths(&records);
+    // A compaction since the plan may have merged files of the range with files outside it: replacing the
+    // merged file would lose rows outside the range, keeping it would keep rows of the range twice.
+    if let Some((_, f)) = visible_outputs(&records, &replaced).find(|(_, f)| {
+        f.min_seq <= plan.until
+            && f.max_seq >= plan.from
+            && (f.min_seq < plan.from || f.max_seq > plan.until)
+    }) {
+        bail!(
+            "{} holds sequences {}..={}, across the edge of the range {}..={} (a compaction merged files since \
+             the replay was planned): run the replay again, which plans afresh",
+            f.path,
+            f.min_seq,
+            f.max_seq,
+            plan.from,
+            plan.until
+        );
+    }
     let replaces: Vec<(&str, &FileEntry)> = visible_outputs(&records, &replaced)
         .filter(|(_, f)| f.min_seq >= plan.from && f.max_seq <= plan.until)
         .collect();

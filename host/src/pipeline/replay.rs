@@ -152,52 +152,80 @@ pub async fn stage_bronze(
         ReplayStart::Time(ms) => (0, ms),
     };
     let until = replay.until.unwrap_or(u64::MAX);
-    let records = read::records(bronze).await?;
-    // Files are named by their first sequence: in name order they come in stream order but where an epoch's
-    // files of two hours overlap (the commit log does not need exact order; windows may see a few events
-    // in a different order than the live run did). `rejected` is not staged: the replay parses again, and
-    // events quarantined as poison get another chance.
-    let mut files = read::files_in_range(&records, "bronze", from_ms, i64::MAX);
-    files.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
     let subject = staging.subjects[0].clone();
     let mut acks = std::collections::VecDeque::new();
-    let mut staged = 0u64;
-    for path in files {
-        for batch in read::read_file(bronze, &path).await? {
-            let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
-            let rows = BronzeColumns::of(&batch).with_context(|| format!("bronze file {path}"))?;
-            for i in 0..rows.len() {
-                let seq = rows.seq.value(i);
-                let ingest_ms = rows.ingest.value(i).div_euclid(1000);
-                if seq < from_seq || seq > until || ingest_ms < from_ms || done.contains(seq) {
-                    continue;
+    // What this run staged, so that a pass started again (below) skips it.
+    let mut staged = Ranges::default();
+    let mut passes = 0;
+    loop {
+        let records = read::records(bronze).await?;
+        // Files are named by their first sequence: in name order they come in stream order but where an
+        // epoch's files of two hours overlap (the commit log does not need exact order; windows may see a
+        // few events in a different order than the live run did). `rejected` is not staged: the replay
+        // parses again, and events quarantined as poison get another chance.
+        let mut files = read::files_in_range(&records, "bronze", from_ms, i64::MAX);
+        files.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
+        let mut gone = None;
+        for path in files {
+            let batches = match read::read_file(bronze, &path).await {
+                Ok(batches) => batches,
+                // A compaction replaced the file since the log was read: its rows are in the merged file.
+                Err(e) if read::is_not_found(&e) && passes < 3 => {
+                    gone = Some(path);
+                    break;
                 }
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(bus::headers::ORIGINAL_SEQ, seq.to_string().as_str());
-                headers.insert(bus::headers::SOURCE_ID, rows.source_id.value(i));
-                headers.insert(bus::headers::INGEST_MS, ingest_ms.to_string().as_str());
-                if rows.sse_id.is_valid(i) {
-                    headers.insert(bus::headers::SSE_ID, rows.sse_id.value(i));
-                }
-                if rows.invalid_utf8.value(i) {
-                    headers.insert(bus::headers::INVALID_UTF8, "replaced");
-                }
-                let payload = bytes::Bytes::copy_from_slice(rows.data.value(i).as_bytes());
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, payload)
-                    .await
-                    .context("staging a bronze event")?;
-                acks.push_back(ack);
-                if acks.len() >= STAGING_IN_FLIGHT {
-                    acks.pop_front()
-                        .expect("not empty")
+                Err(e) => return Err(e),
+            };
+            for batch in batches {
+                let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
+                let rows =
+                    BronzeColumns::of(&batch).with_context(|| format!("bronze file {path}"))?;
+                for i in 0..rows.len() {
+                    let seq = rows.seq.value(i);
+                    let ingest_ms = rows.ingest.value(i).div_euclid(1000);
+                    if seq < from_seq
+                        || seq > until
+                        || ingest_ms < from_ms
+                        || done.contains(seq)
+                        || staged.contains(seq)
+                    {
+                        continue;
+                    }
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(bus::headers::ORIGINAL_SEQ, seq.to_string().as_str());
+                    headers.insert(bus::headers::SOURCE_ID, rows.source_id.value(i));
+                    headers.insert(bus::headers::INGEST_MS, ingest_ms.to_string().as_str());
+                    if rows.sse_id.is_valid(i) {
+                        headers.insert(bus::headers::SSE_ID, rows.sse_id.value(i));
+                    }
+                    if rows.invalid_utf8.value(i) {
+                        headers.insert(bus::headers::INVALID_UTF8, "replaced");
+                    }
+                    let payload = bytes::Bytes::copy_from_slice(rows.data.value(i).as_bytes());
+                    let ack = js
+                        .publish_with_headers(subject.clone(), headers, payload)
                         .await
                         .context("staging a bronze event")?;
+                    acks.push_back(ack);
+                    if acks.len() >= STAGING_IN_FLIGHT {
+                        acks.pop_front()
+                            .expect("not empty")
+                            .await
+                            .context("staging a bronze event")?;
+                    }
+                    staged.insert(seq, seq);
                 }
-                staged += 1;
+            }
+        }
+        match gone {
+            None => break,
+            Some(path) => {
+                passes += 1;
+                tracing::info!(%path, "a bronze file was compacted away while staging; reading the log again");
             }
         }
     }
+    let staged = staged.count();
     for ack in acks {
         ack.await.context("staging a bronze event")?;
     }

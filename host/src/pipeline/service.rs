@@ -262,6 +262,14 @@ pub async fn run(
             ))
         });
 
+    let compactor = (config.replay.is_none() && !config.lake.compact_every.is_zero()).then(|| {
+        tokio::spawn(compact_now_and_then(
+            lake_store.clone(),
+            config.lake.clone(),
+            stop_rx.clone(),
+        ))
+    });
+
     // Room for one pull request's worth of micro-batches, so the processor keeps going while the fetch task
     // (on the I/O runtime, shared with acks and uploads) is busy; still bounded, for backpressure.
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(16);
@@ -328,6 +336,10 @@ pub async fn run(
     if let Some(task) = watcher {
         task.abort();
     }
+    if let Some(task) = compactor {
+        // A compaction cut short commits nothing, or finishes at the next run: both leave the tables whole.
+        task.abort();
+    }
     if let Some(task) = fallback_server {
         task.abort();
     }
@@ -344,6 +356,40 @@ pub async fn run(
         tokio::task::spawn_blocking(move || server.stop()).await?;
     }
     result
+}
+
+/// Compacts the lake every `compact_every` (first after one interval: a restart does not compact at once).
+/// Several hosts sharing a lake may all do so: a compaction that loses the race to another commits nothing.
+async fn compact_now_and_then(
+    store: crate::lake::Store,
+    lake: crate::lake::LakeConfig,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let options = crate::lake::compact::Options {
+        min_age: lake.compact_after,
+        target_bytes: lake.max_file_bytes as u64,
+        concurrency: lake.upload_concurrency,
+        ..Default::default()
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lake.compact_every) => {}
+            _ = stop.changed() => return,
+        }
+        match crate::lake::compact::compact(&store, &options).await {
+            Ok(report) if report.epoch.is_some() => tracing::info!(
+                epoch = report.epoch,
+                files = report.merged.iter().map(|m| m.files).sum::<usize>(),
+                into = report.merged.len(),
+                "compacted the lake's small files"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "compaction (tried again in {:?}): {e:#}",
+                lake.compact_every
+            ),
+        }
+    }
 }
 
 /// The processor thread: batches, control requests between them, commits by size and time; a final
