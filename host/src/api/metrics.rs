@@ -82,6 +82,21 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             &c.type_mismatches,
         ),
         (
+            "weir_lake_compactions_total",
+            "Compactions of the lake's small files that committed.",
+            &c.compactions,
+        ),
+        (
+            "weir_lake_compaction_failures_total",
+            "Compactions that failed (tried again at the next interval).",
+            &c.compaction_failures,
+        ),
+        (
+            "weir_lake_compacted_files_total",
+            "Small files merged into larger ones by compaction.",
+            &c.compacted_files,
+        ),
+        (
             "weir_plugin_swaps_total",
             "Plugin versions deployed while running.",
             &c.swaps,

@@ -266,6 +266,7 @@ pub async fn run(
         tokio::spawn(compact_now_and_then(
             lake_store.clone(),
             config.lake.clone(),
+            shared.clone(),
             stop_rx.clone(),
         ))
     });
@@ -363,8 +364,10 @@ pub async fn run(
 async fn compact_now_and_then(
     store: crate::lake::Store,
     lake: crate::lake::LakeConfig,
+    shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let counters = &shared.counters;
     let options = crate::lake::compact::Options {
         min_age: lake.compact_after,
         target_bytes: lake.max_file_bytes as u64,
@@ -377,17 +380,27 @@ async fn compact_now_and_then(
             _ = stop.changed() => return,
         }
         match crate::lake::compact::compact(&store, &options).await {
-            Ok(report) if report.epoch.is_some() => tracing::info!(
-                epoch = report.epoch,
-                files = report.merged.iter().map(|m| m.files).sum::<usize>(),
-                into = report.merged.len(),
-                "compacted the lake's small files"
-            ),
+            Ok(report) if report.epoch.is_some() => {
+                let files = report.merged.iter().map(|m| m.files).sum::<usize>();
+                counters.compactions.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .compacted_files
+                    .fetch_add(files as u64, Ordering::Relaxed);
+                tracing::info!(
+                    epoch = report.epoch,
+                    files,
+                    into = report.merged.len(),
+                    "compacted the lake's small files"
+                );
+            }
             Ok(_) => {}
-            Err(e) => tracing::warn!(
-                "compaction (tried again in {:?}): {e:#}",
-                lake.compact_every
-            ),
+            Err(e) => {
+                counters.compaction_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "compaction (tried again in {:?}): {e:#}",
+                    lake.compact_every
+                );
+            }
         }
     }
 }

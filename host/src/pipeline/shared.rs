@@ -35,6 +35,10 @@ pub struct Counters {
     pub swaps: AtomicU64,
     pub rollbacks: AtomicU64,
     pub type_mismatches: AtomicU64,
+    /// Compactions of the lake that committed, failed, and the files they merged.
+    pub compactions: AtomicU64,
+    pub compaction_failures: AtomicU64,
+    pub compacted_files: AtomicU64,
     /// Microseconds the pipeline's thread spent in each [`Phase`]: where a slow pipeline's time goes.
     pub phase_us: [AtomicU64; Phase::ALL.len()],
 }
