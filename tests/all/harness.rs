@@ -73,7 +73,7 @@ pub enum LakeAt {
 impl LakeAt {
     /// What `weir` (or the tests, in process) needs in its environment to reach the lake: the usual
     /// variables of each cloud, read by `object_store`'s `from_env`.
-    fn env(&self) -> Vec<(&'static str, String)> {
+    pub fn env(&self) -> Vec<(&'static str, String)> {
         match self {
             LakeAt::Local => Vec::new(),
             LakeAt::S3 { .. } => vec![

@@ -161,7 +161,7 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     concurrency: config.upload_concurrency,
                 };
                 let store = lake.store()?;
-                let report = compact::compact(&store, &options).await?;
+                let report = compact::compact(&store, &options, &mut Default::default()).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report)?);
                     return Ok(ExitCode::SUCCESS);

@@ -89,16 +89,78 @@ pub struct Report {
     pub finished: usize,
 }
 
-/// Compacts the lake in `store`: finishes interrupted runs, then merges the small files of every eligible
-/// partition.
-pub async fn compact(store: &Store, options: &Options) -> Result<Report> {
-    let records = read::records(store).await?;
+/// What compaction knows of the commit log: the visible files by table and partition, and the records that
+/// replaced files (compactions and replays in place: a few), which finishing an interrupted run needs. A
+/// lake commits every few seconds, so a long-running pipeline keeps one and reads only the records created
+/// since it last looked, instead of the whole log at every run.
+#[derive(Debug, Default)]
+pub struct LogView {
+    read_to: u64,
+    files: BTreeMap<(String, String), Vec<FileEntry>>,
+    replacing: Vec<CommitRecord>,
+}
+
+impl LogView {
+    /// Reads the records created since the last look (the whole log the first time).
+    pub async fn refresh(&mut self, store: &Store) -> Result<()> {
+        let records = if self.read_to == 0 {
+            read::records(store).await?
+        } else {
+            log::records_after(store, self.read_to).await?
+        };
+        for record in records {
+            self.absorb(record);
+        }
+        Ok(())
+    }
+
+    fn absorb(&mut self, record: CommitRecord) {
+        for path in &record.replaces {
+            if let Some(key) = partition_of(path)
+                && let Some(files) = self.files.get_mut(&key)
+            {
+                files.retain(|f| f.path != *path);
+                if files.is_empty() {
+                    self.files.remove(&key);
+                }
+            }
+        }
+        for f in record.files() {
+            if let Some(key) = partition_of(&f.path) {
+                self.files.entry(key).or_default().push(f.clone());
+            }
+        }
+        self.read_to = self.read_to.max(record.epoch);
+        if !record.replaces.is_empty() {
+            self.replacing.push(record);
+        }
+    }
+
+    fn replaced(&self) -> std::collections::BTreeSet<&str> {
+        self.replacing
+            .iter()
+            .flat_map(|r| r.replaces.iter().map(String::as_str))
+            .collect()
+    }
+}
+
+/// The table and partition of `<table>/<partition>/<file>` (none for a file outside partitions).
+fn partition_of(path: &str) -> Option<(String, String)> {
+    let (table, rest) = path.split_once('/')?;
+    let (partition, _) = rest.rsplit_once('/')?;
+    Some((table.to_string(), partition.to_string()))
+}
+
+/// Compacts the lake in `store`: brings `view` up to date, finishes interrupted runs, then merges the small
+/// files of every eligible partition.
+pub async fn compact(store: &Store, options: &Options, view: &mut LogView) -> Result<Report> {
+    view.refresh(store).await?;
     let mut report = Report {
-        finished: finish_interrupted(store, &records, options.concurrency).await?,
+        finished: finish_interrupted(store, view, options.concurrency).await?,
         ..Report::default()
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let groups = candidates(&records, options, now_ms);
+    let groups = candidates(view, options, now_ms);
     if groups.is_empty() {
         return Ok(report);
     }
@@ -169,8 +231,7 @@ pub async fn compact(store: &Store, options: &Options) -> Result<Report> {
         replaced_quarantined: BTreeMap::new(),
         gold_columns: BTreeMap::new(),
     };
-    let last = records.iter().map(|r| r.epoch).max().unwrap_or(0);
-    let record = create_record(store, record, last).await?;
+    let record = create_record(store, record, view.read_to).await?;
     report.epoch = Some(record.epoch);
     crash::point("compact.after_record");
 
@@ -214,41 +275,28 @@ async fn create_record(
 }
 
 /// The files to merge, by table and partition: the visible files below half the target size, of partitions
-/// whose hour ended `min_age` ago, where there are at least `min_files` of them.
+/// whose hour ended `min_age` ago, where there are at least `min_files` of them; in stream order.
 fn candidates(
-    records: &[CommitRecord],
+    view: &LogView,
     options: &Options,
     now_ms: i64,
 ) -> BTreeMap<(String, String), Vec<FileEntry>> {
-    let replaced = log::replaced_paths(records);
-    let mut groups: BTreeMap<(String, String), Vec<FileEntry>> = BTreeMap::new();
-    for (table, files) in records.iter().flat_map(|r| &r.tables) {
+    let mut groups = BTreeMap::new();
+    for ((table, partition), files) in &view.files {
         if !options.tables.is_empty() && !options.tables.contains(table) {
             continue;
         }
-        for f in files {
-            if replaced.contains(f.path.as_str()) || f.bytes * 2 >= options.target_bytes {
-                continue;
-            }
-            let settled = read::partition_start(&f.path).is_none_or(|start| {
-                start + 3_600_000 + options.min_age.as_millis() as i64 <= now_ms
-            });
-            let partition = f
-                .path
-                .strip_prefix(&format!("{table}/"))
-                .and_then(|p| p.rsplit_once('/'))
-                .map(|(dir, _)| dir.to_string());
-            if let (true, Some(partition)) = (settled, partition) {
-                groups
-                    .entry((table.clone(), partition))
-                    .or_default()
-                    .push(f.clone());
-            }
+        let settled = read::partition_start(&format!("{table}/{partition}/"))
+            .is_none_or(|start| start + 3_600_000 + options.min_age.as_millis() as i64 <= now_ms);
+        let mut small: Vec<FileEntry> = files
+            .iter()
+            .filter(|f| f.bytes * 2 < options.target_bytes)
+            .cloned()
+            .collect();
+        if settled && small.len() >= options.min_files.max(2) {
+            small.sort_by_key(|f| (f.min_seq, f.max_seq));
+            groups.insert((table.clone(), partition.clone()), small);
         }
-    }
-    groups.retain(|_, files| files.len() >= options.min_files.max(2));
-    for files in groups.values_mut() {
-        files.sort_by_key(|f| (f.min_seq, f.max_seq));
     }
     groups
 }
@@ -420,11 +468,7 @@ fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Merged>>
 
 /// Finishes the runs that crashed after their record (moves their files in, deletes the ones they replace)
 /// and deletes the staging of runs that never made one, once it is [`ABANDONED_AFTER`] old.
-async fn finish_interrupted(
-    store: &Store,
-    records: &[CommitRecord],
-    concurrency: usize,
-) -> Result<usize> {
+async fn finish_interrupted(store: &Store, view: &LogView, concurrency: usize) -> Result<usize> {
     let markers: Vec<object_store::ObjectMeta> = store
         .store
         .list(Some(&store.path(STAGING)))
@@ -432,14 +476,14 @@ async fn finish_interrupted(
         .try_collect()
         .await
         .context("cannot list the compaction staging")?;
-    let replaced = log::replaced_paths(records);
+    let replaced = view.replaced();
     let mut finished = 0;
     for marker in markers {
         let relative = store.relative(&marker.location);
         let Some(staging) = relative.strip_suffix(&format!("/{MARKER}")) else {
             continue;
         };
-        match records.iter().find(|r| r.staging == staging) {
+        match view.replacing.iter().find(|r| r.staging == staging) {
             Some(record) => {
                 tracing::info!(epoch = record.epoch, "finishing an interrupted compaction");
                 super::publish(store, record, concurrency, &replaced).await?;
@@ -580,7 +624,12 @@ mod tests {
             min_files: 2,
             ..Options::default()
         };
-        let groups = candidates(&records, &options, now);
+        let mut view = LogView::default();
+        for record in records {
+            view.absorb(record);
+        }
+        let candidates = |options: &Options| candidates(&view, options, now);
+        let groups = candidates(&options);
         let keys: Vec<_> = groups.keys().cloned().collect();
         assert_eq!(
             keys,
@@ -598,11 +647,11 @@ mod tests {
             min_age: Duration::ZERO,
             ..options.clone()
         };
-        assert_eq!(candidates(&records, &settled, now).len(), 2);
+        assert_eq!(candidates(&settled).len(), 2);
         let picky = Options {
             min_files: 4,
             ..options
         };
-        assert!(candidates(&records, &picky, now).is_empty());
+        assert!(candidates(&picky).is_empty());
     }
 }

@@ -374,12 +374,14 @@ async fn compact_now_and_then(
         concurrency: lake.upload_concurrency,
         ..Default::default()
     };
+    // Kept between runs: each reads only the commit records created since the one before.
+    let mut view = crate::lake::compact::LogView::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(lake.compact_every) => {}
             _ = stop.changed() => return,
         }
-        match crate::lake::compact::compact(&store, &options).await {
+        match crate::lake::compact::compact(&store, &options, &mut view).await {
             Ok(report) if report.epoch.is_some() => {
                 let files = report.merged.iter().map(|m| m.files).sum::<usize>();
                 counters.compactions.fetch_add(1, Ordering::Relaxed);
