@@ -2,7 +2,8 @@
 //! (`deploy/pipelines/wikimedia.toml`: parse, filter → enrich → dedupe → quality → four aggregates, bronze,
 //! silver, gold, drops and quarantine as Parquet, commits, acks) to committed Parquet on local disk, with
 //! `weir run` as its own process on this machine; its peak RSS; and the hot-swap pause (p50/p99) of
-//! deploys of the enrich stage made through the API while the events flow.
+//! deploys of the enrich stage made through the API while the events flow. Then `weir lake compact` over the
+//! lake it wrote (files merged, rows/s).
 //!
 //! Run with `make bench` (or `cargo bench -p weir --bench pipeline_throughput`; it runs
 //! `target/release/weir`, so build that first). `WEIR_BENCH_EVENTS` sets the number of events (default
@@ -392,6 +393,39 @@ fn main() {
     println!(
         "  hot-swap pause of enrich under load: p50 {} µs, p99 {} µs over {} swaps",
         pauses["p50_us"], pauses["p99_us"], pauses["count"]
+    );
+
+    // The run's small files merged, as `weir run` does hourly, here of every hour (the current one too).
+    let started = Instant::now();
+    let out = Command::new(&weir)
+        .args([
+            "lake",
+            "compact",
+            "--json",
+            "--include-current",
+            "--min-files",
+            "2",
+        ])
+        .arg("--lake")
+        .arg(&lake)
+        .output()
+        .unwrap();
+    let seconds = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "weir lake compact: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let merged = report["merged"].as_array().cloned().unwrap_or_default();
+    let sum = |key: &str| -> u64 { merged.iter().map(|m| m[key].as_u64().unwrap_or(0)).sum() };
+    println!(
+        "  compaction (weir lake compact): {} files into {} in {seconds:.1} s ({:.0} rows/s; {:.1} → {:.1} MB)",
+        sum("files"),
+        merged.len(),
+        sum("rows") as f64 / seconds,
+        sum("bytes_before") as f64 / (1 << 20) as f64,
+        sum("bytes_after") as f64 / (1 << 20) as f64
     );
     drop(server);
 }

@@ -74,6 +74,10 @@ pub enum LakeCommand {
         /// Only partitions whose hour ended at least this long ago (late events still land in recent ones).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         min_age: std::time::Duration,
+        /// Also partitions whose hour is not over yet (after a backfill; files added to them later are
+        /// merged by a later run).
+        #[arg(long)]
+        include_current: bool,
         /// The fewest small files of a partition worth merging.
         #[arg(long, default_value_t = 4)]
         min_files: usize,
@@ -147,6 +151,7 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
             LakeCommand::Compact {
                 lake,
                 min_age,
+                include_current,
                 min_files,
                 target_bytes,
                 tables,
@@ -155,6 +160,7 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 let config = lake.config()?;
                 let options = compact::Options {
                     min_age,
+                    include_current,
                     min_files,
                     target_bytes: target_bytes.unwrap_or(config.max_file_bytes as u64),
                     tables,

@@ -13,7 +13,12 @@
 //!
 //! A run that crashes leaves its staging (`_weir/staging/compact/<run>/`) with a marker object in it; the
 //! next run finishes what the marker's run committed (moves and deletes are idempotent) and deletes what it
-//! did not, once it is old enough not to belong to a run still going.
+//! did not, once the marker has gone unchanged long enough not to belong to a run still going (a run
+//! touches it after every file it stages). Before its record, a run claims its staging with a create-only
+//! object; a cleaner claims it the same way before deleting, so the two can never both go ahead.
+//!
+//! A file that cannot be merged (gone because another run replaced it, unreadable, or holding other rows
+//! than its commit says) leaves its partition as it is, with a warning, and the run goes on with the others.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,9 +41,12 @@ use super::{crash, files, read, retry};
 const STAGING: &str = "_weir/staging/compact";
 /// The object that marks a run's staging as not finished yet (deleted last).
 const MARKER: &str = "_unfinished";
+/// The create-only object a run (`commit`) or a cleaner (`abandon`) makes before it goes ahead.
+const CLAIM: &str = "_claim";
 /// The `host` of compaction records.
 pub const HOST: &str = "compact";
-/// Staging of a run with no commit record is deleted once it is this old (a younger one may be running).
+/// Staging of a run with no commit record is deleted once its marker is this old (a run touches its marker
+/// after every file it stages, so a younger one may be running).
 const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 
 /// What to compact.
@@ -46,6 +54,9 @@ const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
 pub struct Options {
     /// Only partitions whose hour ended at least this long ago: late events still land in recent ones.
     pub min_age: Duration,
+    /// Also the partitions whose hour is not over (after a backfill; files added later are merged by a later
+    /// run).
+    pub include_current: bool,
     /// The size of the merged files (by the bytes of the files merged into them); files of half of it or
     /// more are left as they are.
     pub target_bytes: u64,
@@ -60,6 +71,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             min_age: Duration::from_secs(3600),
+            include_current: false,
             target_bytes: 128 << 20,
             min_files: 4,
             tables: Vec::new(),
@@ -87,17 +99,21 @@ pub struct Report {
     pub merged: Vec<Merge>,
     /// Interrupted runs this one finished.
     pub finished: usize,
+    /// Partitions left as they were, and why.
+    pub skipped: Vec<String>,
 }
 
-/// What compaction knows of the commit log: the visible files by table and partition, and the records that
-/// replaced files (compactions and replays in place: a few), which finishing an interrupted run needs. A
-/// lake commits every few seconds, so a long-running pipeline keeps one and reads only the records created
-/// since it last looked, instead of the whole log at every run.
+/// What compaction knows of the commit log: the visible files by table and partition, the gold columns so
+/// far, and the compaction records that may still be unfinished. A lake commits every few seconds, so a
+/// long-running pipeline keeps one and reads only the records created since it last looked, instead of the
+/// whole log at every run.
 #[derive(Debug, Default)]
 pub struct LogView {
     read_to: u64,
     files: BTreeMap<(String, String), Vec<FileEntry>>,
-    replacing: Vec<CommitRecord>,
+    gold_columns: BTreeMap<String, Vec<(String, String)>>,
+    /// Compaction records read since the last run (finished by now, or to be finished).
+    compactions: Vec<CommitRecord>,
 }
 
 impl LogView {
@@ -130,17 +146,18 @@ impl LogView {
                 self.files.entry(key).or_default().push(f.clone());
             }
         }
+        log::merge_gold_columns(&mut self.gold_columns, &record.gold_columns);
         self.read_to = self.read_to.max(record.epoch);
-        if !record.replaces.is_empty() {
-            self.replacing.push(record);
+        if record.host == HOST {
+            self.compactions.push(record);
         }
     }
 
-    fn replaced(&self) -> std::collections::BTreeSet<&str> {
-        self.replacing
-            .iter()
-            .flat_map(|r| r.replaces.iter().map(String::as_str))
-            .collect()
+    /// Whether a committed file is still part of its table (no later record replaced it).
+    fn is_visible(&self, path: &str) -> bool {
+        partition_of(path)
+            .and_then(|key| self.files.get(&key))
+            .is_some_and(|files| files.iter().any(|f| f.path == path))
     }
 }
 
@@ -164,28 +181,55 @@ pub async fn compact(store: &Store, options: &Options, view: &mut LogView) -> Re
     if groups.is_empty() {
         return Ok(report);
     }
-    let run = format!("{now_ms:013}-{}", std::process::id());
+    let run = format!("{now_ms:013}-{:016x}", random());
     let staging = format!("{STAGING}/{run}");
-    let marker = store.path(&format!("{staging}/{MARKER}"));
-    retry("marking the compaction's staging", || async {
-        store.store.put(&marker, Bytes::new().into()).await?;
-        Ok(())
-    })
-    .await;
+    touch(store, &staging).await;
+    let committed =
+        stage_and_commit(store, options, view, groups, &run, &staging, &mut report).await;
+    match committed {
+        Ok(Some(record)) => {
+            crash::point("compact.after_record");
+            super::publish(store, &record, options.concurrency, &Default::default()).await?;
+            report.epoch = Some(record.epoch);
+        }
+        Ok(None) => {}
+        // Nothing was committed: what was staged goes.
+        Err(e) => {
+            delete_run(store, &staging).await?;
+            return Err(e);
+        }
+    }
+    delete_run(store, &staging).await?;
+    Ok(report)
+}
 
+/// Merges and stages each partition's files, then commits them in one record; `None` when nothing was
+/// merged.
+async fn stage_and_commit(
+    store: &Store,
+    options: &Options,
+    view: &LogView,
+    groups: BTreeMap<(String, String), Vec<FileEntry>>,
+    run: &str,
+    staging: &str,
+    report: &mut Report,
+) -> Result<Option<CommitRecord>> {
     let mut tables: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
     let mut replaces = Vec::new();
     let mut chain: Vec<String> = Vec::new();
     for ((table, partition), inputs) in groups {
-        for merged in merge_partition(store, &inputs, options.target_bytes, &run).await? {
-            let path = format!("{table}/{partition}/{}", merged.name);
-            let location = store.path(&format!("{staging}/{path}"));
-            let bytes = merged.bytes.clone();
-            retry(&format!("uploading {location}"), || async {
-                store.store.put(&location, bytes.clone().into()).await?;
-                Ok(())
-            })
-            .await;
+        let dir = format!("{table}/{partition}");
+        let staged =
+            merge_partition(store, &inputs, options.target_bytes, run, staging, &dir).await;
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(e) => {
+                tracing::warn!(partition = %dir, "left as it is: {e:#}");
+                report.skipped.push(format!("{dir}: {e:#}"));
+                continue;
+            }
+        };
+        for merged in staged {
             for label in &merged.chain {
                 if !chain.contains(label) {
                     chain.push(label.clone());
@@ -194,24 +238,20 @@ pub async fn compact(store: &Store, options: &Options, view: &mut LogView) -> Re
             replaces.extend(merged.inputs.iter().map(|f| f.path.clone()));
             report.merged.push(Merge {
                 table: table.clone(),
-                path: path.clone(),
+                path: merged.entry.path.clone(),
                 files: merged.inputs.len(),
                 rows: merged.entry.rows,
                 bytes_before: merged.inputs.iter().map(|f| f.bytes).sum(),
-                bytes_after: merged.bytes.len() as u64,
+                bytes_after: merged.entry.bytes,
             });
-            tables.entry(table.clone()).or_default().push(FileEntry {
-                path,
-                ..merged.entry
-            });
+            tables.entry(table.clone()).or_default().push(merged.entry);
         }
     }
     if replaces.is_empty() {
-        delete_run(store, &staging).await?;
-        return Ok(report);
+        return Ok(None);
     }
     crash::point("compact.after_files");
-
+    claim(store, staging, Claim::Commit).await?;
     let record = CommitRecord {
         format: CommitRecord::FORMAT,
         epoch: 0,
@@ -219,7 +259,7 @@ pub async fn compact(store: &Store, options: &Options, view: &mut LogView) -> Re
         committed_at_ms: chrono::Utc::now().timestamp_millis(),
         sequences: Ranges::default(),
         tables,
-        staging: staging.clone(),
+        staging: staging.to_string(),
         state: None,
         state_full: false,
         chain,
@@ -229,15 +269,10 @@ pub async fn compact(store: &Store, options: &Options, view: &mut LogView) -> Re
         replay: None,
         replaced_dropped: BTreeMap::new(),
         replaced_quarantined: BTreeMap::new(),
-        gold_columns: BTreeMap::new(),
+        // Every record lists the gold columns so far: a restarting pipeline takes them from the log.
+        gold_columns: view.gold_columns.clone(),
     };
-    let record = create_record(store, record, view.read_to).await?;
-    report.epoch = Some(record.epoch);
-    crash::point("compact.after_record");
-
-    super::publish(store, &record, options.concurrency, &Default::default()).await?;
-    delete_run(store, &staging).await?;
-    Ok(report)
+    create_record(store, record, view.read_to).await.map(Some)
 }
 
 /// Creates the record at the first free epoch after `last`, unless a record created since the files were
@@ -259,9 +294,8 @@ async fn create_record(
                 other.host
             );
         }
-        // The newest gold column types: a restarting pipeline takes them from the log.
-        if let Some(newest) = newer.iter().rev().find(|r| !r.gold_columns.is_empty()) {
-            record.gold_columns = newest.gold_columns.clone();
+        for r in &newer {
+            log::merge_gold_columns(&mut record.gold_columns, &r.gold_columns);
         }
         last = newer.iter().map(|r| r.epoch).max().unwrap_or(last);
         record.epoch = last + 1;
@@ -286,8 +320,10 @@ fn candidates(
         if !options.tables.is_empty() && !options.tables.contains(table) {
             continue;
         }
-        let settled = read::partition_start(&format!("{table}/{partition}/"))
-            .is_none_or(|start| start + 3_600_000 + options.min_age.as_millis() as i64 <= now_ms);
+        let settled = options.include_current
+            || read::partition_start(&format!("{table}/{partition}/")).is_none_or(|start| {
+                start + 3_600_000 + options.min_age.as_millis() as i64 <= now_ms
+            });
         let mut small: Vec<FileEntry> = files
             .iter()
             .filter(|f| f.bytes * 2 < options.target_bytes)
@@ -301,10 +337,8 @@ fn candidates(
     groups
 }
 
-/// A merged file, before it is staged.
+/// A merged file, staged: its entry (path relative to the lake) and what went into it.
 struct Merged {
-    name: String,
-    bytes: Bytes,
     entry: FileEntry,
     inputs: Vec<FileEntry>,
     chain: Vec<String>,
@@ -316,45 +350,83 @@ struct Output {
     fields: SchemaRef,
     inputs: Vec<FileEntry>,
     input_bytes: u64,
+    /// Lineage of the inputs: the plugin versions and the hosts that wrote them.
     chain: Vec<String>,
+    hosts: Vec<String>,
 }
 
-/// Merges a partition's files, in order, into files of about `target_bytes`; a file whose columns differ
-/// from the one before it (a gold table that grew a column) starts a new output. Outputs of one input are
-/// dropped: that file stays as it is. One input's bytes and one output are in memory at a time, and the
-/// rows pass through batch by batch.
+/// Merges a partition's files (in `dir`, relative to the lake), in order, into files of about
+/// `target_bytes`, each staged as soon as it is closed; a file whose columns differ from the one before it
+/// (a gold table that grew a column) starts a new output. Outputs of one input are dropped: that file stays
+/// as it is. One input's bytes and one output are in memory at a time, and rows pass batch by batch.
 async fn merge_partition(
     store: &Store,
     inputs: &[FileEntry],
     target_bytes: u64,
     run: &str,
+    staging: &str,
+    dir: &str,
 ) -> Result<Vec<Merged>> {
-    let mut done = Vec::new();
+    let mut staged = Vec::new();
     let mut current: Option<Output> = None;
     for input in inputs {
         let location = store.path(&input.path);
         let bytes = retry(&format!("reading {location}"), || async {
-            Ok(store.store.get(&location).await?.bytes().await?)
+            match store.store.get(&location).await {
+                Ok(got) => Ok(Some(got.bytes().await?)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
         })
         .await;
-        let (input, index, run) = (input.clone(), done.len(), run.to_string());
-        let (output, finished) = tokio::task::spawn_blocking(move || {
+        let Some(bytes) = bytes else {
+            bail!(
+                "{} is gone: another compaction or a replay in place replaced it since the log was read",
+                input.path
+            );
+        };
+        let (input, index, run) = (input.clone(), staged.len(), run.to_string());
+        let (output, closed) = tokio::task::spawn_blocking(move || {
             let (output, full) = append(current, input, bytes, target_bytes)?;
-            let finished = match full {
+            let closed = match full {
                 Some(full) => finish(full, &run, index)?,
                 None => None,
             };
-            anyhow::Ok((output, finished))
+            anyhow::Ok((output, closed))
         })
         .await??;
-        done.extend(finished);
+        if let Some(closed) = closed {
+            staged.push(upload(store, staging, dir, closed).await);
+        }
         current = Some(output);
     }
     if let Some(output) = current {
-        let (index, run) = (done.len(), run.to_string());
-        done.extend(tokio::task::spawn_blocking(move || finish(output, &run, index)).await??);
+        let (index, run) = (staged.len(), run.to_string());
+        let closed = tokio::task::spawn_blocking(move || finish(output, &run, index)).await??;
+        if let Some(closed) = closed {
+            staged.push(upload(store, staging, dir, closed).await);
+        }
     }
-    Ok(done)
+    Ok(staged)
+}
+
+/// Stages a closed output under `<staging>/<dir>/`, and touches the run's marker (it is making progress).
+async fn upload(store: &Store, staging: &str, dir: &str, (name, bytes, merged): Closed) -> Merged {
+    let path = format!("{dir}/{name}");
+    let location = store.path(&format!("{staging}/{path}"));
+    retry(&format!("uploading {location}"), || async {
+        store.store.put(&location, bytes.clone().into()).await?;
+        Ok(())
+    })
+    .await;
+    touch(store, staging).await;
+    Merged {
+        entry: FileEntry {
+            path,
+            ..merged.entry
+        },
+        ..merged
+    }
 }
 
 /// Appends the rows of `input` (its file's `bytes`) to `current`, or to a new output when they do not fit
@@ -370,16 +442,19 @@ fn append(
         .with_context(|| format!("{path} is not a readable Parquet file"))?;
     // The columns alone: the schema's metadata is the file's, which the output writes its own of.
     let fields = Arc::new(Schema::new(builder.schema().fields().clone()));
-    let chain: Vec<String> = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .into_iter()
-        .flatten()
-        .filter(|kv| kv.key == "weir.chain")
-        .filter_map(|kv| kv.value.as_deref())
-        .flat_map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string))
-        .collect();
+    let metadata = |key: &str| -> Vec<String> {
+        builder
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .into_iter()
+            .flatten()
+            .filter(|kv| kv.key == key)
+            .filter_map(|kv| kv.value.as_deref())
+            .flat_map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string))
+            .collect()
+    };
+    let (chain, hosts) = (metadata("weir.chain"), metadata("weir.host"));
     let mut reader = builder
         .with_batch_size(8192)
         .build()?
@@ -395,18 +470,16 @@ fn append(
         Some(output) if fits => (output, None),
         closed => {
             let empty = RecordBatch::new_empty(fields.clone());
-            let host = [("weir.host".to_string(), HOST.to_string())];
-            let properties = files::properties(
-                files::ROW_GROUP_ROWS,
-                &host,
-                first.as_ref().unwrap_or(&empty),
-            );
+            // Lineage goes in when the file is closed, from all its inputs.
+            let properties =
+                files::properties(files::ROW_GROUP_ROWS, &[], first.as_ref().unwrap_or(&empty));
             let output = Output {
                 writer: ArrowWriter::try_new(Vec::new(), fields.clone(), Some(properties))?,
                 fields: fields.clone(),
                 inputs: Vec::new(),
                 input_bytes: 0,
                 chain: Vec::new(),
+                hosts: Vec::new(),
             };
             (output, closed)
         }
@@ -419,39 +492,44 @@ fn append(
     }
     if rows != input.rows {
         bail!(
-            "{path} holds {rows} rows where its commit says {}: the file is damaged (`weir lake verify --deep`); \
-             nothing was compacted",
+            "{path} holds {rows} rows where its commit says {}: the file is damaged (`weir lake verify --deep`)",
             input.rows
         );
     }
     output.input_bytes += input.bytes;
     output.inputs.push(input);
-    for label in chain {
-        if !output.chain.contains(&label) {
-            output.chain.push(label);
+    for (labels, into) in [(chain, &mut output.chain), (hosts, &mut output.hosts)] {
+        for label in labels {
+            if !into.contains(&label) {
+                into.push(label);
+            }
         }
     }
     Ok((output, closed))
 }
 
+/// A closed output: its file name, bytes, and what went into it.
+type Closed = (String, Bytes, Merged);
+
 /// Closes an output: its file, named like the pipeline's from the sequences it holds, tagged with the run.
-fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Merged>> {
+fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Closed>> {
     if output.inputs.len() < 2 {
         return Ok(None);
     }
-    let chain = output.chain.join(",");
-    output
-        .writer
-        .append_key_value_metadata(parquet::file::metadata::KeyValue::new(
-            "weir.chain".to_string(),
-            chain,
-        ));
+    for (key, values) in [("weir.chain", &output.chain), ("weir.host", &output.hosts)] {
+        output
+            .writer
+            .append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+                key.to_string(),
+                values.join(","),
+            ));
+    }
     let bytes = output.writer.into_inner()?;
     let min_seq = output.inputs.iter().map(|f| f.min_seq).min().unwrap_or(0);
     let max_seq = output.inputs.iter().map(|f| f.max_seq).max().unwrap_or(0);
     let rows = output.inputs.iter().map(|f| f.rows).sum();
     let name = format!("{min_seq:020}-{max_seq:020}-c{run}-{index:03}.parquet");
-    Ok(Some(Merged {
+    let merged = Merged {
         entry: FileEntry {
             path: String::new(),
             rows,
@@ -459,16 +537,92 @@ fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Merged>>
             min_seq,
             max_seq,
         },
-        name,
-        bytes: Bytes::from(bytes),
         inputs: output.inputs,
         chain: output.chain,
-    }))
+    };
+    Ok(Some((name, Bytes::from(bytes), merged)))
+}
+
+/// Who goes ahead with a run's staging: the run, to commit it, or a cleaner, to delete it.
+#[derive(Clone, Copy, PartialEq)]
+enum Claim {
+    Commit,
+    Abandon,
+}
+
+impl Claim {
+    fn text(self) -> &'static str {
+        match self {
+            Claim::Commit => "commit",
+            Claim::Abandon => "abandon",
+        }
+    }
+}
+
+/// Claims a run's staging (create-only): fails when the other side claimed it first.
+async fn claim(store: &Store, staging: &str, want: Claim) -> Result<()> {
+    let location = store.path(&format!("{staging}/{CLAIM}"));
+    let options = object_store::PutOptions {
+        mode: object_store::PutMode::Create,
+        ..Default::default()
+    };
+    let made = retry("claiming the compaction's staging", || async {
+        match store
+            .store
+            .put_opts(
+                &location,
+                Bytes::from_static(want.text().as_bytes()).into(),
+                options.clone(),
+            )
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                Ok(Some(store.store.get(&location).await?.bytes().await?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await;
+    match made {
+        Some(existing) if existing != want.text().as_bytes() => bail!(
+            "{staging} was claimed to {} first",
+            String::from_utf8_lossy(&existing)
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Marks a run's staging as in progress, now.
+async fn touch(store: &Store, staging: &str) {
+    let marker = store.path(&format!("{staging}/{MARKER}"));
+    retry("marking the compaction's staging", || async {
+        store.store.put(&marker, Bytes::new().into()).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// A random number for run names: hosts in containers share process ids.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// Finishes the runs that crashed after their record (moves their files in, deletes the ones they replace)
-/// and deletes the staging of runs that never made one, once it is [`ABANDONED_AFTER`] old.
-async fn finish_interrupted(store: &Store, view: &LogView, concurrency: usize) -> Result<usize> {
+/// and deletes the staging of runs that never made one, once their marker is [`ABANDONED_AFTER`] old.
+async fn finish_interrupted(
+    store: &Store,
+    view: &mut LogView,
+    concurrency: usize,
+) -> Result<usize> {
     let markers: Vec<object_store::ObjectMeta> = store
         .store
         .list(Some(&store.path(STAGING)))
@@ -476,16 +630,22 @@ async fn finish_interrupted(store: &Store, view: &LogView, concurrency: usize) -
         .try_collect()
         .await
         .context("cannot list the compaction staging")?;
-    let replaced = view.replaced();
     let mut finished = 0;
     for marker in markers {
         let relative = store.relative(&marker.location);
         let Some(staging) = relative.strip_suffix(&format!("/{MARKER}")) else {
             continue;
         };
-        match view.replacing.iter().find(|r| r.staging == staging) {
+        match view.compactions.iter().find(|r| r.staging == staging) {
             Some(record) => {
                 tracing::info!(epoch = record.epoch, "finishing an interrupted compaction");
+                // Its files that a later record replaced were moved in before (that record's run read
+                // them) and are gone for good: not to be moved again.
+                let replaced: std::collections::BTreeSet<&str> = record
+                    .files()
+                    .map(|f| f.path.as_str())
+                    .filter(|p| !view.is_visible(p))
+                    .collect();
                 super::publish(store, record, concurrency, &replaced).await?;
                 delete_run(store, staging).await?;
                 finished += 1;
@@ -493,12 +653,20 @@ async fn finish_interrupted(store: &Store, view: &LogView, concurrency: usize) -
             None if chrono::Utc::now() - marker.last_modified
                 > chrono::Duration::from_std(ABANDONED_AFTER).expect("an hour") =>
             {
-                tracing::info!(%staging, "removing the staging of a compaction that never committed");
-                delete_run(store, staging).await?;
+                match claim(store, staging, Claim::Abandon).await {
+                    Ok(()) => {
+                        tracing::info!(%staging, "removing the staging of a compaction that never committed");
+                        delete_run(store, staging).await?;
+                    }
+                    // Its run is committing it: the record will come.
+                    Err(e) => tracing::info!("left for its run: {e:#}"),
+                }
             }
             None => {}
         }
     }
+    // Every compaction record read so far is finished now (those without a marker were already).
+    view.compactions.clear();
     Ok(finished)
 }
 
@@ -557,6 +725,101 @@ mod tests {
             replaced_quarantined: BTreeMap::new(),
             gold_columns: BTreeMap::new(),
         }
+    }
+
+    /// On an in-memory store: two partitions of three one-row files, each its own commit, where the commit
+    /// of one file of the second partition claims two rows. The first partition is merged; the second is left
+    /// as it is and reported; nothing is left in staging.
+    #[test]
+    fn a_damaged_file_leaves_its_partition_as_it_is_and_the_others_are_merged() {
+        use arrow_array::{ArrayRef, UInt64Array};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(&crate::lake::StoreConfig {
+                url: "memory://".into(),
+                ..Default::default()
+            })
+            .unwrap();
+            let files = [(10, 1), (10, 1), (10, 1), (11, 1), (11, 2), (11, 1)];
+            for (i, (hour, rows)) in files.into_iter().enumerate() {
+                let seq = i as u64 + 1;
+                let column: ArrayRef = Arc::new(UInt64Array::from(vec![seq]));
+                let batch = RecordBatch::try_from_iter([("_seq", column)]).unwrap();
+                let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), None).unwrap();
+                writer.write(&batch).unwrap();
+                let bytes = Bytes::from(writer.into_inner().unwrap());
+                let path =
+                    format!("silver/dt=2026-11-25/hour={hour}/{seq:020}-{seq:020}-h-000.parquet");
+                store
+                    .store
+                    .put(&store.path(&path), bytes.clone().into())
+                    .await
+                    .unwrap();
+                let entry = FileEntry {
+                    path,
+                    rows,
+                    bytes: bytes.len() as u64,
+                    min_seq: seq,
+                    max_seq: seq,
+                };
+                log::create(&store, &record(seq, "silver", vec![entry], &[]))
+                    .await
+                    .unwrap();
+            }
+            let options = Options {
+                min_age: Duration::ZERO,
+                min_files: 2,
+                ..Options::default()
+            };
+            let report = compact(&store, &options, &mut LogView::default())
+                .await
+                .unwrap();
+            assert_eq!(report.epoch, Some(7), "{report:?}");
+            assert_eq!(report.merged.len(), 1, "{report:?}");
+            assert!(report.merged[0].path.contains("hour=10") && report.merged[0].files == 3);
+            assert_eq!(report.merged[0].rows, 3);
+            assert_eq!(report.skipped.len(), 1, "{report:?}");
+            assert!(report.skipped[0].contains("hour=11") && report.skipped[0].contains("damaged"));
+
+            let records = read::records(&store).await.unwrap();
+            let replaced = log::replaced_paths(&records);
+            let visible: Vec<&FileEntry> = records
+                .iter()
+                .flat_map(|r| r.files())
+                .filter(|f| !replaced.contains(f.path.as_str()))
+                .collect();
+            assert_eq!(visible.len(), 4, "{visible:?}");
+            for f in &visible {
+                let found = store.store.get(&store.path(&f.path)).await.unwrap();
+                let rows: usize =
+                    ParquetRecordBatchReaderBuilder::try_new(found.bytes().await.unwrap())
+                        .unwrap()
+                        .build()
+                        .unwrap()
+                        .map(|b| b.unwrap().num_rows())
+                        .sum();
+                assert_eq!(
+                    rows as u64,
+                    f.rows.min(if f.path.contains("hour=11") { 1 } else { 3 })
+                );
+            }
+            for path in &replaced {
+                assert!(
+                    store.store.head(&store.path(path)).await.is_err(),
+                    "{path} not deleted"
+                );
+            }
+            let staging: Vec<_> = store
+                .store
+                .list(Some(&store.path(STAGING)))
+                .try_collect()
+                .await
+                .unwrap();
+            assert!(staging.is_empty(), "{staging:?}");
+        });
     }
 
     #[test]

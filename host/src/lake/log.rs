@@ -181,6 +181,23 @@ pub fn committed(records: &[CommitRecord]) -> Ranges {
     committed
 }
 
+/// Adds the gold columns of `more` that `known` lacks. Columns are only ever added, and every record lists
+/// all of them so far, but a compaction or a replay in place may have written its list before a pipeline's
+/// commit just before it: readers take the union.
+pub fn merge_gold_columns(
+    known: &mut BTreeMap<String, Vec<(String, String)>>,
+    more: &BTreeMap<String, Vec<(String, String)>>,
+) {
+    for (table, columns) in more {
+        let known = known.entry(table.clone()).or_default();
+        for column in columns {
+            if !known.iter().any(|(c, _)| *c == column.0) {
+                known.push(column.clone());
+            }
+        }
+    }
+}
+
 /// Files a later record replaced (a replay in place): no longer part of their tables.
 pub fn replaced_paths(records: &[CommitRecord]) -> std::collections::BTreeSet<&str> {
     records

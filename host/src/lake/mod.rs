@@ -216,18 +216,9 @@ impl Lake {
             }
         }
         lake.state_chain = lake.read_state_chain(&state.records).await?;
-        // Every record lists every gold column so far, but a compaction or a replay in place may have
-        // written its record with an older list than a pipeline's commit just before it: take them all.
         let mut gold_columns = state.checkpoint.gold_columns.clone();
         for record in &state.records {
-            for (table, columns) in &record.gold_columns {
-                let known = gold_columns.entry(table.clone()).or_default();
-                for column in columns {
-                    if !known.iter().any(|(c, _)| *c == column.0) {
-                        known.push(column.clone());
-                    }
-                }
-            }
+            log::merge_gold_columns(&mut gold_columns, &record.gold_columns);
         }
         lake.gold_types = gold_columns
             .iter()

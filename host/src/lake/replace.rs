@@ -161,7 +161,8 @@ pub async fn put_in_place(
 ) -> Result<CommitRecord> {
     let records = read::records(live).await?;
     if let Some(record) = done(&records, name) {
-        super::publish(live, record, concurrency, &Default::default()).await?;
+        // Its files a later record replaced (a compaction) are gone for good: not to be moved again.
+        super::publish(live, record, concurrency, &log::replaced_paths(&records)).await?;
         return Ok(record.clone());
     }
     let made = read::records(version).await?;
@@ -265,21 +266,10 @@ pub async fn put_in_place(
             chain.push(label.clone());
         }
     }
-    // The live tables' gold columns, with any the version added: the newest record's are the ones a
-    // restarting host takes.
-    let mut gold_columns = records
-        .last()
-        .map(|r| r.gold_columns.clone())
-        .unwrap_or_default();
-    if let Some(newest) = made.last() {
-        for (table, columns) in &newest.gold_columns {
-            let known = gold_columns.entry(table.clone()).or_default();
-            for column in columns {
-                if !known.iter().any(|(c, _)| *c == column.0) {
-                    known.push(column.clone());
-                }
-            }
-        }
+    // The live tables' gold columns, with any the version added (a restarting host takes them from the log).
+    let mut gold_columns = BTreeMap::new();
+    for r in records.iter().chain(&made) {
+        log::merge_gold_columns(&mut gold_columns, &r.gold_columns);
     }
     let mut record = CommitRecord {
         format: CommitRecord::FORMAT,
