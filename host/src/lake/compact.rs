@@ -33,7 +33,7 @@ use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::log::{self, CommitRecord, FileEntry, Ranges};
+use super::log::{self, CommitRecord, FileEntry};
 use super::store::Store;
 use super::{crash, files, read, retry};
 
@@ -119,12 +119,7 @@ pub struct LogView {
 impl LogView {
     /// Reads the records created since the last look (the whole log the first time).
     pub async fn refresh(&mut self, store: &Store) -> Result<()> {
-        let records = if self.read_to == 0 {
-            read::records(store).await?
-        } else {
-            log::records_after(store, self.read_to).await?
-        };
-        for record in records {
+        for record in log::records_after(store, self.read_to).await? {
             self.absorb(record);
         }
         Ok(())
@@ -230,11 +225,7 @@ async fn stage_and_commit(
             }
         };
         for merged in staged {
-            for label in &merged.chain {
-                if !chain.contains(label) {
-                    chain.push(label.clone());
-                }
-            }
+            add_new(&mut chain, merged.chain.iter().cloned());
             replaces.extend(merged.inputs.iter().map(|f| f.path.clone()));
             report.merged.push(Merge {
                 table: table.clone(),
@@ -252,25 +243,18 @@ async fn stage_and_commit(
     }
     crash::point("compact.after_files");
     claim(store, staging, Claim::Commit).await?;
+    // No sequences, state or counts: the rows are the ones already committed.
     let record = CommitRecord {
         format: CommitRecord::FORMAT,
-        epoch: 0,
         host: HOST.to_string(),
         committed_at_ms: chrono::Utc::now().timestamp_millis(),
-        sequences: Ranges::default(),
         tables,
         staging: staging.to_string(),
-        state: None,
-        state_full: false,
         chain,
-        dropped: BTreeMap::new(),
-        quarantined: BTreeMap::new(),
         replaces,
-        replay: None,
-        replaced_dropped: BTreeMap::new(),
-        replaced_quarantined: BTreeMap::new(),
         // Every record lists the gold columns so far: a restarting pipeline takes them from the log.
         gold_columns: view.gold_columns.clone(),
+        ..CommitRecord::default()
     };
     create_record(store, record, view.read_to).await.map(Some)
 }
@@ -498,14 +482,18 @@ fn append(
     }
     output.input_bytes += input.bytes;
     output.inputs.push(input);
-    for (labels, into) in [(chain, &mut output.chain), (hosts, &mut output.hosts)] {
-        for label in labels {
-            if !into.contains(&label) {
-                into.push(label);
-            }
+    add_new(&mut output.chain, chain);
+    add_new(&mut output.hosts, hosts);
+    Ok((output, closed))
+}
+
+/// Adds the labels `into` lacks, keeping their order (lineage lists are short).
+fn add_new(into: &mut Vec<String>, labels: impl IntoIterator<Item = String>) {
+    for label in labels {
+        if !into.contains(&label) {
+            into.push(label);
         }
     }
-    Ok((output, closed))
 }
 
 /// A closed output: its file name, bytes, and what went into it.
@@ -683,10 +671,10 @@ async fn delete_run(store: &Store, staging: &str) -> Result<()> {
     leftovers.retain(|p| *p != marker);
     leftovers.push(marker);
     for location in leftovers {
-        match store.store.delete(&location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e).context("cannot clean the compaction staging"),
-        }
+        store
+            .delete_if_present(&location)
+            .await
+            .context("cannot clean the compaction staging")?;
     }
     Ok(())
 }
@@ -710,20 +698,9 @@ mod tests {
             format: CommitRecord::FORMAT,
             epoch,
             host: "h".into(),
-            committed_at_ms: 0,
-            sequences: Ranges::default(),
             tables: [(table.to_string(), files)].into(),
-            staging: String::new(),
-            state: None,
-            state_full: false,
-            chain: Vec::new(),
-            dropped: BTreeMap::new(),
-            quarantined: BTreeMap::new(),
             replaces: replaces.iter().map(|p| p.to_string()).collect(),
-            replay: None,
-            replaced_dropped: BTreeMap::new(),
-            replaced_quarantined: BTreeMap::new(),
-            gold_columns: BTreeMap::new(),
+            ..CommitRecord::default()
         }
     }
 
@@ -826,56 +803,38 @@ mod tests {
     fn only_small_visible_files_of_settled_partitions_with_enough_company() {
         let old = "silver/dt=2026-11-25/hour=10";
         let recent = "silver/dt=2026-11-25/hour=12";
-        let records = vec![
-            record(
-                1,
-                "silver",
-                vec![file(&format!("{old}/a"), 100, (5, 9))],
-                &[],
-            ),
-            record(
-                2,
-                "silver",
-                vec![file(&format!("{old}/b"), 100, (1, 4))],
-                &[],
-            ),
-            record(
-                3,
-                "silver",
-                vec![file(&format!("{old}/big"), 600, (10, 20))],
-                &[],
-            ),
-            record(
-                4,
-                "silver",
-                vec![file(&format!("{old}/gone"), 100, (21, 22))],
-                &[],
-            ),
-            record(
+        // (epoch, table, file, bytes, sequences, replaces)
+        let commits = [
+            (1, "silver", format!("{old}/a"), 100, (5, 9), None),
+            (2, "silver", format!("{old}/b"), 100, (1, 4), None),
+            (3, "silver", format!("{old}/big"), 600, (10, 20), None),
+            (4, "silver", format!("{old}/gone"), 100, (21, 22), None),
+            (
                 5,
                 "silver",
-                vec![file(&format!("{old}/c"), 100, (23, 30))],
-                &[&format!("{old}/gone")],
+                format!("{old}/c"),
+                100,
+                (23, 30),
+                Some(format!("{old}/gone")),
             ),
-            record(
-                6,
-                "silver",
-                vec![file(&format!("{recent}/x"), 100, (31, 31))],
-                &[],
-            ),
-            record(
-                7,
-                "silver",
-                vec![file(&format!("{recent}/y"), 100, (32, 32))],
-                &[],
-            ),
-            record(
+            (6, "silver", format!("{recent}/x"), 100, (31, 31), None),
+            (7, "silver", format!("{recent}/y"), 100, (32, 32), None),
+            (
                 8,
                 "bronze",
-                vec![file("bronze/dt=2026-11-25/hour=10/z", 1, (1, 1))],
-                &[],
+                "bronze/dt=2026-11-25/hour=10/z".into(),
+                1,
+                (1, 1),
+                None,
             ),
         ];
+        let records: Vec<CommitRecord> = commits
+            .into_iter()
+            .map(|(epoch, table, path, bytes, seqs, replaces)| {
+                let replaces: Vec<&str> = replaces.iter().map(String::as_str).collect();
+                record(epoch, table, vec![file(&path, bytes, seqs)], &replaces)
+            })
+            .collect();
         // 13:30 on the 25th: hour 10 ended 2.5 h ago, hour 12 half an hour ago.
         let now = chrono::NaiveDate::from_ymd_opt(2026, 11, 25)
             .and_then(|d| d.and_hms_opt(13, 30, 0))

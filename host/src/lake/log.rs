@@ -118,7 +118,7 @@ pub struct FileEntry {
 }
 
 /// One committed epoch.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommitRecord {
     pub format: u32,
     pub epoch: u64,

@@ -514,10 +514,10 @@ impl Lake {
             );
         }
         for location in leftovers {
-            match self.store.store.delete(&location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e).context("cannot clean the staging area"),
-            }
+            self.store
+                .delete_if_present(&location)
+                .await
+                .context("cannot clean the staging area")?;
         }
         Ok(())
     }
@@ -728,12 +728,7 @@ pub(crate) async fn publish(
             async move {
                 retry(&format!("deleting the replaced file {location}"), || {
                     let (store, location) = (store.clone(), location.clone());
-                    async move {
-                        match store.store.delete(&location).await {
-                            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                            Err(e) => Err(e.into()),
-                        }
-                    }
+                    async move { Ok(store.delete_if_present(&location).await?) }
                 })
                 .await
             }

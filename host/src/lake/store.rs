@@ -48,6 +48,14 @@ pub struct Store {
 }
 
 impl Store {
+    /// Deletes an object; one already gone is no error (deletes are redone after crashes).
+    pub async fn delete_if_present(&self, location: &Path) -> object_store::Result<()> {
+        match object_store::ObjectStoreExt::delete(&self.store, location).await {
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Opens the store. Nothing is contacted yet: an unreachable store shows up at the first read or write.
     pub fn open(config: &StoreConfig) -> Result<Self> {
         crate::tls::install_default_provider();

@@ -191,19 +191,9 @@ pub async fn stage_bronze(
                     {
                         continue;
                     }
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(bus::headers::ORIGINAL_SEQ, seq.to_string().as_str());
-                    headers.insert(bus::headers::SOURCE_ID, rows.source_id.value(i));
-                    headers.insert(bus::headers::INGEST_MS, ingest_ms.to_string().as_str());
-                    if rows.sse_id.is_valid(i) {
-                        headers.insert(bus::headers::SSE_ID, rows.sse_id.value(i));
-                    }
-                    if rows.invalid_utf8.value(i) {
-                        headers.insert(bus::headers::INVALID_UTF8, "replaced");
-                    }
                     let payload = bytes::Bytes::copy_from_slice(rows.data.value(i).as_bytes());
                     let ack = js
-                        .publish_with_headers(subject.clone(), headers, payload)
+                        .publish_with_headers(subject.clone(), rows.headers(i), payload)
                         .await
                         .context("staging a bronze event")?;
                     acks.push_back(ack);
@@ -270,6 +260,25 @@ impl<'a> BronzeColumns<'a> {
 
     fn len(&self) -> usize {
         self.seq.len()
+    }
+
+    /// The headers row `i` is staged with: what the live pipeline read from the stream's message.
+    fn headers(&self, i: usize) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            bus::headers::ORIGINAL_SEQ,
+            self.seq.value(i).to_string().as_str(),
+        );
+        headers.insert(bus::headers::SOURCE_ID, self.source_id.value(i));
+        let ingest_ms = self.ingest.value(i).div_euclid(1000);
+        headers.insert(bus::headers::INGEST_MS, ingest_ms.to_string().as_str());
+        if self.sse_id.is_valid(i) {
+            headers.insert(bus::headers::SSE_ID, self.sse_id.value(i));
+        }
+        if self.invalid_utf8.value(i) {
+            headers.insert(bus::headers::INVALID_UTF8, "replaced");
+        }
+        headers
     }
 }
 
