@@ -58,12 +58,13 @@ test: examples ## Run every test (what .ci/run calls)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) test --release --workspace
 
-bench: setup plugins build ## Print throughput: plugin, chain vs native, ingest, lake, the whole pipeline
+bench: setup plugins build ## Print throughput: plugin, chain vs native, ingest, lake, the whole pipeline; keyed state memory
 	$(CARGO) bench -p weir --bench plugin_throughput
 	$(CARGO) bench -p weir --bench chain_throughput
 	$(CARGO) bench -p weir --bench ingest_throughput
 	$(CARGO) bench -p weir --bench lake_throughput
 	$(CARGO) bench -p weir --bench pipeline_throughput
+	$(CARGO) bench -p weir --bench state_memory
 
 lint: ## Formatting and clippy, as required before a commit
 	$(CARGO) fmt --all -- --check

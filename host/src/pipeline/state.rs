@@ -2,31 +2,36 @@
 //! since the previous commit) and the in-memory snapshot. Restoring applies the last whole state, then every
 //! later change, so a restart resumes with exactly the state that matches the committed data.
 //!
-//! A blob is postcard in a zstd frame: dedupe keys and window groups are text, and compress several times.
-//! Blobs written before compression are bare postcard, which starts with a bool and so never with zstd's
-//! magic number.
+//! A blob is postcard in a zstd frame: window groups are text, and compress several times. Blobs written
+//! before compression are bare postcard, which starts with a bool and so never with zstd's magic number.
+//! Since keyed state names keys by hash, a blob starts with its format, [`FORMAT`]; the older format (keys as
+//! text) starts with the bool `full` (0 or 1) and is still read.
 
 use std::borrow::Cow;
+use std::io::Write;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::chain::Chain;
-use crate::runtime::state::Delta;
+use crate::runtime::state::{Delta, TextDelta};
+
+/// The first byte of a blob with hashed state keys.
+const FORMAT: u8 = 2;
 
 /// One commit's state. `capture` writes it borrowing the stages' snapshots; `restore` reads it back.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Blob<'a> {
+struct Blob<'a, K = Delta> {
     full: bool,
     #[serde(borrow)]
-    stages: Vec<StageState<'a>>,
+    stages: Vec<StageState<'a, K>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct StageState<'a> {
+struct StageState<'a, K = Delta> {
     #[serde(borrow)]
     name: Cow<'a, str>,
-    keyed: Delta,
+    keyed: K,
     // As one byte string (same postcard encoding as a sequence of u8, which serde would otherwise write a
     // byte at a time: a large window state made that a visible part of each commit).
     #[serde(with = "serde_bytes", borrow)]
@@ -58,8 +63,11 @@ pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> 
         .collect();
     // Serialized straight into the compressor: a whole state is tens of MB raw, and holding it beside its
     // compressed form showed in the pipeline's peak memory at commits.
-    let encoder =
+    let mut encoder =
         zstd::stream::write::Encoder::new(Vec::new(), 1).context("compressing the plugin state")?;
+    encoder
+        .write_all(&[FORMAT])
+        .context("compressing the plugin state")?;
     let writer = postcard::to_io(&Blob { full, stages }, std::io::BufWriter::new(encoder))
         .context("serializing the plugin state")?;
     writer
@@ -88,6 +96,26 @@ fn refresh_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<
     Ok(())
 }
 
+/// A blob's stages, keyed state under hashed keys whatever the blob's format.
+fn decode(bytes: &[u8]) -> Result<Blob<'_>> {
+    if let Some((&FORMAT, rest)) = bytes.split_first() {
+        return Ok(postcard::from_bytes(rest)?);
+    }
+    let text: Blob<TextDelta> = postcard::from_bytes(bytes)?;
+    Ok(Blob {
+        full: text.full,
+        stages: text
+            .stages
+            .into_iter()
+            .map(|stage| StageState {
+                name: stage.name,
+                keyed: stage.keyed.into(),
+                snapshot: stage.snapshot,
+            })
+            .collect(),
+    })
+}
+
 /// Applies a commit chain's state to the stages (matched by name; a stage with no saved state starts empty).
 pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> Result<()> {
     let mut snapshots: Vec<Option<Vec<u8>>> = vec![None; names.len()];
@@ -100,8 +128,7 @@ pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> R
         } else {
             bytes
         };
-        let blob: Blob =
-            postcard::from_bytes(bytes).with_context(|| format!("plugin state {i} is corrupt"))?;
+        let blob = decode(bytes).with_context(|| format!("plugin state {i} is corrupt"))?;
         for saved in blob.stages {
             let Some(index) = names.iter().position(|n| *n == saved.name) else {
                 tracing::warn!(stage = %saved.name, "saved state for a stage the pipeline no longer has");
@@ -139,7 +166,7 @@ mod tests {
     #[test]
     fn bare_postcard_blobs_never_look_like_zstd() {
         for full in [false, true] {
-            let bare = postcard::to_allocvec(&Blob {
+            let bare = postcard::to_allocvec(&Blob::<TextDelta> {
                 full,
                 stages: Vec::new(),
             })
@@ -148,5 +175,38 @@ mod tests {
         }
         let compressed = zstd::bulk::compress(b"state", 1).unwrap();
         assert!(compressed.starts_with(&ZSTD_MAGIC));
+    }
+
+    fn blob<K>(keyed: K) -> Blob<'static, K> {
+        Blob {
+            full: true,
+            stages: vec![StageState {
+                name: "dedupe".into(),
+                keyed,
+                snapshot: Some(Cow::Borrowed(b"windows")),
+            }],
+        }
+    }
+
+    /// Lakes written before keys were hashed keep restoring: their text keys are hashed as they are read.
+    #[test]
+    fn blobs_of_both_formats_decode_with_hashed_keys() {
+        let mut state = crate::runtime::KeyedState::default();
+        state.set("id-1", vec![1], None, 0);
+        state.commit(0);
+        let delta = state.full(0);
+        let current = [
+            &[FORMAT][..],
+            &postcard::to_allocvec(&blob(delta.clone())).unwrap(),
+        ]
+        .concat();
+        let decoded = decode(&current).unwrap();
+        assert_eq!(decoded.stages[0].keyed, delta);
+        assert_eq!(decoded.stages[0].snapshot.as_deref(), Some(&b"windows"[..]));
+
+        let text = TextDelta(vec![("id-1".into(), None)]);
+        let older = postcard::to_allocvec(&blob(text.clone())).unwrap();
+        assert!(matches!(older[0], 0 | 1));
+        assert_eq!(decode(&older).unwrap().stages[0].keyed, Delta::from(text));
     }
 }

@@ -176,7 +176,7 @@ impl state::Host for PluginCtx {
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
         self.check_value(&key, &value)?;
         let now = self.clock.now_ms();
-        self.state.set(key, value, ttl_ms, now);
+        self.state.set(&key, value, ttl_ms, now);
         Ok(())
     }
 
@@ -184,18 +184,18 @@ impl state::Host for PluginCtx {
         let now = self.clock.now_ms();
         for entry in entries {
             self.check_value(&entry.key, &entry.value)?;
-            self.state.set(entry.key, entry.value, entry.ttl_ms, now);
+            self.state.set(&entry.key, entry.value, entry.ttl_ms, now);
         }
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        self.state.delete(key);
+        self.state.delete(&key);
         Ok(())
     }
 
     fn delete_many(&mut self, keys: Vec<String>) -> wasmtime::Result<()> {
-        keys.into_iter().for_each(|k| self.state.delete(k));
+        keys.iter().for_each(|k| self.state.delete(k));
         Ok(())
     }
 }

@@ -4,11 +4,35 @@
 //! retried (bisection) never sees its own half-applied writes, so dedupe and similar plugins stay exact.
 //! The state lives outside the wasm instance, so it survives traps, instance replacement and hot swaps.
 
-use foldhash::HashMap;
+mod slots;
+
+use foldhash::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use slots::{NEVER, Slots};
+
+/// A state key as the host keeps it: the first 128 bits of the SHA-256 of its text. Fixed-size keys are what
+/// let [`Slots`] pack an entry into 32 bytes; nobody can make two keys share them, by chance or on purpose
+/// (that would take ~2^64 hashes), so a dedupe never mistakes one id for another.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Key([u8; 16]);
+
+impl Key {
+    pub fn of(text: &str) -> Key {
+        let digest = Sha256::digest(text.as_bytes());
+        Key(digest[..16].try_into().expect("SHA-256 has 32 bytes"))
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
 
 /// An entry as a call stages it and a lake commit saves it (committed entries are kept packed, see
-/// [`Packed`]).
+/// [`Slots`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     // As one byte string, not a sequence of numbers: the same postcard encoding, written as one copy.
@@ -22,93 +46,30 @@ impl Entry {
     fn live(&self, now_ms: i64) -> bool {
         self.expires_at_ms.is_none_or(|at| at > now_ms)
     }
-}
 
-/// A plugin's keyed state: committed entries plus the writes staged by the call in progress.
-#[derive(Debug, Default)]
-pub struct KeyedState {
-    /// Committed entries, key and value in one allocation, with their expiry ([`NEVER`]: none). A dedupe
-    /// state holds an id per event for a day: one allocation and a 24-byte slot per entry, not two
-    /// allocations and a 48-byte slot, is most of what it costs.
-    committed: HashMap<Packed, i64>,
-    /// `None` stages a delete.
-    staged: HashMap<String, Option<Entry>>,
-    /// Entry count after the last sweep of expired entries; the next sweep runs when the map has doubled.
-    swept_len: usize,
-    /// Bytes of keys and values committed, for metrics and quotas.
-    bytes: usize,
-    /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
-    dirty: foldhash::HashSet<Box<str>>,
-}
-
-/// The expiry of an entry that never expires.
-const NEVER: i64 = i64::MAX;
-
-/// A committed key and its value in one allocation: `[key length, u32 LE][key][value]`. Hashed and compared
-/// by its key, and borrowed as it, so the map is looked up by `&str`.
-struct Packed(Box<[u8]>);
-
-impl Packed {
-    fn new(key: &str, value: &[u8]) -> Self {
-        let len = u32::try_from(key.len()).expect("state keys are far shorter than 4 GiB");
-        let mut bytes = Vec::with_capacity(4 + key.len() + value.len());
-        bytes.extend_from_slice(&len.to_le_bytes());
-        bytes.extend_from_slice(key.as_bytes());
-        bytes.extend_from_slice(value);
-        Packed(bytes.into_boxed_slice())
-    }
-
-    fn key_len(&self) -> usize {
-        u32::from_le_bytes(self.0[..4].try_into().expect("4 bytes")) as usize
-    }
-
-    fn key(&self) -> &str {
-        // SAFETY: `new` wrote these bytes from a `&str`, and nothing changes them after.
-        unsafe { std::str::from_utf8_unchecked(&self.0[4..4 + self.key_len()]) }
-    }
-
-    fn value(&self) -> &[u8] {
-        &self.0[4 + self.key_len()..]
-    }
-
-    /// The entry as lake commits save it.
-    fn entry(&self, expires_at_ms: i64) -> Entry {
+    fn new(value: &[u8], expires_at_ms: i64) -> Entry {
         Entry {
-            value: self.value().into(),
+            value: value.into(),
             expires_at_ms: (expires_at_ms != NEVER).then_some(expires_at_ms),
         }
     }
 }
 
-impl std::hash::Hash for Packed {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.key().hash(state)
-    }
-}
-
-impl PartialEq for Packed {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Packed {}
-
-impl std::borrow::Borrow<str> for Packed {
-    fn borrow(&self) -> &str {
-        self.key()
-    }
-}
-
-impl std::fmt::Debug for Packed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}={:?}", self.key(), self.value())
-    }
+/// A plugin's keyed state: committed entries plus the writes staged by the call in progress.
+#[derive(Debug, Default)]
+pub struct KeyedState {
+    committed: Slots,
+    /// `None` stages a delete.
+    staged: HashMap<Key, Option<Entry>>,
+    /// Entry count after the last sweep of expired entries; the next sweep runs when the map has doubled.
+    swept_len: usize,
+    /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
+    dirty: HashSet<Key>,
 }
 
 /// The changes to a keyed state between two lake commits (`None`: deleted).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Delta(Vec<(Box<str>, Option<Entry>)>);
+pub struct Delta(Vec<(Key, Option<Entry>)>);
 
 impl Delta {
     pub fn len(&self) -> usize {
@@ -120,26 +81,42 @@ impl Delta {
     }
 }
 
+/// A delta as lakes saved it before keys were hashed: keys as text. Restoring such a lake hashes them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TextDelta(pub Vec<(Box<str>, Option<Entry>)>);
+
+impl From<TextDelta> for Delta {
+    fn from(text: TextDelta) -> Delta {
+        Delta(
+            text.0
+                .into_iter()
+                .map(|(key, entry)| (Key::of(&key), entry))
+                .collect(),
+        )
+    }
+}
+
 impl KeyedState {
     pub fn get(&self, key: &str, now_ms: i64) -> Option<&[u8]> {
-        match self.staged.get(key) {
+        let key = Key::of(key);
+        match self.staged.get(&key) {
             Some(staged) => staged
                 .as_ref()
                 .filter(|e| e.live(now_ms))
                 .map(|e| &*e.value),
             None => self
                 .committed
-                .get_key_value(key)
-                .filter(|(_, expires)| **expires > now_ms)
-                .map(|(packed, _)| packed.value()),
+                .get(&key)
+                .filter(|(expires, _)| *expires > now_ms)
+                .map(|(_, value)| value),
         }
     }
 
-    pub fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>, now_ms: i64) {
+    pub fn set(&mut self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>, now_ms: i64) {
         let expires_at_ms =
             ttl_ms.map(|ttl| now_ms.saturating_add(ttl.min(i64::MAX as u64) as i64));
         self.staged.insert(
-            key,
+            Key::of(key),
             Some(Entry {
                 value: value.into_boxed_slice(),
                 expires_at_ms,
@@ -147,21 +124,20 @@ impl KeyedState {
         );
     }
 
-    pub fn delete(&mut self, key: String) {
-        self.staged.insert(key, None);
+    pub fn delete(&mut self, key: &str) {
+        self.staged.insert(Key::of(key), None);
     }
 
-    /// Replaces (or with `None` removes) a committed entry, keeping the byte count.
-    fn put(&mut self, key: &str, entry: Option<&Entry>) {
-        if let Some((old, _)) = self.committed.remove_entry(key) {
-            self.bytes -= key.len() + old.value().len();
-        }
-        if let Some(entry) = entry {
-            self.bytes += key.len() + entry.value.len();
-            self.committed.insert(
-                Packed::new(key, &entry.value),
-                entry.expires_at_ms.unwrap_or(NEVER),
-            );
+    /// Replaces (or with `None` removes) a committed entry.
+    fn put(&mut self, key: Key, entry: Option<&Entry>) {
+        match entry {
+            Some(entry) => {
+                self.committed
+                    .insert(key, entry.expires_at_ms.unwrap_or(NEVER), &entry.value)
+            }
+            None => {
+                self.committed.remove(&key);
+            }
         }
     }
 
@@ -169,10 +145,8 @@ impl KeyedState {
     pub fn commit(&mut self, now_ms: i64) {
         let mut staged = std::mem::take(&mut self.staged);
         for (key, entry) in staged.drain() {
-            self.put(&key, entry.as_ref());
-            if !self.dirty.contains(key.as_str()) {
-                self.dirty.insert(key.into_boxed_str());
-            }
+            self.put(key, entry.as_ref());
+            self.dirty.insert(key);
         }
         // The emptied map keeps its table for the next call.
         self.staged = staged;
@@ -187,15 +161,7 @@ impl KeyedState {
     }
 
     fn sweep(&mut self, now_ms: i64) {
-        let mut freed = 0;
-        self.committed.retain(|packed, expires| {
-            let live = *expires > now_ms;
-            if !live {
-                freed += packed.key().len() + packed.value().len();
-            }
-            live
-        });
-        self.bytes -= freed;
+        self.committed.retain(|_, expires| expires > now_ms);
         self.swept_len = self.committed.len();
     }
 
@@ -204,11 +170,12 @@ impl KeyedState {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.committed.is_empty()
+        self.committed.len() == 0
     }
 
+    /// Bytes of keys (16 each) and values committed, for metrics and quotas.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.committed.len() * std::mem::size_of::<Key>() + self.committed.value_bytes()
     }
 
     /// Every committed entry, as a delta from nothing (a full checkpoint); clears the change tracking.
@@ -217,8 +184,8 @@ impl KeyedState {
         Delta(
             self.committed
                 .iter()
-                .filter(|(_, expires)| **expires > now_ms)
-                .map(|(packed, expires)| (packed.key().into(), Some(packed.entry(*expires))))
+                .filter(|(_, expires, _)| *expires > now_ms)
+                .map(|(key, expires, value)| (*key, Some(Entry::new(value, expires))))
                 .collect(),
         )
     }
@@ -229,12 +196,12 @@ impl KeyedState {
         Delta(
             dirty
                 .into_iter()
-                .map(|k| {
+                .map(|key| {
                     let entry = self
                         .committed
-                        .get_key_value(&*k)
-                        .map(|(packed, expires)| packed.entry(*expires));
-                    (k, entry)
+                        .get(&key)
+                        .map(|(expires, value)| Entry::new(value, expires));
+                    (key, entry)
                 })
                 .collect(),
         )
@@ -243,7 +210,7 @@ impl KeyedState {
     /// Applies a delta (restoring from the lake: the last full checkpoint, then the deltas after it).
     pub fn apply(&mut self, delta: Delta) {
         for (key, entry) in delta.0 {
-            self.put(&key, entry.as_ref());
+            self.put(key, entry.as_ref());
         }
         self.swept_len = self.committed.len();
     }
@@ -276,41 +243,64 @@ mod tests {
     #[test]
     fn staged_writes_are_visible_to_the_call_and_dropped_on_rollback() {
         let mut state = KeyedState::default();
-        state.set("a".into(), b"1".to_vec(), None, 0);
+        state.set("a", b"1".to_vec(), None, 0);
         assert_eq!(state.get("a", 0), Some(&b"1"[..]));
         state.rollback();
         assert_eq!(state.get("a", 0), None);
-        state.set("a".into(), b"2".to_vec(), None, 0);
+        state.set("a", b"2".to_vec(), None, 0);
         state.commit(0);
-        state.delete("a".into());
+        state.delete("a");
         assert_eq!(state.get("a", 0), None);
         state.rollback();
         assert_eq!(state.get("a", 0), Some(&b"2"[..]));
-        assert_eq!(state.bytes(), 2);
+        assert_eq!(state.bytes(), 16 + 1);
     }
 
     #[test]
-    fn packed_entries_give_back_key_and_value() {
+    fn entries_give_back_their_values_and_expiry() {
+        let mut state = KeyedState::default();
+        let long = [9u8; 100];
         for (key, value) in [
             ("", &b""[..]),
             ("ключ-🔑", &b"\x00v"[..]),
             ("id", &[1u8][..]),
+            ("long", &long[..]),
         ] {
-            let packed = Packed::new(key, value);
-            assert_eq!((packed.key(), packed.value()), (key, value));
-            assert_eq!(packed.entry(NEVER).expires_at_ms, None);
-            assert_eq!(packed.entry(7).expires_at_ms, Some(7));
+            state.set(key, value.to_vec(), None, 0);
+            state.commit(0);
+            assert_eq!(state.get(key, i64::MAX - 1), Some(value));
         }
+        assert_eq!(Entry::new(b"v", NEVER).expires_at_ms, None);
+        assert_eq!(Entry::new(b"v", 7).expires_at_ms, Some(7));
+        assert_eq!(state.bytes(), 4 * 16 + 2 + 1 + 100);
+    }
+
+    /// The hash is part of the lake's format: saved states name keys by it.
+    #[test]
+    fn keys_are_the_first_half_of_their_sha256() {
+        assert_eq!(
+            format!("{:?}", Key::of("abc")),
+            "ba7816bf8f01cfea414140de5dae2223"
+        );
+    }
+
+    #[test]
+    fn text_deltas_of_older_lakes_restore_under_hashed_keys() {
+        let entry = Entry::new(&[1], 99);
+        let text = TextDelta(vec![
+            ("id-1".into(), Some(entry.clone())),
+            ("id-2".into(), None),
+        ]);
         let mut state = KeyedState::default();
-        state.set("k".into(), b"v".to_vec(), None, 0);
-        state.commit(0);
-        assert_eq!(state.get("k", i64::MAX - 1), Some(&b"v"[..]));
+        state.apply(text.into());
+        assert_eq!(state.get("id-1", 5), Some(&[1u8][..]));
+        assert_eq!(state.len(), 1);
     }
 
     #[test]
     fn entries_expire_after_their_ttl() {
         let mut state = KeyedState::default();
-        state.set("k".into(), vec![1], Some(1000), 5_000);
+        state.set("k", vec![1], Some(1000), 5_000);
         state.commit(5_000);
         assert!(state.get("k", 5_999).is_some());
         assert!(state.get("k", 6_000).is_none());
@@ -319,12 +309,12 @@ mod tests {
     #[test]
     fn full_state_and_deltas_restore_the_same_state() {
         let mut state = KeyedState::default();
-        state.set("a".into(), vec![1, 2], Some(10), 0);
-        state.set("b".into(), vec![3], None, 0);
+        state.set("a", vec![1, 2], Some(10), 0);
+        state.set("b", vec![3], None, 0);
         state.commit(0);
         let base = state.full(0);
-        state.set("c".into(), vec![4], None, 0);
-        state.delete("a".into());
+        state.set("c", vec![4], None, 0);
+        state.delete("a");
         state.commit(0);
         let delta = state.take_delta();
         assert_eq!(delta.len(), 2);
@@ -335,6 +325,6 @@ mod tests {
         assert_eq!(back.get("a", 5), None);
         assert_eq!(back.get("b", 5), Some(&[3u8][..]));
         assert_eq!(back.get("c", 5), Some(&[4u8][..]));
-        assert_eq!(back.bytes(), 4);
+        assert_eq!(back.bytes(), 2 * 16 + 2);
     }
 }
