@@ -288,9 +288,11 @@ async fn gold(
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
-    let filters: Vec<(&String, &String)> = q
+    // Each filter as text (matching text columns) and as JSON (numbers, booleans).
+    let filters: Vec<(&String, &String, serde_json::Value)> = q
         .iter()
         .filter(|(k, _)| !matches!(k.as_str(), "from" | "to" | "limit"))
+        .map(|(k, v)| (k, v, serde_json::from_str(v).unwrap_or_default()))
         .collect();
     let recent = state.shared.recent.lock().expect("not poisoned");
     let table = gold_table(&table);
@@ -301,20 +303,23 @@ async fn gold(
             format!("no recent rows for gold table {table} (tables with rows: {known:?})"),
         );
     };
-    let matched: Vec<&serde_json::Value> = rows
+    let matched: Vec<serde_json::Value> = rows
         .iter()
         .filter(|r| {
-            let start = r["window_start"].as_i64().unwrap_or(0);
+            let start = r.get("window_start").and_then(|s| s.as_i64()).unwrap_or(0);
             start >= from && start < to
         })
         .filter(|r| {
-            filters.iter().all(|(k, v)| match &r[k.as_str()] {
-                serde_json::Value::String(s) => s == *v,
-                other => *other == serde_json::from_str::<serde_json::Value>(v).unwrap_or_default(),
-            })
+            filters
+                .iter()
+                .all(|(k, text, json)| match r.get(k).unwrap_or_default() {
+                    serde_json::Value::String(s) => s == **text,
+                    other => other == *json,
+                })
         })
         .rev()
         .take(limit)
+        .map(|r| r.to_json())
         .collect();
     Json(json!({ "table": table, "rows": matched })).into_response()
 }

@@ -880,13 +880,7 @@ fn record_gold(epoch: &mut Epoch, shared: &Shared, gold: &[GoldRow]) -> Result<(
         .fetch_add(gold.len() as u64, Ordering::Relaxed);
     let mut recent = shared.recent.lock().expect("not poisoned");
     for row in gold {
-        let mut object = serde_json::Map::new();
-        for (name, value) in &row.columns {
-            let value =
-                crate::event::from_wit_value(value.clone()).unwrap_or(serde_json::Value::Null);
-            object.insert(name.clone(), value);
-        }
-        recent.push_gold(&gold_table(&row.table), serde_json::Value::Object(object));
+        recent.push_gold(&gold_table(&row.table), row);
     }
     Ok(())
 }

@@ -10,7 +10,9 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::ingest::IngestStats;
+use crate::lake::rows::GoldRow;
 use crate::runtime::PluginStats;
+use crate::runtime::types::Value;
 
 /// Pipeline counters (exported as `weir_<name>_<unit>_total` and gauges).
 #[derive(Debug, Default)]
@@ -126,8 +128,8 @@ pub struct Recent {
     /// pipeline replaces them far more often than anyone reads them, and writing an enriched event out as
     /// JSON costs several times what keeping it does.
     pub events: VecDeque<crate::event::Event>,
-    /// Gold rows by table, newest last.
-    pub gold: BTreeMap<String, VecDeque<serde_json::Value>>,
+    /// Gold rows by table, newest last, as the aggregates emitted them (see [`RecentGold`]).
+    pub gold: BTreeMap<String, VecDeque<RecentGold>>,
     /// Quarantine reasons with counts, since start.
     pub quarantine_reasons: BTreeMap<String, u64>,
 }
@@ -143,13 +145,68 @@ impl Recent {
         self.events.push_back(event);
     }
 
-    pub fn push_gold(&mut self, table: &str, row: serde_json::Value) {
-        let rows = self.gold.entry(table.to_string()).or_default();
+    pub fn push_gold(&mut self, table: &str, row: &GoldRow) {
+        if !self.gold.contains_key(table) {
+            self.gold.insert(table.to_string(), VecDeque::new());
+        }
+        let rows = self.gold.get_mut(table).expect("just ensured");
+        let columns = match rows.back() {
+            Some(last) if last.has_columns(&row.columns) => last.columns.clone(),
+            _ => row
+                .columns
+                .iter()
+                .map(|(name, _)| name.as_str().into())
+                .collect(),
+        };
         if rows.len() == Self::GOLD_ROWS {
             rows.pop_front();
         }
-        rows.push_back(row);
+        rows.push_back(RecentGold {
+            columns,
+            values: row.columns.iter().map(|(_, value)| value.clone()).collect(),
+        });
     }
+}
+
+/// A recent gold row. Kept as emitted and turned into JSON only when a query matches it: 20,000 rows per
+/// table as JSON objects (a map and a string per column) were the largest part of the host's heap after the
+/// keyed state, and building them cost time on every closing. Rows with the same columns (all of a table's,
+/// normally) share one list of names.
+#[derive(Debug)]
+pub struct RecentGold {
+    columns: Arc<[Box<str>]>,
+    values: Box<[Value]>,
+}
+
+impl RecentGold {
+    fn has_columns(&self, columns: &[(String, Value)]) -> bool {
+        self.columns.len() == columns.len()
+            && self
+                .columns
+                .iter()
+                .zip(columns)
+                .all(|(a, (b, _))| **a == *b)
+    }
+
+    /// The value of a column, as JSON.
+    pub fn get(&self, column: &str) -> Option<serde_json::Value> {
+        let at = self.columns.iter().position(|c| &**c == column)?;
+        Some(json_of(&self.values[at]))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.columns
+                .iter()
+                .zip(&self.values)
+                .map(|(name, value)| (name.to_string(), json_of(value)))
+                .collect(),
+        )
+    }
+}
+
+fn json_of(value: &Value) -> serde_json::Value {
+    crate::event::from_wit_value(value.clone()).unwrap_or(serde_json::Value::Null)
 }
 
 /// Hot-swap pauses (between batches), in microseconds, for the p50/p99 the API reports.

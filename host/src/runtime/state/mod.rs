@@ -61,7 +61,9 @@ pub struct KeyedState {
     committed: Slots,
     /// `None` stages a delete.
     staged: HashMap<Key, Option<Entry>>,
-    /// Entry count after the last sweep of expired entries; the next sweep runs when the map has doubled.
+    /// Entry count after the last sweep of expired entries; the next sweep runs when it has grown by a quarter,
+    /// so expired entries never take more than a fifth of the state (a dedupe with a day's TTL, sweeping only
+    /// when the state doubled, held up to two days of ids). A sweep is one pass over dense slots.
     swept_len: usize,
     /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
     dirty: HashSet<Key>,
@@ -150,7 +152,9 @@ impl KeyedState {
         }
         // The emptied map keeps its table for the next call.
         self.staged = staged;
-        if self.committed.len() > 1024 && self.committed.len() >= self.swept_len * 2 {
+        if self.committed.len() > 1024
+            && self.committed.len() >= self.swept_len + self.swept_len / 4
+        {
             self.sweep(now_ms);
         }
     }
@@ -295,6 +299,20 @@ mod tests {
         state.apply(text.into());
         assert_eq!(state.get("id-1", 5), Some(&[1u8][..]));
         assert_eq!(state.len(), 1);
+    }
+
+    /// A steady stream of keys with a TTL holds about a TTL's worth of entries, not up to twice that.
+    #[test]
+    fn expired_entries_are_swept_before_they_pile_up() {
+        let mut state = KeyedState::default();
+        // One key per ms, each kept for 10,000 ms.
+        for t in 0..100_000i64 {
+            state.set(&t.to_string(), vec![1], Some(10_000), t);
+            state.commit(t);
+            assert!(state.len() <= 12_500, "at {t} ms: {} entries", state.len());
+        }
+        assert!(state.get("99999", 100_000).is_some());
+        assert!(state.get("89999", 100_000).is_none());
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl Slots {
         };
     }
 
-    /// Appends a slot (the caller indexes it).
+    /// Appends a slot (the caller has indexed it).
     fn push_slot(&mut self, slot: Slot) {
         if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Vec::with_capacity(CHUNK));
@@ -151,29 +151,25 @@ impl Slots {
         self.len += 1;
     }
 
-    /// Appends a slot and indexes it.
-    fn push(&mut self, slot: Slot) {
-        let at = u32::try_from(self.len).expect("fewer than 4 billion entries per plugin");
-        self.push_slot(slot);
-        let hash = self.hash(&slot.key);
-        let (chunks, hasher) = (&self.chunks, &self.hasher);
-        self.index.insert_unique(hash, at, |&at| {
-            hasher.hash_one(chunks[at as usize / CHUNK][at as usize % CHUNK].key)
-        });
+    /// Removes the entry.
+    pub fn remove(&mut self, key: &Key) -> bool {
+        match self.position(key) {
+            Some(at) => {
+                self.remove_at(at);
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Removes the entry; the last slot moves into its place, so slots stay dense.
-    pub fn remove(&mut self, key: &Key) -> bool {
-        let hash = self.hash(key);
-        let chunks = &self.chunks;
-        let Ok(found) = self.index.find_entry(hash, |&at| {
-            chunks[at as usize / CHUNK][at as usize % CHUNK].key == *key
-        }) else {
-            return false;
-        };
-        let at = found.remove().0 as usize;
-        let last = self.len - 1;
+    /// Removes the entry in slot `at`; the last slot moves into its place, so slots stay dense.
+    fn remove_at(&mut self, at: usize) {
         let removed = *self.slot(at);
+        self.index
+            .find_entry(self.hasher.hash_one(removed.key), |&n| n as usize == at)
+            .expect("every slot is indexed")
+            .remove();
+        let last = self.len - 1;
         if at != last {
             let moved = *self.slot(last);
             *self.slot_mut(at) = moved;
@@ -185,7 +181,6 @@ impl Slots {
         }
         self.pop_last();
         self.forget_value(&removed);
-        true
     }
 
     fn pop_last(&mut self) {
@@ -197,16 +192,17 @@ impl Slots {
         self.len -= 1;
     }
 
-    /// Keeps the entries `keep` approves, rebuilding the slots and the index.
+    /// Keeps the entries `keep` approves, removing the others in place (no second copy of the state, and
+    /// nothing to do but a scan when nothing expired).
     pub fn retain(&mut self, mut keep: impl FnMut(&Key, i64) -> bool) {
-        let old = std::mem::take(&mut self.chunks);
-        self.len = 0;
-        self.index = HashTable::with_capacity(self.index.len());
-        for slot in old.into_iter().flatten() {
+        let mut at = 0;
+        while at < self.len {
+            let slot = self.slot(at);
             if keep(&slot.key, slot.expires_at_ms) {
-                self.push(slot);
+                at += 1;
             } else {
-                self.forget_value(&slot);
+                // The last slot moves here: look at `at` again.
+                self.remove_at(at);
             }
         }
     }
