@@ -86,7 +86,9 @@ fn three() -> f64 {
 }
 
 /// Starts a binary (postcard) snapshot; a JSON one starts with `{`.
-const SNAPSHOT_MAGIC: &[u8] = b"WAGG1";
+const SNAPSHOT_MAGIC: &[u8] = b"WAGG2";
+/// Starts a binary snapshot of 0.1.0, whose windows also held their group's values (see [`WindowV1`]).
+const SNAPSHOT_MAGIC_V1: &[u8] = b"WAGG1";
 
 /// Counts the bytes written to it (to size a snapshot before writing it).
 struct ByteCount(usize);
@@ -106,14 +108,45 @@ impl std::io::Write for ByteCount {
 /// again.
 pub const ROWS_PER_CALL: usize = weir_sdk::WATERMARK_PART_ROWS;
 
-/// An open window of one group.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An open window of one group. The group's values are not kept here: they are in the key the window is
+/// filed under (see [`Aggregate::add`]), and a second copy was ~120 bytes of each window (a window over pages
+/// holds hundreds of thousands of groups).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Window {
     start: i64,
     /// Exclusive end for tumbling and sliding windows; the last event time for sessions.
     end: i64,
+    accs: Vec<Acc>,
+}
+
+/// A window as snapshots of 0.1.0 hold it, with its group's values (JSON snapshots too; `default` lets them
+/// be read whichever form wrote them).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WindowV1 {
+    start: i64,
+    end: i64,
+    #[serde(default)]
     group: Vec<String>,
     accs: Vec<Acc>,
+}
+
+impl From<WindowV1> for Window {
+    fn from(w: WindowV1) -> Window {
+        Window {
+            start: w.start,
+            end: w.end,
+            accs: w.accs,
+        }
+    }
+}
+
+/// The separator of group values in a group key: JSON texts never hold it raw, and it sorts before every
+/// character they do hold, so keys sort as their lists of values do.
+const GROUP_SEPARATOR: char = '\u{1f}';
+
+/// A group key's values (JSON texts), in group-by order.
+fn group_values(key: &str, columns: usize) -> impl Iterator<Item = &str> {
+    key.split(GROUP_SEPARATOR).take(columns)
 }
 
 /// Serializes a map with non-string keys as a list of entries (JSON objects only take string keys).
@@ -140,11 +173,11 @@ mod entries {
 }
 
 /// The open windows of one time range, by group key.
-type Groups = HashMap<Box<str>, Box<Window>, measure::Fnv>;
+type Groups<W = Window> = HashMap<Box<str>, Box<W>, measure::Fnv>;
 
-/// Everything that must survive a restart or a hot swap.
+/// Everything that must survive a restart or a hot swap (`W`: [`WindowV1`] to read older snapshots).
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct State {
+struct State<W = Window> {
     watermark: Option<i64>,
     /// Arrival counter: breaks event-time ties for first/last.
     seq: u64,
@@ -153,15 +186,42 @@ struct State {
     /// Boxed keys and windows: a window over pages holds hundreds of thousands of groups, and a table slot of
     /// 24 bytes instead of 88 is what sets this instance's memory high-water mark when the table doubles
     /// (old and new table live at once). Boxes serialize as what they hold.
-    windows: BTreeMap<(i64, i64), Groups>,
+    windows: BTreeMap<(i64, i64), Groups<W>>,
     /// Open sessions per group key, sorted by start.
-    sessions: BTreeMap<String, Vec<Window>>,
+    sessions: BTreeMap<String, Vec<W>>,
     /// Trailing values of the anomaly measure per group key.
     history: BTreeMap<String, VecDeque<f64>>,
     /// Open sessions by (earliest `end + gap` of the key's sessions, key): a watermark visits only the keys
     /// with a session it may close, not every user. Derived from `sessions`, rebuilt on restore.
     #[serde(skip)]
     expiries: BTreeSet<(i64, String)>,
+}
+
+impl From<State<WindowV1>> for State {
+    fn from(old: State<WindowV1>) -> State {
+        State {
+            watermark: old.watermark,
+            seq: old.seq,
+            windows: old
+                .windows
+                .into_iter()
+                .map(|(range, groups)| {
+                    let groups = groups
+                        .into_iter()
+                        .map(|(key, w)| (key, Box::new(Window::from(*w))))
+                        .collect();
+                    (range, groups)
+                })
+                .collect(),
+            sessions: old
+                .sessions
+                .into_iter()
+                .map(|(key, open)| (key, open.into_iter().map(Window::from).collect()))
+                .collect(),
+            history: old.history,
+            expiries: BTreeSet::new(),
+        }
+    }
 }
 
 /// Per measure: the field index of its path, and of its filter path with the value it must equal.
@@ -182,7 +242,50 @@ impl Aggregate {
     /// The state in the JSON form snapshots had before they were binary (tests check old commits restore).
     #[doc(hidden)]
     pub fn json_snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.state).expect("state serializes")
+        serde_json::to_vec(&self.v1_state()).expect("state serializes")
+    }
+
+    /// The state in the binary form of 0.1.0 (tests check such snapshots restore).
+    #[doc(hidden)]
+    pub fn v1_snapshot(&self) -> Vec<u8> {
+        let mut out = SNAPSHOT_MAGIC_V1.to_vec();
+        postcard::to_io(&self.v1_state(), &mut out).expect("state serializes");
+        out
+    }
+
+    fn v1_state(&self) -> State<WindowV1> {
+        let v1 = |key: &str, w: &Window| WindowV1 {
+            start: w.start,
+            end: w.end,
+            group: group_values(key, self.group_columns.len())
+                .map(str::to_string)
+                .collect(),
+            accs: w.accs.clone(),
+        };
+        State {
+            watermark: self.state.watermark,
+            seq: self.state.seq,
+            windows: self
+                .state
+                .windows
+                .iter()
+                .map(|(range, groups)| {
+                    let groups = groups
+                        .iter()
+                        .map(|(key, w)| (key.clone(), Box::new(v1(key, w))))
+                        .collect();
+                    (*range, groups)
+                })
+                .collect(),
+            sessions: self
+                .state
+                .sessions
+                .iter()
+                .map(|(key, open)| (key.clone(), open.iter().map(|w| v1(key, w)).collect()))
+                .collect(),
+            history: self.state.history.clone(),
+            expiries: BTreeSet::new(),
+        }
     }
 
     pub fn from_config(config: Config) -> Result<(Self, Plan), String> {
@@ -339,13 +442,6 @@ impl Aggregate {
         }
     }
 
-    /// The group-by values of an event as JSON texts (stored with each window, for its row).
-    fn group_of(&self, event: &Event) -> Vec<String> {
-        (0..self.config.group_by.len())
-            .map(|i| event.value(i).map_or_else(|| "null".into(), measure::text))
-            .collect()
-    }
-
     /// Adds an event to its windows; `false` when it is late.
     fn add(&mut self, event: &Event) -> bool {
         // The group key: the group-by values' JSON texts joined by a separator no JSON text contains raw.
@@ -353,7 +449,7 @@ impl Aggregate {
         key.clear();
         for i in 0..self.config.group_by.len() {
             if i > 0 {
-                key.push('\u{1f}');
+                key.push(GROUP_SEPARATOR);
             }
             match event.value(i) {
                 Some(v) => measure::write_text(&mut key, v),
@@ -390,7 +486,6 @@ impl Aggregate {
                 let window = Window {
                     start,
                     end: start + size,
-                    group: self.group_of(event),
                     accs: self.new_accs(),
                 };
                 self.state
@@ -425,7 +520,6 @@ impl Aggregate {
         let mut merged = Window {
             start: t,
             end: t,
-            group: Vec::new(),
             accs: self.new_accs(),
         };
         let seq = self.state.seq;
@@ -454,14 +548,10 @@ impl Aggregate {
                 let s = sessions.swap_remove(i);
                 merged.start = merged.start.min(s.start);
                 merged.end = merged.end.max(s.end);
-                merged.group = s.group;
                 merged.accs = merge_accs(merged.accs, s.accs);
             } else {
                 i += 1;
             }
-        }
-        if merged.group.is_empty() && !self.config.group_by.is_empty() {
-            merged.group = self.group_of(event);
         }
         let sessions = self
             .state
@@ -490,7 +580,8 @@ impl Aggregate {
     /// quarantined like any other.
     fn close(&mut self, watermark: i64) -> Vec<Row> {
         self.state.watermark = Some(self.state.watermark.map_or(watermark, |w| w.max(watermark)));
-        let mut closed: Vec<Window> = Vec::new();
+        // Closed windows with their group keys.
+        let mut closed: Vec<(Box<str>, Window)> = Vec::new();
         while let Some((&(end, start), groups)) = self.state.windows.first_key_value() {
             if !self.closed_before(end) || closed.len() >= ROWS_PER_CALL {
                 break;
@@ -505,7 +596,7 @@ impl Aggregate {
                 let mut groups: Vec<(Box<str>, Box<Window>)> = groups.into_iter().collect();
                 // Rows of one window in key order, whatever the map's order.
                 groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                closed.extend(groups.into_iter().map(|(_, w)| *w));
+                closed.extend(groups.into_iter().map(|(key, w)| (key, *w)));
             } else {
                 // The first `room` groups in key order (chosen in linear time), the rest next call.
                 let mut keys: Vec<&Box<str>> = groups.keys().collect();
@@ -517,10 +608,10 @@ impl Aggregate {
                     .windows
                     .get_mut(&(end, start))
                     .expect("first key just read");
-                closed.extend(
-                    keys.iter()
-                        .map(|k| *groups.remove(k).expect("a key of this map")),
-                );
+                closed.extend(keys.into_iter().map(|k| {
+                    let window = *groups.remove(&k).expect("a key of this map");
+                    (k, window)
+                }));
             }
         }
         if let WindowSpec::Session { gap_ms } = self.config.window {
@@ -535,22 +626,26 @@ impl Aggregate {
                 let (done, open): (Vec<Window>, Vec<Window>) = sessions
                     .into_iter()
                     .partition(|s| self.closed_before(s.end.saturating_add(gap_ms)));
-                closed.extend(done);
+                closed.extend(done.into_iter().map(|w| (key.as_str().into(), w)));
                 if let Some(expiry) = earliest_expiry(&open, gap_ms) {
                     self.state.expiries.insert((expiry, key.clone()));
                     self.state.sessions.insert(key, open);
                 }
             }
-            closed.sort_by(|a, b| (a.end, a.start, &a.group).cmp(&(b.end, b.start, &b.group)));
+            closed.sort_by(|(ka, a), (kb, b)| (a.end, a.start, ka).cmp(&(b.end, b.start, kb)));
         }
-        closed.into_iter().map(|w| self.row(w)).collect()
+        closed
+            .into_iter()
+            .map(|(key, window)| self.row(&key, window))
+            .collect()
     }
 
-    fn row(&mut self, window: Window) -> Row {
+    fn row(&mut self, key: &str, window: Window) -> Row {
         let mut row = Row::new(self.config.table.as_str())
             .with("window_start", window.start)
             .with("window_end", window.end);
-        for (column, value) in self.group_columns.iter().zip(&window.group) {
+        let group = group_values(key, self.group_columns.len());
+        for (column, value) in self.group_columns.iter().zip(group) {
             row = row.with(column.as_str(), measure::from_text(value));
         }
         let results: Vec<Value> = window.accs.iter().map(Acc::result).collect();
@@ -560,7 +655,9 @@ impl Aggregate {
                 Value::Float(f) => f,
                 _ => 0.0,
             };
-            let key = serde_json::to_string(&window.group).expect("strings serialize");
+            // Keyed as 0.1.0 keyed it, so snapshots carry their history over.
+            let group: Vec<&str> = group_values(key, self.group_columns.len()).collect();
+            let key = serde_json::to_string(&group).expect("strings serialize");
             let history = self.state.history.entry(key).or_default();
             let z = z_score(history, value);
             history.push_back(value);
@@ -660,12 +757,18 @@ impl Plugin for Aggregate {
         if snapshot.is_empty() {
             return Ok(());
         }
-        let state: State = match snapshot.strip_prefix(SNAPSHOT_MAGIC) {
-            Some(binary) => postcard::from_bytes(binary)
-                .map_err(|e| format!("unreadable aggregate snapshot: {e}"))?,
+        let unreadable = |e: &dyn std::fmt::Display| format!("unreadable aggregate snapshot: {e}");
+        let state: State = if let Some(binary) = snapshot.strip_prefix(SNAPSHOT_MAGIC) {
+            postcard::from_bytes(binary).map_err(|e| unreadable(&e))?
+        } else if let Some(binary) = snapshot.strip_prefix(SNAPSHOT_MAGIC_V1) {
+            postcard::from_bytes::<State<WindowV1>>(binary)
+                .map_err(|e| unreadable(&e))?
+                .into()
+        } else {
             // Snapshots of 0.1.0 before the binary form were JSON; lakes keep them in their commits.
-            None => serde_json::from_slice(snapshot)
-                .map_err(|e| format!("unreadable aggregate snapshot: {e}"))?,
+            serde_json::from_slice::<State<WindowV1>>(snapshot)
+                .map_err(|e| unreadable(&e))?
+                .into()
         };
         if let Some(w) = state
             .windows

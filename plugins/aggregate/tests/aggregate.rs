@@ -336,6 +336,7 @@ fn windows_survive_a_snapshot_and_restore() {
         canonical_rows(&probe.on_watermark(i64::MAX))
     };
     assert_eq!(closed_from(&first.json_snapshot()), closed_from(&snapshot));
+    assert_eq!(closed_from(&first.v1_snapshot()), closed_from(&snapshot));
     let (mut second, _) = Aggregate::from_config(config).unwrap();
     second.restore(&snapshot).unwrap();
     for chunk in b.chunks(100) {
@@ -345,6 +346,37 @@ fn windows_survive_a_snapshot_and_restore() {
     }
     rows.extend(second.on_watermark(i64::MAX));
     assert_eq!(canonical_rows(&rows), canonical_rows(&expected));
+}
+
+/// Snapshots of 0.1.0, binary or JSON, whose windows also held their group's values, restore to the same
+/// open windows as today's.
+#[test]
+fn snapshots_of_older_versions_restore() {
+    for config in [
+        config(
+            json!({"kind": "tumbling", "size_ms": 600_000}),
+            json!(["wiki", "title"]),
+        ),
+        config(
+            json!({"kind": "session", "gap_ms": 240_000}),
+            json!(["user"]),
+        ),
+        config(json!({"kind": "tumbling", "size_ms": 600_000}), json!([])),
+    ] {
+        let events = generated(1_000);
+        let (mut plugin, plan) = Aggregate::from_config(config.clone()).unwrap();
+        plugin.process_batch(&timed_batch(events.iter().map(|(t, d)| (*t, d)), &plan));
+        let closed_from = |snapshot: &[u8]| {
+            let (mut probe, _) = Aggregate::from_config(config.clone()).unwrap();
+            probe.restore(snapshot).unwrap();
+            canonical_rows(&probe.on_watermark(i64::MAX))
+        };
+        let today = closed_from(&plugin.snapshot());
+        assert!(!today.is_empty());
+        assert_eq!(closed_from(&plugin.v1_snapshot()), today);
+        assert_eq!(closed_from(&plugin.json_snapshot()), today);
+        assert_eq!(canonical_rows(&plugin.on_watermark(i64::MAX)), today);
+    }
 }
 
 #[test]
