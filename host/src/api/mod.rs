@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::lake::schema::gold_table;
 use crate::pipeline::shared::{Control, Shared};
 use crate::runtime::Loader;
+use crate::runtime::types::Value;
 pub use replays::ReplayContext;
 use replays::{ReplayRequest, Replays};
 
@@ -306,16 +307,16 @@ async fn gold(
     let matched: Vec<serde_json::Value> = rows
         .iter()
         .filter(|r| {
-            let start = r.get("window_start").and_then(|s| s.as_i64()).unwrap_or(0);
+            let start = match r.get("window_start") {
+                Some(Value::Integer(ms)) => *ms,
+                _ => 0,
+            };
             start >= from && start < to
         })
         .filter(|r| {
             filters
                 .iter()
-                .all(|(k, text, json)| match r.get(k).unwrap_or_default() {
-                    serde_json::Value::String(s) => s == **text,
-                    other => other == *json,
-                })
+                .all(|(k, text, json)| r.column_is(k, text, json))
         })
         .rev()
         .take(limit)

@@ -188,10 +188,23 @@ impl RecentGold {
                 .all(|(a, (b, _))| **a == *b)
     }
 
-    /// The value of a column, as JSON.
-    pub fn get(&self, column: &str) -> Option<serde_json::Value> {
-        let at = self.columns.iter().position(|c| &**c == column)?;
-        Some(json_of(&self.values[at]))
+    /// The value of a column (the last of that name, as in [`RecentGold::to_json`]).
+    pub fn get(&self, column: &str) -> Option<&Value> {
+        let at = self.columns.iter().rposition(|c| &**c == column)?;
+        Some(&self.values[at])
+    }
+
+    /// Whether a column equals a query's value: text columns as text, others as JSON (a missing column is
+    /// null). Text, the usual case, is compared without building JSON.
+    pub fn column_is(&self, column: &str, text: &str, json: &serde_json::Value) -> bool {
+        match self.get(column) {
+            Some(Value::Text(s)) => s == text,
+            Some(value) => match json_of(value) {
+                serde_json::Value::String(s) => s == text,
+                other => other == *json,
+            },
+            None => json.is_null(),
+        }
     }
 
     pub fn to_json(&self) -> serde_json::Value {

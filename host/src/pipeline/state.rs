@@ -98,8 +98,14 @@ fn refresh_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<
 
 /// A blob's stages, keyed state under hashed keys whatever the blob's format.
 fn decode(bytes: &[u8]) -> Result<Blob<'_>> {
-    if let Some((&FORMAT, rest)) = bytes.split_first() {
-        return Ok(postcard::from_bytes(rest)?);
+    match bytes.first() {
+        Some(&FORMAT) => return Ok(postcard::from_bytes(&bytes[1..])?),
+        // The older format, whose first byte is the bool `full`.
+        Some(0 | 1) => {}
+        Some(format) => anyhow::bail!(
+            "state format {format} is newer than this weir (which reads {FORMAT} and older): run a newer weir"
+        ),
+        None => anyhow::bail!("the state is empty"),
     }
     let text: Blob<TextDelta> = postcard::from_bytes(bytes)?;
     Ok(Blob {
@@ -208,5 +214,9 @@ mod tests {
         let older = postcard::to_allocvec(&blob(text.clone())).unwrap();
         assert!(matches!(older[0], 0 | 1));
         assert_eq!(decode(&older).unwrap().stages[0].keyed, Delta::from(text));
+
+        let newer = [&[FORMAT + 1][..], &current[1..]].concat();
+        let refused = decode(&newer).unwrap_err().to_string();
+        assert!(refused.contains("newer than this weir"), "{refused}");
     }
 }

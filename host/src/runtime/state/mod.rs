@@ -62,8 +62,10 @@ pub struct KeyedState {
     /// `None` stages a delete.
     staged: HashMap<Key, Option<Entry>>,
     /// Entry count after the last sweep of expired entries; the next sweep runs when it has grown by a quarter,
-    /// so expired entries never take more than a fifth of the state (a dedupe with a day's TTL, sweeping only
-    /// when the state doubled, held up to two days of ids). A sweep is one pass over dense slots.
+    /// so while writes go on, expired entries take at most about a fifth of the state (a dedupe with a day's
+    /// TTL, sweeping only when the state doubled, held up to two days of ids). A state that stops growing
+    /// keeps its expired entries until it grows again (reads never see them). A sweep is one pass over dense
+    /// slots.
     swept_len: usize,
     /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
     dirty: HashSet<Key>,
@@ -177,7 +179,7 @@ impl KeyedState {
         self.committed.len() == 0
     }
 
-    /// Bytes of keys (16 each) and values committed, for metrics and quotas.
+    /// Bytes of keys (16 each) and values committed.
     pub fn bytes(&self) -> usize {
         self.committed.len() * std::mem::size_of::<Key>() + self.committed.value_bytes()
     }

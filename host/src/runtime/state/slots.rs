@@ -20,7 +20,8 @@ pub const NEVER: i64 = i64::MAX;
 /// Slots per chunk (2 MiB of slots).
 const CHUNK: usize = 1 << 16;
 
-/// Value bytes kept in the slot itself; longer values are in [`Slots::large`].
+/// Value bytes kept in the slot itself; longer values (8-byte numbers among them) are in [`Slots::large`], at
+/// the cost of a map entry and an allocation each: an eighth byte would make slots 40 bytes.
 const INLINE: usize = 7;
 
 /// `Slot::len` of a value kept in [`Slots::large`].
@@ -141,13 +142,16 @@ impl Slots {
 
     /// Appends a slot (the caller has indexed it).
     fn push_slot(&mut self, slot: Slot) {
-        if self.len.is_multiple_of(CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+        let chunk = self.len / CHUNK;
+        if chunk == self.chunks.len() {
+            // The first chunk grows as it fills, so a small state stays small; later ones come whole.
+            self.chunks.push(if chunk == 0 {
+                Vec::new()
+            } else {
+                Vec::with_capacity(CHUNK)
+            });
         }
-        self.chunks
-            .last_mut()
-            .expect("a chunk with room")
-            .push(slot);
+        self.chunks[chunk].push(slot);
         self.len += 1;
     }
 
@@ -184,12 +188,17 @@ impl Slots {
     }
 
     fn pop_last(&mut self) {
-        let chunk = self.chunks.last_mut().expect("a slot to pop");
-        chunk.pop();
-        if chunk.is_empty() {
-            self.chunks.pop();
-        }
         self.len -= 1;
+        let chunk = self.len / CHUNK;
+        self.chunks[chunk].pop();
+        // One emptied chunk is kept as a spare, so a state whose size hovers at a chunk boundary does not
+        // allocate and free 2 MiB over and over.
+        let keep = if self.chunks[chunk].is_empty() {
+            chunk + 1
+        } else {
+            chunk + 2
+        };
+        self.chunks.truncate(keep);
     }
 
     /// Keeps the entries `keep` approves, removing the others in place (no second copy of the state, and
@@ -277,5 +286,28 @@ mod tests {
         for (key, expires, value) in slots.iter() {
             assert_eq!(model[key], (expires, value.to_vec()));
         }
+    }
+
+    #[test]
+    fn a_state_at_a_chunk_boundary_keeps_one_spare_chunk() {
+        let mut slots = Slots::default();
+        for i in 0..CHUNK as u64 {
+            slots.insert(key(i), 0, b"");
+        }
+        for round in 0..3 {
+            slots.insert(key(u64::MAX), 0, b"");
+            assert_eq!(slots.chunks.len(), 2);
+            assert!(slots.remove(&key(u64::MAX)));
+            assert_eq!(
+                slots.chunks.len(),
+                2,
+                "round {round}: the emptied chunk stays"
+            );
+        }
+        for i in 0..CHUNK as u64 {
+            assert!(slots.remove(&key(i)));
+        }
+        assert_eq!((slots.len(), slots.chunks.len()), (0, 1));
+        assert_eq!(slots.get(&key(0)), None);
     }
 }
