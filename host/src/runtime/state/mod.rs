@@ -63,13 +63,18 @@ pub struct KeyedState {
     staged: HashMap<Key, Option<Entry>>,
     /// Entry count after the last sweep of expired entries; the next sweep runs when it has grown by a quarter,
     /// so while writes go on, expired entries take at most about a fifth of the state (a dedupe with a day's
-    /// TTL, sweeping only when the state doubled, held up to two days of ids). A state that stops growing
-    /// keeps its expired entries until it grows again (reads never see them). A sweep is one pass over dense
-    /// slots.
+    /// TTL, sweeping only when the state doubled, held up to two days of ids). A sweep is one pass over dense
+    /// slots (~1 ns each).
     swept_len: usize,
+    /// When the last sweep ran: a state that stops growing (values rewritten in place) is swept every
+    /// [`SWEEP_EVERY_MS`] of plugin time too, so its expired entries go as well.
+    swept_at_ms: i64,
     /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
     dirty: HashSet<Key>,
 }
+
+/// Plugin time between sweeps of a state that does not grow.
+const SWEEP_EVERY_MS: i64 = 10 * 60 * 1000;
 
 /// The changes to a keyed state between two lake commits (`None`: deleted).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -154,9 +159,9 @@ impl KeyedState {
         }
         // The emptied map keeps its table for the next call.
         self.staged = staged;
-        if self.committed.len() > 1024
-            && self.committed.len() >= self.swept_len + self.swept_len / 4
-        {
+        let grown = self.committed.len() >= self.swept_len + self.swept_len / 4;
+        let due = now_ms.saturating_sub(self.swept_at_ms) >= SWEEP_EVERY_MS;
+        if self.committed.len() > 1024 && (grown || due) {
             self.sweep(now_ms);
         }
     }
@@ -169,6 +174,7 @@ impl KeyedState {
     fn sweep(&mut self, now_ms: i64) {
         self.committed.retain(|_, expires| expires > now_ms);
         self.swept_len = self.committed.len();
+        self.swept_at_ms = now_ms;
     }
 
     pub fn len(&self) -> usize {
@@ -315,6 +321,22 @@ mod tests {
         }
         assert!(state.get("99999", 100_000).is_some());
         assert!(state.get("89999", 100_000).is_none());
+    }
+
+    /// A state whose size stays put (its keys rewritten, each with a TTL) still loses its expired entries.
+    #[test]
+    fn a_state_that_stops_growing_is_swept_by_time() {
+        let mut state = KeyedState::default();
+        for i in 0..5_000 {
+            state.set(&format!("old-{i}"), vec![1], Some(1_000), 0);
+        }
+        state.commit(0);
+        // Later, the same few keys rewritten over and over: the state never grows by a quarter.
+        for t in (1..=SWEEP_EVERY_MS + 1_000).step_by(60_000) {
+            state.set("hot", vec![2], Some(1_000), t);
+            state.commit(t);
+        }
+        assert_eq!(state.len(), 1, "the 5,000 expired entries were swept");
     }
 
     #[test]
