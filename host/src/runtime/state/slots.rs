@@ -60,7 +60,7 @@ impl Slots {
     }
 
     fn slot(&self, at: usize) -> &Slot {
-        &self.chunks[at / CHUNK][at % CHUNK]
+        slot_in(&self.chunks, at)
     }
 
     fn slot_mut(&mut self, at: usize) -> &mut Slot {
@@ -75,7 +75,7 @@ impl Slots {
         let chunks = &self.chunks;
         self.index
             .find(self.hash(key), |&at| {
-                chunks[at as usize / CHUNK][at as usize % CHUNK].key == *key
+                slot_in(chunks, at as usize).key == *key
             })
             .map(|&at| at as usize)
     }
@@ -111,8 +111,8 @@ impl Slots {
         // One probe finds the entry or the place for it (most writes, a dedupe's, are of new keys).
         match self.index.entry(
             hash,
-            |&at| chunks[at as usize / CHUNK][at as usize % CHUNK].key == key,
-            |&at| hasher.hash_one(chunks[at as usize / CHUNK][at as usize % CHUNK].key),
+            |&at| slot_in(chunks, at as usize).key == key,
+            |&at| hasher.hash_one(slot_in(chunks, at as usize).key),
         ) {
             Entry::Occupied(found) => {
                 let at = *found.get() as usize;
@@ -169,17 +169,19 @@ impl Slots {
     /// Removes the entry in slot `at`; the last slot moves into its place, so slots stay dense.
     fn remove_at(&mut self, at: usize) {
         let removed = *self.slot(at);
+        let hash = self.hash(&removed.key);
         self.index
-            .find_entry(self.hasher.hash_one(removed.key), |&n| n as usize == at)
+            .find_entry(hash, |&n| n as usize == at)
             .expect("every slot is indexed")
             .remove();
         let last = self.len - 1;
         if at != last {
             let moved = *self.slot(last);
             *self.slot_mut(at) = moved;
+            let hash = self.hash(&moved.key);
             let number = self
                 .index
-                .find_mut(self.hasher.hash_one(moved.key), |&n| n as usize == last)
+                .find_mut(hash, |&n| n as usize == last)
                 .expect("every slot is indexed");
             *number = at as u32;
         }
@@ -223,6 +225,11 @@ impl Slots {
             .flatten()
             .map(|slot| (&slot.key, slot.expires_at_ms, self.value(slot)))
     }
+}
+
+/// Slot number `at` of the chunks (a free function, so index closures can use it while the index is borrowed).
+fn slot_in(chunks: &[Vec<Slot>], at: usize) -> &Slot {
+    &chunks[at / CHUNK][at % CHUNK]
 }
 
 impl std::fmt::Debug for Slots {
