@@ -173,7 +173,7 @@ mod entries {
 }
 
 /// The open windows of one time range, by group key.
-type Groups<W = Window> = HashMap<Box<str>, Box<W>, measure::Fnv>;
+type Groups<W = Window> = HashMap<Box<str>, Box<W>, measure::MapHash>;
 
 /// Everything that must survive a restart or a hot swap (`W`: [`WindowV1`] to read older snapshots).
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -408,12 +408,8 @@ impl Aggregate {
             .is_some_and(|w| end.saturating_add(self.lateness()) <= w)
     }
 
-    fn new_accs(&self) -> Vec<Acc> {
-        self.config
-            .measures
-            .iter()
-            .map(|m| Acc::new(m.op))
-            .collect()
+    fn new_accs(measures: &[Measure]) -> Vec<Acc> {
+        measures.iter().map(|m| Acc::new(m.op)).collect()
     }
 
     /// Adds an event to the accumulators of one window. An associated function, so callers can hold a window
@@ -481,33 +477,47 @@ impl Aggregate {
         }
         let seq = self.state.seq;
         for start in starts {
-            let groups = self.state.windows.entry((start + size, start)).or_default();
-            if !groups.contains_key(key) {
-                let window = Window {
-                    start,
-                    end: start + size,
-                    accs: self.new_accs(),
+            let range = (start + size, start);
+            // The next window opens with room for as many groups as the newest one holds: a window over pages
+            // grows to ~10^5 groups, and growing by doubling rehashed every group several times. (A window
+            // opened out of order, by a late or early event, starts small.)
+            if !self.state.windows.contains_key(&range) {
+                let capacity = match self.state.windows.last_key_value() {
+                    Some((newest, groups)) if range > *newest => groups.len(),
+                    _ => 0,
                 };
-                self.state
-                    .windows
-                    .entry((start + size, start))
-                    .or_default()
-                    .insert(key.into(), Box::new(window));
+                let groups =
+                    Groups::with_capacity_and_hasher(capacity, measure::MapHash::default());
+                self.state.windows.insert(range, groups);
             }
-            let window = self
-                .state
-                .windows
-                .get_mut(&(start + size, start))
-                .and_then(|g| g.get_mut(key))
-                .expect("window just ensured");
-            Self::add_to(
-                &self.config.measures,
-                &self.fields,
-                &mut window.accs,
-                event,
-                seq,
-                &mut self.scratch,
-            );
+            let groups = self.state.windows.get_mut(&range).expect("just ensured");
+            // One lookup for a group seen before (most events), two for a new one.
+            match groups.get_mut(key) {
+                Some(window) => Self::add_to(
+                    &self.config.measures,
+                    &self.fields,
+                    &mut window.accs,
+                    event,
+                    seq,
+                    &mut self.scratch,
+                ),
+                None => {
+                    let mut window = Box::new(Window {
+                        start,
+                        end: start + size,
+                        accs: Self::new_accs(&self.config.measures),
+                    });
+                    Self::add_to(
+                        &self.config.measures,
+                        &self.fields,
+                        &mut window.accs,
+                        event,
+                        seq,
+                        &mut self.scratch,
+                    );
+                    groups.insert(key.into(), window);
+                }
+            }
         }
         true
     }
@@ -517,20 +527,7 @@ impl Aggregate {
         if self.closed_before(t.saturating_add(gap)) {
             return false;
         }
-        let mut merged = Window {
-            start: t,
-            end: t,
-            accs: self.new_accs(),
-        };
         let seq = self.state.seq;
-        Self::add_to(
-            &self.config.measures,
-            &self.fields,
-            &mut merged.accs,
-            event,
-            seq,
-            &mut self.scratch,
-        );
         if !self.state.sessions.contains_key(key) {
             self.state.sessions.insert(key.to_string(), Vec::new());
         }
@@ -540,25 +537,52 @@ impl Aggregate {
             .get_mut(key)
             .expect("sessions just ensured");
         let expiry_before = earliest_expiry(sessions, gap);
-        // Every open session within `gap` of the event merges with it.
-        let mut i = 0;
-        while i < sessions.len() {
-            let s = &sessions[i];
-            if t >= s.start - gap && t <= s.end + gap {
-                let s = sessions.swap_remove(i);
-                merged.start = merged.start.min(s.start);
-                merged.end = merged.end.max(s.end);
-                merged.accs = merge_accs(merged.accs, s.accs);
-            } else {
-                i += 1;
+        // The open sessions within `gap` of the event: it extends the one (an active user's next edit, the
+        // usual case), or merges them all into one with itself.
+        let near = |s: &Window| t >= s.start - gap && t <= s.end + gap;
+        let mut touching = (0..sessions.len()).filter(|&i| near(&sessions[i]));
+        match (touching.next(), touching.next()) {
+            (Some(i), None) => {
+                let session = &mut sessions[i];
+                session.start = session.start.min(t);
+                session.end = session.end.max(t);
+                Self::add_to(
+                    &self.config.measures,
+                    &self.fields,
+                    &mut session.accs,
+                    event,
+                    seq,
+                    &mut self.scratch,
+                );
+            }
+            _ => {
+                let mut merged = Window {
+                    start: t,
+                    end: t,
+                    accs: Self::new_accs(&self.config.measures),
+                };
+                Self::add_to(
+                    &self.config.measures,
+                    &self.fields,
+                    &mut merged.accs,
+                    event,
+                    seq,
+                    &mut self.scratch,
+                );
+                let mut i = 0;
+                while i < sessions.len() {
+                    if near(&sessions[i]) {
+                        let s = sessions.swap_remove(i);
+                        merged.start = merged.start.min(s.start);
+                        merged.end = merged.end.max(s.end);
+                        merged.accs = merge_accs(merged.accs, s.accs);
+                    } else {
+                        i += 1;
+                    }
+                }
+                sessions.push(merged);
             }
         }
-        let sessions = self
-            .state
-            .sessions
-            .get_mut(key)
-            .expect("sessions just ensured");
-        sessions.push(merged);
         sessions.sort_by_key(|s| s.start);
         let expiry = earliest_expiry(sessions, gap);
         if expiry != expiry_before {
@@ -641,7 +665,12 @@ impl Aggregate {
     }
 
     fn row(&mut self, key: &str, window: Window) -> Row {
-        let mut row = Row::new(self.config.table.as_str())
+        let mut row = Row::new(self.config.table.as_str());
+        // Every column at once: grown push by push, the list moved three times per row, and a closing
+        // window emits a row per group.
+        row.columns
+            .reserve(2 + self.group_columns.len() + self.config.measures.len() + 2);
+        let mut row = row
             .with("window_start", window.start)
             .with("window_end", window.end);
         let group = group_values(key, self.group_columns.len());

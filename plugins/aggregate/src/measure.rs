@@ -2,7 +2,7 @@
 //! HyperLogLog), first and last by event time.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -83,7 +83,7 @@ pub enum Acc {
 #[derive(Debug, Clone)]
 pub enum Distinct {
     Few(Vec<Box<str>>),
-    Many(HashSet<Box<str>, Fnv>),
+    Many(HashSet<Box<str>, MapHash>),
 }
 
 /// Values a [`Distinct`] keeps in a list before it becomes a hash set.
@@ -102,7 +102,8 @@ impl Distinct {
         match self {
             Distinct::Few(values) if values.len() < FEW => values.push(value),
             Distinct::Few(values) => {
-                let mut set: HashSet<Box<str>, Fnv> = std::mem::take(values).into_iter().collect();
+                let mut set: HashSet<Box<str>, MapHash> =
+                    std::mem::take(values).into_iter().collect();
                 set.insert(value);
                 *self = Distinct::Many(set);
             }
@@ -246,7 +247,7 @@ impl Acc {
                         .as_ref()
                         .is_none_or(|first| (time_ms, seq) < (first.0, first.1))
                 {
-                    *slot = Some(Box::new((time_ms, seq, text(v))));
+                    replace_slot(slot, time_ms, seq, v);
                 }
             }
             Acc::Last(slot) => {
@@ -255,7 +256,7 @@ impl Acc {
                         .as_ref()
                         .is_none_or(|last| (time_ms, seq) > (last.0, last.1))
                 {
-                    *slot = Some(Box::new((time_ms, seq, text(v))));
+                    replace_slot(slot, time_ms, seq, v);
                 }
             }
         }
@@ -371,6 +372,25 @@ fn float_or_int(v: f64) -> Value {
 }
 
 /// A value as JSON text, the identity used for distinct counts and first/last.
+/// Sets a first/last slot, reusing its box and text buffer: `last` over a busy group replaces its value on
+/// nearly every event, and two allocations per event were a visible share of an aggregate's time.
+fn replace_slot(
+    slot: &mut Option<Box<(i64, u64, String)>>,
+    time_ms: i64,
+    seq: u64,
+    v: ValueRef<'_>,
+) {
+    match slot {
+        Some(held) => {
+            held.0 = time_ms;
+            held.1 = seq;
+            held.2.clear();
+            write_text(&mut held.2, v);
+        }
+        None => *slot = Some(Box::new((time_ms, seq, text(v)))),
+    }
+}
+
 pub fn text(v: ValueRef<'_>) -> String {
     let mut out = String::new();
     write_text(&mut out, v);
@@ -406,7 +426,19 @@ pub fn write_text(out: &mut String, v: ValueRef<'_>) {
     }
 }
 
+/// A value back from the JSON text [`write_text`] made of it. Every row of a closed window reads its group
+/// values back this way, so the two common forms skip the JSON parser.
 pub fn from_text(text: &str) -> Value {
+    if let Some(plain) = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|t| !t.contains(['\\', '"']))
+    {
+        return Value::Text(plain.to_string());
+    }
+    if let Ok(n) = text.parse::<i64>() {
+        return Value::Integer(n);
+    }
     serde_json::from_str::<Json>(text)
         .map(|j| Value::from(&j))
         .unwrap_or(Value::Null)
@@ -420,13 +452,15 @@ fn hash64(value: &str) -> u64 {
     h.finish()
 }
 
-/// Hashes for the plugin's maps and sets, and for HyperLogLog: deterministic (the same on every run and
-/// platform, unlike std's seeded hasher) and much faster than SipHash on the short keys of events. Keys are
-/// group values and distinct values, which a sender could choose to collide; a collision costs time, never
-/// correctness.
-pub type Fnv = BuildHasherDefault<FnvHasher>;
+/// Hashes for the plugin's maps and sets: deterministic (the same on every run and platform, unlike std's
+/// seeded hasher) and, reading eight bytes at a time, several times faster than a byte-at-a-time hash on
+/// the 20-60 byte keys of groups (`wiki` + `title`) that every event looks up. Keys are group values and
+/// distinct values, which a sender could choose to collide; a collision costs time, never correctness.
+/// Nothing persisted depends on it: snapshots hold entries, not tables, and rows leave in key order.
+pub type MapHash = foldhash::fast::FixedState;
 
-pub struct FnvHasher(u64);
+/// HyperLogLog's hash, fixed forever (see [`hash64`]).
+struct FnvHasher(u64);
 
 impl Default for FnvHasher {
     fn default() -> Self {
@@ -579,5 +613,32 @@ mod tests {
         }
         assert_eq!(added.result(), Value::Integer(12));
         assert_eq!(removed.result(), Value::Integer(-13));
+    }
+
+    /// Group values go into keys as JSON text and come back out for rows: the fast paths must read back
+    /// exactly what the JSON parser would.
+    #[test]
+    fn values_come_back_from_their_text() {
+        let values = [
+            ValueRef::Text("enwiki"),
+            ValueRef::Text(""),
+            ValueRef::Text("say \"hi\" \\ there\n"),
+            ValueRef::Text("Zürich – 東京"),
+            ValueRef::Integer(-42),
+            ValueRef::Integer(i64::MAX),
+            ValueRef::Float(2.5),
+            ValueRef::Float(1e300),
+            ValueRef::Boolean(true),
+            ValueRef::Null,
+            ValueRef::Json("{\"a\":[1,2]}"),
+        ];
+        for v in values {
+            let mut text = String::new();
+            write_text(&mut text, v);
+            let parsed = serde_json::from_str::<Json>(&text)
+                .map(|j| Value::from(&j))
+                .unwrap();
+            assert_eq!(from_text(&text), parsed, "{text}");
+        }
     }
 }
