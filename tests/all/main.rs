@@ -3,6 +3,7 @@
 mod api;
 mod bad_plugins;
 mod cli;
+mod consumer;
 mod harness;
 mod ingest;
 mod lake;

@@ -97,6 +97,11 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             &c.compacted_files,
         ),
         (
+            "weir_nats_pulls_reopened_total",
+            "Pulls from the consumer opened anew: no messages came for 30 s though the stream held some.",
+            &c.pulls_reopened,
+        ),
+        (
             "weir_plugin_swaps_total",
             "Plugin versions deployed while running.",
             &c.swaps,

@@ -917,15 +917,16 @@ async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>,
     }
 }
 
-/// Pulls messages and sends micro-batches to the processor until `stop`.
-pub async fn fetch(
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+/// With messages waiting in the stream and none arriving for this long, the pull is opened anew (see
+/// [`fetch`]).
+const STALL_AFTER: Duration = Duration::from_secs(30);
+
+/// A pull of up to 16 micro-batches per request.
+async fn pull(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
     batch: usize,
-    tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
-    shared: Arc<Shared>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<()> {
-    let mut messages = consumer
+) -> Result<pull::Stream> {
+    consumer
         .stream()
         // Pull requests of 16 micro-batches (~4 MB of ~1 kB events): with 4, the processor waited on round
         // trips to the server (pipeline_throughput at 300k events: ~13k → ~15k events/s; at 1M, where the
@@ -934,22 +935,60 @@ pub async fn fetch(
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
-        .context("cannot pull from the consumer")?;
+        .context("cannot pull from the consumer")
+}
+
+/// Whether a pull that brought nothing for [`STALL_AFTER`] is stuck: the stream holds messages for this
+/// consumer and the server may deliver them (ack-pending below its limit). An idle stream, or one whose
+/// messages all wait for their commit, is not.
+pub async fn stalled(consumer: &jetstream::consumer::Consumer<pull::Config>) -> Option<u64> {
+    let info = consumer.get_info().await.ok()?;
+    let limit = info.config.max_ack_pending;
+    let room = limit <= 0 || (info.num_ack_pending as i64) < limit;
+    (info.num_pending > 0 && room).then_some(info.num_pending)
+}
+
+/// Pulls messages and sends micro-batches to the processor until `stop`.
+pub async fn fetch(
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+    tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let mut messages = pull(&consumer, batch).await?;
     shared.health.nats_connected.store(true, Ordering::Relaxed);
     loop {
         let mut buf = Vec::with_capacity(batch);
         // Wait for the first message (or stop), then gather the rest for a few milliseconds at most.
         tokio::select! {
             _ = stop.changed() => return Ok(()),
-            next = messages.next() => match next {
-                Some(Ok(m)) => buf.push(m),
-                Some(Err(e)) => {
+            next = tokio::time::timeout(STALL_AFTER, messages.next()) => match next {
+                Ok(Some(Ok(m))) => buf.push(m),
+                Ok(Some(Err(e))) => {
                     shared.health.nats_connected.store(false, Ordering::Relaxed);
                     tracing::warn!("pulling messages: {e}");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                None => return Ok(()),
+                Ok(None) => return Ok(()),
+                Err(_quiet) => {
+                    // A pull can stop asking for messages and report nothing (the client's count of what
+                    // it asked for drifts; nats.rs issues 860 and 1285): a new pull starts afresh. What the
+                    // old one had in flight comes back after `ack_wait`, and the commit log skips what was
+                    // committed, so nothing is lost or doubled.
+                    if let Some(pending) = stalled(&consumer).await {
+                        tracing::warn!(
+                            pending,
+                            "no messages for {}s though the stream holds more for this consumer; \
+                             opening a new pull",
+                            STALL_AFTER.as_secs()
+                        );
+                        shared.counters.pulls_reopened.fetch_add(1, Ordering::Relaxed);
+                        messages = pull(&consumer, batch).await?;
+                    }
+                    continue;
+                }
             }
         }
         shared.health.nats_connected.store(true, Ordering::Relaxed);

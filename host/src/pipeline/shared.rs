@@ -26,6 +26,8 @@ pub struct Counters {
     pub skipped_committed: AtomicU64,
     /// Redeliveries of messages still in the open epoch, ignored.
     pub skipped_in_flight: AtomicU64,
+    /// Pulls opened anew after a quiet spell with messages waiting (see `runner::fetch`).
+    pub pulls_reopened: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
     pub committed_events: AtomicU64,
