@@ -54,8 +54,8 @@ fn write(dir: &std::path::Path, files: Vec<weir::lake::files::FinishedFile>) -> 
     for f in files {
         let path = dir.join(&f.table).join(&f.relative);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &f.bytes).unwrap();
-        total += f.bytes.len() as u64;
+        std::fs::write(&path, f.data.to_bytes().unwrap()).unwrap();
+        total += f.data.len();
     }
     total
 }

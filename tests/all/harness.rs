@@ -76,14 +76,18 @@ impl LakeAt {
     pub fn env(&self) -> Vec<(&'static str, String)> {
         match self {
             LakeAt::Local => Vec::new(),
+            // Files over 64 kB wait on disk and upload in parts: the multipart path runs against the real
+            // store, through every crash point and outage.
             LakeAt::S3 { .. } => vec![
                 ("AWS_ACCESS_KEY_ID", "weir".into()),
                 ("AWS_SECRET_ACCESS_KEY", "weir".into()),
                 ("AWS_REGION", "us-east-1".into()),
+                ("WEIR_LAKE_SPILL_BYTES", "65536".into()),
             ],
             LakeAt::Azure { endpoint, .. } => vec![
                 ("AZURE_STORAGE_USE_EMULATOR", "true".into()),
                 ("AZURITE_BLOB_STORAGE_URL", endpoint.clone()),
+                ("WEIR_LAKE_SPILL_BYTES", "65536".into()),
             ],
         }
     }

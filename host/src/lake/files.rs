@@ -2,6 +2,10 @@
 //! batches arrive so an epoch in progress holds compressed bytes, not rows. A file that grows past
 //! `max_file_bytes` is closed and the next batch starts another part.
 //!
+//! A row group is closed once its encoded pages reach [`ROW_GROUP_BYTES`] (or [`ROW_GROUP_ROWS`] rows),
+//! and what a writer has finished goes to a [`SpillSink`]: a large file (an epoch's bronze) waits for its
+//! upload on disk, not in memory.
+//!
 //! A Parquet writer costs about a megabyte before its first row (a page buffer and a zstd context per
 //! column), and late or future events scatter a few rows over many hourly partitions. So a partition's
 //! batches wait as Arrow rows until it has [`WRITER_AFTER_ROWS`]; small partitions are encoded in one go
@@ -16,13 +20,13 @@ use std::collections::BTreeMap;
 use anyhow::Context;
 use arrow_array::{Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, SchemaRef};
-use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use super::schema;
+use super::spill::{FileData, SpillSink, spill_after};
 
 /// A finished file, ready to upload.
 #[derive(Debug)]
@@ -30,7 +34,7 @@ pub struct FinishedFile {
     pub table: String,
     /// `dt=.../hour=.../<name>.parquet`, relative to the table.
     pub relative: String,
-    pub bytes: Bytes,
+    pub data: FileData,
     pub rows: u64,
     pub min_seq: u64,
     pub max_seq: u64,
@@ -38,7 +42,7 @@ pub struct FinishedFile {
 
 struct Open {
     /// `None` while the partition's rows (`rows` of them) are few enough to wait in `pending`.
-    writer: Option<ArrowWriter<Vec<u8>>>,
+    writer: Option<ArrowWriter<SpillSink>>,
     pending: Vec<RecordBatch>,
     schema: SchemaRef,
     rows: u64,
@@ -89,6 +93,11 @@ struct Encoder {
 
 /// Rows per row group: large enough for engines to read efficiently, small enough to prune by.
 pub(super) const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Encoded bytes at which a row group is closed before it has [`ROW_GROUP_ROWS`] rows: a row group's pages
+/// stay in memory until it closes, and 128k raw events are ~25 MB of bronze. Narrow tables (silver, gold)
+/// reach the row limit first.
+pub(super) const ROW_GROUP_BYTES: usize = 8 << 20;
 
 /// Writer settings for a file whose first batch is `first`.
 pub(super) fn properties(
@@ -245,17 +254,30 @@ fn writer_for(
     pending: Vec<RecordBatch>,
     row_group_rows: usize,
     metadata: &[(String, String)],
-) -> anyhow::Result<ArrowWriter<Vec<u8>>> {
+) -> anyhow::Result<ArrowWriter<SpillSink>> {
     let sample = pending
         .iter()
         .max_by_key(|b| b.num_rows())
         .expect("a partition is opened by a batch");
     let properties = properties(row_group_rows, metadata, sample);
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties))?;
+    let mut writer = ArrowWriter::try_new(
+        SpillSink::new(spill_after()),
+        schema.clone(),
+        Some(properties),
+    )?;
     for batch in &pending {
-        writer.write(batch)?;
+        write(&mut writer, batch)?;
     }
     Ok(writer)
+}
+
+/// Writes a batch, closing the row group once its pages reach [`ROW_GROUP_BYTES`].
+fn write(writer: &mut ArrowWriter<SpillSink>, batch: &RecordBatch) -> anyhow::Result<()> {
+    writer.write(batch)?;
+    if writer.in_progress_size() >= ROW_GROUP_BYTES {
+        writer.flush()?;
+    }
+    Ok(())
 }
 
 impl Encoder {
@@ -304,7 +326,7 @@ impl Encoder {
         open.min_seq = open.min_seq.min(seqs.0);
         open.max_seq = open.max_seq.max(seqs.1);
         match &mut open.writer {
-            Some(writer) => writer.write(batch)?,
+            Some(writer) => write(writer, batch)?,
             None => {
                 open.pending.push(batch.clone());
                 if open.rows >= WRITER_AFTER_ROWS as u64 {
@@ -331,7 +353,7 @@ impl Encoder {
                 &self.metadata,
             )?,
         };
-        let bytes = writer.into_inner()?;
+        let data = writer.into_inner()?.finish()?;
         // Named from the sequences it holds: `<first seq>-<last seq>-<host>-<part>.parquet`.
         let name = format!(
             "{:020}-{:020}-{}-{:03}.parquet",
@@ -340,7 +362,7 @@ impl Encoder {
         self.done.push(FinishedFile {
             table: key.0.clone(),
             relative: format!("{}/{name}", key.1),
-            bytes: Bytes::from(bytes),
+            data,
             rows: open.rows,
             min_seq: open.min_seq,
             max_seq: open.max_seq,
@@ -363,6 +385,7 @@ mod tests {
 
     use arrow_array::{ArrayRef, UInt64Array};
     use arrow_schema::{Field, Schema};
+    use bytes::Bytes;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     use super::*;
@@ -414,7 +437,7 @@ mod tests {
             let file = files.finish_all().unwrap().pop().unwrap();
             assert_eq!(file.rows, n);
             assert_eq!(
-                encodings(file.bytes),
+                encodings(file.data.to_bytes().unwrap()),
                 vec![
                     ("_seq".to_string(), false, true),
                     ("_event_id".to_string(), false, false),
@@ -459,7 +482,7 @@ mod tests {
         let rows: Vec<(String, u64, u64, u64)> = done
             .iter()
             .map(|f| {
-                let reader = SerializedFileReader::new(f.bytes.clone()).unwrap();
+                let reader = SerializedFileReader::new(f.data.to_bytes().unwrap()).unwrap();
                 assert_eq!(reader.metadata().file_metadata().num_rows() as u64, f.rows);
                 (f.relative.clone(), f.rows, f.min_seq, f.max_seq)
             })
@@ -481,5 +504,66 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// A wide partition (an epoch's bronze) closes row groups by encoded size, and its file waits on disk;
+    /// every row reads back, in order.
+    #[test]
+    fn large_files_close_row_groups_by_size_and_spill() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_seq", DataType::UInt64, false),
+            Field::new("raw", DataType::Utf8, false),
+        ]));
+        // ~300 bytes of poorly compressible text per row: ~30 MB over 100k rows.
+        let mut x = 1u64;
+        let mut text = |_| {
+            (0..19)
+                .map(|_| {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    format!("{:016x}", x)
+                })
+                .collect::<String>()
+        };
+        let mut files = EpochFiles::new("t", 1 << 30, Vec::new());
+        let rows = 100_000u64;
+        for from in (0..rows).step_by(4096) {
+            let to = (from + 4096).min(rows);
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(UInt64Array::from_iter_values(from..to)) as ArrayRef,
+                    Arc::new(StringArray::from_iter_values((from..to).map(&mut text))),
+                ],
+            )
+            .unwrap();
+            files.append("bronze", "p", &batch, (from, to - 1)).unwrap();
+        }
+        let file = files.finish_all().unwrap().pop().unwrap();
+        assert!(matches!(file.data, FileData::Disk { .. }), "spilled");
+        let reader = SerializedFileReader::new(file.data.to_bytes().unwrap()).unwrap();
+        let groups = reader.metadata().row_groups();
+        assert!(groups.len() > 1, "row groups closed by size");
+        assert!(
+            groups
+                .iter()
+                .all(|g| g.compressed_size() as usize <= 2 * ROW_GROUP_BYTES),
+            "{:?}",
+            groups
+                .iter()
+                .map(|g| g.compressed_size())
+                .collect::<Vec<_>>()
+        );
+        let seqs: Vec<u64> = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+            file.data.to_bytes().unwrap(),
+            8192,
+        )
+        .unwrap()
+        .flat_map(|b| {
+            let b = b.unwrap();
+            let seq = b.column(0).as_any().downcast_ref::<UInt64Array>().unwrap();
+            seq.values().to_vec()
+        })
+        .collect();
+        assert_eq!(seqs, (0..rows).collect::<Vec<_>>());
     }
 }

@@ -27,6 +27,7 @@ pub mod read;
 pub mod replace;
 pub mod rows;
 pub mod schema;
+pub mod spill;
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -355,25 +356,22 @@ impl Lake {
             tables.entry(f.table.clone()).or_default().push(FileEntry {
                 path: path.clone(),
                 rows: f.rows,
-                bytes: f.bytes.len() as u64,
+                bytes: f.data.len(),
                 min_seq: f.min_seq,
                 max_seq: f.max_seq,
             });
-            (self.store.path(&format!("{staging}/{path}")), f.bytes)
+            (self.store.path(&format!("{staging}/{path}")), f.data)
         });
         let uploads: Vec<_> = uploads.collect();
         let store = self.store.clone();
         futures::stream::iter(uploads)
-            .map(|(location, bytes)| {
+            .map(|(location, data)| {
                 let store = store.clone();
                 async move {
                     retry(&format!("uploading {location}"), || {
-                        let (store, location, bytes) =
-                            (store.clone(), location.clone(), bytes.clone());
-                        async move {
-                            store.store.put(&location, bytes.into()).await?;
-                            Ok(())
-                        }
+                        let (store, location, data) =
+                            (store.clone(), location.clone(), data.clone());
+                        async move { data.upload(&*store.store, &location).await }
                     })
                     .await
                 }
