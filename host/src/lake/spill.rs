@@ -4,8 +4,10 @@
 //! cache, which the kernel can drop. Spilled files upload in parts, so an upload does not read them back
 //! whole either.
 //!
-//! The temporary files have no name (`O_TMPFILE`): the kernel removes them when they are closed, also when
-//! the process dies, so a crash leaves nothing to clean up.
+//! The temporary files have no name (`O_TMPFILE`, in `TMPDIR`): the kernel removes them when they are
+//! closed, also when the process dies, so a crash leaves nothing to clean up. `TMPDIR` should be on disk:
+//! on a tmpfs the spilled bytes are memory again. A crash in the middle of a multipart upload can leave
+//! its parts at an S3 store until a bucket lifecycle rule (`AbortIncompleteMultipartUpload`) removes them.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -37,15 +39,22 @@ pub struct SpillSink {
     file: Option<BufWriter<File>>,
     len: u64,
     spill_after: usize,
+    dir: std::path::PathBuf,
 }
 
 impl SpillSink {
+    /// Spills into `TMPDIR`.
     pub fn new(spill_after: usize) -> Self {
+        Self::in_dir(std::env::temp_dir(), spill_after)
+    }
+
+    pub fn in_dir(dir: std::path::PathBuf, spill_after: usize) -> Self {
         SpillSink {
             memory: Vec::new(),
             file: None,
             len: 0,
             spill_after,
+            dir,
         }
     }
 
@@ -67,10 +76,24 @@ impl SpillSink {
 impl Write for SpillSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.file.is_none() && self.memory.len() + buf.len() > self.spill_after {
-            let mut file = BufWriter::with_capacity(1 << 20, tempfile::tempfile()?);
-            file.write_all(&self.memory)?;
-            self.memory = Vec::new();
-            self.file = Some(file);
+            match tempfile::tempfile_in(&self.dir) {
+                Ok(file) => {
+                    let mut file = BufWriter::with_capacity(1 << 20, file);
+                    file.write_all(&self.memory)?;
+                    self.memory = Vec::new();
+                    self.file = Some(file);
+                }
+                // No writable temporary directory (a read-only root file system, say): the file stays in
+                // memory, as files did before they spilled, rather than failing every commit.
+                Err(e) => {
+                    tracing::warn!(
+                        "cannot create a temporary file in {} ({e}); keeping this Parquet file in memory \
+                         (set TMPDIR to a writable directory)",
+                        self.dir.display()
+                    );
+                    self.spill_after = usize::MAX;
+                }
+            }
         }
         match &mut self.file {
             Some(file) => file.write_all(buf)?,
@@ -156,8 +179,8 @@ impl FileData {
     }
 }
 
-/// `len` bytes of `file` from `offset`, without moving a shared cursor (uploads of one file may overlap
-/// with its retries).
+/// `len` bytes of `file` from `offset`, without moving a cursor the file's clones share (each retry of an
+/// upload starts from its own offset 0).
 fn read_at(file: &File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     let mut out = vec![0; len as usize];
@@ -191,6 +214,17 @@ mod tests {
             large.to_bytes().unwrap(),
             Bytes::from_static(b"abcdefghijklmn")
         );
+    }
+
+    /// Without a writable temporary directory the file stays in memory, whole.
+    #[test]
+    fn no_temporary_directory_keeps_the_file_in_memory() {
+        let mut sink = SpillSink::in_dir("/nonexistent/weir-spill".into(), 4);
+        sink.write_all(b"abcdef").unwrap();
+        sink.write_all(b"ghij").unwrap();
+        let file = sink.finish().unwrap();
+        assert!(matches!(file, FileData::Memory(_)));
+        assert_eq!(file.to_bytes().unwrap(), Bytes::from_static(b"abcdefghij"));
     }
 
     #[tokio::test]

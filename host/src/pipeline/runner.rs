@@ -939,13 +939,14 @@ async fn pull(
 }
 
 /// Whether a pull that brought nothing for [`STALL_AFTER`] is stuck: the stream holds messages for this
-/// consumer and the server may deliver them (ack-pending below its limit). An idle stream, or one whose
-/// messages all wait for their commit, is not.
+/// consumer, the server may deliver them (ack-pending below its limit), and no pull request of ours is
+/// waiting at the server, so none will come. An idle stream, or one whose messages all wait for their
+/// commit, is not stuck. Returns the messages waiting.
 pub async fn stalled(consumer: &jetstream::consumer::Consumer<pull::Config>) -> Option<u64> {
     let info = consumer.get_info().await.ok()?;
     let limit = info.config.max_ack_pending;
     let room = limit <= 0 || (info.num_ack_pending as i64) < limit;
-    (info.num_pending > 0 && room).then_some(info.num_pending)
+    (info.num_pending > 0 && room && info.num_waiting == 0).then_some(info.num_pending)
 }
 
 /// Pulls messages and sends micro-batches to the processor until `stop`.
@@ -958,36 +959,31 @@ pub async fn fetch(
 ) -> Result<()> {
     let mut messages = pull(&consumer, batch).await?;
     shared.health.nats_connected.store(true, Ordering::Relaxed);
+    // Since when the pull has brought nothing (time spent handing batches to the processor not counted).
+    let mut quiet_since = tokio::time::Instant::now();
     loop {
         let mut buf = Vec::with_capacity(batch);
         // Wait for the first message (or stop), then gather the rest for a few milliseconds at most.
         tokio::select! {
             _ = stop.changed() => return Ok(()),
-            next = tokio::time::timeout(STALL_AFTER, messages.next()) => match next {
-                Ok(Some(Ok(m))) => buf.push(m),
-                Ok(Some(Err(e))) => {
-                    shared.health.nats_connected.store(false, Ordering::Relaxed);
-                    tracing::warn!("pulling messages: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Ok(None) => return Ok(()),
-                Err(_quiet) => {
-                    // A pull can stop asking for messages and report nothing (the client's count of what
-                    // it asked for drifts; nats.rs issues 860 and 1285): a new pull starts afresh. What the
-                    // old one had in flight comes back after `ack_wait`, and the commit log skips what was
-                    // committed, so nothing is lost or doubled.
-                    if let Some(pending) = stalled(&consumer).await {
-                        tracing::warn!(
-                            pending,
-                            "no messages for {}s though the stream holds more for this consumer; \
-                             opening a new pull",
-                            STALL_AFTER.as_secs()
-                        );
-                        shared.counters.pulls_reopened.fetch_add(1, Ordering::Relaxed);
-                        messages = pull(&consumer, batch).await?;
+            next = tokio::time::timeout_at(quiet_since + STALL_AFTER, messages.next()) => {
+                match next {
+                    Ok(Some(Ok(m))) => buf.push(m),
+                    Ok(None) => return Ok(()),
+                    // An error (a missed heartbeat comes every 10 s while no pull request is waiting at the
+                    // server) or the quiet spell's end: past `STALL_AFTER`, see whether the pull is stuck.
+                    quiet => {
+                        if let Ok(Some(Err(e))) = &quiet {
+                            shared.health.nats_connected.store(false, Ordering::Relaxed);
+                            tracing::warn!("pulling messages: {e}");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        if quiet_since.elapsed() >= STALL_AFTER {
+                            reopen_if_stalled(&consumer, batch, &mut messages, &shared).await;
+                            quiet_since = tokio::time::Instant::now();
+                        }
+                        continue;
                     }
-                    continue;
                 }
             }
         }
@@ -1015,6 +1011,39 @@ pub async fn fetch(
         if tx.send(buf).await.is_err() {
             return Ok(());
         }
+        quiet_since = tokio::time::Instant::now();
+    }
+}
+
+/// Opens a new pull in place of `messages` when [`stalled`] says it is stuck. A pull can stop asking for
+/// messages and report nothing (the client's count of what it asked for drifts; nats.rs issues 860 and
+/// 1285); a new one starts afresh. No request of the old one is waiting at the server, so nothing was sent
+/// its way that would come back only after `ack_wait`.
+async fn reopen_if_stalled(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    batch: usize,
+    messages: &mut pull::Stream,
+    shared: &Shared,
+) {
+    let Some(pending) = stalled(consumer).await else {
+        return;
+    };
+    tracing::warn!(
+        pending,
+        "no messages for {}s though the stream holds more for this consumer and no pull request of ours \
+         is waiting at the server; opening a new pull",
+        STALL_AFTER.as_secs()
+    );
+    match pull(consumer, batch).await {
+        Ok(fresh) => {
+            *messages = fresh;
+            shared
+                .counters
+                .pulls_reopened
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // The server is unreachable, most likely: the old pull goes on, and the next quiet spell asks again.
+        Err(e) => tracing::warn!("opening a new pull failed, keeping the old one: {e:#}"),
     }
 }
 

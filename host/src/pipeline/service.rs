@@ -317,7 +317,10 @@ pub async fn run(
     tracing::info!("stopping: finishing the batch in hand, committing, acking");
     shared.health.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let _ = fetch_task.await;
+    let fetched = match fetch_task.await {
+        Ok(fetched) => fetched,
+        Err(e) => Err(anyhow::anyhow!("the fetch task failed: {e}")),
+    };
     let result = match early {
         Some(done) => done,
         None => processor_done.await,
@@ -327,6 +330,9 @@ pub async fn run(
         Ok(Err(_)) => Err(anyhow::anyhow!("the processor thread panicked")),
         Err(e) => Err(e.into()),
     };
+    // A pull that failed ends the micro-batches, and the processor stops cleanly after its last commit: the
+    // run failed all the same (a supervisor restarts it), unless the processor has an error of its own.
+    let result = result.and_then(|r| fetched.map(|()| r));
     if let Some(task) = ingest_task {
         match task.await {
             Ok(Err(e)) => tracing::error!("ingest: {e:#}"),

@@ -371,7 +371,6 @@ fn float_or_int(v: f64) -> Value {
     }
 }
 
-/// A value as JSON text, the identity used for distinct counts and first/last.
 /// Sets a first/last slot, reusing its box and text buffer: `last` over a busy group replaces its value on
 /// nearly every event, and two allocations per event were a visible share of an aggregate's time.
 fn replace_slot(
@@ -391,6 +390,7 @@ fn replace_slot(
     }
 }
 
+/// A value as JSON text, the identity used for distinct counts and first/last.
 pub fn text(v: ValueRef<'_>) -> String {
     let mut out = String::new();
     write_text(&mut out, v);
