@@ -34,6 +34,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::log::{self, CommitRecord, FileEntry};
+use super::spill::{FileData, SpillSink, spill_after};
 use super::store::Store;
 use super::{crash, files, read, retry};
 
@@ -330,7 +331,7 @@ struct Merged {
 
 /// An output file being written.
 struct Output {
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<SpillSink>,
     fields: SchemaRef,
     inputs: Vec<FileEntry>,
     input_bytes: u64,
@@ -342,7 +343,8 @@ struct Output {
 /// Merges a partition's files (in `dir`, relative to the lake), in order, into files of about
 /// `target_bytes`, each staged as soon as it is closed; a file whose columns differ from the one before it
 /// (a gold table that grew a column) starts a new output. Outputs of one input are dropped: that file stays
-/// as it is. One input's bytes and one output are in memory at a time, and rows pass batch by batch.
+/// as it is. One input's bytes and one output's open row group are in memory at a time (the output's finished
+/// row groups wait on disk, see [`SpillSink`]), and rows pass batch by batch.
 async fn merge_partition(
     store: &Store,
     inputs: &[FileEntry],
@@ -395,12 +397,11 @@ async fn merge_partition(
 }
 
 /// Stages a closed output under `<staging>/<dir>/`, and touches the run's marker (it is making progress).
-async fn upload(store: &Store, staging: &str, dir: &str, (name, bytes, merged): Closed) -> Merged {
+async fn upload(store: &Store, staging: &str, dir: &str, (name, data, merged): Closed) -> Merged {
     let path = format!("{dir}/{name}");
     let location = store.path(&format!("{staging}/{path}"));
-    retry(&format!("uploading {location}"), || async {
-        store.store.put(&location, bytes.clone().into()).await?;
-        Ok(())
+    retry(&format!("uploading {location}"), || {
+        data.upload(&*store.store, &location)
     })
     .await;
     touch(store, staging).await;
@@ -458,7 +459,11 @@ fn append(
             let properties =
                 files::properties(files::ROW_GROUP_ROWS, &[], first.as_ref().unwrap_or(&empty));
             let output = Output {
-                writer: ArrowWriter::try_new(Vec::new(), fields.clone(), Some(properties))?,
+                writer: ArrowWriter::try_new(
+                    SpillSink::new(spill_after()),
+                    fields.clone(),
+                    Some(properties),
+                )?,
                 fields: fields.clone(),
                 inputs: Vec::new(),
                 input_bytes: 0,
@@ -472,7 +477,7 @@ fn append(
     for batch in first.into_iter().map(Ok).chain(reader) {
         let batch = batch.with_context(|| format!("reading {path}"))?;
         rows += batch.num_rows() as u64;
-        output.writer.write(&batch)?;
+        files::write(&mut output.writer, &batch)?;
     }
     if rows != input.rows {
         bail!(
@@ -497,7 +502,7 @@ fn add_new(into: &mut Vec<String>, labels: impl IntoIterator<Item = String>) {
 }
 
 /// A closed output: its file name, bytes, and what went into it.
-type Closed = (String, Bytes, Merged);
+type Closed = (String, FileData, Merged);
 
 /// Closes an output: its file, named like the pipeline's from the sequences it holds, tagged with the run.
 fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Closed>> {
@@ -512,7 +517,7 @@ fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Closed>>
                 values.join(","),
             ));
     }
-    let bytes = output.writer.into_inner()?;
+    let data = output.writer.into_inner()?.finish()?;
     let min_seq = output.inputs.iter().map(|f| f.min_seq).min().unwrap_or(0);
     let max_seq = output.inputs.iter().map(|f| f.max_seq).max().unwrap_or(0);
     let rows = output.inputs.iter().map(|f| f.rows).sum();
@@ -521,14 +526,14 @@ fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Closed>>
         entry: FileEntry {
             path: String::new(),
             rows,
-            bytes: bytes.len() as u64,
+            bytes: data.len(),
             min_seq,
             max_seq,
         },
         inputs: output.inputs,
         chain: output.chain,
     };
-    Ok(Some((name, Bytes::from(bytes), merged)))
+    Ok(Some((name, data, merged)))
 }
 
 /// Who goes ahead with a run's staging: the run, to commit it, or a cleaner, to delete it.

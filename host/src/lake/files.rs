@@ -272,7 +272,10 @@ fn writer_for(
 }
 
 /// Writes a batch, closing the row group once its pages reach [`ROW_GROUP_BYTES`].
-fn write(writer: &mut ArrowWriter<SpillSink>, batch: &RecordBatch) -> anyhow::Result<()> {
+pub(super) fn write(
+    writer: &mut ArrowWriter<SpillSink>,
+    batch: &RecordBatch,
+) -> anyhow::Result<()> {
     writer.write(batch)?;
     if writer.in_progress_size() >= ROW_GROUP_BYTES {
         writer.flush()?;
