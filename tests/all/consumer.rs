@@ -66,3 +66,107 @@ fn a_quiet_pull_is_stalled_only_while_deliverable_messages_wait() {
         assert_eq!(stalled(&consumer).await, Some(3));
     });
 }
+
+/// A pull that really stalls: the client's subscription is small and the processor holds the first
+/// batches, so the server's messages overflow the subscription and are dropped (a slow consumer). The pull
+/// still counts them as coming and asks for no more, while the server has delivered its whole request:
+/// nothing waits at the server and nothing arrives. `fetch` notices the quiet spell, opens a new pull, and
+/// every message comes (the dropped ones again after `ack_wait`).
+#[test]
+fn a_pull_that_lost_its_messages_is_opened_anew_and_every_message_comes() {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use weir::pipeline::runner::fetch;
+    use weir::pipeline::shared::{Counters, Health, Pauses, Recent, Shared};
+
+    // More than one pull request asks for (16 batches of 256), so the stalled pull leaves some undelivered.
+    const MESSAGES: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = NatsServer::start(dir.path(), None).unwrap();
+    runtime().block_on(async {
+        let client = async_nats::ConnectOptions::new()
+            .subscription_capacity(64)
+            .connect(server.url())
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let stream = js
+            .create_stream(jetstream::stream::Config {
+                name: "LOST".into(),
+                subjects: vec!["lost".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some("lost".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(2),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let payload = vec![b'x'; 1000];
+        for _ in 0..MESSAGES {
+            js.publish("lost", payload.clone().into()).await.unwrap();
+        }
+        js.publish("lost", payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+
+        let (control, _control) = tokio::sync::mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            pipeline: "lost".into(),
+            counters: Counters::default(),
+            health: Health::default(),
+            plugins: Default::default(),
+            recent: std::sync::Mutex::new(Recent::default()),
+            pauses: Pauses::default(),
+            ingest: arc_swap::ArcSwap::from_pointee(None),
+            control,
+            stages: Vec::new(),
+            lake: weir::lake::store::Store::open(&weir::lake::store::StoreConfig {
+                url: "memory://".into(),
+                ..Default::default()
+            })
+            .unwrap(),
+            started_ms: 0,
+        });
+        let (batches_tx, mut batches) = tokio::sync::mpsc::channel(1);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(fetch(consumer, 256, batches_tx, shared.clone(), stop));
+        // The processor is busy: the pull's messages pile up past the subscription and are dropped.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+
+        let mut seen = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while (seen.len() as u64) < MESSAGES + 1 {
+            let batch = tokio::time::timeout_at(deadline, batches.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {} messages after 120 s; pulls reopened: {}",
+                        seen.len(),
+                        MESSAGES + 1,
+                        shared.counters.pulls_reopened.load(Ordering::Relaxed)
+                    )
+                })
+                .unwrap();
+            for m in batch {
+                seen.insert(m.info().unwrap().stream_sequence);
+                m.ack().await.unwrap();
+            }
+        }
+        assert!(
+            shared.counters.pulls_reopened.load(Ordering::Relaxed) >= 1,
+            "the messages came without a new pull: the test no longer makes one stall"
+        );
+        let _ = stop_tx.send(true);
+        task.await.unwrap().unwrap();
+    });
+}

@@ -938,15 +938,17 @@ async fn pull(
         .context("cannot pull from the consumer")
 }
 
-/// Whether a pull that brought nothing for [`STALL_AFTER`] is stuck: the stream holds messages for this
-/// consumer, the server may deliver them (ack-pending below its limit), and no pull request of ours is
-/// waiting at the server, so none will come. An idle stream, or one whose messages all wait for their
-/// commit, is not stuck. Returns the messages waiting.
+/// Whether a pull that brought nothing for [`STALL_AFTER`] is stuck: the consumer has messages to deliver
+/// (new ones, or delivered ones that were never acked and come again after `ack_wait`), the server may
+/// deliver them (ack-pending below its limit), and no pull request of ours is waiting at the server, so
+/// none will come. A healthy pull always keeps a request there; an idle stream has nothing to deliver.
+/// Returns how many messages wait (new and unacked).
 pub async fn stalled(consumer: &jetstream::consumer::Consumer<pull::Config>) -> Option<u64> {
     let info = consumer.get_info().await.ok()?;
     let limit = info.config.max_ack_pending;
     let room = limit <= 0 || (info.num_ack_pending as i64) < limit;
-    (info.num_pending > 0 && room && info.num_waiting == 0).then_some(info.num_pending)
+    let waiting = info.num_pending + info.num_ack_pending as u64;
+    (waiting > 0 && room && info.num_waiting == 0).then_some(waiting)
 }
 
 /// Pulls messages and sends micro-batches to the processor until `stop`.
