@@ -195,6 +195,60 @@ fn s3_lake_survives_every_crash_point() {
     }
 }
 
+/// A file spilled to disk uploads in parts (8 MiB each, S3's 5 MiB minimum for all but the last): three
+/// parts and a tail against SeaweedFS, read back byte for byte.
+#[test]
+fn s3_takes_spilled_files_in_parts() {
+    use std::io::Write;
+
+    use object_store::ObjectStoreExt;
+    use weir::lake::spill::{FileData, SpillSink};
+    use weir::lake::store::{Store, StoreConfig};
+
+    let weed = Seaweed::start();
+    weed.bucket("parts");
+    let lake = LakeAt::S3 {
+        endpoint: weed.endpoint.clone(),
+        bucket: "parts".into(),
+    };
+    // SAFETY: as in `Harness::store`, these variables only ever take these values in a test run.
+    for (k, v) in lake.env() {
+        unsafe { std::env::set_var(k, v) };
+    }
+    let store = Store::open(&StoreConfig {
+        url: "s3://parts/lake".into(),
+        endpoint: Some(weed.endpoint.clone()),
+        allow_http: true,
+        ..StoreConfig::default()
+    })
+    .unwrap();
+    let mut x = 7u64;
+    let data: Vec<u8> = (0..(3 * (8 << 20) + 123_457))
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect();
+    let mut sink = SpillSink::new(1 << 20);
+    sink.write_all(&data).unwrap();
+    let file = sink.finish().unwrap();
+    assert!(matches!(file, FileData::Disk { .. }));
+    crate::harness::runtime().block_on(async {
+        let location = store.path("bronze/dt=2026-11-27/hour=05/part.parquet");
+        file.upload(&*store.store, &location).await.unwrap();
+        let back = store
+            .store
+            .get(&location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(back.len(), data.len());
+        assert!(back == data, "the object differs from the file");
+    });
+}
+
 /// The store goes away mid-run: commits retry, acks wait, nothing is lost, and it recovers by itself.
 #[test]
 fn s3_lake_survives_the_store_going_away() {
