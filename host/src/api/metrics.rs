@@ -98,7 +98,7 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         ),
         (
             "weir_nats_pulls_reopened_total",
-            "Pulls from the consumer opened anew: no messages came for 30 s though the stream held some.",
+            "Pulls from the consumer opened anew: no messages came for 15 s though the consumer had some to deliver.",
             &c.pulls_reopened,
         ),
         (

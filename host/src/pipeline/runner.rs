@@ -918,8 +918,9 @@ async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>,
 }
 
 /// With messages waiting in the stream and none arriving for this long, the pull is opened anew (see
-/// [`fetch`]).
-const STALL_AFTER: Duration = Duration::from_secs(30);
+/// [`fetch`]). async-nats itself sends a fresh request once one has gone unanswered past its expiry plus
+/// 5 s (35 s); this comes sooner, and also when that does not help.
+const STALL_AFTER: Duration = Duration::from_secs(15);
 
 /// A pull of up to 16 micro-batches per request.
 async fn pull(
