@@ -476,6 +476,8 @@ impl Aggregate {
             return false;
         }
         let seq = self.state.seq;
+        let (measures, fields, scratch) = (&self.config.measures, &self.fields, &mut self.scratch);
+        let mut add = |accs: &mut [Acc]| Self::add_to(measures, fields, accs, event, seq, scratch);
         for start in starts {
             let range = (start + size, start);
             // A window opens with room for as many groups as the one a slide before it holds: a window over
@@ -494,28 +496,14 @@ impl Aggregate {
             let groups = self.state.windows.get_mut(&range).expect("just ensured");
             // One lookup for a group seen before (most events), two for a new one.
             match groups.get_mut(key) {
-                Some(window) => Self::add_to(
-                    &self.config.measures,
-                    &self.fields,
-                    &mut window.accs,
-                    event,
-                    seq,
-                    &mut self.scratch,
-                ),
+                Some(window) => add(&mut window.accs),
                 None => {
                     let mut window = Box::new(Window {
                         start,
                         end: start + size,
-                        accs: Self::new_accs(&self.config.measures),
+                        accs: Self::new_accs(measures),
                     });
-                    Self::add_to(
-                        &self.config.measures,
-                        &self.fields,
-                        &mut window.accs,
-                        event,
-                        seq,
-                        &mut self.scratch,
-                    );
+                    add(&mut window.accs);
                     groups.insert(key.into(), window);
                 }
             }
@@ -529,6 +517,8 @@ impl Aggregate {
             return false;
         }
         let seq = self.state.seq;
+        let (measures, fields, scratch) = (&self.config.measures, &self.fields, &mut self.scratch);
+        let mut add = |accs: &mut [Acc]| Self::add_to(measures, fields, accs, event, seq, scratch);
         if !self.state.sessions.contains_key(key) {
             self.state.sessions.insert(key.to_string(), Vec::new());
         }
@@ -547,29 +537,15 @@ impl Aggregate {
                 let session = &mut sessions[i];
                 session.start = session.start.min(t);
                 session.end = session.end.max(t);
-                Self::add_to(
-                    &self.config.measures,
-                    &self.fields,
-                    &mut session.accs,
-                    event,
-                    seq,
-                    &mut self.scratch,
-                );
+                add(&mut session.accs);
             }
             _ => {
                 let mut merged = Window {
                     start: t,
                     end: t,
-                    accs: Self::new_accs(&self.config.measures),
+                    accs: Self::new_accs(measures),
                 };
-                Self::add_to(
-                    &self.config.measures,
-                    &self.fields,
-                    &mut merged.accs,
-                    event,
-                    seq,
-                    &mut self.scratch,
-                );
+                add(&mut merged.accs);
                 let mut i = 0;
                 while i < sessions.len() {
                     if near(&sessions[i]) {
