@@ -34,7 +34,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::log::{self, CommitRecord, FileEntry};
-use super::spill::{FileData, SpillSink, spill_after};
+use super::spill::{FileData, SpillSink};
 use super::store::Store;
 use super::{crash, files, read, retry};
 
@@ -459,11 +459,7 @@ fn append(
             let properties =
                 files::properties(files::ROW_GROUP_ROWS, &[], first.as_ref().unwrap_or(&empty));
             let output = Output {
-                writer: ArrowWriter::try_new(
-                    SpillSink::new(spill_after()),
-                    fields.clone(),
-                    Some(properties),
-                )?,
+                writer: files::writer(&fields, properties)?,
                 fields: fields.clone(),
                 inputs: Vec::new(),
                 input_bytes: 0,

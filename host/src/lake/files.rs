@@ -260,15 +260,23 @@ fn writer_for(
         .max_by_key(|b| b.num_rows())
         .expect("a partition is opened by a batch");
     let properties = properties(row_group_rows, metadata, sample);
-    let mut writer = ArrowWriter::try_new(
-        SpillSink::new(spill_after()),
-        schema.clone(),
-        Some(properties),
-    )?;
+    let mut writer = writer(schema, properties)?;
     for batch in &pending {
         write(&mut writer, batch)?;
     }
     Ok(writer)
+}
+
+/// A Parquet writer whose finished row groups go to a [`SpillSink`]; write to it with [`write`].
+pub(super) fn writer(
+    schema: &SchemaRef,
+    properties: WriterProperties,
+) -> anyhow::Result<ArrowWriter<SpillSink>> {
+    Ok(ArrowWriter::try_new(
+        SpillSink::new(spill_after()),
+        schema.clone(),
+        Some(properties),
+    )?)
 }
 
 /// Writes a batch, closing the row group once its pages reach [`ROW_GROUP_BYTES`].

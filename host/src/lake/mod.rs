@@ -369,9 +369,7 @@ impl Lake {
                 let store = store.clone();
                 async move {
                     retry(&format!("uploading {location}"), || {
-                        let (store, location, data) =
-                            (store.clone(), location.clone(), data.clone());
-                        async move { data.upload(&*store.store, &location).await }
+                        data.upload(&*store.store, &location)
                     })
                     .await
                 }
