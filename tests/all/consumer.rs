@@ -10,6 +10,32 @@ use weir::pipeline::runner::stalled;
 
 use crate::harness::runtime;
 
+/// A stream of one subject, `name` in lower case, and a durable pull consumer on it with explicit acks and
+/// `config`'s other settings.
+async fn durable(
+    js: &jetstream::Context,
+    name: &str,
+    config: pull::Config,
+) -> jetstream::consumer::Consumer<pull::Config> {
+    let subject = name.to_lowercase();
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subject.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(subject),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..config
+        })
+        .await
+        .unwrap()
+}
+
 #[test]
 fn a_quiet_pull_is_stalled_only_while_deliverable_messages_wait() {
     let dir = tempfile::tempdir().unwrap();
@@ -17,23 +43,15 @@ fn a_quiet_pull_is_stalled_only_while_deliverable_messages_wait() {
     runtime().block_on(async {
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = jetstream::new(client);
-        let stream = js
-            .create_stream(jetstream::stream::Config {
-                name: "QUIET".into(),
-                subjects: vec!["quiet".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some("quiet".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        let consumer = durable(
+            &js,
+            "QUIET",
+            pull::Config {
                 max_ack_pending: 5,
                 ..Default::default()
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
 
         // An empty stream: nothing to wait for.
         assert_eq!(stalled(&consumer).await, None);
@@ -93,23 +111,15 @@ fn a_slow_consumer_that_drops_messages_still_gets_every_one() {
             .await
             .unwrap();
         let js = jetstream::new(client);
-        let stream = js
-            .create_stream(jetstream::stream::Config {
-                name: "LOST".into(),
-                subjects: vec!["lost".into()],
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some("lost".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        let consumer = durable(
+            &js,
+            "LOST",
+            pull::Config {
                 ack_wait: Duration::from_secs(2),
                 ..Default::default()
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
         let payload = vec![b'x'; 1000];
         for _ in 0..MESSAGES {
             js.publish("lost", payload.clone().into()).await.unwrap();
