@@ -36,7 +36,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::log::{self, CommitRecord, FileEntry};
 use super::spill::{FileData, SpillSink};
 use super::store::Store;
-use super::{crash, files, read, retry};
+use super::{crash, files, read, retry, retry_upload};
 
 /// Where runs stage their files: `<STAGING>/<run>/`.
 const STAGING: &str = "_weir/staging/compact";
@@ -382,7 +382,7 @@ async fn merge_partition(
         })
         .await??;
         if let Some(closed) = closed {
-            staged.push(upload(store, staging, dir, closed).await);
+            staged.push(upload(store, staging, dir, closed).await?);
         }
         current = Some(output);
     }
@@ -390,28 +390,30 @@ async fn merge_partition(
         let (index, run) = (staged.len(), run.to_string());
         let closed = tokio::task::spawn_blocking(move || finish(output, &run, index)).await??;
         if let Some(closed) = closed {
-            staged.push(upload(store, staging, dir, closed).await);
+            staged.push(upload(store, staging, dir, closed).await?);
         }
     }
     Ok(staged)
 }
 
 /// Stages a closed output under `<staging>/<dir>/`, and touches the run's marker (it is making progress).
-async fn upload(store: &Store, staging: &str, dir: &str, (name, data, merged): Closed) -> Merged {
+async fn upload(
+    store: &Store,
+    staging: &str,
+    dir: &str,
+    (name, data, merged): Closed,
+) -> Result<Merged> {
     let path = format!("{dir}/{name}");
     let location = store.path(&format!("{staging}/{path}"));
-    retry(&format!("uploading {location}"), || {
-        data.upload(&*store.store, &location)
-    })
-    .await;
+    retry_upload(&*store.store, &location, &data).await?;
     touch(store, staging).await;
-    Merged {
+    Ok(Merged {
         entry: FileEntry {
             path,
             ..merged.entry
         },
         ..merged
-    }
+    })
 }
 
 /// Appends the rows of `input` (its file's `bytes`) to `current`, or to a new output when they do not fit

@@ -157,7 +157,39 @@ fn now_ms() -> i64 {
 
 /// Retries `attempt` with backoff until it succeeds: an unreachable store holds the commit (and so the acks)
 /// instead of losing anything; it recovers by itself when the store comes back.
-async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> T
+async fn retry<T, F, Fut>(what: &str, attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    match retry_unless(what, attempt, |_| false).await {
+        Ok(v) => v,
+        Err(_) => unreachable!("no failure is final"),
+    }
+}
+
+/// Uploads a file this host wrote, retrying as [`retry`] does while the store fails; a spilled file that
+/// cannot be read back from local disk fails at once instead, since waiting cannot fix a disk. The commit
+/// then fails and `weir run` stops with the reason, leaving its messages unacked for a restart to redo.
+async fn retry_upload(
+    store: &dyn object_store::ObjectStore,
+    location: &object_store::path::Path,
+    data: &spill::FileData,
+) -> Result<()> {
+    retry_unless(
+        &format!("uploading {location}"),
+        || data.upload(store, location),
+        |e| e.chain().any(|c| c.is::<spill::SpillReadError>()),
+    )
+    .await
+}
+
+/// [`retry`], except that a failure for which `is_final` holds is returned at once.
+async fn retry_unless<T, F, Fut>(
+    what: &str,
+    mut attempt: F,
+    is_final: impl Fn(&anyhow::Error) -> bool,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -170,8 +202,9 @@ where
                 if failures > 0 {
                     tracing::info!("{what}: succeeded after {failures} failed attempts");
                 }
-                return v;
+                return Ok(v);
             }
+            Err(e) if is_final(&e) => return Err(e.context(format!("{what} failed"))),
             Err(e) => {
                 failures += 1;
                 tracing::warn!("{what} failed (attempt {failures}), retrying in {delay:?}: {e:#}");
@@ -367,16 +400,11 @@ impl Lake {
         futures::stream::iter(uploads)
             .map(|(location, data)| {
                 let store = store.clone();
-                async move {
-                    retry(&format!("uploading {location}"), || {
-                        data.upload(&*store.store, &location)
-                    })
-                    .await
-                }
+                async move { retry_upload(&*store.store, &location, &data).await }
             })
             .buffer_unordered(self.config.upload_concurrency.max(1))
-            .collect::<Vec<()>>()
-            .await;
+            .try_collect::<Vec<()>>()
+            .await?;
         let state_path = match state {
             Some(bytes) => {
                 let staged = self.store.path(&format!("{staging}/state.bin"));

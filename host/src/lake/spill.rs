@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
@@ -143,7 +143,8 @@ impl FileData {
     }
 
     /// Puts the file at `location`: in one request from memory, in parts from disk. Either way the object
-    /// appears whole or not at all; a failed multipart upload is aborted.
+    /// appears whole or not at all; a failed multipart upload is aborted. A spilled file that cannot be read
+    /// back fails with a [`SpillReadError`] in its chain.
     pub async fn upload(
         &self,
         store: &dyn object_store::ObjectStore,
@@ -164,7 +165,7 @@ impl FileData {
                 let file = file.clone();
                 let part = tokio::task::spawn_blocking(move || read_at(&file, offset, size))
                     .await?
-                    .context("reading a spilled Parquet file back")?;
+                    .map_err(SpillReadError)?;
                 upload.put_part(Bytes::from(part).into()).await?;
                 offset += size;
             }
@@ -178,6 +179,14 @@ impl FileData {
         parts
     }
 }
+
+/// A spilled file could not be read back from local disk: no retry of the upload can fix that (see
+/// [`FileData::upload`] and the lake's `retry_upload`).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "reading a spilled Parquet file back from the temporary directory failed: {0} (check the disk under TMPDIR)"
+)]
+pub struct SpillReadError(#[source] pub io::Error);
 
 /// `len` bytes of `file` from `offset`, without moving a cursor the file's clones share (each retry of an
 /// upload starts from its own offset 0).
@@ -225,6 +234,31 @@ mod tests {
         let file = sink.finish().unwrap();
         assert!(matches!(file, FileData::Memory(_)));
         assert_eq!(file.to_bytes().unwrap(), Bytes::from_static(b"abcdefghij"));
+    }
+
+    /// A spilled file that cannot be read back fails as a `SpillReadError`, which the lake's upload gives up
+    /// on at once (it retries a failing store for as long as it takes).
+    #[tokio::test]
+    async fn unreadable_spilled_files_fail_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("write-only");
+        // Opened for writing only, the file cannot be read: as good as a disk that fails.
+        let file = File::create(&path).unwrap();
+        let data = FileData::Disk {
+            file: Arc::new(file),
+            len: 10,
+        };
+        let store = InMemory::new();
+        let location = Path::from("t/part.parquet");
+        let error = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            crate::lake::retry_upload(&store, &location, &data),
+        )
+        .await
+        .expect("no retries")
+        .unwrap_err();
+        assert!(error.chain().any(|e| e.is::<SpillReadError>()), "{error:#}");
+        assert!(store.head(&location).await.is_err());
     }
 
     #[tokio::test]
