@@ -100,10 +100,11 @@ async fn prefill(nats: &async_nats::Client, config: &Config, count: u64) -> u64 
     stream.info().await.unwrap().state.last_sequence
 }
 
-/// `pid` itself or its first descendant named `weir`.
+/// `pid` itself or its first descendant named `weir` (or `weir-…`, a copy of another build to compare).
 fn weir_process(pid: u32) -> Option<u32> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    if comm.trim() == "weir" {
+    let comm = comm.trim();
+    if comm == "weir" || comm.starts_with("weir-") {
         return Some(pid);
     }
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
@@ -215,6 +216,8 @@ fn main() {
         .unwrap();
     let pid = child.id();
     let launched = Instant::now();
+    // nats-server's CPU while `weir run` works: its share of the same two cores.
+    let nats_cpu_before = cpu_seconds(server.pid()).unwrap_or(0.0);
     let store = Store::open(&StoreConfig {
         url: lake.to_string_lossy().into_owned(),
         ..StoreConfig::default()
@@ -294,6 +297,7 @@ fn main() {
     let weir_pid = weir_process(pid).unwrap_or(pid);
     let rss = peak_rss(weir_pid).unwrap_or(0);
     let cpu = cpu_seconds(weir_pid).unwrap_or(0.0);
+    let nats_cpu = cpu_seconds(server.pid()).unwrap_or(0.0) - nats_cpu_before;
     Command::new("kill")
         .args(["-TERM", &weir_pid.to_string()])
         .status()
@@ -310,8 +314,9 @@ fn main() {
         ready_after.as_secs_f64()
     );
     println!(
-        "  CPU of weir run: {cpu:.1} s ({:.1} µs per event; other processes on the machine: nats-server, this bench)",
-        cpu * 1e6 / last as f64
+        "  CPU of weir run: {cpu:.1} s ({:.1} µs per event); of nats-server meanwhile: {nats_cpu:.1} s ({:.1} µs per event)",
+        cpu * 1e6 / last as f64,
+        nats_cpu * 1e6 / last as f64
     );
     // Where the pipeline's thread spent its time, and the plugins theirs.
     let show = |values: Vec<(String, f64)>| {

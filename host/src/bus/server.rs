@@ -113,6 +113,11 @@ impl NatsServer {
         &self.store_dir
     }
 
+    /// The server's process id (benches read its CPU time from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         loop {
