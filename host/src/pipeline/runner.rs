@@ -594,9 +594,14 @@ impl Processor {
         counters
             .type_mismatches
             .store(mismatches.0.load(Ordering::Relaxed), Ordering::Relaxed);
+        // The batch's events are done with: the newest move to the recent ones (a clone per event, and
+        // enriched events carry their whole document, cost more than the move).
+        let mut events = output.kept;
+        let newest = events.split_off(events.len().saturating_sub(Recent::EVENTS));
+        drop(events);
         let mut recent = shared.recent.lock().expect("not poisoned");
-        for event in output.kept.iter().rev().take(Recent::EVENTS).rev() {
-            recent.push_event(event.clone());
+        for event in newest {
+            recent.push_event(event);
         }
         for q in &quarantine {
             *recent
