@@ -594,8 +594,8 @@ impl Processor {
         counters
             .type_mismatches
             .store(mismatches.0.load(Ordering::Relaxed), Ordering::Relaxed);
-        // The batch's events are done with: the newest move to the recent ones (a clone per event, and
-        // enriched events carry their whole document, cost more than the move).
+        // The batch is done with its events, so the newest move into the recent ones rather than being cloned
+        // (an enriched event carries its whole document). The older ones are dropped before taking the lock.
         let mut events = output.kept;
         let newest = events.split_off(events.len().saturating_sub(Recent::EVENTS));
         drop(events);
