@@ -175,6 +175,38 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
     }
 }
 
+/// With a store 100 ms away (`WEIR_LAKE_LATENCY_MS`) a commit takes most of a second, so each runs while the
+/// next epoch fills. A broker that crashes then sends the unacked messages of both again, some as first
+/// deliveries (it lost their delivery counts): none may land twice, none may be lost.
+#[test]
+fn commits_running_behind_the_next_epoch_survive_broker_crashes() {
+    const COUNT: u64 = 3000;
+    let source = ServeSse::start(COUNT, 400.0);
+    let url = source.url.clone();
+    let mut h = Harness::new(LakeAt::Local, move |t| {
+        let mut source = toml::Table::new();
+        source.insert("url".into(), url.into());
+        source.insert("min_backoff".into(), "20ms".into());
+        source.insert("max_backoff".into(), "500ms".into());
+        source.insert("idle_timeout".into(), "5s".into());
+        t.insert("source".into(), source.into());
+    });
+    let mut weir = h.weir(&[("WEIR_LAKE_LATENCY_MS", "100")]);
+    for committed in [700, 1700] {
+        wait_until(&h, &mut weir, committed);
+        h.nats.kill();
+        std::thread::sleep(Duration::from_secs(1));
+        h.nats.restart().unwrap();
+    }
+    let last = wait_for_stream(&h, COUNT, &weir);
+    wait_until(&h, &mut weir, last);
+    weir.stop();
+    drop(source);
+
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
 /// Waits until the stream holds `count` messages (the source's every event); returns its last sequence.
 fn wait_for_stream(h: &Harness, count: u64, weir: &Weir) -> u64 {
     let started = Instant::now();

@@ -15,6 +15,10 @@
 //! 4. Only then are the stream messages acked. A message redelivered after a crash whose sequence is in the
 //!    log is acked and skipped.
 //!
+//! [`Lake::start_commit`] hands the epoch to a [`Commit`] that runs without the lake (steps 1-3 and the wait
+//! for the epoch's last Parquet pages), so the pipeline fills the next epoch meanwhile; the next commit starts
+//! only after [`Lake::finish_commit`] took this one's outcome, so epoch numbers follow the stream.
+//!
 //! On start, the log is read (from its last checkpoint), committed epochs whose move was interrupted are
 //! finished, staging left by uncommitted epochs is deleted, and the plugin state of the last commit is
 //! restored. Each step has a named crash point (see [`crash`]).
@@ -22,6 +26,7 @@
 pub mod compact;
 pub mod crash;
 pub mod files;
+pub mod latency;
 pub mod log;
 pub mod read;
 pub mod replace;
@@ -370,149 +375,49 @@ impl Lake {
         state: Option<Bytes>,
         state_full: bool,
     ) -> Result<CommitRecord> {
-        crash::point("commit.start");
-        let Epoch {
-            files,
-            sequences,
-            dropped,
-            quarantined,
-            chain,
-            gold_types,
-            ..
-        } = epoch;
-        let first = sequences.0.first().map_or(0, |r| r.0);
-        let staging = format!("_weir/staging/{}-{first:020}", self.host);
-        let finished = files.finish_all()?;
-        let mut tables: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
-        let uploads = finished.into_iter().map(|f| {
-            let path = format!("{}/{}", f.table, f.relative);
-            tables.entry(f.table.clone()).or_default().push(FileEntry {
-                path: path.clone(),
-                rows: f.rows,
-                bytes: f.data.len(),
-                min_seq: f.min_seq,
-                max_seq: f.max_seq,
-            });
-            (self.store.path(&format!("{staging}/{path}")), f.data)
-        });
-        let uploads: Vec<_> = uploads.collect();
-        let store = self.store.clone();
-        futures::stream::iter(uploads)
-            .map(|(location, data)| {
-                let store = store.clone();
-                async move { retry_upload(&*store.store, &location, &data).await }
-            })
-            .buffer_unordered(self.config.upload_concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        let state_path = match state {
-            Some(bytes) => {
-                let staged = self.store.path(&format!("{staging}/state.bin"));
-                retry("uploading the plugin state", || {
-                    let (store, staged, bytes) = (store.clone(), staged.clone(), bytes.clone());
-                    async move {
-                        store.store.put(&staged, bytes.into()).await?;
-                        Ok(())
-                    }
-                })
-                .await;
-                Some(format!(
-                    "_weir/state/{}.bin",
-                    staging.rsplit('/').next().unwrap_or("state")
-                ))
-            }
-            None => None,
-        };
-        crash::point("commit.after_files");
-
-        let mut record = CommitRecord {
-            format: CommitRecord::FORMAT,
-            epoch: self.last_epoch + 1,
-            host: self.host.clone(),
-            committed_at_ms: now_ms(),
-            sequences,
-            tables,
-            staging,
-            state: state_path,
-            state_full,
-            chain,
-            dropped,
-            quarantined,
-            replaces: Vec::new(),
-            replay: None,
-            replaced_dropped: BTreeMap::new(),
-            replaced_quarantined: BTreeMap::new(),
-            gold_columns: gold_types
-                .iter()
-                .map(|(table, columns)| {
-                    let columns = columns
-                        .iter()
-                        .map(|(c, t)| (c.clone(), type_name(t).to_string()))
-                        .collect();
-                    (table.clone(), columns)
-                })
-                .collect(),
-        };
-        loop {
-            let outcome = retry("writing the commit record", || {
-                log::create(&self.store, &record)
-            })
-            .await;
-            match outcome {
-                log::CreateOutcome::Created => break,
-                log::CreateOutcome::Taken(existing) if *existing == record => break,
-                log::CreateOutcome::Taken(existing) => {
-                    // Another host committed this epoch number first: take the next one.
-                    if existing.sequences.overlaps(&record.sequences) {
-                        anyhow::bail!(
-                            "epoch {} of host {} covers stream sequences this host also wrote: two hosts \
-                             consumed the same messages (share one durable consumer, do not run two)",
-                            existing.epoch,
-                            existing.host
-                        );
-                    }
-                    self.committed.extend(&existing.sequences);
-                    record.epoch = existing.epoch + 1;
-                }
-            }
-        }
-        self.last_epoch = record.epoch;
-        self.committed.extend(&record.sequences);
-        crash::point("commit.after_record");
-
-        self.publish(&record).await?;
-        crash::point("commit.after_publish");
-
-        if state_full && record.state.is_some() {
-            self.bases.insert(self.host.clone(), record.epoch);
-        }
-        self.since_checkpoint += 1;
-        if self.since_checkpoint >= self.config.checkpoint_every {
-            let checkpoint = log::Checkpoint {
-                epoch: self.last_epoch,
-                sequences: self.committed.clone(),
-                gold_columns: record.gold_columns.clone(),
-                bases: self.bases.clone(),
-            };
-            retry("writing the log checkpoint", || {
-                log::checkpoint(&self.store, &checkpoint)
-            })
-            .await;
-            self.since_checkpoint = 0;
-        }
-        self.gold_types = gold_types;
-        Ok(record)
+        let done = self.start_commit(epoch, state, state_full).run().await?;
+        Ok(self.finish_commit(done))
     }
 
-    /// Moves a committed record's files from staging to their tables (idempotent).
-    async fn publish(&self, record: &CommitRecord) -> Result<()> {
-        publish(
-            &self.store,
+    /// Hands an epoch to a [`Commit`] that runs without the lake, so the pipeline can fill the next epoch
+    /// while this one is encoded and uploaded. At most one may run at a time: epochs commit in order, and the
+    /// next must start only after [`Lake::finish_commit`] took this one's outcome.
+    pub fn start_commit(&mut self, epoch: Epoch, state: Option<Bytes>, state_full: bool) -> Commit {
+        // The next epoch types its gold columns as this one did, before this one is in the log.
+        self.gold_types = epoch.gold_types.clone();
+        let checkpoint_due = self.since_checkpoint + 1 >= self.config.checkpoint_every;
+        Commit {
+            store: self.store.clone(),
+            host: self.host.clone(),
+            upload_concurrency: self.config.upload_concurrency.max(1),
+            last_epoch: self.last_epoch,
+            // Only a checkpoint needs the whole log's sequences and bases.
+            checkpoint: checkpoint_due.then(|| (self.committed.clone(), self.bases.clone())),
+            epoch,
+            state,
+            state_full,
+        }
+    }
+
+    /// Takes in a finished [`Commit`]: what it committed, and the other hosts' epochs it stepped over.
+    pub fn finish_commit(&mut self, done: Committed) -> CommitRecord {
+        let Committed {
             record,
-            self.config.upload_concurrency,
-            &Default::default(),
-        )
-        .await
+            others,
+            checkpointed,
+        } = done;
+        self.committed.extend(&others);
+        self.committed.extend(&record.sequences);
+        self.last_epoch = self.last_epoch.max(record.epoch);
+        if record.state_full && record.state.is_some() {
+            self.bases.insert(self.host.clone(), record.epoch);
+        }
+        self.since_checkpoint = if checkpointed {
+            0
+        } else {
+            self.since_checkpoint + 1
+        };
+        record
     }
 
     /// Deletes staging this host left behind: of committed epochs (already moved) and of epochs that never
@@ -544,6 +449,184 @@ impl Lake {
                 .context("cannot clean the staging area")?;
         }
         Ok(())
+    }
+}
+
+/// One epoch's commit, run apart from the [`Lake`] (see [`Lake::start_commit`]).
+pub struct Commit {
+    store: Store,
+    host: String,
+    upload_concurrency: usize,
+    /// The lake's last epoch when the commit started: this one takes the next free number.
+    last_epoch: u64,
+    /// When this commit also writes the log's checkpoint: the sequences and bases committed before it.
+    checkpoint: Option<(Ranges, BTreeMap<String, u64>)>,
+    epoch: Epoch,
+    state: Option<Bytes>,
+    state_full: bool,
+}
+
+/// What a [`Commit`] did, for [`Lake::finish_commit`].
+pub struct Committed {
+    pub record: CommitRecord,
+    /// Sequences of other hosts' epochs found in the log on the way to a free epoch number.
+    others: Ranges,
+    checkpointed: bool,
+}
+
+impl Commit {
+    /// The stream sequences this commit covers.
+    pub fn sequences(&self) -> &Ranges {
+        &self.epoch.sequences
+    }
+
+    /// Finishes the epoch's files, stages them with the state, creates the commit record (the atomic step)
+    /// and moves the files to their tables.
+    pub async fn run(self) -> Result<Committed> {
+        crash::point("commit.start");
+        let Commit {
+            store,
+            host,
+            upload_concurrency,
+            last_epoch,
+            checkpoint,
+            epoch,
+            state,
+            state_full,
+        } = self;
+        let Epoch {
+            files,
+            sequences,
+            dropped,
+            quarantined,
+            chain,
+            gold_types,
+            ..
+        } = epoch;
+        let first = sequences.0.first().map_or(0, |r| r.0);
+        let staging = format!("_weir/staging/{host}-{first:020}");
+        // Waits for the encoder thread's last row groups: off the runtime's few worker threads.
+        let finished = tokio::task::spawn_blocking(move || files.finish_all())
+            .await
+            .context("the Parquet encoder's finish panicked")??;
+        let mut tables: BTreeMap<String, Vec<FileEntry>> = BTreeMap::new();
+        let uploads = finished.into_iter().map(|f| {
+            let path = format!("{}/{}", f.table, f.relative);
+            tables.entry(f.table.clone()).or_default().push(FileEntry {
+                path: path.clone(),
+                rows: f.rows,
+                bytes: f.data.len(),
+                min_seq: f.min_seq,
+                max_seq: f.max_seq,
+            });
+            (store.path(&format!("{staging}/{path}")), f.data)
+        });
+        let uploads: Vec<_> = uploads.collect();
+        futures::stream::iter(uploads)
+            .map(|(location, data)| {
+                let store = store.clone();
+                async move { retry_upload(&*store.store, &location, &data).await }
+            })
+            .buffer_unordered(upload_concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let state_path = match state {
+            Some(bytes) => {
+                let staged = store.path(&format!("{staging}/state.bin"));
+                retry("uploading the plugin state", || {
+                    let (store, staged, bytes) = (store.clone(), staged.clone(), bytes.clone());
+                    async move {
+                        store.store.put(&staged, bytes.into()).await?;
+                        Ok(())
+                    }
+                })
+                .await;
+                Some(format!(
+                    "_weir/state/{}.bin",
+                    staging.rsplit('/').next().unwrap_or("state")
+                ))
+            }
+            None => None,
+        };
+        crash::point("commit.after_files");
+
+        let mut record = CommitRecord {
+            format: CommitRecord::FORMAT,
+            epoch: last_epoch + 1,
+            host: host.clone(),
+            committed_at_ms: now_ms(),
+            sequences,
+            tables,
+            staging,
+            state: state_path,
+            state_full,
+            chain,
+            dropped,
+            quarantined,
+            replaces: Vec::new(),
+            replay: None,
+            replaced_dropped: BTreeMap::new(),
+            replaced_quarantined: BTreeMap::new(),
+            gold_columns: gold_types
+                .iter()
+                .map(|(table, columns)| {
+                    let columns = columns
+                        .iter()
+                        .map(|(c, t)| (c.clone(), type_name(t).to_string()))
+                        .collect();
+                    (table.clone(), columns)
+                })
+                .collect(),
+        };
+        let mut others = Ranges::default();
+        loop {
+            let outcome = retry("writing the commit record", || log::create(&store, &record)).await;
+            match outcome {
+                log::CreateOutcome::Created => break,
+                log::CreateOutcome::Taken(existing) if *existing == record => break,
+                log::CreateOutcome::Taken(existing) => {
+                    // Another host committed this epoch number first: take the next one.
+                    if existing.sequences.overlaps(&record.sequences) {
+                        anyhow::bail!(
+                            "epoch {} of host {} covers stream sequences this host also wrote: two hosts \
+                             consumed the same messages (share one durable consumer, do not run two)",
+                            existing.epoch,
+                            existing.host
+                        );
+                    }
+                    others.extend(&existing.sequences);
+                    record.epoch = existing.epoch + 1;
+                }
+            }
+        }
+        crash::point("commit.after_record");
+
+        publish(&store, &record, upload_concurrency, &Default::default()).await?;
+        crash::point("commit.after_publish");
+
+        let checkpointed = checkpoint.is_some();
+        if let Some((mut committed, mut bases)) = checkpoint {
+            committed.extend(&others);
+            committed.extend(&record.sequences);
+            if state_full && record.state.is_some() {
+                bases.insert(host.clone(), record.epoch);
+            }
+            let checkpoint = log::Checkpoint {
+                epoch: record.epoch,
+                sequences: committed,
+                gold_columns: record.gold_columns.clone(),
+                bases,
+            };
+            retry("writing the log checkpoint", || {
+                log::checkpoint(&store, &checkpoint)
+            })
+            .await;
+        }
+        Ok(Committed {
+            record,
+            others,
+            checkpointed,
+        })
     }
 }
 

@@ -130,6 +130,10 @@ impl Store {
                 "lake url {url:?}: unknown scheme {scheme:?} (use file://, s3://, gs://, az:// or memory://)"
             ),
         };
+        let store: Arc<dyn ObjectStore> = match super::latency::from_env()? {
+            Some(wait) => Arc::new(super::latency::Late::new(store, wait)),
+            None => store,
+        };
         Ok(Store {
             store,
             prefix: Path::from(prefix),

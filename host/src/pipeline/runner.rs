@@ -10,10 +10,13 @@
 //!   a slow processor or store slows fetching, and the consumer's `max_ack_pending` bounds what the server
 //!   delivers, so memory stays bounded.
 //! - The processor thread owns the chain and the epoch being written. It skips redeliveries of committed
-//!   messages (acking them) and of messages already in the open epoch, sends poison messages (delivered
-//!   `max_deliver - 1` times) to quarantine, and commits by size or time. Acks go out only after the commit.
-//! - During a commit, progress acks keep the epoch's messages from being redelivered however long the store
-//!   takes; an unreachable store is retried until it comes back.
+//!   messages (acking them) and of messages in the open or the committing epoch, sends poison messages
+//!   (delivered `max_deliver - 1` times) to quarantine, and commits by size or time. Acks go out only after
+//!   the commit.
+//! - A commit runs in a task while the processor fills the next epoch (a store far away would otherwise hold
+//!   the pipeline for every upload); the next commit waits for it. During a commit, progress acks keep the
+//!   epoch's messages from being redelivered however long the store takes; an unreachable store is retried
+//!   until it comes back.
 //! - Hot swaps and rollbacks are applied between batches.
 
 use std::collections::BTreeMap;
@@ -22,6 +25,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use async_nats::HeaderName;
 use async_nats::jetstream::{self, consumer::pull};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -41,6 +45,21 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+// Header names built once: a lookup by `&str` builds (and for ours allocates) the name anew per message.
+const INGEST_MS: HeaderName = HeaderName::from_static(headers::INGEST_MS);
+const SOURCE_ID: HeaderName = HeaderName::from_static(headers::SOURCE_ID);
+const REJECTED: HeaderName = HeaderName::from_static(headers::REJECTED);
+const INVALID_UTF8: HeaderName = HeaderName::from_static(headers::INVALID_UTF8);
+const SSE_ID: HeaderName = HeaderName::from_static(headers::SSE_ID);
+
+/// A commit running in a task while the processor fills the next epoch.
+struct PendingCommit {
+    task: tokio::task::JoinHandle<Result<crate::lake::Committed>>,
+    /// Its messages: a redelivery of one is in flight, not new.
+    sequences: crate::lake::Ranges,
+    events: u64,
 }
 
 /// A message's place in the stream and where to ack it.
@@ -218,6 +237,8 @@ pub struct Processor {
     silver: SilverColumns,
     epoch: Option<Epoch>,
     deliveries: Vec<Delivery>,
+    /// The commit of the epoch before, running while this one fills (see [`Processor::commit`]).
+    pending: Option<PendingCommit>,
     watermark: i64,
     /// Versions swapped out, for rollback, by stage.
     previous: Vec<Option<Plugin>>,
@@ -271,6 +292,7 @@ impl Processor {
             silver,
             epoch: None,
             deliveries: Vec::new(),
+            pending: None,
             watermark: i64::MIN,
             previous: (0..n).map(|_| None).collect(),
             watching: vec![None; n],
@@ -376,34 +398,38 @@ impl Processor {
                 immediate_acks.push(reply);
                 continue;
             }
-            // Still in the open epoch: its ack will come with the commit.
-            if delivered > 1
-                && (in_epoch_before.as_ref().is_some_and(|s| s.contains(seq))
-                    || self.deliveries.iter().any(|d| d.seq == seq))
+            // Still in the open epoch, or in the one committing: its ack will come with the commit. Checked
+            // for first deliveries too: a broker that crashed may have lost its delivery counts, so it sends
+            // unacked messages again as new. (Only the scan of this epoch's deliveries, for a repeat within
+            // one batch, is kept for redeliveries: it is linear.)
+            if in_epoch_before.as_ref().is_some_and(|s| s.contains(seq))
+                || self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.sequences.contains(seq))
+                || (delivered > 1 && self.deliveries.iter().any(|d| d.seq == seq))
             {
                 counters.skipped_in_flight.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             counters.received.fetch_add(1, Ordering::Relaxed);
             let msg = message.message;
-            let header = |name: &str| {
+            let header = |name: HeaderName| {
                 msg.headers
                     .as_ref()
                     .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_string())
+                    .map(|v| v.as_str())
             };
-            let ingest_ms = header(headers::INGEST_MS)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(at);
+            let ingest_ms = header(INGEST_MS).and_then(|v| v.parse().ok()).unwrap_or(at);
             newest_ingest = newest_ingest.max(ingest_ms);
             let source_id = header(if self.from_bronze {
-                headers::SOURCE_ID
+                SOURCE_ID
             } else {
-                "Nats-Msg-Id"
+                async_nats::header::NATS_MESSAGE_ID
             })
-            .unwrap_or_else(|| format!("seq:{seq}"));
-            let mut rejected = header(headers::REJECTED);
-            let invalid_utf8 = header(headers::INVALID_UTF8).is_some();
+            .map_or_else(|| format!("seq:{seq}"), str::to_string);
+            let mut rejected = header(REJECTED).map(str::to_string);
+            let invalid_utf8 = header(INVALID_UTF8).is_some();
             let poison = delivered >= self.max_deliver - 1;
             let data = msg.payload.clone();
             if poison {
@@ -462,7 +488,7 @@ impl Processor {
             received.push(Received {
                 seq,
                 source_id,
-                sse_id: header(headers::SSE_ID),
+                sse_id: header(SSE_ID).map(str::to_string),
                 ingest_ms,
                 data,
                 rejected,
@@ -612,8 +638,12 @@ impl Processor {
         Ok(())
     }
 
-    /// Commits the open epoch, then acks its messages.
+    /// Starts committing the open epoch: captures the plugins' state (which must match the epoch's data, so
+    /// here, between batches), then leaves the encoding, uploads, commit record and acks to a task, and
+    /// returns to fill the next epoch meanwhile. The commit before is settled first: epochs commit in order,
+    /// and at most two hold unacked messages.
     pub fn commit(&mut self) -> Result<()> {
+        self.settle()?;
         let Some(mut epoch) = self.epoch.take() else {
             return Ok(());
         };
@@ -628,41 +658,80 @@ impl Processor {
         let deliveries = std::mem::take(&mut self.deliveries);
         let replies: Vec<async_nats::Subject> = deliveries.into_iter().map(|d| d.reply).collect();
         let events = epoch.events;
+        let commit = self
+            .lake
+            .start_commit(epoch, Some(Bytes::from(state)), full);
+        let sequences = commit.sequences().clone();
         let client = self.client.clone();
         let ack_wait = self.ack_wait;
         let shared = self.shared.clone();
-        let record = self.runtime.block_on(async {
+        let task = self.runtime.spawn(async move {
             // Keep the epoch's messages ours while the store takes its time.
             let progress = tokio::spawn(progress(client.clone(), replies.clone(), ack_wait / 3));
-            let result = self
-                .lake
-                .commit(epoch, Some(Bytes::from(state)), full)
-                .await;
+            let result = commit.run().await;
             progress.abort();
             if result.is_ok() {
                 shared.health.store_reachable.store(true, Ordering::Relaxed);
                 ack(&client, &replies).await;
+                crash::point("commit.after_ack");
+                shared
+                    .counters
+                    .last_commit_duration_us
+                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
             result
-        })?;
-        crash::point("commit.after_ack");
+        });
+        self.pending = Some(PendingCommit {
+            task,
+            sequences,
+            events,
+        });
+        self.shared.counters.phase(Phase::Commit, captured);
+        Ok(())
+    }
+
+    /// Commits the open epoch and waits until it is committed and acked (the end of a run).
+    pub fn commit_and_wait(&mut self) -> Result<()> {
+        self.commit()?;
+        self.settle()
+    }
+
+    /// Settles the running commit once it has finished, without waiting for it (a failed commit stops the
+    /// pipeline as soon as it is seen).
+    pub fn settle_finished(&mut self) -> Result<()> {
+        if self.pending.as_ref().is_some_and(|p| p.task.is_finished()) {
+            self.settle()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the running commit, if any, and takes its outcome into the lake and the counters.
+    fn settle(&mut self) -> Result<()> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(());
+        };
+        let waiting = Instant::now();
+        let done = self
+            .runtime
+            .block_on(pending.task)
+            .context("the commit task panicked")??;
+        let record = self.lake.finish_commit(done);
         let c = &self.shared.counters;
-        c.phase(Phase::Commit, captured);
+        c.phase(Phase::Commit, waiting);
         c.commits.fetch_add(1, Ordering::Relaxed);
-        c.committed_events.fetch_add(events, Ordering::Relaxed);
+        c.committed_events
+            .fetch_add(pending.events, Ordering::Relaxed);
         c.bytes_written.fetch_add(
             record.files().map(|f| f.bytes).sum::<u64>(),
             Ordering::Relaxed,
         );
         c.last_commit_ms
             .store(record.committed_at_ms, Ordering::Relaxed);
-        c.last_commit_duration_us
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         tracing::debug!(
             epoch = record.epoch,
-            events,
+            events = pending.events,
             files = record.files().count(),
-            ms = started.elapsed().as_millis() as u64,
+            us = c.last_commit_duration_us.load(Ordering::Relaxed),
             "committed"
         );
         Ok(())

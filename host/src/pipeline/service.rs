@@ -432,9 +432,10 @@ fn process_loop(
         processor.shared.counters.phase(Phase::Waiting, waiting);
         match next {
             Ok(Some(batch)) => processor.process(batch)?,
-            Ok(None) => return processor.commit(),
+            Ok(None) => return processor.commit_and_wait(),
             Err(_) => {}
         }
+        processor.settle_finished()?;
         if processor.commit_due() {
             processor.commit()?;
         }
