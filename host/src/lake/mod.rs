@@ -81,7 +81,9 @@ pub struct LakeConfig {
     pub max_file_bytes: usize,
     /// Write a checkpoint of the commit log every this many commits.
     pub checkpoint_every: u64,
-    /// Concurrent uploads per commit.
+    /// Requests a commit keeps in flight (uploads, then moves into place). A commit of the default pipeline
+    /// writes ~70 files (tables × hour partitions): with a store 200 ms away, 8 at a time held each commit
+    /// ~10 round trips longer than 32 (300k events: 13.6k → 16.9k events/s).
     pub upload_concurrency: usize,
     /// How often `weir run` merges the small files of partitions whose hour ended `compact_after` ago or
     /// more (see [`compact`]); `0s` leaves it to `weir lake compact`.
@@ -106,7 +108,7 @@ impl Default for LakeConfig {
             commit_after_idle: Duration::from_secs(1),
             max_file_bytes: 128 << 20,
             checkpoint_every: 100,
-            upload_concurrency: 8,
+            upload_concurrency: 32,
             compact_every: Duration::from_secs(3600),
             compact_after: Duration::from_secs(3600),
         }

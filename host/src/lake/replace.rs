@@ -254,7 +254,8 @@ pub async fn put_in_place(
             })
             .await
         })
-        .buffer_unordered(concurrency.max(1))
+        // Each copy holds a whole file in memory: fewer at a time than the store would take.
+        .buffer_unordered(concurrency.clamp(1, 8))
         .collect::<Vec<()>>()
         .await;
     crash::point("replace.after_files");
