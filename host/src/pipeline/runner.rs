@@ -62,12 +62,6 @@ struct PendingCommit {
     events: u64,
 }
 
-/// A message's place in the stream and where to ack it.
-struct Delivery {
-    seq: u64,
-    reply: async_nats::Subject,
-}
-
 /// The plugins of the pipeline, by stage.
 pub struct Stages {
     pub names: Vec<String>,
@@ -236,7 +230,8 @@ pub struct Processor {
     pub clock: Clock,
     silver: SilverColumns,
     epoch: Option<Epoch>,
-    deliveries: Vec<Delivery>,
+    /// Where to ack the open epoch's messages.
+    deliveries: Vec<async_nats::Subject>,
     /// The commit of the epoch before, running while this one fills (see [`Processor::commit`]).
     pending: Option<PendingCommit>,
     watermark: i64,
@@ -346,6 +341,7 @@ impl Processor {
         let mut immediate_acks = Vec::new();
         let parser = self.chain.parser();
         let in_epoch_before = self.epoch.as_ref().map(|e| e.sequences().clone());
+        let mut in_batch = std::collections::HashSet::with_capacity(messages.len());
         let mut max_time = i64::MIN;
         let mut newest_ingest = i64::MIN;
         self.sample.clear();
@@ -387,6 +383,20 @@ impl Processor {
                 immediate_acks.push(reply);
                 continue;
             }
+            // Still in the open epoch (an earlier batch or this one), or in the one committing: its ack will
+            // come with the commit. Checked for first deliveries too: a broker that crashed may have lost its
+            // delivery counts, so it sends unacked messages again as new. Checked before the log is read
+            // again below, which would otherwise happen for each such redelivery.
+            if in_epoch_before.as_ref().is_some_and(|s| s.contains(seq))
+                || self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.sequences.contains(seq))
+                || !in_batch.insert(seq)
+            {
+                counters.skipped_in_flight.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             // A redelivery may have been committed by another host since the log was last read.
             if delivered > 1 && !self.lake.is_committed(seq) {
                 let _ = self.runtime.block_on(self.lake.refresh());
@@ -396,20 +406,6 @@ impl Processor {
             if self.lake.is_committed(seq) {
                 counters.skipped_committed.fetch_add(1, Ordering::Relaxed);
                 immediate_acks.push(reply);
-                continue;
-            }
-            // Still in the open epoch, or in the one committing: its ack will come with the commit. Checked
-            // for first deliveries too: a broker that crashed may have lost its delivery counts, so it sends
-            // unacked messages again as new. (Only the scan of this epoch's deliveries, for a repeat within
-            // one batch, is kept for redeliveries: it is linear.)
-            if in_epoch_before.as_ref().is_some_and(|s| s.contains(seq))
-                || self
-                    .pending
-                    .as_ref()
-                    .is_some_and(|p| p.sequences.contains(seq))
-                || (delivered > 1 && self.deliveries.iter().any(|d| d.seq == seq))
-            {
-                counters.skipped_in_flight.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             counters.received.fetch_add(1, Ordering::Relaxed);
@@ -494,7 +490,7 @@ impl Processor {
                 rejected,
                 invalid_utf8,
             });
-            self.deliveries.push(Delivery { seq, reply });
+            self.deliveries.push(reply);
         }
         if !immediate_acks.is_empty() {
             let client = self.client.clone();
@@ -655,8 +651,7 @@ impl Processor {
         let full = self.lake.wants_full_state();
         let state = super::state::capture(&mut self.chain, &self.stages.names, full, now_ms())?;
         let captured = self.shared.counters.phase(Phase::State, started);
-        let deliveries = std::mem::take(&mut self.deliveries);
-        let replies: Vec<async_nats::Subject> = deliveries.into_iter().map(|d| d.reply).collect();
+        let replies = std::mem::take(&mut self.deliveries);
         let events = epoch.events;
         let commit = self
             .lake
@@ -706,15 +701,23 @@ impl Processor {
     }
 
     /// Waits for the running commit, if any, and takes its outcome into the lake and the counters.
-    fn settle(&mut self) -> Result<()> {
+    pub fn settle(&mut self) -> Result<()> {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
         let waiting = Instant::now();
-        let done = self
-            .runtime
-            .block_on(pending.task)
-            .context("the commit task panicked")??;
+        // A slow commit holds the open epoch's messages too, unacked: keep them ours meanwhile, or they come
+        // again after `ack_wait` and use up their deliveries.
+        let progress = (!pending.task.is_finished() && !self.deliveries.is_empty()).then(|| {
+            let replies = self.deliveries.clone();
+            self.runtime
+                .spawn(progress(self.client.clone(), replies, self.ack_wait / 3))
+        });
+        let done = self.runtime.block_on(pending.task);
+        if let Some(progress) = progress {
+            progress.abort();
+        }
+        let done = done.context("the commit task panicked")??;
         let record = self.lake.finish_commit(done);
         let c = &self.shared.counters;
         c.phase(Phase::Commit, waiting);

@@ -430,14 +430,25 @@ fn process_loop(
             tokio::time::timeout(Duration::from_millis(100), batches.recv()).await
         });
         processor.shared.counters.phase(Phase::Waiting, waiting);
-        match next {
-            Ok(Some(batch)) => processor.process(batch)?,
+        let step = match next {
+            Ok(Some(batch)) => processor.process(batch),
             Ok(None) => return processor.commit_and_wait(),
-            Err(_) => {}
+            Err(_) => Ok(()),
         }
-        processor.settle_finished()?;
-        if processor.commit_due() {
-            processor.commit()?;
+        .and_then(|()| processor.settle_finished())
+        .and_then(|()| {
+            if processor.commit_due() {
+                processor.commit()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = step {
+            // The commit already under way is sound: let it finish and ack before the pipeline stops.
+            if let Err(pending) = processor.settle() {
+                tracing::error!("the commit under way failed too: {pending:#}");
+            }
+            return Err(e);
         }
     }
 }

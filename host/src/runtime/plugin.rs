@@ -91,7 +91,7 @@ impl Plugin {
         let (mut store, instance) =
             instantiate(&loaded, name, &limits, clock.clone(), KeyedState::default())?;
         let guest = instance.weir_transform_transform();
-        store.set_epoch_deadline(sandbox::setup_deadline_ticks());
+        store.set_epoch_deadline(limits.setup_deadline_ticks());
         let manifest = guest.call_manifest(&mut store).map_err(|e| {
             anyhow!(
                 "{}: manifest() failed: {}",
@@ -100,7 +100,7 @@ impl Plugin {
             )
         })?;
         store.data_mut().plugin = manifest.name.clone().into();
-        store.set_epoch_deadline(sandbox::setup_deadline_ticks());
+        store.set_epoch_deadline(limits.setup_deadline_ticks());
         let plan = guest
             .call_init(&mut store, config)
             .map_err(|e| {
@@ -432,7 +432,7 @@ impl Plugin {
         let restarted = instantiate(&self.loaded, name, &self.limits, clock, state).and_then(
             |(mut store, instance)| {
                 let guest = instance.weir_transform_transform();
-                store.set_epoch_deadline(sandbox::setup_deadline_ticks());
+                store.set_epoch_deadline(self.limits.setup_deadline_ticks());
                 guest
                     .call_init(&mut store, &self.config)
                     .map_err(|e| anyhow!("init() trapped: {e}"))?
@@ -531,7 +531,7 @@ fn instantiate(
     );
     store.limiter(|ctx| &mut ctx.memory);
     store.epoch_deadline_trap();
-    store.set_epoch_deadline(sandbox::setup_deadline_ticks());
+    store.set_epoch_deadline(limits.setup_deadline_ticks());
     let instance = loaded
         .pre
         .instantiate(&mut store)

@@ -26,13 +26,9 @@ pub fn state_deadline_ticks() -> u64 {
 /// CPU deadline of the calls that set an instance up once (instantiation, `manifest`, `init`). A language
 /// runtime pays its own start-up in them (a componentized Python interpreter's first call took more than
 /// the default 100 ms of `call_timeout_ms` on a busy 2-core machine), and they are not on the per-batch
-/// path, so the batch deadline does not fit them; this still stops a plugin that loops in them.
+/// path, so the batch deadline does not fit them; this still stops a plugin that loops in them (see
+/// [`Limits::setup_deadline_ticks`]).
 pub const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The epoch deadline of a setup call, in ticks (see `SETUP_CALL_TIMEOUT`).
-pub fn setup_deadline_ticks() -> u64 {
-    (SETUP_CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
-}
 
 /// Wasm stack available to one call. Deep recursion past it traps as a stack overflow (`plugin_trap`) instead of
 /// taking the host thread's stack with it. 1 MiB is 2-4x what the SDK's own code needs at its deepest.
@@ -83,6 +79,13 @@ impl Limits {
     pub fn deadline_ticks(&self) -> u64 {
         let tick = EPOCH_TICK.as_millis() as u64;
         self.call_timeout_ms.div_ceil(tick).max(1) + 1
+    }
+
+    /// The epoch deadline of a setup call, in ticks: `SETUP_CALL_TIMEOUT`, or the call deadline if that is
+    /// longer.
+    pub fn setup_deadline_ticks(&self) -> u64 {
+        let setup = (SETUP_CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1;
+        setup.max(self.deadline_ticks())
     }
 
     /// Checks that the limits make sense; the message names the field.
