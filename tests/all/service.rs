@@ -54,6 +54,21 @@ impl ServeSse {
     }
 }
 
+impl ServeSse {
+    /// A harness whose pipeline reads this source, reconnecting quickly after cuts.
+    fn harness(&self) -> Harness {
+        let url = self.url.clone();
+        Harness::new(LakeAt::Local, move |t| {
+            let mut source = toml::Table::new();
+            source.insert("url".into(), url.into());
+            source.insert("min_backoff".into(), "20ms".into());
+            source.insert("max_backoff".into(), "500ms".into());
+            source.insert("idle_timeout".into(), "5s".into());
+            t.insert("source".into(), source.into());
+        })
+    }
+}
+
 impl Drop for ServeSse {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -108,15 +123,7 @@ fn wait_until(h: &Harness, weir: &mut Weir, committed: u64) {
 #[test]
 fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
     let source = ServeSse::start(EVENTS, 250.0);
-    let url = source.url.clone();
-    let mut h = Harness::new(LakeAt::Local, move |t| {
-        let mut source = toml::Table::new();
-        source.insert("url".into(), url.into());
-        source.insert("min_backoff".into(), "20ms".into());
-        source.insert("max_backoff".into(), "500ms".into());
-        source.insert("idle_timeout".into(), "5s".into());
-        t.insert("source".into(), source.into());
-    });
+    let mut h = source.harness();
     let next = swap_plugin_path("swap-enrich-next");
     let flaky = swap_plugin_path("swap-enrich-flaky");
     let original = plugin_path("weir-plugin-enrich");
@@ -182,15 +189,7 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
 fn commits_running_behind_the_next_epoch_survive_broker_crashes() {
     const COUNT: u64 = 3000;
     let source = ServeSse::start(COUNT, 400.0);
-    let url = source.url.clone();
-    let mut h = Harness::new(LakeAt::Local, move |t| {
-        let mut source = toml::Table::new();
-        source.insert("url".into(), url.into());
-        source.insert("min_backoff".into(), "20ms".into());
-        source.insert("max_backoff".into(), "500ms".into());
-        source.insert("idle_timeout".into(), "5s".into());
-        t.insert("source".into(), source.into());
-    });
+    let mut h = source.harness();
     let mut weir = h.weir(&[("WEIR_LAKE_LATENCY_MS", "100")]);
     for committed in [700, 1700] {
         wait_until(&h, &mut weir, committed);

@@ -109,13 +109,7 @@ impl ObjectStore for Late {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let (wait, listing) = (self.wait, self.inner.list(prefix));
-        futures::stream::once(async move {
-            tokio::time::sleep(wait).await;
-            listing
-        })
-        .flatten()
-        .boxed()
+        after(self.wait, self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -123,13 +117,7 @@ impl ObjectStore for Late {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let (wait, listing) = (self.wait, self.inner.list_with_offset(prefix, offset));
-        futures::stream::once(async move {
-            tokio::time::sleep(wait).await;
-            listing
-        })
-        .flatten()
-        .boxed()
+        after(self.wait, self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
@@ -156,6 +144,19 @@ impl ObjectStore for Late {
         tokio::time::sleep(self.wait).await;
         self.inner.rename_opts(from, to, options).await
     }
+}
+
+/// `listing`, starting after `wait`.
+fn after<T: Send + 'static>(
+    wait: Duration,
+    listing: BoxStream<'static, T>,
+) -> BoxStream<'static, T> {
+    futures::stream::once(async move {
+        tokio::time::sleep(wait).await;
+        listing
+    })
+    .flatten()
+    .boxed()
 }
 
 #[derive(Debug)]

@@ -304,8 +304,12 @@ impl Lake {
     /// Whether the next commit should save the whole plugin state rather than the changes (the first commit
     /// of a host, and one per checkpoint interval, so restores read a bounded chain).
     pub fn wants_full_state(&self) -> bool {
-        !self.bases.contains_key(&self.host)
-            || self.since_checkpoint + 1 >= self.config.checkpoint_every
+        !self.bases.contains_key(&self.host) || self.checkpoint_due()
+    }
+
+    /// Whether the next commit writes the log's checkpoint too.
+    fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint + 1 >= self.config.checkpoint_every
     }
 
     async fn read_state_chain(&self, since_checkpoint: &[CommitRecord]) -> Result<Vec<Bytes>> {
@@ -387,14 +391,15 @@ impl Lake {
     pub fn start_commit(&mut self, epoch: Epoch, state: Option<Bytes>, state_full: bool) -> Commit {
         // The next epoch types its gold columns as this one did, before this one is in the log.
         self.gold_types = epoch.gold_types.clone();
-        let checkpoint_due = self.since_checkpoint + 1 >= self.config.checkpoint_every;
         Commit {
             store: self.store.clone(),
             host: self.host.clone(),
             upload_concurrency: self.config.upload_concurrency.max(1),
             last_epoch: self.last_epoch,
             // Only a checkpoint needs the whole log's sequences and bases.
-            checkpoint: checkpoint_due.then(|| (self.committed.clone(), self.bases.clone())),
+            checkpoint: self
+                .checkpoint_due()
+                .then(|| (self.committed.clone(), self.bases.clone())),
             epoch,
             state,
             state_full,
@@ -403,18 +408,11 @@ impl Lake {
 
     /// Takes in a finished [`Commit`]: what it committed, and the other hosts' epochs it stepped over.
     pub fn finish_commit(&mut self, done: Committed) -> CommitRecord {
-        let Committed {
-            record,
-            others,
-            checkpointed,
-        } = done;
-        self.committed.extend(&others);
-        self.committed.extend(&record.sequences);
+        let Committed { record, others } = done;
+        note_committed(&mut self.committed, &mut self.bases, &record, &others);
         self.last_epoch = self.last_epoch.max(record.epoch);
-        if record.state_full && record.state.is_some() {
-            self.bases.insert(self.host.clone(), record.epoch);
-        }
-        self.since_checkpoint = if checkpointed {
+        // Unchanged since `start_commit`, so this is the commit that wrote the checkpoint.
+        self.since_checkpoint = if self.checkpoint_due() {
             0
         } else {
             self.since_checkpoint + 1
@@ -473,7 +471,21 @@ pub struct Committed {
     pub record: CommitRecord,
     /// Sequences of other hosts' epochs found in the log on the way to a free epoch number.
     others: Ranges,
-    checkpointed: bool,
+}
+
+/// Adds a commit to what is committed: its sequences, those of the other hosts' epochs it stepped over, and
+/// its host's base when it saved the whole state.
+fn note_committed(
+    committed: &mut Ranges,
+    bases: &mut BTreeMap<String, u64>,
+    record: &CommitRecord,
+    others: &Ranges,
+) {
+    committed.extend(others);
+    committed.extend(&record.sequences);
+    if record.state_full && record.state.is_some() {
+        bases.insert(record.host.clone(), record.epoch);
+    }
 }
 
 impl Commit {
@@ -606,13 +618,8 @@ impl Commit {
         publish(&store, &record, upload_concurrency, &Default::default()).await?;
         crash::point("commit.after_publish");
 
-        let checkpointed = checkpoint.is_some();
         if let Some((mut committed, mut bases)) = checkpoint {
-            committed.extend(&others);
-            committed.extend(&record.sequences);
-            if state_full && record.state.is_some() {
-                bases.insert(host.clone(), record.epoch);
-            }
+            note_committed(&mut committed, &mut bases, &record, &others);
             let checkpoint = log::Checkpoint {
                 epoch: record.epoch,
                 sequences: committed,
@@ -624,11 +631,7 @@ impl Commit {
             })
             .await;
         }
-        Ok(Committed {
-            record,
-            others,
-            checkpointed,
-        })
+        Ok(Committed { record, others })
     }
 }
 

@@ -430,20 +430,12 @@ fn process_loop(
             tokio::time::timeout(Duration::from_millis(100), batches.recv()).await
         });
         processor.shared.counters.phase(Phase::Waiting, waiting);
-        let step = match next {
-            Ok(Some(batch)) => processor.process(batch),
+        let batch = match next {
+            Ok(Some(batch)) => Some(batch),
             Ok(None) => return processor.commit_and_wait(),
-            Err(_) => Ok(()),
-        }
-        .and_then(|()| processor.settle_finished())
-        .and_then(|()| {
-            if processor.commit_due() {
-                processor.commit()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = step {
+            Err(_) => None,
+        };
+        if let Err(e) = step(&mut processor, batch) {
             // The commit already under way is sound: let it finish and ack before the pipeline stops.
             if let Err(pending) = processor.settle() {
                 tracing::error!("the commit under way failed too: {pending:#}");
@@ -451,6 +443,21 @@ fn process_loop(
             return Err(e);
         }
     }
+}
+
+/// One turn of the processor: the batch if one came, the commit under way if it finished, a commit if due.
+fn step(
+    processor: &mut Processor,
+    batch: Option<Vec<async_nats::jetstream::Message>>,
+) -> Result<()> {
+    if let Some(batch) = batch {
+        processor.process(batch)?;
+    }
+    processor.settle_finished()?;
+    if processor.commit_due() {
+        processor.commit()?;
+    }
+    Ok(())
 }
 
 /// Whether the live source answers at all (a short GET).

@@ -20,7 +20,12 @@ pub const STATE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The epoch deadline of a state call, in ticks (see `STATE_CALL_TIMEOUT`).
 pub fn state_deadline_ticks() -> u64 {
-    (STATE_CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
+    ticks(STATE_CALL_TIMEOUT)
+}
+
+/// A deadline of `timeout` in epoch ticks, one more for the tick already under way.
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1
 }
 
 /// CPU deadline of the calls that set an instance up once (instantiation, `manifest`, `init`). A language
@@ -84,8 +89,7 @@ impl Limits {
     /// The epoch deadline of a setup call, in ticks: `SETUP_CALL_TIMEOUT`, or the call deadline if that is
     /// longer.
     pub fn setup_deadline_ticks(&self) -> u64 {
-        let setup = (SETUP_CALL_TIMEOUT.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1;
-        setup.max(self.deadline_ticks())
+        ticks(SETUP_CALL_TIMEOUT).max(self.deadline_ticks())
     }
 
     /// Checks that the limits make sense; the message names the field.
