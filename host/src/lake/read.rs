@@ -7,9 +7,12 @@ use anyhow::{Context, Result};
 use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::RowGroupMetaData;
+use parquet::file::statistics::Statistics;
 
-use super::log::{CommitRecord, LOG_DIR};
+use super::log::{CommitRecord, FileEntry, LOG_DIR};
 use super::store::Store;
 
 /// Every commit record, oldest first (all of them, not just since the last checkpoint).
@@ -192,14 +195,14 @@ pub fn time_column(table: &str) -> &'static str {
 }
 
 /// The committed files of `table` whose partition (hour) overlaps `[from_ms, to_ms)`, oldest first.
-pub fn files_in_range(
-    records: &[CommitRecord],
+pub fn files_in_range<'a>(
+    records: &'a [CommitRecord],
     table: &str,
     from_ms: i64,
     to_ms: i64,
-) -> Vec<String> {
+) -> Vec<&'a FileEntry> {
     let replaced = super::log::replaced_paths(records);
-    let mut files: Vec<String> = records
+    let mut files: Vec<&FileEntry> = records
         .iter()
         .filter_map(|r| r.tables.get(table))
         .flatten()
@@ -208,9 +211,8 @@ pub fn files_in_range(
             partition_start(&f.path)
                 .is_none_or(|start| start < to_ms && start + 3_600_000 > from_ms)
         })
-        .map(|f| f.path.clone())
         .collect();
-    files.sort();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     files
 }
 
@@ -242,6 +244,17 @@ pub async fn read_file(
     store: &Store,
     path: &str,
 ) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    read_file_where(store, path, None, |_| true).await
+}
+
+/// The batches of one committed file: only the named `columns` (all when `None`), and only the row groups
+/// `keep` accepts (it sees each row group's metadata: its row count and per-column min/max).
+pub async fn read_file_where(
+    store: &Store,
+    path: &str,
+    columns: Option<&[&str]>,
+    keep: impl Fn(&RowGroupMetaData) -> bool,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
     let bytes = store
         .store
         .get(&store.path(path))
@@ -249,9 +262,33 @@ pub async fn read_file(
         .with_context(|| format!("cannot read {path}"))?
         .bytes()
         .await?;
-    ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.with_batch_size(8192).build())
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .with_context(|| format!("{path} is not a readable Parquet file"))?;
+    let groups: Vec<usize> = (0..builder.metadata().num_row_groups())
+        .filter(|&i| keep(builder.metadata().row_group(i)))
+        .collect();
+    if let Some(columns) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    builder
+        .with_row_groups(groups)
+        .with_batch_size(8192)
+        .build()
         .with_context(|| format!("{path} is not a readable Parquet file"))
+}
+
+/// The smallest and largest value of an `INT64` column (timestamps and sequences are stored so) in a row
+/// group, from its statistics; `None` when it has none.
+pub fn i64_range(group: &RowGroupMetaData, column: &str) -> Option<(i64, i64)> {
+    let chunk = group
+        .columns()
+        .iter()
+        .find(|c| c.column_path().string() == column)?;
+    match chunk.statistics()? {
+        Statistics::Int64(s) => Some((*s.min_opt()?, *s.max_opt()?)),
+        _ => None,
+    }
 }
 
 /// Reads the rows of `table` timed in `[from_ms, to_ms)`, calling `each` per batch, up to `limit` rows.
@@ -266,11 +303,16 @@ pub async fn query(
     let records = records(store).await?;
     let column = time_column(table);
     let mut emitted = 0;
-    for path in files_in_range(&records, table, from_ms, to_ms) {
+    for file in files_in_range(&records, table, from_ms, to_ms) {
         if emitted >= limit {
             break;
         }
-        for batch in read_file(store, &path).await? {
+        // Row groups timed wholly outside the range are not decoded (files hold an hour; queries ask for less).
+        let (from_us, to_us) = (from_ms.saturating_mul(1000), to_ms.saturating_mul(1000));
+        let overlaps = |g: &RowGroupMetaData| {
+            i64_range(g, column).is_none_or(|(min, max)| max >= from_us && min < to_us)
+        };
+        for batch in read_file_where(store, &file.path, None, overlaps).await? {
             let batch = batch?;
             let keep = match batch.column_by_name(column) {
                 Some(times) => {

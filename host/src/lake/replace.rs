@@ -106,12 +106,27 @@ pub async fn plan(
 }
 
 /// The first committed sequence ingested at or after `ms` (by bronze's ingest time, which is what
-/// `--from-time` means for replays of the stream too: when the stream stored the message). Reads the bronze
-/// files of the hours from `ms` on.
+/// `--from-time` means for replays of the stream too: when the stream stored the message).
+///
+/// Reads only what can hold it: the bronze files of the hours from `ms` on, in sequence order, until the
+/// next file starts above the best sequence found (usually one or two files); of those only the two columns
+/// needed, and only the row groups whose ingest times reach `ms`.
 pub async fn first_sequence_at(live: &Store, records: &[CommitRecord], ms: i64) -> Result<u64> {
+    let mut files = read::files_in_range(records, "bronze", ms, i64::MAX);
+    files.sort_by_key(|f| f.min_seq);
+    let from_us = ms.saturating_mul(1000);
     let mut first: Option<u64> = None;
-    for path in read::files_in_range(records, "bronze", ms, i64::MAX) {
-        for batch in read::read_file(live, &path).await? {
+    for file in files {
+        if first.is_some_and(|s| file.min_seq > s) {
+            break;
+        }
+        let path = &file.path;
+        let reaches = |g: &parquet::file::metadata::RowGroupMetaData| {
+            read::i64_range(g, "ingest_time").is_none_or(|(_, max)| max >= from_us)
+        };
+        let batches =
+            read::read_file_where(live, path, Some(&["_seq", "ingest_time"]), reaches).await?;
+        for batch in batches {
             let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
             let column = |name: &str| {
                 batch
@@ -396,4 +411,114 @@ async fn state_chain(
         chain.push(bytes);
     }
     Ok(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+
+    /// A bronze file of `seqs` ingested at the minutes `minutes` of `hour` (2026-11-25), in row groups of two
+    /// rows; written to the store unless `missing`, so that reading it fails.
+    async fn bronze(
+        store: &Store,
+        hour: u32,
+        seqs: &[u64],
+        minutes: &[i64],
+        missing: bool,
+    ) -> FileEntry {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
+        let start = day
+            .and_hms_opt(hour, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_millis();
+        let times: Vec<i64> = minutes
+            .iter()
+            .map(|m| (start + m * 60_000) * 1000)
+            .collect();
+        let columns: [(&str, ArrayRef); 2] = [
+            ("_seq", Arc::new(UInt64Array::from(seqs.to_vec()))),
+            (
+                "ingest_time",
+                Arc::new(TimestampMicrosecondArray::from(times)),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(2))
+            .build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        let bytes = Bytes::from(writer.into_inner().unwrap());
+        let (a, b) = (seqs[0], seqs[seqs.len() - 1]);
+        let path = format!("bronze/dt=2026-11-25/hour={hour:02}/{a:020}-{b:020}-h-000.parquet");
+        if !missing {
+            store
+                .store
+                .put(&store.path(&path), bytes.clone().into())
+                .await
+                .unwrap();
+        }
+        FileEntry {
+            path,
+            rows: seqs.len() as u64,
+            bytes: bytes.len() as u64,
+            min_seq: a,
+            max_seq: b,
+        }
+    }
+
+    /// The first sequence at a time is found in the file that holds it; files of earlier hours and files
+    /// that start after the answer are never read (here they are missing from the store, so reading one
+    /// would fail).
+    #[test]
+    fn the_first_sequence_at_a_time_reads_only_the_files_that_can_hold_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(&crate::lake::StoreConfig {
+                url: "memory://".into(),
+                ..Default::default()
+            })
+            .unwrap();
+            let files = vec![
+                bronze(&store, 9, &[1, 2], &[10, 20], true).await,
+                bronze(&store, 10, &[3, 4, 5, 6], &[10, 20, 40, 50], false).await,
+                bronze(&store, 11, &[7, 8], &[5, 6], false).await,
+                bronze(&store, 12, &[9, 10], &[1, 2], true).await,
+            ];
+            let record = CommitRecord {
+                format: CommitRecord::FORMAT,
+                epoch: 1,
+                host: "h".into(),
+                tables: [("bronze".to_string(), files)].into(),
+                ..CommitRecord::default()
+            };
+            let records = [record];
+            let at = |hour: u32, minute: u32| {
+                chrono::NaiveDate::from_ymd_opt(2026, 11, 25)
+                    .unwrap()
+                    .and_hms_opt(hour, minute, 0)
+                    .unwrap()
+                    .and_utc()
+                    .timestamp_millis()
+            };
+            let first = |ms| first_sequence_at(&store, &records, ms);
+            assert_eq!(first(at(10, 30)).await.unwrap(), 5);
+            assert_eq!(first(at(10, 40)).await.unwrap(), 5);
+            assert_eq!(first(at(10, 0)).await.unwrap(), 3);
+            assert_eq!(first(at(10, 55)).await.unwrap(), 7);
+            // Past the last readable file: the missing one of hour 12 is the only candidate.
+            let error = first(at(11, 30)).await.unwrap_err();
+            assert!(format!("{error:#}").contains("hour=12"), "{error:#}");
+        });
+    }
 }

@@ -159,14 +159,18 @@ pub async fn stage_bronze(
     let mut passes = 0;
     loop {
         let records = read::records(bronze).await?;
-        // Files are named by their first sequence: in name order they come in stream order but where an
-        // epoch's files of two hours overlap (the commit log does not need exact order; windows may see a
+        // In the order of their first sequence, files come in stream order but where an epoch's files of
+        // two hours overlap (the commit log does not need exact order; windows may see a
         // few events in a different order than the live run did). `rejected` is not staged: the replay
         // parses again, and events quarantined as poison get another chance.
+        // Files wholly outside the range of sequences are not read (a replay from a sequence would read
+        // every hour's files otherwise).
         let mut files = read::files_in_range(&records, "bronze", from_ms, i64::MAX);
-        files.sort_by(|a, b| a.rsplit('/').next().cmp(&b.rsplit('/').next()));
+        files.retain(|f| f.max_seq >= from_seq && f.min_seq <= until);
+        files.sort_by_key(|f| f.min_seq);
         let mut gone = None;
-        for path in files {
+        for file in files {
+            let path = file.path.clone();
             let batches = match read::read_file(bronze, &path).await {
                 Ok(batches) => batches,
                 // A compaction replaced the file since the log was read: its rows are in the merged file.
