@@ -346,3 +346,78 @@ pub async fn query(
     }
     Ok(emitted)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, UInt64Array};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+
+    /// Row groups are told apart by the min/max of sequences (unsigned) and timestamps, and
+    /// `read_file_where` decodes only those asked for, with only the columns asked for.
+    #[test]
+    fn row_groups_are_chosen_by_their_statistics() {
+        let columns: [(&str, ArrayRef); 3] = [
+            ("_seq", Arc::new(UInt64Array::from(vec![1, 2, 3, 4, 5, 6]))),
+            (
+                "ingest_time",
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    10, 20, 30, 40, 50, 60,
+                ])),
+            ),
+            (
+                "data",
+                Arc::new(arrow_array::StringArray::from(vec!["x"; 6])),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(2))
+            .build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        let bytes = bytes::Bytes::from(writer.into_inner().unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(&crate::lake::StoreConfig {
+                url: "memory://".into(),
+                ..Default::default()
+            })
+            .unwrap();
+            store
+                .store
+                .put(&store.path("f.parquet"), bytes.into())
+                .await
+                .unwrap();
+            let keep = |g: &RowGroupMetaData| {
+                assert!(i64_range(g, "data").is_none(), "not an INT64 column");
+                let (a, b) = i64_range(g, "_seq").unwrap();
+                let (t0, t1) = i64_range(g, "ingest_time").unwrap();
+                assert_eq!((t0, t1), (a * 10, b * 10));
+                b >= 3
+            };
+            let batches: Vec<RecordBatch> =
+                read_file_where(&store, "f.parquet", Some(&["_seq"]), keep)
+                    .await
+                    .unwrap()
+                    .map(|b| b.unwrap())
+                    .collect();
+            let seqs: Vec<u64> = batches
+                .iter()
+                .flat_map(|b| {
+                    assert_eq!(b.num_columns(), 1);
+                    let c = b.column(0).as_any().downcast_ref::<UInt64Array>().unwrap();
+                    c.values().to_vec()
+                })
+                .collect();
+            assert_eq!(seqs, [3, 4, 5, 6]);
+        });
+    }
+}

@@ -171,7 +171,14 @@ pub async fn stage_bronze(
         let mut gone = None;
         for file in files {
             let path = file.path.clone();
-            let batches = match read::read_file(bronze, &path).await {
+            // Nor row groups wholly before the start (by sequence and ingest time) or after the end.
+            let wanted = |g: &parquet::file::metadata::RowGroupMetaData| {
+                let seqs = read::i64_range(g, "_seq").map(|(a, b)| (a as u64, b as u64));
+                seqs.is_none_or(|(a, b)| b >= from_seq && a <= until)
+                    && read::i64_range(g, "ingest_time")
+                        .is_none_or(|(_, max)| max.div_euclid(1000) >= from_ms)
+            };
+            let batches = match read::read_file_where(bronze, &path, None, wanted).await {
                 Ok(batches) => batches,
                 // A compaction replaced the file since the log was read: its rows are in the merged file.
                 Err(e) if read::is_not_found(&e) && passes < 3 => {
