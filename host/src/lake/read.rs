@@ -357,6 +357,84 @@ mod tests {
 
     use super::*;
 
+    /// `query` returns exactly the rows timed in the range, across row groups it partly skips, up to the
+    /// limit.
+    #[test]
+    fn a_query_returns_the_rows_of_its_range() {
+        let hour = 1_764_000_000_000 / 3_600_000 * 3_600_000; // the start of an hour, in ms
+        let times: Vec<i64> = (0..10).map(|i| (hour + i * 1000) * 1000).collect();
+        let columns: [(&str, ArrayRef); 2] = [
+            (
+                "_seq",
+                Arc::new(UInt64Array::from((1..=10).collect::<Vec<u64>>())),
+            ),
+            (
+                "_event_time",
+                Arc::new(TimestampMicrosecondArray::from(times)),
+            ),
+        ];
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(3))
+            .build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
+        writer.write(&batch).unwrap();
+        let bytes = bytes::Bytes::from(writer.into_inner().unwrap());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(&crate::lake::StoreConfig {
+                url: "memory://".into(),
+                ..Default::default()
+            })
+            .unwrap();
+            let path = format!("silver/{}/1-10.parquet", crate::lake::rows::partition(hour));
+            let entry = FileEntry {
+                path: path.clone(),
+                rows: 10,
+                bytes: bytes.len() as u64,
+                min_seq: 1,
+                max_seq: 10,
+            };
+            store
+                .store
+                .put(&store.path(&path), bytes.into())
+                .await
+                .unwrap();
+            let record = CommitRecord {
+                format: CommitRecord::FORMAT,
+                epoch: 1,
+                host: "h".into(),
+                tables: [("silver".to_string(), vec![entry])].into(),
+                ..CommitRecord::default()
+            };
+            crate::lake::log::create(&store, &record).await.unwrap();
+            let seqs = |from_s: i64, to_s: i64, limit: usize| {
+                let store = &store;
+                async move {
+                    let mut seqs = Vec::new();
+                    let (from, to) = (hour + from_s * 1000, hour + to_s * 1000);
+                    let n = query(store, "silver", from, to, limit, |b| {
+                        let c = b.column_by_name("_seq").unwrap();
+                        let c = c.as_any().downcast_ref::<UInt64Array>().unwrap();
+                        seqs.extend(c.values().iter().copied());
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+                    assert_eq!(n, seqs.len());
+                    seqs
+                }
+            };
+            assert_eq!(seqs(4, 8, 100).await, [5, 6, 7, 8]);
+            assert_eq!(seqs(0, 100, 100).await, (1..=10).collect::<Vec<u64>>());
+            assert_eq!(seqs(3, 100, 2).await, [4, 5]);
+            assert_eq!(seqs(20, 30, 100).await, Vec::<u64>::new());
+        });
+    }
+
     /// Row groups are told apart by the min/max of sequences (unsigned) and timestamps, and
     /// `read_file_where` decodes only those asked for, with only the columns asked for.
     #[test]
