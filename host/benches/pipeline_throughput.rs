@@ -148,7 +148,7 @@ fn series(metrics: &str, name: &str, label: &str) -> Vec<(String, f64)> {
 }
 
 async fn committed(store: &Store) -> u64 {
-    weir::lake::read::records(store)
+    weir::lake::log::all_records(store)
         .await
         .map(|r| r.iter().map(|r| r.sequences.count()).sum())
         .unwrap_or(0)

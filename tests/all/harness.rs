@@ -292,7 +292,7 @@ impl Harness {
     pub fn committed(&self) -> u64 {
         let store = self.store();
         self.rt.block_on(async {
-            weir::lake::read::records(&store)
+            weir::lake::log::all_records(&store)
                 .await
                 .map(|records| records.iter().map(|r| r.sequences.count()).sum())
                 .unwrap_or(0)

@@ -114,7 +114,7 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
         match cmd {
             LakeCommand::Ls { lake, json } => {
                 let store = lake.store()?;
-                let summary = read::summarize(&read::records(&store).await?);
+                let summary = read::summarize(&crate::lake::log::all_records(&store).await?);
                 if json {
                     println!("{}", serde_json::to_string_pretty(&summary)?);
                     return Ok(ExitCode::SUCCESS);

@@ -85,7 +85,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let concurrency = config.lake_config().upload_concurrency;
     let live = if args.in_place {
         let live = Store::open(&config.lake_config().store())?;
-        let records = runtime.block_on(crate::lake::read::records(&live))?;
+        let records = runtime.block_on(crate::lake::log::all_records(&live))?;
         if let Some(record) = replace::done(&records, &replay.version) {
             // Done before (maybe up to a crash after the swap): finish the idempotent steps.
             runtime.block_on(crate::lake::publish(

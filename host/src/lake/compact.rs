@@ -685,6 +685,7 @@ async fn delete_run(store: &Store, staging: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lake::testing::{on_memory_store, parquet_bytes};
 
     fn file(path: &str, bytes: u64, seqs: (u64, u64)) -> FileEntry {
         FileEntry {
@@ -713,24 +714,12 @@ mod tests {
     #[test]
     fn a_damaged_file_leaves_its_partition_as_it_is_and_the_others_are_merged() {
         use arrow_array::{ArrayRef, UInt64Array};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let store = Store::open(&crate::lake::StoreConfig {
-                url: "memory://".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        on_memory_store(|store| async move {
             let files = [(10, 1), (10, 1), (10, 1), (11, 1), (11, 2), (11, 1)];
             for (i, (hour, rows)) in files.into_iter().enumerate() {
                 let seq = i as u64 + 1;
                 let column: ArrayRef = Arc::new(UInt64Array::from(vec![seq]));
-                let batch = RecordBatch::try_from_iter([("_seq", column)]).unwrap();
-                let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), None).unwrap();
-                writer.write(&batch).unwrap();
-                let bytes = Bytes::from(writer.into_inner().unwrap());
+                let bytes = parquet_bytes([("_seq", column)], None);
                 let path =
                     format!("silver/dt=2026-11-25/hour={hour}/{seq:020}-{seq:020}-h-000.parquet");
                 store
@@ -764,7 +753,7 @@ mod tests {
             assert_eq!(report.skipped.len(), 1, "{report:?}");
             assert!(report.skipped[0].contains("hour=11") && report.skipped[0].contains("damaged"));
 
-            let records = read::records(&store).await.unwrap();
+            let records = log::all_records(&store).await.unwrap();
             let replaced = log::replaced_paths(&records);
             let visible: Vec<&FileEntry> = records
                 .iter()

@@ -238,10 +238,26 @@ pub enum CreateOutcome {
 
 /// Records after `epoch` (all hosts), oldest first.
 pub async fn records_after(store: &Store, epoch: u64) -> Result<Vec<CommitRecord>> {
-    let after = store.path(&CommitRecord::path(epoch));
-    let mut paths: Vec<object_store::path::Path> = store
-        .store
-        .list_with_offset(Some(&store.path(LOG_DIR)), &after)
+    let mut records = load(store, Some(epoch)).await?;
+    records.retain(|r| r.epoch > epoch);
+    Ok(records)
+}
+
+/// Every record (all hosts, not just since the last checkpoint), oldest first.
+pub async fn all_records(store: &Store) -> Result<Vec<CommitRecord>> {
+    load(store, None).await
+}
+
+/// The records listed after the one of epoch `after` (all of them when `None`), in the order of their names.
+async fn load(store: &Store, after: Option<u64>) -> Result<Vec<CommitRecord>> {
+    let dir = store.path(LOG_DIR);
+    let listing = match after {
+        Some(epoch) => store
+            .store
+            .list_with_offset(Some(&dir), &store.path(&CommitRecord::path(epoch))),
+        None => store.store.list(Some(&dir)),
+    };
+    let mut paths: Vec<object_store::path::Path> = listing
         .map_ok(|m| m.location)
         .try_collect()
         .await
@@ -254,11 +270,10 @@ pub async fn records_after(store: &Store, epoch: u64) -> Result<Vec<CommitRecord
     let mut records = Vec::with_capacity(paths.len());
     for path in paths {
         let bytes = store.store.get(&path).await?.bytes().await?;
-        let record: CommitRecord = serde_json::from_slice(&bytes)
-            .with_context(|| format!("a corrupt commit record {path}"))?;
-        if record.epoch > epoch {
-            records.push(record);
-        }
+        records.push(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("a corrupt commit record {path}"))?,
+        );
     }
     Ok(records)
 }

@@ -34,6 +34,8 @@ pub mod rows;
 pub mod schema;
 pub mod spill;
 pub mod store;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -12,33 +12,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::statistics::Statistics;
 
-use super::log::{CommitRecord, FileEntry, LOG_DIR};
+use super::log::{self, CommitRecord, FileEntry};
 use super::store::Store;
-
-/// Every commit record, oldest first (all of them, not just since the last checkpoint).
-pub async fn records(store: &Store) -> Result<Vec<CommitRecord>> {
-    let mut paths: Vec<object_store::path::Path> = store
-        .store
-        .list(Some(&store.path(LOG_DIR)))
-        .map_ok(|m| m.location)
-        .try_collect()
-        .await
-        .context("cannot list the commit log")?;
-    paths.retain(|p| {
-        p.filename()
-            .is_some_and(|f| f != "checkpoint.json" && f.ends_with(".json"))
-    });
-    paths.sort();
-    let mut out = Vec::with_capacity(paths.len());
-    for path in paths {
-        let bytes = store.store.get(&path).await?.bytes().await?;
-        out.push(
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("a corrupt commit record {path}"))?,
-        );
-    }
-    Ok(out)
-}
 
 /// Per-table totals.
 #[derive(Debug, Default, serde::Serialize)]
@@ -119,7 +94,7 @@ impl Problems {
 
 /// Checks the commit log against the store. `deep` also opens every file to compare its row count.
 pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
-    let records = records(store).await?;
+    let records = log::all_records(store).await?;
     let mut problems = Problems::default();
     let replaced = super::log::replaced_paths(&records);
     let mut listed: BTreeMap<String, u64> = BTreeMap::new();
@@ -300,7 +275,7 @@ pub async fn query(
     limit: usize,
     mut each: impl FnMut(&RecordBatch) -> Result<()>,
 ) -> Result<usize> {
-    let records = records(store).await?;
+    let records = log::all_records(store).await?;
     let column = time_column(table);
     let mut emitted = 0;
     for file in files_in_range(&records, table, from_ms, to_ms) {
@@ -352,10 +327,9 @@ mod tests {
     use std::sync::Arc;
 
     use arrow_array::{ArrayRef, UInt64Array};
-    use parquet::arrow::ArrowWriter;
-    use parquet::file::properties::WriterProperties;
 
     use super::*;
+    use crate::lake::testing::{on_memory_store, parquet_bytes};
 
     /// `query` returns exactly the rows timed in the range, across row groups it partly skips, up to the
     /// limit.
@@ -373,23 +347,8 @@ mod tests {
                 Arc::new(TimestampMicrosecondArray::from(times)),
             ),
         ];
-        let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(3))
-            .build();
-        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
-        writer.write(&batch).unwrap();
-        let bytes = bytes::Bytes::from(writer.into_inner().unwrap());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let store = Store::open(&crate::lake::StoreConfig {
-                url: "memory://".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        let bytes = parquet_bytes(columns, Some(3));
+        on_memory_store(|store| async move {
             let path = format!("silver/{}/1-10.parquet", crate::lake::rows::partition(hour));
             let entry = FileEntry {
                 path: path.clone(),
@@ -452,23 +411,8 @@ mod tests {
                 Arc::new(arrow_array::StringArray::from(vec!["x"; 6])),
             ),
         ];
-        let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(2))
-            .build();
-        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
-        writer.write(&batch).unwrap();
-        let bytes = bytes::Bytes::from(writer.into_inner().unwrap());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let store = Store::open(&crate::lake::StoreConfig {
-                url: "memory://".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        let bytes = parquet_bytes(columns, Some(2));
+        on_memory_store(|store| async move {
             store
                 .store
                 .put(&store.path("f.parquet"), bytes.into())

@@ -42,7 +42,7 @@ pub struct Plan {
 }
 
 /// Plans a replay in place of `from..=until` (default: everything committed from `from` on) over the live
-/// lake's commit `records` (all of them, as `read::records` gives them).
+/// lake's commit `records` (all of them, as `log::all_records` gives them).
 pub async fn plan(
     live: &Store,
     records: &[CommitRecord],
@@ -174,13 +174,13 @@ pub async fn put_in_place(
     plan: &Plan,
     concurrency: usize,
 ) -> Result<CommitRecord> {
-    let records = read::records(live).await?;
+    let records = log::all_records(live).await?;
     if let Some(record) = done(&records, name) {
         // Its files a later record replaced (a compaction) are gone for good: not to be moved again.
         super::publish(live, record, concurrency, &log::replaced_paths(&records)).await?;
         return Ok(record.clone());
     }
-    let made = read::records(version).await?;
+    let made = log::all_records(version).await?;
     let held = log::committed(&made);
     if !held.covers(&plan.sequences) {
         let missing = plan
@@ -417,11 +417,10 @@ async fn state_chain(
 mod tests {
     use std::sync::Arc;
 
-    use arrow_array::{ArrayRef, RecordBatch};
-    use parquet::arrow::ArrowWriter;
-    use parquet::file::properties::WriterProperties;
+    use arrow_array::ArrayRef;
 
     use super::*;
+    use crate::lake::testing::{on_memory_store, parquet_bytes};
 
     /// A bronze file of `seqs` ingested at the minutes `minutes` of `hour` (2026-11-25), in row groups of two
     /// rows; written to the store unless `missing`, so that reading it fails.
@@ -449,13 +448,7 @@ mod tests {
                 Arc::new(TimestampMicrosecondArray::from(times)),
             ),
         ];
-        let batch = RecordBatch::try_from_iter(columns).unwrap();
-        let props = WriterProperties::builder()
-            .set_max_row_group_row_count(Some(2))
-            .build();
-        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
-        writer.write(&batch).unwrap();
-        let bytes = Bytes::from(writer.into_inner().unwrap());
+        let bytes = parquet_bytes(columns, Some(2));
         let (a, b) = (seqs[0], seqs[seqs.len() - 1]);
         let path = format!("bronze/dt=2026-11-25/hour={hour:02}/{a:020}-{b:020}-h-000.parquet");
         if !missing {
@@ -479,16 +472,7 @@ mod tests {
     /// would fail).
     #[test]
     fn the_first_sequence_at_a_time_reads_only_the_files_that_can_hold_it() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let store = Store::open(&crate::lake::StoreConfig {
-                url: "memory://".into(),
-                ..Default::default()
-            })
-            .unwrap();
+        on_memory_store(|store| async move {
             let files = vec![
                 bronze(&store, 9, &[1, 2], &[10, 20], true).await,
                 bronze(&store, 10, &[3, 4, 5, 6], &[10, 20, 40, 50], false).await,

@@ -158,7 +158,7 @@ pub async fn stage_bronze(
     let mut staged = Ranges::default();
     let mut passes = 0;
     loop {
-        let records = read::records(bronze).await?;
+        let records = crate::lake::log::all_records(bronze).await?;
         // In the order of their first sequence, files come in stream order but where an epoch's files of
         // two hours overlap (the commit log does not need exact order; windows may see a
         // few events in a different order than the live run did). `rejected` is not staged: the replay
