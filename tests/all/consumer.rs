@@ -8,7 +8,7 @@ use futures::StreamExt;
 use weir::bus::NatsServer;
 use weir::pipeline::runner::stalled;
 
-use crate::harness::runtime;
+use crate::harness::{free_ports, runtime};
 
 /// A stream of one subject, `name` in lower case, and a durable pull consumer on it with explicit acks and
 /// `config`'s other settings.
@@ -39,7 +39,7 @@ async fn durable(
 #[test]
 fn a_quiet_pull_is_stalled_only_while_deliverable_messages_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(dir.path(), None).unwrap();
+    let server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
     runtime().block_on(async {
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = jetstream::new(client);
@@ -103,7 +103,7 @@ fn a_slow_consumer_that_drops_messages_still_gets_every_one() {
     // More than one pull request asks for (16 batches of 256), so the stalled pull leaves some undelivered.
     const MESSAGES: u64 = 10_000;
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(dir.path(), None).unwrap();
+    let server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
     runtime().block_on(async {
         let client = async_nats::ConnectOptions::new()
             .subscription_capacity(64)

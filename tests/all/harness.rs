@@ -115,7 +115,7 @@ impl Harness {
     /// every 500 events or second so that a short run makes many commits; `edit` adjusts the configuration.
     pub fn new(lake: LakeAt, edit: impl FnOnce(&mut toml::Table)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsServer::start(&dir.path().join("nats"), None).unwrap();
+        let nats = NatsServer::start(&dir.path().join("nats"), Some(free_ports(1)[0])).unwrap();
         let default = workspace_root().join("deploy/pipelines/wikimedia.toml");
         let mut table: toml::Table =
             toml::from_str(&std::fs::read_to_string(&default).unwrap()).unwrap();
@@ -612,6 +612,44 @@ pub fn to_toml(table: &toml::Table) -> String {
     out
 }
 
+/// `n` distinct loopback ports, free now, for a server that a test starts (and may restart on the same
+/// ports). They are chosen below the kernel's ephemeral range: a port from that range, once released, may be
+/// handed to any process's outgoing connection before the server binds it, as happened to SeaweedFS's
+/// volume server ("bind: address already in use") while the other tests ran.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10_000;
+    if ephemeral_low < LOW + 1000 {
+        // An unusual range: let the kernel choose.
+        let held: Vec<_> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        return held
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+    }
+    let span = u32::from(ephemeral_low - LOW);
+    // A random start, so that tests running at the same time seldom try the same ports.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let start = (hasher.finish() % u64::from(span)) as u32;
+    // Each port held until all are chosen, so that no two are the same.
+    let held: Vec<std::net::TcpListener> = (0..span)
+        .map(|i| LOW + ((start + i) % span) as u16)
+        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .take(n)
+        .collect();
+    assert_eq!(held.len(), n, "no {n} free ports below {ephemeral_low}");
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// A store server a test can take down and bring back (same data, same address).
 pub trait Outage {
     fn kill(&mut self);
@@ -637,17 +675,8 @@ pub struct Seaweed {
 impl Seaweed {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        // Every port at once, each held until all are chosen, so that no two are the same.
-        let listeners: Vec<std::net::TcpListener> = (0..10)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let mut ports = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().port().to_string())
-            .collect::<Vec<_>>()
-            .into_iter();
-        drop(listeners);
-        let mut port = || ports.next().unwrap();
+        let mut ports = free_ports(10).into_iter();
+        let mut port = || ports.next().unwrap().to_string();
         let s3 = port();
         let mut args = vec![
             "mini".to_string(),
@@ -754,11 +783,12 @@ impl Outage for Seaweed {
             if probe.is_ok() {
                 return;
             }
-            if started.elapsed() > Duration::from_secs(60) {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || started.elapsed() > Duration::from_secs(60) {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(30).collect();
                 panic!(
-                    "SeaweedFS did not start on {} ({probe:?}); the end of its log:\n{}",
+                    "SeaweedFS did not start on {} ({probe:?}; exited: {exited:?}); the end of its log:\n{}",
                     self.endpoint,
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
@@ -785,11 +815,7 @@ pub struct Azurite {
 
 impl Azurite {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_ports(1)[0];
         let mut azurite = Azurite {
             child: None,
             port,

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Harness, LakeAt, Weir, realistic};
+use crate::harness::{Harness, LakeAt, Weir, free_ports, realistic};
 use crate::support::{plugin_path, swap_plugin_path, weir_bin};
 
 const EVENTS: u64 = 6000;
@@ -20,7 +20,7 @@ struct ServeSse {
 
 impl ServeSse {
     fn start(count: u64, rate: f64) -> Self {
-        let port = weir::bus::server::free_port().unwrap();
+        let port = free_ports(1)[0];
         let generator = realistic(5, count, Duration::from_secs(25 * 60));
         let child = Command::new(weir_bin())
             .args(["serve-sse", "--listen", &format!("127.0.0.1:{port}")])
