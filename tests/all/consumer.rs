@@ -1,5 +1,6 @@
 //! The pipeline's pull from its durable consumer, against a real nats-server: when a quiet pull counts as
-//! stalled (and is opened anew) and when quiet is just quiet.
+//! stalled (and is opened anew) and when quiet is just quiet. Also what starting a local server on a taken
+//! port reports.
 
 use std::time::Duration;
 
@@ -180,4 +181,21 @@ fn a_slow_consumer_that_drops_messages_still_gets_every_one() {
         let _ = stop_tx.send(true);
         task.await.unwrap().unwrap();
     });
+}
+
+/// A local nats-server whose port is taken says so, naming the port (`weir run` then tries another free
+/// port, when it chose the first itself).
+#[test]
+fn a_local_server_on_a_taken_port_says_which_port() {
+    let taken = std::net::TcpListener::bind(("127.0.0.1", free_ports(1)[0])).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let error = NatsServer::start(dir.path(), Some(port))
+        .err()
+        .expect("the port is taken");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("address already in use") && message.contains(&port.to_string()),
+        "{message}"
+    );
 }

@@ -58,10 +58,24 @@ impl NatsServer {
         Self::check_binary()?;
         std::fs::create_dir_all(store_dir)
             .with_context(|| format!("cannot create {}", store_dir.display()))?;
-        let port = match port {
-            Some(p) => p,
-            None => free_port()?,
-        };
+        if let Some(port) = port {
+            return Self::start_on(store_dir, port);
+        }
+        // A port that was free a moment ago may be taken before the server binds it (by any process's
+        // outgoing connection): then another one.
+        let mut attempts = 1;
+        loop {
+            match Self::start_on(store_dir, free_port()?) {
+                Err(e) if attempts < 3 && format!("{e:#}").contains("address already in use") => {
+                    tracing::warn!("{e:#}; trying another port");
+                    attempts += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_on(store_dir: &Path, port: u16) -> Result<Self> {
         let log = store_dir.join("nats-server.log");
         let child = Command::new(Self::binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
