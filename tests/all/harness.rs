@@ -617,7 +617,7 @@ pub fn to_toml(table: &toml::Table) -> String {
 /// handed to any process's outgoing connection before the server binds it, as happened to SeaweedFS's
 /// volume server ("bind: address already in use") while the other tests ran.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    use std::hash::{BuildHasher, Hasher};
+    use std::hash::BuildHasher;
     let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
@@ -634,20 +634,21 @@ pub fn free_ports(n: usize) -> Vec<u16> {
             .collect();
     }
     let span = u32::from(ephemeral_low - LOW);
-    // A random start, so that tests running at the same time seldom try the same ports.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    let start = (hasher.finish() % u64::from(span)) as u32;
-    // Each port held until all are chosen, so that no two are the same.
-    let held: Vec<std::net::TcpListener> = (0..span)
-        .map(|i| LOW + ((start + i) % span) as u16)
-        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+    // One cursor for the whole test binary (its tests run as threads), from a random start: no port is
+    // handed out twice, even one whose server is down for a restart, until the range wraps around.
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+        std::sync::atomic::AtomicU32::new((random % u64::from(span)) as u32)
+    });
+    // Ports another process listens on are skipped.
+    let ports: Vec<u16> = (0..span)
+        .map(|_| LOW + (next.fetch_add(1, Ordering::Relaxed) % span) as u16)
+        .filter(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
         .take(n)
         .collect();
-    assert_eq!(held.len(), n, "no {n} free ports below {ephemeral_low}");
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    assert_eq!(ports.len(), n, "no {n} free ports below {ephemeral_low}");
+    ports
 }
 
 /// A store server a test can take down and bring back (same data, same address).

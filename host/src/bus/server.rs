@@ -77,6 +77,8 @@ impl NatsServer {
 
     fn start_on(store_dir: &Path, port: u16) -> Result<Self> {
         let log = store_dir.join("nats-server.log");
+        // The server appends to its log: what this start wrote comes after this.
+        let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
         let child = Command::new(Self::binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store_dir)
@@ -93,7 +95,7 @@ impl NatsServer {
             store_dir: store_dir.to_path_buf(),
             log,
         };
-        server.wait_ready(Duration::from_secs(10))?;
+        server.wait_ready(Duration::from_secs(10), log_start)?;
         // Other Weir processes on this machine (`weir replay`, a second `weir run`) find it here.
         let _ = std::fs::write(Self::url_file(store_dir), server.url());
         Ok(server)
@@ -132,26 +134,28 @@ impl NatsServer {
         self.child.id()
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    /// Waits until this process logs that it is ready. Not until something answers on the port: another
+    /// server that took the port meanwhile would answer too, while this one exits.
+    fn wait_ready(&mut self, timeout: Duration, log_start: u64) -> Result<()> {
         let started = Instant::now();
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let exited = self.child.try_wait()?;
+            let lines = self.own_log_lines(log_start);
+            if let Some(status) = exited {
                 bail!(
                     "nats-server exited ({status}) while starting on port {}: {}",
                     self.port,
-                    log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+                    lines
+                        .iter()
+                        .rev()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" | ")
                 );
             }
-            // Ready once the client port answers with the INFO line.
-            if let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
-                use std::io::Read;
-                let mut stream = stream;
-                stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-                let mut buf = [0u8; 4];
-                if stream.read_exact(&mut buf).is_ok() && &buf == b"INFO" {
-                    return Ok(());
-                }
+            if lines.iter().any(|l| l.ends_with("Server is ready")) {
+                return Ok(());
             }
             if started.elapsed() > timeout {
                 bail!(
@@ -161,6 +165,27 @@ impl NatsServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The lines this process wrote to the log after `log_start` (each starts with its pid in brackets).
+    fn own_log_lines(&self, log_start: u64) -> Vec<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log) {
+            let from = if file.metadata().map_or(0, |m| m.len()) >= log_start {
+                log_start
+            } else {
+                0 // truncated or replaced since
+            };
+            let _ = file.seek(SeekFrom::Start(from));
+            let _ = file.read_to_end(&mut bytes);
+        }
+        let tag = format!("[{}] ", self.child.id());
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.starts_with(&tag))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Stops the server cleanly (SIGTERM lets JetStream flush), killing it if it does not exit in 5 s.
