@@ -58,14 +58,18 @@ impl NatsServer {
         Self::check_binary()?;
         std::fs::create_dir_all(store_dir)
             .with_context(|| format!("cannot create {}", store_dir.display()))?;
-        if let Some(port) = port {
-            return Self::start_on(store_dir, port);
+        match port {
+            Some(port) => Self::start_on(store_dir, port),
+            None => Self::start_on_free_port(store_dir, free_port),
         }
-        // A port that was free a moment ago may be taken before the server binds it (by any process's
-        // outgoing connection): then another one.
+    }
+
+    /// A port that was free a moment ago may be taken before the server binds it (by any process's outgoing
+    /// connection): then another one from `pick`, three in all.
+    fn start_on_free_port(store_dir: &Path, mut pick: impl FnMut() -> Result<u16>) -> Result<Self> {
         let mut attempts = 1;
         loop {
-            match Self::start_on(store_dir, free_port()?) {
+            match Self::start_on(store_dir, pick()?) {
                 Err(e) if attempts < 3 && format!("{e:#}").contains("address already in use") => {
                     tracing::warn!("{e:#}; trying another port");
                     attempts += 1;
@@ -233,4 +237,22 @@ impl Drop for NatsServer {
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port taken between its choice and the server's start: the server starts on the next one.
+    #[test]
+    fn a_free_port_taken_meanwhile_is_replaced_by_another() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ports = vec![free_port().unwrap(), taken.local_addr().unwrap().port()];
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            NatsServer::start_on_free_port(dir.path(), || Ok(ports.pop().unwrap())).unwrap();
+        assert!(ports.is_empty(), "the taken port was not tried first");
+        assert_ne!(server.port(), taken.local_addr().unwrap().port());
+        assert!(std::net::TcpStream::connect(("127.0.0.1", server.port())).is_ok());
+    }
 }
