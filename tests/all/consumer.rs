@@ -1,15 +1,13 @@
 //! The pipeline's pull from its durable consumer, against a real nats-server: when a quiet pull counts as
-//! stalled (and is opened anew) and when quiet is just quiet. Also what starting a local server on a taken
-//! port reports.
+//! stalled (and is opened anew) and when quiet is just quiet.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
-use weir::bus::NatsServer;
 use weir::pipeline::runner::stalled;
 
-use crate::harness::{free_ports, runtime};
+use crate::harness::{nats_server, runtime};
 
 /// A stream of one subject, `name` in lower case, and a durable pull consumer on it with explicit acks and
 /// `config`'s other settings.
@@ -40,7 +38,7 @@ async fn durable(
 #[test]
 fn a_quiet_pull_is_stalled_only_while_deliverable_messages_wait() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
+    let server = nats_server(dir.path());
     runtime().block_on(async {
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = jetstream::new(client);
@@ -104,7 +102,7 @@ fn a_slow_consumer_that_drops_messages_still_gets_every_one() {
     // More than one pull request asks for (16 batches of 256), so the stalled pull leaves some undelivered.
     const MESSAGES: u64 = 10_000;
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
+    let server = nats_server(dir.path());
     runtime().block_on(async {
         let client = async_nats::ConnectOptions::new()
             .subscription_capacity(64)
@@ -181,21 +179,4 @@ fn a_slow_consumer_that_drops_messages_still_gets_every_one() {
         let _ = stop_tx.send(true);
         task.await.unwrap().unwrap();
     });
-}
-
-/// A local nats-server whose port is taken says so, naming the port (`weir run` then tries another free
-/// port, when it chose the first itself).
-#[test]
-fn a_local_server_on_a_taken_port_says_which_port() {
-    let taken = std::net::TcpListener::bind(("127.0.0.1", free_ports(1)[0])).unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let error = NatsServer::start(dir.path(), Some(port))
-        .err()
-        .expect("the port is taken");
-    let message = format!("{error:#}");
-    assert!(
-        message.contains("address already in use") && message.contains(&port.to_string()),
-        "{message}"
-    );
 }

@@ -115,7 +115,7 @@ impl Harness {
     /// every 500 events or second so that a short run makes many commits; `edit` adjusts the configuration.
     pub fn new(lake: LakeAt, edit: impl FnOnce(&mut toml::Table)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsServer::start(&dir.path().join("nats"), Some(free_ports(1)[0])).unwrap();
+        let nats = nats_server(&dir.path().join("nats"));
         let default = workspace_root().join("deploy/pipelines/wikimedia.toml");
         let mut table: toml::Table =
             toml::from_str(&std::fs::read_to_string(&default).unwrap()).unwrap();
@@ -649,6 +649,11 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect();
     assert_eq!(ports.len(), n, "no {n} free ports below {ephemeral_low}");
     ports
+}
+
+/// A nats-server with JetStream storing under `dir`, on a port from [`free_ports`] (kept across restarts).
+pub fn nats_server(dir: &std::path::Path) -> NatsServer {
+    NatsServer::start(dir, Some(free_ports(1)[0])).unwrap()
 }
 
 /// A store server a test can take down and bring back (same data, same address).

@@ -6,14 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
-use weir::bus::{NatsServer, StreamConfig};
+use weir::bus::StreamConfig;
 use weir::ingest::{Ingest, IngestConfig};
 use weir::source::client::SseConfig;
 use weir::source::generate::{GenConfig, Generator};
 use weir::source::serve::{Cut, Events, ServeConfig, spawn_local};
 use weir::source::sse::{Limits, SseItem, parse_all};
 
-use crate::harness::{free_ports, runtime};
+use crate::harness::{nats_server, runtime};
 use crate::support::fixture;
 
 /// Backoff short enough that a test with thousands of cuts runs in seconds.
@@ -177,7 +177,7 @@ fn raw_captures_parse_to_their_events() {
 #[test]
 fn every_cut_point_of_a_sample_gives_each_event_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
+    let server = nats_server(dir.path());
     let rt = runtime();
     let text =
         std::fs::read_to_string(fixture("wikimedia/events/recentchange.verbatim.ndjson")).unwrap();
@@ -226,7 +226,7 @@ fn every_cut_point_of_a_sample_gives_each_event_once_in_order() {
 #[test]
 fn random_cuts_many_times_give_each_event_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
+    let server = nats_server(dir.path());
     let rt = runtime();
     let generator = Generator::new(GenConfig::default());
     let lines: Vec<String> = (0..3000).map(|i| generator.event(i).data).collect();
@@ -253,7 +253,7 @@ fn random_cuts_many_times_give_each_event_once_in_order() {
 #[test]
 fn a_restarted_host_resumes_without_loss_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
+    let server = nats_server(dir.path());
     let rt = runtime();
     let generator = Generator::new(GenConfig::default());
     let lines: Vec<String> = (0..4000).map(|i| generator.event(i).data).collect();
@@ -285,7 +285,7 @@ fn a_restarted_host_resumes_without_loss_or_duplicates() {
 fn nats_server_restart_mid_stream_loses_nothing() {
     crate::support::init_logging();
     let dir = tempfile::tempdir().unwrap();
-    let mut server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
+    let mut server = nats_server(dir.path());
     let rt = runtime();
     let generator = Generator::new(GenConfig::default());
     let lines: Vec<String> = (0..10_000).map(|i| generator.event(i).data).collect();
@@ -341,7 +341,7 @@ fn nats_server_restart_mid_stream_loses_nothing() {
 #[test]
 fn acked_messages_a_crashed_server_lost_are_sent_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = NatsServer::start(dir.path(), Some(free_ports(1)[0])).unwrap();
+    let mut server = nats_server(dir.path());
     let rt = runtime();
     rt.block_on(async {
         let nats = weir::bus::connect(&server.url(), "test").await.unwrap();

@@ -153,7 +153,7 @@ impl NatsServer {
                         .iter()
                         .rev()
                         .take(5)
-                        .cloned()
+                        .map(String::as_str)
                         .collect::<Vec<_>>()
                         .join(" | ")
                 );
@@ -242,6 +242,22 @@ pub fn free_port() -> Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server whose port is taken says so, naming the port (what the retry below goes by).
+    #[test]
+    fn a_server_on_a_taken_port_says_which_port() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let error = NatsServer::start(dir.path(), Some(port))
+            .err()
+            .expect("the port is taken");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("address already in use") && message.contains(&port.to_string()),
+            "{message}"
+        );
+    }
 
     /// A port taken between its choice and the server's start: the server starts on the next one.
     #[test]
