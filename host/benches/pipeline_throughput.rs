@@ -8,7 +8,8 @@
 //! Run with `make bench` (or `cargo bench -p weir --bench pipeline_throughput`; it runs
 //! `target/release/weir`, so build that first). `WEIR_BENCH_EVENTS` sets the number of events (default
 //! 1,000,000), `WEIR_BENCH_SWAPS` the number of hot swaps (default 20), `WEIR_BENCH_WRAPPER` a command to
-//! run `weir run` under (`heaptrack`, `perf record -g`).
+//! run `weir run` under (`heaptrack`, `perf record -g`), `WEIR_BENCH_MODE` the consumer mode (`shared`, the
+//! default pipeline's, or `exclusive`: one host, no acks).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -188,6 +189,8 @@ fn main() {
         config.stages.len()
     );
 
+    let mode = std::env::var("WEIR_BENCH_MODE").unwrap_or_else(|_| "shared".into());
+    println!("  consumer mode: {mode}");
     let lake = dir.path().join("lake");
     let log = dir.path().join("weir.log");
     // `WEIR_BENCH_WRAPPER="heaptrack"` (or any command) runs `weir run` under it, for profiles.
@@ -205,6 +208,7 @@ fn main() {
         .args(["run", "--no-source", "--api", "127.0.0.1:0", "--config"])
         .arg(&config_path)
         .args(["--nats", &server.url()])
+        .args(["--consumer-mode", &mode])
         .arg("--lake")
         .arg(&lake)
         .current_dir(dir.path())

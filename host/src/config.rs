@@ -90,6 +90,8 @@ impl Default for NatsSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerSection {
+    /// How this host reads the stream: `shared` (the default) or `exclusive`; see [`ConsumerMode`].
+    pub mode: ConsumerMode,
     /// The durable consumer's name; hosts that share it share the work. Default `weir-<pipeline>`.
     pub durable: Option<String>,
     /// Events per micro-batch through the plugins.
@@ -103,9 +105,28 @@ pub struct ConsumerSection {
     pub max_deliver: i64,
 }
 
+/// How the pipeline reads its stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsumerMode {
+    /// A durable consumer with explicit acks, one per message after its commit: any number of hosts share
+    /// it and JetStream spreads the messages across them; a message that keeps failing (delivered
+    /// `max_deliver - 1` times) goes to quarantine as `poison`.
+    #[default]
+    Shared,
+    /// This host alone reads the stream, from the first sequence the lake's commit log does not hold, through
+    /// an ordered consumer without acks: the commit log is the only cursor, which halves the broker's work
+    /// per event. A second host on the same lake is refused at its first commit (the commit log sees two
+    /// hosts' epochs over the same sequences) and stops. With no deliveries counted, a message that crashes
+    /// the host is read again after each restart rather than quarantined as `poison` (plugin failures are
+    /// quarantined as always). For one host per pipeline: an edge box, a single container.
+    Exclusive,
+}
+
 impl Default for ConsumerSection {
     fn default() -> Self {
         ConsumerSection {
+            mode: ConsumerMode::Shared,
             durable: None,
             batch: 256,
             max_ack_pending: 300_000,
@@ -284,6 +305,8 @@ impl Config {
         if self.consumer.max_deliver < 2 {
             bail!("{file}: consumer.max_deliver must be at least 2");
         }
+        self.check_consumer_mode()
+            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
         for (what, path) in [
             ("events.id_path", &self.events.id_path),
             ("events.time_path", &self.events.time_path),
@@ -397,6 +420,30 @@ impl Config {
         })
     }
 
+    /// Reads the stream as `mode` instead of the configured `consumer.mode` (`weir run --consumer-mode`).
+    pub fn set_consumer_mode(&mut self, mode: ConsumerMode) -> Result<()> {
+        self.consumer.mode = mode;
+        self.check_consumer_mode()
+            .map_err(|e| anyhow::anyhow!("--consumer-mode: {e}"))
+    }
+
+    fn check_consumer_mode(&self) -> Result<(), String> {
+        if self.consumer.mode == ConsumerMode::Exclusive && self.consumer.durable.is_some() {
+            return Err(
+                "consumer.durable names a consumer to share, but consumer.mode is \"exclusive\" (one \
+                 host, no durable consumer): remove one of the two"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether this host reads the stream alone (`consumer.mode = "exclusive"`). Replays always read through
+    /// a durable consumer of their own, whatever the mode.
+    pub fn exclusive(&self) -> bool {
+        self.consumer.mode == ConsumerMode::Exclusive && self.replay.is_none()
+    }
+
     pub fn durable(&self) -> String {
         let live = self
             .consumer
@@ -469,5 +516,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 4") && err.contains("int"), "{err}");
+    }
+
+    #[test]
+    fn an_exclusive_reader_names_no_shared_consumer() {
+        let err = parse("[pipeline]\nname = \"x\"\n[consumer]\nmode = \"solo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 4") && err.contains("shared") && err.contains("exclusive"),
+            "{err}"
+        );
+        let err =
+            parse("[pipeline]\nname = \"x\"\n[consumer]\nmode = \"exclusive\"\ndurable = \"d\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("/tmp/p.toml") && err.contains("consumer.durable"),
+            "{err}"
+        );
     }
 }

@@ -19,7 +19,17 @@ fn span() -> Duration {
 /// Runs until the process dies at `point` (its second visit, so one commit is already behind it), restarts,
 /// finishes, and checks the lake.
 fn crash_and_recover(lake: LakeAt, point: &str, seed: u64) {
-    let h = Harness::new(lake, |_| {});
+    crash_and_recover_with(lake, point, seed, |_| {});
+}
+
+/// [`crash_and_recover`] on a pipeline that `edit` adjusts.
+pub fn crash_and_recover_with(
+    lake: LakeAt,
+    point: &str,
+    seed: u64,
+    edit: impl FnOnce(&mut toml::Table),
+) {
+    let h = Harness::new(lake, edit);
     let last = h.prefill(realistic(seed, EVENTS, span()), EVENTS);
     let mut crashing = h.weir(&[("WEIR_CRASH_AT", &format!("{point}:2"))]);
     let status = crashing.wait(Duration::from_secs(180));
@@ -73,7 +83,14 @@ fn every_crash_point_is_tested() {
 /// Kills at random moments, of commits and of the compactions running beside them.
 #[test]
 fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    sigkill_at_random_moments(|_| {});
+}
+
+/// Four kills at moments spread over a run of small commits, then a run to the end; `edit` adjusts the
+/// pipeline.
+pub fn sigkill_at_random_moments(edit: impl FnOnce(&mut toml::Table)) {
     let h = Harness::new(LakeAt::Local, |t| {
+        edit(t);
         let lake = t["lake"].as_table_mut().unwrap();
         // Small commits, so kills land in every phase of the protocol.
         lake.insert("commit_events".into(), 200.into());

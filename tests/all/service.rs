@@ -57,8 +57,14 @@ impl ServeSse {
 impl ServeSse {
     /// A harness whose pipeline reads this source, reconnecting quickly after cuts.
     fn harness(&self) -> Harness {
+        self.harness_with(|_| {})
+    }
+
+    /// [`ServeSse::harness`], with `edit` adjusting the pipeline.
+    fn harness_with(&self, edit: impl FnOnce(&mut toml::Table)) -> Harness {
         let url = self.url.clone();
         Harness::new(LakeAt::Local, move |t| {
+            edit(t);
             let mut source = toml::Table::new();
             source.insert("url".into(), url.into());
             source.insert("min_backoff".into(), "20ms".into());
@@ -187,9 +193,21 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
 /// deliveries (it lost their delivery counts): none may land twice, none may be lost.
 #[test]
 fn commits_running_behind_the_next_epoch_survive_broker_crashes() {
+    survive_broker_crashes(|_| {});
+}
+
+/// The same with one host reading alone: its ordered consumer lives in the broker's memory and is gone
+/// after each crash, so it starts again from the last sequence it handed over; its lease, in a file-backed
+/// bucket, is still its own.
+#[test]
+fn an_exclusive_reader_survives_broker_crashes() {
+    survive_broker_crashes(crate::exclusive::exclusive);
+}
+
+fn survive_broker_crashes(edit: impl FnOnce(&mut toml::Table)) {
     const COUNT: u64 = 3000;
     let source = ServeSse::start(COUNT, 400.0);
-    let mut h = source.harness();
+    let mut h = source.harness_with(edit);
     let mut weir = h.weir(&[("WEIR_LAKE_LATENCY_MS", "100")]);
     for committed in [700, 1700] {
         wait_until(&h, &mut weir, committed);

@@ -4,7 +4,9 @@
 //! - [`server`]: a local `nats-server` Weir starts itself (embedded default, tests).
 //! - [`stream`]: the stream's settings, created or updated from configuration.
 //! - [`publish`]: an ordered publisher with a bounded number of acks in flight and a durable position.
+//! - [`lease`]: the lease that lets one host alone read a pipeline's stream (exclusive mode).
 
+pub mod lease;
 pub mod publish;
 pub mod server;
 pub mod stream;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use crate::config::Config;
+use crate::config::{Config, ConsumerMode};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// Use this NATS server instead of the configured one (empty: a local nats-server).
     #[arg(long, env = "WEIR_NATS_URL")]
     nats: Option<String>,
+    /// Read the stream as `shared` (a durable consumer any number of hosts share, acks per message) or
+    /// `exclusive` (this host alone, from where the lake stopped, no acks) instead of `consumer.mode`.
+    #[arg(long, env = "WEIR_CONSUMER_MODE", value_enum)]
+    consumer_mode: Option<ConsumerMode>,
     /// Leave the configured source out: consume the stream only (another process, e.g. `weir ingest`,
     /// fills it).
     #[arg(long)]
@@ -47,6 +51,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if let Some(nats) = args.nats {
         config.nats.url = nats;
+    }
+    if let Some(mode) = args.consumer_mode {
+        config.set_consumer_mode(mode)?;
     }
     if args.no_source {
         config.source = None;

@@ -86,6 +86,16 @@ impl Ranges {
         self.0.last().map(|r| r.1)
     }
 
+    /// The first sequence at or after `from` that these ranges do not hold.
+    pub fn first_missing_from(&self, from: u64) -> u64 {
+        let i = self.0.partition_point(|&(_, b)| b < from);
+        match self.0.get(i) {
+            // Neighbouring ranges are merged, so the one after this range starts past `b + 1`.
+            Some(&(a, b)) if a <= from => b + 1,
+            _ => from,
+        }
+    }
+
     /// Whether every sequence of `other` is in these ranges.
     pub fn covers(&self, other: &Ranges) -> bool {
         other.0.iter().all(|&(a, b)| {
@@ -357,6 +367,11 @@ mod tests {
         assert_eq!(Ranges::from_sorted([1, 2, 3, 5]).0, [(1, 3), (5, 5)]);
         assert!(r.covers(&Ranges(vec![(3, 5), (10, 10)])));
         assert!(!r.covers(&Ranges(vec![(6, 8)])));
+        assert_eq!(r.first_missing_from(1), 1);
+        assert_eq!(r.first_missing_from(3), 8);
+        assert_eq!(r.first_missing_from(8), 8);
+        assert_eq!(r.first_missing_from(10), 11);
+        assert_eq!(Ranges::default().first_missing_from(5), 5);
         assert_eq!(r.within(4, 10).0, [(4, 7), (10, 10)]);
     }
 }

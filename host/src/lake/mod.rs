@@ -289,6 +289,12 @@ impl Lake {
         self.committed.contains(seq)
     }
 
+    /// Where a host that reads the stream alone resumes: the first sequence at or after `first` (the
+    /// stream's first) that no commit holds.
+    pub fn resume_from(&self, first: u64) -> u64 {
+        self.committed.first_missing_from(first.max(1))
+    }
+
     /// Reads commit records other hosts added since the last look (before deciding about redeliveries).
     pub async fn refresh(&mut self) -> Result<()> {
         let state = log::read(&self.store).await?;

@@ -18,6 +18,9 @@
 //!   epoch's messages from being redelivered however long the store takes; an unreachable store is retried
 //!   until it comes back.
 //! - Hot swaps and rollbacks are applied between batches.
+//! - With `consumer.mode = "exclusive"` the fetch task reads through an ordered consumer of its own instead,
+//!   from the first sequence the lake's commit log does not hold, and nothing is acked: the commit log is the
+//!   cursor (see [`crate::config::ConsumerMode`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -197,6 +200,96 @@ pub async fn consumer(
     }
 }
 
+/// This host's own reader (`consumer.mode = "exclusive"`): ordered consumers from the first sequence at
+/// or after the stream's first that the lake has not committed. Committed sequences further on are skipped as
+/// they come, as in shared mode.
+pub async fn exclusive_reader(
+    js: &jetstream::Context,
+    config: &Config,
+    lake: &Lake,
+) -> Result<Reader> {
+    let stream = js
+        .get_stream(&config.stream.name)
+        .await
+        .with_context(|| format!("stream {} does not exist", config.stream.name))?;
+    let first = stream
+        .get_info()
+        .await
+        .context("cannot read the stream's state")?
+        .state
+        .first_sequence;
+    let start = lake.resume_from(first);
+    tracing::info!(
+        start,
+        "reading the stream alone (consumer.mode = \"exclusive\"), from the first sequence the lake has not \
+         committed"
+    );
+    Ok(Reader::Exclusive {
+        stream,
+        description: format!("Weir pipeline {} (exclusive)", config.pipeline.name),
+        start,
+    })
+}
+
+/// Where the fetch task reads: the durable consumer hosts share, or this host's own ordered consumers.
+pub enum Reader {
+    Shared(jetstream::consumer::Consumer<pull::Config>),
+    Exclusive {
+        stream: jetstream::stream::Stream,
+        description: String,
+        /// The first sequence to read.
+        start: u64,
+    },
+}
+
+/// A pull in progress, of either kind. Boxed: both streams are large (hundreds of bytes, of different
+/// sizes), and there is only ever one.
+enum Messages {
+    Shared(Box<pull::Stream>),
+    Exclusive(Box<pull::Ordered>),
+}
+
+impl Messages {
+    /// Opens a pull; an exclusive one from the sequence after `after` (the last one handed over), or from the
+    /// reader's start.
+    async fn open(reader: &Reader, batch: usize, after: Option<u64>) -> Result<Self> {
+        Ok(match reader {
+            Reader::Shared(consumer) => Messages::Shared(Box::new(pull(consumer, batch).await?)),
+            // The ordered stream opens itself anew (after the last message it gave) on gaps in what it
+            // receives, missed heartbeats or a consumer the server dropped.
+            Reader::Exclusive {
+                stream,
+                description,
+                start,
+            } => {
+                let consumer = stream
+                    .create_consumer(pull::OrderedConfig {
+                        description: Some(description.clone()),
+                        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: after.map_or(*start, |seq| seq + 1),
+                        },
+                        ..Default::default()
+                    })
+                    .await
+                    .context("cannot create the ordered consumer")?;
+                Messages::Exclusive(Box::new(
+                    consumer
+                        .messages()
+                        .await
+                        .context("cannot read from the ordered consumer")?,
+                ))
+            }
+        })
+    }
+
+    async fn next(&mut self) -> Option<Result<jetstream::Message, String>> {
+        match self {
+            Messages::Shared(s) => s.next().await.map(|m| m.map_err(|e| e.to_string())),
+            Messages::Exclusive(s) => s.next().await.map(|m| m.map_err(|e| e.to_string())),
+        }
+    }
+}
+
 /// How far ahead of the host clock an event time may be and still move the watermark.
 const WATERMARK_HORIZON_MS: i64 = 5 * 60 * 1000;
 
@@ -216,6 +309,8 @@ pub struct Processor {
     last_batch: Instant,
     pub ack_wait: Duration,
     pub max_deliver: i64,
+    /// Whether messages are acked (shared mode); in exclusive mode the commit log alone records progress.
+    acks: bool,
     pub watermark_delay_ms: i64,
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
@@ -273,6 +368,7 @@ impl Processor {
             last_batch: Instant::now(),
             ack_wait: config.consumer.ack_wait,
             max_deliver: config.consumer.max_deliver,
+            acks: !config.exclusive(),
             watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
@@ -490,9 +586,11 @@ impl Processor {
                 rejected,
                 invalid_utf8,
             });
-            self.deliveries.push(reply);
+            if self.acks {
+                self.deliveries.push(reply);
+            }
         }
-        if !immediate_acks.is_empty() {
+        if self.acks && !immediate_acks.is_empty() {
             let client = self.client.clone();
             self.runtime.block_on(ack(&client, &immediate_acks));
         }
@@ -662,12 +760,17 @@ impl Processor {
         let shared = self.shared.clone();
         let task = self.runtime.spawn(async move {
             // Keep the epoch's messages ours while the store takes its time.
-            let progress = tokio::spawn(progress(client.clone(), replies.clone(), ack_wait / 3));
+            let progress = (!replies.is_empty())
+                .then(|| tokio::spawn(progress(client.clone(), replies.clone(), ack_wait / 3)));
             let result = commit.run().await;
-            progress.abort();
+            if let Some(progress) = progress {
+                progress.abort();
+            }
             if result.is_ok() {
                 shared.health.store_reachable.store(true, Ordering::Relaxed);
-                ack(&client, &replies).await;
+                if !replies.is_empty() {
+                    ack(&client, &replies).await;
+                }
                 crash::point("commit.after_ack");
                 shared
                     .counters
@@ -999,6 +1102,20 @@ async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>,
 /// 5 s (35 s); this comes sooner, and also when that does not help.
 const STALL_AFTER: Duration = Duration::from_secs(15);
 
+/// [`STALL_AFTER`] for an exclusive reader. Its pull waits for nothing but the stream: with messages in the
+/// stream after the last one handed over, five quiet seconds mean it is stuck. A new pull costs one consumer
+/// and can neither lose nor repeat a message (it starts right after the last one handed over).
+const EXCLUSIVE_STALL_AFTER: Duration = Duration::from_secs(5);
+
+impl Reader {
+    fn stall_after(&self) -> Duration {
+        match self {
+            Reader::Shared(_) => STALL_AFTER,
+            Reader::Exclusive { .. } => EXCLUSIVE_STALL_AFTER,
+        }
+    }
+}
+
 /// A pull of up to 16 micro-batches per request.
 async fn pull(
     consumer: &jetstream::consumer::Consumer<pull::Config>,
@@ -1031,13 +1148,16 @@ pub async fn stalled(consumer: &jetstream::consumer::Consumer<pull::Config>) -> 
 
 /// Pulls messages and sends micro-batches to the processor until `stop`.
 pub async fn fetch(
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    reader: Reader,
     batch: usize,
     tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut messages = pull(&consumer, batch).await?;
+    let mut messages = Messages::open(&reader, batch, None).await?;
+    // The last stream sequence handed to the processor (where a new exclusive pull starts after).
+    let mut handed = None;
+    let stall_after = reader.stall_after();
     shared.health.nats_connected.store(true, Ordering::Relaxed);
     // Since when the pull has brought nothing (time spent handing batches to the processor not counted).
     let mut quiet_since = tokio::time::Instant::now();
@@ -1046,20 +1166,20 @@ pub async fn fetch(
         // Wait for the first message (or stop), then gather the rest for a few milliseconds at most.
         tokio::select! {
             _ = stop.changed() => return Ok(()),
-            next = tokio::time::timeout_at(quiet_since + STALL_AFTER, messages.next()) => {
+            next = tokio::time::timeout_at(quiet_since + stall_after, messages.next()) => {
                 match next {
                     Ok(Some(Ok(m))) => buf.push(m),
                     Ok(None) => return Ok(()),
                     // An error (a missed heartbeat comes every 10 s while no pull request is waiting at the
-                    // server) or the quiet spell's end: past `STALL_AFTER`, see whether the pull is stuck.
+                    // server) or the quiet spell's end: past `stall_after`, see whether the pull is stuck.
                     quiet => {
                         if let Ok(Some(Err(e))) = &quiet {
                             shared.health.nats_connected.store(false, Ordering::Relaxed);
                             tracing::warn!("pulling messages: {e}");
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                        if quiet_since.elapsed() >= STALL_AFTER {
-                            reopen_if_stalled(&consumer, batch, &mut messages, &shared).await;
+                        if quiet_since.elapsed() >= stall_after {
+                            reopen_if_stalled(&reader, batch, &mut messages, handed, &shared).await;
                             quiet_since = tokio::time::Instant::now();
                         }
                         continue;
@@ -1082,11 +1202,20 @@ pub async fn fetch(
         if shared.health.paused.load(Ordering::Relaxed) {
             // Paused: hold the batch until resumed (the consumer's ack deadline is long; progress is sent).
             while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
-                for m in &buf {
-                    let _ = m.ack_with(jetstream::AckKind::Progress).await;
+                if let Reader::Shared(_) = reader {
+                    for m in &buf {
+                        let _ = m.ack_with(jetstream::AckKind::Progress).await;
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+        if let Some(seq) = buf
+            .last()
+            .and_then(|m| m.info().ok())
+            .map(|i| i.stream_sequence)
+        {
+            handed = Some(seq);
         }
         if tx.send(buf).await.is_err() {
             return Ok(());
@@ -1095,26 +1224,43 @@ pub async fn fetch(
     }
 }
 
-/// Opens a new pull in place of `messages` when [`stalled`] says it is stuck. A pull can stop asking for
-/// messages and report nothing (the client's count of what it asked for drifts; nats.rs issues 860 and
-/// 1285); a new one starts afresh. No request of the old one is waiting at the server, so nothing was sent
-/// its way that would come back only after `ack_wait`.
+/// Opens a new pull in place of `messages` when it is stuck. A pull can stop asking for messages and report
+/// nothing (the client's count of what it asked for drifts, as when the client dropped messages it had no
+/// room for; nats.rs issues 860 and 1285); a new one starts afresh.
+///
+/// - Shared: when [`stalled`] says so. No request of the old pull is waiting at the server, so nothing was
+///   sent its way that would come back only after `ack_wait`.
+/// - Exclusive: when the stream holds messages after `handed`, the last one handed over; the new ordered
+///   consumer starts right after it (the old one goes once the server sees it idle).
 async fn reopen_if_stalled(
-    consumer: &jetstream::consumer::Consumer<pull::Config>,
+    reader: &Reader,
     batch: usize,
-    messages: &mut pull::Stream,
+    messages: &mut Messages,
+    handed: Option<u64>,
     shared: &Shared,
 ) {
-    let Some(pending) = stalled(consumer).await else {
+    let waiting = match reader {
+        Reader::Shared(consumer) => stalled(consumer).await,
+        Reader::Exclusive { stream, start, .. } => {
+            let next = handed.map_or(*start, |seq| seq + 1);
+            match stream.get_info().await {
+                Ok(info) if info.state.last_sequence >= next => {
+                    Some(info.state.last_sequence + 1 - next)
+                }
+                _ => None,
+            }
+        }
+    };
+    let Some(pending) = waiting else {
         return;
     };
     tracing::warn!(
         pending,
         "no messages for {}s though the stream holds more for this consumer and no pull request of ours \
          is waiting at the server; opening a new pull",
-        STALL_AFTER.as_secs()
+        reader.stall_after().as_secs()
     );
-    match pull(consumer, batch).await {
+    match Messages::open(reader, batch, handed).await {
         Ok(fresh) => {
             *messages = fresh;
             shared

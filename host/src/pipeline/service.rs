@@ -14,6 +14,7 @@ use super::chain::Chain;
 use super::runner::{self, Processor};
 use super::shared::{Control, Counters, Health, Pauses, Phase, Recent, Shared};
 use crate::bus::NatsServer;
+use crate::bus::lease::{self, Lease};
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::lake::Lake;
@@ -86,6 +87,21 @@ pub async fn run(
         super::replay::stage_bronze(&js, &store, &config.stream, &replay, &done).await?;
     }
     config.stream.ensure(&js).await?;
+    // An exclusive reader takes its lease before it touches anything: opening the lake cleans up the staged
+    // files of an earlier run of this host, which a second process under the same host name would take for
+    // its own.
+    // Kept from now until the last commit is done (start-up can outlast the lease); one lost to another host
+    // stops the run. A start that fails leaves it to run out, or to the next run of this host.
+    let host = config.host();
+    let (lease_stop_tx, lease_stop_rx) = tokio::sync::watch::channel(false);
+    let mut lease_task = match config.exclusive() {
+        true => Some(
+            Lease::acquire(&js, &config.pipeline.name, &host, 2 * lease::TTL)
+                .await?
+                .keep(lease_stop_rx),
+        ),
+        false => None,
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -135,24 +151,31 @@ pub async fn run(
         }));
     }
 
-    let consumer = runner::consumer(&js, &config).await?;
+    let lake = Lake::open(config.lake_config(), &host)
+        .await
+        .context("cannot open the lake")?;
+    // An exclusive reader starts where the lake's commit log says, so the lake comes first.
+    let reader = if config.exclusive() {
+        runner::exclusive_reader(&js, &config, &lake).await?
+    } else {
+        runner::Reader::Shared(runner::consumer(&js, &config).await?)
+    };
     let replay_until = match &config.replay {
         Some(replay) => Some(super::replay::last_sequence(&js, &config.stream.name, replay).await?),
         None => None,
     };
     let replay_done = {
-        let consumer = consumer.clone();
+        let consumer = match &reader {
+            runner::Reader::Shared(consumer) => Some(consumer.clone()),
+            runner::Reader::Exclusive { .. } => None,
+        };
         async move {
-            match replay_until {
-                Some(until) => super::replay::finished(consumer, until).await,
-                None => std::future::pending().await,
+            match (replay_until, consumer) {
+                (Some(until), Some(consumer)) => super::replay::finished(consumer, until).await,
+                _ => std::future::pending().await,
             }
         }
     };
-    let host = config.host();
-    let lake = Lake::open(config.lake_config(), &host)
-        .await
-        .context("cannot open the lake")?;
     let lake_store = lake.store().clone();
 
     // Plugins compile off the async threads (a cold Python component takes seconds).
@@ -275,7 +298,7 @@ pub async fn run(
     // (on the I/O runtime, shared with acks and uploads) is busy; still bounded, for backpressure.
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(16);
     let fetch_task = tokio::spawn(runner::fetch(
-        consumer,
+        reader,
         config.consumer.batch,
         batches_tx,
         shared.clone(),
@@ -309,10 +332,17 @@ pub async fn run(
     let processor_done = tokio::task::spawn_blocking(move || processor_thread.join());
     tokio::pin!(processor_done);
     tokio::pin!(stop);
-    let (early, replayed) = tokio::select! {
-        _ = &mut stop => (None, false),
-        _ = replay_done => (None, true),
-        done = &mut processor_done => (Some(done), false),
+    let lease_lost = async {
+        match lease_task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let (early, replayed, lease_done) = tokio::select! {
+        _ = &mut stop => (None, false, None),
+        _ = replay_done => (None, true, None),
+        done = &mut processor_done => (Some(done), false, None),
+        kept = lease_lost => (None, false, Some(kept)),
     };
     tracing::info!("stopping: finishing the batch in hand, committing, acking");
     shared.health.stopping.store(true, Ordering::Relaxed);
@@ -333,6 +363,24 @@ pub async fn run(
     // A pull that failed ends the micro-batches, and the processor stops cleanly after its last commit: the
     // run failed all the same (a supervisor restarts it), unless the processor has an error of its own.
     let result = result.and_then(|r| fetched.map(|()| r));
+    // Let go of the lease (the next run takes it at once), unless it was lost: then that is the error.
+    let kept = match (lease_done, lease_task) {
+        (Some(kept), _) => Some(kept),
+        (None, Some(task)) => {
+            let _ = lease_stop_tx.send(true);
+            Some(task.await)
+        }
+        (None, None) => None,
+    };
+    let result = match kept {
+        Some(Ok((lease, Ok(())))) => {
+            lease.release().await;
+            result
+        }
+        Some(Ok((_, Err(lost)))) => result.and(Err(lost)),
+        Some(Err(e)) => result.and(Err(anyhow::anyhow!("the lease task failed: {e}"))),
+        None => result,
+    };
     if let Some(task) = ingest_task {
         match task.await {
             Ok(Err(e)) => tracing::error!("ingest: {e:#}"),

@@ -1,0 +1,265 @@
+//! The lease of an exclusive reader (`consumer.mode = "exclusive"`): at most one host reads a pipeline's
+//! stream alone. A key in a NATS key-value bucket whose entries expire after [`TTL`]: the holder writes it
+//! again every third of that (a compare-and-set on its last revision), so a holder that dies loses it within
+//! [`TTL`], and a clean stop deletes it at once.
+//!
+//! The commit log already refuses a second reader's epochs over the same sequences; the lease stops that
+//! second reader before it writes anything, which matters most when both run under the same host name (their
+//! staged files would share paths).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// The bucket of leases, one key per pipeline.
+pub const BUCKET: &str = "weir_leases";
+
+/// How long a lease outlives its holder's last renewal.
+pub const TTL: Duration = Duration::from_secs(15);
+
+/// Who holds a lease: enough to tell an operator, and to tell a run of this host killed before it could
+/// let go (same host name, process gone) from a live one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Holder {
+    host: String,
+    pid: u32,
+    since_ms: i64,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = chrono::DateTime::from_timestamp_millis(self.since_ms)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        write!(f, "host {} (pid {}) since {since}", self.host, self.pid)
+    }
+}
+
+/// A lease held by this process.
+pub struct Lease {
+    kv: kv::Store,
+    key: String,
+    value: Bytes,
+    revision: u64,
+}
+
+/// Letters, digits, `-` and `_` (what a key may hold); anything else becomes `_`.
+fn key_for(pipeline: &str) -> String {
+    pipeline
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Whether process `pid` of this machine is running.
+fn running(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 only checks that the process exists and may be signalled; nothing is sent.
+        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+async fn bucket(js: &jetstream::Context) -> Result<kv::Store> {
+    match js.get_key_value(BUCKET).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: BUCKET.into(),
+                description: "Which host reads each Weir pipeline's stream alone".into(),
+                history: 1,
+                max_age: TTL,
+                ..Default::default()
+            })
+            .await
+            .context("cannot create the key-value bucket for exclusive leases"),
+    }
+}
+
+impl Lease {
+    /// Takes the lease of `pipeline` for `host`. A holder that is an earlier run of this host, no longer
+    /// running, is taken over at once; any other is waited for, up to `wait`, in case it is a host that
+    /// died and whose lease has yet to run out. Fails, naming the holder, when it is still held then.
+    pub async fn acquire(
+        js: &jetstream::Context,
+        pipeline: &str,
+        host: &str,
+        wait: Duration,
+    ) -> Result<Lease> {
+        let kv = bucket(js).await?;
+        let key = key_for(pipeline);
+        let me = Holder {
+            host: host.to_string(),
+            pid: std::process::id(),
+            since_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&me).expect("a holder serializes"));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut told = false;
+        loop {
+            match kv.create(&key, value.clone()).await {
+                Ok(revision) => {
+                    return Ok(Lease {
+                        kv,
+                        key,
+                        value,
+                        revision,
+                    });
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(e).context(format!("cannot take the lease of pipeline {pipeline}"));
+                }
+            }
+            let Some(entry) = kv
+                .entry(&key)
+                .await
+                .context("cannot read the exclusive lease")?
+            else {
+                continue; // ran out meanwhile
+            };
+            if entry.operation != kv::Operation::Put {
+                continue; // let go meanwhile: `create` takes a deleted key
+            }
+            let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
+            let earlier_run = holder.as_ref().is_some_and(|h| {
+                // In a restarted container the new run may well have the old one's pid.
+                h.host == me.host && (h.pid == me.pid || !running(h.pid))
+            });
+            if earlier_run {
+                match kv.update(&key, value.clone(), entry.revision).await {
+                    Ok(revision) => {
+                        tracing::info!(
+                            "took over the exclusive lease of an earlier run of this host that did not \
+                             let it go"
+                        );
+                        return Ok(Lease {
+                            kv,
+                            key,
+                            value,
+                            revision,
+                        });
+                    }
+                    Err(_) => continue, // someone else was quicker: look again
+                }
+            }
+            let who = holder.map_or_else(|| "an unknown holder".to_string(), |h| h.to_string());
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "another host reads pipeline {pipeline} alone (consumer.mode = \"exclusive\"): {who}. \
+                     Stop it first, or set consumer.mode = \"shared\" on every host to share the stream"
+                );
+            }
+            if !told {
+                tracing::warn!(
+                    "pipeline {pipeline} is read alone by {who}; waiting up to {}s for its lease to run \
+                     out (it does {}s after its holder stops renewing it)",
+                    wait.as_secs(),
+                    TTL.as_secs()
+                );
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Keeps the lease until `stop` (then hands it back, to [`Lease::release`]) or until it is lost to
+    /// another host (the error). A server that cannot be reached is retried; a lease that ran out
+    /// meanwhile is taken again when nobody else took it.
+    pub fn keep(
+        mut self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<(Lease, Result<()>)> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TTL / 3);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return (self, Ok(())),
+                }
+                match self.renew().await {
+                    Ok(()) => {}
+                    Err(Renewal::Unreachable(e)) => {
+                        tracing::warn!("cannot renew the exclusive lease (retrying): {e:#}");
+                    }
+                    Err(Renewal::Lost(who)) => {
+                        let error = anyhow::anyhow!(
+                            "the exclusive lease was taken over by {who}; stopping"
+                        );
+                        return (self, Err(error));
+                    }
+                }
+            }
+        })
+    }
+
+    async fn renew(&mut self) -> Result<(), Renewal> {
+        match self
+            .kv
+            .update(&self.key, self.value.clone(), self.revision)
+            .await
+        {
+            Ok(revision) => {
+                self.revision = revision;
+                return Ok(());
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(Renewal::Unreachable(e.into())),
+        }
+        // Ours no longer: ran out while the server was away, or taken.
+        match self.kv.entry(&self.key).await {
+            // Ours after all: a renewal whose answer was lost moved the revision on.
+            Ok(Some(entry))
+                if entry.operation == kv::Operation::Put && entry.value == self.value =>
+            {
+                self.revision = entry.revision;
+                Ok(())
+            }
+            Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                let who = serde_json::from_slice::<Holder>(&entry.value)
+                    .map_or_else(|_| "an unknown holder".to_string(), |h| h.to_string());
+                Err(Renewal::Lost(who))
+            }
+            Ok(_) => match self.kv.create(&self.key, self.value.clone()).await {
+                Ok(revision) => {
+                    self.revision = revision;
+                    Ok(())
+                }
+                Err(e) => Err(Renewal::Unreachable(e.into())),
+            },
+            Err(e) => Err(Renewal::Unreachable(e.into())),
+        }
+    }
+
+    /// Lets go, so the next host (or run) takes the lease at once.
+    pub async fn release(self) {
+        if let Err(e) = self
+            .kv
+            .delete_expect_revision(&self.key, Some(self.revision))
+            .await
+        {
+            tracing::warn!("cannot let go of the exclusive lease (it runs out by itself): {e}");
+        }
+    }
+}
+
+enum Renewal {
+    Unreachable(anyhow::Error),
+    Lost(String),
+}

@@ -1,0 +1,83 @@
+//! Exclusive mode (`consumer.mode = "exclusive"`): one host reads the stream through an ordered consumer
+//! without acks, the lake's commit log its only cursor. The same promise as shared mode, checked the same
+//! way: killed at every crash point of the commit protocol and at random moments, restarted, every stream
+//! sequence is in the lake exactly once (Parquet read back). A second reader is refused while the first
+//! runs; a run killed with its lease in hand is followed at once by the next run of the same host.
+//! (`service::` runs it through broker crashes too.)
+
+use std::time::Duration;
+
+use crate::harness::{Harness, LakeAt, realistic};
+use crate::lake::{crash_and_recover_with, sigkill_at_random_moments};
+
+/// Sets `consumer.mode = "exclusive"`.
+pub fn exclusive(t: &mut toml::Table) {
+    t["consumer"]
+        .as_table_mut()
+        .unwrap()
+        .insert("mode".into(), "exclusive".into());
+}
+
+macro_rules! crash_tests {
+    ($($name:ident => $point:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            crash_and_recover_with(LakeAt::Local, $point, 600 + line!() as u64, exclusive);
+        }
+    )*};
+}
+
+crash_tests! {
+    exclusive_crash_at_commit_start => "commit.start",
+    exclusive_crash_after_files_are_staged => "commit.after_files",
+    exclusive_crash_after_the_commit_record => "commit.after_record",
+    exclusive_crash_after_files_are_published => "commit.after_publish",
+    exclusive_crash_after_the_commit => "commit.after_ack",
+}
+
+#[test]
+fn exclusive_sigkill_at_random_moments_loses_and_duplicates_nothing() {
+    sigkill_at_random_moments(exclusive);
+}
+
+#[test]
+fn a_second_reader_is_refused_and_a_killed_one_is_followed_at_once() {
+    const EVENTS: u64 = 3000;
+    let h = Harness::new(LakeAt::Local, exclusive);
+    let last = h.prefill(realistic(17, EVENTS, Duration::from_secs(50 * 60)), EVENTS);
+    let mut first = h.weir(&[]);
+    h.wait_committed(&mut first, 1, Duration::from_secs(120));
+
+    // The same pipeline under the same host name, as when `weir run` is started twice on one machine:
+    // refused before it opens the lake, naming the holder.
+    let mut second = h.weir(&[]);
+    let status = second.wait(Duration::from_secs(120));
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    assert!(!status.success(), "a second reader ran:\n{log}");
+    assert!(
+        log.contains("reads pipeline wikimedia alone") && log.contains("pid"),
+        "{log}"
+    );
+    assert!(!log.contains("removing staged files"), "{log}");
+
+    // Killed with its lease in hand: the next run of this host does not wait for the lease to run out.
+    first.kill();
+    let mut again = h.weir(&[]);
+    h.finish(&mut again, last);
+    let log = std::fs::read_to_string(&again.log).unwrap();
+    assert!(log.contains("took over the exclusive lease"), "{log}");
+    assert!(!log.contains("waiting up to"), "{log}");
+
+    // Stopped cleanly, it let go: the next run takes the lease as new.
+    let mut third = h.weir(&[]);
+    third.api(Duration::from_secs(60));
+    third.stop();
+    let log = std::fs::read_to_string(&third.log).unwrap();
+    assert!(
+        !log.contains("took over") && !log.contains("waiting up to"),
+        "{log}"
+    );
+
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}

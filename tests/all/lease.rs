@@ -1,0 +1,110 @@
+//! The exclusive reader's lease against a real nats-server: one holder at a time, a live holder refused
+//! by name, an earlier run of the same host that was killed taken over at once, a released lease taken at
+//! once, and a holder that loses its lease told so.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use weir::bus::lease::{BUCKET, Lease};
+
+use crate::harness::{nats_server, runtime};
+
+/// A process that has exited: its pid names no running process.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn one_host_at_a_time_holds_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats_server(dir.path());
+    runtime().block_on(async {
+        let client = weir::bus::connect(&server.url(), "lease-test")
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+
+        let a = Lease::acquire(&js, "wiki", "host-a", Duration::ZERO)
+            .await
+            .unwrap();
+        // Another host is refused, with the holder named, once its wait is over.
+        let refused = Lease::acquire(&js, "wiki", "host-b", Duration::from_secs(1))
+            .await
+            .err()
+            .expect("a second host is refused");
+        let message = format!("{refused:#}");
+        assert!(
+            message.contains("host host-a") && message.contains("reads pipeline wiki alone"),
+            "{message}"
+        );
+        // Other pipelines have leases of their own.
+        let other = Lease::acquire(&js, "other", "host-b", Duration::ZERO)
+            .await
+            .unwrap();
+        other.release().await;
+
+        // A released lease is taken at once.
+        a.release().await;
+        let b = Lease::acquire(&js, "wiki", "host-b", Duration::ZERO)
+            .await
+            .unwrap();
+
+        // Taken from under its holder (as when it ran out while the holder was stalled): the holder is told
+        // at its next renewal, and names who has it now.
+        let kv = js.get_key_value(BUCKET).await.unwrap();
+        let usurper = serde_json::json!({"host": "host-c", "pid": 1, "since_ms": 0});
+        kv.put("wiki", usurper.to_string().into()).await.unwrap();
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let (_, kept) = tokio::time::timeout(Duration::from_secs(30), b.keep(stop))
+            .await
+            .expect("the renewal notices within a third of the lease's life")
+            .unwrap();
+        let lost = format!("{:#}", kept.unwrap_err());
+        assert!(lost.contains("taken over by host host-c"), "{lost}");
+    });
+}
+
+#[test]
+fn a_killed_run_of_the_same_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats_server(dir.path());
+    runtime().block_on(async {
+        let client = weir::bus::connect(&server.url(), "lease-test")
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        // Create the bucket, then leave a lease as a killed run of "edge-1" would.
+        Lease::acquire(&js, "wiki", "setup", Duration::ZERO)
+            .await
+            .unwrap()
+            .release()
+            .await;
+        let kv = js.get_key_value(BUCKET).await.unwrap();
+        let killed = serde_json::json!({"host": "edge-1", "pid": dead_pid(), "since_ms": 0});
+        kv.put("wiki", killed.to_string().into()).await.unwrap();
+
+        let started = std::time::Instant::now();
+        let lease = Lease::acquire(&js, "wiki", "edge-1", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}: an earlier run that is gone is not waited for",
+            started.elapsed()
+        );
+
+        // Kept by renewals well past the lease's life: nobody else gets it meanwhile.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let keeper = lease.keep(stop);
+        let past_its_life = weir::bus::lease::TTL + Duration::from_secs(3);
+        let refused = Lease::acquire(&js, "wiki", "edge-2", past_its_life).await;
+        assert!(refused.is_err(), "a renewed lease does not run out");
+        let _ = stop_tx.send(true);
+        let (lease, kept) = keeper.await.unwrap();
+        kept.unwrap();
+        lease.release().await;
+    });
+}
