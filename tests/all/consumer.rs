@@ -186,6 +186,7 @@ fn every_message_reaches_a_slow_processor(exclusive: bool) {
         tokio::time::sleep(Duration::from_secs(3)).await;
 
         let mut seen = HashSet::new();
+        let mut last = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while (seen.len() as u64) < messages + 1 {
             let batch = tokio::time::timeout_at(deadline, batches.recv())
@@ -200,10 +201,15 @@ fn every_message_reaches_a_slow_processor(exclusive: bool) {
                 })
                 .unwrap();
             for m in batch {
-                seen.insert(m.info().unwrap().stream_sequence);
-                if !exclusive {
+                let seq = m.info().unwrap().stream_sequence;
+                if exclusive {
+                    // In stream order, each once: a new pull starts right after the last message taken.
+                    assert!(seq > last, "{seq} after {last}");
+                    last = seq;
+                } else {
                     m.ack().await.unwrap();
                 }
+                seen.insert(seq);
             }
         }
         eprintln!(

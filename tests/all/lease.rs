@@ -1,6 +1,7 @@
 //! The exclusive reader's lease against a real nats-server: one holder at a time, a live holder refused
-//! by name, an earlier run of the same host that was killed taken over at once, a released lease taken at
-//! once, and a holder that loses its lease told so.
+//! by name, an earlier run of the same host that was killed taken over at once (but not a holder of the same
+//! name in another process namespace), a released lease taken at once, and a holder that loses its lease
+//! told so. `service::` checks that `weir run` stops without committing when its lease is taken.
 
 use std::time::Duration;
 
@@ -15,6 +16,26 @@ fn dead_pid() -> u32 {
     let pid = child.id();
     child.wait().unwrap();
     pid
+}
+
+/// A lease entry as a run of `host` with process `pid` in `pid_namespace` on this machine writes it.
+fn holder(host: &str, pid: u32, pid_namespace: &str) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    serde_json::json!({
+        "host": host,
+        "pid": pid,
+        "since_ms": 0,
+        "boot": boot.trim(),
+        "pid_namespace": pid_namespace,
+    })
+    .to_string()
+}
+
+fn my_pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -68,7 +89,7 @@ fn one_host_at_a_time_holds_the_lease() {
 }
 
 #[test]
-fn a_killed_run_of_the_same_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
+fn a_killed_run_of_this_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let server = nats_server(dir.path());
     runtime().block_on(async {
@@ -83,8 +104,19 @@ fn a_killed_run_of_the_same_host_is_taken_over_at_once_and_a_live_holder_is_kept
             .release()
             .await;
         let kv = js.get_key_value(BUCKET).await.unwrap();
-        let killed = serde_json::json!({"host": "edge-1", "pid": dead_pid(), "since_ms": 0});
-        kv.put("wiki", killed.to_string().into()).await.unwrap();
+
+        // The same host name in another process namespace (a container with host networking, say): its
+        // process ids say nothing here, so it is waited for, not taken over.
+        let elsewhere = holder("edge-1", dead_pid(), "pid:[1]");
+        kv.put("wiki", elsewhere.into()).await.unwrap();
+        let refused = Lease::acquire(&js, "wiki", "edge-1", Duration::from_secs(1)).await;
+        assert!(
+            refused.is_err(),
+            "a holder in another namespace was taken over"
+        );
+
+        let killed = holder("edge-1", dead_pid(), &my_pid_namespace());
+        kv.put("wiki", killed.into()).await.unwrap();
 
         let started = std::time::Instant::now();
         let lease = Lease::acquire(&js, "wiki", "edge-1", Duration::from_secs(60))

@@ -224,6 +224,44 @@ fn survive_broker_crashes(edit: impl FnOnce(&mut toml::Table)) {
     h.read_back().assert_exactly_once(last);
 }
 
+/// An exclusive host whose lease another host takes (as when it ran out while the holder stalled) stops at
+/// its next renewal, committing nothing more; once the other lets go, a restart finishes the stream, every
+/// event once.
+#[test]
+fn an_exclusive_reader_that_loses_its_lease_stops_without_committing() {
+    const COUNT: u64 = 3000;
+    let source = ServeSse::start(COUNT, 200.0);
+    let h = source.harness_with(crate::exclusive::exclusive);
+    let mut weir = h.weir(&[]);
+    wait_until(&h, &mut weir, 500);
+    let lease = |value: Option<&str>| {
+        h.rt.block_on(async {
+            let nats = weir::bus::connect(&h.nats.url(), "test").await.unwrap();
+            let js = async_nats::jetstream::new(nats);
+            let kv = js.get_key_value(weir::bus::lease::BUCKET).await.unwrap();
+            match value {
+                Some(v) => drop(kv.put("wikimedia", v.to_string().into()).await.unwrap()),
+                None => kv.delete("wikimedia").await.unwrap(),
+            }
+        })
+    };
+    lease(Some(r#"{"host": "intruder", "pid": 1, "since_ms": 0}"#));
+    let status = weir.wait(Duration::from_secs(60));
+    let log = std::fs::read_to_string(&weir.log).unwrap();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("taken over by host intruder"), "{log}");
+    assert!(log.contains("the open epoch stays uncommitted"), "{log}");
+
+    lease(None);
+    let mut weir = h.weir(&[]);
+    let last = wait_for_stream(&h, COUNT, &weir);
+    wait_until(&h, &mut weir, last);
+    weir.stop();
+    drop(source);
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
 /// Waits until the stream holds `count` messages (the source's every event); returns its last sequence.
 fn wait_for_stream(h: &Harness, count: u64, weir: &Weir) -> u64 {
     let started = Instant::now();

@@ -5,9 +5,12 @@
 //!
 //! The commit log already refuses a second reader's epochs over the same sequences; the lease stops that
 //! second reader before it writes anything, which matters most when both run under the same host name (their
-//! staged files would share paths).
+//! staged files would share paths). A holder that cannot renew for nearly [`TTL`] counts its lease as lost
+//! (another host may take it after [`TTL`]) and commits nothing more.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, kv};
@@ -20,13 +23,50 @@ pub const BUCKET: &str = "weir_leases";
 /// How long a lease outlives its holder's last renewal.
 pub const TTL: Duration = Duration::from_secs(15);
 
+/// A holder that has not renewed for this long counts its lease as lost: it may run out on the server
+/// before the holder hears of it, and another host may take it then.
+const VALID_FOR: Duration = Duration::from_secs(TTL.as_secs() - 3);
+
 /// Who holds a lease: enough to tell an operator, and to tell a run of this host killed before it could
-/// let go (same host name, process gone) from a live one.
+/// let go from a live one. A process id says whether a process runs only on the same machine (boot) and in
+/// the same process namespace: two containers with one host name (host networking, or `pipeline.host` set
+/// alike) are told apart by the namespace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Holder {
     host: String,
     pid: u32,
     since_ms: i64,
+    #[serde(default)]
+    boot: String,
+    #[serde(default)]
+    pid_namespace: String,
+}
+
+impl Holder {
+    fn me(host: &str) -> Holder {
+        Holder {
+            host: host.to_string(),
+            pid: std::process::id(),
+            since_ms: chrono::Utc::now().timestamp_millis(),
+            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|b| b.trim().to_string())
+                .unwrap_or_default(),
+            pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether `self` is an earlier run of `me` that is gone: same host name, machine and namespace, and its
+    /// process no longer runs (or it is ours: a process of that id died and ours got the id again).
+    fn is_gone_run_of(&self, me: &Holder) -> bool {
+        self.host == me.host
+            && !me.boot.is_empty()
+            && self.boot == me.boot
+            && !me.pid_namespace.is_empty()
+            && self.pid_namespace == me.pid_namespace
+            && (self.pid == me.pid || !running(self.pid))
+    }
 }
 
 impl std::fmt::Display for Holder {
@@ -44,6 +84,9 @@ pub struct Lease {
     key: String,
     value: Bytes,
     revision: u64,
+    renewed: Instant,
+    /// Set once the lease is lost; whoever commits checks it first.
+    lost: Arc<AtomicBool>,
 }
 
 /// Letters, digits, `-` and `_` (what a key may hold); anything else becomes `_`.
@@ -103,24 +146,13 @@ impl Lease {
     ) -> Result<Lease> {
         let kv = bucket(js).await?;
         let key = key_for(pipeline);
-        let me = Holder {
-            host: host.to_string(),
-            pid: std::process::id(),
-            since_ms: chrono::Utc::now().timestamp_millis(),
-        };
+        let me = Holder::me(host);
         let value = Bytes::from(serde_json::to_vec(&me).expect("a holder serializes"));
         let deadline = tokio::time::Instant::now() + wait;
         let mut told = false;
         loop {
             match kv.create(&key, value.clone()).await {
-                Ok(revision) => {
-                    return Ok(Lease {
-                        kv,
-                        key,
-                        value,
-                        revision,
-                    });
-                }
+                Ok(revision) => return Ok(Lease::new(kv, key, value, revision)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => {
                     return Err(e).context(format!("cannot take the lease of pipeline {pipeline}"));
@@ -137,23 +169,14 @@ impl Lease {
                 continue; // let go meanwhile: `create` takes a deleted key
             }
             let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
-            let earlier_run = holder.as_ref().is_some_and(|h| {
-                // In a restarted container the new run may well have the old one's pid.
-                h.host == me.host && (h.pid == me.pid || !running(h.pid))
-            });
-            if earlier_run {
+            if holder.as_ref().is_some_and(|h| h.is_gone_run_of(&me)) {
                 match kv.update(&key, value.clone(), entry.revision).await {
                     Ok(revision) => {
                         tracing::info!(
                             "took over the exclusive lease of an earlier run of this host that did not \
                              let it go"
                         );
-                        return Ok(Lease {
-                            kv,
-                            key,
-                            value,
-                            revision,
-                        });
+                        return Ok(Lease::new(kv, key, value, revision));
                     }
                     Err(_) => continue, // someone else was quicker: look again
                 }
@@ -178,9 +201,25 @@ impl Lease {
         }
     }
 
-    /// Keeps the lease until `stop` (then hands it back, to [`Lease::release`]) or until it is lost to
-    /// another host (the error). A server that cannot be reached is retried; a lease that ran out
-    /// meanwhile is taken again when nobody else took it.
+    fn new(kv: kv::Store, key: String, value: Bytes, revision: u64) -> Lease {
+        Lease {
+            kv,
+            key,
+            value,
+            revision,
+            renewed: Instant::now(),
+            lost: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Set once the lease is lost: from then on, commit nothing.
+    pub fn lost(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
+    /// Keeps the lease until `stop` (then hands it back, to [`Lease::release`]) or until it is lost (the
+    /// error): taken by another host, or not renewed for nearly [`TTL`] (the server unreachable). A failed
+    /// renewal is retried meanwhile.
     pub fn keep(
         mut self,
         mut stop: tokio::sync::watch::Receiver<bool>,
@@ -195,13 +234,25 @@ impl Lease {
                 }
                 match self.renew().await {
                     Ok(()) => {}
-                    Err(Renewal::Unreachable(e)) => {
+                    Err(Renewal::Unreachable(e)) if self.renewed.elapsed() < VALID_FOR => {
                         tracing::warn!("cannot renew the exclusive lease (retrying): {e:#}");
                     }
-                    Err(Renewal::Lost(who)) => {
+                    Err(Renewal::Unreachable(e)) => {
+                        self.lost.store(true, Ordering::SeqCst);
                         let error = anyhow::anyhow!(
-                            "the exclusive lease was taken over by {who}; stopping"
+                            "the exclusive lease could not be renewed for {}s ({e:#}): another host may \
+                             hold it now; stopping without committing",
+                            self.renewed.elapsed().as_secs()
                         );
+                        tracing::error!("{error:#}");
+                        return (self, Err(error));
+                    }
+                    Err(Renewal::Lost(who)) => {
+                        self.lost.store(true, Ordering::SeqCst);
+                        let error = anyhow::anyhow!(
+                            "the exclusive lease was taken over by {who}; stopping without committing"
+                        );
+                        tracing::error!("{error:#}");
                         return (self, Err(error));
                     }
                 }
@@ -217,6 +268,7 @@ impl Lease {
         {
             Ok(revision) => {
                 self.revision = revision;
+                self.renewed = Instant::now();
                 return Ok(());
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
@@ -229,6 +281,7 @@ impl Lease {
                 if entry.operation == kv::Operation::Put && entry.value == self.value =>
             {
                 self.revision = entry.revision;
+                self.renewed = Instant::now();
                 Ok(())
             }
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
@@ -236,9 +289,11 @@ impl Lease {
                     .map_or_else(|_| "an unknown holder".to_string(), |h| h.to_string());
                 Err(Renewal::Lost(who))
             }
+            // Gone (deleted by hand, or ran out though renewed in time): nobody else holds it, take it again.
             Ok(_) => match self.kv.create(&self.key, self.value.clone()).await {
                 Ok(revision) => {
                     self.revision = revision;
+                    self.renewed = Instant::now();
                     Ok(())
                 }
                 Err(e) => Err(Renewal::Unreachable(e.into())),

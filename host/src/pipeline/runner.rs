@@ -250,7 +250,7 @@ enum Messages {
 }
 
 impl Messages {
-    /// Opens a pull; an exclusive one from the sequence after `after` (the last one handed over), or from the
+    /// Opens a pull; an exclusive one from the sequence after `after` (the last one taken), or from the
     /// reader's start.
     async fn open(reader: &Reader, batch: usize, after: Option<u64>) -> Result<Self> {
         Ok(match reader {
@@ -311,6 +311,9 @@ pub struct Processor {
     pub max_deliver: i64,
     /// Whether messages are acked (shared mode); in exclusive mode the commit log alone records progress.
     acks: bool,
+    /// Exclusive mode: set once this host's lease is lost, when another host may read the stream: no
+    /// commit starts after that.
+    pub lease_lost: Arc<std::sync::atomic::AtomicBool>,
     pub watermark_delay_ms: i64,
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
@@ -369,6 +372,7 @@ impl Processor {
             ack_wait: config.consumer.ack_wait,
             max_deliver: config.consumer.max_deliver,
             acks: !config.exclusive(),
+            lease_lost: Default::default(),
             watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
@@ -522,7 +526,8 @@ impl Processor {
             .map_or_else(|| format!("seq:{seq}"), str::to_string);
             let mut rejected = header(REJECTED).map(str::to_string);
             let invalid_utf8 = header(INVALID_UTF8).is_some();
-            let poison = delivered >= self.max_deliver - 1;
+            // Exclusive mode counts no deliveries (every one is the first).
+            let poison = self.acks && delivered >= self.max_deliver - 1;
             let data = msg.payload.clone();
             if poison {
                 rejected = Some("poison".into());
@@ -738,6 +743,12 @@ impl Processor {
     /// and at most two hold unacked messages.
     pub fn commit(&mut self) -> Result<()> {
         self.settle()?;
+        if self.lease_lost.load(Ordering::SeqCst) {
+            anyhow::bail!(
+                "this host's exclusive lease is lost: the open epoch stays uncommitted, for the lease's \
+                 holder to read again"
+            );
+        }
         let Some(mut epoch) = self.epoch.take() else {
             return Ok(());
         };
@@ -1154,9 +1165,8 @@ pub async fn fetch(
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut messages = Messages::open(&reader, batch, None).await?;
-    // The last stream sequence handed to the processor (where a new exclusive pull starts after).
-    let mut handed = None;
+    let mut order = Order::new(&reader);
+    let mut messages = Messages::open(&reader, batch, order.seen).await?;
     let stall_after = reader.stall_after();
     shared.health.nats_connected.store(true, Ordering::Relaxed);
     // Since when the pull has brought nothing (time spent handing batches to the processor not counted).
@@ -1168,7 +1178,7 @@ pub async fn fetch(
             _ = stop.changed() => return Ok(()),
             next = tokio::time::timeout_at(quiet_since + stall_after, messages.next()) => {
                 match next {
-                    Ok(Some(Ok(m))) => buf.push(m),
+                    Ok(Some(Ok(m))) => order.take(m, &mut buf),
                     Ok(None) => return Ok(()),
                     // An error (a missed heartbeat comes every 10 s while no pull request is waiting at the
                     // server) or the quiet spell's end: past `stall_after`, see whether the pull is stuck.
@@ -1179,7 +1189,7 @@ pub async fn fetch(
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         if quiet_since.elapsed() >= stall_after {
-                            reopen_if_stalled(&reader, batch, &mut messages, handed, &shared).await;
+                            reopen_if_stalled(&reader, batch, &mut messages, order.seen, &shared).await;
                             quiet_since = tokio::time::Instant::now();
                         }
                         continue;
@@ -1194,7 +1204,7 @@ pub async fn fetch(
             tokio::select! {
                 _ = &mut deadline => break,
                 next = messages.next() => match next {
-                    Some(Ok(m)) => buf.push(m),
+                    Some(Ok(m)) => order.take(m, &mut buf),
                     _ => break,
                 }
             }
@@ -1210,17 +1220,63 @@ pub async fn fetch(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        if let Some(seq) = buf
-            .last()
-            .and_then(|m| m.info().ok())
-            .map(|i| i.stream_sequence)
-        {
-            handed = Some(seq);
+        if order.backwards {
+            order.backwards = false;
+            tracing::warn!(
+                after = order.seen,
+                "the ordered consumer started over from further back; opening a new pull after the last \
+                 message taken"
+            );
+            match Messages::open(&reader, batch, order.seen).await {
+                Ok(fresh) => messages = fresh,
+                Err(e) => tracing::warn!("opening a new pull failed, keeping the old one: {e:#}"),
+            }
+        }
+        if buf.is_empty() {
+            continue;
         }
         if tx.send(buf).await.is_err() {
             return Ok(());
         }
         quiet_since = tokio::time::Instant::now();
+    }
+}
+
+/// Exclusive mode: keeps the messages taken from the pull in stream order. async-nats recreates an ordered
+/// consumer that has handed nothing over yet from the stream's first message (after a broker restart, or
+/// missed heartbeats while the host is caught up): read to the end, that would be the whole stream again,
+/// every message skipped as committed. A message at or before the last one taken is dropped instead, and
+/// the pull opened anew after it.
+struct Order {
+    /// The stream sequence of the last message taken (`start - 1` before the first); `None` in shared
+    /// mode, where the durable consumer keeps the order and redeliveries come out of it.
+    seen: Option<u64>,
+    /// A message came from further back since the pull was last opened.
+    backwards: bool,
+}
+
+impl Order {
+    fn new(reader: &Reader) -> Self {
+        let seen = match reader {
+            Reader::Shared(_) => None,
+            Reader::Exclusive { start, .. } => Some(start.saturating_sub(1)),
+        };
+        Order {
+            seen,
+            backwards: false,
+        }
+    }
+
+    fn take(&mut self, m: jetstream::Message, buf: &mut Vec<jetstream::Message>) {
+        if let Some(seen) = self.seen {
+            let seq = m.info().map_or(0, |i| i.stream_sequence);
+            if seq <= seen {
+                self.backwards = true;
+                return;
+            }
+            self.seen = Some(seq);
+        }
+        buf.push(m);
     }
 }
 
@@ -1230,26 +1286,28 @@ pub async fn fetch(
 ///
 /// - Shared: when [`stalled`] says so. No request of the old pull is waiting at the server, so nothing was
 ///   sent its way that would come back only after `ack_wait`.
-/// - Exclusive: when the stream holds messages after `handed`, the last one handed over; the new ordered
-///   consumer starts right after it (the old one goes once the server sees it idle).
+/// - Exclusive: when the stream holds messages after `seen`, the last one taken; the new ordered consumer
+///   starts right after it (the old one goes once the server sees it idle).
 async fn reopen_if_stalled(
     reader: &Reader,
     batch: usize,
     messages: &mut Messages,
-    handed: Option<u64>,
+    seen: Option<u64>,
     shared: &Shared,
 ) {
     let waiting = match reader {
         Reader::Shared(consumer) => stalled(consumer).await,
-        Reader::Exclusive { stream, start, .. } => {
-            let next = handed.map_or(*start, |seq| seq + 1);
-            match stream.get_info().await {
-                Ok(info) if info.state.last_sequence >= next => {
-                    Some(info.state.last_sequence + 1 - next)
-                }
-                _ => None,
+        Reader::Exclusive { stream, start, .. } => match stream.get_info().await {
+            Ok(info) => {
+                // Messages removed by age or size are not waiting.
+                let next = seen
+                    .map_or(*start, |seq| seq + 1)
+                    .max(info.state.first_sequence);
+                (info.state.messages > 0 && info.state.last_sequence >= next)
+                    .then(|| info.state.last_sequence + 1 - next)
             }
-        }
+            Err(_) => None,
+        },
     };
     let Some(pending) = waiting else {
         return;
@@ -1260,7 +1318,7 @@ async fn reopen_if_stalled(
          is waiting at the server; opening a new pull",
         reader.stall_after().as_secs()
     );
-    match Messages::open(reader, batch, handed).await {
+    match Messages::open(reader, batch, seen).await {
         Ok(fresh) => {
             *messages = fresh;
             shared

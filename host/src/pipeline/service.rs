@@ -94,12 +94,13 @@ pub async fn run(
     // stops the run. A start that fails leaves it to run out, or to the next run of this host.
     let host = config.host();
     let (lease_stop_tx, lease_stop_rx) = tokio::sync::watch::channel(false);
+    let mut lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut lease_task = match config.exclusive() {
-        true => Some(
-            Lease::acquire(&js, &config.pipeline.name, &host, 2 * lease::TTL)
-                .await?
-                .keep(lease_stop_rx),
-        ),
+        true => {
+            let lease = Lease::acquire(&js, &config.pipeline.name, &host, 2 * lease::TTL).await?;
+            lease_lost = lease.lost();
+            Some(lease.keep(lease_stop_rx))
+        }
         false => None,
     };
 
@@ -314,6 +315,7 @@ pub async fn run(
         &config,
     )?;
     processor.until = replay_until;
+    processor.lease_lost = lease_lost;
     processor.set_previous(previous);
     processor.clock = clock;
     let processor_thread = std::thread::Builder::new()
@@ -332,7 +334,7 @@ pub async fn run(
     let processor_done = tokio::task::spawn_blocking(move || processor_thread.join());
     tokio::pin!(processor_done);
     tokio::pin!(stop);
-    let lease_lost = async {
+    let lease_ends = async {
         match lease_task.as_mut() {
             Some(task) => task.await,
             None => std::future::pending().await,
@@ -342,7 +344,7 @@ pub async fn run(
         _ = &mut stop => (None, false, None),
         _ = replay_done => (None, true, None),
         done = &mut processor_done => (Some(done), false, None),
-        kept = lease_lost => (None, false, Some(kept)),
+        kept = lease_ends => (None, false, Some(kept)),
     };
     tracing::info!("stopping: finishing the batch in hand, committing, acking");
     shared.health.stopping.store(true, Ordering::Relaxed);
