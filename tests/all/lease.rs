@@ -38,16 +38,21 @@ fn my_pid_namespace() -> String {
         .into_owned()
 }
 
-#[test]
-fn one_host_at_a_time_holds_the_lease() {
+/// Runs `test` against a nats-server of its own.
+fn on_a_server<F: std::future::Future<Output = ()>>(test: impl FnOnce(jetstream::Context) -> F) {
     let dir = tempfile::tempdir().unwrap();
     let server = nats_server(dir.path());
     runtime().block_on(async {
         let client = weir::bus::connect(&server.url(), "lease-test")
             .await
             .unwrap();
-        let js = jetstream::new(client);
+        test(jetstream::new(client)).await
+    });
+}
 
+#[test]
+fn one_host_at_a_time_holds_the_lease() {
+    on_a_server(|js| async move {
         let a = Lease::acquire(&js, "wiki", "host-a", Duration::ZERO)
             .await
             .unwrap();
@@ -90,13 +95,7 @@ fn one_host_at_a_time_holds_the_lease() {
 
 #[test]
 fn a_killed_run_of_this_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = nats_server(dir.path());
-    runtime().block_on(async {
-        let client = weir::bus::connect(&server.url(), "lease-test")
-            .await
-            .unwrap();
-        let js = jetstream::new(client);
+    on_a_server(|js| async move {
         // Create the bucket, then leave a lease as a killed run of "edge-1" would.
         Lease::acquire(&js, "wiki", "setup", Duration::ZERO)
             .await

@@ -215,11 +215,16 @@ fn survive_broker_crashes(edit: impl FnOnce(&mut toml::Table)) {
         std::thread::sleep(Duration::from_secs(1));
         h.nats.restart().unwrap();
     }
-    let last = wait_for_stream(&h, COUNT, &weir);
-    wait_until(&h, &mut weir, last);
+    finish_and_check(&h, weir, source, COUNT);
+}
+
+/// Lets `weir` commit all `count` events the source serves, stops both, and checks the lake: every event
+/// exactly once.
+fn finish_and_check(h: &Harness, mut weir: Weir, source: ServeSse, count: u64) {
+    let last = wait_for_stream(h, count, &weir);
+    wait_until(h, &mut weir, last);
     weir.stop();
     drop(source);
-
     h.verify();
     h.read_back().assert_exactly_once(last);
 }
@@ -253,13 +258,8 @@ fn an_exclusive_reader_that_loses_its_lease_stops_without_committing() {
     assert!(log.contains("the open epoch stays uncommitted"), "{log}");
 
     lease(None);
-    let mut weir = h.weir(&[]);
-    let last = wait_for_stream(&h, COUNT, &weir);
-    wait_until(&h, &mut weir, last);
-    weir.stop();
-    drop(source);
-    h.verify();
-    h.read_back().assert_exactly_once(last);
+    let weir = h.weir(&[]);
+    finish_and_check(&h, weir, source, COUNT);
 }
 
 /// Waits until the stream holds `count` messages (the source's every event); returns its last sequence.
