@@ -77,14 +77,19 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 None => signal.await,
             }
         };
+        let reading = match config.exclusive() {
+            true => "an exclusive reader",
+            false => "a shared durable consumer",
+        };
         crate::pipeline::service::run(config, stop, |started| {
             let api = started
                 .api
                 .map(|a| format!("http://{a}"))
                 .unwrap_or_else(|| "off".into());
             eprintln!(
-                "weir is running: pipeline {}, source {}, NATS {}, lake {}\n  look here: {api}/metrics, \
-                 {api}/api/v1/events/latest, {api}/api/v1/gold/gold_wiki, {api}/openapi.json; Parquet under {}",
+                "weir is running: pipeline {}, source {}, NATS {} ({reading}), lake {}\n  look here: \
+                 {api}/metrics, {api}/api/v1/events/latest, {api}/api/v1/gold/gold_wiki, \
+                 {api}/openapi.json; Parquet under {}",
                 started.shared.pipeline,
                 started.source.as_deref().unwrap_or("(none: consuming the stream only)"),
                 started.nats_url,
