@@ -1,8 +1,9 @@
 //! Exclusive mode (`consumer.mode = "exclusive"`): one host reads the stream through an ordered consumer
 //! without acks, the lake's commit log its only cursor. The same promise as shared mode, checked the same
 //! way: killed at every crash point of the commit protocol and at random moments, restarted, every stream
-//! sequence is in the lake exactly once (Parquet read back). A second reader is refused while the first
-//! runs; a run killed with its lease in hand is followed at once by the next run of the same host.
+//! sequence is in the lake exactly once (Parquet read back). A second reader, exclusive or shared, is refused
+//! while the first runs; a run killed with its lease in hand is followed at once by the next run of the same
+//! host.
 //! (`service::` runs it through broker crashes too.)
 
 use std::time::Duration;
@@ -60,6 +61,15 @@ fn a_second_reader_is_refused_and_a_killed_one_is_followed_at_once() {
     );
     // Refused before it opened the lake (which would clean up staging under its host name: the first one's).
     assert!(!log.contains("reading the stream alone"), "{log}");
+    // A host that would share the stream is refused too, at once.
+    let mut shared = h.weir(&[("WEIR_CONSUMER_MODE", "shared")]);
+    let status = shared.wait(Duration::from_secs(60));
+    let log = std::fs::read_to_string(&shared.log).unwrap();
+    assert!(
+        !status.success(),
+        "a shared reader ran beside the exclusive one:\n{log}"
+    );
+    assert!(log.contains("is read alone by host"), "{log}");
 
     // Killed with its lease in hand: the next run of this host does not wait for the lease to run out.
     first.kill();

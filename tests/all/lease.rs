@@ -66,6 +66,9 @@ fn one_host_at_a_time_holds_the_lease() {
             message.contains("host host-a") && message.contains("reads pipeline wiki alone"),
             "{message}"
         );
+        // What a host that would share the stream checks first.
+        let holder = weir::bus::lease::holder(&js, "wiki").await.unwrap();
+        assert!(holder.is_some_and(|h| h.contains("host-a")));
         // Other pipelines have leases of their own.
         let other = Lease::acquire(&js, "other", "host-b", Duration::ZERO)
             .await
@@ -74,6 +77,7 @@ fn one_host_at_a_time_holds_the_lease() {
 
         // A released lease is taken at once.
         a.release().await;
+        assert_eq!(weir::bus::lease::holder(&js, "wiki").await.unwrap(), None);
         let b = Lease::acquire(&js, "wiki", "host-b", Duration::ZERO)
             .await
             .unwrap();

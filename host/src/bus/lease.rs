@@ -314,6 +314,26 @@ impl Lease {
     }
 }
 
+/// Who holds the lease of `pipeline`, if anyone. A host that would read the stream through the shared
+/// consumer checks first: it would read the same messages as the exclusive reader, and under the same host
+/// name clean up that reader's staged files.
+pub async fn holder(js: &jetstream::Context, pipeline: &str) -> Result<Option<String>> {
+    // No bucket: no exclusive reader has ever run against this server.
+    let Ok(kv) = js.get_key_value(BUCKET).await else {
+        return Ok(None);
+    };
+    let entry = kv
+        .entry(key_for(pipeline))
+        .await
+        .context("cannot read the exclusive lease")?;
+    Ok(entry
+        .filter(|e| e.operation == kv::Operation::Put)
+        .map(|e| {
+            serde_json::from_slice::<Holder>(&e.value)
+                .map_or_else(|_| "an unknown holder".to_string(), |h| h.to_string())
+        }))
+}
+
 enum Renewal {
     Unreachable(anyhow::Error),
     Lost(String),

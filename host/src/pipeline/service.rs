@@ -101,7 +101,19 @@ pub async fn run(
             lease_lost = lease.lost();
             Some(lease.keep(lease_stop_rx))
         }
-        false => None,
+        false => {
+            // Replays read beside a live pipeline, whatever its mode.
+            if config.replay.is_none()
+                && let Some(who) = lease::holder(&js, &config.pipeline.name).await?
+            {
+                anyhow::bail!(
+                    "pipeline {} is read alone by {who} (consumer.mode = \"exclusive\"): stop it first, \
+                     or set consumer.mode = \"shared\" on every host to share the stream",
+                    config.pipeline.name
+                );
+            }
+            None
+        }
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -346,7 +358,10 @@ pub async fn run(
         done = &mut processor_done => (Some(done), false, None),
         kept = lease_ends => (None, false, Some(kept)),
     };
-    tracing::info!("stopping: finishing the batch in hand, committing, acking");
+    tracing::info!(
+        "stopping: finishing the batch in hand, committing{}",
+        if config.exclusive() { "" } else { ", acking" }
+    );
     shared.health.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let fetched = match fetch_task.await {
