@@ -87,12 +87,11 @@ fn one_host_at_a_time_holds_the_lease() {
         let kv = js.get_key_value(BUCKET).await.unwrap();
         let usurper = serde_json::json!({"host": "host-c", "pid": 1, "since_ms": 0});
         kv.put("wiki", usurper.to_string().into()).await.unwrap();
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        let (_, kept) = tokio::time::timeout(Duration::from_secs(30), b.keep(stop))
+        let mut keeper = b.keep();
+        tokio::time::timeout(Duration::from_secs(30), keeper.ended())
             .await
-            .expect("the renewal notices within a third of the lease's life")
-            .unwrap();
-        let lost = format!("{:#}", kept.unwrap_err());
+            .expect("the renewal notices within a third of the lease's life");
+        let lost = format!("{:#}", keeper.finish().await.unwrap_err());
         assert!(lost.contains("taken over by host host-c"), "{lost}");
     });
 }
@@ -132,14 +131,10 @@ fn a_killed_run_of_this_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
         );
 
         // Kept by renewals well past the lease's life: nobody else gets it meanwhile.
-        let (stop_tx, stop) = tokio::sync::watch::channel(false);
-        let keeper = lease.keep(stop);
+        let keeper = lease.keep();
         let past_its_life = weir::bus::lease::TTL + Duration::from_secs(3);
         let refused = Lease::acquire(&js, "wiki", "edge-2", past_its_life).await;
         assert!(refused.is_err(), "a renewed lease does not run out");
-        let _ = stop_tx.send(true);
-        let (lease, kept) = keeper.await.unwrap();
-        kept.unwrap();
-        lease.release().await;
+        keeper.finish().await.unwrap();
     });
 }

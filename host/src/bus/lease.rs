@@ -69,6 +69,12 @@ impl Holder {
     }
 }
 
+/// A lease entry's holder, as an operator is told of it.
+fn describe(value: &[u8]) -> String {
+    serde_json::from_slice::<Holder>(value)
+        .map_or_else(|_| "an unknown holder".to_string(), |h| h.to_string())
+}
+
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let since = chrono::DateTime::from_timestamp_millis(self.since_ms)
@@ -87,20 +93,6 @@ pub struct Lease {
     renewed: Instant,
     /// Set once the lease is lost; whoever commits checks it first.
     lost: Arc<AtomicBool>,
-}
-
-/// Letters, digits, `-` and `_` (what a key may hold); anything else becomes `_`.
-fn key_for(pipeline: &str) -> String {
-    pipeline
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Whether process `pid` of this machine is running.
@@ -145,7 +137,7 @@ impl Lease {
         wait: Duration,
     ) -> Result<Lease> {
         let kv = bucket(js).await?;
-        let key = key_for(pipeline);
+        let key = super::kv_key(pipeline);
         let me = Holder::me(host);
         let value = Bytes::from(serde_json::to_vec(&me).expect("a holder serializes"));
         let deadline = tokio::time::Instant::now() + wait;
@@ -181,7 +173,7 @@ impl Lease {
                     Err(_) => continue, // someone else was quicker: look again
                 }
             }
-            let who = holder.map_or_else(|| "an unknown holder".to_string(), |h| h.to_string());
+            let who = describe(&entry.value);
             if tokio::time::Instant::now() >= deadline {
                 bail!(
                     "another host reads pipeline {pipeline} alone (consumer.mode = \"exclusive\"): {who}. \
@@ -212,52 +204,46 @@ impl Lease {
         }
     }
 
-    /// Set once the lease is lost: from then on, commit nothing.
-    pub fn lost(&self) -> Arc<AtomicBool> {
-        self.lost.clone()
-    }
-
-    /// Keeps the lease until `stop` (then hands it back, to [`Lease::release`]) or until it is lost (the
-    /// error): taken by another host, or not renewed for nearly [`TTL`] (the server unreachable). A failed
-    /// renewal is retried meanwhile.
-    pub fn keep(
-        mut self,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<(Lease, Result<()>)> {
-        tokio::spawn(async move {
+    /// Keeps the lease in a task of its own until [`Keeper::finish`], or until it is lost: taken by
+    /// another host, or not renewed for nearly [`TTL`] (the server unreachable). A failed renewal is
+    /// retried meanwhile.
+    pub fn keep(mut self) -> Keeper {
+        let lost = self.lost.clone();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TTL / 3);
             tick.tick().await;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = stop.changed() => return (self, Ok(())),
+                    _ = stopped.changed() => return Ok(self),
                 }
-                match self.renew().await {
-                    Ok(()) => {}
+                let error = match self.renew().await {
+                    Ok(()) => continue,
                     Err(Renewal::Unreachable(e)) if self.renewed.elapsed() < VALID_FOR => {
                         tracing::warn!("cannot renew the exclusive lease (retrying): {e:#}");
+                        continue;
                     }
-                    Err(Renewal::Unreachable(e)) => {
-                        self.lost.store(true, Ordering::SeqCst);
-                        let error = anyhow::anyhow!(
-                            "the exclusive lease could not be renewed for {}s ({e:#}): another host may \
-                             hold it now; stopping without committing",
-                            self.renewed.elapsed().as_secs()
-                        );
-                        tracing::error!("{error:#}");
-                        return (self, Err(error));
-                    }
-                    Err(Renewal::Lost(who)) => {
-                        self.lost.store(true, Ordering::SeqCst);
-                        let error = anyhow::anyhow!(
-                            "the exclusive lease was taken over by {who}; stopping without committing"
-                        );
-                        tracing::error!("{error:#}");
-                        return (self, Err(error));
-                    }
-                }
+                    Err(Renewal::Unreachable(e)) => anyhow::anyhow!(
+                        "the exclusive lease could not be renewed for {}s ({e:#}): another host may \
+                         hold it now; stopping without committing",
+                        self.renewed.elapsed().as_secs()
+                    ),
+                    Err(Renewal::Lost(who)) => anyhow::anyhow!(
+                        "the exclusive lease was taken over by {who}; stopping without committing"
+                    ),
+                };
+                self.lost.store(true, Ordering::SeqCst);
+                tracing::error!("{error:#}");
+                return Err(error);
             }
-        })
+        });
+        Keeper {
+            task: Some(task),
+            ended: None,
+            stop,
+            lost,
+        }
     }
 
     async fn renew(&mut self) -> Result<(), Renewal> {
@@ -285,9 +271,7 @@ impl Lease {
                 Ok(())
             }
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                let who = serde_json::from_slice::<Holder>(&entry.value)
-                    .map_or_else(|_| "an unknown holder".to_string(), |h| h.to_string());
-                Err(Renewal::Lost(who))
+                Err(Renewal::Lost(describe(&entry.value)))
             }
             // Gone (deleted by hand, or ran out though renewed in time): nobody else holds it, take it again.
             Ok(_) => match self.kv.create(&self.key, self.value.clone()).await {
@@ -314,6 +298,55 @@ impl Lease {
     }
 }
 
+/// A lease being kept (see [`Lease::keep`]).
+pub struct Keeper {
+    /// Ends with the lease when stopped, with the error when the lease is lost.
+    task: Option<tokio::task::JoinHandle<Result<Lease>>>,
+    /// What the task ended with, once [`Keeper::ended`] saw it end.
+    ended: Option<Result<Lease>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Keeper {
+    /// Set once the lease is lost: from then on, commit nothing.
+    pub fn lost(&self) -> Arc<AtomicBool> {
+        self.lost.clone()
+    }
+
+    /// Resolves once the lease is lost (it is kept otherwise, until [`Keeper::finish`]).
+    pub async fn ended(&mut self) {
+        // Awaited in place: dropped unfinished (another branch of a `select!` won), the task stays here.
+        match self.task.as_mut() {
+            Some(task) => {
+                let end = task.await;
+                self.task = None;
+                self.ended = Some(joined(end));
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops keeping the lease and lets go of it, so the next host (or run) takes it at once; or, when it
+    /// was lost, says why.
+    pub async fn finish(mut self) -> Result<()> {
+        let end = match (self.ended.take(), self.task.take()) {
+            (Some(end), _) => end,
+            (None, Some(task)) => {
+                let _ = self.stop.send(true);
+                joined(task.await)
+            }
+            (None, None) => unreachable!("a keeper has its task or what it ended with"),
+        };
+        end?.release().await;
+        Ok(())
+    }
+}
+
+fn joined(end: Result<Result<Lease>, tokio::task::JoinError>) -> Result<Lease> {
+    end.unwrap_or_else(|e| Err(anyhow::anyhow!("the lease task failed: {e}")))
+}
+
 /// Who holds the lease of `pipeline`, if anyone. A host that would read the stream through the shared
 /// consumer checks first: it would read the same messages as the exclusive reader, and under the same host
 /// name clean up that reader's staged files.
@@ -323,15 +356,12 @@ pub async fn holder(js: &jetstream::Context, pipeline: &str) -> Result<Option<St
         return Ok(None);
     };
     let entry = kv
-        .entry(key_for(pipeline))
+        .entry(super::kv_key(pipeline))
         .await
         .context("cannot read the exclusive lease")?;
     Ok(entry
         .filter(|e| e.operation == kv::Operation::Put)
-        .map(|e| {
-            serde_json::from_slice::<Holder>(&e.value)
-                .map_or_else(|_| "an unknown holder".to_string(), |h| h.to_string())
-        }))
+        .map(|e| describe(&e.value)))
 }
 
 enum Renewal {

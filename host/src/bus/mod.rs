@@ -34,6 +34,20 @@ pub mod headers {
     pub const SOURCE_ID: &str = "Weir-Source-Id";
 }
 
+/// A key-value key for `name` (a source, a pipeline): keys allow `[-/_=\.a-zA-Z0-9]`, and anything else
+/// becomes `_` (dots too: they would make the key hierarchical).
+pub(crate) fn kv_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Connects to NATS with the options Weir uses everywhere: a name that shows in server monitoring, and
 /// reconnection without a cap (a restarted server is waited for, not given up on).
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {

@@ -56,20 +56,6 @@ pub struct Positions {
     kv: kv::Store,
 }
 
-/// KV keys allow `[-/_=\.a-zA-Z0-9]`: anything else in a source name becomes `_`.
-fn kv_key(source: &str) -> String {
-    source
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_=".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 impl Positions {
     pub const BUCKET: &'static str = "weir_positions";
 
@@ -92,7 +78,7 @@ impl Positions {
     pub async fn get(&self, source: &str) -> Result<Option<String>> {
         let value = self
             .kv
-            .get(kv_key(source))
+            .get(super::kv_key(source))
             .await
             .with_context(|| format!("cannot read the position of source {source}"))?;
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
@@ -100,7 +86,10 @@ impl Positions {
 
     pub async fn set(&self, source: &str, position: &str) -> Result<()> {
         self.kv
-            .put(kv_key(source), Bytes::copy_from_slice(position.as_bytes()))
+            .put(
+                super::kv_key(source),
+                Bytes::copy_from_slice(position.as_bytes()),
+            )
             .await
             .with_context(|| format!("cannot save the position of source {source}"))?;
         Ok(())

@@ -246,46 +246,102 @@ pub enum Reader {
 /// sizes), and there is only ever one.
 enum Messages {
     Shared(Box<pull::Stream>),
-    Exclusive(Box<pull::Ordered>),
+    Exclusive {
+        pull: Box<pull::Ordered>,
+        /// The stream sequence of the last message taken (`start - 1` before the first).
+        seen: u64,
+    },
 }
 
 impl Messages {
-    /// Opens a pull; an exclusive one from the sequence after `after` (the last one taken), or from the
-    /// reader's start.
-    async fn open(reader: &Reader, batch: usize, after: Option<u64>) -> Result<Self> {
-        Ok(match reader {
-            Reader::Shared(consumer) => Messages::Shared(Box::new(pull(consumer, batch).await?)),
-            // The ordered stream opens itself anew (after the last message it gave) on gaps in what it
-            // receives, missed heartbeats or a consumer the server dropped.
-            Reader::Exclusive {
-                stream,
-                description,
-                start,
-            } => {
-                let consumer = stream
-                    .create_consumer(pull::OrderedConfig {
-                        description: Some(description.clone()),
-                        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
-                            start_sequence: after.map_or(*start, |seq| seq + 1),
-                        },
-                        ..Default::default()
-                    })
-                    .await
-                    .context("cannot create the ordered consumer")?;
-                Messages::Exclusive(Box::new(
-                    consumer
-                        .messages()
-                        .await
-                        .context("cannot read from the ordered consumer")?,
-                ))
+    async fn open(reader: &Reader, batch: usize) -> Result<Self> {
+        match reader {
+            Reader::Shared(consumer) => {
+                Ok(Messages::Shared(Box::new(pull(consumer, batch).await?)))
             }
+            Reader::Exclusive { start, .. } => Self::ordered(reader, start.saturating_sub(1)).await,
+        }
+    }
+
+    /// An exclusive reader's pull, from the sequence after `seen`. The ordered stream opens itself anew
+    /// (after the last message it gave) on gaps in what it receives, missed heartbeats or a consumer the
+    /// server dropped.
+    async fn ordered(reader: &Reader, seen: u64) -> Result<Self> {
+        let Reader::Exclusive {
+            stream,
+            description,
+            ..
+        } = reader
+        else {
+            unreachable!("only an exclusive reader pulls in order")
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                description: Some(description.clone()),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: seen + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .context("cannot create the ordered consumer")?;
+        let pull = consumer
+            .messages()
+            .await
+            .context("cannot read from the ordered consumer")?;
+        Ok(Messages::Exclusive {
+            pull: Box::new(pull),
+            seen,
         })
     }
 
-    async fn next(&mut self) -> Option<Result<jetstream::Message, String>> {
+    /// Opens this pull anew: a shared one afresh, an exclusive one after the last message taken. On an
+    /// error the old one stays.
+    async fn reopen(&mut self, reader: &Reader, batch: usize) -> Result<()> {
+        *self = match self.seen() {
+            None => Self::open(reader, batch).await?,
+            Some(seen) => Self::ordered(reader, seen).await?,
+        };
+        Ok(())
+    }
+
+    /// The next message. An exclusive pull keeps stream order: async-nats recreates an ordered consumer
+    /// that has handed nothing over yet from the stream's first message (after a broker restart, or missed
+    /// heartbeats while the host is caught up), and read to the end that would be the whole stream again,
+    /// every message skipped as committed. A message at or before the last one taken is dropped instead,
+    /// and the pull opened anew after it.
+    async fn next(&mut self, reader: &Reader) -> Option<Result<jetstream::Message, String>> {
+        loop {
+            let (pull, seen) = match self {
+                Messages::Shared(s) => return s.next().await.map(|m| m.map_err(|e| e.to_string())),
+                Messages::Exclusive { pull, seen } => (pull, seen),
+            };
+            let m = match pull.next().await? {
+                Ok(m) => m,
+                Err(e) => return Some(Err(e.to_string())),
+            };
+            let seq = m.info().map_or(0, |i| i.stream_sequence);
+            if seq > *seen {
+                *seen = seq;
+                return Some(Ok(m));
+            }
+            tracing::warn!(
+                after = *seen,
+                "the ordered consumer started over from further back; opening a new pull after the last \
+                 message taken"
+            );
+            match Self::ordered(reader, *seen).await {
+                Ok(fresh) => *self = fresh,
+                Err(e) => tracing::warn!("opening a new pull failed, keeping the old one: {e:#}"),
+            }
+        }
+    }
+
+    /// Exclusive: the last stream sequence taken.
+    fn seen(&self) -> Option<u64> {
         match self {
-            Messages::Shared(s) => s.next().await.map(|m| m.map_err(|e| e.to_string())),
-            Messages::Exclusive(s) => s.next().await.map(|m| m.map_err(|e| e.to_string())),
+            Messages::Shared(_) => None,
+            Messages::Exclusive { seen, .. } => Some(*seen),
         }
     }
 }
@@ -1165,8 +1221,7 @@ pub async fn fetch(
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut order = Order::new(&reader);
-    let mut messages = Messages::open(&reader, batch, order.seen).await?;
+    let mut messages = Messages::open(&reader, batch).await?;
     let stall_after = reader.stall_after();
     shared.health.nats_connected.store(true, Ordering::Relaxed);
     // Since when the pull has brought nothing (time spent handing batches to the processor not counted).
@@ -1176,9 +1231,9 @@ pub async fn fetch(
         // Wait for the first message (or stop), then gather the rest for a few milliseconds at most.
         tokio::select! {
             _ = stop.changed() => return Ok(()),
-            next = tokio::time::timeout_at(quiet_since + stall_after, messages.next()) => {
+            next = tokio::time::timeout_at(quiet_since + stall_after, messages.next(&reader)) => {
                 match next {
-                    Ok(Some(Ok(m))) => order.take(m, &mut buf),
+                    Ok(Some(Ok(m))) => buf.push(m),
                     Ok(None) => return Ok(()),
                     // An error (a missed heartbeat comes every 10 s while no pull request is waiting at the
                     // server) or the quiet spell's end: past `stall_after`, see whether the pull is stuck.
@@ -1189,7 +1244,7 @@ pub async fn fetch(
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         if quiet_since.elapsed() >= stall_after {
-                            reopen_if_stalled(&reader, batch, &mut messages, order.seen, &shared).await;
+                            reopen_if_stalled(&reader, batch, &mut messages, &shared).await;
                             quiet_since = tokio::time::Instant::now();
                         }
                         continue;
@@ -1203,8 +1258,8 @@ pub async fn fetch(
         while buf.len() < batch {
             tokio::select! {
                 _ = &mut deadline => break,
-                next = messages.next() => match next {
-                    Some(Ok(m)) => order.take(m, &mut buf),
+                next = messages.next(&reader) => match next {
+                    Some(Ok(m)) => buf.push(m),
                     _ => break,
                 }
             }
@@ -1220,63 +1275,10 @@ pub async fn fetch(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        if order.backwards {
-            order.backwards = false;
-            tracing::warn!(
-                after = order.seen,
-                "the ordered consumer started over from further back; opening a new pull after the last \
-                 message taken"
-            );
-            match Messages::open(&reader, batch, order.seen).await {
-                Ok(fresh) => messages = fresh,
-                Err(e) => tracing::warn!("opening a new pull failed, keeping the old one: {e:#}"),
-            }
-        }
-        if buf.is_empty() {
-            continue;
-        }
         if tx.send(buf).await.is_err() {
             return Ok(());
         }
         quiet_since = tokio::time::Instant::now();
-    }
-}
-
-/// Exclusive mode: keeps the messages taken from the pull in stream order. async-nats recreates an ordered
-/// consumer that has handed nothing over yet from the stream's first message (after a broker restart, or
-/// missed heartbeats while the host is caught up): read to the end, that would be the whole stream again,
-/// every message skipped as committed. A message at or before the last one taken is dropped instead, and
-/// the pull opened anew after it.
-struct Order {
-    /// The stream sequence of the last message taken (`start - 1` before the first); `None` in shared
-    /// mode, where the durable consumer keeps the order and redeliveries come out of it.
-    seen: Option<u64>,
-    /// A message came from further back since the pull was last opened.
-    backwards: bool,
-}
-
-impl Order {
-    fn new(reader: &Reader) -> Self {
-        let seen = match reader {
-            Reader::Shared(_) => None,
-            Reader::Exclusive { start, .. } => Some(start.saturating_sub(1)),
-        };
-        Order {
-            seen,
-            backwards: false,
-        }
-    }
-
-    fn take(&mut self, m: jetstream::Message, buf: &mut Vec<jetstream::Message>) {
-        if let Some(seen) = self.seen {
-            let seq = m.info().map_or(0, |i| i.stream_sequence);
-            if seq <= seen {
-                self.backwards = true;
-                return;
-            }
-            self.seen = Some(seq);
-        }
-        buf.push(m);
     }
 }
 
@@ -1286,23 +1288,20 @@ impl Order {
 ///
 /// - Shared: when [`stalled`] says so. No request of the old pull is waiting at the server, so nothing was
 ///   sent its way that would come back only after `ack_wait`.
-/// - Exclusive: when the stream holds messages after `seen`, the last one taken; the new ordered consumer
-///   starts right after it (the old one goes once the server sees it idle).
+/// - Exclusive: when the stream holds messages after the last one taken; the new ordered consumer starts
+///   right after it (the old one goes once the server sees it idle).
 async fn reopen_if_stalled(
     reader: &Reader,
     batch: usize,
     messages: &mut Messages,
-    seen: Option<u64>,
     shared: &Shared,
 ) {
-    let waiting = match reader {
-        Reader::Shared(consumer) => stalled(consumer).await,
-        Reader::Exclusive { stream, start, .. } => match stream.get_info().await {
+    let waiting = match (reader, messages.seen()) {
+        (Reader::Shared(consumer), _) => stalled(consumer).await,
+        (Reader::Exclusive { stream, .. }, seen) => match stream.get_info().await {
             Ok(info) => {
                 // Messages removed by age or size are not waiting.
-                let next = seen
-                    .map_or(*start, |seq| seq + 1)
-                    .max(info.state.first_sequence);
+                let next = (seen.unwrap_or(0) + 1).max(info.state.first_sequence);
                 (info.state.messages > 0 && info.state.last_sequence >= next)
                     .then(|| info.state.last_sequence + 1 - next)
             }
@@ -1318,9 +1317,8 @@ async fn reopen_if_stalled(
          is waiting at the server; opening a new pull",
         reader.stall_after().as_secs()
     );
-    match Messages::open(reader, batch, seen).await {
-        Ok(fresh) => {
-            *messages = fresh;
+    match messages.reopen(reader, batch).await {
+        Ok(()) => {
             shared
                 .counters
                 .pulls_reopened

@@ -93,14 +93,12 @@ pub async fn run(
     // Kept from now until the last commit is done (start-up can outlast the lease); one lost to another host
     // stops the run. A start that fails leaves it to run out, or to the next run of this host.
     let host = config.host();
-    let (lease_stop_tx, lease_stop_rx) = tokio::sync::watch::channel(false);
-    let mut lease_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut lease_task = match config.exclusive() {
-        true => {
-            let lease = Lease::acquire(&js, &config.pipeline.name, &host, 2 * lease::TTL).await?;
-            lease_lost = lease.lost();
-            Some(lease.keep(lease_stop_rx))
-        }
+    let mut lease = match config.exclusive() {
+        true => Some(
+            Lease::acquire(&js, &config.pipeline.name, &host, 2 * lease::TTL)
+                .await?
+                .keep(),
+        ),
         false => {
             // Replays read beside a live pipeline, whatever its mode.
             if config.replay.is_none()
@@ -327,7 +325,9 @@ pub async fn run(
         &config,
     )?;
     processor.until = replay_until;
-    processor.lease_lost = lease_lost;
+    if let Some(lease) = &lease {
+        processor.lease_lost = lease.lost();
+    }
     processor.set_previous(previous);
     processor.clock = clock;
     let processor_thread = std::thread::Builder::new()
@@ -346,17 +346,17 @@ pub async fn run(
     let processor_done = tokio::task::spawn_blocking(move || processor_thread.join());
     tokio::pin!(processor_done);
     tokio::pin!(stop);
-    let lease_ends = async {
-        match lease_task.as_mut() {
-            Some(task) => task.await,
+    let lease_lost = async {
+        match lease.as_mut() {
+            Some(lease) => lease.ended().await,
             None => std::future::pending().await,
         }
     };
-    let (early, replayed, lease_done) = tokio::select! {
-        _ = &mut stop => (None, false, None),
-        _ = replay_done => (None, true, None),
-        done = &mut processor_done => (Some(done), false, None),
-        kept = lease_ends => (None, false, Some(kept)),
+    let (early, replayed) = tokio::select! {
+        _ = &mut stop => (None, false),
+        _ = replay_done => (None, true),
+        done = &mut processor_done => (Some(done), false),
+        () = lease_lost => (None, false),
     };
     tracing::info!(
         "stopping: finishing the batch in hand, committing{}",
@@ -381,21 +381,11 @@ pub async fn run(
     // run failed all the same (a supervisor restarts it), unless the processor has an error of its own.
     let result = result.and_then(|r| fetched.map(|()| r));
     // Let go of the lease (the next run takes it at once), unless it was lost: then that is the error.
-    let kept = match (lease_done, lease_task) {
-        (Some(kept), _) => Some(kept),
-        (None, Some(task)) => {
-            let _ = lease_stop_tx.send(true);
-            Some(task.await)
+    let result = match lease {
+        Some(lease) => {
+            let kept = lease.finish().await;
+            result.and(kept)
         }
-        (None, None) => None,
-    };
-    let result = match kept {
-        Some(Ok((lease, Ok(())))) => {
-            lease.release().await;
-            result
-        }
-        Some(Ok((_, Err(lost)))) => result.and(Err(lost)),
-        Some(Err(e)) => result.and(Err(anyhow::anyhow!("the lease task failed: {e}"))),
         None => result,
     };
     if let Some(task) = ingest_task {
