@@ -26,6 +26,9 @@ use crate::event::{EventShape, JsonPath, Layout, Parser};
 use crate::source::client::{Backoff, SourceError, SseClient, SseConfig};
 use crate::source::sse::{SseEvent, SseItem};
 
+/// How long a stop waits for NATS to confirm the last events: long enough to ride out a broker restart.
+const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Ingest settings besides the source and the stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -170,14 +173,15 @@ impl Ingest {
                 outcome = self.connection(position.as_deref(), &mut backoff, &mut items) => Some(outcome),
             };
             // Whatever ended the connection, what was sent is acked before deciding what comes next.
+            let Some(outcome) = outcome else {
+                self.flush_on_stop().await?;
+                tracing::info!(source = %self.config.name, "ingest stopped");
+                return Ok(());
+            };
             self.publisher.flush().await?;
             if let Some(p) = self.publisher.acked_position() {
                 position = Some(p.to_string());
             }
-            let Some(outcome) = outcome else {
-                tracing::info!(source = %self.config.name, "ingest stopped");
-                return Ok(());
-            };
             let delay = match outcome {
                 Ok(healthy) => {
                     if healthy {
@@ -204,10 +208,27 @@ impl Ingest {
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
                 _ = &mut stop => {
-                    self.publisher.flush().await?;
+                    self.flush_on_stop().await?;
                     return Ok(());
                 }
                 _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// The flush of a stop, which waits for the server only so long: a server that went away first held the
+    /// stop forever. What stays unconfirmed is not lost: the saved position covers only what the stream
+    /// confirmed, so the next start reads the rest from the source again (and the stream's duplicate window
+    /// drops what it did store).
+    async fn flush_on_stop(&mut self) -> Result<()> {
+        match tokio::time::timeout(STOP_FLUSH_TIMEOUT, self.publisher.flush()).await {
+            Ok(flushed) => flushed,
+            Err(_) => {
+                tracing::warn!(
+                    source = %self.config.name,
+                    "NATS did not confirm the last events within {STOP_FLUSH_TIMEOUT:?}: the next start reads them from the source again"
+                );
+                Ok(())
             }
         }
     }

@@ -253,6 +253,11 @@ impl Harness {
 
     /// Starts `weir run` on this pipeline, with extra environment (`WEIR_CRASH_AT`, ...).
     pub fn weir(&self, env: &[(&str, &str)]) -> Weir {
+        self.weir_with(env, |_| {})
+    }
+
+    /// [`Harness::weir`], with `configure` adjusting the command before it starts.
+    pub fn weir_with(&self, env: &[(&str, &str)], configure: impl FnOnce(&mut Command)) -> Weir {
         let log = self
             .dir
             .path()
@@ -272,6 +277,7 @@ impl Harness {
         for (k, v) in env {
             command.env(k, v);
         }
+        configure(&mut command);
         Weir {
             child: command.spawn().expect("start weir run"),
             log,

@@ -349,3 +349,129 @@ fn a_quiet_stream_is_committed_without_waiting_for_the_interval() {
     weir.stop();
     h.read_back().assert_exactly_once(last);
 }
+
+/// The pipeline with no NATS URL: `weir run` starts and supervises its own nats-server, with its data under
+/// the working directory, as the quick start does.
+/// Nothing is committed before the stop, so the stop has a whole run's messages to commit and ack.
+fn own_nats_server(t: &mut toml::Table) {
+    t["nats"]
+        .as_table_mut()
+        .unwrap()
+        .insert("url".into(), "".into());
+    let lake = t["lake"].as_table_mut().unwrap();
+    lake.insert("commit_interval".into(), "1h".into());
+    lake.insert("commit_after_idle".into(), "1h".into());
+    lake.insert("commit_events".into(), 1_000_000.into());
+}
+
+/// Events the pipeline has taken from the stream, from its metrics.
+fn received(api: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("{api}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("weir_events_received_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// A run of the default pipeline on its own nats-server, started in a process group of its own (as a shell
+/// starts a command in a terminal), once it has taken 1000 events; with the server's process id and port.
+fn run_on_own_server(h: &Harness) -> (Weir, String, u16) {
+    let mut weir = h.weir_with(&[], |command| {
+        std::os::unix::process::CommandExt::process_group(command, 0);
+    });
+    let api = weir.api(Duration::from_secs(120));
+    let started = Instant::now();
+    while received(&api) < 1000 {
+        assert!(
+            weir.child.try_wait().unwrap().is_none(),
+            "weir run exited:\n{}",
+            weir.log_tail()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no 1000 events taken in 120 s:\n{}",
+            weir.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let url = std::fs::read_to_string(h.dir.path().join(".weir/nats/weir-nats.url"))
+        .expect("the run's own nats-server wrote its URL");
+    let port = url.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let out = Command::new("pgrep")
+        .args(["-P", &weir.child.id().to_string(), "nats-server"])
+        .output()
+        .unwrap();
+    let server = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!server.is_empty(), "no nats-server under weir run");
+    (weir, server, port)
+}
+
+/// The quick start's Ctrl-C. A terminal signals its whole foreground process group, and the nats-server that
+/// `weir run` supervises was in it: the server died under a run that still had a batch to commit and ack,
+/// and the run waited for it forever. The server has a group of its own now: the run commits, acks, stops
+/// the server and exits 0.
+#[test]
+fn ctrl_c_stops_the_run_and_then_its_own_nats_server() {
+    let source = ServeSse::start(EVENTS, 400.0);
+    let h = source.harness_with(own_nats_server);
+    let (mut weir, server, port) = run_on_own_server(&h);
+    // Field 5 of /proc/PID/stat, after the parenthesized command name: the process group.
+    let stat = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap();
+    let server_group = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(2)
+        .unwrap();
+    assert_ne!(
+        server_group,
+        weir.child.id().to_string(),
+        "the nats-server is in weir run's process group: a terminal's Ctrl-C reaches it too"
+    );
+    let group = format!("-{}", weir.child.id());
+    Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .unwrap();
+    let status = weir.wait(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "weir run did not stop cleanly on Ctrl-C ({status}):\n{}",
+        weir.log_tail()
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "weir run left its nats-server running"
+    );
+    assert!(h.committed() >= 1000, "the stop committed nothing");
+    h.verify();
+}
+
+/// A stop whose nats-server went away first (killed; or stopped with it, as systemd's default stop signals a
+/// unit's whole control group at once) still ends: the last acks and the final flush wait for the server only so long, and what was
+/// committed stays whole.
+#[test]
+fn a_stop_ends_when_its_nats_server_went_away_first() {
+    let source = ServeSse::start(EVENTS, 400.0);
+    let h = source.harness_with(own_nats_server);
+    let (mut weir, server, port) = run_on_own_server(&h);
+    Command::new("kill")
+        .args(["-KILL", &server])
+        .status()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-INT", &weir.child.id().to_string()])
+        .status()
+        .unwrap();
+    // Ends (the run may report the lost server as its error); `wait` fails the test if it does not.
+    weir.wait(Duration::from_secs(90));
+    h.verify();
+}

@@ -83,14 +83,21 @@ impl NatsServer {
         let log = store_dir.join("nats-server.log");
         // The server appends to its log: what this start wrote comes after this.
         let log_start = std::fs::metadata(&log).map_or(0, |m| m.len());
-        let child = Command::new(Self::binary())
+        let mut command = Command::new(Self::binary());
+        command
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store_dir)
             .arg("-l")
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        // A process group of its own: Ctrl-C in a terminal signals the whole foreground group, and a server
+        // in Weir's group died with it, under a `weir run` that still had a batch to commit and ack (it
+        // waited for the server forever). Weir stops the server itself, after its last ack.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", Self::binary().display()))?;
         let mut server = NatsServer {

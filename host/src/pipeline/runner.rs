@@ -1134,17 +1134,33 @@ fn record_gold(epoch: &mut Epoch, shared: &Shared, gold: &[GoldRow]) -> Result<(
 
 /// Acks messages (after their commit).
 async fn ack(client: &async_nats::Client, replies: &[async_nats::Subject]) {
-    for reply in replies {
-        if let Err(e) = client
-            .publish(reply.clone(), Bytes::from_static(b"+ACK"))
-            .await
-        {
-            // A lost ack means a redelivery, which the commit log turns into a skip.
-            tracing::warn!("cannot ack: {e}");
+    let send = async {
+        for reply in replies {
+            if let Err(e) = client
+                .publish(reply.clone(), Bytes::from_static(b"+ACK"))
+                .await
+            {
+                tracing::warn!("cannot ack: {e}");
+            }
         }
+        client.flush().await
+    };
+    // A lost ack means a redelivery, which the commit log turns into a skip: waiting for a server that does
+    // not come back only held the pipeline (and a stop) forever.
+    match tokio::time::timeout(ACK_TIMEOUT, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("acks sent, not confirmed: {e}"),
+        Err(_) => tracing::warn!(
+            messages = replies.len(),
+            "NATS did not take the acks within {ACK_TIMEOUT:?}: those messages will come again and be \
+             skipped as committed"
+        ),
     }
-    let _ = client.flush().await;
 }
+
+/// How long acks may wait for the server: long enough to ride out a broker restart, short enough that a stop
+/// whose server went away first still ends.
+const ACK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Tells the server, every `every`, that these messages are still being worked on.
 async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>, every: Duration) {

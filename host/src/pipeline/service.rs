@@ -412,13 +412,25 @@ pub async fn run(
             super::replay::remove_staging(&js, &config.stream.name).await;
         }
     }
-    let _ = client.flush().await;
+    // What is still buffered (the last acks) goes out, if the server is there to take it: a server that went
+    // away first (killed with Weir's whole control group, say) held this flush, and the stop, forever.
+    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, client.flush())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "NATS did not answer the last flush; what it did not take comes again, skipped as committed"
+        );
+    }
     drop(client);
     if let Some(mut server) = local {
         tokio::task::spawn_blocking(move || server.stop()).await?;
     }
     result
 }
+
+/// How long the stop waits for NATS to take what is still buffered.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Compacts the lake every `compact_every` (first after one interval: a restart does not compact at once).
 /// Several hosts sharing a lake may all do so: a compaction that loses the race to another commits nothing.
