@@ -21,13 +21,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::bus::publish::Outgoing;
-use crate::bus::{Positions, PublishStats, Publisher, StreamConfig, headers};
+use crate::bus::{CONFIRM_TIMEOUT, Positions, PublishStats, Publisher, StreamConfig, headers};
 use crate::event::{EventShape, JsonPath, Layout, Parser};
 use crate::source::client::{Backoff, SourceError, SseClient, SseConfig};
 use crate::source::sse::{SseEvent, SseItem};
-
-/// How long a stop waits for NATS to confirm the last events: long enough to ride out a broker restart.
-const STOP_FLUSH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Ingest settings besides the source and the stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -172,12 +169,12 @@ impl Ingest {
                 _ = &mut stop => None,
                 outcome = self.connection(position.as_deref(), &mut backoff, &mut items) => Some(outcome),
             };
-            // Whatever ended the connection, what was sent is acked before deciding what comes next.
             let Some(outcome) = outcome else {
                 self.flush_on_stop().await?;
                 tracing::info!(source = %self.config.name, "ingest stopped");
                 return Ok(());
             };
+            // Whatever ended the connection, what was sent is acked before deciding what comes next.
             self.publisher.flush().await?;
             if let Some(p) = self.publisher.acked_position() {
                 position = Some(p.to_string());
@@ -216,17 +213,16 @@ impl Ingest {
         }
     }
 
-    /// The flush of a stop, which waits for the server only so long: a server that went away first held the
-    /// stop forever. What stays unconfirmed is not lost: the saved position covers only what the stream
-    /// confirmed, so the next start reads the rest from the source again (and the stream's duplicate window
-    /// drops what it did store).
+    /// The flush of a stop, which waits for the server only [`CONFIRM_TIMEOUT`]: a server that went away first
+    /// held the stop forever. The saved position covers only what the stream confirmed, so the next start
+    /// reads the rest from the source again.
     async fn flush_on_stop(&mut self) -> Result<()> {
-        match tokio::time::timeout(STOP_FLUSH_TIMEOUT, self.publisher.flush()).await {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, self.publisher.flush()).await {
             Ok(flushed) => flushed,
             Err(_) => {
                 tracing::warn!(
                     source = %self.config.name,
-                    "NATS did not confirm the last events within {STOP_FLUSH_TIMEOUT:?}: the next start reads them from the source again"
+                    "NATS did not confirm the last events within {CONFIRM_TIMEOUT:?}: the next start reads them from the source again"
                 );
                 Ok(())
             }

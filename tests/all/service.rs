@@ -351,8 +351,8 @@ fn a_quiet_stream_is_committed_without_waiting_for_the_interval() {
 }
 
 /// The pipeline with no NATS URL: `weir run` starts and supervises its own nats-server, with its data under
-/// the working directory, as the quick start does.
-/// Nothing is committed before the stop, so the stop has a whole run's messages to commit and ack.
+/// the working directory, as the quick start does. Nothing is committed before the stop, so the stop has a
+/// whole run's messages to commit and ack.
 fn own_nats_server(t: &mut toml::Table) {
     t["nats"]
         .as_table_mut()
@@ -398,8 +398,8 @@ fn run_on_own_server(h: &Harness) -> (Weir, String, u16) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let url = std::fs::read_to_string(h.dir.path().join(".weir/nats/weir-nats.url"))
-        .expect("the run's own nats-server wrote its URL");
+    let url = weir::bus::NatsServer::running(&h.dir.path().join(".weir/nats"))
+        .expect("the run's own nats-server is running");
     let port = url.trim().rsplit(':').next().unwrap().parse().unwrap();
     let out = Command::new("pgrep")
         .args(["-P", &weir.child.id().to_string(), "nats-server"])
@@ -453,8 +453,8 @@ fn ctrl_c_stops_the_run_and_then_its_own_nats_server() {
 }
 
 /// A stop whose nats-server went away first (killed; or stopped with it, as systemd's default stop signals a
-/// unit's whole control group at once) still ends: the last acks and the final flush wait for the server only so long, and what was
-/// committed stays whole.
+/// unit's whole control group at once) still ends: the last acks and flushes wait for the server only so
+/// long, and what was committed stays whole.
 #[test]
 fn a_stop_ends_when_its_nats_server_went_away_first() {
     let source = ServeSse::start(EVENTS, 400.0);

@@ -15,6 +15,13 @@ pub use publish::{Positions, PublishStats, Publisher};
 pub use server::NatsServer;
 pub use stream::StreamConfig;
 
+/// How long Weir waits for the server to confirm what it sent (the pipeline's acks, the ingest's last
+/// publishes at a stop) before it goes on without: long enough to ride out a broker restart, short enough
+/// that a stop whose server went away first still ends. Nothing unconfirmed is lost: an ack comes again as a
+/// redelivery, skipped as committed; an event is read from the source again, and the stream's duplicate
+/// window drops what it did store.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Headers Weir sets on every message it publishes.
 pub mod headers {
     /// The id of the SSE message that carried the event (Wikimedia: a JSON array of per-topic offsets).

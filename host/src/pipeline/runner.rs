@@ -35,7 +35,7 @@ use futures::StreamExt;
 
 use super::chain::{Chain, ChainOutput};
 use super::shared::{Control, Phase, PluginInfo, Recent, Shared};
-use crate::bus::headers;
+use crate::bus::{self, headers};
 use crate::config::Config;
 use crate::event::{EventShape, JsonPath};
 use crate::lake::rows::{DropRow, GoldRow, QuarantineRow, Received, SilverColumns};
@@ -1147,20 +1147,17 @@ async fn ack(client: &async_nats::Client, replies: &[async_nats::Subject]) {
     };
     // A lost ack means a redelivery, which the commit log turns into a skip: waiting for a server that does
     // not come back only held the pipeline (and a stop) forever.
-    match tokio::time::timeout(ACK_TIMEOUT, send).await {
+    match tokio::time::timeout(bus::CONFIRM_TIMEOUT, send).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("acks sent, not confirmed: {e}"),
         Err(_) => tracing::warn!(
             messages = replies.len(),
-            "NATS did not take the acks within {ACK_TIMEOUT:?}: those messages will come again and be \
-             skipped as committed"
+            "NATS did not take the acks within {:?}: those messages will come again and be skipped as \
+             committed",
+            bus::CONFIRM_TIMEOUT
         ),
     }
 }
-
-/// How long acks may wait for the server: long enough to ride out a broker restart, short enough that a stop
-/// whose server went away first still ends.
-const ACK_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Tells the server, every `every`, that these messages are still being worked on.
 async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>, every: Duration) {
