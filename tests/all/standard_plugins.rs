@@ -144,6 +144,6 @@ fn gold_wiki_aggregate_after_enrich_counts_every_event_once() {
     );
     assert!(
         rows.iter()
-            .all(|r| r.plugin == "aggregate@0.2.1" && r.row.table == "gold_wiki")
+            .all(|r| r.plugin == "aggregate@0.2.2" && r.row.table == "gold_wiki")
     );
 }

@@ -14,13 +14,14 @@
 //! are in `configs/`.
 
 pub mod measure;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use weir_sdk::prelude::*;
 
-use measure::{Acc, Measure, Op};
+use measure::{Acc, MapHash, Measure, Op};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,32 +86,13 @@ fn three() -> f64 {
     3.0
 }
 
-/// Starts a binary (postcard) snapshot; a JSON one starts with `{`.
-const SNAPSHOT_MAGIC: &[u8] = b"WAGG2";
-/// Starts a binary snapshot of 0.1.0, whose windows also held their group's values (see [`WindowV1`]).
-const SNAPSHOT_MAGIC_V1: &[u8] = b"WAGG1";
-
-/// Counts the bytes written to it (to size a snapshot before writing it).
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Rows one `on-watermark` call returns at most (see `Aggregate::close`): a full part makes the host call
 /// again.
 pub const ROWS_PER_CALL: usize = weir_sdk::WATERMARK_PART_ROWS;
 
-/// An open window of one group. The group's values are not kept here: they are in the key the window is
-/// filed under (see [`Aggregate::add`]), and a second copy was ~120 bytes of each window (a window over pages
-/// holds hundreds of thousands of groups).
+/// A session, or a closed window, of one group; and every window as snapshots hold it. The group's values
+/// are not kept here: they are in the key the window is filed under (see [`Aggregate::add`]), and a second
+/// copy was ~120 bytes of each window (a window over pages holds hundreds of thousands of groups).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Window {
     start: i64,
@@ -119,23 +101,13 @@ struct Window {
     accs: Vec<Acc>,
 }
 
-/// A window as snapshots of 0.1.0 hold it, with its group's values (JSON snapshots too; `default` lets them
-/// be read whichever form wrote them).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct WindowV1 {
-    start: i64,
-    end: i64,
-    #[serde(default)]
-    group: Vec<String>,
-    accs: Vec<Acc>,
-}
-
-impl From<WindowV1> for Window {
-    fn from(w: WindowV1) -> Window {
+impl Window {
+    /// A tumbling or sliding window's group, closing.
+    fn closed(start: i64, end: i64, accs: Box<[Acc]>) -> Window {
         Window {
-            start: w.start,
-            end: w.end,
-            accs: w.accs,
+            start,
+            end,
+            accs: accs.into_vec(),
         }
     }
 }
@@ -149,79 +121,27 @@ fn group_values(key: &str, columns: usize) -> impl Iterator<Item = &str> {
     key.split(GROUP_SEPARATOR).take(columns)
 }
 
-/// Serializes a map with non-string keys as a list of entries (JSON objects only take string keys).
-mod entries {
-    use std::collections::BTreeMap;
+/// The open tumbling or sliding windows of one time range: each group's accumulators, by group key. A window
+/// over pages holds hundreds of thousands of groups: boxed keys and accumulators make a table slot 16 bytes
+/// (wasm32), which is what sets this instance's memory high-water mark when the table doubles (old and new
+/// table live at once); and the range is the window's start and end, so a group keeps neither.
+type Groups = HashMap<Box<str>, Box<[Acc]>, MapHash>;
 
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
-        map: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        s.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, D, K, V>(d: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        D: Deserializer<'de>,
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
-    }
-}
-
-/// The open windows of one time range, by group key.
-type Groups<W = Window> = HashMap<Box<str>, Box<W>, measure::MapHash>;
-
-/// Everything that must survive a restart or a hot swap (`W`: [`WindowV1`] to read older snapshots).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct State<W = Window> {
+/// Everything that must survive a restart or a hot swap.
+#[derive(Debug, Default)]
+struct State {
     watermark: Option<i64>,
     /// Arrival counter: breaks event-time ties for first/last.
     seq: u64,
     /// Tumbling and sliding windows by (end, start), then by group key: iteration order is closing order.
-    #[serde(with = "entries")]
-    /// Boxed keys and windows: a window over pages holds hundreds of thousands of groups, and a table slot of
-    /// 24 bytes instead of 88 is what sets this instance's memory high-water mark when the table doubles
-    /// (old and new table live at once). Boxes serialize as what they hold.
-    windows: BTreeMap<(i64, i64), Groups<W>>,
+    windows: BTreeMap<(i64, i64), Groups>,
     /// Open sessions per group key, sorted by start.
-    sessions: BTreeMap<String, Vec<W>>,
+    sessions: BTreeMap<String, Vec<Window>>,
     /// Trailing values of the anomaly measure per group key.
     history: BTreeMap<String, VecDeque<f64>>,
     /// Open sessions by (earliest `end + gap` of the key's sessions, key): a watermark visits only the keys
     /// with a session it may close, not every user. Derived from `sessions`, rebuilt on restore.
-    #[serde(skip)]
     expiries: BTreeSet<(i64, String)>,
-}
-
-impl From<State<WindowV1>> for State {
-    fn from(old: State<WindowV1>) -> State {
-        State {
-            watermark: old.watermark,
-            seq: old.seq,
-            windows: old
-                .windows
-                .into_iter()
-                .map(|(range, groups)| {
-                    let groups = groups
-                        .into_iter()
-                        .map(|(key, w)| (key, Box::new(Window::from(*w))))
-                        .collect();
-                    (range, groups)
-                })
-                .collect(),
-            sessions: old
-                .sessions
-                .into_iter()
-                .map(|(key, open)| (key, open.into_iter().map(Window::from).collect()))
-                .collect(),
-            history: old.history,
-            expiries: BTreeSet::new(),
-        }
-    }
 }
 
 /// Per measure: the field index of its path, and of its filter path with the value it must equal.
@@ -242,50 +162,13 @@ impl Aggregate {
     /// The state in the JSON form snapshots had before they were binary (tests check old commits restore).
     #[doc(hidden)]
     pub fn json_snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.v1_state()).expect("state serializes")
+        snapshot::write_v1_json(&self.state, self.group_columns.len())
     }
 
     /// The state in the binary form of 0.1.0 (tests check such snapshots restore).
     #[doc(hidden)]
     pub fn v1_snapshot(&self) -> Vec<u8> {
-        let mut out = SNAPSHOT_MAGIC_V1.to_vec();
-        postcard::to_io(&self.v1_state(), &mut out).expect("state serializes");
-        out
-    }
-
-    fn v1_state(&self) -> State<WindowV1> {
-        let v1 = |key: &str, w: &Window| WindowV1 {
-            start: w.start,
-            end: w.end,
-            group: group_values(key, self.group_columns.len())
-                .map(str::to_string)
-                .collect(),
-            accs: w.accs.clone(),
-        };
-        State {
-            watermark: self.state.watermark,
-            seq: self.state.seq,
-            windows: self
-                .state
-                .windows
-                .iter()
-                .map(|(range, groups)| {
-                    let groups = groups
-                        .iter()
-                        .map(|(key, w)| (key.clone(), Box::new(v1(key, w))))
-                        .collect();
-                    (*range, groups)
-                })
-                .collect(),
-            sessions: self
-                .state
-                .sessions
-                .iter()
-                .map(|(key, open)| (key.clone(), open.iter().map(|w| v1(key, w)).collect()))
-                .collect(),
-            history: self.state.history.clone(),
-            expiries: BTreeSet::new(),
-        }
+        snapshot::write_v1(&self.state, self.group_columns.len())
     }
 
     pub fn from_config(config: Config) -> Result<(Self, Plan), String> {
@@ -489,22 +372,17 @@ impl Aggregate {
                     Some((&(_, before), groups)) if before + slide == start => groups.len(),
                     _ => 0,
                 };
-                let groups =
-                    Groups::with_capacity_and_hasher(capacity, measure::MapHash::default());
+                let groups = Groups::with_capacity_and_hasher(capacity, MapHash::default());
                 self.state.windows.insert(range, groups);
             }
             let groups = self.state.windows.get_mut(&range).expect("just ensured");
             // One lookup for a group seen before (most events), two for a new one.
             match groups.get_mut(key) {
-                Some(window) => add(&mut window.accs),
+                Some(accs) => add(accs),
                 None => {
-                    let mut window = Box::new(Window {
-                        start,
-                        end: start + size,
-                        accs: Self::new_accs(measures),
-                    });
-                    add(&mut window.accs);
-                    groups.insert(key.into(), window);
+                    let mut accs = Self::new_accs(measures).into_boxed_slice();
+                    add(&mut accs);
+                    groups.insert(key.into(), accs);
                 }
             }
         }
@@ -557,6 +435,9 @@ impl Aggregate {
                         i += 1;
                     }
                 }
+                // Room for exactly one more: a first push would make room for four, and most users have
+                // one open session (a window is 32 bytes in wasm32, so three spare were 96 bytes a user).
+                sessions.reserve_exact(1);
                 sessions.push(merged);
             }
         }
@@ -594,10 +475,14 @@ impl Aggregate {
                     .windows
                     .remove(&(end, start))
                     .expect("first key just read");
-                let mut groups: Vec<(Box<str>, Box<Window>)> = groups.into_iter().collect();
+                let mut groups: Vec<(Box<str>, Box<[Acc]>)> = groups.into_iter().collect();
                 // Rows of one window in key order, whatever the map's order.
                 groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                closed.extend(groups.into_iter().map(|(key, w)| (key, *w)));
+                closed.extend(
+                    groups
+                        .into_iter()
+                        .map(|(key, accs)| (key, Window::closed(start, end, accs))),
+                );
             } else {
                 // The first `room` groups in key order (chosen in linear time), the rest next call.
                 let mut keys: Vec<&Box<str>> = groups.keys().collect();
@@ -610,8 +495,8 @@ impl Aggregate {
                     .get_mut(&(end, start))
                     .expect("first key just read");
                 closed.extend(keys.into_iter().map(|k| {
-                    let window = *groups.remove(&k).expect("a key of this map");
-                    (k, window)
+                    let accs = groups.remove(&k).expect("a key of this map");
+                    (k, Window::closed(start, end, accs))
                 }));
             }
         }
@@ -745,48 +630,25 @@ impl Plugin for Aggregate {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        // Binary: the host saves this with every commit, and for a dense stream it holds hundreds of
-        // thousands of open windows (JSON was several times larger and slower).
-        // Sized first, then written once: a buffer that doubles as it fills holds up to three times the
-        // snapshot while it grows, and that transient set this instance's memory high-water mark (linear
-        // memory never shrinks).
-        let size = postcard::to_io(&self.state, ByteCount(0))
-            .expect("state serializes")
-            .0;
-        let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + size);
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        postcard::to_io(&self.state, &mut out).expect("state serializes");
-        out
+        snapshot::write(&self.state)
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         if snapshot.is_empty() {
             return Ok(());
         }
-        let unreadable = |e: &dyn std::fmt::Display| format!("unreadable aggregate snapshot: {e}");
-        let state: State = if let Some(binary) = snapshot.strip_prefix(SNAPSHOT_MAGIC) {
-            postcard::from_bytes(binary).map_err(|e| unreadable(&e))?
-        } else if let Some(binary) = snapshot.strip_prefix(SNAPSHOT_MAGIC_V1) {
-            postcard::from_bytes::<State<WindowV1>>(binary)
-                .map_err(|e| unreadable(&e))?
-                .into()
-        } else {
-            // Snapshots of 0.1.0 before the binary form were JSON; lakes keep them in their commits.
-            serde_json::from_slice::<State<WindowV1>>(snapshot)
-                .map_err(|e| unreadable(&e))?
-                .into()
-        };
-        if let Some(w) = state
+        let state = snapshot::read(snapshot)?;
+        if let Some(accs) = state
             .windows
             .values()
-            .flat_map(|groups| groups.values().map(|w| &**w))
-            .chain(state.sessions.values().flatten())
+            .flat_map(|groups| groups.values().map(|accs| &**accs))
+            .chain(state.sessions.values().flatten().map(|w| &*w.accs))
             .next()
-            && w.accs.len() != self.config.measures.len()
+            && accs.len() != self.config.measures.len()
         {
             return Err(format!(
                 "the snapshot has {} measures per window, this configuration {}: replay instead of restoring",
-                w.accs.len(),
+                accs.len(),
                 self.config.measures.len()
             ));
         }

@@ -384,41 +384,71 @@ fn snapshots_of_older_versions_restore() {
 /// columns, sessions, and anomaly z-scores that depend on the history in the snapshot.
 #[test]
 fn snapshots_written_by_0_1_0_go_on_to_the_same_rows() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/0.1.0");
     for (name, config) in compat_configs() {
-        // The same events and steps as when the fixture was written.
-        let events = generated(600);
-        let (_, b) = events.split_at(300);
-        let (mut plugin, plan) = Aggregate::from_config(config).unwrap();
-        let snapshot = std::fs::read(fixtures.join(format!("{name}.snapshot"))).unwrap();
+        let (snapshot, want) = fixture("0.1.0", name);
         assert!(snapshot.starts_with(b"WAGG1"), "{name}: a 0.1.0 snapshot");
-        plugin.restore(&snapshot).unwrap();
-        plugin.process_batch(&timed_batch(b.iter().map(|(t, d)| (*t, d)), &plan));
-        let max = b.iter().map(|(t, _)| *t).max().unwrap();
-        let mut rows = plugin.on_watermark(max - 300_000);
-        rows.extend(plugin.on_watermark(i64::MAX));
-        let got: Vec<Json> = rows
-            .iter()
-            .map(|r| {
-                let map: serde_json::Map<String, Json> = r
-                    .columns
-                    .iter()
-                    .map(|(c, v)| (c.clone(), Json::from(v)))
-                    .collect();
-                Json::Object(map)
-            })
-            .collect();
-        let want: Vec<Json> = std::fs::read_to_string(fixtures.join(format!("{name}.rows.ndjson")))
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect();
-        assert!(!want.is_empty());
-        assert_eq!(got, want, "{name}");
+        assert_eq!(rows_after_restore(&config, &snapshot), want, "{name}");
     }
 }
 
-/// The configurations of the 0.1.0 fixtures.
+/// The same for snapshots of 0.2.1 (in `fixtures/0.2.1/`), the last version whose accumulators kept their
+/// snapshot form in memory; and after the same steps this version writes the very same bytes, so 0.2.1
+/// restores what this version writes (a rollback to it keeps every open window).
+#[test]
+fn snapshots_of_0_2_1_restore_and_are_written_the_same() {
+    for (name, config) in compat_configs() {
+        let (snapshot, want) = fixture("0.2.1", name);
+        assert!(snapshot.starts_with(b"WAGG2"), "{name}: a 0.2.1 snapshot");
+        assert_eq!(rows_after_restore(&config, &snapshot), want, "{name}");
+        let events = generated(600);
+        let (a, _) = events.split_at(300);
+        let (mut plugin, plan) = Aggregate::from_config(config).unwrap();
+        plugin.process_batch(&timed_batch(a.iter().map(|(t, d)| (*t, d)), &plan));
+        let max = a.iter().map(|(t, _)| *t).max().unwrap();
+        plugin.on_watermark(max - 300_000);
+        assert!(plugin.snapshot() == snapshot, "{name}: not 0.2.1's bytes");
+    }
+}
+
+/// A fixture's snapshot, and the rows its version went on to emit (see `fixtures/*/README.md`).
+fn fixture(version: &str, name: &str) -> (Vec<u8>, Vec<Json>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(version);
+    let snapshot = std::fs::read(dir.join(format!("{name}.snapshot"))).unwrap();
+    let rows: Vec<Json> = std::fs::read_to_string(dir.join(format!("{name}.rows.ndjson")))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(!rows.is_empty());
+    (snapshot, rows)
+}
+
+/// The rows a plugin restored from `snapshot` emits, all columns, in emitted order, over the second half of
+/// the fixtures' events (the steps the fixtures were written with).
+fn rows_after_restore(config: &Config, snapshot: &[u8]) -> Vec<Json> {
+    let events = generated(600);
+    let (_, b) = events.split_at(300);
+    let (mut plugin, plan) = Aggregate::from_config(config.clone()).unwrap();
+    plugin.restore(snapshot).unwrap();
+    plugin.process_batch(&timed_batch(b.iter().map(|(t, d)| (*t, d)), &plan));
+    let max = b.iter().map(|(t, _)| *t).max().unwrap();
+    let mut rows = plugin.on_watermark(max - 300_000);
+    rows.extend(plugin.on_watermark(i64::MAX));
+    rows.iter()
+        .map(|r| {
+            let map: serde_json::Map<String, Json> = r
+                .columns
+                .iter()
+                .map(|(c, v)| (c.clone(), Json::from(v)))
+                .collect();
+            Json::Object(map)
+        })
+        .collect()
+}
+
+/// The configurations of the fixtures.
 fn compat_configs() -> Vec<(&'static str, Config)> {
     vec![
         (
