@@ -1,6 +1,7 @@
 //! Measures and their accumulators: count, sum, min, max, distinct count (exact up to a bound, then
 //! HyperLogLog), first and last by event time.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::hash::Hasher;
 
@@ -108,8 +109,9 @@ fn hll_of<'a>(values: impl Iterator<Item = &'a str>) -> Acc {
 }
 
 /// An accumulator in the form snapshots hold it, which is the form `Acc` had up to aggregate 0.2.1: a
-/// snapshot written by this version restores in 0.2.1 (a rollback), and the other way round.
-#[derive(Serialize)]
+/// snapshot written by this version restores in 0.2.1 (a rollback), and the other way round. Written
+/// borrowing from the accumulator, read back owned.
+#[derive(Serialize, Deserialize)]
 #[serde(rename = "Acc")]
 enum Wire<'a> {
     Count(u64),
@@ -121,33 +123,16 @@ enum Wire<'a> {
     Min(Option<f64>),
     Max(Option<f64>),
     Exact(WireValues<'a>),
-    Hll(&'a [u8]),
-    First(Option<(i64, u64, &'a str)>),
-    Last(Option<(i64, u64, &'a str)>),
+    Hll(Cow<'a, [u8]>),
+    First(Option<(i64, u64, Cow<'a, str>)>),
+    Last(Option<(i64, u64, Cow<'a, str>)>),
 }
 
-/// [`Wire`], read back (owned).
-#[derive(Deserialize)]
-#[serde(rename = "Acc")]
-enum WireOwned {
-    Count(u64),
-    Sum {
-        int: i64,
-        float: f64,
-        any_float: bool,
-    },
-    Min(Option<f64>),
-    Max(Option<f64>),
-    Exact(Vec<Box<str>>),
-    Hll(Box<[u8]>),
-    First(Option<Box<Kept>>),
-    Last(Option<Box<Kept>>),
-}
-
-/// A distinct count's values, written as the sequence of texts they always were.
+/// A distinct count's values, as the sequence of texts they always were.
 enum WireValues<'a> {
     Few(&'a str),
     Many(&'a HashSet<Box<str>, MapHash>),
+    Read(Vec<Box<str>>),
 }
 
 impl Serialize for WireValues<'_> {
@@ -161,14 +146,22 @@ impl Serialize for WireValues<'_> {
                 seq.end()
             }
             WireValues::Many(set) => s.collect_seq(set.iter().map(|v| &**v)),
+            WireValues::Read(values) => s.collect_seq(values),
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for WireValues<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::deserialize(d).map(WireValues::Read)
     }
 }
 
 impl Serialize for Acc {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        fn kept(slot: &Option<Box<Kept>>) -> Option<(i64, u64, &str)> {
-            slot.as_ref().map(|k| (k.0, k.1, k.2.as_str()))
+        fn kept(slot: &Option<Box<Kept>>) -> Option<(i64, u64, Cow<'_, str>)> {
+            slot.as_ref()
+                .map(|k| (k.0, k.1, Cow::Borrowed(k.2.as_str())))
         }
         let wire = match self {
             Acc::Count(n) => Wire::Count(*n),
@@ -186,7 +179,7 @@ impl Serialize for Acc {
             Acc::Max(m) => Wire::Max((!m.is_nan()).then_some(*m)),
             Acc::Few(values) => Wire::Exact(WireValues::Few(values)),
             Acc::Many(set) => Wire::Exact(WireValues::Many(set)),
-            Acc::Hll(registers) => Wire::Hll(registers),
+            Acc::Hll(registers) => Wire::Hll(Cow::Borrowed(registers)),
             Acc::First(slot) => Wire::First(kept(slot)),
             Acc::Last(slot) => Wire::Last(kept(slot)),
         };
@@ -196,9 +189,12 @@ impl Serialize for Acc {
 
 impl<'de> Deserialize<'de> for Acc {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match WireOwned::deserialize(d)? {
-            WireOwned::Count(n) => Acc::Count(n),
-            WireOwned::Sum {
+        fn kept(slot: Option<(i64, u64, Cow<'_, str>)>) -> Option<Box<Kept>> {
+            slot.map(|(time, seq, text)| Box::new((time, seq, text.into_owned())))
+        }
+        Ok(match Wire::deserialize(d)? {
+            Wire::Count(n) => Acc::Count(n),
+            Wire::Sum {
                 int,
                 float,
                 any_float,
@@ -209,16 +205,18 @@ impl<'de> Deserialize<'de> for Acc {
                     Acc::Sum(int)
                 }
             }
-            WireOwned::Min(m) => Acc::Min(m.unwrap_or(f64::NAN)),
-            WireOwned::Max(m) => Acc::Max(m.unwrap_or(f64::NAN)),
-            WireOwned::Exact(values) => {
+            Wire::Min(m) => Acc::Min(m.unwrap_or(f64::NAN)),
+            Wire::Max(m) => Acc::Max(m.unwrap_or(f64::NAN)),
+            Wire::Exact(values) => {
                 let mut acc = Acc::new(Op::DistinctCount);
-                values.iter().for_each(|v| acc.add_distinct(v));
+                if let WireValues::Read(values) = values {
+                    values.iter().for_each(|v| acc.add_distinct(v));
+                }
                 acc
             }
-            WireOwned::Hll(registers) => Acc::Hll(registers),
-            WireOwned::First(slot) => Acc::First(slot),
-            WireOwned::Last(slot) => Acc::Last(slot),
+            Wire::Hll(registers) => Acc::Hll(registers.into_owned().into()),
+            Wire::First(slot) => Acc::First(kept(slot)),
+            Wire::Last(slot) => Acc::Last(kept(slot)),
         })
     }
 }
