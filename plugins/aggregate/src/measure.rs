@@ -262,14 +262,15 @@ impl Acc {
                 Some(ValueRef::Float(v)) if sign_ok(v, sign) => sum.1 += v,
                 _ => {}
             },
+            // f64::min and max return the other operand when one is NaN (no value yet).
             Acc::Min(m) => {
                 if let Some(v) = value.and_then(number) {
-                    *m = if m.is_nan() { v } else { m.min(v) };
+                    *m = m.min(v);
                 }
             }
             Acc::Max(m) => {
                 if let Some(v) = value.and_then(number) {
-                    *m = if m.is_nan() { v } else { m.max(v) };
+                    *m = m.max(v);
                 }
             }
             Acc::Few(_) | Acc::Many(_) | Acc::Hll(_) => {
