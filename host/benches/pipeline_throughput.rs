@@ -382,9 +382,10 @@ fn main() {
                     let snapshot = mb(&stats["snapshot_bytes"]);
                     if snapshot > 0.0 {
                         format!(
-                            "{} {:.0} (snapshot {snapshot:.0})",
+                            "{} {:.0} (snapshot {snapshot:.0}, held packed {:.1})",
                             p["stage"].as_str().unwrap_or("?"),
-                            mb(&stats["memory_bytes"])
+                            mb(&stats["memory_bytes"]),
+                            mb(&stats["snapshot_packed_bytes"])
                         )
                     } else {
                         format!(

@@ -44,7 +44,10 @@ fn failed_calls_leave_no_state_metrics_or_counts() {
 fn state_hands_over_to_a_new_instance() {
     let mut first = start("bad-stateful");
     first.process(&action_events(&["ok", "ok"]));
-    let snapshot = first.take_snapshot().unwrap();
+    let snapshot = first
+        .take_snapshot()
+        .unwrap()
+        .expect("bad-stateful keeps snapshot state");
     let state = first.take_state();
 
     let mut second = start("bad-stateful");

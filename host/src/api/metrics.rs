@@ -330,8 +330,14 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         (
             "weir_plugin_snapshot_bytes",
             "gauge",
-            "The size of a plugin's last state snapshot (saved with every commit).",
+            "The size of a plugin's last state snapshot, as the plugin returned it.",
             |st| st.snapshot_bytes as f64,
+        ),
+        (
+            "weir_plugin_snapshot_packed_bytes",
+            "gauge",
+            "The same snapshot compressed, as the host holds it (its restore point) and every commit saves it.",
+            |st| st.snapshot_packed_bytes as f64,
         ),
         (
             "weir_plugin_snapshots_total",

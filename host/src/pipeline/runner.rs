@@ -1063,7 +1063,9 @@ impl Processor {
             .take_snapshot()
             .map_err(|e| format!("the current version's snapshot: {e}"))?;
         new.set_state(current.take_state());
-        if let Err(e) = new.restore(&snapshot) {
+        if let Some(snapshot) = &snapshot
+            && let Err(e) = new.restore(snapshot)
+        {
             // Give the state back: nothing changed.
             let state = new.take_state();
             self.chain.stages_mut()[index].plugin_mut().set_state(state);

@@ -5,7 +5,8 @@
 //! A blob is postcard in a zstd frame: window groups are text, and compress several times. Blobs written
 //! before compression are bare postcard, which starts with a bool and so never with zstd's magic number.
 //! Since keyed state names keys by hash, a blob starts with its format, [`FORMAT`]; the older format (keys as
-//! text) starts with the bool `full` (0 or 1) and is still read.
+//! text) starts with the bool `full` (0 or 1) and is still read. From format 3 each stage's snapshot is the
+//! compressed form the host holds it in ([`Snapshot::packed`]), saved as it is; format 2 saved it raw.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -14,10 +15,13 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::chain::Chain;
+use crate::runtime::Snapshot;
 use crate::runtime::state::{Delta, TextDelta};
 
-/// The first byte of a blob with hashed state keys.
-const FORMAT: u8 = 2;
+/// The first byte of a blob with hashed state keys and packed snapshots.
+const FORMAT: u8 = 3;
+/// The format with hashed state keys and raw snapshots.
+const FORMAT_RAW_SNAPSHOTS: u8 = 2;
 
 /// One commit's state. `capture` writes it borrowing the stages' snapshots; `restore` reads it back.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -51,14 +55,17 @@ pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> 
         refresh_snapshot(plugin, name)?;
     }
     let stages = chain
-        .stages()
-        .iter()
+        .stages_mut()
+        .iter_mut()
         .zip(names)
         .zip(keyed)
         .map(|((stage, name), keyed)| StageState {
             name: Cow::Borrowed(name),
             keyed,
-            snapshot: stage.plugin().last_snapshot().map(Cow::Borrowed),
+            snapshot: stage
+                .plugin_mut()
+                .last_snapshot()
+                .map(|s| Cow::Borrowed(s.packed())),
         })
         .collect();
     // Serialized straight into the compressor: a whole state is tens of MB raw, and holding it beside its
@@ -96,10 +103,12 @@ fn refresh_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<
     Ok(())
 }
 
-/// A blob's stages, keyed state under hashed keys whatever the blob's format.
-fn decode(bytes: &[u8]) -> Result<Blob<'_>> {
+/// A blob's stages, keyed state under hashed keys whatever the blob's format, and whether its snapshots are
+/// packed.
+fn decode(bytes: &[u8]) -> Result<(Blob<'_>, bool)> {
     match bytes.first() {
-        Some(&FORMAT) => return Ok(postcard::from_bytes(&bytes[1..])?),
+        Some(&FORMAT) => return Ok((postcard::from_bytes(&bytes[1..])?, true)),
+        Some(&FORMAT_RAW_SNAPSHOTS) => return Ok((postcard::from_bytes(&bytes[1..])?, false)),
         // The older format, whose first byte is the bool `full`.
         Some(0 | 1) => {}
         Some(format) => anyhow::bail!(
@@ -108,7 +117,7 @@ fn decode(bytes: &[u8]) -> Result<Blob<'_>> {
         None => anyhow::bail!("the state is empty"),
     }
     let text: Blob<TextDelta> = postcard::from_bytes(bytes)?;
-    Ok(Blob {
+    let blob = Blob {
         full: text.full,
         stages: text
             .stages
@@ -119,12 +128,22 @@ fn decode(bytes: &[u8]) -> Result<Blob<'_>> {
                 snapshot: stage.snapshot,
             })
             .collect(),
-    })
+    };
+    Ok((blob, false))
+}
+
+/// A stage's snapshot as a blob saved it: packed (format 3 on) or raw.
+fn saved_snapshot(saved: &[u8], packed: bool) -> Result<Snapshot> {
+    if packed {
+        Snapshot::from_packed(saved)
+    } else {
+        Ok(Snapshot::pack(saved))
+    }
 }
 
 /// Applies a commit chain's state to the stages (matched by name; a stage with no saved state starts empty).
 pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> Result<()> {
-    let mut snapshots: Vec<Option<Vec<u8>>> = vec![None; names.len()];
+    let mut snapshots: Vec<Option<Snapshot>> = vec![None; names.len()];
     for (i, bytes) in blobs.iter().enumerate() {
         let raw;
         let bytes: &[u8] = if bytes.starts_with(&ZSTD_MAGIC) {
@@ -134,7 +153,8 @@ pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> R
         } else {
             bytes
         };
-        let blob = decode(bytes).with_context(|| format!("plugin state {i} is corrupt"))?;
+        let (blob, packed) =
+            decode(bytes).with_context(|| format!("plugin state {i} is corrupt"))?;
         for saved in blob.stages {
             let Some(index) = names.iter().position(|n| *n == saved.name) else {
                 tracing::warn!(stage = %saved.name, "saved state for a stage the pipeline no longer has");
@@ -145,7 +165,9 @@ pub fn restore(chain: &mut Chain, names: &[String], blobs: &[bytes::Bytes]) -> R
                 .state_mut()
                 .apply(saved.keyed);
             if let Some(snapshot) = saved.snapshot {
-                snapshots[index] = Some(snapshot.into_owned());
+                snapshots[index] = Some(saved_snapshot(&snapshot, packed).with_context(|| {
+                    format!("plugin state {i} is corrupt: stage {}", saved.name)
+                })?);
             }
         }
     }
@@ -194,9 +216,10 @@ mod tests {
         }
     }
 
-    /// Lakes written before keys were hashed keep restoring: their text keys are hashed as they are read.
+    /// Lakes written before keys were hashed, or before snapshots were packed, keep restoring: text keys are
+    /// hashed as they are read, and raw snapshots packed.
     #[test]
-    fn blobs_of_both_formats_decode_with_hashed_keys() {
+    fn blobs_of_every_format_decode_with_hashed_keys() {
         let mut state = crate::runtime::KeyedState::default();
         state.set("id-1", vec![1], None, 0);
         state.commit(0);
@@ -206,17 +229,38 @@ mod tests {
             &postcard::to_allocvec(&blob(delta.clone())).unwrap(),
         ]
         .concat();
-        let decoded = decode(&current).unwrap();
+        let (decoded, packed) = decode(&current).unwrap();
+        assert!(packed);
         assert_eq!(decoded.stages[0].keyed, delta);
         assert_eq!(decoded.stages[0].snapshot.as_deref(), Some(&b"windows"[..]));
+
+        let raw_snapshots = [&[FORMAT_RAW_SNAPSHOTS][..], &current[1..]].concat();
+        let (decoded, packed) = decode(&raw_snapshots).unwrap();
+        assert!(!packed);
+        assert_eq!(decoded.stages[0].keyed, delta);
 
         let text = TextDelta(vec![("id-1".into(), None)]);
         let older = postcard::to_allocvec(&blob(text.clone())).unwrap();
         assert!(matches!(older[0], 0 | 1));
-        assert_eq!(decode(&older).unwrap().stages[0].keyed, Delta::from(text));
+        let (decoded, packed) = decode(&older).unwrap();
+        assert!(!packed);
+        assert_eq!(decoded.stages[0].keyed, Delta::from(text));
 
         let newer = [&[FORMAT + 1][..], &current[1..]].concat();
         let refused = decode(&newer).unwrap_err().to_string();
         assert!(refused.contains("newer than this weir"), "{refused}");
+    }
+
+    /// A raw snapshot (format 2 and older) and its packed form (format 3) restore the same state; what is
+    /// not a packed snapshot is refused, not handed to the plugin.
+    #[test]
+    fn saved_snapshots_of_both_forms_give_the_same_state() {
+        let raw = b"WAGG2 windows".repeat(100);
+        let packed = Snapshot::pack(&raw);
+        let from_raw = saved_snapshot(&raw, false).unwrap();
+        let from_packed = saved_snapshot(packed.packed(), true).unwrap();
+        assert_eq!(from_raw.unpack().unwrap(), raw);
+        assert_eq!(from_packed.unpack().unwrap(), raw);
+        assert!(saved_snapshot(&raw, true).is_err());
     }
 }

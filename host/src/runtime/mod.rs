@@ -9,6 +9,7 @@ pub mod guest_log;
 pub mod loader;
 pub mod plugin;
 pub mod sandbox;
+pub mod snapshot;
 pub mod state;
 pub mod stats;
 
@@ -18,5 +19,6 @@ pub use failure::{FailureKind, PluginFailure};
 pub use loader::{LoadedPlugin, Loader};
 pub use plugin::{BatchResult, Plugin, WriteChunk};
 pub use sandbox::Limits;
+pub use snapshot::Snapshot;
 pub use state::KeyedState;
 pub use stats::PluginStats;

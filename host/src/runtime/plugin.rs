@@ -20,6 +20,7 @@ use super::context::{Clock, PluginCtx};
 use super::failure::{FailureKind, PluginFailure};
 use super::loader::LoadedPlugin;
 use super::sandbox::{self, Limits};
+use super::snapshot::{RestorePoint, Snapshot};
 use super::state::KeyedState;
 use super::stats::PluginStats;
 
@@ -61,7 +62,7 @@ pub struct Plugin {
     instance: Instance,
     /// The plugin's last good in-memory state, for plugins whose plan asks for snapshots; restored into every
     /// replacement instance, followed by `journal`, so a trap loses none of it.
-    snapshot: Option<Vec<u8>>,
+    snapshot: Option<RestorePoint>,
     /// The calls that succeeded since `snapshot` was taken.
     journal: Journal,
     /// How long the last call into the guest took.
@@ -220,7 +221,7 @@ impl Plugin {
                 );
                 match call {
                     Ok(output) => {
-                        self.refresh_snapshot(Journaled::Process(batch.clone()), events);
+                        self.refresh_snapshot(|| Journaled::Process(batch.clone()), events);
                         result.verdicts.extend(output.verdicts);
                         if !output.writes.is_empty() {
                             result.writes.push(WriteChunk {
@@ -270,15 +271,15 @@ impl Plugin {
             },
             |rows| check_rows(rows, &emits, &limits).map(drop),
         )?;
-        self.refresh_snapshot(Journaled::Watermark(watermark_ms), 0);
+        self.refresh_snapshot(|| Journaled::Watermark(watermark_ms), 0);
         self.stats.rows_emitted += rows.len() as u64;
         Ok(rows)
     }
 
-    /// The plugin's in-memory state, for hot swaps (empty for plugins without snapshot state).
-    pub fn take_snapshot(&mut self) -> Result<Vec<u8>, PluginFailure> {
+    /// The plugin's in-memory state, for hot swaps (`None` for plugins without snapshot state).
+    pub fn take_snapshot(&mut self) -> Result<Option<Snapshot>, PluginFailure> {
         self.snapshot_now()?;
-        Ok(self.snapshot.clone().unwrap_or_default())
+        Ok(self.restore_point().cloned())
     }
 
     /// Replaces the restore point with a snapshot of the state as of now (nothing for plugins without one).
@@ -304,40 +305,50 @@ impl Plugin {
         self.stats.snapshot_bytes = snapshot.len() as u64;
         self.stats.snapshots += 1;
         self.stats.snapshot_time_us += self.last_call.as_micros() as u64;
-        self.snapshot = Some(snapshot);
+        self.snapshot = Some(RestorePoint::pack(snapshot));
         Ok(())
     }
 
     /// The in-memory state as of now, for a commit: the last snapshot when no call changed it since, else a new
     /// one. If the plugin cannot take one, the commit must not go ahead with a stale state.
-    pub fn current_snapshot(&mut self) -> Result<Option<&[u8]>, PluginFailure> {
+    pub fn current_snapshot(&mut self) -> Result<Option<&Snapshot>, PluginFailure> {
         if self.plan.state.snapshot && !self.journal.calls.is_empty() {
             self.snapshot_now()?;
         }
-        Ok(self.snapshot.as_deref())
+        Ok(self.restore_point())
     }
 
     /// The snapshot [`Plugin::current_snapshot`] made current, without taking another.
-    pub fn last_snapshot(&self) -> Option<&[u8]> {
-        self.snapshot.as_deref()
+    pub fn last_snapshot(&mut self) -> Option<&Snapshot> {
+        self.restore_point()
+    }
+
+    /// The restore point, packed (waiting for its packing if need be).
+    fn restore_point(&mut self) -> Option<&Snapshot> {
+        let snapshot = self.snapshot.as_mut()?.get();
+        self.stats.snapshot_packed_bytes = snapshot.packed().len() as u64;
+        Some(snapshot)
     }
 
     /// Gives the plugin a snapshot taken by `take_snapshot` (of this version or the one it replaces).
-    pub fn restore(&mut self, snapshot: &[u8]) -> Result<()> {
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
         if !self.plan.state.snapshot {
             return Ok(());
         }
+        let raw = snapshot.unpack()?;
         self.call_with_deadline(
             sandbox::state_deadline_ticks(),
             |instance, store| {
                 instance
                     .weir_transform_transform()
-                    .call_restore(store, snapshot)
+                    .call_restore(store, &raw)
             },
             |_| Ok(()),
         )?
         .map_err(|e| anyhow!("plugin {} refused the state snapshot: {e}", self.label()))?;
-        self.snapshot = Some(snapshot.to_vec());
+        self.stats.snapshot_bytes = snapshot.len() as u64;
+        self.stats.snapshot_packed_bytes = snapshot.packed().len() as u64;
+        self.snapshot = Some(RestorePoint::from(snapshot.clone()));
         self.journal = Journal::default();
         Ok(())
     }
@@ -400,14 +411,15 @@ impl Plugin {
     /// Keeps the restore point of a snapshot plugin current after a successful call, so a trap in the next one
     /// loses nothing: the call joins the journal, and a new snapshot replaces snapshot and journal once the
     /// journal has cost more than a few snapshots would (a snapshot copies the whole state, so taking one per
-    /// batch would make a large window state quadratic), or holds too many events.
-    fn refresh_snapshot(&mut self, call: Journaled, events: usize) {
+    /// batch would make a large window state quadratic), or holds too many events. `call` is only made (a
+    /// batch copied) for plugins with snapshot state.
+    fn refresh_snapshot(&mut self, call: impl FnOnce() -> Journaled, events: usize) {
         if !self.plan.state.snapshot {
             return;
         }
         let spent = self.last_call;
         let journal = &mut self.journal;
-        journal.calls.push(call);
+        journal.calls.push(call());
         journal.events += events;
         journal.spent += spent;
         let due = journal.spent >= journal.snapshot_cost * JOURNAL_COST_RATIO
@@ -428,6 +440,7 @@ impl Plugin {
             ctx.clock.clone(),
             ctx.plugin.clone(),
         );
+        let snapshot = self.restore_point().map(Snapshot::unpack).transpose();
         // The plugin initialized from this config before, and init must be deterministic.
         let restarted = instantiate(&self.loaded, name, &self.limits, clock, state).and_then(
             |(mut store, instance)| {
@@ -437,10 +450,10 @@ impl Plugin {
                     .call_init(&mut store, &self.config)
                     .map_err(|e| anyhow!("init() trapped: {e}"))?
                     .map_err(|e| anyhow!("init() refused the config it accepted before: {e}"))?;
-                if let Some(snapshot) = &self.snapshot {
+                if let Some(raw) = snapshot? {
                     store.set_epoch_deadline(sandbox::state_deadline_ticks());
                     guest
-                        .call_restore(&mut store, snapshot)
+                        .call_restore(&mut store, &raw)
                         .map_err(|e| anyhow!("restore() trapped: {e}"))?
                         .map_err(|e| anyhow!("restore() refused its own snapshot: {e}"))?;
                 }
