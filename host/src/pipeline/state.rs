@@ -90,14 +90,14 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// date (last snapshot, then its journal), so one more try normally succeeds; a commit never goes ahead with
 /// a stale state.
 fn refresh_snapshot(plugin: &mut crate::runtime::Plugin, stage: &str) -> Result<()> {
-    if plugin.current_snapshot().is_ok() {
+    if plugin.update_snapshot().is_ok() {
         return Ok(());
     }
     tracing::warn!(
         stage,
         "snapshot for the commit failed; retrying on the replacement instance"
     );
-    plugin.current_snapshot().map_err(|f| {
+    plugin.update_snapshot().map_err(|f| {
         anyhow::anyhow!("stage {stage}: cannot snapshot its state for the commit: {f}")
     })?;
     Ok(())

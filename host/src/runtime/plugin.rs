@@ -309,16 +309,18 @@ impl Plugin {
         Ok(())
     }
 
-    /// The in-memory state as of now, for a commit: the last snapshot when no call changed it since, else a new
-    /// one. If the plugin cannot take one, the commit must not go ahead with a stale state.
-    pub fn current_snapshot(&mut self) -> Result<Option<&Snapshot>, PluginFailure> {
+    /// Brings the restore point up to the state as of now, for a commit: a new snapshot if a call changed the
+    /// state since the last one. Its packing may go on apart, so the stages of a commit pack side by side
+    /// ([`Plugin::last_snapshot`] waits for it). If the plugin cannot take one, the commit must not go ahead
+    /// with a stale state.
+    pub fn update_snapshot(&mut self) -> Result<(), PluginFailure> {
         if self.plan.state.snapshot && !self.journal.calls.is_empty() {
             self.snapshot_now()?;
         }
-        Ok(self.restore_point())
+        Ok(())
     }
 
-    /// The snapshot [`Plugin::current_snapshot`] made current, without taking another.
+    /// The snapshot [`Plugin::update_snapshot`] made current, without taking another.
     pub fn last_snapshot(&mut self) -> Option<&Snapshot> {
         self.restore_point()
     }
