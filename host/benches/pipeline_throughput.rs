@@ -89,14 +89,16 @@ async fn prefill(nats: &async_nats::Client, config: &Config, count: u64) -> u64 
     .await
     .unwrap();
     let stats = ingest.stats().clone();
-    // Stop once the stream confirmed every event. Stopping at the last one *received* could cut off its
-    // publish (a stop leaves it to the next start, which reads it from the source again; the bench has
-    // none), and one run in ~40 then measured 999,999 events.
+    // Stop once the stream confirmed every event (or the ingest dropped it as a canary). Stopping at the last
+    // one *received* could cut off its publish (a stop leaves it to the next start, which reads it from the
+    // source again; the bench has none), and one run in ~40 then measured 999,999 events.
     let done = async move {
-        let confirmed = |p: &weir::bus::publish::PublishStats| {
-            p.published.load(Ordering::Relaxed) + p.duplicates.load(Ordering::Relaxed)
+        let settled = |s: &weir::ingest::IngestStats| {
+            s.publish.published.load(Ordering::Relaxed)
+                + s.publish.duplicates.load(Ordering::Relaxed)
+                + s.canaries_dropped.load(Ordering::Relaxed)
         };
-        while confirmed(&stats.publish) < count {
+        while settled(&stats) < count {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };

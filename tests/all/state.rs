@@ -52,7 +52,7 @@ fn state_hands_over_to_a_new_instance() {
 
     let mut second = start("bad-stateful");
     second.set_state(state);
-    second.restore(&snapshot).unwrap();
+    second.hand_over(snapshot).unwrap();
     second.process(&action_events(&["ok"]));
     // ev-0 was seen by the first instance and again by the second.
     assert_eq!(

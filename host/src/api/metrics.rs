@@ -336,7 +336,7 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         (
             "weir_plugin_snapshot_packed_bytes",
             "gauge",
-            "The same snapshot compressed, as the host holds it (its restore point) and every commit saves it.",
+            "The same snapshot compressed, as the host holds it (its restore point; the last one packed) and commits save it.",
             |st| st.snapshot_packed_bytes as f64,
         ),
         (

@@ -1063,8 +1063,8 @@ impl Processor {
             .take_snapshot()
             .map_err(|e| format!("the current version's snapshot: {e}"))?;
         new.set_state(current.take_state());
-        if let Some(snapshot) = &snapshot
-            && let Err(e) = new.restore(snapshot)
+        if let Some(snapshot) = snapshot
+            && let Err(e) = new.hand_over(snapshot)
         {
             // Give the state back: nothing changed.
             let state = new.take_state();

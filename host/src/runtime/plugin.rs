@@ -276,16 +276,18 @@ impl Plugin {
         Ok(rows)
     }
 
-    /// The plugin's in-memory state, for hot swaps (`None` for plugins without snapshot state).
-    pub fn take_snapshot(&mut self) -> Result<Option<Snapshot>, PluginFailure> {
-        self.snapshot_now()?;
-        Ok(self.restore_point().cloned())
+    /// The plugin's in-memory state as the plugin returns it, for a hot swap's [`Plugin::hand_over`] (`None`
+    /// for plugins without snapshot state). Handed over raw: packing it to unpack it at once would lengthen
+    /// the swap's pause.
+    pub fn take_snapshot(&mut self) -> Result<Option<Arc<Vec<u8>>>, PluginFailure> {
+        self.snapshot_now()
     }
 
-    /// Replaces the restore point with a snapshot of the state as of now (nothing for plugins without one).
-    fn snapshot_now(&mut self) -> Result<(), PluginFailure> {
+    /// Replaces the restore point with a snapshot of the state as of now, and returns the snapshot as the
+    /// plugin gave it (nothing for plugins without one).
+    fn snapshot_now(&mut self) -> Result<Option<Arc<Vec<u8>>>, PluginFailure> {
         if !self.plan.state.snapshot {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(why) = &self.broken {
             return Err(PluginFailure {
@@ -305,8 +307,12 @@ impl Plugin {
         self.stats.snapshot_bytes = snapshot.len() as u64;
         self.stats.snapshots += 1;
         self.stats.snapshot_time_us += self.last_call.as_micros() as u64;
-        self.snapshot = Some(RestorePoint::pack(snapshot));
-        Ok(())
+        // The previous restore point's packing is done by now, nearly always; waiting for it keeps one
+        // packing per plugin at most, whatever the pace of snapshots.
+        self.restore_point();
+        let snapshot = Arc::new(snapshot);
+        self.snapshot = Some(RestorePoint::pack(Arc::clone(&snapshot)));
+        Ok(Some(snapshot))
     }
 
     /// Brings the restore point up to the state as of now, for a commit: a new snapshot if a call changed the
@@ -332,25 +338,40 @@ impl Plugin {
         Some(snapshot)
     }
 
-    /// Gives the plugin a snapshot taken by `take_snapshot` (of this version or the one it replaces).
+    /// Gives the plugin a snapshot a commit saved (of this version or an earlier one).
     pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
         if !self.plan.state.snapshot {
             return Ok(());
         }
-        let raw = snapshot.unpack()?;
+        let raw = snapshot
+            .unpack()
+            .map_err(|e| anyhow!("{}: {e:#}", self.label()))?;
+        self.give_snapshot(&raw)?;
+        self.stats.snapshot_packed_bytes = snapshot.packed().len() as u64;
+        self.snapshot = Some(RestorePoint::from(snapshot.clone()));
+        Ok(())
+    }
+
+    /// Gives the plugin the snapshot `take_snapshot` took of the version it replaces (a hot swap).
+    pub fn hand_over(&mut self, raw: Arc<Vec<u8>>) -> Result<()> {
+        if !self.plan.state.snapshot {
+            return Ok(());
+        }
+        self.give_snapshot(&raw)?;
+        self.restore_point();
+        self.snapshot = Some(RestorePoint::pack(raw));
+        Ok(())
+    }
+
+    /// Restores the plugin's in-memory state from `raw`; the caller sets the restore point.
+    fn give_snapshot(&mut self, raw: &[u8]) -> Result<()> {
         self.call_with_deadline(
             sandbox::state_deadline_ticks(),
-            |instance, store| {
-                instance
-                    .weir_transform_transform()
-                    .call_restore(store, &raw)
-            },
+            |instance, store| instance.weir_transform_transform().call_restore(store, raw),
             |_| Ok(()),
         )?
         .map_err(|e| anyhow!("plugin {} refused the state snapshot: {e}", self.label()))?;
-        self.stats.snapshot_bytes = snapshot.len() as u64;
-        self.stats.snapshot_packed_bytes = snapshot.packed().len() as u64;
-        self.snapshot = Some(RestorePoint::from(snapshot.clone()));
+        self.stats.snapshot_bytes = raw.len() as u64;
         self.journal = Journal::default();
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! was lifted). Compressed once when taken, the same bytes go into the commit as they are.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
@@ -48,7 +49,11 @@ impl Snapshot {
             Ok(None) => bail!("the saved snapshot does not state its size"),
             Err(_) => bail!("the saved snapshot is not a zstd frame"),
         };
-        let len = usize::try_from(len).context("the saved snapshot is too large")?;
+        // A plugin's memory is 32-bit: a larger size is a damaged frame, not a size to allocate for.
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= u32::MAX as usize)
+            .context("the saved snapshot is corrupt: its frame states a size no plugin can hold")?;
         Ok(Snapshot {
             packed: packed.into(),
             len,
@@ -99,12 +104,11 @@ pub struct RestorePoint {
 
 impl RestorePoint {
     /// Packs a snapshot the plugin returned (apart when large and a thread can be had).
-    pub fn pack(raw: Vec<u8>) -> RestorePoint {
+    pub fn pack(raw: Arc<Vec<u8>>) -> RestorePoint {
         if raw.len() < PACK_APART {
             return RestorePoint::from(Snapshot::pack(&raw));
         }
-        let raw = std::sync::Arc::new(raw);
-        let apart = std::sync::Arc::clone(&raw);
+        let apart = Arc::clone(&raw);
         match std::thread::Builder::new()
             .name("weir-snapshot".into())
             .spawn(move || Snapshot::pack(&apart))
@@ -171,7 +175,7 @@ mod tests {
     fn restore_points_pack_small_and_large_snapshots_alike() {
         for len in [10, PACK_APART + 10] {
             let raw: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-            let mut point = RestorePoint::pack(raw.clone());
+            let mut point = RestorePoint::pack(Arc::new(raw.clone()));
             assert_eq!(point.get().unpack().unwrap(), raw);
             assert_eq!(point.get(), &Snapshot::pack(&raw));
         }

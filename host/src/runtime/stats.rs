@@ -40,7 +40,7 @@ pub struct PluginStats {
     pub memory_bytes: u64,
     /// The size of the plugin's last state snapshot, in bytes (0 for plugins without one).
     pub snapshot_bytes: u64,
-    /// ... and compressed, as the host holds it and commits save it.
+    /// ... and compressed, as the host holds it and commits save it (of the last restore point packed).
     pub snapshot_packed_bytes: u64,
     /// Snapshots taken (at commits, and as restore points between them) and their time, part of `call_time_us`.
     pub snapshots: u64,
