@@ -395,18 +395,18 @@ pub fn gold_type(name: &str, values: &[&Value]) -> Option<DataType> {
     ty
 }
 
+/// A gold row's value of column `name`, if it has one.
+fn gold_field<'r>(row: &'r GoldRow, name: &str) -> Option<&'r Value> {
+    row.columns.iter().find(|(c, _)| c == name).map(|(_, v)| v)
+}
+
 /// Gold rows (all of one table and partition) as a batch with the given column types (every row's columns
 /// are looked up by name; missing ones are null).
 pub fn gold_batch(rows: &[&GoldRow], types: &[(String, DataType)]) -> RecordBatch {
     let n = rows.len();
     let mut fields = Vec::with_capacity(types.len() + 1);
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(types.len() + 1);
-    let value = |row: &GoldRow, name: &str| -> Option<Value> {
-        row.columns
-            .iter()
-            .find(|(c, _)| c == name)
-            .map(|(_, v)| v.clone())
-    };
+    let value = |row: &GoldRow, name: &str| -> Option<Value> { gold_field(row, name).cloned() };
     for (name, ty) in types {
         fields.push(Field::new(name, ty.clone(), true));
         let array: ArrayRef = match ty {
@@ -453,14 +453,9 @@ pub fn gold_batch(rows: &[&GoldRow], types: &[(String, DataType)]) -> RecordBatc
                 Arc::new(b.finish())
             }
             _ => {
-                let mut b = strings(rows, |r| {
-                    r.columns
-                        .iter()
-                        .find(|(c, _)| c == name)
-                        .map_or(0, |(_, v)| match v {
-                            Value::Text(s) | Value::Json(s) => s.len(),
-                            _ => 0,
-                        })
+                let mut b = strings(rows, |r| match gold_field(r, name) {
+                    Some(Value::Text(s) | Value::Json(s)) => s.len(),
+                    _ => 0,
                 });
                 for r in rows {
                     b.append_option(match value(r, name) {
