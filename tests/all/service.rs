@@ -475,3 +475,46 @@ fn a_stop_ends_when_its_nats_server_went_away_first() {
     weir.wait(Duration::from_secs(90));
     h.verify();
 }
+
+/// A `weir run` killed outright (SIGKILL, the OOM killer) cannot stop its own nats-server: the kernel does,
+/// as Weir asked it to when it started the server. The server used to live on, holding its port and store,
+/// with no one left to stop it. The next run starts its own server on the same store and carries on.
+#[test]
+fn a_killed_run_takes_its_own_nats_server_with_it() {
+    let source = ServeSse::start(EVENTS, 400.0);
+    let h = source.harness_with(own_nats_server);
+    let (mut weir, server, port) = run_on_own_server(&h);
+    weir.kill();
+    let started = Instant::now();
+    // Running, as opposed to gone or a zombie that no init reaps (as in some containers).
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{server}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    while running() || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the nats-server of a killed weir run is still running (pid {server})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut weir, _, _) = run_on_own_server(&h);
+    Command::new("kill")
+        .args(["-INT", &weir.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = weir.wait(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "the second run did not stop cleanly ({status}):\n{}",
+        weir.log_tail()
+    );
+    assert!(h.committed() >= 1000, "the second run committed nothing");
+    h.verify();
+}

@@ -2,8 +2,9 @@
 //! so bisecting a poison batch neither double-counts nor loses anything.
 
 use weir::runtime::types::Value;
+use weir::runtime::{Clock, Limits, Plugin};
 
-use crate::support::{action_events, start};
+use crate::support::{action_events, load, start};
 
 #[test]
 fn failed_calls_leave_no_state_metrics_or_counts() {
@@ -89,4 +90,72 @@ fn a_trap_after_many_batches_loses_no_snapshot_state() {
         "{:?}",
         rows[0].columns
     );
+}
+
+/// The count a `bad-stateful` instance reports at a watermark.
+fn count(plugin: &mut Plugin) -> i64 {
+    let rows = plugin.on_watermark(0).unwrap();
+    rows[0]
+        .columns
+        .iter()
+        .find_map(|(c, v)| match (c.as_str(), v) {
+            ("count", Value::Integer(n)) => Some(*n),
+            _ => None,
+        })
+        .expect("a count")
+}
+
+/// A stateful plugin whose replacement instance cannot start after a trap (its `restore` refuses its own
+/// snapshot) is broken: it quarantines every event and cannot snapshot for a commit. Deploying a version that
+/// works is the way out, and must lose nothing: the new version takes over the last restore point, repeats
+/// the calls made since, and gets the keyed state the broken one kept.
+#[test]
+fn a_broken_stateful_plugin_hands_its_state_over_to_a_working_version() {
+    let mut broken = Plugin::start(
+        load("bad-stateful"),
+        "refuse-tainted",
+        Limits::default(),
+        Clock::Fixed(1_700_000_000_000),
+    )
+    .unwrap();
+    broken.process(&action_events(&["ok", "taint"]));
+    broken.update_snapshot().unwrap(); // the restore point is tainted now
+    broken.process(&action_events(&["ok", "ok", "ok"])); // journaled
+    broken.process(&action_events(&["boom"]));
+    let later = broken.process(&action_events(&["ok"]));
+    assert_eq!(
+        broken.stats().quarantined,
+        2,
+        "the boom and the event after it"
+    );
+    assert!(
+        format!("{:?}", later.verdicts).contains("cannot be restarted"),
+        "{:?}",
+        later.verdicts
+    );
+    assert!(
+        broken.on_watermark(0).is_err(),
+        "a broken plugin has no instance to call"
+    );
+
+    let handed = broken
+        .take_snapshot()
+        .expect("a broken plugin still hands its state over")
+        .expect("bad-stateful keeps snapshot state");
+    let state = broken.take_state();
+    let mut fixed = start("bad-stateful");
+    fixed.set_state(state);
+    fixed.hand_over(handed).unwrap();
+    // The five events the broken version kept, then one more.
+    assert_eq!(count(&mut fixed), 5);
+    fixed.process(&action_events(&["ok"]));
+    assert_eq!(count(&mut fixed), 6);
+    // ev-0 was kept in the first two batches and the last; the journal's repetition wrote nothing.
+    assert_eq!(
+        fixed.state().get("ev-0", 1_700_000_000_000),
+        Some(&[3u8][..])
+    );
+    // Its restore point covers what it took over: a trap now loses none of it.
+    fixed.process(&action_events(&["boom"]));
+    assert_eq!(count(&mut fixed), 6);
 }

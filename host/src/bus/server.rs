@@ -13,6 +13,8 @@ const MIN_VERSION: (u32, u32) = (2, 10);
 
 pub struct NatsServer {
     child: Child,
+    /// Ends the thread that started the server; see [`spawn_tied`].
+    _tie: Tie,
     port: u16,
     store_dir: PathBuf,
     log: PathBuf,
@@ -97,11 +99,11 @@ impl NatsServer {
         // waited for the server forever). Weir stops the server itself, after its last ack.
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command
-            .spawn()
+        let (child, tie) = spawn_tied(command)
             .with_context(|| format!("cannot start {}", Self::binary().display()))?;
         let mut server = NatsServer {
             child,
+            _tie: tie,
             port,
             store_dir: store_dir.to_path_buf(),
             log,
@@ -237,6 +239,55 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Dropping it ends the thread that started the server (after the server has stopped).
+type Tie = Option<std::sync::mpsc::Sender<()>>;
+
+/// Starts the server so that it does not outlive Weir, even when Weir is killed outright (SIGKILL, OOM
+/// killer) and has no chance to stop it: on Linux the kernel sends it SIGTERM when the thread that started it
+/// ends (`PR_SET_PDEATHSIG`), which lets JetStream flush. That is the thread's end, not the process's, so the
+/// server is started from a thread of its own that lives until the server is dropped; a tokio blocking
+/// thread, which ends after a few idle seconds, would take the server with it. Elsewhere the server is
+/// only stopped by `stop`.
+#[cfg(target_os = "linux")]
+fn spawn_tied(mut command: Command) -> std::io::Result<(Child, Tie)> {
+    use std::os::unix::process::CommandExt;
+    let weir = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe functions.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Weir died between the fork and the prctl: no signal will come.
+            if libc::getppid() as u32 != weir {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        })
+    };
+    let (started, spawned) = std::sync::mpsc::channel();
+    let (tie, held) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("weir-nats-server".into())
+        .spawn(move || {
+            let child = command.spawn();
+            let alive = child.is_ok();
+            let _ = started.send(child);
+            if alive {
+                let _ = held.recv(); // until the tie is dropped
+            }
+        })?;
+    let child = spawned
+        .recv()
+        .map_err(|_| std::io::Error::other("the thread starting nats-server died"))??;
+    Ok((child, Some(tie)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_tied(mut command: Command) -> std::io::Result<(Child, Tie)> {
+    Ok((command.spawn()?, None))
 }
 
 /// A port that was free a moment ago (the OS picks it; the tiny race with another process is acceptable for

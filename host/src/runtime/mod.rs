@@ -17,7 +17,7 @@ pub use bindings::types;
 pub use context::Clock;
 pub use failure::{FailureKind, PluginFailure};
 pub use loader::{LoadedPlugin, Loader};
-pub use plugin::{BatchResult, Plugin, WriteChunk};
+pub use plugin::{BatchResult, HandOver, Plugin, WriteChunk};
 pub use sandbox::Limits;
 pub use snapshot::Snapshot;
 pub use state::KeyedState;

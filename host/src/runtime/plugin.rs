@@ -276,11 +276,34 @@ impl Plugin {
         Ok(rows)
     }
 
-    /// The plugin's in-memory state as the plugin returns it, for a hot swap's [`Plugin::hand_over`] (`None`
-    /// for plugins without snapshot state). Handed over raw: packing it to unpack it at once would lengthen
-    /// the swap's pause.
-    pub fn take_snapshot(&mut self) -> Result<Option<Arc<Vec<u8>>>, PluginFailure> {
-        self.snapshot_now()
+    /// The plugin's in-memory state, for a hot swap's [`Plugin::hand_over`] (`None` for plugins without
+    /// snapshot state): a snapshot as of now, handed over raw (packing it to unpack it at once would lengthen
+    /// the swap's pause). A broken plugin has no instance left to take one: it hands over its restore point
+    /// and the calls journaled since, for the new version to repeat. That is the way out of a broken stateful
+    /// stage: deploying a version that works, without losing the state.
+    pub fn take_snapshot(&mut self) -> Result<Option<HandOver>, PluginFailure> {
+        if self.broken.is_none() || !self.plan.state.snapshot {
+            return Ok(self.snapshot_now()?.map(|snapshot| HandOver {
+                snapshot,
+                since: Vec::new(),
+            }));
+        }
+        let unreadable = |e: anyhow::Error| PluginFailure {
+            kind: FailureKind::Trap,
+            detail: format!("its last restore point: {e:#}"),
+        };
+        let Some(snapshot) = self
+            .restore_point()
+            .map(Snapshot::unpack)
+            .transpose()
+            .map_err(unreadable)?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(HandOver {
+            snapshot: Arc::new(snapshot),
+            since: std::mem::take(&mut self.journal.calls),
+        }))
     }
 
     /// Replaces the restore point with a snapshot of the state as of now, and returns the snapshot as the
@@ -352,14 +375,27 @@ impl Plugin {
         Ok(())
     }
 
-    /// Gives the plugin the snapshot `take_snapshot` took of the version it replaces (a hot swap).
-    pub fn hand_over(&mut self, raw: Arc<Vec<u8>>) -> Result<()> {
+    /// Gives the plugin the state `take_snapshot` took of the version it replaces (a hot swap).
+    pub fn hand_over(&mut self, state: HandOver) -> Result<()> {
         if !self.plan.state.snapshot {
             return Ok(());
         }
-        self.give_snapshot(&raw)?;
-        self.restore_point();
-        self.snapshot = Some(RestorePoint::pack(raw));
+        self.give_snapshot(&state.snapshot)?;
+        if state.since.is_empty() {
+            self.restore_point();
+            self.snapshot = Some(RestorePoint::pack(state.snapshot));
+            return Ok(());
+        }
+        self.store
+            .set_epoch_deadline(sandbox::state_deadline_ticks());
+        repeat(&self.instance, &mut self.store, &state.since)
+            .map_err(|e| anyhow!("{}: {e:#}", self.label()))?;
+        self.snapshot_now().map_err(|f| {
+            anyhow!(
+                "{}: snapshot() failed after taking the state over: {f}",
+                self.label()
+            )
+        })?;
         Ok(())
     }
 
@@ -458,51 +494,26 @@ impl Plugin {
         let ctx = self.store.data_mut();
         ctx.state.rollback();
         ctx.metrics = Default::default();
-        let (state, clock, name) = (
-            std::mem::take(&mut ctx.state),
-            ctx.clock.clone(),
-            ctx.plugin.clone(),
-        );
-        let snapshot = self.restore_point().map(Snapshot::unpack).transpose();
-        // The plugin initialized from this config before, and init must be deterministic.
-        let restarted = instantiate(&self.loaded, name, &self.limits, clock, state).and_then(
-            |(mut store, instance)| {
-                let guest = instance.weir_transform_transform();
-                store.set_epoch_deadline(self.limits.setup_deadline_ticks());
-                guest
-                    .call_init(&mut store, &self.config)
-                    .map_err(|e| anyhow!("init() trapped: {e}"))?
-                    .map_err(|e| anyhow!("init() refused the config it accepted before: {e}"))?;
-                if let Some(raw) = snapshot? {
-                    store.set_epoch_deadline(sandbox::state_deadline_ticks());
-                    guest
-                        .call_restore(&mut store, &raw)
-                        .map_err(|e| anyhow!("restore() trapped: {e}"))?
-                        .map_err(|e| anyhow!("restore() refused its own snapshot: {e}"))?;
+        let (clock, name) = (ctx.clock.clone(), ctx.plugin.clone());
+        let restarted = instantiate(
+            &self.loaded,
+            name,
+            &self.limits,
+            clock,
+            KeyedState::default(),
+        )
+        .and_then(|(mut store, instance)| {
+            // The keyed state moves to the new instance only if it comes up: a broken plugin keeps it, for
+            // the version that replaces it.
+            store.data_mut().state = self.take_state();
+            match self.bring_up(&mut store, &instance) {
+                Ok(()) => Ok((store, instance)),
+                Err(e) => {
+                    self.set_state(std::mem::take(&mut store.data_mut().state));
+                    Err(e)
                 }
-                // Bring the in-memory state up to date by repeating what succeeded since the snapshot. Their
-                // outputs, keyed-state writes and metrics were taken the first time: drop them now.
-                for call in &self.journal.calls {
-                    store.set_epoch_deadline(sandbox::state_deadline_ticks());
-                    match call {
-                        Journaled::Process(batch) => drop(
-                            guest
-                                .call_process(&mut store, batch)
-                                .map_err(|e| anyhow!("repeating a journaled batch trapped: {e}"))?,
-                        ),
-                        Journaled::Watermark(w) => {
-                            drop(guest.call_on_watermark(&mut store, *w).map_err(|e| {
-                                anyhow!("repeating a journaled watermark trapped: {e}")
-                            })?)
-                        }
-                    }
-                    let ctx = store.data_mut();
-                    ctx.state.rollback();
-                    ctx.metrics = Default::default();
-                }
-                Ok((store, instance))
-            },
-        );
+            }
+        });
         match restarted {
             Ok((store, instance)) => {
                 self.stats.memory_bytes = store.data().memory.size as u64;
@@ -518,6 +529,26 @@ impl Plugin {
             }
         }
     }
+
+    /// Brings a replacement instance to where the one it replaces was: the same config (the plugin accepted
+    /// it before, and init must be deterministic), the last snapshot, then the calls journaled since.
+    fn bring_up(&mut self, store: &mut Store<PluginCtx>, instance: &Instance) -> Result<()> {
+        let snapshot = self.restore_point().map(Snapshot::unpack).transpose()?;
+        let guest = instance.weir_transform_transform();
+        store.set_epoch_deadline(self.limits.setup_deadline_ticks());
+        guest
+            .call_init(&mut *store, &self.config)
+            .map_err(|e| anyhow!("init() trapped: {e}"))?
+            .map_err(|e| anyhow!("init() refused the config it accepted before: {e}"))?;
+        if let Some(raw) = snapshot {
+            store.set_epoch_deadline(sandbox::state_deadline_ticks());
+            guest
+                .call_restore(&mut *store, &raw)
+                .map_err(|e| anyhow!("restore() trapped: {e}"))?
+                .map_err(|e| anyhow!("restore() refused its own snapshot: {e}"))?;
+        }
+        repeat(instance, store, &self.journal.calls)
+    }
 }
 
 /// A new snapshot is taken once the calls journaled since the last one took this many times as long as that
@@ -527,6 +558,39 @@ impl Plugin {
 const JOURNAL_COST_RATIO: u32 = 8;
 /// ... or once the journal holds this many events (bounds its memory and the time a restart spends repeating).
 const JOURNAL_MAX_EVENTS: usize = 50_000;
+
+/// Brings a fresh instance's in-memory state up to date by repeating `calls`, which succeeded since the
+/// snapshot it was given. Their outputs, keyed-state writes and metrics were taken the first time: they are
+/// dropped now.
+fn repeat(instance: &Instance, store: &mut Store<PluginCtx>, calls: &[Journaled]) -> Result<()> {
+    let guest = instance.weir_transform_transform();
+    for call in calls {
+        store.set_epoch_deadline(sandbox::state_deadline_ticks());
+        match call {
+            Journaled::Process(batch) => drop(
+                guest
+                    .call_process(&mut *store, batch)
+                    .map_err(|e| anyhow!("repeating a journaled batch trapped: {e}"))?,
+            ),
+            Journaled::Watermark(w) => drop(
+                guest
+                    .call_on_watermark(&mut *store, *w)
+                    .map_err(|e| anyhow!("repeating a journaled watermark trapped: {e}"))?,
+            ),
+        }
+        let ctx = store.data_mut();
+        ctx.state.rollback();
+        ctx.metrics = Default::default();
+    }
+    Ok(())
+}
+
+/// A plugin's in-memory state, handed from the version a hot swap replaces to the new one: a snapshot, and the
+/// calls made since it (only when the old version was broken and could not take a snapshot of now).
+pub struct HandOver {
+    snapshot: Arc<Vec<u8>>,
+    since: Vec<Journaled>,
+}
 
 /// Successful calls since the last snapshot, to repeat on a replacement instance.
 #[derive(Default)]

@@ -1,10 +1,16 @@
 //! Counts events in memory (snapshot state) and marks each event id in keyed state, then panics on events whose
 //! `action` is "boom". After the host bisects such a batch, the count and the keyed state must reflect exactly
 //! the events that were kept: nothing from the failed calls may leak.
+//!
+//! An event whose `action` is "taint" marks the state; configured with `refuse-tainted`, the plugin refuses to
+//! restore a marked snapshot, as a release with a bug in `restore` would. Its replacement instance after a
+//! trap then cannot start, and the stage is broken until a working version takes its state over.
 use weir_sdk::prelude::*;
 
 pub struct Stateful {
     count: u64,
+    tainted: bool,
+    refuse_tainted: bool,
 }
 
 impl Plugin for Stateful {
@@ -17,13 +23,18 @@ impl Plugin for Stateful {
         )
     }
 
-    fn init(_: &str) -> Result<(Self, Plan), String> {
+    fn init(config: &str) -> Result<(Self, Plan), String> {
         let plan = Plan::new()
             .reads(["action"])
             .keyed_state()
             .snapshot_state()
             .emits(["counts"]);
-        Ok((Stateful { count: 0 }, plan))
+        let plugin = Stateful {
+            count: 0,
+            tainted: false,
+            refuse_tainted: config.contains("refuse-tainted"),
+        };
+        Ok((plugin, plan))
     }
 
     fn process(&mut self, event: &Event) -> Outcome {
@@ -31,8 +42,10 @@ impl Plugin for Stateful {
         let seen = state::get(event.id()).map_or(0, |v| v[0]);
         state::set(event.id(), &[seen + 1], None);
         metrics::counter("seen", 1);
-        if event.str(0) == Some("boom") {
-            panic!("boom");
+        match event.str(0) {
+            Some("boom") => panic!("boom"),
+            Some("taint") => self.tainted = true,
+            _ => {}
         }
         Outcome::keep()
     }
@@ -46,14 +59,24 @@ impl Plugin for Stateful {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        self.count.to_le_bytes().to_vec()
+        let mut bytes = self.count.to_le_bytes().to_vec();
+        if self.tainted {
+            bytes.push(1);
+        }
+        bytes
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let bytes: [u8; 8] = snapshot
-            .try_into()
-            .map_err(|_| format!("snapshot of {} bytes, want 8", snapshot.len()))?;
-        self.count = u64::from_le_bytes(bytes);
+        let (count, tainted) = match snapshot.len() {
+            8 => (snapshot, false),
+            9 => (&snapshot[..8], true),
+            n => return Err(format!("snapshot of {n} bytes, want 8 or 9")),
+        };
+        if tainted && self.refuse_tainted {
+            return Err("refusing a tainted snapshot".into());
+        }
+        self.count = u64::from_le_bytes(count.try_into().unwrap());
+        self.tainted = tainted;
         Ok(())
     }
 }
