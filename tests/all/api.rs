@@ -141,6 +141,36 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(one[0]["events"], rows[0]["events"]);
     let (code, _) = http("GET", &format!("{api}/api/v1/gold/nonesuch"), None, None);
     assert_eq!(code, 404);
+    // The same from the committed table, for the oldest window in memory (committed long since).
+    let oldest = rows.last().unwrap();
+    let (wiki, start) = (
+        oldest["wiki"].as_str().unwrap(),
+        oldest["window_start"].as_i64().unwrap(),
+    );
+    let lake = get_json(
+        &api,
+        &format!(
+            "/api/v1/gold/gold_wiki?source=lake&wiki={wiki}&from={start}&to={}",
+            start + 1
+        ),
+    );
+    assert_eq!(lake["source"], "lake", "{lake}");
+    let lake = lake["rows"].as_array().unwrap();
+    assert_eq!(lake.len(), 1, "{lake:?}");
+    assert_eq!(lake[0]["events"], oldest["events"]);
+    assert_eq!(lake[0]["window_start"], start);
+    let five = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=5");
+    assert_eq!(five["rows"].as_array().unwrap().len(), 5, "{five}");
+    for (path, status) in [
+        ("/api/v1/gold/nonesuch?source=lake", 404),
+        ("/api/v1/gold/gold_wiki?source=elsewhere", 400),
+    ] {
+        assert_eq!(
+            http("GET", &format!("{api}{path}"), None, None).0,
+            status,
+            "{path}"
+        );
+    }
     let reasons = get_json(&api, "/api/v1/quarantine/reasons");
     assert!(
         !reasons["since_start"].as_object().unwrap().is_empty(),

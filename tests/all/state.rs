@@ -108,7 +108,8 @@ fn count(plugin: &mut Plugin) -> i64 {
 /// A stateful plugin whose replacement instance cannot start after a trap (its `restore` refuses its own
 /// snapshot) is broken: it quarantines every event and cannot snapshot for a commit. Deploying a version that
 /// works is the way out, and must lose nothing: the new version takes over the last restore point, repeats
-/// the calls made since, and gets the keyed state the broken one kept.
+/// the calls made since, and gets the keyed state the broken one kept; a version that refuses the state
+/// leaves the broken one as it was.
 #[test]
 fn a_broken_stateful_plugin_hands_its_state_over_to_a_working_version() {
     let mut broken = Plugin::start(
@@ -138,10 +139,22 @@ fn a_broken_stateful_plugin_hands_its_state_over_to_a_working_version() {
         "a broken plugin has no instance to call"
     );
 
+    // A version that refuses the state (it has the same bug): the swap fails, and the broken version keeps
+    // all it had, for the next try.
+    let mut refusing = Plugin::start(
+        load("bad-stateful"),
+        "refuse-tainted",
+        Limits::default(),
+        Clock::Fixed(1_700_000_000_000),
+    )
+    .unwrap();
     let handed = broken
         .take_snapshot()
         .expect("a broken plugin still hands its state over")
         .expect("bad-stateful keeps snapshot state");
+    assert!(refusing.hand_over(handed).is_err());
+
+    let handed = broken.take_snapshot().unwrap().unwrap();
     let state = broken.take_state();
     let mut fixed = start("bad-stateful");
     fixed.set_state(state);

@@ -2,8 +2,10 @@
 //! control (pause, resume), queries over recent data, and an OpenAPI document (`/openapi.json`).
 //!
 //! Control endpoints require `Authorization: Bearer <token>` when a token is configured; uploads are capped
-//! at `api.max_upload_bytes`. Queries about recent data answer from memory (no store round trip).
+//! at `api.max_upload_bytes`. Queries about recent data answer from memory (no store round trip); gold
+//! queries can also read the committed tables (`source=lake`).
 
+mod gold;
 mod metrics;
 mod openapi;
 mod replays;
@@ -22,10 +24,9 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::lake::schema::gold_table;
+use crate::lake::store::Store;
 use crate::pipeline::shared::{Control, Shared};
 use crate::runtime::Loader;
-use crate::runtime::types::Value;
 pub use replays::ReplayContext;
 use replays::{ReplayRequest, Replays};
 
@@ -35,6 +36,8 @@ pub struct ApiOptions {
     pub loader: Loader,
     /// Replays from the API (`None`: not offered, e.g. in a replay itself).
     pub replay: Option<ReplayContext>,
+    /// The lake the pipeline commits to, for queries beyond the rows kept in memory.
+    pub lake: Option<Store>,
 }
 
 #[derive(Clone)]
@@ -44,6 +47,7 @@ struct AppState {
     token: Option<Arc<str>>,
     replay: Option<Arc<ReplayContext>>,
     replays: Arc<Replays>,
+    lake: Option<Store>,
 }
 
 pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
@@ -53,6 +57,7 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         token: options.token.map(Into::into),
         replay: options.replay.map(Arc::new),
         replays: Arc::default(),
+        lake: options.lake,
     };
     let control = Router::new()
         .route("/api/v1/plugins/{stage}", post(deploy_upload))
@@ -70,7 +75,7 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         .route("/api/v1/plugins", get(plugins))
         .route("/api/v1/pipeline", get(pipeline))
         .route("/api/v1/events/latest", get(latest_events))
-        .route("/api/v1/gold/{table}", get(gold))
+        .route("/api/v1/gold/{table}", get(gold::gold))
         .route("/api/v1/quarantine/reasons", get(quarantine_reasons))
         .route("/api/v1/pipeline/replays", get(list_replays))
         .merge(control)
@@ -275,54 +280,6 @@ fn query_time(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, St
             .map(Some)
             .ok_or_else(|| format!("{name}={v:?} is neither milliseconds nor an RFC 3339 time")),
     }
-}
-
-/// Rows of a gold table whose window starts in `[from, to)`, filtered by equality on any other query
-/// parameter (`?wiki=enwiki`, `?title=Main_Page`): per-wiki or per-page counts for a window.
-async fn gold(
-    State(state): State<AppState>,
-    UrlPath(table): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let (from, to) = match (query_time(&q, "from"), query_time(&q, "to")) {
-        (Ok(f), Ok(t)) => (f.unwrap_or(i64::MIN), t.unwrap_or(i64::MAX)),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
-    // Each filter as text (matching text columns) and as JSON (numbers, booleans).
-    let filters: Vec<(&String, &String, serde_json::Value)> = q
-        .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "from" | "to" | "limit"))
-        .map(|(k, v)| (k, v, serde_json::from_str(v).unwrap_or_default()))
-        .collect();
-    let recent = state.shared.recent.lock().expect("not poisoned");
-    let table = gold_table(&table);
-    let Some(rows) = recent.gold.get(&table) else {
-        let known: Vec<&String> = recent.gold.keys().collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no recent rows for gold table {table} (tables with rows: {known:?})"),
-        );
-    };
-    let matched: Vec<serde_json::Value> = rows
-        .iter()
-        .filter(|r| {
-            let start = match r.get("window_start") {
-                Some(Value::Integer(ms)) => *ms,
-                _ => 0,
-            };
-            start >= from && start < to
-        })
-        .filter(|r| {
-            filters
-                .iter()
-                .all(|(k, text, json)| r.column_is(k, text, json))
-        })
-        .rev()
-        .take(limit)
-        .map(|r| r.to_json())
-        .collect();
-    Json(json!({ "table": table, "rows": matched })).into_response()
 }
 
 async fn quarantine_reasons(State(state): State<AppState>) -> Response {

@@ -257,6 +257,9 @@ fn spawn_tied(mut command: Command) -> std::io::Result<(Child, Tie)> {
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe functions.
     unsafe {
         command.pre_exec(move || {
+            // Weir's own SIGTERM handler (for a graceful stop) stays installed until the exec: it would take
+            // the signal below, or a death signal that comes before the exec, and the server would live on.
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -213,7 +213,10 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     from.unwrap_or(i64::MIN),
                     to.unwrap_or(i64::MAX),
                     limit,
-                    |batch| Ok(writer.write(batch)?),
+                    |batch| {
+                        writer.write(batch)?;
+                        Ok(true)
+                    },
                 )
                 .await?;
                 writer.finish()?;

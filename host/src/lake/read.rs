@@ -266,14 +266,15 @@ pub fn i64_range(group: &RowGroupMetaData, column: &str) -> Option<(i64, i64)> {
     }
 }
 
-/// Reads the rows of `table` timed in `[from_ms, to_ms)`, calling `each` per batch, up to `limit` rows.
+/// Reads the rows of `table` timed in `[from_ms, to_ms)`, oldest partition first, calling `each` per batch
+/// (which returns whether to go on), up to `limit` rows.
 pub async fn query(
     store: &Store,
     table: &str,
     from_ms: i64,
     to_ms: i64,
     limit: usize,
-    mut each: impl FnMut(&RecordBatch) -> Result<()>,
+    mut each: impl FnMut(&RecordBatch) -> Result<bool>,
 ) -> Result<usize> {
     let records = log::all_records(store).await?;
     let column = time_column(table);
@@ -311,8 +312,10 @@ pub async fn query(
             };
             let take = keep.num_rows().min(limit - emitted);
             if take > 0 {
-                each(&keep.slice(0, take))?;
                 emitted += take;
+                if !each(&keep.slice(0, take))? {
+                    return Ok(emitted);
+                }
             }
             if emitted >= limit {
                 break;
@@ -379,7 +382,7 @@ mod tests {
                         let c = b.column_by_name("_seq").unwrap();
                         let c = c.as_any().downcast_ref::<UInt64Array>().unwrap();
                         seqs.extend(c.values().iter().copied());
-                        Ok(())
+                        Ok(true)
                     })
                     .await
                     .unwrap();

@@ -75,6 +75,13 @@ pub struct ChainOutput {
 
 /// Plugins in order, and the layout of the events they see: the paths any of them reads or writes, the id,
 /// key and time paths, and the extra paths the caller reads afterwards (table columns).
+/// The layout and projections of a chain with one stage replaced (see [`Chain::replacement`]).
+pub struct Replacement {
+    index: usize,
+    layout: Arc<Layout>,
+    projections: Vec<Projection>,
+}
+
 pub struct Chain {
     shape: EventShape,
     extra_reads: Vec<JsonPath>,
@@ -145,27 +152,39 @@ impl Chain {
         &mut self.stages
     }
 
-    /// Puts `plugin` in place of stage `index` and returns the plugin it replaces. The layout is rebuilt for
-    /// the new plan; events parsed for the previous layout are laid out again when they next run.
-    pub fn replace_stage(&mut self, index: usize, plugin: Plugin) -> anyhow::Result<Plugin> {
+    /// Checks that `plugin` can take the place of stage `index`: the layout and projections the chain would
+    /// have with it, for [`Chain::replace_stage`]. Nothing changes, so a swap can be refused before any state
+    /// moves.
+    pub fn replacement(&self, index: usize, plugin: &Plugin) -> anyhow::Result<Replacement> {
         let plans = self
             .stages
             .iter()
             .enumerate()
-            .map(|(i, s)| if i == index { &plugin } else { &s.plugin });
+            .map(|(i, s)| if i == index { plugin } else { &s.plugin });
         let layout = build_layout(&self.shape, plans, &self.extra_reads)?;
         let mut projections = Vec::with_capacity(self.stages.len());
         for (i, stage) in self.stages.iter().enumerate() {
-            let p = if i == index { &plugin } else { &stage.plugin };
+            let p = if i == index { plugin } else { &stage.plugin };
             projections.push(
                 Projection::new(&layout, p.plan()).map_err(|e| anyhow!("{}: {e}", p.label()))?,
             );
         }
-        for (stage, projection) in self.stages.iter_mut().zip(projections) {
+        Ok(Replacement {
+            index,
+            layout,
+            projections,
+        })
+    }
+
+    /// Puts `plugin` in place of the stage `replacement` was made for, and returns the plugin it replaces.
+    /// The layout is rebuilt for the new plan; events parsed for the previous layout are laid out again when
+    /// they next run.
+    pub fn replace_stage(&mut self, replacement: Replacement, plugin: Plugin) -> Plugin {
+        for (stage, projection) in self.stages.iter_mut().zip(replacement.projections) {
             stage.projection = projection;
         }
-        self.layout = layout;
-        Ok(std::mem::replace(&mut self.stages[index].plugin, plugin))
+        self.layout = replacement.layout;
+        std::mem::replace(&mut self.stages[replacement.index].plugin, plugin)
     }
 
     pub fn run(&mut self, events: Vec<Event>) -> ChainOutput {

@@ -1058,6 +1058,10 @@ impl Processor {
     /// Puts `new` in place of stage `index`, with the current version's keyed state and snapshot; returns
     /// the version it replaced. On failure nothing changes (and `new` is dropped).
     fn swap(&mut self, index: usize, mut new: Plugin) -> Result<Plugin, String> {
+        let replacement = self
+            .chain
+            .replacement(index, &new)
+            .map_err(|e| format!("{e:#}"))?;
         let current = self.chain.stages_mut()[index].plugin_mut();
         let snapshot = current
             .take_snapshot()
@@ -1071,10 +1075,7 @@ impl Processor {
             self.chain.stages_mut()[index].plugin_mut().set_state(state);
             return Err(format!("the new version refused the current state: {e:#}"));
         }
-        let mut old = self
-            .chain
-            .replace_stage(index, new)
-            .map_err(|e| format!("{e:#}"))?;
+        let mut old = self.chain.replace_stage(replacement, new);
         // The old version keeps a copy of the state, for a rollback that hands it back.
         old.set_state(crate::runtime::KeyedState::default());
         self.silver = SilverColumns::new(self.silver_specs.clone(), self.chain.layout())

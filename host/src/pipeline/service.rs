@@ -271,6 +271,7 @@ pub async fn run(
                     std::path::absolute(&dir).unwrap_or(dir)
                 },
             }),
+            lake: Some(lake_store.clone()),
         };
         let router = crate::api::router(shared.clone(), options);
         let mut stop = stop_rx.clone();

@@ -286,6 +286,7 @@ impl Plugin {
             return Ok(self.snapshot_now()?.map(|snapshot| HandOver {
                 snapshot,
                 since: Vec::new(),
+                shape: None,
             }));
         }
         let unreadable = |e: anyhow::Error| PluginFailure {
@@ -300,9 +301,12 @@ impl Plugin {
         else {
             return Ok(None);
         };
+        // Copied, not taken: if the swap fails, this version stays, and its next commit must still fail
+        // rather than save the restore point without these calls.
         Ok(Some(HandOver {
             snapshot: Arc::new(snapshot),
-            since: std::mem::take(&mut self.journal.calls),
+            since: self.journal.calls.clone(),
+            shape: Some(self.batch_shape()),
         }))
     }
 
@@ -380,14 +384,21 @@ impl Plugin {
         if !self.plan.state.snapshot {
             return Ok(());
         }
+        // The journaled batches carry the fields the old version read, in its order.
+        if !state.since.is_empty() && state.shape.as_ref() != Some(&self.batch_shape()) {
+            anyhow::bail!(
+                "{} reads other fields than the broken version it replaces, so it cannot repeat that \
+                 version's calls since its last snapshot: deploy a version that reads the same fields, or \
+                 restart (which starts again from the last commit)",
+                self.label()
+            );
+        }
         self.give_snapshot(&state.snapshot)?;
         if state.since.is_empty() {
             self.restore_point();
             self.snapshot = Some(RestorePoint::pack(state.snapshot));
             return Ok(());
         }
-        self.store
-            .set_epoch_deadline(sandbox::state_deadline_ticks());
         repeat(&self.instance, &mut self.store, &state.since)
             .map_err(|e| anyhow!("{}: {e:#}", self.label()))?;
         self.snapshot_now().map_err(|f| {
@@ -397,6 +408,16 @@ impl Plugin {
             )
         })?;
         Ok(())
+    }
+
+    /// What the batches it is given hold besides ids and times: the fields it reads, in order, and
+    /// whether payloads and attributes come too.
+    fn batch_shape(&self) -> (Vec<String>, bool, bool) {
+        (
+            self.plan.reads.clone(),
+            self.plan.needs_payload,
+            self.plan.needs_attributes,
+        )
     }
 
     /// Restores the plugin's in-memory state from `raw`; the caller sets the restore point.
@@ -566,21 +587,21 @@ fn repeat(instance: &Instance, store: &mut Store<PluginCtx>, calls: &[Journaled]
     let guest = instance.weir_transform_transform();
     for call in calls {
         store.set_epoch_deadline(sandbox::state_deadline_ticks());
-        match call {
-            Journaled::Process(batch) => drop(
-                guest
-                    .call_process(&mut *store, batch)
-                    .map_err(|e| anyhow!("repeating a journaled batch trapped: {e}"))?,
-            ),
-            Journaled::Watermark(w) => drop(
-                guest
-                    .call_on_watermark(&mut *store, *w)
-                    .map_err(|e| anyhow!("repeating a journaled watermark trapped: {e}"))?,
-            ),
-        }
+        let repeated = match call {
+            Journaled::Process(batch) => guest
+                .call_process(&mut *store, batch)
+                .map(drop)
+                .map_err(|e| anyhow!("repeating a journaled batch trapped: {e}")),
+            Journaled::Watermark(w) => guest
+                .call_on_watermark(&mut *store, *w)
+                .map(drop)
+                .map_err(|e| anyhow!("repeating a journaled watermark trapped: {e}")),
+        };
+        // Failed or not: a failed call's writes must not stay staged either.
         let ctx = store.data_mut();
         ctx.state.rollback();
         ctx.metrics = Default::default();
+        repeated?;
     }
     Ok(())
 }
@@ -590,6 +611,8 @@ fn repeat(instance: &Instance, store: &mut Store<PluginCtx>, calls: &[Journaled]
 pub struct HandOver {
     snapshot: Arc<Vec<u8>>,
     since: Vec<Journaled>,
+    /// The old version's batch shape (see `Plugin::batch_shape`), which `since` was made for.
+    shape: Option<(Vec<String>, bool, bool)>,
 }
 
 /// Successful calls since the last snapshot, to repeat on a replacement instance.
@@ -603,6 +626,7 @@ struct Journal {
     snapshot_cost: Duration,
 }
 
+#[derive(Clone)]
 enum Journaled {
     Process(Batch),
     Watermark(i64),

@@ -1,0 +1,242 @@
+//! `GET /api/v1/gold/{table}`: rows of a gold table whose window starts in `[from, to)`, filtered by equality
+//! on any other query parameter (`?wiki=enwiki`, `?title=Main_Page`): per-wiki or per-page counts for a
+//! window. By default from the newest rows, kept in memory (`Recent::GOLD_ROWS` per table, answered in
+//! microseconds, newest first); with `source=lake`, from the committed Parquet files, for any window (oldest
+//! first). Both give times as milliseconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow_schema::{Field, Schema};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::{Map, json};
+
+use super::{AppState, error, query_time};
+use crate::lake::schema::gold_table;
+use crate::lake::store::Store;
+use crate::lake::{log, read};
+
+/// Query parameters that are not column filters.
+const PARAMETERS: [&str; 4] = ["from", "to", "limit", "source"];
+
+pub(super) async fn gold(
+    State(state): State<AppState>,
+    UrlPath(table): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (from, to) = match (query_time(&q, "from"), query_time(&q, "to")) {
+        (Ok(f), Ok(t)) => (f.unwrap_or(i64::MIN), t.unwrap_or(i64::MAX)),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+    let filters: Vec<Filter> = q
+        .iter()
+        .filter(|(k, _)| !PARAMETERS.contains(&k.as_str()))
+        .map(|(k, v)| Filter {
+            column: k.clone(),
+            text: v.clone(),
+            json: serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())),
+        })
+        .collect();
+    let table = gold_table(&table);
+    match q.get("source").map(String::as_str) {
+        None | Some("memory") => from_memory(&state, &table, from, to, limit, &filters),
+        Some("lake") => match &state.lake {
+            Some(store) => from_lake(store, &table, from, to, limit, &filters).await,
+            None => error(StatusCode::NOT_FOUND, "this process has no lake to read"),
+        },
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "source={other:?}: use `memory` (the default: the newest rows) or `lake` (committed rows, any window)"
+            ),
+        ),
+    }
+}
+
+/// `column=value`: text columns match the text, others its JSON (`?events=3`, `?bot=false`).
+struct Filter {
+    column: String,
+    text: String,
+    json: serde_json::Value,
+}
+
+impl Filter {
+    fn matches(&self, row: &Map<String, serde_json::Value>) -> bool {
+        match row.get(&self.column) {
+            Some(serde_json::Value::String(s)) => *s == self.text,
+            Some(value) => *value == self.json,
+            // The lake's JSON leaves nulls out.
+            None => self.json.is_null(),
+        }
+    }
+}
+
+fn from_memory(
+    state: &AppState,
+    table: &str,
+    from: i64,
+    to: i64,
+    limit: usize,
+    filters: &[Filter],
+) -> Response {
+    let recent = state.shared.recent.lock().expect("not poisoned");
+    let Some(rows) = recent.gold.get(table) else {
+        let known: Vec<&String> = recent.gold.keys().collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no recent rows for gold table {table} (tables with rows: {known:?}; `source=lake` reads \
+                 committed ones)"
+            ),
+        );
+    };
+    let matched: Vec<serde_json::Value> = rows
+        .iter()
+        .filter(|r| {
+            let start = match r.get("window_start") {
+                Some(crate::runtime::types::Value::Integer(ms)) => *ms,
+                _ => 0,
+            };
+            start >= from && start < to
+        })
+        .filter(|r| {
+            filters
+                .iter()
+                .all(|f| r.column_is(&f.column, &f.text, &f.json))
+        })
+        .rev()
+        .take(limit)
+        .map(|r| r.to_json())
+        .collect();
+    Json(json!({ "table": table, "source": "memory", "rows": matched })).into_response()
+}
+
+async fn from_lake(
+    store: &Store,
+    table: &str,
+    from: i64,
+    to: i64,
+    limit: usize,
+    filters: &[Filter],
+) -> Response {
+    let unreadable = |e: anyhow::Error| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read gold table {table} from the lake: {e:#}"),
+        )
+    };
+    match log::all_records(store).await {
+        Ok(records) if records.iter().any(|r| r.tables.contains_key(table)) => {}
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no committed rows for gold table {table}"),
+            );
+        }
+        Err(e) => return unreadable(e),
+    }
+    let mut rows = Vec::new();
+    let read = read::query(store, table, from, to, usize::MAX, |batch| {
+        for row in json_rows(batch)? {
+            if rows.len() == limit {
+                return Ok(false);
+            }
+            if filters.iter().all(|f| f.matches(&row)) {
+                rows.push(serde_json::Value::Object(row));
+            }
+        }
+        Ok(rows.len() < limit)
+    })
+    .await;
+    match read {
+        Ok(_) => Json(json!({ "table": table, "source": "lake", "rows": rows })).into_response(),
+        Err(e) => unreadable(e),
+    }
+}
+
+/// A batch's rows as JSON objects, timestamps in milliseconds as the rows in memory give them.
+fn json_rows(batch: &RecordBatch) -> Result<Vec<Map<String, serde_json::Value>>> {
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .map(
+            |column| match column.as_any().downcast_ref::<TimestampMicrosecondArray>() {
+                Some(times) => Arc::new(
+                    times
+                        .iter()
+                        .map(|t| t.map(|us| us.div_euclid(1000)))
+                        .collect::<Int64Array>(),
+                ) as ArrayRef,
+                None => Arc::clone(column),
+            },
+        )
+        .collect();
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(&columns)
+        .map(|(field, column)| Field::new(field.name(), column.data_type().clone(), true))
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+    writer.write(&batch)?;
+    writer.finish()?;
+    Ok(serde_json::from_slice(&writer.into_inner())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lake rows come out as the rows in memory do: times in milliseconds, filters on text and on JSON.
+    #[test]
+    fn lake_rows_read_as_memory_rows_do() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "window_start",
+                arrow_schema::DataType::Timestamp(
+                    arrow_schema::TimeUnit::Microsecond,
+                    Some("UTC".into()),
+                ),
+                false,
+            ),
+            Field::new("wiki", arrow_schema::DataType::Utf8, true),
+            Field::new("events", arrow_schema::DataType::Int64, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![
+                        1_700_000_000_000_000,
+                        1_700_000_060_000_000,
+                    ])
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(arrow_array::StringArray::from(vec![Some("enwiki"), None])),
+                Arc::new(Int64Array::from(vec![3, 4])),
+            ],
+        )
+        .unwrap();
+        let rows = json_rows(&batch).unwrap();
+        assert_eq!(rows[0]["window_start"], 1_700_000_000_000i64);
+        assert_eq!(rows[1]["window_start"], 1_700_000_060_000i64);
+        let filter = |column: &str, value: &str| Filter {
+            column: column.into(),
+            text: value.into(),
+            json: serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.into())),
+        };
+        assert!(filter("wiki", "enwiki").matches(&rows[0]));
+        assert!(!filter("wiki", "enwiki").matches(&rows[1]));
+        assert!(filter("wiki", "null").matches(&rows[1]));
+        assert!(filter("events", "4").matches(&rows[1]));
+        assert!(!filter("events", "4").matches(&rows[0]));
+        assert!(!filter("nonesuch", "x").matches(&rows[0]));
+    }
+}
