@@ -224,6 +224,9 @@ pub struct ApiSection {
     pub token: Option<String>,
     /// Largest plugin upload, in bytes.
     pub max_upload_bytes: usize,
+    /// Gold rows kept in memory per table, the newest, for `/api/v1/gold/{table}` to answer at once (~200
+    /// bytes each); older ones are read from the lake with `source=lake`.
+    pub recent_gold_rows: usize,
 }
 
 impl Default for ApiSection {
@@ -232,6 +235,7 @@ impl Default for ApiSection {
             listen: "127.0.0.1:8080".into(),
             token: None,
             max_upload_bytes: 64 << 20,
+            recent_gold_rows: crate::pipeline::shared::Recent::GOLD_ROWS,
         }
     }
 }

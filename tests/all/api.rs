@@ -11,6 +11,7 @@ use crate::harness::{Harness, LakeAt, realistic};
 use crate::support::plugin_path;
 
 const TOKEN: &str = "test-token";
+const RECENT_GOLD_ROWS: i64 = 10;
 
 /// (status, body) of a request with curl (`method`, optional bearer token, optional body file).
 fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
@@ -41,6 +42,8 @@ fn the_api_reports_queries_controls_and_replays() {
         api.insert("token".into(), TOKEN.into());
         // Smaller than a plugin, to see the limit at work.
         api.insert("max_upload_bytes".into(), 100_000.into());
+        // Fewer than the run emits, to see older rows come from the lake.
+        api.insert("recent_gold_rows".into(), RECENT_GOLD_ROWS.into());
     });
     let events = 3000;
     let last = h.prefill(realistic(23, events, Duration::from_secs(25 * 60)), events);
@@ -127,6 +130,7 @@ fn the_api_reports_queries_controls_and_replays() {
     let gold = get_json(&api, "/api/v1/gold/gold_wiki");
     let rows = gold["rows"].as_array().unwrap();
     assert!(!rows.is_empty(), "{gold}");
+    assert!(rows.len() <= RECENT_GOLD_ROWS as usize, "{}", rows.len());
     let wiki = rows[0]["wiki"].as_str().unwrap();
     let start = rows[0]["window_start"].as_i64().unwrap();
     let one = get_json(
@@ -161,6 +165,23 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(lake[0]["window_start"], start);
     let five = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=5");
     assert_eq!(five["rows"].as_array().unwrap().len(), 5, "{five}");
+    // Every row, from the lake: more than memory keeps, the ones in memory among them.
+    let all = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=100000");
+    let all = all["rows"].as_array().unwrap();
+    assert!(all.len() > rows.len(), "{} rows in the lake", all.len());
+    let key = |r: &Value| {
+        (
+            r["wiki"].clone(),
+            r["window_start"].clone(),
+            r["events"].clone(),
+        )
+    };
+    for row in rows {
+        assert!(
+            all.iter().any(|r| key(r) == key(row)),
+            "{row} is not in the lake"
+        );
+    }
     for (path, status) in [
         ("/api/v1/gold/nonesuch?source=lake", 404),
         ("/api/v1/gold/gold_wiki?source=elsewhere", 400),

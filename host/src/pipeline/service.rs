@@ -235,7 +235,7 @@ pub async fn run(
         counters: Counters::default(),
         health: Health::default(),
         plugins: Default::default(),
-        recent: std::sync::Mutex::new(Recent::default()),
+        recent: std::sync::Mutex::new(Recent::with_gold_rows(config.api.recent_gold_rows)),
         pauses: Pauses::default(),
         ingest: arc_swap::ArcSwap::from_pointee(ingest_stats),
         control: control_tx,

@@ -124,7 +124,7 @@ pub struct PluginInfo {
 }
 
 /// Recent data kept in memory, so queries about the last minutes answer in microseconds.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Recent {
     /// The newest silver events, newest last. Kept as events and turned into JSON only when asked: the
     /// pipeline replaces them far more often than anyone reads them, and writing an enriched event out as
@@ -134,11 +134,29 @@ pub struct Recent {
     pub gold: BTreeMap<String, VecDeque<RecentGold>>,
     /// Quarantine reasons with counts, since start.
     pub quarantine_reasons: BTreeMap<String, u64>,
+    /// How many gold rows to keep per table (`api.recent_gold_rows`).
+    pub gold_rows: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Recent::with_gold_rows(Recent::GOLD_ROWS)
+    }
 }
 
 impl Recent {
     pub const EVENTS: usize = 1000;
-    pub const GOLD_ROWS: usize = 20_000;
+    /// The default of `api.recent_gold_rows`.
+    pub const GOLD_ROWS: usize = 5_000;
+
+    pub fn with_gold_rows(gold_rows: usize) -> Self {
+        Recent {
+            events: VecDeque::new(),
+            gold: BTreeMap::new(),
+            quarantine_reasons: BTreeMap::new(),
+            gold_rows,
+        }
+    }
 
     pub fn push_event(&mut self, event: crate::event::Event) {
         if self.events.len() == Self::EVENTS {
@@ -148,6 +166,9 @@ impl Recent {
     }
 
     pub fn push_gold(&mut self, table: &str, row: &GoldRow) {
+        if self.gold_rows == 0 {
+            return;
+        }
         if !self.gold.contains_key(table) {
             self.gold.insert(table.to_string(), VecDeque::new());
         }
@@ -160,7 +181,7 @@ impl Recent {
                 .map(|(name, _)| name.as_str().into())
                 .collect(),
         };
-        if rows.len() == Self::GOLD_ROWS {
+        while rows.len() >= self.gold_rows {
             rows.pop_front();
         }
         rows.push_back(RecentGold {
