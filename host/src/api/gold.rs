@@ -46,7 +46,7 @@ pub(super) async fn gold(
     match q.get("source").map(String::as_str) {
         None | Some("memory") => from_memory(&state, &table, from, to, limit, &filters),
         Some("lake") => match &state.lake {
-            Some(store) => from_lake(store, &table, from, to, limit, &filters).await,
+            Some(store) => from_lake(store, &table, from, to, limit, filters).await,
             None => error(StatusCode::NOT_FOUND, "this process has no lake to read"),
         },
         Some(other) => error(
@@ -122,7 +122,7 @@ async fn from_lake(
     from: i64,
     to: i64,
     limit: usize,
-    filters: &[Filter],
+    filters: Vec<Filter>,
 ) -> Response {
     let unreadable = |e: anyhow::Error| {
         error(
@@ -140,22 +140,39 @@ async fn from_lake(
         }
         Err(e) => return unreadable(e),
     }
-    let mut rows = Vec::new();
-    let read = read::query(store, table, from, to, usize::MAX, |batch| {
-        for row in json_rows(batch)? {
-            if rows.len() == limit {
-                return Ok(false);
-            }
-            if filters.iter().all(|f| f.matches(&row)) {
-                rows.push(serde_json::Value::Object(row));
-            }
-        }
-        Ok(rows.len() < limit)
+    // Decoding Parquet and writing JSON is CPU work: on a blocking thread, so that a large answer does not
+    // hold one of the runtime's workers, which also carry the commits and the NATS connection.
+    let (runtime, store, name) = (
+        tokio::runtime::Handle::current(),
+        store.clone(),
+        table.to_string(),
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        let mut rows = Vec::new();
+        runtime
+            .block_on(read::query(&store, &name, from, to, usize::MAX, |batch| {
+                for row in json_rows(batch)? {
+                    if rows.len() == limit {
+                        return Ok(false);
+                    }
+                    if filters.iter().all(|f| f.matches(&row)) {
+                        rows.push(serde_json::Value::Object(row));
+                    }
+                }
+                Ok(rows.len() < limit)
+            }))
+            .map(|_| rows)
     })
     .await;
     match read {
-        Ok(_) => Json(json!({ "table": table, "source": "lake", "rows": rows })).into_response(),
-        Err(e) => unreadable(e),
+        Ok(Ok(rows)) => {
+            Json(json!({ "table": table, "source": "lake", "rows": rows })).into_response()
+        }
+        Ok(Err(e)) => unreadable(e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading gold table {table} from the lake failed: {e}"),
+        ),
     }
 }
 
