@@ -92,6 +92,17 @@ fn a_trap_after_many_batches_loses_no_snapshot_state() {
     );
 }
 
+/// `bad-stateful` as a release with a bug in `restore`: it refuses its own tainted snapshots.
+fn refusing_tainted() -> Plugin {
+    Plugin::start(
+        load("bad-stateful"),
+        "refuse-tainted",
+        Limits::default(),
+        Clock::Fixed(1_700_000_000_000),
+    )
+    .unwrap()
+}
+
 /// The count a `bad-stateful` instance reports at a watermark.
 fn count(plugin: &mut Plugin) -> i64 {
     let rows = plugin.on_watermark(0).unwrap();
@@ -112,13 +123,7 @@ fn count(plugin: &mut Plugin) -> i64 {
 /// leaves the broken one as it was.
 #[test]
 fn a_broken_stateful_plugin_hands_its_state_over_to_a_working_version() {
-    let mut broken = Plugin::start(
-        load("bad-stateful"),
-        "refuse-tainted",
-        Limits::default(),
-        Clock::Fixed(1_700_000_000_000),
-    )
-    .unwrap();
+    let mut broken = refusing_tainted();
     broken.process(&action_events(&["ok", "taint"]));
     broken.update_snapshot().unwrap(); // the restore point is tainted now
     broken.process(&action_events(&["ok", "ok", "ok"])); // journaled
@@ -141,13 +146,7 @@ fn a_broken_stateful_plugin_hands_its_state_over_to_a_working_version() {
 
     // A version that refuses the state (it has the same bug): the swap fails, and the broken version keeps
     // all it had, for the next try.
-    let mut refusing = Plugin::start(
-        load("bad-stateful"),
-        "refuse-tainted",
-        Limits::default(),
-        Clock::Fixed(1_700_000_000_000),
-    )
-    .unwrap();
+    let mut refusing = refusing_tainted();
     let handed = broken
         .take_snapshot()
         .expect("a broken plugin still hands its state over")

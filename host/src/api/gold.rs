@@ -36,11 +36,7 @@ pub(super) async fn gold(
     let filters: Vec<Filter> = q
         .iter()
         .filter(|(k, _)| !PARAMETERS.contains(&k.as_str()))
-        .map(|(k, v)| Filter {
-            column: k.clone(),
-            text: v.clone(),
-            json: serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone())),
-        })
+        .map(|(k, v)| Filter::new(k, v))
         .collect();
     let table = gold_table(&table);
     match q.get("source").map(String::as_str) {
@@ -66,6 +62,16 @@ struct Filter {
 }
 
 impl Filter {
+    /// `value` as JSON if it is JSON, else as text.
+    fn new(column: &str, value: &str) -> Self {
+        Filter {
+            column: column.to_string(),
+            text: value.to_string(),
+            json: serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.to_string())),
+        }
+    }
+
     fn matches(&self, row: &Map<String, serde_json::Value>) -> bool {
         match row.get(&self.column) {
             Some(serde_json::Value::String(s)) => *s == self.text,
@@ -130,8 +136,8 @@ async fn from_lake(
             format!("cannot read gold table {table} from the lake: {e:#}"),
         )
     };
-    match log::all_records(store).await {
-        Ok(records) if records.iter().any(|r| r.tables.contains_key(table)) => {}
+    let records = match log::all_records(store).await {
+        Ok(records) if records.iter().any(|r| r.tables.contains_key(table)) => records,
         Ok(_) => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -139,7 +145,7 @@ async fn from_lake(
             );
         }
         Err(e) => return unreadable(e),
-    }
+    };
     // Decoding Parquet and writing JSON is CPU work: on a blocking thread, so that a large answer does not
     // hold one of the runtime's workers, which also carry the commits and the NATS connection.
     let (runtime, store, name) = (
@@ -150,17 +156,25 @@ async fn from_lake(
     let read = tokio::task::spawn_blocking(move || {
         let mut rows = Vec::new();
         runtime
-            .block_on(read::query(&store, &name, from, to, usize::MAX, |batch| {
-                for row in json_rows(batch)? {
-                    if rows.len() == limit {
-                        return Ok(false);
+            .block_on(read::query(
+                &store,
+                &records,
+                &name,
+                from,
+                to,
+                usize::MAX,
+                |batch| {
+                    for row in json_rows(batch)? {
+                        if rows.len() == limit {
+                            return Ok(false);
+                        }
+                        if filters.iter().all(|f| f.matches(&row)) {
+                            rows.push(serde_json::Value::Object(row));
+                        }
                     }
-                    if filters.iter().all(|f| f.matches(&row)) {
-                        rows.push(serde_json::Value::Object(row));
-                    }
-                }
-                Ok(rows.len() < limit)
-            }))
+                    Ok(rows.len() < limit)
+                },
+            ))
             .map(|_| rows)
     })
     .await;
@@ -244,11 +258,7 @@ mod tests {
         let rows = json_rows(&batch).unwrap();
         assert_eq!(rows[0]["window_start"], 1_700_000_000_000i64);
         assert_eq!(rows[1]["window_start"], 1_700_000_060_000i64);
-        let filter = |column: &str, value: &str| Filter {
-            column: column.into(),
-            text: value.into(),
-            json: serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.into())),
-        };
+        let filter = Filter::new;
         assert!(filter("wiki", "enwiki").matches(&rows[0]));
         assert!(!filter("wiki", "enwiki").matches(&rows[1]));
         assert!(filter("wiki", "null").matches(&rows[1]));

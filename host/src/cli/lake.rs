@@ -205,10 +205,12 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 limit,
             } => {
                 let store = lake.store()?;
+                let records = crate::lake::log::all_records(&store).await?;
                 let stdout = std::io::stdout();
                 let mut writer = arrow_json::LineDelimitedWriter::new(stdout.lock());
                 read::query(
                     &store,
+                    &records,
                     &table,
                     from.unwrap_or(i64::MIN),
                     to.unwrap_or(i64::MAX),

@@ -266,20 +266,20 @@ pub fn i64_range(group: &RowGroupMetaData, column: &str) -> Option<(i64, i64)> {
     }
 }
 
-/// Reads the rows of `table` timed in `[from_ms, to_ms)`, oldest partition first, calling `each` per batch
-/// (which returns whether to go on), up to `limit` rows.
+/// Reads the rows of `table` timed in `[from_ms, to_ms)` from the files `records` (the commit log) hold,
+/// oldest partition first, calling `each` per batch (which returns whether to go on), up to `limit` rows.
 pub async fn query(
     store: &Store,
+    records: &[CommitRecord],
     table: &str,
     from_ms: i64,
     to_ms: i64,
     limit: usize,
     mut each: impl FnMut(&RecordBatch) -> Result<bool>,
 ) -> Result<usize> {
-    let records = log::all_records(store).await?;
     let column = time_column(table);
     let mut emitted = 0;
-    for file in files_in_range(&records, table, from_ms, to_ms) {
+    for file in files_in_range(records, table, from_ms, to_ms) {
         if emitted >= limit {
             break;
         }
@@ -378,7 +378,8 @@ mod tests {
                 async move {
                     let mut seqs = Vec::new();
                     let (from, to) = (hour + from_s * 1000, hour + to_s * 1000);
-                    let n = query(store, "silver", from, to, limit, |b| {
+                    let records = log::all_records(store).await.unwrap();
+                    let n = query(store, &records, "silver", from, to, limit, |b| {
                         let c = b.column_by_name("_seq").unwrap();
                         let c = c.as_any().downcast_ref::<UInt64Array>().unwrap();
                         seqs.extend(c.values().iter().copied());

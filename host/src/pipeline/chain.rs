@@ -73,8 +73,6 @@ pub struct ChainOutput {
     pub rows: Vec<EmittedRow>,
 }
 
-/// Plugins in order, and the layout of the events they see: the paths any of them reads or writes, the id,
-/// key and time paths, and the extra paths the caller reads afterwards (table columns).
 /// The layout and projections of a chain with one stage replaced (see [`Chain::replacement`]).
 pub struct Replacement {
     index: usize,
@@ -82,6 +80,8 @@ pub struct Replacement {
     projections: Vec<Projection>,
 }
 
+/// Plugins in order, and the layout of the events they see: the paths any of them reads or writes, the id,
+/// key and time paths, and the extra paths the caller reads afterwards (table columns).
 pub struct Chain {
     shape: EventShape,
     extra_reads: Vec<JsonPath>,

@@ -286,7 +286,7 @@ impl Plugin {
             return Ok(self.snapshot_now()?.map(|snapshot| HandOver {
                 snapshot,
                 since: Vec::new(),
-                shape: None,
+                shape: self.batch_shape(),
             }));
         }
         let unreadable = |e: anyhow::Error| PluginFailure {
@@ -306,7 +306,7 @@ impl Plugin {
         Ok(Some(HandOver {
             snapshot: Arc::new(snapshot),
             since: self.journal.calls.clone(),
-            shape: Some(self.batch_shape()),
+            shape: self.batch_shape(),
         }))
     }
 
@@ -385,7 +385,7 @@ impl Plugin {
             return Ok(());
         }
         // The journaled batches carry the fields the old version read, in its order.
-        if !state.since.is_empty() && state.shape.as_ref() != Some(&self.batch_shape()) {
+        if !state.since.is_empty() && state.shape != self.batch_shape() {
             anyhow::bail!(
                 "{} reads other fields than the broken version it replaces, so it cannot repeat that \
                  version's calls since its last snapshot: deploy a version that reads the same fields, or \
@@ -612,7 +612,7 @@ pub struct HandOver {
     snapshot: Arc<Vec<u8>>,
     since: Vec<Journaled>,
     /// The old version's batch shape (see `Plugin::batch_shape`), which `since` was made for.
-    shape: Option<(Vec<String>, bool, bool)>,
+    shape: (Vec<String>, bool, bool),
 }
 
 /// Successful calls since the last snapshot, to repeat on a replacement instance.
