@@ -6,6 +6,7 @@ pub mod columns;
 pub mod context;
 pub mod failure;
 pub mod guest_log;
+mod journal;
 pub mod loader;
 pub mod plugin;
 pub mod sandbox;

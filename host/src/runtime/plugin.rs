@@ -18,6 +18,7 @@ use super::bindings::{self, Plugin as Instance};
 use super::columns::{self, CheckedColumn};
 use super::context::{Clock, PluginCtx};
 use super::failure::{FailureKind, PluginFailure};
+use super::journal::{self, Journal, Journaled, JournaledBatch, repeat};
 use super::loader::LoadedPlugin;
 use super::sandbox::{self, Limits};
 use super::snapshot::{RestorePoint, Snapshot};
@@ -221,7 +222,10 @@ impl Plugin {
                 );
                 match call {
                     Ok(output) => {
-                        self.refresh_snapshot(|| Journaled::Process(batch.clone()), events);
+                        self.refresh_snapshot(
+                            || Journaled::Process(JournaledBatch::new(batch)),
+                            events,
+                        );
                         result.verdicts.extend(output.verdicts);
                         if !output.writes.is_empty() {
                             result.writes.push(WriteChunk {
@@ -498,12 +502,12 @@ impl Plugin {
             return;
         }
         let spent = self.last_call;
-        let journal = &mut self.journal;
-        journal.calls.push(call());
-        journal.events += events;
-        journal.spent += spent;
-        let due = journal.spent >= journal.snapshot_cost * JOURNAL_COST_RATIO
-            || journal.events >= JOURNAL_MAX_EVENTS;
+        let kept = &mut self.journal;
+        kept.calls.push(call());
+        kept.events += events;
+        kept.spent += spent;
+        let due = kept.spent >= kept.snapshot_cost * journal::COST_RATIO
+            || kept.events >= journal::MAX_EVENTS;
         if due && let Err(failure) = self.snapshot_now() {
             tracing::warn!(plugin = %self.label(), "snapshot failed, keeping the previous one and its journal: {failure}");
         }
@@ -572,40 +576,6 @@ impl Plugin {
     }
 }
 
-/// A new snapshot is taken once the calls journaled since the last one took this many times as long as that
-/// snapshot did: snapshots then cost at most ~1/(N+1) of the plugin's time, whatever the size of its state,
-/// and repeating the journal after a trap takes at most N snapshots' time. At 4, restore points and commit
-/// snapshots were a quarter of the four aggregates' time in pipeline_throughput (7.4 of 27.5 s at 1M events).
-const JOURNAL_COST_RATIO: u32 = 8;
-/// ... or once the journal holds this many events (bounds its memory and the time a restart spends repeating).
-const JOURNAL_MAX_EVENTS: usize = 50_000;
-
-/// Brings a fresh instance's in-memory state up to date by repeating `calls`, which succeeded since the
-/// snapshot it was given. Their outputs, keyed-state writes and metrics were taken the first time: they are
-/// dropped now.
-fn repeat(instance: &Instance, store: &mut Store<PluginCtx>, calls: &[Journaled]) -> Result<()> {
-    let guest = instance.weir_transform_transform();
-    for call in calls {
-        store.set_epoch_deadline(sandbox::state_deadline_ticks());
-        let repeated = match call {
-            Journaled::Process(batch) => guest
-                .call_process(&mut *store, batch)
-                .map(drop)
-                .map_err(|e| anyhow!("repeating a journaled batch trapped: {e}")),
-            Journaled::Watermark(w) => guest
-                .call_on_watermark(&mut *store, *w)
-                .map(drop)
-                .map_err(|e| anyhow!("repeating a journaled watermark trapped: {e}")),
-        };
-        // Failed or not: a failed call's writes must not stay staged either.
-        let ctx = store.data_mut();
-        ctx.state.rollback();
-        ctx.metrics = Default::default();
-        repeated?;
-    }
-    Ok(())
-}
-
 /// A plugin's in-memory state, handed from the version a hot swap replaces to the new one: a snapshot, and the
 /// calls made since it (only when the old version was broken and could not take a snapshot of now).
 pub struct HandOver {
@@ -613,23 +583,6 @@ pub struct HandOver {
     since: Vec<Journaled>,
     /// The old version's batch shape (see `Plugin::batch_shape`), which `since` was made for.
     shape: (Vec<String>, bool, bool),
-}
-
-/// Successful calls since the last snapshot, to repeat on a replacement instance.
-#[derive(Default)]
-struct Journal {
-    calls: Vec<Journaled>,
-    events: usize,
-    /// Time those calls took.
-    spent: Duration,
-    /// Time the last snapshot took.
-    snapshot_cost: Duration,
-}
-
-#[derive(Clone)]
-enum Journaled {
-    Process(Batch),
-    Watermark(i64),
 }
 
 /// Counts one more for `key`, allocating the key only the first time it is seen (this runs per event).

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use slots::{NEVER, Slots};
 
 /// A state key as the host keeps it: the first 128 bits of the SHA-256 of its text. Fixed-size keys are what
-/// let [`Slots`] pack an entry into 32 bytes; nobody can make two keys share them, by chance or on purpose
+/// let [`Slots`] pack an entry into 24 bytes; nobody can make two keys share them, by chance or on purpose
 /// (that would take ~2^64 hashes), so a dedupe never mistakes one id for another.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Key([u8; 16]);
@@ -172,7 +172,7 @@ impl KeyedState {
     }
 
     fn sweep(&mut self, now_ms: i64) {
-        self.committed.retain(|_, expires| expires > now_ms);
+        self.committed.sweep(now_ms);
         self.swept_len = self.committed.len();
         self.swept_at_ms = now_ms;
     }

@@ -1,11 +1,15 @@
 //! The committed entries of a keyed state, packed for size: a plugin like dedupe keeps an entry per event for
 //! a day (about 3 million for Wikimedia's recentchange), so bytes per entry decide how much memory it costs.
 //!
-//! Entries live in dense 32-byte slots (key hash, expiry, up to 7 value bytes inline) in fixed-size chunks,
-//! found through a hash table of 4-byte slot numbers. That is about 40 bytes per entry at the table's usual
+//! Entries live in dense 24-byte slots (key hash, expiry, up to 3 value bytes inline) in fixed-size chunks,
+//! found through a hash table of 4-byte slot numbers. That is about 32 bytes per entry at the table's usual
 //! load, where a map of text keys cost ~100 (the key's allocation plus a 24-byte bucket at a power-of-two
 //! capacity). Chunks grow one at a time, so growing never copies the whole state; only the small index does.
 //! Longer values are kept aside in an ordinary map.
+//!
+//! A slot holds its expiry as milliseconds after the state's base time, in 32 bits (49 days). An expiry outside
+//! that range is kept aside, exact, and the next sweep moves the base up to the sweep's time, so a state that
+//! lives for months keeps its expiries in its slots. Nothing is rounded: an entry expires at its millisecond.
 
 use std::hash::BuildHasher;
 
@@ -17,25 +21,36 @@ use super::Key;
 /// The expiry of an entry that never expires.
 pub const NEVER: i64 = i64::MAX;
 
-/// Slots per chunk (2 MiB of slots).
+/// Slots per chunk (1.5 MiB of slots).
 const CHUNK: usize = 1 << 16;
 
-/// Value bytes kept in the slot itself; longer values (8-byte numbers among them) are in [`Slots::large`], at
-/// the cost of a map entry and an allocation each: an eighth byte would make slots 40 bytes.
-const INLINE: usize = 7;
+/// Value bytes kept in the slot itself; longer values are in [`Slots::large`], at the cost of a map entry and
+/// an allocation each. A dedupe stores one byte; a fourth would make slots 28 bytes.
+const INLINE: usize = 3;
 
 /// `Slot::len` of a value kept in [`Slots::large`].
 const SPILLED: u8 = u8::MAX;
 
+/// `Slot::expires` of an entry that never expires.
+const NEVER_CODE: u32 = u32::MAX;
+
+/// `Slot::expires` of an entry whose expiry is out of the slots' range, kept in [`Slots::far`].
+const FAR: u32 = u32::MAX - 1;
+
+/// How far before the first expiry it sees the state puts its base: entries may expire up to ~24 days
+/// before or after the first one and still fit their slots.
+const HALF_RANGE_MS: i64 = 1 << 31;
+
 #[derive(Clone, Copy)]
 struct Slot {
     key: Key,
-    expires_at_ms: i64,
+    /// Milliseconds after [`Slots::base_ms`], or [`NEVER_CODE`], or [`FAR`].
+    expires: u32,
     len: u8,
     inline: [u8; INLINE],
 }
 
-const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+const _: () = assert!(std::mem::size_of::<Slot>() == 24);
 
 #[derive(Default)]
 pub struct Slots {
@@ -48,6 +63,10 @@ pub struct Slots {
     large: foldhash::HashMap<Key, Box<[u8]>>,
     /// Bytes of values held (inline and aside).
     value_bytes: usize,
+    /// What slot expiries count from; set by the first entry that expires, moved by sweeps.
+    base_ms: Option<i64>,
+    /// Expiries that do not fit a slot (see [`FAR`]).
+    far: foldhash::HashMap<Key, i64>,
 }
 
 impl Slots {
@@ -88,56 +107,89 @@ impl Slots {
         }
     }
 
+    fn expiry(&self, slot: &Slot) -> i64 {
+        match slot.expires {
+            NEVER_CODE => NEVER,
+            FAR => self.far[&slot.key],
+            after => self.base_ms.expect("a slot that expires has a base") + i64::from(after),
+        }
+    }
+
+    /// The slot code of an expiry: its offset from the base when it fits, else [`FAR`] (the caller keeps it
+    /// in [`Slots::far`]).
+    fn code(&self, expires_at_ms: i64) -> u32 {
+        if expires_at_ms == NEVER {
+            return NEVER_CODE;
+        }
+        self.base_ms
+            .and_then(|base| expires_at_ms.checked_sub(base))
+            .and_then(|after| u32::try_from(after).ok())
+            .filter(|&after| after < FAR)
+            .unwrap_or(FAR)
+    }
+
     /// The entry's expiry and value.
     pub fn get(&self, key: &Key) -> Option<(i64, &[u8])> {
         let slot = self.slot(self.position(key)?);
-        Some((slot.expires_at_ms, self.value(slot)))
+        Some((self.expiry(slot), self.value(slot)))
     }
 
     /// Sets the entry, replacing any before it in place.
     pub fn insert(&mut self, key: Key, expires_at_ms: i64, value: &[u8]) {
-        let mut slot = Slot {
-            key,
-            expires_at_ms,
-            len: SPILLED,
-            inline: [0; INLINE],
-        };
-        if value.len() <= INLINE {
-            slot.len = value.len() as u8;
-            slot.inline[..value.len()].copy_from_slice(value);
-        }
         let hash = self.hash(&key);
         let (chunks, hasher) = (&self.chunks, &self.hasher);
         // One probe finds the entry or the place for it (most writes, a dedupe's, are of new keys).
-        match self.index.entry(
+        let replaced = match self.index.entry(
             hash,
             |&at| slot_in(chunks, at as usize).key == key,
             |&at| hasher.hash_one(slot_in(chunks, at as usize).key),
         ) {
-            Entry::Occupied(found) => {
-                let at = *found.get() as usize;
-                let old = std::mem::replace(self.slot_mut(at), slot);
-                self.forget_value(&old);
-            }
+            Entry::Occupied(found) => Some(*found.get() as usize),
             Entry::Vacant(place) => {
                 let at = u32::try_from(self.len).expect("fewer than 4 billion entries per plugin");
                 place.insert(at);
-                self.push_slot(slot);
+                None
             }
+        };
+        if let Some(at) = replaced {
+            let old = *self.slot(at);
+            self.forget(&old);
         }
-        if slot.len == SPILLED {
+        if expires_at_ms != NEVER && self.base_ms.is_none() {
+            self.base_ms = Some(expires_at_ms.saturating_sub(HALF_RANGE_MS));
+        }
+        let mut slot = Slot {
+            key,
+            expires: self.code(expires_at_ms),
+            len: SPILLED,
+            inline: [0; INLINE],
+        };
+        if slot.expires == FAR {
+            self.far.insert(key, expires_at_ms);
+        }
+        if value.len() <= INLINE {
+            slot.len = value.len() as u8;
+            slot.inline[..value.len()].copy_from_slice(value);
+        } else {
             self.large.insert(key, value.into());
         }
         self.value_bytes += value.len();
+        match replaced {
+            Some(at) => *self.slot_mut(at) = slot,
+            None => self.push_slot(slot),
+        }
     }
 
-    /// Drops the value of a slot that is being replaced or removed.
-    fn forget_value(&mut self, slot: &Slot) {
+    /// Drops what a slot that is being replaced or removed keeps aside, and counts its value out.
+    fn forget(&mut self, slot: &Slot) {
         self.value_bytes -= if slot.len == SPILLED {
             self.large.remove(&slot.key).map_or(0, |v| v.len())
         } else {
             slot.len as usize
         };
+        if slot.expires == FAR {
+            self.far.remove(&slot.key);
+        }
     }
 
     /// Appends a slot (the caller has indexed it).
@@ -186,7 +238,7 @@ impl Slots {
             *number = at as u32;
         }
         self.pop_last();
-        self.forget_value(&removed);
+        self.forget(&removed);
     }
 
     fn pop_last(&mut self) {
@@ -205,11 +257,11 @@ impl Slots {
 
     /// Keeps the entries `keep` approves, removing the others in place (no second copy of the state, and
     /// nothing to do but a scan when nothing expired).
-    pub fn retain(&mut self, mut keep: impl FnMut(&Key, i64) -> bool) {
+    fn retain(&mut self, mut keep: impl FnMut(&Key, i64) -> bool) {
         let mut at = 0;
         while at < self.len {
             let slot = self.slot(at);
-            if keep(&slot.key, slot.expires_at_ms) {
+            if keep(&slot.key, self.expiry(slot)) {
                 at += 1;
             } else {
                 // The last slot moves here: look at `at` again.
@@ -218,12 +270,45 @@ impl Slots {
         }
     }
 
+    /// Removes the entries expired at `now_ms`. Expiries kept aside then move into their slots: every entry
+    /// left expires after `now_ms`, so the base moves up to it.
+    pub fn sweep(&mut self, now_ms: i64) {
+        self.retain(|_, expires| expires > now_ms);
+        if !self.far.is_empty() {
+            self.rebase(now_ms);
+        }
+    }
+
+    /// Counts slot expiries from `base_ms`: each slot is coded again, and goes aside or comes back.
+    fn rebase(&mut self, base_ms: i64) {
+        let old = self.base_ms.replace(base_ms);
+        for at in 0..self.len {
+            let slot = *self.slot(at);
+            let expires = match slot.expires {
+                NEVER_CODE => continue,
+                FAR => self.far[&slot.key],
+                after => old.expect("a slot that expires has a base") + i64::from(after),
+            };
+            let code = self.code(expires);
+            match (slot.expires == FAR, code == FAR) {
+                (true, false) => {
+                    self.far.remove(&slot.key);
+                }
+                (false, true) => {
+                    self.far.insert(slot.key, expires);
+                }
+                _ => {}
+            }
+            self.slot_mut(at).expires = code;
+        }
+    }
+
     /// Every entry: key, expiry, value.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, i64, &[u8])> {
         self.chunks
             .iter()
             .flatten()
-            .map(|slot| (&slot.key, slot.expires_at_ms, self.value(slot)))
+            .map(|slot| (&slot.key, self.expiry(slot), self.value(slot)))
     }
 }
 
@@ -292,6 +377,82 @@ mod tests {
         assert_eq!(slots.iter().count(), model.len());
         for (key, expires, value) in slots.iter() {
             assert_eq!(model[key], (expires, value.to_vec()));
+        }
+    }
+
+    /// Expiries out of the slots' range are kept exact aside, and come back into slots once a sweep moves the
+    /// base up.
+    #[test]
+    fn expiries_far_apart_stay_exact() {
+        let day = 86_400_000i64;
+        let expiries = [
+            0,
+            -1,
+            i64::MIN,
+            NEVER - 1,
+            60 * day,
+            400 * day,
+            -400 * day,
+            49 * day,
+            50 * day,
+        ];
+        let mut slots = Slots::default();
+        for (i, &expires) in expiries.iter().enumerate() {
+            slots.insert(key(i as u64), expires, b"v");
+        }
+        slots.insert(key(100), NEVER, b"");
+        let check = |slots: &Slots| {
+            for (i, &expires) in expiries.iter().enumerate() {
+                if let Some(found) = slots.get(&key(i as u64)) {
+                    assert_eq!(found, (expires, &b"v"[..]), "entry {i}");
+                }
+            }
+            assert_eq!(slots.get(&key(100)), Some((NEVER, &b""[..])));
+        };
+        check(&slots);
+        assert_eq!(
+            slots.far.len(),
+            7,
+            "all but 0, -1 and the one that never expires"
+        );
+        // A far entry replaced by a near one, and back.
+        slots.insert(key(5), 1, b"w");
+        assert_eq!(slots.get(&key(5)), Some((1, &b"w"[..])));
+        assert_eq!(slots.far.len(), 6);
+        slots.insert(key(5), 400 * day, b"v");
+        check(&slots);
+
+        slots.sweep(45 * day);
+        assert_eq!(
+            slots.len(),
+            6,
+            "49, 50, 60 and 400 days, the last millisecond, never"
+        );
+        check(&slots);
+        assert_eq!(
+            slots.far.len(),
+            2,
+            "400 days and the last millisecond are beyond 45 + 49.7 days"
+        );
+        assert!(slots.remove(&key(5)));
+        assert!(slots.remove(&key(3)));
+        assert!(slots.far.is_empty());
+        check(&slots);
+    }
+
+    /// A dedupe running for months: the base follows the sweeps, so expiries stay in their slots.
+    #[test]
+    fn a_state_that_lives_for_months_keeps_its_expiries_in_slots() {
+        let day = 86_400_000i64;
+        let mut slots = Slots::default();
+        for d in 0..120 {
+            let now = d * day;
+            slots.insert(key(d as u64), now + day, b"x");
+            assert_eq!(slots.get(&key(d as u64)), Some((now + day, &b"x"[..])));
+            slots.sweep(now);
+            assert!(slots.far.is_empty(), "day {d}");
+            assert_eq!(slots.len(), 1, "day {d}: yesterday's entry expired");
+            assert_eq!(slots.get(&key(d as u64)), Some((now + day, &b"x"[..])));
         }
     }
 
