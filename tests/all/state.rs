@@ -171,3 +171,24 @@ fn a_broken_stateful_plugin_hands_its_state_over_to_a_working_version() {
     fixed.process(&action_events(&["boom"]));
     assert_eq!(count(&mut fixed), 6);
 }
+
+/// Calls repeated on a replacement instance print again, as they did the first time; that output must not
+/// count against the log budget of the next real call.
+#[test]
+fn repeated_calls_leave_the_next_call_its_whole_log_budget() {
+    let limits = Limits {
+        log_bytes_per_call: 2_500,
+        ..Default::default()
+    };
+    let clock = Clock::Fixed(1_700_000_000_000);
+    let mut plugin = Plugin::start(load("bad-stateful"), "slow-snapshot", limits, clock).unwrap();
+    plugin.process(&action_events(&["ok"]));
+    plugin.update_snapshot().unwrap();
+    // 2,000 bytes, journaled: a snapshot takes far longer than the call.
+    plugin.process(&action_events(&["shout", "shout"]));
+    // The trap's replacement instance repeats the journal, shouts included.
+    plugin.process(&action_events(&["boom"]));
+    assert_eq!(plugin.stats().instance_restarts, 1);
+    plugin.process(&action_events(&["shout", "shout"]));
+    assert_eq!(plugin.stats().guest_log_dropped_bytes, 0);
+}

@@ -134,6 +134,12 @@ impl PluginCtx {
         }
     }
 
+    /// Ends a call's guest output: logs an unfinished line, gives the next call its whole log budget, and
+    /// returns the bytes this call's output went over it.
+    pub fn end_guest_output(&self) -> u64 {
+        self.stdout.end_call() + self.stderr.end_call()
+    }
+
     fn check_value(&self, key: &str, value: &[u8]) -> wasmtime::Result<()> {
         if value.len() > self.state_value_bytes {
             wasmtime::bail!(

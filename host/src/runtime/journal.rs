@@ -131,6 +131,9 @@ pub fn repeat(
         let ctx = store.data_mut();
         ctx.state.rollback();
         ctx.metrics = Default::default();
+        // Each repeated call gets a call's log budget, as it did the first time, when what went over it was
+        // counted.
+        ctx.end_guest_output();
         repeated?;
     }
     Ok(())

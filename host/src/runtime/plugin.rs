@@ -339,10 +339,10 @@ impl Plugin {
         self.stats.snapshots += 1;
         self.stats.snapshot_time_us += self.last_call.as_micros() as u64;
         // The previous restore point's packing is done by now, nearly always; waiting for it keeps one
-        // packing per plugin at most, whatever the pace of snapshots.
-        self.restore_point();
+        // packing per plugin at most, whatever the pace of snapshots, and its size gives this one's room.
         let snapshot = Arc::new(snapshot);
-        self.snapshot = Some(RestorePoint::pack(Arc::clone(&snapshot)));
+        let next = RestorePoint::pack(Arc::clone(&snapshot), self.restore_point());
+        self.snapshot = Some(next);
         Ok(Some(snapshot))
     }
 
@@ -399,8 +399,8 @@ impl Plugin {
         }
         self.give_snapshot(&state.snapshot)?;
         if state.since.is_empty() {
-            self.restore_point();
-            self.snapshot = Some(RestorePoint::pack(state.snapshot));
+            let next = RestorePoint::pack(state.snapshot, self.restore_point());
+            self.snapshot = Some(next);
             return Ok(());
         }
         repeat(&self.instance, &mut self.store, &state.since)
@@ -470,7 +470,7 @@ impl Plugin {
         self.last_call = started.elapsed();
         self.stats.record_call(self.last_call);
         let ctx = self.store.data_mut();
-        self.stats.guest_log_dropped_bytes += ctx.stdout.end_call() + ctx.stderr.end_call();
+        self.stats.guest_log_dropped_bytes += ctx.end_guest_output();
         self.stats.memory_bytes = ctx.memory.size as u64;
         let failure = match outcome {
             Ok(value) => match check(&value) {
@@ -572,6 +572,8 @@ impl Plugin {
                 .map_err(|e| anyhow!("restore() trapped: {e}"))?
                 .map_err(|e| anyhow!("restore() refused its own snapshot: {e}"))?;
         }
+        // What init and restore printed is counted here, and not against the first repeated call's budget.
+        self.stats.guest_log_dropped_bytes += store.data().end_guest_output();
         repeat(instance, store, &self.journal.calls)
     }
 }

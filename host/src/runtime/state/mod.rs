@@ -64,7 +64,7 @@ pub struct KeyedState {
     /// Entry count after the last sweep of expired entries; the next sweep runs when it has grown by a quarter,
     /// so while writes go on, expired entries take at most about a fifth of the state (a dedupe with a day's
     /// TTL, sweeping only when the state doubled, held up to two days of ids). A sweep is one pass over dense
-    /// slots (~1 ns each).
+    /// slots (~1 ns each), and a second when expiries were put aside (see [`Slots`]).
     swept_len: usize,
     /// When the last sweep ran: a state that stops growing (values rewritten in place) is swept every
     /// [`SWEEP_EVERY_MS`] of plugin time too, so its expired entries go as well.

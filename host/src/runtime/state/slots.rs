@@ -8,8 +8,10 @@
 //! Longer values are kept aside in an ordinary map.
 //!
 //! A slot holds its expiry as milliseconds after the state's base time, in 32 bits (49 days). An expiry outside
-//! that range is kept aside, exact, and the next sweep moves the base up to the sweep's time, so a state that
+//! that range is kept aside, exact, and the next sweep moves the base to the sweep's time, so a state that
 //! lives for months keeps its expiries in its slots. Nothing is rounded: an entry expires at its millisecond.
+//! TTLs longer than 49 days put their entries aside for good (a map entry each, on top of the slot), and
+//! every sweep then makes a second pass to move the base: this layout is for the days-long TTLs of dedupes.
 
 use std::hash::BuildHasher;
 
@@ -246,7 +248,7 @@ impl Slots {
         let chunk = self.len / CHUNK;
         self.chunks[chunk].pop();
         // One emptied chunk is kept as a spare, so a state whose size hovers at a chunk boundary does not
-        // allocate and free 2 MiB over and over.
+        // allocate and free a chunk over and over.
         let keep = if self.chunks[chunk].is_empty() {
             chunk + 1
         } else {

@@ -5,12 +5,16 @@
 //! An event whose `action` is "taint" marks the state; configured with `refuse-tainted`, the plugin refuses to
 //! restore a marked snapshot, as a release with a bug in `restore` would. Its replacement instance after a
 //! trap then cannot start, and the stage is broken until a working version takes its state over.
+//!
+//! An event whose `action` is "shout" prints a 1,000-byte line. Configured with `slow-snapshot`, `snapshot`
+//! spins for some milliseconds, so the host journals the calls after a snapshot rather than taking another.
 use weir_sdk::prelude::*;
 
 pub struct Stateful {
     count: u64,
     tainted: bool,
     refuse_tainted: bool,
+    slow_snapshot: bool,
 }
 
 impl Plugin for Stateful {
@@ -33,6 +37,7 @@ impl Plugin for Stateful {
             count: 0,
             tainted: false,
             refuse_tainted: config.contains("refuse-tainted"),
+            slow_snapshot: config.contains("slow-snapshot"),
         };
         Ok((plugin, plan))
     }
@@ -45,6 +50,7 @@ impl Plugin for Stateful {
         match event.str(0) {
             Some("boom") => panic!("boom"),
             Some("taint") => self.tainted = true,
+            Some("shout") => println!("{}", "!".repeat(999)),
             _ => {}
         }
         Outcome::keep()
@@ -59,6 +65,12 @@ impl Plugin for Stateful {
     }
 
     fn snapshot(&self) -> Vec<u8> {
+        if self.slow_snapshot {
+            let mut x = 0u64;
+            for i in 0..20_000_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+        }
         let mut bytes = self.count.to_le_bytes().to_vec();
         if self.tainted {
             bytes.push(1);
