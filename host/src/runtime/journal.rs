@@ -22,19 +22,37 @@ use super::sandbox;
 /// snapshot did: snapshots then cost at most ~1/(N+1) of the plugin's time, whatever the size of its state,
 /// and repeating the journal after a trap takes at most N snapshots' time. At 4, restore points and commit
 /// snapshots were a quarter of the four aggregates' time in pipeline_throughput (7.4 of 27.5 s at 1M events).
-pub const COST_RATIO: u32 = 8;
+const COST_RATIO: u32 = 8;
 /// ... or once the journal holds this many events (bounds its memory and the time a restart spends repeating).
-pub const MAX_EVENTS: usize = 50_000;
+const MAX_EVENTS: usize = 50_000;
 
 /// Successful calls since the last snapshot, to repeat on a replacement instance.
 #[derive(Default)]
 pub struct Journal {
     pub calls: Vec<Journaled>,
-    pub events: usize,
+    events: usize,
     /// Time those calls took.
-    pub spent: Duration,
+    spent: Duration,
     /// Time the last snapshot took.
-    pub snapshot_cost: Duration,
+    snapshot_cost: Duration,
+}
+
+impl Journal {
+    /// An empty journal after a snapshot that took `cost`.
+    pub fn after_snapshot(cost: Duration) -> Journal {
+        Journal {
+            snapshot_cost: cost,
+            ..Journal::default()
+        }
+    }
+
+    /// Adds a call of `events` events that took `spent`; returns whether a new snapshot is due.
+    pub fn push(&mut self, call: Journaled, events: usize, spent: Duration) -> bool {
+        self.calls.push(call);
+        self.events += events;
+        self.spent += spent;
+        self.spent >= self.snapshot_cost * COST_RATIO || self.events >= MAX_EVENTS
+    }
 }
 
 #[derive(Clone)]

@@ -18,7 +18,7 @@ use super::bindings::{self, Plugin as Instance};
 use super::columns::{self, CheckedColumn};
 use super::context::{Clock, PluginCtx};
 use super::failure::{FailureKind, PluginFailure};
-use super::journal::{self, Journal, Journaled, JournaledBatch, repeat};
+use super::journal::{Journal, Journaled, JournaledBatch, repeat};
 use super::loader::LoadedPlugin;
 use super::sandbox::{self, Limits};
 use super::snapshot::{RestorePoint, Snapshot};
@@ -331,10 +331,7 @@ impl Plugin {
             |instance, store| instance.weir_transform_transform().call_snapshot(store),
             |_| Ok(()),
         )?;
-        self.journal = Journal {
-            snapshot_cost: self.last_call,
-            ..Journal::default()
-        };
+        self.journal = Journal::after_snapshot(self.last_call);
         self.stats.snapshot_bytes = snapshot.len() as u64;
         self.stats.snapshots += 1;
         self.stats.snapshot_time_us += self.last_call.as_micros() as u64;
@@ -501,13 +498,7 @@ impl Plugin {
         if !self.plan.state.snapshot {
             return;
         }
-        let spent = self.last_call;
-        let kept = &mut self.journal;
-        kept.calls.push(call());
-        kept.events += events;
-        kept.spent += spent;
-        let due = kept.spent >= kept.snapshot_cost * journal::COST_RATIO
-            || kept.events >= journal::MAX_EVENTS;
+        let due = self.journal.push(call(), events, self.last_call);
         if due && let Err(failure) = self.snapshot_now() {
             tracing::warn!(plugin = %self.label(), "snapshot failed, keeping the previous one and its journal: {failure}");
         }

@@ -38,11 +38,7 @@ impl Snapshot {
         match last {
             Some(last) if last.len >= RATIO_FROM => {
                 let expected = last.packed.len() as u128 * raw_len as u128 / last.len as u128;
-                (expected as usize)
-                    .saturating_mul(9)
-                    .saturating_div(8)
-                    .saturating_add(4096)
-                    .min(zstd::zstd_safe::compress_bound(raw_len))
+                (expected as usize / 8 * 9 + 4096).min(zstd::zstd_safe::compress_bound(raw_len))
             }
             _ => 0,
         }

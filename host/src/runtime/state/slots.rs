@@ -117,19 +117,6 @@ impl Slots {
         }
     }
 
-    /// The slot code of an expiry: its offset from the base when it fits, else [`FAR`] (the caller keeps it
-    /// in [`Slots::far`]).
-    fn code(&self, expires_at_ms: i64) -> u32 {
-        if expires_at_ms == NEVER {
-            return NEVER_CODE;
-        }
-        self.base_ms
-            .and_then(|base| expires_at_ms.checked_sub(base))
-            .and_then(|after| u32::try_from(after).ok())
-            .filter(|&after| after < FAR)
-            .unwrap_or(FAR)
-    }
-
     /// The entry's expiry and value.
     pub fn get(&self, key: &Key) -> Option<(i64, &[u8])> {
         let slot = self.slot(self.position(key)?);
@@ -162,7 +149,7 @@ impl Slots {
         }
         let mut slot = Slot {
             key,
-            expires: self.code(expires_at_ms),
+            expires: code(self.base_ms, expires_at_ms),
             len: SPILLED,
             inline: [0; INLINE],
         };
@@ -283,16 +270,14 @@ impl Slots {
 
     /// Counts slot expiries from `base_ms`: each slot is coded again, and goes aside or comes back.
     fn rebase(&mut self, base_ms: i64) {
-        let old = self.base_ms.replace(base_ms);
         for at in 0..self.len {
             let slot = *self.slot(at);
-            let expires = match slot.expires {
-                NEVER_CODE => continue,
-                FAR => self.far[&slot.key],
-                after => old.expect("a slot that expires has a base") + i64::from(after),
-            };
-            let code = self.code(expires);
-            match (slot.expires == FAR, code == FAR) {
+            if slot.expires == NEVER_CODE {
+                continue;
+            }
+            let expires = self.expiry(&slot);
+            let recoded = code(Some(base_ms), expires);
+            match (slot.expires == FAR, recoded == FAR) {
                 (true, false) => {
                     self.far.remove(&slot.key);
                 }
@@ -301,8 +286,9 @@ impl Slots {
                 }
                 _ => {}
             }
-            self.slot_mut(at).expires = code;
+            self.slot_mut(at).expires = recoded;
         }
+        self.base_ms = Some(base_ms);
     }
 
     /// Every entry: key, expiry, value.
@@ -312,6 +298,19 @@ impl Slots {
             .flatten()
             .map(|slot| (&slot.key, self.expiry(slot), self.value(slot)))
     }
+}
+
+/// The slot code of an expiry: its offset from `base_ms` when it fits, else [`FAR`] (the caller keeps it in
+/// [`Slots::far`]).
+fn code(base_ms: Option<i64>, expires_at_ms: i64) -> u32 {
+    if expires_at_ms == NEVER {
+        return NEVER_CODE;
+    }
+    base_ms
+        .and_then(|base| expires_at_ms.checked_sub(base))
+        .and_then(|after| u32::try_from(after).ok())
+        .filter(|&after| after < FAR)
+        .unwrap_or(FAR)
 }
 
 /// Slot number `at` of the chunks (a free function, so index closures can use it while the index is borrowed).
