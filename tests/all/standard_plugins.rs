@@ -142,8 +142,13 @@ fn gold_wiki_aggregate_after_enrich_counts_every_event_once() {
         total("edits"),
         docs.iter().filter(|d| d["type"] == "edit").count() as i64
     );
+    // Lineage: every row names the aggregate's version (plugins/aggregate/Cargo.toml).
     assert!(
         rows.iter()
-            .all(|r| r.plugin == "aggregate@0.2.2" && r.row.table == "gold_wiki")
+            .all(|r| r.plugin == "aggregate@0.2.3" && r.row.table == "gold_wiki"),
+        "rows from {:?}",
+        rows.iter()
+            .map(|r| &r.plugin)
+            .collect::<std::collections::BTreeSet<_>>()
     );
 }
