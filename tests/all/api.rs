@@ -131,6 +131,20 @@ fn the_api_reports_queries_controls_and_replays() {
     let rows = gold["rows"].as_array().unwrap();
     assert!(!rows.is_empty(), "{gold}");
     assert!(rows.len() <= RECENT_GOLD_ROWS as usize, "{}", rows.len());
+    // The run emitted more than memory keeps: the answer says it misses rows, and where to find them.
+    assert_eq!(gold["dropped"], true, "{gold}");
+    assert!(
+        gold["hint"].as_str().unwrap().contains("source=lake"),
+        "{gold}"
+    );
+    let newest = rows
+        .iter()
+        .map(|r| r["window_start"].as_i64().unwrap())
+        .max()
+        .unwrap();
+    let later = get_json(&api, &format!("/api/v1/gold/gold_wiki?from={}", newest + 1));
+    assert_eq!(later["dropped"], false, "{later}");
+    assert!(later.get("hint").is_none(), "{later}");
     let wiki = rows[0]["wiki"].as_str().unwrap();
     let start = rows[0]["window_start"].as_i64().unwrap();
     let one = get_json(

@@ -1,8 +1,9 @@
 //! `GET /api/v1/gold/{table}`: rows of a gold table whose window starts in `[from, to)`, filtered by equality
 //! on any other query parameter (`?wiki=enwiki`, `?title=Main_Page`): per-wiki or per-page counts for a
 //! window. By default from the newest rows, kept in memory (`Recent::GOLD_ROWS` per table, answered in
-//! microseconds, newest first); with `source=lake`, from the committed Parquet files, for any window (oldest
-//! first). Both give times as milliseconds.
+//! microseconds, newest first), with `dropped: true` when memory has let go of rows of windows from `from`
+//! on; with `source=lake`, from the committed Parquet files, for any window (oldest first). Both give times
+//! as milliseconds.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,13 +104,7 @@ fn from_memory(
     };
     let matched: Vec<serde_json::Value> = rows
         .iter()
-        .filter(|r| {
-            let start = match r.get("window_start") {
-                Some(crate::runtime::types::Value::Integer(ms)) => *ms,
-                _ => 0,
-            };
-            start >= from && start < to
-        })
+        .filter(|r| (from..to).contains(&r.window_start()))
         .filter(|r| {
             filters
                 .iter()
@@ -119,7 +114,22 @@ fn from_memory(
         .take(limit)
         .map(|r| r.to_json())
         .collect();
-    Json(json!({ "table": table, "source": "memory", "rows": matched })).into_response()
+    // Memory keeps the newest rows of each table: if it dropped any of a window at or after `from`, this
+    // answer misses rows (a window over pages alone has more rows than are kept, by default).
+    let dropped = recent
+        .gold_dropped
+        .get(table)
+        .is_some_and(|&latest| latest >= from);
+    let mut answer =
+        json!({ "table": table, "source": "memory", "dropped": dropped, "rows": matched });
+    if dropped {
+        answer["hint"] = json!(format!(
+            "memory keeps the newest {} rows of each table (`api.recent_gold_rows`) and has dropped rows of \
+             windows from `from` on: `source=lake` reads every committed row",
+            recent.gold_rows
+        ));
+    }
+    Json(answer).into_response()
 }
 
 async fn from_lake(

@@ -30,7 +30,7 @@ pub async fn document() -> impl IntoResponse {
         { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "window start at or after (ms or RFC 3339)" },
         { "name": "to", "in": "query", "schema": { "type": "string" }, "description": "window start before (ms or RFC 3339)" },
         { "name": "limit", "in": "query", "schema": { "type": "integer" } },
-        { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["memory", "lake"] }, "description": "memory (default): the newest rows, newest first; lake: committed rows of any window, oldest first" }
+        { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["memory", "lake"] }, "description": "memory (default): the newest rows, newest first, with `dropped: true` when memory has let go of rows of windows from `from` on; lake: committed rows of any window, oldest first" }
     ]);
     let mut latest = op("The newest silver events", false);
     latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);

@@ -132,6 +132,9 @@ pub struct Recent {
     pub events: VecDeque<crate::event::Event>,
     /// Gold rows by table, newest last, as the aggregates emitted them (see [`RecentGold`]).
     pub gold: BTreeMap<String, VecDeque<RecentGold>>,
+    /// By table, the latest window start among the rows dropped to keep `gold_rows`: an answer from memory
+    /// for windows from there back is missing rows, and says so.
+    pub gold_dropped: BTreeMap<String, i64>,
     /// Quarantine reasons with counts, since start.
     pub quarantine_reasons: BTreeMap<String, u64>,
     /// How many gold rows to keep per table (`api.recent_gold_rows`).
@@ -153,6 +156,7 @@ impl Recent {
         Recent {
             events: VecDeque::new(),
             gold: BTreeMap::new(),
+            gold_dropped: BTreeMap::new(),
             quarantine_reasons: BTreeMap::new(),
             gold_rows,
         }
@@ -182,7 +186,16 @@ impl Recent {
                 .collect(),
         };
         while rows.len() >= self.gold_rows {
-            rows.pop_front();
+            let Some(dropped) = rows.pop_front() else {
+                break;
+            };
+            let start = dropped.window_start();
+            match self.gold_dropped.get_mut(table) {
+                Some(latest) => *latest = (*latest).max(start),
+                None => {
+                    self.gold_dropped.insert(table.to_string(), start);
+                }
+            }
         }
         rows.push_back(RecentGold {
             columns,
@@ -209,6 +222,15 @@ impl RecentGold {
                 .iter()
                 .zip(columns)
                 .all(|(a, (b, _))| **a == *b)
+    }
+
+    /// The start of the row's window in ms (0 for a row without one, which every window query then sees as
+    /// the oldest).
+    pub fn window_start(&self) -> i64 {
+        match self.get("window_start") {
+            Some(Value::Integer(ms)) => *ms,
+            _ => 0,
+        }
     }
 
     /// The value of a column (the last of that name, as in [`RecentGold::to_json`]).
@@ -306,5 +328,46 @@ impl Shared {
             && h.store_reachable.load(Ordering::Relaxed)
             && h.plugins_loaded.load(Ordering::Relaxed)
             && !h.stopping.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(start: i64) -> GoldRow {
+        GoldRow {
+            table: "gold_wiki".into(),
+            plugin: "aggregate@1".into(),
+            columns: vec![
+                ("window_start".into(), Value::Integer(start)),
+                ("events".into(), Value::Integer(1)),
+            ],
+        }
+    }
+
+    /// Rows dropped to keep `gold_rows` are remembered by their latest window start, per table, so that an
+    /// answer from memory can tell it is missing some.
+    #[test]
+    fn dropped_gold_rows_leave_their_latest_window_start() {
+        let mut recent = Recent::with_gold_rows(2);
+        for start in [20, 10] {
+            recent.push_gold("gold_wiki", &row(start));
+        }
+        assert!(recent.gold_dropped.is_empty());
+        recent.push_gold("gold_wiki", &row(30));
+        assert_eq!(recent.gold_dropped["gold_wiki"], 20);
+        // The latest of those dropped, whatever order they leave in.
+        recent.push_gold("gold_wiki", &row(40));
+        assert_eq!(recent.gold_dropped["gold_wiki"], 20);
+        recent.push_gold("gold_wiki", &row(50));
+        assert_eq!(recent.gold_dropped["gold_wiki"], 30);
+        let kept: Vec<i64> = recent.gold["gold_wiki"]
+            .iter()
+            .map(RecentGold::window_start)
+            .collect();
+        assert_eq!(kept, [40, 50]);
+        recent.push_gold("gold_user", &row(60));
+        assert!(!recent.gold_dropped.contains_key("gold_user"));
     }
 }
