@@ -116,40 +116,30 @@ impl Window {
 /// character they do hold, so keys sort as their lists of values do.
 const GROUP_SEPARATOR: char = '\u{1f}';
 
-/// A group key that sorts as its text does, compared eight bytes at a time. Closing a window over pages sorts
+/// Group keys in the order of their texts, compared eight bytes at a time. Closing a window over pages sorts
 /// ~10^5 keys that share their first ten bytes or more (`"wikidatawiki"`, the separator, `"Q`), and a
 /// comparison of `str`s goes through the plugin's `memcmp`, wasi-libc's loop of one byte per step: sorting
-/// took about half of the aggregates' time closing windows.
-#[derive(PartialEq, Eq)]
-struct Ordered<K>(K);
-
-impl<K: AsRef<str> + Eq> Ord for Ordered<K> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        let (a, b) = (self.0.as_ref().as_bytes(), other.0.as_ref().as_bytes());
-        let (mut a8, mut b8) = (a.chunks_exact(8), b.chunks_exact(8));
-        for (x, y) in (&mut a8).zip(&mut b8) {
-            let x = u64::from_le_bytes(x.try_into().expect("eight bytes"));
-            let y = u64::from_le_bytes(y.try_into().expect("eight bytes"));
-            if x != y {
-                // Read big-endian, the first differing byte decides, as it does between the texts.
-                return x.swap_bytes().cmp(&y.swap_bytes());
-            }
+/// took about half of the aggregates' time closing windows. Inlined into the sort: as a call per comparison
+/// the sort took 2.2 % of the pipeline thread instead of 1.7 %.
+#[inline]
+fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_le_bytes(x.try_into().expect("eight bytes"));
+        let y = u64::from_le_bytes(y.try_into().expect("eight bytes"));
+        if x != y {
+            // Read big-endian, the first differing byte decides, as it does between the texts.
+            return x.swap_bytes().cmp(&y.swap_bytes());
         }
-        // Under eight bytes left on one side at least: byte by byte, then the shorter first.
-        let done = a.len().min(b.len()) / 8 * 8;
-        for (x, y) in a[done..].iter().zip(&b[done..]) {
-            if x != y {
-                return x.cmp(y);
-            }
+    }
+    // Under eight bytes left on one side at least: byte by byte, then the shorter first.
+    let done = a.len().min(b.len()) / 8 * 8;
+    for (x, y) in a[done..].iter().zip(&b[done..]) {
+        if x != y {
+            return x.cmp(y);
         }
-        a.len().cmp(&b.len())
     }
-}
-
-impl<K: AsRef<str> + Eq> PartialOrd for Ordered<K> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
+    a.len().cmp(&b.len())
 }
 
 /// A group key's values (JSON texts), in group-by order.
@@ -511,24 +501,20 @@ impl Aggregate {
                     .windows
                     .remove(&(end, start))
                     .expect("first key just read");
+                let mut groups: Vec<(Box<str>, Box<[Acc]>)> = groups.into_iter().collect();
                 // Rows of one window in key order, whatever the map's order.
-                let mut groups: Vec<_> = groups
-                    .into_iter()
-                    .map(|(key, accs)| (Ordered(key), accs))
-                    .collect();
-                groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                groups.sort_unstable_by(|a, b| key_order(&a.0, &b.0));
                 closed.extend(
                     groups
                         .into_iter()
-                        .map(|(key, accs)| (key.0, Window::closed(start, end, accs))),
+                        .map(|(key, accs)| (key, Window::closed(start, end, accs))),
                 );
             } else {
                 // The first `room` groups in key order (chosen in linear time), the rest next call.
-                let mut keys: Vec<Ordered<&Box<str>>> = groups.keys().map(Ordered).collect();
-                keys.select_nth_unstable(room);
-                keys.truncate(room);
-                keys.sort_unstable();
-                let keys: Vec<Box<str>> = keys.into_iter().map(|k| k.0.clone()).collect();
+                let mut keys: Vec<&Box<str>> = groups.keys().collect();
+                keys.select_nth_unstable_by(room, |a, b| key_order(a, b));
+                let mut keys: Vec<Box<str>> = keys[..room].iter().map(|k| (*k).clone()).collect();
+                keys.sort_unstable_by(|a, b| key_order(a, b));
                 let groups = self
                     .state
                     .windows
@@ -829,7 +815,7 @@ pub fn gold_configs() -> Vec<(&'static str, Config)> {
 
 #[cfg(test)]
 mod tests {
-    use super::Ordered;
+    use super::key_order;
 
     /// Keys order as their texts do: shared prefixes of every length around the eight-byte words, a key
     /// before its own extensions, multi-byte text.
@@ -855,7 +841,7 @@ mod tests {
         }
         for a in &keys {
             for b in &keys {
-                assert_eq!(Ordered(a).cmp(&Ordered(b)), a.cmp(b), "{a:?} against {b:?}");
+                assert_eq!(key_order(a, b), a.cmp(b), "{a:?} against {b:?}");
             }
         }
     }
