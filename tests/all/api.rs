@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Harness, LakeAt, realistic};
+use crate::harness::{Harness, LakeAt, now_ms, realistic};
 use crate::support::plugin_path;
 
 const TOKEN: &str = "test-token";
@@ -293,4 +293,74 @@ fn the_api_reports_queries_controls_and_replays() {
     h.read_back_at(status["lake"].as_str().unwrap())
         .assert_replayed(1, last);
     h.read_back().assert_exactly_once(last);
+}
+
+/// Before its first window closes, a gold table the pipeline emits answers with no rows and a note on when
+/// rows come (not the 404 a table it does not emit gets); the watermark is a metric.
+#[test]
+fn gold_tables_answer_before_their_first_window_closes() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    // Three minutes of events from the start of the last whole 10-minute window: the watermark, a minute
+    // behind the newest event, stays inside that window, so no window closes (none late: a late event
+    // would open the window before, which the watermark has passed; nor is the first, whose time is jittered).
+    let (events, window) = (300, 600_000);
+    let start_ms = (now_ms() / window - 1) * window;
+    let config = weir::source::generate::GenConfig {
+        start_ms: start_ms + 10_000,
+        events_per_s: events as f64 / 180.0,
+        late: 0.0,
+        ..realistic(29, events, Duration::from_secs(180))
+    };
+    let last = h.prefill(config, events);
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    h.wait_committed(&mut weir, last, Duration::from_secs(120));
+
+    let plugins = get_json(&api, "/api/v1/plugins");
+    let sessions = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["stage"] == "sessions")
+        .unwrap_or_else(|| panic!("{plugins}"));
+    assert_eq!(sessions["emits"], serde_json::json!(["gold_user_sessions"]));
+
+    let gold = get_json(&api, "/api/v1/gold/gold_wiki");
+    assert_eq!(gold["rows"], serde_json::json!([]), "{gold}");
+    assert_eq!(gold["dropped"], false, "{gold}");
+    let note = gold["note"].as_str().unwrap_or_else(|| panic!("{gold}"));
+    assert!(
+        note.contains("no window of gold_wiki has closed yet"),
+        "{note}"
+    );
+    assert!(note.contains("the watermark is at"), "{note}");
+    let lake = get_json(&api, "/api/v1/gold/gold_user_sessions?source=lake");
+    assert_eq!(lake["rows"], serde_json::json!([]), "{lake}");
+    assert!(
+        lake["note"].as_str().unwrap().contains("committed yet"),
+        "{lake}"
+    );
+    for path in [
+        "/api/v1/gold/gold_nonesuch",
+        "/api/v1/gold/gold_nonesuch?source=lake",
+    ] {
+        let (code, body) = http("GET", &format!("{api}{path}"), None, None);
+        assert_eq!(code, 404, "{path}: {body}");
+        assert!(body.contains("gold_user_sessions"), "{path}: {body}");
+    }
+
+    let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
+    let watermark: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_watermark_timestamp_seconds{"))
+        .and_then(|rest| rest.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no weir_watermark_timestamp_seconds:\n{metrics}"))
+        .parse()
+        .unwrap();
+    let watermark_ms = (watermark * 1e3) as i64;
+    assert!(
+        (start_ms..start_ms + window).contains(&watermark_ms),
+        "watermark {watermark_ms} outside the window from {start_ms}"
+    );
+    weir.stop();
 }

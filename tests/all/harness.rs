@@ -31,7 +31,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

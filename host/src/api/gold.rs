@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
@@ -43,7 +44,7 @@ pub(super) async fn gold(
     match q.get("source").map(String::as_str) {
         None | Some("memory") => from_memory(&state, &table, from, to, limit, &filters),
         Some("lake") => match &state.lake {
-            Some(store) => from_lake(store, &table, from, to, limit, filters).await,
+            Some(store) => from_lake(&state, store, &table, from, to, limit, filters).await,
             None => error(StatusCode::NOT_FOUND, "this process has no lake to read"),
         },
         Some(other) => error(
@@ -93,14 +94,8 @@ fn from_memory(
 ) -> Response {
     let recent = state.shared.recent.lock().expect("not poisoned");
     let Some(rows) = recent.gold.get(table) else {
-        let known: Vec<&String> = recent.gold.keys().collect();
-        return error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no recent rows for gold table {table} (tables with rows: {known:?}; `source=lake` reads \
-                 committed ones)"
-            ),
-        );
+        drop(recent);
+        return no_rows_yet(state, table, "memory");
     };
     let matched: Vec<serde_json::Value> = rows
         .iter()
@@ -133,6 +128,7 @@ fn from_memory(
 }
 
 async fn from_lake(
+    state: &AppState,
     store: &Store,
     table: &str,
     from: i64,
@@ -148,12 +144,7 @@ async fn from_lake(
     };
     let records = match log::all_records(store).await {
         Ok(records) if records.iter().any(|r| r.tables.contains_key(table)) => records,
-        Ok(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no committed rows for gold table {table}"),
-            );
-        }
+        Ok(_) => return no_rows_yet(state, table, "lake"),
         Err(e) => return unreadable(e),
     };
     // Decoding Parquet and writing JSON is CPU work: on a blocking thread, so that a large answer does not
@@ -198,6 +189,42 @@ async fn from_lake(
             format!("reading gold table {table} from the lake failed: {e}"),
         ),
     }
+}
+
+/// The answer for a table without rows in `source`: empty, with a note on when rows come, if a running stage
+/// emits it (an aggregate's first window closes only once event time has passed its end and the watermark
+/// delay: ~11 minutes after the start with the default pipeline); else 404, naming the tables there are.
+fn no_rows_yet(state: &AppState, table: &str, source: &str) -> Response {
+    let plugins = state.shared.plugins.load();
+    let mut declared: Vec<&str> = plugins
+        .iter()
+        .flat_map(|p| p.emits.iter().map(String::as_str))
+        .collect();
+    declared.sort_unstable();
+    declared.dedup();
+    if !declared.contains(&table) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no gold table {table} in this pipeline (its gold tables: {declared:?})"),
+        );
+    }
+    let watermark = state.shared.counters.watermark_ms.load(Ordering::Relaxed);
+    let watermark = match chrono::DateTime::from_timestamp_millis(watermark) {
+        Some(t) if watermark != 0 => format!("the watermark is at {}", t.to_rfc3339()),
+        _ => "no event has reached the aggregates yet".to_string(),
+    };
+    let answer = if source == "lake" {
+        json!({ "table": table, "source": source, "rows": [], "note": format!(
+            "no rows of {table} are committed yet: rows reach the lake at the first commit after their \
+             window closes ({watermark})"
+        ) })
+    } else {
+        json!({ "table": table, "source": source, "dropped": false, "rows": [], "note": format!(
+            "no window of {table} has closed yet ({watermark}): a window closes once the watermark, the \
+             newest event time less `events.watermark_delay`, passes its end"
+        ) })
+    };
+    Json(answer).into_response()
 }
 
 /// A batch's rows as JSON objects, timestamps in milliseconds as the rows in memory give them.

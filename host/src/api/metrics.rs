@@ -153,6 +153,21 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         &[("pipeline", p)],
         c.last_commit_duration_us.load(Ordering::Relaxed) as f64 / 1e6,
     );
+    // Event-time progress: `time() - weir_watermark_timestamp_seconds` is how far behind the aggregates are
+    // (the watermark delay included). Absent until the first watermark.
+    let watermark = c.watermark_ms.load(Ordering::Relaxed);
+    if watermark != 0 {
+        o.metric(
+            "weir_watermark_timestamp_seconds",
+            "gauge",
+            "The aggregates' watermark (event time): windows that end at or before it have closed.",
+        );
+        o.value(
+            "weir_watermark_timestamp_seconds",
+            &[("pipeline", p)],
+            watermark as f64 / 1e3,
+        );
+    }
     o.metric(
         "weir_ready",
         "gauge",

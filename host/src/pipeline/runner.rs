@@ -709,6 +709,10 @@ impl Processor {
             let watermark = max_time - self.watermark_delay_ms;
             if watermark > self.watermark {
                 self.watermark = watermark;
+                self.shared
+                    .counters
+                    .watermark_ms
+                    .store(watermark, Ordering::Relaxed);
                 // Each part of what closes goes into the epoch as it comes (a window over pages closes
                 // ~10^5 rows; held whole, they were the host's largest allocation at its peak).
                 let epoch = self.epoch.as_mut().expect("opened above");
@@ -970,6 +974,7 @@ impl Processor {
                     version: p.manifest().version.clone(),
                     sha256: p.loaded().sha256.clone(),
                     kind: crate::runtime::bindings::kind_name(p.manifest().kind).to_string(),
+                    emits: p.plan().emits.iter().map(|t| gold_table(t)).collect(),
                     previous: self.previous[i].as_ref().map(Plugin::label),
                     stats: p.stats().clone(),
                 }

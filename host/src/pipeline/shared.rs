@@ -34,6 +34,9 @@ pub struct Counters {
     pub bytes_written: AtomicU64,
     /// Event time of the newest committed event (ms).
     pub newest_committed_event_ms: AtomicI64,
+    /// The watermark the aggregates were last told (ms of event time; 0 before the first): windows that end
+    /// at or before it have closed.
+    pub watermark_ms: AtomicI64,
     pub last_commit_ms: AtomicI64,
     pub last_commit_duration_us: AtomicU64,
     pub swaps: AtomicU64,
@@ -118,6 +121,8 @@ pub struct PluginInfo {
     pub version: String,
     pub sha256: String,
     pub kind: String,
+    /// The tables it emits rows into (its plan's `emits`, as named in the lake: `gold_<table>`).
+    pub emits: Vec<String>,
     /// The version a rollback returns to, if any.
     pub previous: Option<String>,
     pub stats: PluginStats,
