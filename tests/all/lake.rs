@@ -196,6 +196,70 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
         chains[0].as_str().unwrap().starts_with("filter@"),
         "{chains:?}"
     );
+
+    // `weir lake query` prints the same rows, as JSON lines, for a time range.
+    let (ok, all, _) = lake_query(&h, &["silver", "--limit", "10000000"]);
+    assert!(ok);
+    let times: Vec<i64> = all
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let time = row["_event_time"].as_str().unwrap();
+            chrono::DateTime::parse_from_rfc3339(time)
+                .unwrap_or_else(|e| panic!("{time}: {e}"))
+                .timestamp_millis()
+        })
+        .collect();
+    assert_eq!(times.len(), report.seqs("silver").len());
+    let mut sorted = times.clone();
+    sorted.sort_unstable();
+    let (from, to) = (sorted[sorted.len() / 4], sorted[sorted.len() / 2]);
+    let (ok, some, _) = lake_query(
+        &h,
+        &[
+            "silver",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--limit",
+            "10000000",
+        ],
+    );
+    assert!(ok);
+    let expected = times.iter().filter(|t| (from..to).contains(*t)).count();
+    assert!(expected > 0);
+    assert_eq!(some.lines().count(), expected);
+    let (_, five, _) = lake_query(&h, &["silver", "--limit", "5"]);
+    assert_eq!(five.lines().count(), 5);
+    // A table with no rows yet prints none and says so; a name that is no table is an error naming them.
+    let (ok, out, err) = lake_query(&h, &["gold_nothing"]);
+    assert!(ok && out.is_empty(), "{out}{err}");
+    assert!(
+        err.contains("no rows of gold_nothing are committed"),
+        "{err}"
+    );
+    let (ok, _, err) = lake_query(&h, &["sliver"]);
+    assert!(!ok);
+    assert!(
+        err.contains("no table \"sliver\"") && err.contains("silver"),
+        "{err}"
+    );
+}
+
+/// `weir lake query ARGS` on the harness's lake: (succeeded, stdout, stderr).
+fn lake_query(h: &Harness, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(crate::support::weir_bin())
+        .args(["lake", "query", "--config"])
+        .arg(&h.config_path)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]

@@ -206,6 +206,27 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
             } => {
                 let store = lake.store()?;
                 let records = crate::lake::log::all_records(&store).await?;
+                if !records.iter().any(|r| r.tables.contains_key(&table)) {
+                    // Nothing to print: say why, so that a misspelt table is not taken for an empty one.
+                    let with_rows: std::collections::BTreeSet<&str> = records
+                        .iter()
+                        .flat_map(|r| r.tables.keys().map(String::as_str))
+                        .collect();
+                    let with_rows = with_rows.into_iter().collect::<Vec<_>>().join(", ");
+                    if !is_table_name(&table) {
+                        anyhow::bail!(
+                            "no table {table:?} in {}: tables are bronze, silver, gold_<name>, \
+                             quarantine_bronze, quarantine_silver, quarantine_gold and drops (this lake has rows \
+                             in: {with_rows})",
+                            store.url
+                        );
+                    }
+                    eprintln!(
+                        "no rows of {table} are committed in {} (it has rows in: {with_rows})",
+                        store.url
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
                 let stdout = std::io::stdout();
                 let mut writer = arrow_json::LineDelimitedWriter::new(stdout.lock());
                 read::query(
@@ -226,4 +247,16 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
             }
         }
     })
+}
+
+/// Whether `table` names one of the lake's tables (a gold table by its prefix), committed yet or not.
+fn is_table_name(table: &str) -> bool {
+    use crate::lake::schema::Layer;
+    matches!(table, "bronze" | "silver" | "drops")
+        || [Layer::Bronze, Layer::Silver, Layer::Gold]
+            .iter()
+            .any(|layer| layer.quarantine_table() == table)
+        || table
+            .strip_prefix("gold_")
+            .is_some_and(|name| !name.is_empty())
 }
