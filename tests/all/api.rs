@@ -199,6 +199,9 @@ fn the_api_reports_queries_controls_and_replays() {
     for (path, status) in [
         ("/api/v1/gold/nonesuch?source=lake", 404),
         ("/api/v1/gold/gold_wiki?source=elsewhere", 400),
+        ("/api/v1/gold/gold_wiki?limit=ten", 400),
+        ("/api/v1/gold/gold_wiki?from=2000&to=1000", 400),
+        ("/api/v1/events/latest?limit=-1", 400),
     ] {
         assert_eq!(
             http("GET", &format!("{api}{path}"), None, None).0,

@@ -239,6 +239,9 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
         err.contains("no rows of gold_nothing are committed"),
         "{err}"
     );
+    let (ok, _, err) = lake_query(&h, &["silver", "--from", "2000", "--to", "1000"]);
+    assert!(!ok);
+    assert!(err.contains("is not before"), "{err}");
     let (ok, _, err) = lake_query(&h, &["sliver"]);
     assert!(!ok);
     assert!(

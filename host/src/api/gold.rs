@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Map, json};
 
-use super::{AppState, error, query_time};
+use super::{AppState, error, query_limit, query_time};
 use crate::lake::schema::gold_table;
 use crate::lake::store::Store;
 use crate::lake::{log, read};
@@ -30,11 +30,22 @@ pub(super) async fn gold(
     UrlPath(table): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let (from, to) = match (query_time(&q, "from"), query_time(&q, "to")) {
-        (Ok(f), Ok(t)) => (f.unwrap_or(i64::MIN), t.unwrap_or(i64::MAX)),
-        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+    let (from, to, limit) = match (
+        query_time(&q, "from"),
+        query_time(&q, "to"),
+        query_limit(&q, 1000),
+    ) {
+        (Ok(f), Ok(t), Ok(limit)) => (f.unwrap_or(i64::MIN), t.unwrap_or(i64::MAX), limit),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            return error(StatusCode::BAD_REQUEST, e);
+        }
     };
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+    if from >= to {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("from={from} is not before to={to}: no window starts in that range"),
+        );
+    }
     let filters: Vec<Filter> = q
         .iter()
         .filter(|(k, _)| !PARAMETERS.contains(&k.as_str()))

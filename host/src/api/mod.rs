@@ -253,11 +253,10 @@ async fn latest_events(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let limit: usize = q
-        .get("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(20)
-        .min(1000);
+    let limit = match query_limit(&q, 20) {
+        Ok(limit) => limit.min(crate::pipeline::shared::Recent::EVENTS),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let recent = state.shared.recent.lock().expect("not poisoned");
     let events: Vec<serde_json::Value> = recent
         .events
@@ -267,6 +266,16 @@ async fn latest_events(
         .map(|e| e.to_json())
         .collect();
     Json(json!({ "events": events })).into_response()
+}
+
+/// `limit` in a query (`default` without one): a whole number, or an error that says so.
+fn query_limit(q: &HashMap<String, String>, default: usize) -> Result<usize, String> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("limit={v:?} is not a whole number of rows")),
+    }
 }
 
 /// A time in a query: ms since the epoch, or RFC 3339.

@@ -32,9 +32,11 @@ pub async fn document() -> impl IntoResponse {
         { "name": "limit", "in": "query", "schema": { "type": "integer" } },
         { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["memory", "lake"] }, "description": "memory (default): the newest rows, newest first, with `dropped: true` when memory has let go of rows of windows from `from` on; lake: committed rows of any window, oldest first" }
     ]);
+    gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, or `from` not before `to`" });
     gold["responses"]["404"] = json!({ "description": "No stage of this pipeline emits the table (the error names the ones that do); a table that is emitted but has no rows yet answers 200 with no rows and a `note` on when they come" });
     let mut latest = op("The newest silver events", false);
     latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);
+    latest["responses"]["400"] = json!({ "description": "A `limit` that is not a whole number" });
     let mut replay = op(
         "Replay the stream from a sequence or time into a new table version (<lake>/_versions/<version>)",
         true,

@@ -204,6 +204,11 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 to,
                 limit,
             } => {
+                if let (Some(from), Some(to)) = (from, to)
+                    && from >= to
+                {
+                    anyhow::bail!("--from {from} is not before --to {to}: no row is timed in that range");
+                }
                 let store = lake.store()?;
                 let records = crate::lake::log::all_records(&store).await?;
                 if !records.iter().any(|r| r.tables.contains_key(&table)) {
