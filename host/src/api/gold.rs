@@ -207,6 +207,15 @@ async fn from_lake(
 /// delay: ~11 minutes after the start with the default pipeline); else 404, naming the tables there are.
 fn no_rows_yet(state: &AppState, table: &str, source: &str) -> Response {
     let plugins = state.shared.plugins.load();
+    if plugins.is_empty() {
+        // Which tables the stages emit is known once the pipeline has published its plugins, as it starts.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no rows of {table} yet, and the pipeline is still starting: ask again in a moment"
+            ),
+        );
+    }
     let mut declared: Vec<&str> = plugins
         .iter()
         .flat_map(|p| p.emits.iter().map(String::as_str))
