@@ -204,7 +204,7 @@ async fn from_lake(
 
 /// The answer for a table without rows in `source`: empty, with a note on when rows come, if a running stage
 /// emits it (an aggregate's first window closes only once event time has passed its end and the watermark
-/// delay: ~11 minutes after the start with the default pipeline); else 404, naming the tables there are.
+/// delay: up to ~11 minutes after the start with the default pipeline); else 404, naming the tables there are.
 fn no_rows_yet(state: &AppState, table: &str, source: &str) -> Response {
     let plugins = state.shared.plugins.load();
     if plugins.is_empty() {

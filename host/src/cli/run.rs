@@ -86,10 +86,23 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 .api
                 .map(|a| format!("http://{a}"))
                 .unwrap_or_else(|| "off".into());
+            // A gold table to look at (per-wiki counts in the default pipeline), if any stage emits one.
+            let plugins = started.shared.plugins.load();
+            let emitted: Vec<&str> = plugins
+                .iter()
+                .flat_map(|p| p.emits.iter().map(String::as_str))
+                .collect();
+            let gold = emitted
+                .iter()
+                .find(|&&t| t == "gold_wiki")
+                .or(emitted.first())
+                .map(|t| {
+                    format!(" {api}/api/v1/gold/{t} (rows once its first window has closed),")
+                })
+                .unwrap_or_default();
             eprintln!(
                 "weir is running: pipeline {}, source {}, NATS {} ({reading}), lake {}\n  look here: \
-                 {api}/metrics, {api}/api/v1/events/latest, {api}/api/v1/gold/gold_wiki, \
-                 {api}/openapi.json; Parquet under {}",
+                 {api}/metrics, {api}/api/v1/events/latest,{gold} {api}/openapi.json; Parquet under {}",
                 started.shared.pipeline,
                 started.source.as_deref().unwrap_or("(none: consuming the stream only)"),
                 started.nats_url,
