@@ -242,6 +242,14 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
     let (ok, _, err) = lake_query(&h, &["silver", "--from", "2000", "--to", "1000"]);
     assert!(!ok);
     assert!(err.contains("is not before"), "{err}");
+    let out = std::process::Command::new(crate::support::weir_bin())
+        .args(["lake", "query", "silver", "--lake"])
+        .arg(h.dir.path().join("no-such-lake"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && out.stdout.is_empty(), "{err}");
+    assert!(err.contains("holds no commits yet"), "{err}");
     let (ok, _, err) = lake_query(&h, &["sliver"]);
     assert!(!ok);
     assert!(

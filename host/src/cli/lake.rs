@@ -217,7 +217,10 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                         .iter()
                         .flat_map(|r| r.tables.keys().map(String::as_str))
                         .collect();
-                    let with_rows = with_rows.into_iter().collect::<Vec<_>>().join(", ");
+                    let with_rows = match with_rows.into_iter().collect::<Vec<_>>().join(", ") {
+                        none if none.is_empty() => "none".to_string(),
+                        some => some,
+                    };
                     if !is_table_name(&table) {
                         anyhow::bail!(
                             "no table {table:?} in {}: tables are bronze, silver, gold_<name>, \
@@ -226,10 +229,19 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                             store.url
                         );
                     }
-                    eprintln!(
-                        "no rows of {table} are committed in {} (it has rows in: {with_rows})",
-                        store.url
-                    );
+                    if records.is_empty() {
+                        eprintln!(
+                            "{} holds no commits yet (nothing under {}/): if you expected rows, check the \
+                             lake's URL",
+                            store.url,
+                            crate::lake::log::LOG_DIR
+                        );
+                    } else {
+                        eprintln!(
+                            "no rows of {table} are committed in {} (it has rows in: {with_rows})",
+                            store.url
+                        );
+                    }
                     return Ok(ExitCode::SUCCESS);
                 }
                 let stdout = std::io::stdout();
