@@ -206,8 +206,7 @@ async fn from_lake(
 /// emits it (an aggregate's first window closes only once event time has passed its end and the watermark
 /// delay: up to ~11 minutes after the start with the default pipeline); else 404, naming the tables there are.
 fn no_rows_yet(state: &AppState, table: &str, source: &str) -> Response {
-    let plugins = state.shared.plugins.load();
-    if plugins.is_empty() {
+    if state.shared.plugins.load().is_empty() {
         // Which tables the stages emit is known once the pipeline has published its plugins, as it starts.
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -216,13 +215,8 @@ fn no_rows_yet(state: &AppState, table: &str, source: &str) -> Response {
             ),
         );
     }
-    let mut declared: Vec<&str> = plugins
-        .iter()
-        .flat_map(|p| p.emits.iter().map(String::as_str))
-        .collect();
-    declared.sort_unstable();
-    declared.dedup();
-    if !declared.contains(&table) {
+    let declared = state.shared.gold_tables();
+    if !declared.iter().any(|t| t == table) {
         return error(
             StatusCode::NOT_FOUND,
             format!("no gold table {table} in this pipeline (its gold tables: {declared:?})"),

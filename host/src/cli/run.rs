@@ -87,14 +87,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 .map(|a| format!("http://{a}"))
                 .unwrap_or_else(|| "off".into());
             // A gold table to look at (per-wiki counts in the default pipeline), if any stage emits one.
-            let plugins = started.shared.plugins.load();
-            let emitted: Vec<&str> = plugins
-                .iter()
-                .flat_map(|p| p.emits.iter().map(String::as_str))
-                .collect();
+            let emitted = started.shared.gold_tables();
             let gold = emitted
                 .iter()
-                .find(|&&t| t == "gold_wiki")
+                .find(|t| *t == "gold_wiki")
                 .or(emitted.first())
                 .map(|t| {
                     format!(" {api}/api/v1/gold/{t} (rows once its first window has closed),")

@@ -327,6 +327,19 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The gold tables the running stages emit, sorted (empty until the pipeline has published its plugins).
+    pub fn gold_tables(&self) -> Vec<String> {
+        let mut tables: Vec<String> = self
+            .plugins
+            .load()
+            .iter()
+            .flat_map(|p| p.emits.iter().cloned())
+            .collect();
+        tables.sort_unstable();
+        tables.dedup();
+        tables
+    }
+
     pub fn is_ready(&self) -> bool {
         let h = &self.health;
         h.nats_connected.load(Ordering::Relaxed)
