@@ -225,7 +225,7 @@ pub struct ApiSection {
     /// Largest plugin upload, in bytes.
     pub max_upload_bytes: usize,
     /// Gold rows kept in memory per table, the newest, for `/api/v1/gold/{table}` to answer at once (~200
-    /// bytes each); older ones are read from the lake with `source=lake`.
+    /// bytes each); a question about windows memory lacks reads the lake for them.
     pub recent_gold_rows: usize,
 }
 

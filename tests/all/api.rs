@@ -196,6 +196,38 @@ fn the_api_reports_queries_controls_and_replays() {
             "{row} is not in the lake"
         );
     }
+    // The default answer for a range holds every row of it, newest window first: the few memory keeps, the
+    // rest from the lake.
+    let keys = |rows: &[Value]| {
+        let mut keys: Vec<String> = rows
+            .iter()
+            .map(|r| serde_json::to_string(&key(r)).unwrap())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let every = get_json(&api, "/api/v1/gold/gold_wiki?from=0&limit=100000");
+    assert_eq!(every["source"], "memory+lake", "{every}");
+    assert_eq!(every["dropped"], false, "{every}");
+    let every = every["rows"].as_array().unwrap();
+    assert_eq!(keys(every), keys(all));
+    let starts: Vec<i64> = every
+        .iter()
+        .map(|r| r["window_start"].as_i64().unwrap())
+        .collect();
+    assert!(starts.is_sorted_by(|a, b| a >= b), "not newest first");
+    let five = get_json(&api, "/api/v1/gold/gold_wiki?from=0&limit=5");
+    assert_eq!(five["rows"].as_array().unwrap()[..], every[..5]);
+    // One wiki's row of the oldest window in memory (which may keep only part of it).
+    let one = get_json(
+        &api,
+        &format!(
+            "/api/v1/gold/gold_wiki?wiki={wiki}&from={start}&to={}",
+            start + 1
+        ),
+    );
+    assert_eq!(one["rows"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["rows"][0]["events"], oldest["events"], "{one}");
     for (path, status) in [
         ("/api/v1/gold/nonesuch?source=lake", 404),
         ("/api/v1/gold/gold_wiki?source=elsewhere", 400),
@@ -290,6 +322,21 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(code, 202, "{body}");
     let (_, log) = finished("api-fix");
     assert!(log.contains("put in place"), "{log}");
+    weir.stop();
+
+    // Restarted, memory holds none of the rows before: a range's answer reads them from the lake.
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    let committed = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=100000");
+    let every = get_json(&api, "/api/v1/gold/gold_wiki?from=0&limit=100000");
+    assert_eq!(every["source"], "memory+lake", "{every}");
+    assert_eq!(
+        keys(every["rows"].as_array().unwrap()),
+        keys(committed["rows"].as_array().unwrap())
+    );
+    let newest = get_json(&api, "/api/v1/gold/gold_wiki");
+    assert_eq!(newest["rows"], serde_json::json!([]), "{newest}");
+    assert_eq!(newest["dropped"], true, "{newest}");
     weir.stop();
     // The version sits beside the live tables without disturbing them.
     h.verify();

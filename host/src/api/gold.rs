@@ -1,16 +1,24 @@
 //! `GET /api/v1/gold/{table}`: rows of a gold table whose window starts in `[from, to)`, filtered by equality
 //! on any other query parameter (`?wiki=enwiki`, `?title=Main_Page`): per-wiki or per-page counts for a
-//! window. By default from the newest rows, kept in memory (`Recent::GOLD_ROWS` per table, answered in
-//! microseconds, newest first), with `dropped: true` when memory has let go of rows of windows from `from`
-//! on; with `source=lake`, from the committed Parquet files, for any window (oldest first). Both give times
-//! as milliseconds.
+//! window. Newest window first. Three sources:
+//! - `auto`, the default: every row of the windows asked for. Memory (`Recent::GOLD_ROWS` per table, answered
+//!   in microseconds) when it holds them all; else the committed Parquet files, with memory's rows that are
+//!   not committed yet. Without `from`, the newest rows, from memory.
+//! - `memory`: memory alone, with `dropped: true` when it lacks rows of windows from `from` on.
+//! - `lake`: the committed files alone, for any window, oldest first.
+//!
+//! All give times as milliseconds.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt32Array,
+};
 use arrow_schema::{Field, Schema};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
@@ -18,9 +26,11 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Map, json};
 
 use super::{AppState, error, query_limit, query_time};
+use crate::lake::log::{CommitRecord, FileEntry};
 use crate::lake::schema::gold_table;
 use crate::lake::store::Store;
 use crate::lake::{log, read};
+use crate::pipeline::shared::RecentGold;
 
 /// Query parameters that are not column filters.
 const PARAMETERS: [&str; 4] = ["from", "to", "limit", "source"];
@@ -46,24 +56,176 @@ pub(super) async fn gold(
             format!("from={from} is not before to={to}: no window starts in that range"),
         );
     }
-    let filters: Vec<Filter> = q
-        .iter()
-        .filter(|(k, _)| !PARAMETERS.contains(&k.as_str()))
-        .map(|(k, v)| Filter::new(k, v))
-        .collect();
-    let table = gold_table(&table);
+    let ask = Question {
+        table: gold_table(&table),
+        from,
+        to,
+        limit,
+        filters: q
+            .iter()
+            .filter(|(k, _)| !PARAMETERS.contains(&k.as_str()))
+            .map(|(k, v)| Filter::new(k, v))
+            .collect(),
+    };
     match q.get("source").map(String::as_str) {
-        None | Some("memory") => from_memory(&state, &table, from, to, limit, &filters),
+        None | Some("auto") => match &state.lake {
+            // Without `from` the question is "the newest rows", which memory holds.
+            Some(store) if q.contains_key("from") => merged(&state, store, ask).await,
+            _ => from_memory(&state, &ask),
+        },
+        Some("memory") => from_memory(&state, &ask),
         Some("lake") => match &state.lake {
-            Some(store) => from_lake(&state, store, &table, from, to, limit, filters).await,
+            Some(store) => from_lake(&state, store, ask).await,
             None => error(StatusCode::NOT_FOUND, "this process has no lake to read"),
         },
         Some(other) => error(
             StatusCode::BAD_REQUEST,
             format!(
-                "source={other:?}: use `memory` (the default: the newest rows) or `lake` (committed rows, any window)"
+                "source={other:?}: use `auto` (the default: memory, and the lake for the windows memory \
+                 lacks), `memory` (the newest rows) or `lake` (committed rows, any window)"
             ),
         ),
+    }
+}
+
+/// What a query asks for: the rows of `table` whose window starts in `[from, to)` and that pass every filter,
+/// at most `limit` of them.
+struct Question {
+    table: String,
+    from: i64,
+    to: i64,
+    limit: usize,
+    filters: Vec<Filter>,
+}
+
+impl Question {
+    /// Whether a row in memory is one of those asked for.
+    fn wants(&self, row: &RecentGold) -> bool {
+        (self.from..self.to).contains(&row.window_start())
+            && self
+                .filters
+                .iter()
+                .all(|f| row.column_is(&f.column, &f.text, &f.json))
+    }
+
+    /// The rows of a batch read from the lake (in the time range already) that pass the filters, as JSON.
+    fn rows_of(&self, batch: &RecordBatch) -> Result<Vec<Map<String, serde_json::Value>>> {
+        let (batch, exact) = self.narrow(batch)?;
+        let mut rows = json_rows(&batch)?;
+        if !exact {
+            rows.retain(|row| self.filters.iter().all(|f| f.matches(row)));
+        }
+        Ok(rows)
+    }
+
+    /// The rows of a batch that pass the filters on text, integer and boolean columns (and on columns it
+    /// lacks, which are null), compared in the batch before any row becomes JSON: a window of gold_entity holds ~10^5 rows, of which
+    /// a query by title wants one. Also whether that was every filter; if not, the others are left for the
+    /// rows' JSON.
+    fn narrow(&self, batch: &RecordBatch) -> Result<(RecordBatch, bool)> {
+        let mut keep: Option<Vec<bool>> = None;
+        let mut exact = true;
+        for filter in &self.filters {
+            let keep = keep.get_or_insert_with(|| vec![true; batch.num_rows()]);
+            match batch.column_by_name(&filter.column) {
+                // As `Filter::matches` has it: a null (or missing) value matches `null`.
+                None if filter.json.is_null() => {}
+                None => keep.fill(false),
+                Some(column) => {
+                    let any = column.as_any();
+                    let null = filter.json.is_null();
+                    if let Some(text) = any.downcast_ref::<StringArray>() {
+                        narrow(keep, text.iter(), |v| v == filter.text, null);
+                    } else if let Some(numbers) = any.downcast_ref::<Int64Array>() {
+                        let n = filter.json.as_i64();
+                        narrow(keep, numbers.iter(), |v| Some(v) == n, null);
+                    } else if let Some(flags) = any.downcast_ref::<BooleanArray>() {
+                        let flag = filter.json.as_bool();
+                        narrow(keep, flags.iter(), |v| Some(v) == flag, null);
+                    } else {
+                        exact = false;
+                    }
+                }
+            }
+        }
+        let batch = match keep {
+            Some(keep) => {
+                arrow_select::filter::filter_record_batch(batch, &BooleanArray::from(keep))?
+            }
+            None => batch.clone(),
+        };
+        Ok((batch, exact))
+    }
+
+    /// The newest `want` rows of batches [`Question::narrow`] gave (`exact`: by every filter), as JSON, by
+    /// window start (stable). Only those rows become JSON when the batches are exact: writing JSON is most
+    /// of a lake read's time, and an hour of gold_entity holds ~10^5 rows.
+    fn newest_of(
+        &self,
+        batches: &[RecordBatch],
+        exact: bool,
+        want: usize,
+    ) -> Result<Vec<Map<String, serde_json::Value>>> {
+        if !exact {
+            let mut rows = Vec::new();
+            for batch in batches {
+                rows.extend(
+                    json_rows(batch)?
+                        .into_iter()
+                        .filter(|row| self.filters.iter().all(|f| f.matches(row))),
+                );
+            }
+            rows.sort_by_key(|r| {
+                Reverse(r.get("window_start").and_then(|t| t.as_i64()).unwrap_or(0))
+            });
+            rows.truncate(want);
+            return Ok(rows);
+        }
+        // (window start, batch, row), newest first.
+        let mut order: Vec<(i64, usize, u32)> = Vec::new();
+        for (b, batch) in batches.iter().enumerate() {
+            let starts = batch
+                .column_by_name("window_start")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>());
+            order.extend((0..batch.num_rows()).map(|r| {
+                let start = starts.filter(|s| s.is_valid(r)).map_or(0, |s| s.value(r));
+                (start, b, r as u32)
+            }));
+        }
+        order.sort_by_key(|&(start, b, r)| (Reverse(start), b, r));
+        order.truncate(want);
+        // Each batch's chosen rows as JSON, in the order chosen; then taken back in the overall order.
+        let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); batches.len()];
+        for &(_, b, r) in &order {
+            chosen[b].push(r);
+        }
+        let mut json = Vec::with_capacity(batches.len());
+        for (batch, rows) in batches.iter().zip(chosen) {
+            let rows = if rows.is_empty() {
+                Vec::new()
+            } else {
+                let picked =
+                    arrow_select::take::take_record_batch(batch, &UInt32Array::from(rows))?;
+                json_rows(&picked)?
+            };
+            json.push(rows.into_iter());
+        }
+        Ok(order
+            .iter()
+            .map(|&(_, b, _)| json[b].next().expect("one row of JSON per row chosen"))
+            .collect())
+    }
+}
+
+/// Keeps the rows whose value passes `test` (a null passes when the filter asks for `null`).
+fn narrow<T>(
+    keep: &mut [bool],
+    values: impl Iterator<Item = Option<T>>,
+    test: impl Fn(T) -> bool,
+    null: bool,
+) {
+    for (keep, value) in keep.iter_mut().zip(values) {
+        *keep &= value.map_or(null, &test);
     }
 }
 
@@ -95,111 +257,218 @@ impl Filter {
     }
 }
 
-fn from_memory(
-    state: &AppState,
-    table: &str,
-    from: i64,
-    to: i64,
-    limit: usize,
-    filters: &[Filter],
-) -> Response {
+fn from_memory(state: &AppState, ask: &Question) -> Response {
+    match memory_answer(state, ask) {
+        Some(answer) => Json(answer).into_response(),
+        None => no_rows_yet(state, &ask.table, "memory"),
+    }
+}
+
+/// Memory's rows asked for, newest first; `None` when no row of the table has come (not even in an earlier
+/// run).
+fn memory_answer(state: &AppState, ask: &Question) -> Option<serde_json::Value> {
     let recent = state.shared.recent.lock().expect("not poisoned");
-    let Some(rows) = recent.gold.get(table) else {
-        drop(recent);
-        return no_rows_yet(state, table, "memory");
-    };
+    let rows = recent.gold.get(&ask.table);
+    if rows.is_none() && recent.has_gold_from(&ask.table, i64::MIN) {
+        return None;
+    }
     let matched: Vec<serde_json::Value> = rows
-        .iter()
-        .filter(|r| (from..to).contains(&r.window_start()))
-        .filter(|r| {
-            filters
-                .iter()
-                .all(|f| r.column_is(&f.column, &f.text, &f.json))
-        })
+        .into_iter()
+        .flatten()
+        .filter(|r| ask.wants(r))
         .rev()
-        .take(limit)
-        .map(|r| r.to_json())
+        .take(ask.limit)
+        .map(RecentGold::to_json)
         .collect();
-    // Memory keeps the newest rows of each table: if it dropped any of a window at or after `from`, this
-    // answer misses rows (a window over pages alone has more rows than are kept, by default).
-    let dropped = recent
-        .gold_dropped
-        .get(table)
-        .is_some_and(|&latest| latest >= from);
+    // Memory keeps the newest rows of each table, and none of earlier runs: if it lacks rows of a window at
+    // or after `from`, this answer misses them (a window over pages alone has more rows than are kept, by
+    // default).
+    let dropped = !recent.has_gold_from(&ask.table, ask.from);
     let mut answer =
-        json!({ "table": table, "source": "memory", "dropped": dropped, "rows": matched });
+        json!({ "table": ask.table, "source": "memory", "dropped": dropped, "rows": matched });
     if dropped {
         answer["hint"] = json!(format!(
-            "memory keeps the newest {} rows of each table (`api.recent_gold_rows`) and has dropped rows of \
-             windows from `from` on: `source=lake` reads every committed row",
+            "memory lacks rows of windows from `from` on (it keeps the newest {} rows of each table, \
+             `api.recent_gold_rows`, and none from before this process started): give `from` to have the \
+             lake fill them in, or `source=lake` for committed rows alone",
             recent.gold_rows
+        ));
+    }
+    Some(answer)
+}
+
+/// The default answer for a range: memory's when it holds every row of those windows; else the lake's
+/// committed rows with memory's rows that are not committed yet (each row is in exactly one of the two).
+/// Memory's rows alone, flagged, if the lake cannot be read.
+async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
+    // Memory's rows not committed when looked at, then the log: a commit that lands between the two is in
+    // the log, and its rows are left to the lake's answer.
+    let (floor, mut uncommitted, in_memory) = {
+        let recent = state.shared.recent.lock().expect("not poisoned");
+        if recent.has_gold_from(&ask.table, ask.from) {
+            drop(recent);
+            return from_memory(state, &ask);
+        }
+        let floor = recent.gold_committed_through();
+        let rows = recent.gold.get(&ask.table);
+        let uncommitted: Vec<(u64, serde_json::Value)> = rows
+            .into_iter()
+            .flatten()
+            .filter(|r| r.number >= floor && ask.wants(r))
+            .map(|r| (r.number, r.to_json()))
+            .collect();
+        (floor, uncommitted, rows.is_some())
+    };
+    let records = match log::all_records(store).await {
+        Ok(records) => records,
+        Err(e) => return memory_alone(state, &ask, e),
+    };
+    let unsaved = {
+        let recent = state.shared.recent.lock().expect("not poisoned");
+        let saved = recent.gold_saved_through(floor, &records);
+        uncommitted.retain(|(number, _)| *number >= saved);
+        recent
+            .unsaved_through(&ask.table, saved)
+            .filter(|&t| t >= ask.from)
+    };
+    let ask = Arc::new(ask);
+    let committed = if records.iter().any(|r| r.tables.contains_key(&ask.table)) {
+        match lake_rows_newest_first(store, records, Arc::clone(&ask)).await {
+            Ok(rows) => rows,
+            Err(e) => return memory_alone(state, &ask, e),
+        }
+    } else if in_memory {
+        Vec::new()
+    } else {
+        return no_rows_yet(state, &ask.table, "memory");
+    };
+    let mut rows: Vec<serde_json::Value> = uncommitted.into_iter().map(|(_, row)| row).collect();
+    rows.extend(committed.into_iter().map(serde_json::Value::Object));
+    // Newest window first; the sort is stable, so the lake's rows keep their order within a window.
+    rows.sort_by_key(|r| Reverse(r["window_start"].as_i64().unwrap_or(0)));
+    rows.truncate(ask.limit);
+    let mut answer = json!({
+        "table": ask.table, "source": "memory+lake", "dropped": unsaved.is_some(), "rows": rows,
+    });
+    if let Some(through) = unsaved {
+        answer["hint"] = json!(format!(
+            "rows of windows up to window_start {through} left memory before their commit: they are in the \
+             lake once it is done (within `lake.commit_interval`), ask again then"
         ));
     }
     Json(answer).into_response()
 }
 
-async fn from_lake(
-    state: &AppState,
-    store: &Store,
-    table: &str,
-    from: i64,
-    to: i64,
-    limit: usize,
-    filters: Vec<Filter>,
-) -> Response {
-    let unreadable = |e: anyhow::Error| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot read gold table {table} from the lake: {e:#}"),
-        )
-    };
+/// Memory's rows, flagged as missing the rest, when the lake cannot be read.
+fn memory_alone(state: &AppState, ask: &Question, e: anyhow::Error) -> Response {
+    let mut answer = memory_answer(state, ask)
+        .unwrap_or_else(|| json!({ "table": ask.table, "source": "memory", "rows": [] }));
+    answer["dropped"] = json!(true);
+    answer["hint"] = json!(format!(
+        "these are memory's rows alone: the lake, which holds the rest, cannot be read ({e:#})"
+    ));
+    Json(answer).into_response()
+}
+
+async fn from_lake(state: &AppState, store: &Store, ask: Question) -> Response {
+    let table = ask.table.clone();
     let records = match log::all_records(store).await {
-        Ok(records) if records.iter().any(|r| r.tables.contains_key(table)) => records,
-        Ok(_) => return no_rows_yet(state, table, "lake"),
-        Err(e) => return unreadable(e),
+        Ok(records) if records.iter().any(|r| r.tables.contains_key(&table)) => records,
+        Ok(_) => return no_rows_yet(state, &table, "lake"),
+        Err(e) => return unreadable(&table, e),
     };
-    // Decoding Parquet and writing JSON is CPU work: on a blocking thread, so that a large answer does not
-    // hold one of the runtime's workers, which also carry the commits and the NATS connection.
-    let (runtime, store, name) = (
-        tokio::runtime::Handle::current(),
-        store.clone(),
-        table.to_string(),
-    );
-    let read = tokio::task::spawn_blocking(move || {
+    let store = store.clone();
+    let read = on_blocking_thread(move |runtime| {
         let mut rows = Vec::new();
-        runtime
-            .block_on(read::query(
-                &store,
-                &records,
-                &name,
-                from,
-                to,
-                usize::MAX,
-                |batch| {
-                    for row in json_rows(batch)? {
-                        if rows.len() == limit {
-                            return Ok(false);
-                        }
-                        if filters.iter().all(|f| f.matches(&row)) {
-                            rows.push(serde_json::Value::Object(row));
-                        }
-                    }
-                    Ok(rows.len() < limit)
-                },
-            ))
-            .map(|_| rows)
+        runtime.block_on(read::query(
+            &store,
+            &records,
+            &ask.table,
+            ask.from,
+            ask.to,
+            usize::MAX,
+            |batch| {
+                let room = ask.limit - rows.len();
+                rows.extend(
+                    ask.rows_of(batch)?
+                        .into_iter()
+                        .take(room)
+                        .map(serde_json::Value::Object),
+                );
+                Ok(rows.len() < ask.limit)
+            },
+        ))?;
+        Ok(rows)
     })
     .await;
     match read {
-        Ok(Ok(rows)) => {
-            Json(json!({ "table": table, "source": "lake", "rows": rows })).into_response()
-        }
-        Ok(Err(e)) => unreadable(e),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading gold table {table} from the lake failed: {e}"),
-        ),
+        Ok(rows) => Json(json!({ "table": table, "source": "lake", "rows": rows })).into_response(),
+        Err(e) => unreadable(&table, e),
     }
+}
+
+fn unreadable(table: &str, e: anyhow::Error) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("cannot read gold table {table} from the lake: {e:#}"),
+    )
+}
+
+/// The committed rows asked for, newest first: hour partition by hour from the newest, each hour's rows by
+/// window start. Stops after the hour in which the limit is reached, since every later hour holds older
+/// windows.
+async fn lake_rows_newest_first(
+    store: &Store,
+    records: Vec<CommitRecord>,
+    ask: Arc<Question>,
+) -> Result<Vec<Map<String, serde_json::Value>>> {
+    let store = store.clone();
+    on_blocking_thread(move |runtime| {
+        let mut hours: BTreeMap<Option<i64>, Vec<&FileEntry>> = BTreeMap::new();
+        for file in read::files_in_range(&records, &ask.table, ask.from, ask.to) {
+            hours
+                .entry(read::partition_start(&file.path))
+                .or_default()
+                .push(file);
+        }
+        let mut rows = Vec::new();
+        for files in hours.values().rev() {
+            let (mut batches, mut exact) = (Vec::new(), true);
+            runtime.block_on(read::query_files(
+                &store,
+                files,
+                &ask.table,
+                ask.from,
+                ask.to,
+                usize::MAX,
+                |batch| {
+                    let (batch, all) = ask.narrow(batch)?;
+                    exact &= all;
+                    if batch.num_rows() > 0 {
+                        batches.push(batch);
+                    }
+                    Ok(true)
+                },
+            ))?;
+            rows.extend(ask.newest_of(&batches, exact, ask.limit - rows.len())?);
+            if rows.len() >= ask.limit {
+                break;
+            }
+        }
+        Ok(rows)
+    })
+    .await
+}
+
+/// Runs a read of the lake on a blocking thread: decoding Parquet and writing JSON is CPU work, and a large
+/// answer must not hold one of the runtime's workers, which also carry the commits and the NATS connection.
+async fn on_blocking_thread<T: Send + 'static>(
+    read: impl FnOnce(&tokio::runtime::Handle) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || read(&runtime))
+        .await
+        .map_err(|e| anyhow::anyhow!("the read failed: {e}"))?
 }
 
 /// The answer for a table without rows in `source`: empty, with a note on when rows come, if a running stage
@@ -316,5 +585,53 @@ mod tests {
         assert!(filter("events", "4").matches(&rows[1]));
         assert!(!filter("events", "4").matches(&rows[0]));
         assert!(!filter("nonesuch", "x").matches(&rows[0]));
+        // Filtered in the batch first, the same rows pass.
+        let ask = |filters: &[(&str, &str)]| Question {
+            table: "gold_wiki".into(),
+            from: i64::MIN,
+            to: i64::MAX,
+            limit: 10,
+            filters: filters.iter().map(|&(c, v)| Filter::new(c, v)).collect(),
+        };
+        let events = |filters: &[(&str, &str)]| -> Vec<i64> {
+            ask(filters)
+                .rows_of(&batch)
+                .unwrap()
+                .iter()
+                .map(|r| r["events"].as_i64().unwrap())
+                .collect()
+        };
+        assert_eq!(events(&[("wiki", "enwiki")]), [3]);
+        assert_eq!(events(&[("wiki", "null")]), [4]);
+        assert_eq!(
+            events(&[("wiki", "enwiki"), ("events", "4")]),
+            Vec::<i64>::new()
+        );
+        assert_eq!(events(&[("events", "4")]), [4]);
+        assert_eq!(events(&[]), [3, 4]);
+        // The newest rows of several batches, only those written as JSON when the batch did all the filtering.
+        let newest = |filters: &[(&str, &str)], want: usize| -> Vec<i64> {
+            let ask = ask(filters);
+            let (mut batches, mut exact) = (Vec::new(), true);
+            for _ in 0..2 {
+                let (narrowed, all) = ask.narrow(&batch).unwrap();
+                batches.push(narrowed);
+                exact &= all;
+            }
+            ask.newest_of(&batches, exact, want)
+                .unwrap()
+                .iter()
+                .map(|r| r["events"].as_i64().unwrap())
+                .collect()
+        };
+        assert_eq!(newest(&[], 3), [4, 4, 3]);
+        assert_eq!(newest(&[], 10), [4, 4, 3, 3]);
+        assert_eq!(newest(&[("wiki", "enwiki")], 10), [3, 3]);
+        assert_eq!(newest(&[("events", "3")], 10), [3, 3]);
+        assert_eq!(newest(&[("events", "4")], 1), [4]);
+        assert_eq!(newest(&[("events", "4"), ("wiki", "null")], 10), [4, 4]);
+        // A filter the batch cannot apply (a timestamp, in milliseconds as JSON has it) is applied to the JSON.
+        assert_eq!(newest(&[("window_start", "1700000000000")], 10), [3, 3]);
+        assert_eq!(newest(&[("window_start", "1700000060000")], 1), [4]);
     }
 }

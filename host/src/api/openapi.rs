@@ -30,7 +30,7 @@ pub async fn document() -> impl IntoResponse {
         { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "window start at or after (ms or RFC 3339)" },
         { "name": "to", "in": "query", "schema": { "type": "string" }, "description": "window start before (ms or RFC 3339)" },
         { "name": "limit", "in": "query", "schema": { "type": "integer" } },
-        { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["memory", "lake"] }, "description": "memory (default): the newest rows, newest first, with `dropped: true` when memory has let go of rows of windows from `from` on; lake: committed rows of any window, oldest first" }
+        { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["auto", "memory", "lake"], "default": "auto" }, "description": "auto (default): every row of the windows from `from` on, newest first, from memory when it holds them all, else from the lake with memory's rows not committed yet (`source: memory+lake`); without `from`, the newest rows from memory. memory: memory alone, with `dropped: true` when it lacks rows of windows from `from` on. lake: committed rows of any window, oldest first" }
     ]);
     gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, or `from` not before `to`" });
     gold["responses"]["404"] = json!({ "description": "No stage of this pipeline emits the table (the error names the ones that do); a table that is emitted but has no rows yet answers 200 with no rows and a `note` on when they come" });

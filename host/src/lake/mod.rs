@@ -284,6 +284,11 @@ impl Lake {
         &self.host
     }
 
+    /// The gold tables the lake holds rows of (as their commits named them, `gold_<table>`).
+    pub fn gold_tables(&self) -> impl Iterator<Item = &str> {
+        self.gold_types.keys().map(String::as_str)
+    }
+
     /// Whether a stream sequence is already committed (a redelivery to skip).
     pub fn is_committed(&self, seq: u64) -> bool {
         self.committed.contains(seq)

@@ -192,7 +192,7 @@ pub fn files_in_range<'a>(
 }
 
 /// The start of the hour a path's `dt=.../hour=...` names.
-pub(super) fn partition_start(path: &str) -> Option<i64> {
+pub fn partition_start(path: &str) -> Option<i64> {
     let dt = path.split('/').find_map(|p| p.strip_prefix("dt="))?;
     let hour: u32 = path
         .split('/')
@@ -275,11 +275,25 @@ pub async fn query(
     from_ms: i64,
     to_ms: i64,
     limit: usize,
+    each: impl FnMut(&RecordBatch) -> Result<bool>,
+) -> Result<usize> {
+    let files = files_in_range(records, table, from_ms, to_ms);
+    query_files(store, &files, table, from_ms, to_ms, limit, each).await
+}
+
+/// [`query`] over the given files of `table` (some of those [`files_in_range`] gives), in their order.
+pub async fn query_files(
+    store: &Store,
+    files: &[&FileEntry],
+    table: &str,
+    from_ms: i64,
+    to_ms: i64,
+    limit: usize,
     mut each: impl FnMut(&RecordBatch) -> Result<bool>,
 ) -> Result<usize> {
     let column = time_column(table);
     let mut emitted = 0;
-    for file in files_in_range(records, table, from_ms, to_ms) {
+    for file in files {
         if emitted >= limit {
             break;
         }

@@ -91,6 +91,8 @@ struct PendingCommit {
     /// Its messages: a redelivery of one is in flight, not new.
     sequences: crate::lake::Ranges,
     events: u64,
+    /// The recent gold rows numbered below this are in its epoch (see `Recent::gold_commit_started`).
+    gold_through: u64,
 }
 
 /// The plugins of the pipeline, by stage.
@@ -840,6 +842,14 @@ impl Processor {
         let full = self.lake.wants_full_state();
         let state = super::state::capture(&mut self.chain, &self.stages.names, full, now_ms())?;
         let captured = self.shared.counters.phase(Phase::State, started);
+        // The API tells which recent gold rows the lake holds by the commits it finds in the log.
+        let first_seq = epoch.sequences().0.first().map_or(0, |r| r.0);
+        let gold_through = self
+            .shared
+            .recent
+            .lock()
+            .expect("not poisoned")
+            .gold_commit_started(first_seq);
         let replies = std::mem::take(&mut self.deliveries);
         let events = epoch.events;
         let commit = self
@@ -874,6 +884,7 @@ impl Processor {
             task,
             sequences,
             events,
+            gold_through,
         });
         self.shared.counters.phase(Phase::Commit, captured);
         Ok(())
@@ -913,6 +924,11 @@ impl Processor {
         }
         let done = done.context("the commit task panicked")??;
         let record = self.lake.finish_commit(done);
+        self.shared
+            .recent
+            .lock()
+            .expect("not poisoned")
+            .gold_committed(pending.gold_through);
         let c = &self.shared.counters;
         c.phase(Phase::Commit, waiting);
         c.commits.fetch_add(1, Ordering::Relaxed);

@@ -243,6 +243,13 @@ pub async fn run(
         lake: lake_store.clone(),
         started_ms: now_ms(),
     });
+    {
+        // Rows committed by earlier runs are in the lake alone: answers for their windows read it.
+        let mut recent = shared.recent.lock().expect("not poisoned");
+        for table in lake.gold_tables() {
+            recent.gold_in_lake(table);
+        }
+    }
     shared.health.store_reachable.store(true, Ordering::Relaxed);
     shared.health.plugins_loaded.store(true, Ordering::Relaxed);
     shared.health.nats_connected.store(true, Ordering::Relaxed);

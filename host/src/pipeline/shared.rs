@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::ingest::IngestStats;
+use crate::lake::log::CommitRecord;
 use crate::lake::rows::GoldRow;
 use crate::runtime::PluginStats;
 use crate::runtime::types::Value;
@@ -137,9 +138,17 @@ pub struct Recent {
     pub events: VecDeque<crate::event::Event>,
     /// Gold rows by table, newest last, as the aggregates emitted them (see [`RecentGold`]).
     pub gold: BTreeMap<String, VecDeque<RecentGold>>,
-    /// By table, the latest window start among the rows dropped to keep `gold_rows`: an answer from memory
-    /// for windows from there back is missing rows, and says so.
-    pub gold_dropped: BTreeMap<String, i64>,
+    /// By table, what memory lacks of its rows: an answer from memory for the windows it lacks says so, and
+    /// the default answer reads them from the lake.
+    gold_gaps: BTreeMap<String, GoldGaps>,
+    /// Gold rows pushed so far, over all tables: the next row's number. Rows join the open epoch in this order.
+    gold_pushed: u64,
+    /// Gold rows numbered below this are committed, so in the lake.
+    gold_committed: u64,
+    /// The latest commits started, oldest first: each one's first stream sequence and the number its gold
+    /// rows end at. Tells a reader of the commit log which rows a commit it sees holds (see
+    /// [`Recent::gold_saved_through`]) before that commit has settled here.
+    gold_commits: VecDeque<(u64, u64)>,
     /// Quarantine reasons with counts, since start.
     pub quarantine_reasons: BTreeMap<String, u64>,
     /// How many gold rows to keep per table (`api.recent_gold_rows`).
@@ -156,12 +165,17 @@ impl Recent {
     pub const EVENTS: usize = 1000;
     /// The default of `api.recent_gold_rows`.
     pub const GOLD_ROWS: usize = 5_000;
+    /// Commits remembered in `gold_commits`: one runs at a time, so a few cover any reader's view of the log.
+    const GOLD_COMMITS: usize = 8;
 
     pub fn with_gold_rows(gold_rows: usize) -> Self {
         Recent {
             events: VecDeque::new(),
             gold: BTreeMap::new(),
-            gold_dropped: BTreeMap::new(),
+            gold_gaps: BTreeMap::new(),
+            gold_pushed: 0,
+            gold_committed: 0,
+            gold_commits: VecDeque::new(),
             quarantine_reasons: BTreeMap::new(),
             gold_rows,
         }
@@ -190,23 +204,111 @@ impl Recent {
                 .map(|(name, _)| name.as_str().into())
                 .collect(),
         };
-        while rows.len() >= self.gold_rows {
-            let Some(dropped) = rows.pop_front() else {
-                break;
-            };
-            let start = dropped.window_start();
-            match self.gold_dropped.get_mut(table) {
-                Some(latest) => *latest = (*latest).max(start),
-                None => {
-                    self.gold_dropped.insert(table.to_string(), start);
-                }
-            }
-        }
+        let full = rows.len() >= self.gold_rows;
+        let dropped = full.then(|| rows.pop_front()).flatten();
         rows.push_back(RecentGold {
+            number: self.gold_pushed,
             columns,
             values: row.columns.iter().map(|(_, value)| value.clone()).collect(),
         });
+        self.gold_pushed += 1;
+        if let Some(dropped) = dropped {
+            self.note_dropped(table, &dropped);
+        }
     }
+
+    /// Remembers what memory lacks once it lets go of a row.
+    fn note_dropped(&mut self, table: &str, row: &RecentGold) {
+        let committed = self.gold_committed;
+        if !self.gold_gaps.contains_key(table) {
+            self.gold_gaps
+                .insert(table.to_string(), GoldGaps::default());
+        }
+        let gaps = self.gold_gaps.get_mut(table).expect("just ensured");
+        let start = row.window_start();
+        gaps.dropped_through = Some(gaps.dropped_through.map_or(start, |d| d.max(start)));
+        if row.number >= committed {
+            // Earlier drops still waiting for their commit keep their window starts in the mark.
+            gaps.unsaved = Some(match gaps.unsaved {
+                Some((last, latest)) if last >= committed => (row.number, latest.max(start)),
+                _ => (row.number, start),
+            });
+        }
+    }
+
+    /// Marks a table's rows of earlier runs (committed before this process began): memory lacks every window
+    /// they may belong to.
+    pub fn gold_in_lake(&mut self, table: &str) {
+        self.gold_gaps
+            .entry(table.to_string())
+            .or_default()
+            .dropped_through = Some(i64::MAX);
+    }
+
+    /// A commit of the open epoch starts: its stream sequences begin at `first_seq`, and it holds every gold
+    /// row pushed so far. Returns the number they end at, for [`Recent::gold_committed`] once it is done.
+    pub fn gold_commit_started(&mut self, first_seq: u64) -> u64 {
+        if self.gold_commits.len() == Self::GOLD_COMMITS {
+            self.gold_commits.pop_front();
+        }
+        self.gold_commits.push_back((first_seq, self.gold_pushed));
+        self.gold_pushed
+    }
+
+    /// The commit holding the rows numbered below `through` is done.
+    pub fn gold_committed(&mut self, through: u64) {
+        self.gold_committed = self.gold_committed.max(through);
+    }
+
+    /// The rows numbered below this are committed (settled here; the log may hold later commits already).
+    pub fn gold_committed_through(&self) -> u64 {
+        self.gold_committed
+    }
+
+    /// The rows numbered below this are in the lake as `records` (the commit log, read after
+    /// [`Recent::gold_committed_through`] gave `floor`) shows it: `floor`, or further for each commit started
+    /// here that is in the log but has not settled yet.
+    pub fn gold_saved_through(&self, floor: u64, records: &[CommitRecord]) -> u64 {
+        self.gold_commits
+            .iter()
+            .filter(|(first, _)| {
+                records
+                    .iter()
+                    .any(|r| r.replay.is_none() && r.sequences.contains(*first))
+            })
+            .map(|&(_, through)| through)
+            .fold(floor, u64::max)
+    }
+
+    /// The latest window start of a table's rows that memory dropped before their commit, if that commit is
+    /// not among those holding the rows below `saved` (see [`Recent::gold_saved_through`]): neither memory
+    /// nor the lake holds them until it is.
+    pub fn unsaved_through(&self, table: &str, saved: u64) -> Option<i64> {
+        let gaps = self.gold_gaps.get(table)?;
+        let (number, latest) = gaps.unsaved?;
+        (number >= saved).then_some(latest)
+    }
+
+    /// Whether memory holds every row of the table's windows that start at or after `from` (this host's,
+    /// that is: other hosts sharing the lake keep their own).
+    pub fn has_gold_from(&self, table: &str, from: i64) -> bool {
+        self.gold_rows > 0
+            && self
+                .gold_gaps
+                .get(table)
+                .and_then(|g| g.dropped_through)
+                .is_none_or(|through| through < from)
+    }
+}
+
+/// What memory lacks of a gold table's rows.
+#[derive(Debug, Default, Clone)]
+struct GoldGaps {
+    /// The latest window start among the rows dropped to keep `gold_rows` (`i64::MAX` when the lake held rows
+    /// of the table when this process began): memory lacks rows of the windows from there back.
+    dropped_through: Option<i64>,
+    /// Among those dropped before their commit: the last one's number, and their latest window start.
+    unsaved: Option<(u64, i64)>,
 }
 
 /// A recent gold row. Kept as emitted and turned into JSON only when a query matches it: 20,000 rows per
@@ -215,6 +317,8 @@ impl Recent {
 /// normally) share one list of names.
 #[derive(Debug)]
 pub struct RecentGold {
+    /// Its place in the order rows were pushed (see [`Recent::gold_committed`]).
+    pub number: u64,
     columns: Arc<[Box<str>]>,
     values: Box<[Value]>,
 }
@@ -365,27 +469,93 @@ mod tests {
     }
 
     /// Rows dropped to keep `gold_rows` are remembered by their latest window start, per table, so that an
-    /// answer from memory can tell it is missing some.
+    /// answer from memory can tell it is missing some, and where the lake must fill in.
     #[test]
     fn dropped_gold_rows_leave_their_latest_window_start() {
         let mut recent = Recent::with_gold_rows(2);
+        let dropped = |r: &Recent| r.gold_gaps.get("gold_wiki").and_then(|g| g.dropped_through);
         for start in [20, 10] {
             recent.push_gold("gold_wiki", &row(start));
         }
-        assert!(recent.gold_dropped.is_empty());
+        assert_eq!(dropped(&recent), None);
+        assert!(recent.has_gold_from("gold_wiki", i64::MIN));
         recent.push_gold("gold_wiki", &row(30));
-        assert_eq!(recent.gold_dropped["gold_wiki"], 20);
+        assert_eq!(dropped(&recent), Some(20));
         // The latest of those dropped, whatever order they leave in.
         recent.push_gold("gold_wiki", &row(40));
-        assert_eq!(recent.gold_dropped["gold_wiki"], 20);
+        assert_eq!(dropped(&recent), Some(20));
         recent.push_gold("gold_wiki", &row(50));
-        assert_eq!(recent.gold_dropped["gold_wiki"], 30);
+        assert_eq!(dropped(&recent), Some(30));
+        assert!(!recent.has_gold_from("gold_wiki", 30));
+        assert!(recent.has_gold_from("gold_wiki", 31));
         let kept: Vec<i64> = recent.gold["gold_wiki"]
             .iter()
             .map(RecentGold::window_start)
             .collect();
         assert_eq!(kept, [40, 50]);
         recent.push_gold("gold_user", &row(60));
-        assert!(!recent.gold_dropped.contains_key("gold_user"));
+        assert!(!recent.gold_gaps.contains_key("gold_user"));
+        assert!(recent.has_gold_from("gold_user", i64::MIN));
+        // A table the lake held rows of when the process began: memory lacks every window.
+        recent.gold_in_lake("gold_user");
+        assert!(!recent.has_gold_from("gold_user", i64::MAX));
+        // Memory that keeps no rows lacks them all.
+        assert!(!Recent::with_gold_rows(0).has_gold_from("gold_wiki", 0));
+    }
+
+    /// Rows dropped before their commit are in neither memory nor the lake until it comes: the mark says so,
+    /// and lifts once the commit holding the last of them is done, or seen in the log.
+    #[test]
+    fn rows_dropped_before_their_commit_are_unsaved_until_it() {
+        let mut recent = Recent::with_gold_rows(2);
+        let unsaved = |r: &Recent| r.unsaved_through("gold_wiki", r.gold_committed_through());
+        recent.push_gold("gold_wiki", &row(10)); // number 0
+        let through = recent.gold_commit_started(1);
+        recent.gold_committed(through); // 0 committed
+        recent.push_gold("gold_wiki", &row(20)); // 1
+        recent.push_gold("gold_wiki", &row(30)); // 2 drops 0: committed, so saved
+        assert_eq!(unsaved(&recent), None);
+        recent.push_gold("gold_wiki", &row(40)); // 3 drops 1, unsaved
+        recent.push_gold("gold_wiki", &row(50)); // 4 drops 2, unsaved
+        assert_eq!(unsaved(&recent), Some(30));
+        recent.gold_committed(2); // holds 1 but not 2
+        assert_eq!(unsaved(&recent), Some(30));
+        recent.gold_committed(recent.gold_pushed);
+        assert_eq!(unsaved(&recent), None);
+        // A drop after that commit starts a new mark.
+        recent.push_gold("gold_wiki", &row(60)); // 5 drops 3: committed
+        recent.push_gold("gold_wiki", &row(5)); // 6 drops 4: committed
+        assert_eq!(unsaved(&recent), None);
+        recent.push_gold("gold_wiki", &row(70)); // 7 drops 5, unsaved
+        assert_eq!(unsaved(&recent), Some(60));
+        assert_eq!(recent.unsaved_through("gold_user", 0), None);
+    }
+
+    /// A reader of the commit log counts a commit it sees as holding its rows even before it settles here,
+    /// and only the commits it sees.
+    #[test]
+    fn rows_are_saved_through_the_commits_the_log_holds() {
+        let mut recent = Recent::with_gold_rows(10);
+        let record = |first: u64, last: u64| CommitRecord {
+            sequences: crate::lake::Ranges(vec![(first, last)]),
+            ..Default::default()
+        };
+        for start in [10, 20] {
+            recent.push_gold("gold_wiki", &row(start));
+        }
+        let first = recent.gold_commit_started(1); // sequences 1..=100, rows 0 and 1
+        recent.gold_committed(first);
+        recent.push_gold("gold_wiki", &row(30));
+        recent.gold_commit_started(101); // sequences 101..=200, row 2; not settled
+        recent.push_gold("gold_wiki", &row(40));
+        let floor = recent.gold_committed_through();
+        assert_eq!(floor, 2);
+        assert_eq!(recent.gold_saved_through(floor, &[record(1, 100)]), 2);
+        let both = [record(1, 100), record(101, 200)];
+        assert_eq!(recent.gold_saved_through(floor, &both), 3);
+        // A replay's record over the same sequences says nothing about these rows.
+        let mut replay = record(101, 200);
+        replay.replay = Some("v2".into());
+        assert_eq!(recent.gold_saved_through(floor, &[replay]), 2);
     }
 }
