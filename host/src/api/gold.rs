@@ -13,6 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Result;
 use arrow_array::{
@@ -27,9 +28,9 @@ use serde_json::{Map, json};
 
 use super::{AppState, error, query_limit, query_time};
 use crate::lake::log::{CommitRecord, FileEntry};
+use crate::lake::read;
 use crate::lake::schema::gold_table;
 use crate::lake::store::Store;
-use crate::lake::{log, read};
 use crate::pipeline::shared::RecentGold;
 
 /// Query parameters that are not column filters.
@@ -269,7 +270,7 @@ fn from_memory(state: &AppState, ask: &Question) -> Response {
 fn memory_answer(state: &AppState, ask: &Question) -> Option<serde_json::Value> {
     let recent = state.shared.recent.lock().expect("not poisoned");
     let rows = recent.gold.get(&ask.table);
-    if rows.is_none() && recent.has_gold_from(&ask.table, i64::MIN) {
+    if rows.is_none() && !recent.lacks_gold_of(&ask.table) {
         return None;
     }
     let matched: Vec<serde_json::Value> = rows
@@ -302,46 +303,66 @@ fn memory_answer(state: &AppState, ask: &Question) -> Option<serde_json::Value> 
 /// Memory's rows alone, flagged, if the lake cannot be read.
 async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
     // Memory's rows not committed when looked at, then the log: a commit that lands between the two is in
-    // the log, and its rows are left to the lake's answer.
-    let (floor, mut uncommitted, in_memory) = {
+    // the log, and its rows are left to the lake's answer. Of memory's, only those that can be among the
+    // newest `limit` become JSON, under the lock the pipeline's thread also takes.
+    let (seen, mut uncommitted, in_memory) = {
         let recent = state.shared.recent.lock().expect("not poisoned");
         if recent.has_gold_from(&ask.table, ask.from) {
             drop(recent);
             return from_memory(state, &ask);
         }
-        let floor = recent.gold_committed_through();
+        let seen = recent.gold_commits();
         let rows = recent.gold.get(&ask.table);
-        let uncommitted: Vec<(u64, serde_json::Value)> = rows
+        let mut wanted: Vec<&RecentGold> = rows
             .into_iter()
             .flatten()
-            .filter(|r| r.number >= floor && ask.wants(r))
-            .map(|r| (r.number, r.to_json()))
+            .filter(|r| r.number >= seen.floor() && ask.wants(r))
             .collect();
-        (floor, uncommitted, rows.is_some())
-    };
-    let records = match log::all_records(store).await {
-        Ok(records) => records,
-        Err(e) => return memory_alone(state, &ask, e),
-    };
-    let unsaved = {
-        let recent = state.shared.recent.lock().expect("not poisoned");
-        let saved = recent.gold_saved_through(floor, &records);
-        uncommitted.retain(|(number, _)| *number >= saved);
-        recent
-            .unsaved_through(&ask.table, saved)
-            .filter(|&t| t >= ask.from)
+        wanted.sort_by_key(|r| Reverse(r.window_start()));
+        wanted.truncate(ask.limit);
+        let uncommitted: Vec<(u64, serde_json::Value)> =
+            wanted.iter().map(|r| (r.number, r.to_json())).collect();
+        (seen, uncommitted, rows.is_some())
     };
     let ask = Arc::new(ask);
-    let committed = if records.iter().any(|r| r.tables.contains_key(&ask.table)) {
+    let mut tries = 0;
+    let (saved, committed) = loop {
+        let records = match state.log.records(store).await {
+            Ok(records) => records,
+            Err(e) => return memory_alone(state, &ask, e),
+        };
+        let now = state
+            .shared
+            .recent
+            .lock()
+            .expect("not poisoned")
+            .gold_commits();
+        let saved = seen.saved_through(&now, &records);
+        if !records.iter().any(|r| r.tables.contains_key(&ask.table)) {
+            if !in_memory {
+                return no_rows_yet(state, &ask.table, "memory");
+            }
+            break (saved, Vec::new());
+        }
         match lake_rows_newest_first(store, records, Arc::clone(&ask)).await {
-            Ok(rows) => rows,
+            Ok(rows) => break (saved, rows),
+            // A commit in the log whose files are still being moved into place, or files a compaction has
+            // just replaced: the log, read again in a moment, has them.
+            Err(e) if read::is_not_found(&e) && tries < LAKE_READ_TRIES => {
+                tries += 1;
+                tokio::time::sleep(LAKE_READ_PAUSE).await;
+            }
             Err(e) => return memory_alone(state, &ask, e),
         }
-    } else if in_memory {
-        Vec::new()
-    } else {
-        return no_rows_yet(state, &ask.table, "memory");
     };
+    uncommitted.retain(|(number, _)| *number >= saved);
+    let unsaved = state
+        .shared
+        .recent
+        .lock()
+        .expect("not poisoned")
+        .unsaved_through(&ask.table, saved)
+        .filter(|&t| t >= ask.from);
     let mut rows: Vec<serde_json::Value> = uncommitted.into_iter().map(|(_, row)| row).collect();
     rows.extend(committed.into_iter().map(serde_json::Value::Object));
     // Newest window first; the sort is stable, so the lake's rows keep their order within a window.
@@ -371,14 +392,40 @@ fn memory_alone(state: &AppState, ask: &Question, e: anyhow::Error) -> Response 
 }
 
 async fn from_lake(state: &AppState, store: &Store, ask: Question) -> Response {
-    let table = ask.table.clone();
-    let records = match log::all_records(store).await {
-        Ok(records) if records.iter().any(|r| r.tables.contains_key(&table)) => records,
-        Ok(_) => return no_rows_yet(state, &table, "lake"),
-        Err(e) => return unreadable(&table, e),
-    };
+    let ask = Arc::new(ask);
+    let mut tries = 0;
+    loop {
+        let records = match state.log.records(store).await {
+            Ok(records) if records.iter().any(|r| r.tables.contains_key(&ask.table)) => records,
+            Ok(_) => return no_rows_yet(state, &ask.table, "lake"),
+            Err(e) => return unreadable(&ask.table, e),
+        };
+        match lake_rows_oldest_first(store, records, Arc::clone(&ask)).await {
+            Ok(rows) => {
+                return Json(json!({ "table": ask.table, "source": "lake", "rows": rows }))
+                    .into_response();
+            }
+            Err(e) if read::is_not_found(&e) && tries < LAKE_READ_TRIES => {
+                tries += 1;
+                tokio::time::sleep(LAKE_READ_PAUSE).await;
+            }
+            Err(e) => return unreadable(&ask.table, e),
+        }
+    }
+}
+
+/// How often a lake read that found a file gone is tried again, and after how long.
+const LAKE_READ_TRIES: u32 = 5;
+const LAKE_READ_PAUSE: Duration = Duration::from_millis(200);
+
+/// The committed rows asked for, oldest partition first, up to the limit.
+async fn lake_rows_oldest_first(
+    store: &Store,
+    records: Arc<Vec<CommitRecord>>,
+    ask: Arc<Question>,
+) -> Result<Vec<serde_json::Value>> {
     let store = store.clone();
-    let read = on_blocking_thread(move |runtime| {
+    on_blocking_thread(move |runtime| {
         let mut rows = Vec::new();
         runtime.block_on(read::query(
             &store,
@@ -400,11 +447,7 @@ async fn from_lake(state: &AppState, store: &Store, ask: Question) -> Response {
         ))?;
         Ok(rows)
     })
-    .await;
-    match read {
-        Ok(rows) => Json(json!({ "table": table, "source": "lake", "rows": rows })).into_response(),
-        Err(e) => unreadable(&table, e),
-    }
+    .await
 }
 
 fn unreadable(table: &str, e: anyhow::Error) -> Response {
@@ -419,7 +462,7 @@ fn unreadable(table: &str, e: anyhow::Error) -> Response {
 /// windows.
 async fn lake_rows_newest_first(
     store: &Store,
-    records: Vec<CommitRecord>,
+    records: Arc<Vec<CommitRecord>>,
     ask: Arc<Question>,
 ) -> Result<Vec<Map<String, serde_json::Value>>> {
     let store = store.clone();

@@ -48,6 +48,8 @@ struct AppState {
     replay: Option<Arc<ReplayContext>>,
     replays: Arc<Replays>,
     lake: Option<Store>,
+    /// The lake's commit log as queries last read it.
+    log: Arc<crate::lake::log::CachedLog>,
 }
 
 pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
@@ -58,6 +60,7 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         replay: options.replay.map(Arc::new),
         replays: Arc::default(),
         lake: options.lake,
+        log: Arc::default(),
     };
     let control = Router::new()
         .route("/api/v1/plugins/{stage}", post(deploy_upload))

@@ -6,6 +6,7 @@
 //! records instead of all of them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -258,6 +259,26 @@ pub async fn all_records(store: &Store) -> Result<Vec<CommitRecord>> {
     load(store, None).await
 }
 
+/// The commit log as a long-running reader (the API) last saw it: each look reads only the records created
+/// since, as compaction's view does, instead of one request per record of the whole log.
+#[derive(Debug, Default)]
+pub struct CachedLog(tokio::sync::Mutex<Arc<Vec<CommitRecord>>>);
+
+impl CachedLog {
+    /// Every record (all hosts), oldest first, as of now.
+    pub async fn records(&self, store: &Store) -> Result<Arc<Vec<CommitRecord>>> {
+        let mut seen = self.0.lock().await;
+        let newer = match seen.last() {
+            Some(last) => records_after(store, last.epoch).await?,
+            None => all_records(store).await?,
+        };
+        if !newer.is_empty() {
+            Arc::make_mut(&mut seen).extend(newer);
+        }
+        Ok(Arc::clone(&seen))
+    }
+}
+
 /// The records listed after the one of epoch `after` (all of them when `None`), in the order of their names.
 async fn load(store: &Store, after: Option<u64>) -> Result<Vec<CommitRecord>> {
     let dir = store.path(LOG_DIR);
@@ -348,6 +369,33 @@ pub async fn checkpoint(store: &Store, checkpoint: &Checkpoint) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cached log gives every record, as the whole log does, reading only the new ones each time.
+    #[test]
+    fn a_cached_log_keeps_up_with_the_log() {
+        crate::lake::testing::on_memory_store(|store| async move {
+            let record = |epoch: u64| CommitRecord {
+                epoch,
+                sequences: Ranges(vec![(epoch * 10, epoch * 10 + 9)]),
+                ..Default::default()
+            };
+            let log = CachedLog::default();
+            assert!(log.records(&store).await.unwrap().is_empty());
+            for epoch in 1..=3 {
+                create(&store, &record(epoch)).await.unwrap();
+            }
+            let first = log.records(&store).await.unwrap();
+            assert_eq!(*first, all_records(&store).await.unwrap());
+            for epoch in 4..=5 {
+                create(&store, &record(epoch)).await.unwrap();
+            }
+            let second = log.records(&store).await.unwrap();
+            assert_eq!(*second, all_records(&store).await.unwrap());
+            assert_eq!(second.len(), 5);
+            // A reader still holding the earlier view keeps it.
+            assert_eq!(first.len(), 3);
+        });
+    }
 
     #[test]
     fn ranges_merge_and_answer() {

@@ -486,6 +486,13 @@ pub struct Committed {
     others: Ranges,
 }
 
+impl Committed {
+    /// Whether another host (or a replay in place) committed to the lake since this host's commit before.
+    pub fn others_committed(&self) -> bool {
+        !self.others.0.is_empty()
+    }
+}
+
 /// Adds a commit to what is committed: its sequences, those of the other hosts' epochs it stepped over, and
 /// its host's base when it saved the whole state.
 fn note_committed(

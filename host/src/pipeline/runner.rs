@@ -923,12 +923,15 @@ impl Processor {
             progress.abort();
         }
         let done = done.context("the commit task panicked")??;
+        let others = done.others_committed();
         let record = self.lake.finish_commit(done);
-        self.shared
-            .recent
-            .lock()
-            .expect("not poisoned")
-            .gold_committed(pending.gold_through);
+        {
+            let mut recent = self.shared.recent.lock().expect("not poisoned");
+            recent.gold_committed(pending.gold_through);
+            if others {
+                recent.gold_shared_lake();
+            }
+        }
         let c = &self.shared.counters;
         c.phase(Phase::Commit, waiting);
         c.commits.fetch_add(1, Ordering::Relaxed);

@@ -147,8 +147,10 @@ pub struct Recent {
     gold_committed: u64,
     /// The latest commits started, oldest first: each one's first stream sequence and the number its gold
     /// rows end at. Tells a reader of the commit log which rows a commit it sees holds (see
-    /// [`Recent::gold_saved_through`]) before that commit has settled here.
+    /// [`GoldCommits::saved_through`]) before that commit has settled here.
     gold_commits: VecDeque<(u64, u64)>,
+    /// Another host commits to the lake too: its rows are there, never in this host's memory.
+    gold_shared: bool,
     /// Quarantine reasons with counts, since start.
     pub quarantine_reasons: BTreeMap<String, u64>,
     /// How many gold rows to keep per table (`api.recent_gold_rows`).
@@ -165,8 +167,9 @@ impl Recent {
     pub const EVENTS: usize = 1000;
     /// The default of `api.recent_gold_rows`.
     pub const GOLD_ROWS: usize = 5_000;
-    /// Commits remembered in `gold_commits`: one runs at a time, so a few cover any reader's view of the log.
-    const GOLD_COMMITS: usize = 8;
+    /// Commits remembered in `gold_commits`. One runs at a time, and a reader needs those started between its
+    /// look at memory and its read of the log (milliseconds; a commit takes a second at the least).
+    const GOLD_COMMITS: usize = 64;
 
     pub fn with_gold_rows(gold_rows: usize) -> Self {
         Recent {
@@ -176,6 +179,7 @@ impl Recent {
             gold_pushed: 0,
             gold_committed: 0,
             gold_commits: VecDeque::new(),
+            gold_shared: false,
             quarantine_reasons: BTreeMap::new(),
             gold_rows,
         }
@@ -260,28 +264,28 @@ impl Recent {
         self.gold_committed = self.gold_committed.max(through);
     }
 
-    /// The rows numbered below this are committed (settled here; the log may hold later commits already).
-    pub fn gold_committed_through(&self) -> u64 {
-        self.gold_committed
+    /// What a reader of the commit log needs to tell which of memory's rows the records it reads hold: the
+    /// rows numbered below `floor` are committed (settled here), and the commits started lately may be in the
+    /// log before they settle. Take it before reading the log; see [`GoldCommits::saved_through`].
+    pub fn gold_commits(&self) -> GoldCommits {
+        GoldCommits {
+            floor: self.gold_committed,
+            started: self.gold_commits.iter().copied().collect(),
+        }
     }
 
-    /// The rows numbered below this are in the lake as `records` (the commit log, read after
-    /// [`Recent::gold_committed_through`] gave `floor`) shows it: `floor`, or further for each commit started
-    /// here that is in the log but has not settled yet.
-    pub fn gold_saved_through(&self, floor: u64, records: &[CommitRecord]) -> u64 {
-        self.gold_commits
-            .iter()
-            .filter(|(first, _)| {
-                records
-                    .iter()
-                    .any(|r| r.replay.is_none() && r.sequences.contains(*first))
-            })
-            .map(|&(_, through)| through)
-            .fold(floor, u64::max)
+    /// Whether memory has let go of rows of the table, or never had those of earlier runs.
+    pub fn lacks_gold_of(&self, table: &str) -> bool {
+        self.gold_gaps.contains_key(table)
+    }
+
+    /// Another host commits to this lake: memory never holds every row of a window again.
+    pub fn gold_shared_lake(&mut self) {
+        self.gold_shared = true;
     }
 
     /// The latest window start of a table's rows that memory dropped before their commit, if that commit is
-    /// not among those holding the rows below `saved` (see [`Recent::gold_saved_through`]): neither memory
+    /// not among those holding the rows below `saved` (see [`GoldCommits::saved_through`]): neither memory
     /// nor the lake holds them until it is.
     pub fn unsaved_through(&self, table: &str, saved: u64) -> Option<i64> {
         let gaps = self.gold_gaps.get(table)?;
@@ -289,15 +293,48 @@ impl Recent {
         (number >= saved).then_some(latest)
     }
 
-    /// Whether memory holds every row of the table's windows that start at or after `from` (this host's,
-    /// that is: other hosts sharing the lake keep their own).
+    /// Whether memory holds every row of the table's windows that start at or after `from` (never once
+    /// another host has committed to the lake: its rows are in the lake alone).
     pub fn has_gold_from(&self, table: &str, from: i64) -> bool {
         self.gold_rows > 0
+            && !self.gold_shared
             && self
                 .gold_gaps
                 .get(table)
                 .and_then(|g| g.dropped_through)
                 .is_none_or(|through| through < from)
+    }
+}
+
+/// Which of memory's gold rows are committed, as a reader of the commit log can tell (see
+/// [`Recent::gold_commits`]).
+pub struct GoldCommits {
+    floor: u64,
+    started: Vec<(u64, u64)>,
+}
+
+impl GoldCommits {
+    /// The rows numbered below this were committed when this was taken.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// The rows numbered below the result are in the lake as `records` (the commit log, read after this was
+    /// taken) shows it: the floor, or further for each commit started here that the log holds. `now` is
+    /// taken after the log was read, for the commits started meanwhile (each holds every row seen before).
+    pub fn saved_through(&self, now: &GoldCommits, records: &[CommitRecord]) -> u64 {
+        self.started
+            .iter()
+            .chain(&now.started)
+            .filter(|&&(_, through)| through > self.floor)
+            .filter(|(first, _)| {
+                records
+                    .iter()
+                    .rev()
+                    .any(|r| r.replay.is_none() && r.sequences.contains(*first))
+            })
+            .map(|&(_, through)| through)
+            .fold(self.floor, u64::max)
     }
 }
 
@@ -508,7 +545,7 @@ mod tests {
     #[test]
     fn rows_dropped_before_their_commit_are_unsaved_until_it() {
         let mut recent = Recent::with_gold_rows(2);
-        let unsaved = |r: &Recent| r.unsaved_through("gold_wiki", r.gold_committed_through());
+        let unsaved = |r: &Recent| r.unsaved_through("gold_wiki", r.gold_commits().floor());
         recent.push_gold("gold_wiki", &row(10)); // number 0
         let through = recent.gold_commit_started(1);
         recent.gold_committed(through); // 0 committed
@@ -548,14 +585,28 @@ mod tests {
         recent.push_gold("gold_wiki", &row(30));
         recent.gold_commit_started(101); // sequences 101..=200, row 2; not settled
         recent.push_gold("gold_wiki", &row(40));
-        let floor = recent.gold_committed_through();
-        assert_eq!(floor, 2);
-        assert_eq!(recent.gold_saved_through(floor, &[record(1, 100)]), 2);
+        let seen = recent.gold_commits();
+        assert_eq!(seen.floor(), 2);
+        let saved = |records: &[CommitRecord]| seen.saved_through(&recent.gold_commits(), records);
+        assert_eq!(saved(&[record(1, 100)]), 2);
         let both = [record(1, 100), record(101, 200)];
-        assert_eq!(recent.gold_saved_through(floor, &both), 3);
+        assert_eq!(saved(&both), 3);
         // A replay's record over the same sequences says nothing about these rows.
         let mut replay = record(101, 200);
         replay.replay = Some("v2".into());
-        assert_eq!(recent.gold_saved_through(floor, &[replay]), 2);
+        assert_eq!(saved(&[replay]), 2);
+        // A commit started after the look at memory, and in the log by the time it is read, holds every row
+        // seen (and more).
+        recent.push_gold("gold_wiki", &row(50));
+        let now = {
+            recent.gold_commit_started(201); // rows 3 and 4
+            recent.gold_commits()
+        };
+        let three = [record(1, 100), record(101, 200), record(201, 300)];
+        assert_eq!(seen.saved_through(&now, &three), 5);
+        // Once another host commits to the lake, memory never holds every row.
+        assert!(recent.has_gold_from("gold_wiki", 41));
+        recent.gold_shared_lake();
+        assert!(!recent.has_gold_from("gold_wiki", 41));
     }
 }
