@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -258,14 +258,35 @@ impl Harness {
 
     /// [`Harness::weir`], with `configure` adjusting the command before it starts.
     pub fn weir_with(&self, env: &[(&str, &str)], configure: impl FnOnce(&mut Command)) -> Weir {
-        let log = self
-            .dir
-            .path()
-            .join(format!("weir-{}.log", now_ms() % 1_000_000_000));
+        let log = format!("weir-{}.log", now_ms() % 1_000_000_000);
+        self.start_weir(&self.config_path, &log, env, configure)
+    }
+
+    /// `weir run` as host `host` (`pipeline.host`), beside others on the same stream and lake.
+    pub fn weir_as(&self, host: &str) -> Weir {
+        let mut table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&self.config_path).unwrap()).unwrap();
+        table["pipeline"]
+            .as_table_mut()
+            .unwrap()
+            .insert("host".into(), host.into());
+        let config = self.dir.path().join(format!("pipeline-{host}.toml"));
+        std::fs::write(&config, to_toml(&table)).unwrap();
+        self.start_weir(&config, &format!("weir-{host}.log"), &[], |_| {})
+    }
+
+    fn start_weir(
+        &self,
+        config: &Path,
+        log: &str,
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Weir {
+        let log = self.dir.path().join(log);
         let mut command = Command::new(weir_bin());
         command
             .args(["run", "--config"])
-            .arg(&self.config_path)
+            .arg(config)
             .current_dir(self.dir.path())
             .env("RUST_LOG", "weir=info")
             .env_remove("WEIR_LAKE_URL")

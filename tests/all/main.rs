@@ -6,6 +6,7 @@ mod cli;
 mod consumer;
 mod exclusive;
 mod harness;
+mod hosts;
 mod ingest;
 mod lake;
 mod lease;
