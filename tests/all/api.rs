@@ -177,6 +177,8 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(lake.len(), 1, "{lake:?}");
     assert_eq!(lake[0]["events"], oldest["events"]);
     assert_eq!(lake[0]["window_start"], start);
+    // Row for row the same as memory's, lineage and all.
+    assert_eq!(lake[0], *oldest);
     let five = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=5");
     assert_eq!(five["rows"].as_array().unwrap().len(), 5, "{five}");
     // Every row, from the lake: more than memory keeps, the ones in memory among them.

@@ -252,7 +252,7 @@ impl Filter {
         match row.get(&self.column) {
             Some(serde_json::Value::String(s)) => *s == self.text,
             Some(value) => *value == self.json,
-            // The lake's JSON leaves nulls out.
+            // Nulls are left out of rows, as is a column the row's file does not have.
             None => self.json.is_null(),
         }
     }
@@ -553,7 +553,8 @@ fn no_rows_yet(state: &AppState, table: &str, source: &str) -> Response {
     Json(answer).into_response()
 }
 
-/// A batch's rows as JSON objects, timestamps in milliseconds as the rows in memory give them.
+/// A batch's rows as JSON objects, timestamps in milliseconds and nulls left out, as the rows in memory give
+/// them (a file may lack a column that was null in all its rows).
 fn json_rows(batch: &RecordBatch) -> Result<Vec<Map<String, serde_json::Value>>> {
     let columns: Vec<ArrayRef> = batch
         .columns()

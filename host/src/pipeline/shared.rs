@@ -209,10 +209,15 @@ impl Recent {
                 .map(|(name, _)| name.as_str().into())
                 .collect(),
         };
+        let plugin = match rows.back() {
+            Some(last) if *last.plugin == *row.plugin => Arc::clone(&last.plugin),
+            _ => row.plugin.as_str().into(),
+        };
         let full = rows.len() >= self.gold_rows;
         let dropped = full.then(|| rows.pop_front()).flatten();
         rows.push_back(RecentGold {
             number: self.gold_pushed,
+            plugin,
             columns,
             values: row.columns.iter().map(|(_, value)| value.clone()).collect(),
         });
@@ -357,6 +362,8 @@ struct GoldGaps {
 pub struct RecentGold {
     /// Its place in the order rows were pushed (see [`Recent::gold_committed`]).
     pub number: u64,
+    /// The plugin version that emitted it, as the lake's `_plugin` column has it.
+    plugin: Arc<str>,
     columns: Arc<[Box<str>]>,
     values: Box<[Value]>,
 }
@@ -389,6 +396,9 @@ impl RecentGold {
     /// Whether a column equals a query's value: text columns as text, others as JSON (a missing column is
     /// null). Text, the usual case, is compared without building JSON.
     pub fn column_is(&self, column: &str, text: &str, json: &serde_json::Value) -> bool {
+        if column == "_plugin" {
+            return *self.plugin == *text;
+        }
         match self.get(column) {
             Some(Value::Text(s)) => s == text,
             Some(value) => match json_of(value) {
@@ -399,14 +409,17 @@ impl RecentGold {
         }
     }
 
+    /// The row as the lake's answers give it: its columns but the null ones, then the plugin that emitted it.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Object(
-            self.columns
-                .iter()
-                .zip(&self.values)
-                .map(|(name, value)| (name.to_string(), json_of(value)))
-                .collect(),
-        )
+        let mut row: serde_json::Map<String, serde_json::Value> = self
+            .columns
+            .iter()
+            .zip(&self.values)
+            .map(|(name, value)| (name.to_string(), json_of(value)))
+            .filter(|(_, value)| !value.is_null())
+            .collect();
+        row.insert("_plugin".into(), self.plugin.as_ref().into());
+        serde_json::Value::Object(row)
     }
 }
 
@@ -531,6 +544,11 @@ mod tests {
             .map(RecentGold::window_start)
             .collect();
         assert_eq!(kept, [40, 50]);
+        // Rows answer as the lake's do: with the plugin that emitted them, which a filter can ask for.
+        let newest = recent.gold["gold_wiki"].back().unwrap();
+        assert_eq!(newest.to_json()["_plugin"], "aggregate@1");
+        assert!(newest.column_is("_plugin", "aggregate@1", &serde_json::Value::Null));
+        assert!(!newest.column_is("_plugin", "aggregate@2", &serde_json::Value::Null));
         recent.push_gold("gold_user", &row(60));
         assert!(!recent.gold_gaps.contains_key("gold_user"));
         assert!(recent.has_gold_from("gold_user", i64::MIN));
