@@ -2,38 +2,15 @@
 //! Prometheus metrics, the OpenAPI document, queries of recent data, token-protected control with an
 //! upload limit, and replays started from the API.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::{Harness, LakeAt, now_ms, realistic};
-use crate::support::plugin_path;
+use crate::support::{get_json, http, plugin_path};
 
 const TOKEN: &str = "test-token";
 const RECENT_GOLD_ROWS: i64 = 10;
-
-/// (status, body) of a request with curl (`method`, optional bearer token, optional body file).
-fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
-    let mut command = Command::new("curl");
-    command.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
-    if let Some(token) = token {
-        command.args(["-H", &format!("Authorization: Bearer {token}")]);
-    }
-    if let Some(body) = body {
-        command.args(["--data-binary", body]);
-    }
-    let out = command.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn get_json(api: &str, path: &str) -> Value {
-    let (code, body) = http("GET", &format!("{api}{path}"), None, None);
-    assert_eq!(code, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
 
 #[test]
 fn the_api_reports_queries_controls_and_replays() {

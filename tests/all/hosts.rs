@@ -6,15 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{Harness, LakeAt, realistic};
-
-fn get_json(api: &str, path: &str) -> Value {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-f", &format!("{api}{path}")])
-        .output()
-        .expect("run curl");
-    assert!(out.status.success(), "GET {path}: {:?}", out.status);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
+use crate::support::get_json;
 
 #[test]
 fn two_hosts_share_the_consumer_and_the_lake() {

@@ -1,9 +1,11 @@
-//! Shared helpers: building the Wasm plugins and the `weir` binary once per test run, and making events.
+//! Shared helpers: building the Wasm plugins and the `weir` binary once per test run, making events, and
+//! asking the HTTP API.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
+use serde_json::Value;
 use weir::runtime::columns::{ColumnBuilder, StringsBuilder};
 use weir::runtime::types::{Batch, ValueRef};
 use weir::runtime::{Clock, Limits, LoadedPlugin, Loader, Plugin};
@@ -174,4 +176,27 @@ pub fn init_logging() {
                 .try_init();
         }
     });
+}
+
+/// (status, body) of a request with curl (`method`, optional bearer token, optional body file).
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    if let Some(token) = token {
+        command.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    if let Some(body) = body {
+        command.args(["--data-binary", body]);
+    }
+    let out = command.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The JSON body of a `GET` that must answer 200.
+pub fn get_json(api: &str, path: &str) -> Value {
+    let (code, body) = http("GET", &format!("{api}{path}"), None, None);
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }

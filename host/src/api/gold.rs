@@ -112,7 +112,17 @@ impl Question {
     /// The rows of a batch read from the lake (in the time range already) that pass the filters, as JSON.
     fn rows_of(&self, batch: &RecordBatch) -> Result<Vec<Map<String, serde_json::Value>>> {
         let (batch, exact) = self.narrow(batch)?;
-        let mut rows = json_rows(&batch)?;
+        self.json_of(&batch, exact)
+    }
+
+    /// A batch [`Question::narrow`] gave as JSON rows, with the filters it could not apply (unless `exact`)
+    /// applied to the JSON.
+    fn json_of(
+        &self,
+        batch: &RecordBatch,
+        exact: bool,
+    ) -> Result<Vec<Map<String, serde_json::Value>>> {
+        let mut rows = json_rows(batch)?;
         if !exact {
             rows.retain(|row| self.filters.iter().all(|f| f.matches(row)));
         }
@@ -170,11 +180,7 @@ impl Question {
         if !exact {
             let mut rows = Vec::new();
             for batch in batches {
-                rows.extend(
-                    json_rows(batch)?
-                        .into_iter()
-                        .filter(|row| self.filters.iter().all(|f| f.matches(row))),
-                );
+                rows.extend(self.json_of(batch, false)?);
             }
             rows.sort_by_key(|r| {
                 Reverse(r.get("window_start").and_then(|t| t.as_i64()).unwrap_or(0))
@@ -325,12 +331,9 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
         (seen, uncommitted, rows.is_some())
     };
     let ask = Arc::new(ask);
-    let mut tries = 0;
-    let (saved, committed) = loop {
-        let records = match state.log.records(store).await {
-            Ok(records) => records,
-            Err(e) => return memory_alone(state, &ask, e),
-        };
+    let read = read_committed(state, store, &ask.table, |records| {
+        // Which of memory's rows these records hold, worked out as soon as the log is read (see
+        // `GoldCommits::saved_through`).
         let now = state
             .shared
             .recent
@@ -338,22 +341,16 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
             .expect("not poisoned")
             .gold_commits();
         let saved = seen.saved_through(&now, &records);
-        if !records.iter().any(|r| r.tables.contains_key(&ask.table)) {
-            if !in_memory {
-                return no_rows_yet(state, &ask.table, "memory");
-            }
-            break (saved, Vec::new());
-        }
-        match lake_rows_newest_first(store, records, Arc::clone(&ask)).await {
-            Ok(rows) => break (saved, rows),
-            // A commit in the log whose files are still being moved into place, or files a compaction has
-            // just replaced: the log, read again in a moment, has them.
-            Err(e) if read::is_not_found(&e) && tries < LAKE_READ_TRIES => {
-                tries += 1;
-                tokio::time::sleep(LAKE_READ_PAUSE).await;
-            }
-            Err(e) => return memory_alone(state, &ask, e),
-        }
+        let (store, ask) = (store.clone(), Arc::clone(&ask));
+        async move { Ok((saved, lake_rows_newest_first(&store, records, ask).await?)) }
+    })
+    .await;
+    let (saved, committed) = match read {
+        Ok(Some(read)) => read,
+        // No commit holds the table, so none of memory's rows of it are committed.
+        Ok(None) if in_memory => (seen.floor(), Vec::new()),
+        Ok(None) => return no_rows_yet(state, &ask.table, "memory"),
+        Err(e) => return memory_alone(state, &ask, e),
     };
     uncommitted.retain(|(number, _)| *number >= saved);
     let unsaved = state
@@ -393,23 +390,44 @@ fn memory_alone(state: &AppState, ask: &Question, e: anyhow::Error) -> Response 
 
 async fn from_lake(state: &AppState, store: &Store, ask: Question) -> Response {
     let ask = Arc::new(ask);
+    let read = read_committed(state, store, &ask.table, |records| {
+        lake_rows_oldest_first(store, records, Arc::clone(&ask))
+    })
+    .await;
+    match read {
+        Ok(Some(rows)) => {
+            Json(json!({ "table": ask.table, "source": "lake", "rows": rows })).into_response()
+        }
+        Ok(None) => no_rows_yet(state, &ask.table, "lake"),
+        Err(e) => unreadable(&ask.table, e),
+    }
+}
+
+/// Reads committed rows of `table` with `rows`, over the commit log as it stands; `None` when no commit
+/// holds the table. A file the log lists may be gone, as a commit still moving its files into place or a
+/// compaction that has just replaced them leaves it: the log, read again a moment later, has them.
+async fn read_committed<T, F>(
+    state: &AppState,
+    store: &Store,
+    table: &str,
+    rows: impl Fn(Arc<Vec<CommitRecord>>) -> F,
+) -> Result<Option<T>>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
     let mut tries = 0;
     loop {
-        let records = match state.log.records(store).await {
-            Ok(records) if records.iter().any(|r| r.tables.contains_key(&ask.table)) => records,
-            Ok(_) => return no_rows_yet(state, &ask.table, "lake"),
-            Err(e) => return unreadable(&ask.table, e),
-        };
-        match lake_rows_oldest_first(store, records, Arc::clone(&ask)).await {
-            Ok(rows) => {
-                return Json(json!({ "table": ask.table, "source": "lake", "rows": rows }))
-                    .into_response();
-            }
+        let records = state.log.records(store).await?;
+        if !records.iter().any(|r| r.tables.contains_key(table)) {
+            return Ok(None);
+        }
+        match rows(records).await {
+            Ok(read) => return Ok(Some(read)),
             Err(e) if read::is_not_found(&e) && tries < LAKE_READ_TRIES => {
                 tries += 1;
                 tokio::time::sleep(LAKE_READ_PAUSE).await;
             }
-            Err(e) => return unreadable(&ask.table, e),
+            Err(e) => return Err(e),
         }
     }
 }

@@ -345,7 +345,7 @@ impl GoldCommits {
 }
 
 /// What memory lacks of a gold table's rows.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct GoldGaps {
     /// The latest window start among the rows dropped to keep `gold_rows` (`i64::MAX` when the lake held rows
     /// of the table when this process began): memory lacks rows of the windows from there back.
