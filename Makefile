@@ -45,7 +45,7 @@ build: ## Build the weir binary (release)
 	$(CARGO) build --release -p weir
 
 run: setup plugins build ## Run the Wikimedia pipeline (live stream, or generated events offline); API on 127.0.0.1:8080
-	./target/release/weir run --config deploy/pipelines/wikimedia.toml
+	./target/release/weir run --config deploy/pipelines/wikimedia.toml --offline-fallback
 
 demo-chain: examples build ## Run the example chain (Python enrich -> Rust filter -> JS filter) over recorded events
 	./target/release/weir plugin run \

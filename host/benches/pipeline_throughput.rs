@@ -412,6 +412,29 @@ fn main() {
         "  hot-swap pause of enrich under load: p50 {} µs, p99 {} µs over {} swaps",
         pauses["p50_us"], pauses["p99_us"], pauses["count"]
     );
+    // Each new version is started twice and self-tested before its swap, off the pipeline's thread (on it,
+    // until 2026-12-05, where it stalled the pipeline this long per deploy).
+    let mut prepared: Vec<f64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("prepared a new version off the pipeline thread"))
+        .filter_map(|l| {
+            l.split("took_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    prepared.sort_by(f64::total_cmp);
+    if let (Some(first), Some(last)) = (prepared.first(), prepared.last()) {
+        println!(
+            "  a new version's start and self-test, off the pipeline thread: p50 {:.1} ms, {first:.1}-{last:.1} ms over {}",
+            prepared[prepared.len() / 2],
+            prepared.len()
+        );
+    }
 
     // The run's small files merged, as `weir run` does hourly, here of every hour (the current one too).
     let started = Instant::now();

@@ -61,7 +61,8 @@ pub struct PipelineSection {
     /// This host's id in the lake's commit log and file names; default: the machine's hostname.
     pub host: Option<String>,
     /// When `[source]` cannot be reached at start, serve generated events locally instead (`weir
-    /// serve-sse`), so a demo works on a machine without internet access.
+    /// serve-sse`), so a demo works on a machine without internet access. Off by default: the generated
+    /// events would land in a production lake like real ones (`weir run --offline-fallback` turns it on).
     #[serde(default)]
     pub offline_fallback: bool,
 }
@@ -204,6 +205,30 @@ pub struct StageSection {
     pub config_file: Option<PathBuf>,
     #[serde(default)]
     pub limits: Limits,
+    /// What becomes of an event the plugin fails on (a trap, a timeout, memory over the limit, output the
+    /// contract forbids), once the host has narrowed the failure down to that one event.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// What a stage does with an event its plugin failed on (`[[stages]] on_error`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Into quarantine with the failure as its reason (`plugin_trap`, `plugin_timeout`, ...): nothing is lost,
+    /// and the event can be replayed once the plugin is fixed. For an aggregate, into the gold quarantine,
+    /// while the event goes on to silver.
+    #[default]
+    Quarantine,
+    /// On to the next stage as if this one had kept it unchanged: for stages the data can do without (an
+    /// optional enrichment). Counted per stage (`weir_skipped_events_total`).
+    Skip,
+    /// Out of the pipeline, counted as dropped by the rule `on_error:<reason>`.
+    Drop,
+    /// Stop the pipeline: nothing of the open epoch is committed or acked, so the events come again after a
+    /// restart, in shared mode as `poison` once they reach `consumer.max_deliver`. For plugins whose every
+    /// failure must be looked at before anything else moves.
+    Stop,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +272,7 @@ pub struct ResolvedStage {
     pub path: PathBuf,
     pub config: String,
     pub limits: Limits,
+    pub on_error: OnError,
 }
 
 impl Config {
@@ -400,6 +426,7 @@ impl Config {
                     path: self.plugin_path(s.plugin.get_ref()),
                     config,
                     limits: s.limits.clone(),
+                    on_error: s.on_error,
                 })
             })
             .collect()
@@ -520,6 +547,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 4") && err.contains("int"), "{err}");
+    }
+
+    #[test]
+    fn on_error_takes_four_answers() {
+        let err = parse(
+            "[pipeline]\nname = \"x\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\non_error = \"retry\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("line 7") && err.contains("retry") && err.contains("skip"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -230,6 +230,11 @@ fn the_api_reports_queries_controls_and_replays() {
     let pause = format!("{api}/api/v1/pipeline/pause");
     assert_eq!(http("POST", &pause, None, None).0, 401);
     assert_eq!(http("POST", &pause, Some("wrong"), None).0, 401);
+    assert_eq!(
+        http("POST", &pause, Some(&format!("{TOKEN}x")), None).0,
+        401
+    );
+    assert_eq!(http("POST", &pause, Some(&TOKEN[..4]), None).0, 401);
     assert_eq!(http("POST", &pause, Some(TOKEN), None).0, 200);
     assert_eq!(get_json(&api, "/ready")["paused"], true);
     assert_eq!(

@@ -145,3 +145,72 @@ fn several_poison_events_in_one_batch() {
         .collect();
     assert_eq!(quarantined, [3, 253, 503, 753]);
 }
+
+/// `[[stages]] on_error`: an event the plugin fails on is quarantined (the default), passed on unchanged,
+/// dropped under a counted rule, or stops the chain; the other events get the plugin's own answers.
+#[test]
+fn on_error_decides_where_a_failed_event_goes() {
+    use weir::config::OnError;
+    use weir::pipeline::chain::Chain;
+
+    let run = |policy: OnError| {
+        let chain = Chain::new(vec![start("bad-panic")]).unwrap();
+        let mut chain = chain.on_error(&[policy]);
+        let parser = chain.parser();
+        let events = ["ok", "boom", "ok", "boom", "ok"]
+            .iter()
+            .enumerate()
+            .map(|(i, action)| {
+                let raw = format!(
+                    r#"{{"meta": {{"id": "e{i}", "dt": "2026-12-05T12:00:00Z"}}, "action": "{action}"}}"#
+                );
+                parser.parse(raw.into_bytes(), 0).unwrap()
+            })
+            .collect();
+        chain.run(events)
+    };
+    let ids = |events: Vec<&weir::event::Event>| -> Vec<String> {
+        events.into_iter().map(|e| e.id.clone()).collect()
+    };
+
+    let out = run(OnError::Quarantine);
+    assert_eq!(ids(out.kept.iter().collect()), ["e0", "e2", "e4"]);
+    let quarantined: Vec<_> = out
+        .quarantined
+        .iter()
+        .map(|q| (q.event.id.as_str(), q.reason.as_str()))
+        .collect();
+    assert_eq!(quarantined, [("e1", "plugin_trap"), ("e3", "plugin_trap")]);
+    assert!(out.dropped.is_empty() && out.skipped.is_empty() && out.stop.is_none());
+
+    let out = run(OnError::Skip);
+    assert_eq!(
+        ids(out.kept.iter().collect()),
+        ["e0", "e1", "e2", "e3", "e4"]
+    );
+    assert_eq!(out.skipped, ["panic", "panic"]);
+    assert!(out.quarantined.is_empty() && out.dropped.is_empty() && out.stop.is_none());
+
+    let out = run(OnError::Drop);
+    assert_eq!(ids(out.kept.iter().collect()), ["e0", "e2", "e4"]);
+    let dropped: Vec<_> = out
+        .dropped
+        .iter()
+        .map(|d| (d.event.id.as_str(), d.rule.as_str()))
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            ("e1", "on_error:plugin_trap"),
+            ("e3", "on_error:plugin_trap")
+        ]
+    );
+    assert!(out.quarantined.is_empty() && out.skipped.is_empty() && out.stop.is_none());
+
+    let out = run(OnError::Stop);
+    let why = out.stop.expect("the chain stops");
+    assert!(
+        why.contains("stage panic") && why.contains("event e1") && why.contains("plugin_trap"),
+        "{why}"
+    );
+}

@@ -92,3 +92,30 @@ fn a_second_reader_is_refused_and_a_killed_one_is_followed_at_once() {
     h.verify();
     h.read_back().assert_exactly_once(last);
 }
+
+/// A host that comes back under another name (a container created anew gets a new hostname) carries on
+/// from the plugin state the last host committed: the windows open when the first host stopped close
+/// whole, as gold_wiki against silver shows, and dedupe keys and sessions go on.
+#[test]
+fn a_host_under_a_new_name_carries_on_from_the_last_state() {
+    const EVENTS: u64 = 1500;
+    let h = Harness::new(LakeAt::Local, exclusive);
+    let half = Duration::from_secs(25 * 60);
+    // The first run's events end 26 minutes ago, the second's go on from there: windows straddle the two.
+    let mut early = realistic(31, EVENTS, half);
+    early.start_ms -= half.as_millis() as i64;
+    let last = h.prefill(early, EVENTS);
+    let mut first = h.weir_as("box-a");
+    h.finish(&mut first, last);
+
+    let last = h.prefill(realistic(32, EVENTS, half), EVENTS);
+    let mut second = h.weir_as("box-b");
+    h.finish(&mut second, last);
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    assert!(
+        log.contains("carrying on from the plugin state host box-a committed last"),
+        "{log}"
+    );
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}

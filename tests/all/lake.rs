@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::harness::{Azurite, Harness, LakeAt, Outage, Seaweed, realistic};
+use crate::support::http;
 
 const EVENTS: u64 = 3000;
 
@@ -377,7 +378,7 @@ fn azure_lake_survives_every_crash_point_and_the_store_going_away() {
 /// seconds later (longer than the consumer's ack wait); then checks the lake.
 fn survive_outage(lake: LakeAt, seed: u64, store: &mut dyn Outage) {
     let h = Harness::new(lake, |_| {});
-    let last = h.prefill(realistic(seed, EVENTS, span()), EVENTS);
+    h.prefill(realistic(seed, EVENTS, span()), EVENTS);
     let mut weir = h.weir(&[]);
     let started = std::time::Instant::now();
     while h.committed() == 0 {
@@ -388,15 +389,40 @@ fn survive_outage(lake: LakeAt, seed: u64, store: &mut dyn Outage) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let api = weir.api(Duration::from_secs(30));
     store.kill();
-    std::thread::sleep(Duration::from_secs(8));
+    // More events while it is down, so that commits are due whatever the first ones did meanwhile.
+    let last = h.prefill(realistic(seed + 1000, 500, span()), 500);
+    // Readiness follows the store: not ready once a commit's requests fail and are retried.
+    let down = std::time::Instant::now();
+    let mut ready = http("GET", &format!("{api}/ready"), None, None);
+    while ready.0 != 503 && down.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(200));
+        ready = http("GET", &format!("{api}/ready"), None, None);
+    }
+    assert_eq!(ready.0, 503, "{ready:?}");
+    assert!(
+        ready.1.contains(r#""store_reachable":false"#),
+        "{}",
+        ready.1
+    );
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(down.elapsed()));
     assert!(
         weir.child.try_wait().unwrap().is_none(),
         "weir run gave up while the store was down:\n{}",
         weir.log_tail()
     );
+    let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weir_lake_store_retries_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     store.restart();
-    h.finish(&mut weir, last);
+    h.wait_committed(&mut weir, last, Duration::from_secs(180));
+    assert_eq!(http("GET", &format!("{api}/ready"), None, None).0, 200);
+    weir.stop();
     h.verify();
     h.read_back().assert_exactly_once(last);
 }

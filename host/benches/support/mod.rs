@@ -28,6 +28,7 @@ pub fn decide_native<P: weir_sdk::Plugin>(
             }]
         },
         rows: Vec::new(),
+        failed: Vec::new(),
     };
     (result, rows)
 }

@@ -132,6 +132,28 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         c.skipped_in_flight.load(Ordering::Relaxed),
     );
     o.metric(
+        "weir_lake_store_retries_total",
+        "counter",
+        "Failed requests to the lake's store, each retried with backoff (the store is unreachable or failing while these grow).",
+    );
+    o.value(
+        "weir_lake_store_retries_total",
+        &[("pipeline", p)],
+        crate::lake::store_retries(),
+    );
+    o.metric(
+        "weir_skipped_events_total",
+        "counter",
+        "Events passed on unchanged by a stage whose plugin failed on them (the stage's on_error is \"skip\").",
+    );
+    for (stage, n) in c.skipped_events.lock().expect("not poisoned").iter() {
+        o.value(
+            "weir_skipped_events_total",
+            &[("pipeline", p), ("stage", stage)],
+            *n,
+        );
+    }
+    o.metric(
         "weir_pipeline_thread_seconds_total",
         "counter",
         "Time the pipeline's thread spent per phase (waiting for messages, reading, plugins, watermark, tables, state, commit).",

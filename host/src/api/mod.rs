@@ -87,12 +87,16 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
 
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
+        // The scheme's name is case-insensitive (RFC 9110); the token is compared in constant time, so
+        // timing tells nothing about how much of a guess was right.
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(&**token) {
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, given)| given.trim());
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "control endpoints need `Authorization: Bearer <token>` (api.token or WEIR_API_TOKEN)",
@@ -100,6 +104,16 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         }
     }
     next.run(request).await
+}
+
+/// Whether two secrets are equal, in time that depends on their lengths only.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len()
+        && given
+            .iter()
+            .zip(secret)
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -115,7 +129,7 @@ async fn ready(State(state): State<AppState>) -> Response {
     let body = json!({
         "ready": state.shared.is_ready(),
         "nats_connected": h.nats_connected.load(Ordering::Relaxed),
-        "store_reachable": h.store_reachable.load(Ordering::Relaxed),
+        "store_reachable": h.store_reachable(),
         "plugins_loaded": h.plugins_loaded.load(Ordering::Relaxed),
         "paused": h.paused.load(Ordering::Relaxed),
         "stopping": h.stopping.load(Ordering::Relaxed),
@@ -331,4 +345,18 @@ async fn start_replay(State(state): State<AppState>, body: Bytes) -> Response {
 
 async fn list_replays(State(state): State<AppState>) -> Response {
     Json(json!({ "replays": state.replays.list() })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_match_only_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3creT", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"s3crets", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
 }

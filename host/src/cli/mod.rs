@@ -103,5 +103,18 @@ fn shutdown_signal(runtime: &tokio::runtime::Runtime) -> impl std::future::Futur
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
+        // A second signal while the stop waits (on a store that does not answer, say) ends the process at
+        // once: nothing unacked is lost, it comes again to the next run and is skipped if committed.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!(
+                "weir: a second signal, stopping at once; what the last commit would have acked comes \
+                 again to the next run"
+            );
+            std::process::exit(130);
+        });
     }
 }

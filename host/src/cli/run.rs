@@ -33,6 +33,11 @@ pub struct RunArgs {
     /// fills it).
     #[arg(long)]
     no_source: bool,
+    /// When the configured source cannot be reached at start, serve generated events locally instead
+    /// (`pipeline.offline_fallback`): for demos and the quick start only, since the generated events land in
+    /// the stream and the lake like real ones.
+    #[arg(long)]
+    offline_fallback: bool,
     /// Stop after this long (demos and tests; default: until SIGINT or SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     run_for: Option<std::time::Duration>,
@@ -57,6 +62,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     }
     if args.no_source {
         config.source = None;
+    }
+    if args.offline_fallback {
+        config.pipeline.offline_fallback = true;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

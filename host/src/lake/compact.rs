@@ -36,7 +36,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::log::{self, CommitRecord, FileEntry};
 use super::spill::{FileData, SpillSink};
 use super::store::Store;
-use super::{crash, files, read, retry, retry_upload};
+use super::{crash, files, read, retry, retry_log, retry_upload};
 
 /// Where runs stage their files: `<STAGING>/<run>/`.
 const STAGING: &str = "_weir/staging/compact";
@@ -268,7 +268,7 @@ async fn create_record(
     mut last: u64,
 ) -> Result<CommitRecord> {
     loop {
-        let newer = retry("reading the commit log", || log::records_after(store, last)).await;
+        let newer = retry_log("reading the commit log", || log::records_after(store, last)).await?;
         if let Some(other) = newer
             .iter()
             .find(|r| r.replaces.iter().any(|p| record.replaces.contains(p)))
@@ -284,7 +284,7 @@ async fn create_record(
         }
         last = newer.iter().map(|r| r.epoch).max().unwrap_or(last);
         record.epoch = last + 1;
-        match retry("writing the commit record", || log::create(store, &record)).await {
+        match retry_log("writing the commit record", || log::create(store, &record)).await? {
             log::CreateOutcome::Created => return Ok(record),
             log::CreateOutcome::Taken(existing) if *existing == record => return Ok(record),
             // Another writer took the epoch: look at what it did, then take a later one.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
@@ -247,6 +247,23 @@ pub enum CreateOutcome {
     Taken(Box<CommitRecord>),
 }
 
+/// A commit-log failure that waiting cannot mend, so the readers and writers of the log stop at once instead of
+/// retrying for ever: an object in the log that is not a record Weir wrote, or a store without the
+/// conditional writes the protocol rests on.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrecoverable(pub String);
+
+/// The error for a log object `path` that does not parse.
+fn corrupt(what: &str, path: &impl std::fmt::Display, e: serde_json::Error) -> anyhow::Error {
+    Unrecoverable(format!(
+        "{what} {path} is not valid ({e}). Weir writes each one whole, with fsync on local disk, so an empty \
+         or cut-short one is a write that never completed: move it out of the lake and start again (its \
+         events are read again from the stream); anything else was changed by hand"
+    ))
+    .into()
+}
+
 /// Records after `epoch` (all hosts), oldest first.
 pub async fn records_after(store: &Store, epoch: u64) -> Result<Vec<CommitRecord>> {
     let mut records = load(store, Some(epoch)).await?;
@@ -302,8 +319,7 @@ async fn load(store: &Store, after: Option<u64>) -> Result<Vec<CommitRecord>> {
     for path in paths {
         let bytes = store.store.get(&path).await?.bytes().await?;
         records.push(
-            serde_json::from_slice(&bytes)
-                .with_context(|| format!("a corrupt commit record {path}"))?,
+            serde_json::from_slice(&bytes).map_err(|e| corrupt("the commit record", &path, e))?,
         );
     }
     Ok(records)
@@ -314,8 +330,8 @@ pub async fn read(store: &Store) -> Result<LogState> {
     match store.store.get(&store.path(CHECKPOINT)).await {
         Ok(got) => {
             let bytes = got.bytes().await?;
-            state.checkpoint =
-                serde_json::from_slice(&bytes).context("a corrupt commit-log checkpoint")?;
+            state.checkpoint = serde_json::from_slice(&bytes)
+                .map_err(|e| corrupt("the commit-log checkpoint", &store.path(CHECKPOINT), e))?;
         }
         Err(object_store::Error::NotFound { .. }) => {}
         Err(e) => return Err(e).context("cannot read the commit-log checkpoint"),
@@ -344,13 +360,15 @@ pub async fn create(store: &Store, record: &CommitRecord) -> Result<CreateOutcom
         | Err(object_store::Error::Precondition { .. }) => {
             let bytes = store.store.get(&path).await?.bytes().await?;
             let existing: CommitRecord = serde_json::from_slice(&bytes)
-                .with_context(|| format!("a corrupt commit record {path}"))?;
+                .map_err(|e| corrupt("the commit record", &path, e))?;
             Ok(CreateOutcome::Taken(Box::new(existing)))
         }
-        Err(object_store::Error::NotImplemented { .. }) => bail!(
-            "the lake's store does not support conditional writes, which the commit protocol needs; use a store \
-             that does (local disk, S3 or an S3-compatible store with If-None-Match, GCS, Azure)"
-        ),
+        Err(object_store::Error::NotImplemented { .. }) => Err(Unrecoverable(
+            "the lake's store does not support conditional writes, which the commit protocol needs; use a \
+             store that does (local disk, S3 or an S3-compatible store with If-None-Match, GCS, Azure)"
+                .into(),
+        )
+        .into()),
         Err(e) => Err(e).context("cannot write the commit record"),
     }
 }

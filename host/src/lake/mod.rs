@@ -139,6 +139,8 @@ pub struct Lake {
     since_checkpoint: u64,
     /// This host's state as of its last commit: the whole state, then the changes of each later commit.
     state_chain: Vec<Bytes>,
+    /// The state restored is another host's (see [`Lake::open`]): the next commit saves the whole state.
+    inherited: bool,
     /// Per host, the epoch of its last whole-state commit (kept in checkpoints).
     bases: BTreeMap<String, u64>,
     gold_types: HashMap<String, Vec<(String, DataType)>>,
@@ -177,6 +179,18 @@ where
     }
 }
 
+/// [`retry`] for the commit log's reads and writes, which give up at once on a [`log::Unrecoverable`] failure.
+pub(crate) async fn retry_log<T, F, Fut>(what: &str, attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    retry_unless(what, attempt, |e| {
+        e.chain().any(|c| c.is::<log::Unrecoverable>())
+    })
+    .await
+}
+
 /// Uploads a file this host wrote, retrying as [`retry`] does while the store fails; a spilled file that
 /// cannot be read back from local disk fails at once instead, since waiting cannot fix a disk. The commit
 /// then fails and `weir run` stops with the reason, leaving its messages unacked for a restart to redo.
@@ -193,6 +207,39 @@ async fn retry_upload(
     .await
 }
 
+/// The lake's requests being retried right now, across the process: while any is, the store is not
+/// answering as it should, and `/ready` says so.
+static RETRYING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Failed attempts at the lake's requests, each retried (`weir_lake_store_retries_total`).
+static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a request to the lake's store is failing and being retried at the moment.
+pub fn store_failing() -> bool {
+    RETRYING.load(std::sync::atomic::Ordering::Relaxed) > 0
+}
+
+/// Failed attempts at the lake's requests so far, each retried.
+pub fn store_retries() -> u64 {
+    RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Counts a retry loop in [`RETRYING`] from its first failure until it ends, however it ends (a commit
+/// task may be dropped mid-retry).
+struct Retrying;
+
+impl Retrying {
+    fn start() -> Self {
+        RETRYING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Retrying
+    }
+}
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        RETRYING.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// [`retry`], except that a failure for which `is_final` holds is returned at once.
 async fn retry_unless<T, F, Fut>(
     what: &str,
@@ -205,6 +252,7 @@ where
 {
     let mut delay = Duration::from_millis(200);
     let mut failures = 0u32;
+    let mut retrying = None;
     loop {
         match attempt().await {
             Ok(v) => {
@@ -216,6 +264,8 @@ where
             Err(e) if is_final(&e) => return Err(e.context(format!("{what} failed"))),
             Err(e) => {
                 failures += 1;
+                RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                retrying.get_or_insert_with(Retrying::start);
                 tracing::warn!("{what} failed (attempt {failures}), retrying in {delay:?}: {e:#}");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
@@ -226,9 +276,13 @@ where
 
 impl Lake {
     /// Opens the lake: reads the commit log, finishes interrupted commits, removes uncommitted staging.
-    pub async fn open(config: LakeConfig, host: &str) -> Result<Self> {
+    ///
+    /// `sole`: this host reads the stream alone (exclusive mode), so the plugin state that matches the lake
+    /// is the last committing host's, whatever its name: a container that comes back under a new hostname
+    /// carries on from it instead of starting empty. Hosts that share a consumer each restore their own.
+    pub async fn open(config: LakeConfig, host: &str, sole: bool) -> Result<Self> {
         let store = Store::open(&config.store())?;
-        let state = retry("reading the commit log", || log::read(&store)).await;
+        let state = retry_log("reading the commit log", || log::read(&store)).await?;
         let mut lake = Lake {
             store,
             host: host.to_string(),
@@ -236,6 +290,7 @@ impl Lake {
             last_epoch: state.last_epoch,
             since_checkpoint: state.records.len() as u64,
             state_chain: Vec::new(),
+            inherited: false,
             bases: state.checkpoint.bases.clone(),
             gold_types: HashMap::new(),
             mismatches: Arc::new(Mismatches::default()),
@@ -252,13 +307,36 @@ impl Lake {
             )
             .await?;
         }
-        lake.clean_staging(&state.records).await?;
+        lake.clean_staging().await?;
         for record in &state.records {
             if record.state_full {
                 lake.bases.insert(record.host.clone(), record.epoch);
             }
         }
-        lake.state_chain = lake.read_state_chain(&state.records).await?;
+        // Each host's first commit, and the first after it took another's state over, saves the whole state,
+        // so the host whose whole state is newest is the one that has committed since.
+        let heir_of = sole
+            .then(|| lake.bases.iter().max_by_key(|(_, epoch)| **epoch))
+            .flatten()
+            .map(|(host, _)| host.clone())
+            .filter(|last| *last != lake.host);
+        lake.inherited = heir_of.is_some();
+        if let Some(last) = &heir_of {
+            tracing::info!(
+                host = %lake.host,
+                "carrying on from the plugin state host {last} committed last (exclusive mode: one host at a time)"
+            );
+        } else if !lake.bases.contains_key(&lake.host) && !lake.bases.is_empty() {
+            tracing::warn!(
+                host = %lake.host,
+                "no plugin state of this host in the lake, which holds other hosts' (`{}`): the plugins start \
+                 empty. A host that restarts under another name (a new container) loses its state; give it a \
+                 stable name (`pipeline.host`, a StatefulSet)",
+                lake.bases.keys().cloned().collect::<Vec<_>>().join("`, `")
+            );
+        }
+        let owner = heir_of.unwrap_or_else(|| lake.host.clone());
+        lake.state_chain = lake.read_state_chain(&owner, &state.records).await?;
         let mut gold_columns = state.checkpoint.gold_columns.clone();
         for record in &state.records {
             log::merge_gold_columns(&mut gold_columns, &record.gold_columns);
@@ -302,9 +380,15 @@ impl Lake {
 
     /// Reads commit records other hosts added since the last look (before deciding about redeliveries).
     pub async fn refresh(&mut self) -> Result<()> {
-        let state = log::read(&self.store).await?;
-        self.committed.extend(&state.committed);
-        self.last_epoch = self.last_epoch.max(state.last_epoch);
+        // Epochs are numbered without gaps (a commit takes the next free one), so the records created since
+        // this host last looked are those after the last epoch it knows: one listing, and a read of each.
+        for record in log::records_after(&self.store, self.last_epoch).await? {
+            self.committed.extend(&record.sequences);
+            self.last_epoch = self.last_epoch.max(record.epoch);
+            if record.state_full {
+                self.bases.insert(record.host.clone(), record.epoch);
+            }
+        }
         Ok(())
     }
 
@@ -317,7 +401,7 @@ impl Lake {
     /// Whether the next commit should save the whole plugin state rather than the changes (the first commit
     /// of a host, and one per checkpoint interval, so restores read a bounded chain).
     pub fn wants_full_state(&self) -> bool {
-        !self.bases.contains_key(&self.host) || self.checkpoint_due()
+        self.inherited || !self.bases.contains_key(&self.host) || self.checkpoint_due()
     }
 
     /// Whether the next commit writes the log's checkpoint too.
@@ -325,27 +409,29 @@ impl Lake {
         self.since_checkpoint + 1 >= self.config.checkpoint_every
     }
 
-    async fn read_state_chain(&self, since_checkpoint: &[CommitRecord]) -> Result<Vec<Bytes>> {
-        let Some(&base) = self.bases.get(&self.host) else {
+    /// The plugin state `host` committed: its last whole state and each later commit's changes.
+    async fn read_state_chain(
+        &self,
+        host: &str,
+        since_checkpoint: &[CommitRecord],
+    ) -> Result<Vec<Bytes>> {
+        let Some(&base) = self.bases.get(host) else {
             return Ok(Vec::new());
         };
-        // The chain starts at this host's last whole state, which may be older than the checkpoint.
+        // The chain starts at the host's last whole state, which may be older than the checkpoint.
         let older;
         let records: &[CommitRecord] =
             if since_checkpoint.first().is_some_and(|r| r.epoch <= base) || base == 0 {
                 since_checkpoint
             } else {
-                older = retry("reading the commit log", || {
+                older = retry_log("reading the commit log", || {
                     log::records_after(&self.store, base.saturating_sub(1))
                 })
-                .await;
+                .await?;
                 &older
             };
         let mut chain = Vec::new();
-        for record in records
-            .iter()
-            .filter(|r| r.host == self.host && r.epoch >= base)
-        {
+        for record in records.iter().filter(|r| r.host == host && r.epoch >= base) {
             let Some(path) = &record.state else { continue };
             let location = self.store.path(path);
             let bytes = retry("reading the plugin state", || async {
@@ -402,6 +488,8 @@ impl Lake {
     /// while this one is encoded and uploaded. At most one may run at a time: epochs commit in order, and the
     /// next must start only after [`Lake::finish_commit`] took this one's outcome.
     pub fn start_commit(&mut self, epoch: Epoch, state: Option<Bytes>, state_full: bool) -> Commit {
+        // A later restore of this host starts from this whole state, not from its own chain before it.
+        self.inherited &= !state_full;
         // The next epoch types its gold columns as this one did, before this one is in the log.
         self.gold_types = epoch.gold_types.clone();
         Commit {
@@ -433,22 +521,68 @@ impl Lake {
         record
     }
 
-    /// Deletes staging this host left behind: of committed epochs (already moved) and of epochs that never
-    /// committed (a crash before their record).
-    async fn clean_staging(&self, _records: &[CommitRecord]) -> Result<()> {
-        let prefix = self.store.path(&format!("_weir/staging/{}-", self.host));
+    /// Deletes staging this host left behind: of epochs that never committed (a crash before their record)
+    /// and of committed ones already moved. A committed epoch whose files are still staged (a crash after
+    /// its record, and another host's checkpoint past it since, so the records read at open did not show
+    /// it) is moved into place first.
+    async fn clean_staging(&self) -> Result<()> {
         let dir = self.store.path("_weir/staging");
-        let leftovers: Vec<object_store::path::Path> = self
+        let listed: Vec<object_store::path::Path> = self
             .store
             .store
             .list(Some(&dir))
-            .try_filter(|m| {
-                futures::future::ready(m.location.as_ref().starts_with(prefix.as_ref()))
-            })
             .map_ok(|m| m.location)
             .try_collect()
             .await
             .context("cannot list the lake's staging area")?;
+        // Staging directories are named `<host>-<first sequence, 20 digits>`: another host's name may start
+        // with this one's (`edge`, `edge-2`), so the whole name is matched.
+        let inside = format!("{}/", dir.as_ref());
+        let mut leftovers = Vec::new();
+        let mut staged_committed = std::collections::BTreeSet::new();
+        for location in listed {
+            let Some(name) = location
+                .as_ref()
+                .strip_prefix(&inside)
+                .and_then(|rest| rest.split('/').next())
+            else {
+                continue;
+            };
+            let Some(first) = name
+                .strip_prefix(&self.host)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .filter(|digits| digits.len() == 20)
+                .and_then(|digits| digits.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if self.committed.contains(first) {
+                staged_committed.insert(format!("_weir/staging/{name}"));
+            }
+            leftovers.push(location);
+        }
+        if !staged_committed.is_empty() {
+            let records =
+                retry_log("reading the commit log", || log::all_records(&self.store)).await?;
+            let replaced = log::replaced_paths(&records);
+            for record in records
+                .iter()
+                .filter(|r| r.host == self.host && staged_committed.contains(&r.staging))
+            {
+                tracing::warn!(
+                    epoch = record.epoch,
+                    "moving the files of a committed epoch into place: this host stopped after its commit \
+                     record, and the log's checkpoint has passed it since"
+                );
+                publish(
+                    &self.store,
+                    record,
+                    self.config.upload_concurrency,
+                    &replaced,
+                )
+                .await?;
+            }
+        }
         if !leftovers.is_empty() {
             tracing::info!(
                 files = leftovers.len(),
@@ -614,7 +748,8 @@ impl Commit {
         };
         let mut others = Ranges::default();
         loop {
-            let outcome = retry("writing the commit record", || log::create(&store, &record)).await;
+            let outcome =
+                retry_log("writing the commit record", || log::create(&store, &record)).await?;
             match outcome {
                 log::CreateOutcome::Created => break,
                 log::CreateOutcome::Taken(existing) if *existing == record => break,
@@ -716,7 +851,7 @@ impl Epoch {
 
     pub fn add_quarantine(&mut self, rows: &[QuarantineRow]) -> Result<()> {
         for r in rows {
-            *self.quarantined.entry(r.reason.clone()).or_default() += 1;
+            crate::runtime::stats::count_label(&mut self.quarantined, &r.reason);
         }
         let mut by_layer: BTreeMap<Layer, Vec<&QuarantineRow>> = BTreeMap::new();
         for r in rows {
@@ -740,10 +875,10 @@ impl Epoch {
 
     pub fn add_drops(&mut self, rows: &[DropRow]) -> Result<()> {
         for r in rows {
-            *self
-                .dropped
-                .entry(format!("{}/{}", r.stage, r.rule))
-                .or_default() += 1;
+            crate::runtime::stats::count_label(
+                &mut self.dropped,
+                &format!("{}/{}", r.stage, r.rule),
+            );
         }
         for (partition, group) in rows::by_partition(rows.iter(), |r| r.event_ms) {
             let batch = rows::drops_batch(&group);
@@ -893,4 +1028,92 @@ fn type_from_name(name: &str) -> DataType {
 
 fn seq_range(seqs: impl Iterator<Item = u64>) -> (u64, u64) {
     seqs.fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s), hi.max(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opening the lake as host `edge` removes its own uncommitted staging, leaves the staging of host
+    /// `edge-2` alone, and moves into place the files of a committed epoch that a checkpoint passed before
+    /// they were moved.
+    #[test]
+    fn staging_is_cleaned_by_whole_host_name_and_committed_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LakeConfig {
+            url: dir.path().to_str().unwrap().into(),
+            ..Default::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(&config.store()).unwrap();
+            let committed = "_weir/staging/edge-00000000000000000001";
+            let file = "silver/dt=2026-12-05/hour=12/1-1.parquet";
+            for path in [
+                format!("{committed}/{file}"),
+                "_weir/staging/edge-00000000000000000007/silver/x.parquet".into(),
+                "_weir/staging/edge-2-00000000000000000007/silver/x.parquet".into(),
+            ] {
+                store
+                    .store
+                    .put(&store.path(&path), Bytes::from_static(b"x").into())
+                    .await
+                    .unwrap();
+            }
+            let mut sequences = Ranges::default();
+            sequences.insert(1, 1);
+            let record = CommitRecord {
+                format: CommitRecord::FORMAT,
+                epoch: 1,
+                host: "edge".into(),
+                sequences: sequences.clone(),
+                staging: committed.into(),
+                tables: [(
+                    "silver".to_string(),
+                    vec![log::FileEntry {
+                        path: file.into(),
+                        rows: 1,
+                        bytes: 1,
+                        min_seq: 1,
+                        max_seq: 1,
+                    }],
+                )]
+                .into(),
+                ..CommitRecord::default()
+            };
+            log::create(&store, &record).await.unwrap();
+            log::checkpoint(
+                &store,
+                &log::Checkpoint {
+                    epoch: 1,
+                    sequences,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+
+            Lake::open(config.clone(), "edge", false).await.unwrap();
+            let mut left: Vec<String> = store
+                .store
+                .list(None)
+                .map_ok(|m| m.location.to_string())
+                .try_collect()
+                .await
+                .unwrap();
+            left.sort();
+            assert_eq!(
+                left,
+                [
+                    "_weir/log/00000000000000000001.json",
+                    "_weir/log/checkpoint.json",
+                    "_weir/staging/edge-2-00000000000000000007/silver/x.parquet",
+                    file,
+                ]
+            );
+        });
+    }
 }

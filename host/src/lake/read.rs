@@ -81,6 +81,10 @@ pub struct Problems {
     pub wrong_rows: Vec<String>,
     /// Staged files left behind.
     pub staging_leftovers: u64,
+    /// Files a compaction or a replay in place replaced that are still there: a reader that globs the
+    /// directories (DuckDB, pyarrow) counts their rows twice until the next `weir run` or `weir lake
+    /// compact` deletes them.
+    pub replaced_present: Vec<String>,
 }
 
 impl Problems {
@@ -89,11 +93,22 @@ impl Problems {
             && self.orphaned.is_empty()
             && self.duplicate_sequences.is_empty()
             && self.wrong_rows.is_empty()
+            && self.replaced_present.is_empty()
     }
 }
 
 /// Checks the commit log against the store. `deep` also opens every file to compare its row count.
+///
+/// A live lake is checked as it is: the files are listed before the log is read (a file is moved into place
+/// only after its commit record exists, so none listed lacks its record), and what looks missing or left
+/// over is looked at again at the end, since commits and compactions go on meanwhile.
 pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
+    let all: Vec<object_store::ObjectMeta> = store
+        .store
+        .list(Some(&store.prefix))
+        .try_collect()
+        .await
+        .context("cannot list the lake")?;
     let records = log::all_records(store).await?;
     let mut problems = Problems::default();
     let replaced = super::log::replaced_paths(&records);
@@ -116,12 +131,6 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
                 .push((pair[1].0, pair[0].1.min(pair[1].1), pair[1].2));
         }
     }
-    let all: Vec<object_store::ObjectMeta> = store
-        .store
-        .list(Some(&store.prefix))
-        .try_collect()
-        .await
-        .context("cannot list the lake")?;
     let mut present = BTreeSet::new();
     for meta in &all {
         let relative = store.relative(&meta.location);
@@ -132,7 +141,9 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
         if relative.starts_with("_weir/staging/") {
             problems.staging_leftovers += 1;
         } else if relative.ends_with(".parquet") {
-            if !listed.contains_key(&relative) && !replaced.contains(relative.as_str()) {
+            if replaced.contains(relative.as_str()) {
+                problems.replaced_present.push(relative.clone());
+            } else if !listed.contains_key(&relative) {
                 problems.orphaned.push(relative.clone());
             }
             present.insert(relative);
@@ -155,6 +166,26 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
             }
         }
     }
+    // Looked at again: a commit may have moved a file into place since the listing, a compaction may have
+    // deleted what it replaced.
+    let exists = |path: &String| {
+        let location = store.path(path);
+        async move { store.store.head(&location).await.is_ok() }
+    };
+    let mut missing = Vec::new();
+    for path in std::mem::take(&mut problems.missing) {
+        if !exists(&path).await {
+            missing.push(path);
+        }
+    }
+    problems.missing = missing;
+    let mut still = Vec::new();
+    for path in std::mem::take(&mut problems.replaced_present) {
+        if exists(&path).await {
+            still.push(path);
+        }
+    }
+    problems.replaced_present = still;
     Ok(problems)
 }
 
@@ -163,10 +194,15 @@ pub fn time_column(table: &str) -> &'static str {
     match table {
         "bronze" => "ingest_time",
         "silver" => "_event_time",
-        "drops" => "event_time",
-        t if t.starts_with("quarantine") => "quarantined_at",
+        "drops" | "quarantine_bronze" | "quarantine_silver" | "quarantine_gold" => "event_time",
         _ => "window_start",
     }
+}
+
+/// The column that times a row whose [`time_column`] is null: a quarantined event whose time could not be
+/// read is partitioned by when it was quarantined.
+fn fallback_time_column(table: &str) -> Option<&'static str> {
+    table.starts_with("quarantine").then_some("quarantined_at")
 }
 
 /// The committed files of `table` whose partition (hour) overlaps `[from_ms, to_ms)`, oldest first.
@@ -292,6 +328,7 @@ pub async fn query_files(
     mut each: impl FnMut(&RecordBatch) -> Result<bool>,
 ) -> Result<usize> {
     let column = time_column(table);
+    let fallback = fallback_time_column(table);
     let mut emitted = 0;
     for file in files {
         if emitted >= limit {
@@ -300,29 +337,37 @@ pub async fn query_files(
         // Row groups timed wholly outside the range are not decoded (files hold an hour; queries ask for less).
         let (from_us, to_us) = (from_ms.saturating_mul(1000), to_ms.saturating_mul(1000));
         let overlaps = |g: &RowGroupMetaData| {
-            i64_range(g, column).is_none_or(|(min, max)| max >= from_us && min < to_us)
+            let within = |column| {
+                i64_range(g, column).is_none_or(|(min, max)| max >= from_us && min < to_us)
+            };
+            within(column) || fallback.is_some_and(within)
         };
         for batch in read_file_where(store, &file.path, None, overlaps).await? {
             let batch = batch?;
-            let keep = match batch.column_by_name(column) {
-                Some(times) => {
-                    let times = times
-                        .as_any()
-                        .downcast_ref::<TimestampMicrosecondArray>()
-                        .context("the time column is not a timestamp")?;
-                    let mask: arrow_array::BooleanArray = (0..times.len())
-                        .map(|i| {
-                            Some(
-                                times.is_valid(i) && {
-                                    let ms = times.value(i) / 1000;
-                                    ms >= from_ms && ms < to_ms
-                                },
-                            )
-                        })
+            let timestamps = |name: Option<&str>| -> Result<Option<&TimestampMicrosecondArray>> {
+                name.and_then(|name| batch.column_by_name(name))
+                    .map(|c| {
+                        c.as_any()
+                            .downcast_ref::<TimestampMicrosecondArray>()
+                            .context("the time column is not a timestamp")
+                    })
+                    .transpose()
+            };
+            let keep = match (timestamps(Some(column))?, timestamps(fallback)?) {
+                (None, None) => batch.clone(),
+                (times, fallback) => {
+                    let time_of = |i: usize| {
+                        [times, fallback]
+                            .into_iter()
+                            .flatten()
+                            .find(|t| t.is_valid(i))
+                            .map(|t| t.value(i) / 1000)
+                    };
+                    let mask: arrow_array::BooleanArray = (0..batch.num_rows())
+                        .map(|i| Some(time_of(i).is_some_and(|ms| ms >= from_ms && ms < to_ms)))
                         .collect();
                     arrow_select::filter::filter_record_batch(&batch, &mask)?
                 }
-                None => batch,
             };
             let take = keep.num_rows().min(limit - emitted);
             if take > 0 {
@@ -348,6 +393,41 @@ mod tests {
     use super::*;
     use crate::lake::testing::{on_memory_store, parquet_bytes};
 
+    /// Commits `bytes` as epoch 1's one file of `table`, in the partition of `hour`, with sequences
+    /// `1..=rows`.
+    async fn commit_one_file(
+        store: &Store,
+        table: &str,
+        hour: i64,
+        bytes: bytes::Bytes,
+        rows: u64,
+    ) {
+        let path = format!(
+            "{table}/{}/1-{rows}.parquet",
+            crate::lake::rows::partition(hour)
+        );
+        let entry = FileEntry {
+            path: path.clone(),
+            rows,
+            bytes: bytes.len() as u64,
+            min_seq: 1,
+            max_seq: rows,
+        };
+        store
+            .store
+            .put(&store.path(&path), bytes.into())
+            .await
+            .unwrap();
+        let record = CommitRecord {
+            format: CommitRecord::FORMAT,
+            epoch: 1,
+            host: "h".into(),
+            tables: [(table.to_string(), vec![entry])].into(),
+            ..CommitRecord::default()
+        };
+        crate::lake::log::create(store, &record).await.unwrap();
+    }
+
     /// `query` returns exactly the rows timed in the range, across row groups it partly skips, up to the
     /// limit.
     #[test]
@@ -366,27 +446,7 @@ mod tests {
         ];
         let bytes = parquet_bytes(columns, Some(3));
         on_memory_store(|store| async move {
-            let path = format!("silver/{}/1-10.parquet", crate::lake::rows::partition(hour));
-            let entry = FileEntry {
-                path: path.clone(),
-                rows: 10,
-                bytes: bytes.len() as u64,
-                min_seq: 1,
-                max_seq: 10,
-            };
-            store
-                .store
-                .put(&store.path(&path), bytes.into())
-                .await
-                .unwrap();
-            let record = CommitRecord {
-                format: CommitRecord::FORMAT,
-                epoch: 1,
-                host: "h".into(),
-                tables: [("silver".to_string(), vec![entry])].into(),
-                ..CommitRecord::default()
-            };
-            crate::lake::log::create(&store, &record).await.unwrap();
+            commit_one_file(&store, "silver", hour, bytes, 10).await;
             let seqs = |from_s: i64, to_s: i64, limit: usize| {
                 let store = &store;
                 async move {
@@ -409,6 +469,57 @@ mod tests {
             assert_eq!(seqs(0, 100, 100).await, (1..=10).collect::<Vec<u64>>());
             assert_eq!(seqs(3, 100, 2).await, [4, 5]);
             assert_eq!(seqs(20, 30, 100).await, Vec::<u64>::new());
+        });
+    }
+
+    /// Quarantine rows are timed as they are partitioned: by the event's time, or when it was quarantined
+    /// for an event whose time could not be read. A late event quarantined hours after its time is found
+    /// in its event's hour.
+    #[test]
+    fn quarantine_rows_are_found_by_their_event_time() {
+        let hour = 1_764_000_000_000 / 3_600_000 * 3_600_000;
+        let us = |ms: i64| ms * 1000;
+        let columns: [(&str, ArrayRef); 3] = [
+            ("_seq", Arc::new(UInt64Array::from(vec![1, 2, 3]))),
+            (
+                "event_time",
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    Some(us(hour + 1000)),
+                    None,
+                    Some(us(hour - 7_200_000)),
+                ])),
+            ),
+            (
+                "quarantined_at",
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    us(hour + 10_800_000),
+                    us(hour + 2000),
+                    us(hour + 3000),
+                ])),
+            ),
+        ];
+        let bytes = parquet_bytes(columns, None);
+        on_memory_store(|store| async move {
+            commit_one_file(&store, "quarantine_silver", hour, bytes, 3).await;
+            let records = log::all_records(&store).await.unwrap();
+            let mut seqs = Vec::new();
+            query(
+                &store,
+                &records,
+                "quarantine_silver",
+                hour,
+                hour + 60_000,
+                100,
+                |b| {
+                    let c = b.column_by_name("_seq").unwrap();
+                    let c = c.as_any().downcast_ref::<UInt64Array>().unwrap();
+                    seqs.extend(c.values().iter().copied());
+                    Ok(true)
+                },
+            )
+            .await
+            .unwrap();
+            assert_eq!(seqs, [1, 2]);
         });
     }
 

@@ -25,7 +25,7 @@ use object_store::ObjectStoreExt;
 
 use super::log::{self, CommitRecord, FileEntry, Ranges};
 use super::store::Store;
-use super::{crash, read, retry};
+use super::{crash, read, retry, retry_log};
 
 /// The range a replay in place covers, and where it starts from.
 #[derive(Clone, Debug, PartialEq)]
@@ -307,7 +307,7 @@ pub async fn put_in_place(
         gold_columns,
     };
     loop {
-        match retry("writing the commit record", || log::create(live, &record)).await {
+        match retry_log("writing the commit record", || log::create(live, &record)).await? {
             log::CreateOutcome::Created => break,
             log::CreateOutcome::Taken(existing) if *existing == record => break,
             log::CreateOutcome::Taken(existing) => {

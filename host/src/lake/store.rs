@@ -71,8 +71,12 @@ impl Store {
                 let path = url.strip_prefix("file://").unwrap_or(url);
                 std::fs::create_dir_all(path)
                     .with_context(|| format!("cannot create the lake directory {path}"))?;
+                // fsync every file and directory entry before a write returns, as a remote store's answer
+                // implies: messages are acked once their commit returns, so a power cut must not take back
+                // a file or a commit record the acks counted on.
                 let store = object_store::local::LocalFileSystem::new_with_prefix(path)
-                    .with_context(|| format!("cannot open the lake directory {path}"))?;
+                    .with_context(|| format!("cannot open the lake directory {path}"))?
+                    .with_fsync(true);
                 (Arc::new(store), String::new())
             }
             Some(("memory", _)) => (

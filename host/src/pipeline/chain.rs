@@ -6,9 +6,10 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use serde::Serialize;
 
+use crate::config::OnError;
 use crate::event::{Event, EventShape, JsonPath, Layout, Parser, Projection};
 use crate::runtime::types::{Row, Verdict};
-use crate::runtime::{Plugin, PluginFailure};
+use crate::runtime::{FailureKind, Plugin, PluginFailure};
 
 /// One plugin of a chain with its projection, compiled against the chain's layout.
 pub struct Stage {
@@ -16,6 +17,8 @@ pub struct Stage {
     name: String,
     plugin: Plugin,
     projection: Projection,
+    /// Where events the plugin fails on go.
+    on_error: OnError,
 }
 
 impl Stage {
@@ -71,6 +74,11 @@ pub struct ChainOutput {
     pub dropped: Vec<Dropped>,
     pub quarantined: Vec<Quarantined>,
     pub rows: Vec<EmittedRow>,
+    /// Events passed on by stages whose `on_error` is `skip`, by stage name.
+    pub skipped: Vec<String>,
+    /// Set when a stage whose `on_error` is `stop` failed on an event: what failed, on which event. The
+    /// rest of the output is then incomplete and must not be committed.
+    pub stop: Option<String>,
 }
 
 /// The layout and projections of a chain with one stage replaced (see [`Chain::replacement`]).
@@ -111,6 +119,7 @@ impl Chain {
                     name: plugin.manifest().name.clone(),
                     plugin,
                     projection,
+                    on_error: OnError::default(),
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -127,6 +136,14 @@ impl Chain {
     pub fn named(mut self, names: &[String]) -> Self {
         for (stage, name) in self.stages.iter_mut().zip(names) {
             stage.name = name.clone();
+        }
+        self
+    }
+
+    /// Sets what each stage does with the events its plugin fails on, in stage order.
+    pub fn on_error(mut self, policies: &[OnError]) -> Self {
+        for (stage, policy) in self.stages.iter_mut().zip(policies) {
+            stage.on_error = *policy;
         }
         self
     }
@@ -218,12 +235,43 @@ impl Chain {
                     .apply(&mut current, &result, chunk, &mut failed_writes);
             }
             let mut failed_writes = failed_writes.into_iter().peekable();
+            let mut failed_calls = result.failed.iter().peekable();
             let mut next = Vec::with_capacity(current.len());
             let gold = !stage.plugin.plan().emits.is_empty();
             for (index, (event, verdict)) in current.into_iter().zip(result.verdicts).enumerate() {
                 let mut write_error = None;
                 while let Some((_, e)) = failed_writes.next_if(|(i, _)| *i == index) {
                     write_error.get_or_insert(e);
+                }
+                let call_failed = failed_calls.next_if(|&&i| i == index).is_some();
+                if call_failed || write_error.is_some() {
+                    let failure = || failure_of(&verdict, write_error.as_deref());
+                    match stage.on_error {
+                        OnError::Quarantine => {}
+                        OnError::Skip => {
+                            out.skipped.push(name.clone());
+                            next.push(event);
+                            continue;
+                        }
+                        OnError::Drop => {
+                            out.dropped.push(Dropped {
+                                event,
+                                stage: name.clone(),
+                                plugin: label.clone(),
+                                rule: format!("on_error:{}", failure().0),
+                            });
+                            continue;
+                        }
+                        OnError::Stop => {
+                            let (reason, detail) = failure();
+                            out.stop = Some(format!(
+                                "stage {name} ({label}) failed on event {} ({reason}: {detail}), and its \
+                                 on_error is \"stop\"",
+                                event.id
+                            ));
+                            return out;
+                        }
+                    }
                 }
                 if gold {
                     // An aggregate's verdict decides what it counts, not whether the event is good.
@@ -364,4 +412,14 @@ fn build_layout<'a>(
     Ok(Arc::new(
         Layout::new(shape, &reads, &writes).map_err(|e| anyhow!("{e}"))?,
     ))
+}
+
+/// The reason and detail of a plugin's failure on one event: a write it got wrong, or the host's quarantine
+/// verdict for a failed call.
+fn failure_of(verdict: &Verdict, write_error: Option<&str>) -> (String, String) {
+    match (verdict, write_error) {
+        (_, Some(e)) => (FailureKind::BadOutput.reason().to_string(), e.to_string()),
+        (Verdict::Quarantine(q), None) => (q.reason.clone(), q.failed_checks.join("; ")),
+        (other, None) => ("plugin_failed".to_string(), format!("{other:?}")),
+    }
 }

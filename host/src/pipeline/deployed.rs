@@ -3,6 +3,11 @@
 //! version it replaced, when that was a deployed one too, to `previous/`; a rollback (asked for, or automatic)
 //! moves `previous/` back, or with none removes `current/`, which brings the configured version back. `weir
 //! run` starts each stage from `current/` when there is one, so a restart never silently reverts a deploy.
+//!
+//! Beside each deployed version, `current/<stage>.configured` holds the SHA-256 of the configured plugin file
+//! it was deployed over. When that file has changed since (the operator pointed `plugin =` elsewhere or put a
+//! new build there), the configuration is the newer word: the stage starts on it, and the deploys of that
+//! stage are forgotten, with a warning.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -21,10 +26,38 @@ impl Deployed {
         self.dir.join(which).join(format!("{stage}.wasm"))
     }
 
-    /// The version last deployed to `stage`, if it is not the configured one.
-    pub fn current(&self, stage: &str) -> Option<PathBuf> {
+    /// The version last deployed to `stage`, if it is not the configured one and was deployed over the
+    /// configured plugin as `configured` holds it now.
+    pub fn current(&self, stage: &str, configured: &Path) -> Option<PathBuf> {
         let file = self.file("current", stage);
-        file.is_file().then_some(file)
+        if !file.is_file() {
+            return None;
+        }
+        // Deploys recorded before the configured plugin was noted carry on as they did.
+        let noted = std::fs::read_to_string(self.configured_note(stage)).ok()?;
+        if fingerprint(configured).is_some_and(|now| now != noted.trim()) {
+            tracing::warn!(
+                %stage,
+                configured = %configured.display(),
+                "the configured plugin changed since this stage's last deploy: starting on it, and forgetting \
+                 the deployed versions"
+            );
+            for stale in [
+                file.clone(),
+                self.file("previous", stage),
+                self.configured_note(stage),
+            ] {
+                if let Err(e) = remove(&stale) {
+                    tracing::warn!(file = %stale.display(), "cannot remove: {e}");
+                }
+            }
+            return None;
+        }
+        Some(file)
+    }
+
+    fn configured_note(&self, stage: &str) -> PathBuf {
+        self.dir.join("current").join(format!("{stage}.configured"))
     }
 
     /// The version deployed to `stage` before the current one, if that was not the configured one.
@@ -33,8 +66,8 @@ impl Deployed {
         file.is_file().then_some(file)
     }
 
-    /// Records `bytes` as the version now running in `stage`.
-    pub fn record_deploy(&self, stage: &str, bytes: &[u8]) -> io::Result<()> {
+    /// Records `bytes` as the version now running in `stage`, deployed over the plugin `configured`.
+    pub fn record_deploy(&self, stage: &str, bytes: &[u8], configured: &Path) -> io::Result<()> {
         let current = self.file("current", stage);
         let previous = self.file("previous", stage);
         for dir in [&current, &previous].map(|f| f.parent().expect("a file in a directory")) {
@@ -46,6 +79,9 @@ impl Deployed {
             // The version replaced is the configured one: a rollback brings it back by removing `current`.
             remove(&previous)?;
         }
+        if let Some(hash) = fingerprint(configured) {
+            write_atomically(&self.configured_note(stage), hash.as_bytes())?;
+        }
         write_atomically(&current, bytes)
     }
 
@@ -56,9 +92,18 @@ impl Deployed {
         if previous.is_file() {
             std::fs::rename(&previous, &current)
         } else {
+            remove(&self.configured_note(stage))?;
             remove(&current)
         }
     }
+}
+
+/// The SHA-256 of a plugin file, in hex; `None` when it cannot be read.
+fn fingerprint(file: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    std::fs::read(file)
+        .ok()
+        .map(|bytes| hex::encode(Sha256::digest(bytes)))
 }
 
 fn remove(file: &Path) -> io::Result<()> {
@@ -70,7 +115,9 @@ fn remove(file: &Path) -> io::Result<()> {
 
 /// Writes through a temporary file and a rename, so a crash leaves the old file or the new one.
 fn write_atomically(file: &Path, bytes: &[u8]) -> io::Result<()> {
-    let temporary = file.with_extension("wasm.partial");
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".partial");
+    let temporary = PathBuf::from(temporary);
     std::fs::write(&temporary, bytes)?;
     std::fs::rename(&temporary, file)
 }
@@ -82,25 +129,52 @@ mod tests {
     #[test]
     fn deploys_and_rollbacks_are_remembered() {
         let dir = tempfile::tempdir().unwrap();
-        let deployed = Deployed::new(dir.path().to_path_buf());
+        let deployed = Deployed::new(dir.path().join("deployed"));
+        let configured = dir.path().join("enrich.wasm");
+        std::fs::write(&configured, b"v1").unwrap();
+        let current = |stage| deployed.current(stage, &configured);
         let read = |p: PathBuf| std::fs::read(p).unwrap();
-        assert_eq!(deployed.current("enrich"), None);
-        deployed.record_deploy("enrich", b"v2").unwrap();
-        assert_eq!(read(deployed.current("enrich").unwrap()), b"v2");
-        deployed.record_deploy("enrich", b"v3").unwrap();
-        assert_eq!(read(deployed.current("enrich").unwrap()), b"v3");
+        assert_eq!(current("enrich"), None);
+        deployed
+            .record_deploy("enrich", b"v2", &configured)
+            .unwrap();
+        assert_eq!(read(current("enrich").unwrap()), b"v2");
+        deployed
+            .record_deploy("enrich", b"v3", &configured)
+            .unwrap();
+        assert_eq!(read(current("enrich").unwrap()), b"v3");
         deployed.record_rollback("enrich").unwrap();
-        assert_eq!(read(deployed.current("enrich").unwrap()), b"v2");
+        assert_eq!(read(current("enrich").unwrap()), b"v2");
         // No older deployed version: the configured one is back.
         deployed.record_rollback("enrich").unwrap();
-        assert_eq!(deployed.current("enrich"), None);
-        deployed.record_deploy("enrich", b"v4").unwrap();
+        assert_eq!(current("enrich"), None);
+        deployed
+            .record_deploy("enrich", b"v4", &configured)
+            .unwrap();
         deployed.record_rollback("enrich").unwrap();
-        assert_eq!(
-            deployed.current("enrich"),
-            None,
-            "v2 was not the previous of v4"
-        );
-        assert_eq!(deployed.current("filter"), None);
+        assert_eq!(current("enrich"), None, "v2 was not the previous of v4");
+        assert_eq!(current("filter"), None);
+    }
+
+    /// A configured plugin that changed after a deploy wins over it, and the deploys are forgotten.
+    #[test]
+    fn a_changed_configuration_wins_over_earlier_deploys() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployed = Deployed::new(dir.path().join("deployed"));
+        let configured = dir.path().join("enrich.wasm");
+        std::fs::write(&configured, b"v1").unwrap();
+        deployed
+            .record_deploy("enrich", b"v2", &configured)
+            .unwrap();
+        deployed
+            .record_deploy("enrich", b"v3", &configured)
+            .unwrap();
+        assert!(deployed.current("enrich", &configured).is_some());
+        std::fs::write(&configured, b"v5, configured").unwrap();
+        assert_eq!(deployed.current("enrich", &configured), None);
+        assert_eq!(deployed.previous("enrich"), None);
+        // Forgotten for good, not only while the file differs.
+        std::fs::write(&configured, b"v1").unwrap();
+        assert_eq!(deployed.current("enrich", &configured), None);
     }
 }

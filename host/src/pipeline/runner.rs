@@ -100,6 +100,9 @@ pub struct Stages {
     pub names: Vec<String>,
     pub configs: Vec<String>,
     pub limits: Vec<crate::runtime::Limits>,
+    pub on_error: Vec<crate::config::OnError>,
+    /// The configured plugin files (deploys note which one they replaced).
+    pub configured: Vec<std::path::PathBuf>,
 }
 
 /// Starts every stage's plugin: the configured version, or the one deployed before a restart. Returns the
@@ -116,6 +119,8 @@ pub fn start_plugins(
         names: Vec::new(),
         configs: Vec::new(),
         limits: Vec::new(),
+        on_error: Vec::new(),
+        configured: Vec::new(),
     };
     let deployed = config.deployed();
     for stage in config.stages()? {
@@ -129,7 +134,7 @@ pub fn start_plugins(
         // The version deployed before a restart, unless it no longer starts (then the configured one).
         let redeployed = deployed
             .as_ref()
-            .and_then(|d| d.current(&stage.name))
+            .and_then(|d| d.current(&stage.name, &stage.path))
             .and_then(|path| match start(&path) {
                 Ok(plugin) => Some(plugin),
                 Err(e) => {
@@ -165,6 +170,8 @@ pub fn start_plugins(
         stages.names.push(stage.name);
         stages.configs.push(stage.config);
         stages.limits.push(stage.limits);
+        stages.on_error.push(stage.on_error);
+        stages.configured.push(stage.path);
     }
     Ok((plugins, stages, previous))
 }
@@ -423,7 +430,7 @@ pub struct Processor {
     previous: Vec<Option<Plugin>>,
     /// Stages under watch after a swap: (batches left, calls and failures when the swap happened).
     watching: Vec<Option<(u64, u64, u64)>>,
-    /// Raw texts of the last batch, for self-tests of new plugin versions.
+    /// Raw texts of the last batch that had events, for self-tests of new plugin versions.
     sample: Vec<Bytes>,
     /// Where deploys and rollbacks are remembered across restarts.
     deployed: Option<super::deployed::Deployed>,
@@ -530,7 +537,9 @@ impl Processor {
         let mut in_batch = std::collections::HashSet::with_capacity(messages.len());
         let mut max_time = i64::MIN;
         let mut newest_ingest = i64::MIN;
-        self.sample.clear();
+        // The last batch with events stays the self-test's sample through batches of redeliveries alone.
+        let mut sample = Vec::new();
+        let mut refreshed = false;
         let at = now_ms();
         for message in messages {
             let (seq, delivered) = match message.info() {
@@ -583,9 +592,13 @@ impl Processor {
                 counters.skipped_in_flight.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            // A redelivery may have been committed by another host since the log was last read.
-            if delivered > 1 && !self.lake.is_committed(seq) {
-                let _ = self.runtime.block_on(self.lake.refresh());
+            // A redelivery may have been committed by another host since the log was last read. Once per
+            // batch: after a crash every message of the epochs it left open comes again.
+            if delivered > 1 && !refreshed && !self.lake.is_committed(seq) {
+                refreshed = true;
+                if let Err(e) = self.runtime.block_on(self.lake.refresh()) {
+                    tracing::warn!("reading the commit log for redeliveries: {e:#}");
+                }
             }
             // Committed already: ack and skip. Checked for first deliveries too: a consumer that was deleted
             // and created again (or a replay into the same lake) delivers committed messages afresh.
@@ -657,7 +670,7 @@ impl Processor {
                 });
             }
             if let Some(event) = parsed {
-                self.sample.push(data.clone());
+                sample.push(data.clone());
                 events.push(event);
             }
             received.push(Received {
@@ -672,6 +685,9 @@ impl Processor {
             if self.acks {
                 self.deliveries.push(reply);
             }
+        }
+        if !sample.is_empty() {
+            self.sample = sample;
         }
         if self.acks && !immediate_acks.is_empty() {
             let client = self.client.clone();
@@ -689,6 +705,18 @@ impl Processor {
         clock = counters.phase(Phase::Reading, clock);
         let mut output = self.chain.run(events);
         clock = counters.phase(Phase::Plugins, clock);
+        if let Some(why) = output.stop.take() {
+            return Err(anyhow!(
+                "{why}: stopping with the open epoch uncommitted, so its events come again after a restart \
+                 (deploy a version that works, or change the stage's on_error)"
+            ));
+        }
+        if !output.skipped.is_empty() {
+            let mut skipped = counters.skipped_events.lock().expect("not poisoned");
+            for stage in output.skipped.drain(..) {
+                *skipped.entry(stage).or_default() += 1;
+            }
+        }
         // Event time moves the watermark only through events the chain kept (a far-future timestamp that
         // quality quarantines must not close every window), whose time is their own (not the fallback), and
         // never beyond the host clock plus a small skew, whatever the plugins let through.
@@ -811,10 +839,7 @@ impl Processor {
             recent.push_event(event);
         }
         for q in &quarantine {
-            *recent
-                .quarantine_reasons
-                .entry(q.reason.clone())
-                .or_default() += 1;
+            crate::runtime::stats::count_label(&mut recent.quarantine_reasons, &q.reason);
         }
         Ok(())
     }
@@ -1009,8 +1034,14 @@ impl Processor {
                 plugin,
                 bytes,
                 reply,
+            } => self.prepare(stage, plugin, bytes, reply),
+            Control::Ready {
+                stage,
+                plugin,
+                bytes,
+                reply,
             } => {
-                let _ = reply.send(self.deploy(&stage, plugin, &bytes));
+                let _ = reply.send(self.deploy(&stage, *plugin, &bytes));
             }
             Control::Rollback { stage, reply } => {
                 let _ = reply.send(self.rollback(&stage));
@@ -1032,24 +1063,58 @@ impl Processor {
             })
     }
 
-    /// Swaps a stage's plugin for a new version: starts it, runs it on the last batch as a self-test (in an
-    /// instance of its own, so the test leaves no state), hands the old version's state over, and swaps.
-    fn deploy(
+    /// Gets a new version of a stage's plugin ready off the pipeline thread, so that batches go on meanwhile:
+    /// starts it, runs it on the last batch's events as a self-test (in an instance of its own, so the test
+    /// leaves no state), starts the instance that will serve, and hands it back as [`Control::Ready`]. A
+    /// Python plugin takes a second or more to start; the pipeline only stops for the swap itself.
+    fn prepare(
         &mut self,
-        stage: &str,
+        stage: String,
         loaded: Arc<LoadedPlugin>,
-        bytes: &[u8],
-    ) -> Result<String, String> {
-        let index = self.stage_index(stage)?;
+        bytes: Bytes,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    ) {
+        let index = match self.stage_index(&stage) {
+            Ok(index) => index,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let test = SelfTest {
+            shape: self.chain.shape().clone(),
+            sample: self.sample.clone(),
+        };
         let config = self.stages.configs[index].clone();
         let limits = self.stages.limits[index].clone();
         let clock = self.clock.clone();
-        let start = |loaded: Arc<LoadedPlugin>| {
-            Plugin::start(loaded, &config, limits.clone(), clock.clone())
-                .map_err(|e| format!("{e:#}"))
-        };
-        self.self_test(start(loaded.clone())?)?;
-        let new = start(loaded)?;
+        let control = self.shared.control.clone();
+        self.runtime.spawn_blocking(move || {
+            let start = |loaded: Arc<LoadedPlugin>| {
+                Plugin::start(loaded, &config, limits.clone(), clock.clone())
+                    .map_err(|e| format!("{e:#}"))
+            };
+            let preparing = Instant::now();
+            let ready = start(loaded.clone())
+                .and_then(|candidate| test.run(candidate))
+                .and_then(|()| start(loaded));
+            tracing::info!(%stage, ok = ready.is_ok(), took_ms = preparing.elapsed().as_secs_f64() * 1e3, "prepared a new version off the pipeline thread");
+            match ready {
+                // A pipeline that stopped meanwhile drops the reply: the caller hears it is stopping.
+                Ok(plugin) => drop(control.blocking_send(Control::Ready {
+                    stage,
+                    plugin: Box::new(plugin),
+                    bytes,
+                    reply,
+                })),
+                Err(e) => drop(reply.send(Err(e))),
+            }
+        });
+    }
+
+    /// Swaps a started, self-tested version in for a stage's plugin, handing the old version's state over.
+    fn deploy(&mut self, stage: &str, new: Plugin, bytes: &[u8]) -> Result<String, String> {
+        let index = self.stage_index(stage)?;
         let label = new.label();
         let pause = Instant::now();
         let old = self.swap(index, new)?;
@@ -1066,7 +1131,7 @@ impl Processor {
         self.shared.counters.swaps.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%stage, plugin = %label, "deployed");
         if let Some(record) = &self.deployed
-            && let Err(e) = record.record_deploy(stage, bytes)
+            && let Err(e) = record.record_deploy(stage, bytes, &self.stages.configured[index])
         {
             tracing::warn!(%stage, "deployed, but a restart will not remember it: {e}");
         }
@@ -1126,17 +1191,25 @@ impl Processor {
             .map_err(|e| e.to_string())?;
         Ok(old)
     }
+}
 
-    /// Runs a candidate on the last batch's events; any failure refuses it.
-    fn self_test(&self, candidate: Plugin) -> Result<(), String> {
+/// A new version's self-test: the events of the last batch that had any, parsed as the pipeline parses them.
+struct SelfTest {
+    shape: EventShape,
+    sample: Vec<Bytes>,
+}
+
+impl SelfTest {
+    /// Runs the candidate on the sample; any failed call refuses it.
+    fn run(self, candidate: Plugin) -> Result<(), String> {
         let label = candidate.label();
-        let mut chain = Chain::with_shape(self.chain.shape().clone(), vec![candidate], Vec::new())
+        let mut chain = Chain::with_shape(self.shape, vec![candidate], Vec::new())
             .map_err(|e| format!("{label}: {e:#}"))?;
         let parser = chain.parser();
         let events: Vec<_> = self
             .sample
-            .iter()
-            .filter_map(|raw| parser.parse(raw.clone(), now_ms()).ok())
+            .into_iter()
+            .filter_map(|raw| parser.parse(raw, now_ms()).ok())
             .collect();
         let n = events.len();
         let out = chain.run(events);
@@ -1147,6 +1220,9 @@ impl Processor {
                 "{label} failed its self-test: {failures} failed calls on {n} recent events ({:?})",
                 stats.failures
             ));
+        }
+        if n == 0 {
+            tracing::warn!(plugin = %label, "self-test on no events: none has come since the start");
         }
         tracing::info!(plugin = %label, events = n, kept = out.kept.len(), "self-test passed");
         Ok(())

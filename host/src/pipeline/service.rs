@@ -162,7 +162,7 @@ pub async fn run(
         }));
     }
 
-    let lake = Lake::open(config.lake_config(), &host)
+    let lake = Lake::open(config.lake_config(), &host, config.exclusive())
         .await
         .context("cannot open the lake")?;
     // An exclusive reader starts where the lake's commit log says, so the lake comes first.
@@ -213,8 +213,9 @@ pub async fn run(
         .iter()
         .map(|c| crate::event::JsonPath::parse(&c.path).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
-    let mut chain =
-        Chain::with_shape(runner::shape(&config)?, plugins, extra_reads)?.named(&stages.names);
+    let mut chain = Chain::with_shape(runner::shape(&config)?, plugins, extra_reads)?
+        .named(&stages.names)
+        .on_error(&stages.on_error);
     // A replay in place starts from the live pipeline's state just before its range (once: after that
     // from its version's own commits).
     let state = match config.replay.as_ref().and_then(|r| r.in_place.as_ref()) {
@@ -261,6 +262,13 @@ pub async fn run(
             .await
             .with_context(|| format!("api.listen: cannot listen on {}", config.api.listen))?;
         let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() && config.api_token().is_none() {
+            tracing::warn!(
+                %addr,
+                "the API listens beyond this machine without a token: anyone who reaches it can deploy \
+                 plugins, pause and replay. Set api.token or WEIR_API_TOKEN"
+            );
+        }
         let options = crate::api::ApiOptions {
             token: config.api_token(),
             max_upload_bytes: config.api.max_upload_bytes,

@@ -47,6 +47,9 @@ pub struct Counters {
     pub compactions: AtomicU64,
     pub compaction_failures: AtomicU64,
     pub compacted_files: AtomicU64,
+    /// Events passed on unchanged by stages whose plugin failed on them and whose `on_error` is `skip`, by
+    /// stage (nothing of them is in the quarantine tables).
+    pub skipped_events: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Microseconds the pipeline's thread spent in each [`Phase`]: where a slow pipeline's time goes.
     pub phase_us: [AtomicU64; Phase::ALL.len()],
 }
@@ -112,6 +115,14 @@ pub struct Health {
     pub plugins_loaded: AtomicBool,
     pub paused: AtomicBool,
     pub stopping: AtomicBool,
+}
+
+impl Health {
+    /// The store answered the lake's last requests: it was reached at the start (or at a commit since) and
+    /// no request to it is failing and being retried now.
+    pub fn store_reachable(&self) -> bool {
+        self.store_reachable.load(Ordering::Relaxed) && !crate::lake::store_failing()
+    }
 }
 
 /// A plugin as the API shows it.
@@ -458,6 +469,14 @@ pub enum Control {
         bytes: bytes::Bytes,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     },
+    /// A new version started and self-tested off the pipeline thread, ready to take its stage's place: the
+    /// pipeline only swaps it in (see `Processor::handle`).
+    Ready {
+        stage: String,
+        plugin: Box<crate::runtime::Plugin>,
+        bytes: bytes::Bytes,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
     Rollback {
         stage: String,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
@@ -498,7 +517,7 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         let h = &self.health;
         h.nats_connected.load(Ordering::Relaxed)
-            && h.store_reachable.load(Ordering::Relaxed)
+            && h.store_reachable()
             && h.plugins_loaded.load(Ordering::Relaxed)
             && !h.stopping.load(Ordering::Relaxed)
     }

@@ -33,6 +33,9 @@ pub struct BatchResult {
     /// Writes in chunks, one per successful call: each covers the events from `start` on, in order.
     pub writes: Vec<WriteChunk>,
     pub rows: Vec<Row>,
+    /// The events (by index, ascending) whose verdict is the host's, not the plugin's: the plugin failed on
+    /// them, and their quarantine verdict gives the failure's reason and detail.
+    pub failed: Vec<usize>,
 }
 
 /// The write columns one call returned, for the events `start..start + rows` of the batch (every column has
@@ -175,6 +178,7 @@ impl Plugin {
             verdicts: Vec::with_capacity(events),
             writes: Vec::new(),
             rows: Vec::new(),
+            failed: Vec::new(),
         };
         self.process_into(batch, 0, &mut result);
         self.stats.events_in += events as u64;
@@ -183,11 +187,11 @@ impl Plugin {
                 Verdict::Keep => self.stats.kept += 1,
                 Verdict::Drop(rule) => {
                     self.stats.dropped += 1;
-                    bump(&mut self.stats.dropped_by_rule, rule);
+                    super::stats::count_label(&mut self.stats.dropped_by_rule, rule);
                 }
                 Verdict::Quarantine(q) => {
                     self.stats.quarantined += 1;
-                    bump(&mut self.stats.quarantined_by_reason, &q.reason);
+                    super::stats::count_label(&mut self.stats.quarantined_by_reason, &q.reason);
                 }
             }
         }
@@ -242,7 +246,8 @@ impl Plugin {
         };
         if events == 1 {
             let id = String::from_utf8_lossy(&batch.ids.bytes);
-            tracing::warn!(plugin = %self.label(), event = %id, reason = failure.kind.reason(), "quarantining event: {}", failure.detail);
+            tracing::warn!(plugin = %self.label(), event = %id, reason = failure.kind.reason(), "failed on an event (its stage's on_error decides where it goes): {}", failure.detail);
+            result.failed.push(start);
             result.verdicts.push(Verdict::Quarantine(Quarantine {
                 reason: failure.kind.reason().to_string(),
                 failed_checks: vec![failure.detail],
@@ -576,16 +581,6 @@ pub struct HandOver {
     since: Vec<Journaled>,
     /// The old version's batch shape (see `Plugin::batch_shape`), which `since` was made for.
     shape: (Vec<String>, bool, bool),
-}
-
-/// Counts one more for `key`, allocating the key only the first time it is seen (this runs per event).
-fn bump(counts: &mut std::collections::BTreeMap<String, u64>, key: &str) {
-    match counts.get_mut(key) {
-        Some(n) => *n += 1,
-        None => {
-            counts.insert(key.to_string(), 1);
-        }
-    }
 }
 
 fn instantiate(

@@ -12,6 +12,31 @@ use super::failure::FailureKind;
 /// A plugin may report at most this many distinct metric names; more would blow up the metrics endpoint.
 const MAX_PLUGIN_METRICS: usize = 64;
 
+/// Distinct drop rules or quarantine reasons counted per plugin (and per pipeline); the rest count under
+/// `other`. The plugin chooses these strings: one that put an event's id in its reason would otherwise grow
+/// the host's memory and `/metrics` with every event.
+pub const MAX_LABELS: usize = 256;
+
+/// The longest rule or reason kept as a label, in bytes; longer ones are cut at a character boundary.
+const MAX_LABEL_BYTES: usize = 128;
+
+/// Counts one more for `label` in `counts`, within [`MAX_LABELS`] and [`MAX_LABEL_BYTES`]; allocates the
+/// label only the first time it is seen (this runs per event).
+pub fn count_label(counts: &mut BTreeMap<String, u64>, label: &str) {
+    let mut end = label.len().min(MAX_LABEL_BYTES);
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    let label = &label[..end];
+    if let Some(n) = counts.get_mut(label) {
+        *n += 1;
+    } else if counts.len() < MAX_LABELS {
+        counts.insert(label.to_string(), 1);
+    } else {
+        *counts.entry("other".to_string()).or_default() += 1;
+    }
+}
+
 /// Upper bounds of the call-latency buckets, in microseconds (Prometheus `le` values).
 pub const LATENCY_BUCKETS_US: [u64; 12] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
@@ -85,5 +110,31 @@ impl PluginStats {
         } else {
             self.call_time_us as f64 / self.calls as f64
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin that makes every reason unique (an event id in it) fills at most `MAX_LABELS` labels, the
+    /// rest count under `other`, and no count is lost; a long label is cut and still counted as one.
+    #[test]
+    fn labels_are_bounded_and_nothing_is_lost() {
+        let mut counts = BTreeMap::new();
+        for i in 0..1000 {
+            count_label(&mut counts, &format!("bad event {i}"));
+        }
+        assert_eq!(counts.len(), MAX_LABELS + 1);
+        assert_eq!(counts["other"], 1000 - MAX_LABELS as u64);
+        assert_eq!(counts.values().sum::<u64>(), 1000);
+
+        let mut counts = BTreeMap::new();
+        let long = "é".repeat(200);
+        count_label(&mut counts, &long);
+        count_label(&mut counts, &long);
+        let (label, n) = counts.iter().next().unwrap();
+        assert!(label.len() <= MAX_LABEL_BYTES && long.starts_with(label.as_str()));
+        assert_eq!(*n, 2);
     }
 }
