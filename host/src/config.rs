@@ -303,12 +303,44 @@ impl Config {
         span: std::ops::Range<usize>,
         message: impl std::fmt::Display,
     ) -> anyhow::Error {
-        let line = text[..span.start.min(text.len())].lines().count().max(1);
+        let line = line_at(text, span.start);
         anyhow::anyhow!("{}:{line}: {message}", self.file.display())
     }
 
+    /// `file:line: message`, the line being where `field` (`consumer.batch`, `stages.2.limits`) is set, or
+    /// the nearest table around it that is in the file (a field left at its default is not).
+    fn at_field(&self, text: &str, field: &str, message: impl std::fmt::Display) -> anyhow::Error {
+        match span_of(text, field) {
+            Some(span) => self.at(text, span, message),
+            None => anyhow::anyhow!("{}: {message}", self.file.display()),
+        }
+    }
+
+    /// [`Config::at_field`] for a check's message that starts with the field it is about (`stream.replicas
+    /// must be ...`, `silver.columns[3]: ...`), as the sections' own checks write them; the field is looked
+    /// for within `within` (`stages.2`), and the message is prefixed with `context`.
+    fn at_named_field(
+        &self,
+        text: &str,
+        within: &str,
+        context: &str,
+        message: String,
+    ) -> anyhow::Error {
+        let named = message
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches([':', ','])
+            .replace('[', ".")
+            .replace(']', "");
+        let field = match within {
+            "" => named,
+            _ => format!("{within}.{named}"),
+        };
+        self.at_field(text, &field, format!("{context}{message}"))
+    }
+
     fn validate(&self, text: &str) -> Result<()> {
-        let file = self.file.display();
         if self.pipeline.name.is_empty()
             || !self
                 .pipeline
@@ -316,52 +348,103 @@ impl Config {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            bail!(
-                "{file}: pipeline.name {:?} must be letters, digits, `-` and `_`",
-                self.pipeline.name
-            );
+            return Err(self.at_field(
+                text,
+                "pipeline.name",
+                format!(
+                    "pipeline.name {:?} must be letters, digits, `-` and `_`",
+                    self.pipeline.name
+                ),
+            ));
         }
         if let Some(source) = &self.source {
             source
                 .validate()
-                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                .map_err(|e| self.at_named_field(text, "", "", e))?;
         }
         self.stream
             .validate()
-            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            .map_err(|e| self.at_named_field(text, "", "", e))?;
         if self.consumer.batch == 0 || self.consumer.batch > 65_536 {
-            bail!("{file}: consumer.batch must be 1 to 65536");
+            return Err(self.at_field(text, "consumer.batch", "consumer.batch must be 1 to 65536"));
         }
         if self.consumer.max_deliver < 2 {
-            bail!("{file}: consumer.max_deliver must be at least 2");
+            return Err(self.at_field(
+                text,
+                "consumer.max_deliver",
+                "consumer.max_deliver must be at least 2",
+            ));
         }
         self.check_consumer_mode()
-            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            .map_err(|e| self.at_field(text, "consumer.durable", e))?;
         for (what, path) in [
             ("events.id_path", &self.events.id_path),
             ("events.time_path", &self.events.time_path),
         ] {
             crate::event::JsonPath::parse(path)
-                .map_err(|e| anyhow::anyhow!("{file}: {what} {path:?}: {e}"))?;
+                .map_err(|e| self.at_field(text, what, format!("{what} {path:?}: {e}")))?;
         }
+        if !(0.0..=1.0).contains(&self.plugins.rollback_error_rate) {
+            return Err(self.at_field(
+                text,
+                "plugins.rollback_error_rate",
+                format!(
+                    "plugins.rollback_error_rate {} must be a share of calls, 0 to 1",
+                    self.plugins.rollback_error_rate
+                ),
+            ));
+        }
+        crate::lake::schema::validate_columns(&self.silver.columns)
+            .map_err(|e| self.at_named_field(text, "", "", e))?;
         if self.stages.is_empty() {
-            bail!("{file}: no [[stages]]: a pipeline needs at least one plugin");
+            bail!(
+                "{}: no [[stages]]: a pipeline needs at least one plugin",
+                self.file.display()
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, stage) in self.stages.iter().enumerate() {
             if !names.insert(stage.name.as_str()) {
-                bail!("{file}: stages[{i}].name {:?} is used twice", stage.name);
+                return Err(self.at_field(
+                    text,
+                    &format!("stages.{i}.name"),
+                    format!("stages[{i}].name {:?} is used twice", stage.name),
+                ));
             }
             if stage.config.is_some() && stage.config_file.is_some() {
-                bail!(
-                    "{file}: stages[{i}] ({}): give `config` or `config_file`, not both",
-                    stage.name
-                );
+                return Err(self.at_field(
+                    text,
+                    &format!("stages.{i}.config_file"),
+                    format!(
+                        "stages[{i}] ({}): give `config` or `config_file`, not both",
+                        stage.name
+                    ),
+                ));
             }
-            stage
-                .limits
-                .validate()
-                .map_err(|e| anyhow::anyhow!("{file}: stages[{i}] ({}): {e}", stage.name))?;
+            if let Some(config_file) = &stage.config_file
+                && !self.dir().join(config_file).is_file()
+            {
+                return Err(self.at_field(
+                    text,
+                    &format!("stages.{i}.config_file"),
+                    format!(
+                        "stages[{i}] ({}).config_file: {} does not exist (it is relative to this file)",
+                        stage.name,
+                        self.dir().join(config_file).display()
+                    ),
+                ));
+            }
+            stage.limits.validate().map_err(|e| {
+                self.at_named_field(
+                    text,
+                    &format!("stages.{i}"),
+                    &format!("stages[{i}] ({}): ", stage.name),
+                    e,
+                )
+            })?;
+        }
+        // The plugin files last: the checks above need nothing built.
+        for (i, stage) in self.stages.iter().enumerate() {
             let path = self.plugin_path(stage.plugin.get_ref());
             if !path.is_file() {
                 return Err(self.at(
@@ -377,12 +460,35 @@ impl Config {
                 ));
             }
         }
-        crate::lake::schema::validate_columns(&self.silver.columns)
-            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-        if self.lake.commit_events == 0 || self.lake.commit_interval.is_zero() {
-            bail!("{file}: lake.commit_events and lake.commit_interval must be positive");
+        if self.lake.commit_events == 0 {
+            return Err(self.at_field(
+                text,
+                "lake.commit_events",
+                "lake.commit_events must be positive",
+            ));
+        }
+        if self.lake.commit_interval.is_zero() {
+            return Err(self.at_field(
+                text,
+                "lake.commit_interval",
+                "lake.commit_interval must be positive",
+            ));
         }
         Ok(())
+    }
+
+    /// `file:line: stage NAME`, the line of the stage's `plugin =`: where errors about a stage's plugin (it
+    /// does not load, its contract does not match, its `init` refuses the config) point.
+    pub fn stage_at(&self, name: &str) -> String {
+        let stage = self.stages.iter().find(|s| s.name == name);
+        let line = stage.and_then(|stage| {
+            let text = std::fs::read_to_string(&self.file).ok()?;
+            Some(line_at(&text, stage.plugin.span().start))
+        });
+        match line {
+            Some(line) => format!("{}:{line}: stage {name}", self.file.display()),
+            None => format!("{}: stage {name}", self.file.display()),
+        }
     }
 
     pub fn plugin_dir(&self) -> PathBuf {
@@ -517,6 +623,35 @@ impl Config {
     }
 }
 
+/// The 1-based line of byte `offset` of `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Where `field` (dotted, array elements by index: `stages.2.limits.max_rows`) is set in the TOML `text`:
+/// its value's span, or the span of the deepest part of the path that is there.
+fn span_of(text: &str, field: &str) -> Option<std::ops::Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    let document = DeTable::parse(text).ok()?;
+    let mut parts = field.split('.');
+    let mut value: &Spanned<DeValue<'_>> = document.get_ref().get(parts.next()?)?;
+    for part in parts {
+        let next = match part.parse::<usize>() {
+            Ok(index) => value.get_ref().get(index),
+            Err(_) => value.get_ref().get(part),
+        };
+        match next {
+            Some(next) => value = next,
+            None => break,
+        }
+    }
+    Some(value.span())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,6 +682,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 4") && err.contains("int"), "{err}");
+    }
+
+    /// Checks beyond the types name the line of the field too (or of its table, when the field is left
+    /// at a default that fails with another).
+    #[test]
+    fn checks_name_the_line_of_the_field() {
+        let stage = "\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\n";
+        let cases = [
+            (
+                "[pipeline]\nname = \"x\"\n[consumer]\nmode = \"shared\"\nbatch = 0\n",
+                5,
+                "consumer.batch",
+            ),
+            (
+                "[pipeline]\nname = \"x\"\n[stream]\n\nreplicas = 9\n",
+                5,
+                "stream.replicas",
+            ),
+            (
+                "[pipeline]\nname = \"x\"\n[silver]\ncolumns = [\n  { name = \"a\", path = \"a\", type = \"string\" },\n  { name = \"dt\", path = \"b\", type = \"string\" },\n]\n",
+                6,
+                "partition key",
+            ),
+            (
+                "[pipeline]\nname = \"x\"\n[plugins]\nrollback_error_rate = 5.0\n",
+                4,
+                "0 to 1",
+            ),
+            ("[pipeline]\nname = \"bad name\"\n", 2, "pipeline.name"),
+        ];
+        for (text, line, says) in cases {
+            let err = parse(&format!("{text}{stage}")).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("/tmp/p.toml:{line}:")) && err.contains(says),
+                "{text}: {err}"
+            );
+        }
+        let err = parse(
+            "[pipeline]\nname = \"x\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\nlimits = { call_timeout_ms = 0 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/tmp/p.toml:9:") && err.contains("used twice"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "[pipeline]\nname = \"x\"\n{stage}limits = {{ call_timeout_ms = 0 }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/tmp/p.toml:7:") && err.contains("stages[0] (f): limits.call_timeout_ms"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -323,3 +323,74 @@ fn the_standard_chain_runs_under_plugin_run() {
         "every kept event is counted in gold_wiki once"
     );
 }
+
+/// `weir config check` passes the shipped pipeline, and names the file and line of what is wrong: a value
+/// out of range, and a plugin whose imports the host does not provide.
+#[test]
+fn config_check_names_the_line_of_what_is_wrong() {
+    let plugins = plugin_path("weir-plugin-enrich");
+    let plugin_dir = plugins.parent().unwrap().to_str().unwrap().to_string();
+    let check = |file: &std::path::Path| {
+        let cache = tempfile::tempdir().unwrap();
+        Command::new(weir_bin())
+            .args(["config", "check"])
+            .arg(file)
+            .env("WEIR_CACHE_DIR", cache.path())
+            .env("WEIR_PLUGIN_DIR", &plugin_dir)
+            .output()
+            .expect("run weir")
+    };
+    let shipped = workspace_root().join("deploy/pipelines/wikimedia.toml");
+    let ok = check(&shipped);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(
+        text(&ok.stdout).contains(": ok (8 stages"),
+        "{}",
+        text(&ok.stdout)
+    );
+
+    let original = std::fs::read_to_string(&shipped).unwrap();
+    // Beside the shipped file, so that its relative paths (aggregate configs) hold.
+    let dir = shipped.parent().unwrap();
+    let line_of =
+        |text: &str, start: &str| text.lines().position(|l| l.starts_with(start)).unwrap() + 1;
+    let bad = tempfile::Builder::new()
+        .prefix("check-")
+        .suffix(".toml")
+        .tempfile_in(dir)
+        .unwrap();
+    let batch = original.replace("batch = 256 ", "batch = 0   ");
+    std::fs::write(bad.path(), &batch).unwrap();
+    let out = check(bad.path());
+    let expected = format!(
+        "{}:{}: consumer.batch must be 1 to 65536",
+        bad.path().display(),
+        line_of(&batch, "batch = 0")
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let wrong = plugin_path("bad-wrong-import");
+    let wrong_name = wrong.file_name().unwrap().to_str().unwrap();
+    let imports = original.replace(
+        "plugin = \"weir_plugin_enrich.wasm\"",
+        &format!("plugin = \"{wrong_name}\""),
+    );
+    std::fs::write(bad.path(), &imports).unwrap();
+    let out = check(bad.path());
+    let expected = format!(
+        "{}:{}: stage enrich",
+        bad.path().display(),
+        line_of(&imports, &format!("plugin = \"{wrong_name}\""))
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+}

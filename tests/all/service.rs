@@ -147,8 +147,13 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
     std::fs::copy(&flaky, watch.join("enrich.wasm.tmp")).unwrap();
     std::fs::rename(watch.join("enrich.wasm.tmp"), watch.join("enrich.wasm")).unwrap();
     wait_log(&weir, "rolled back", Duration::from_secs(60));
-    // Back to the original, from the CLI; the watched file goes, or a restart would deploy it again.
-    std::fs::remove_file(watch.join("enrich.wasm")).unwrap();
+    // The watched file is set aside once handled, so a restart does not deploy it again.
+    assert!(
+        !watch.join("enrich.wasm").exists() && watch.join("enrich.wasm.deployed").exists(),
+        "{:?}",
+        std::fs::read_dir(&watch).unwrap().collect::<Vec<_>>()
+    );
+    // Back to the original, from the CLI.
     assert!(deploy(&weir, &original).contains("enrich@0.1.0"));
     wait_until(&h, &mut weir, 2000);
 

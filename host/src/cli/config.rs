@@ -20,11 +20,12 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
     let config = Config::load(&file)?;
     let loader = Loader::with_default_cache();
     for stage in config.stages()? {
+        let at = || config.stage_at(&stage.name);
         let loaded = loader
             .load(&stage.path)
-            .map_err(|e| anyhow::anyhow!("{}: stage {}: {e:#}", file.display(), stage.name))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", at()))?;
         let plugin = Plugin::start(loaded, &stage.config, stage.limits.clone(), Clock::System)
-            .map_err(|e| anyhow::anyhow!("{}: stage {}: {e:#}", file.display(), stage.name))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", at()))?;
         println!("stage {:<10} {}", stage.name, plugin.label());
     }
     let plugins = config

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutMode, PutOptions};
 use serde::{Deserialize, Serialize};
 
@@ -315,15 +315,20 @@ async fn load(store: &Store, after: Option<u64>) -> Result<Vec<CommitRecord>> {
             .is_some_and(|f| f != "checkpoint.json" && f.ends_with(".json"))
     });
     paths.sort();
-    let mut records = Vec::with_capacity(paths.len());
-    for path in paths {
-        let bytes = store.store.get(&path).await?.bytes().await?;
-        records.push(
-            serde_json::from_slice(&bytes).map_err(|e| corrupt("the commit record", &path, e))?,
-        );
-    }
-    Ok(records)
+    // Many at a time: a remote store answers each GET in tens of milliseconds, and a long log has
+    // thousands of records (`weir lake ls`, `verify`, the first read of a new reader).
+    futures::stream::iter(paths)
+        .map(|path| async move {
+            let bytes = store.store.get(&path).await?.bytes().await?;
+            serde_json::from_slice(&bytes).map_err(|e| corrupt("the commit record", &path, e))
+        })
+        .buffered(RECORD_READS)
+        .try_collect()
+        .await
 }
+
+/// Commit records read at once.
+const RECORD_READS: usize = 32;
 
 pub async fn read(store: &Store) -> Result<LogState> {
     let mut state = LogState::default();

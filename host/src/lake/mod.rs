@@ -851,7 +851,8 @@ impl Epoch {
 
     pub fn add_quarantine(&mut self, rows: &[QuarantineRow]) -> Result<()> {
         for r in rows {
-            crate::runtime::stats::count_label(&mut self.quarantined, &r.reason);
+            // Whole reasons: a replay in place subtracts its range's counts under the same keys.
+            *self.quarantined.entry(r.reason.clone()).or_default() += 1;
         }
         let mut by_layer: BTreeMap<Layer, Vec<&QuarantineRow>> = BTreeMap::new();
         for r in rows {
@@ -875,10 +876,10 @@ impl Epoch {
 
     pub fn add_drops(&mut self, rows: &[DropRow]) -> Result<()> {
         for r in rows {
-            crate::runtime::stats::count_label(
-                &mut self.dropped,
-                &format!("{}/{}", r.stage, r.rule),
-            );
+            *self
+                .dropped
+                .entry(format!("{}/{}", r.stage, r.rule))
+                .or_default() += 1;
         }
         for (partition, group) in rows::by_partition(rows.iter(), |r| r.event_ms) {
             let batch = rows::drops_batch(&group);

@@ -172,6 +172,13 @@ pub fn validate_columns(columns: &[ColumnSpec]) -> Result<(), String> {
                 c.name
             ));
         }
+        if c.name == "dt" || c.name == "hour" {
+            return Err(format!(
+                "silver.columns[{i}]: name {:?} is a partition key of the lake's paths (`dt=.../hour=...`), \
+                 which readers with Hive partitioning would confuse with it: choose another name",
+                c.name
+            ));
+        }
         if !seen.insert(&c.name) {
             return Err(format!(
                 "silver.columns[{i}]: column {:?} is declared twice",

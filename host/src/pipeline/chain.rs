@@ -246,7 +246,13 @@ impl Chain {
                 let call_failed = failed_calls.next_if(|&&i| i == index).is_some();
                 if call_failed || write_error.is_some() {
                     let failure = || failure_of(&verdict, write_error.as_deref());
-                    match stage.on_error {
+                    // An aggregate's verdicts decide what it counts, not whether the event is good: for it,
+                    // `drop` leaves the event to silver uncounted, as `skip` does.
+                    let policy = match stage.on_error {
+                        OnError::Drop if gold => OnError::Skip,
+                        policy => policy,
+                    };
+                    match policy {
                         OnError::Quarantine => {}
                         OnError::Skip => {
                             out.skipped.push(name.clone());

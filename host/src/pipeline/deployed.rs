@@ -34,7 +34,9 @@ impl Deployed {
             return None;
         }
         // Deploys recorded before the configured plugin was noted carry on as they did.
-        let noted = std::fs::read_to_string(self.configured_note(stage)).ok()?;
+        let Ok(noted) = std::fs::read_to_string(self.configured_note(stage)) else {
+            return Some(file);
+        };
         if fingerprint(configured).is_some_and(|now| now != noted.trim()) {
             tracing::warn!(
                 %stage,
@@ -154,6 +156,21 @@ mod tests {
         deployed.record_rollback("enrich").unwrap();
         assert_eq!(current("enrich"), None, "v2 was not the previous of v4");
         assert_eq!(current("filter"), None);
+    }
+
+    /// A deploy recorded before the configured plugin was noted (by an older Weir) is still started.
+    #[test]
+    fn a_deploy_without_a_note_carries_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let deployed = Deployed::new(dir.path().join("deployed"));
+        let configured = dir.path().join("enrich.wasm");
+        std::fs::write(&configured, b"v1").unwrap();
+        deployed
+            .record_deploy("enrich", b"v2", &configured)
+            .unwrap();
+        std::fs::remove_file(deployed.configured_note("enrich")).unwrap();
+        std::fs::write(&configured, b"v5").unwrap();
+        assert!(deployed.current("enrich", &configured).is_some());
     }
 
     /// A configured plugin that changed after a deploy wins over it, and the deploys are forgotten.

@@ -127,9 +127,9 @@ pub fn start_plugins(
         let start = |path: &std::path::Path| {
             let loaded = loader
                 .load(path)
-                .with_context(|| format!("stage {}", stage.name))?;
+                .with_context(|| config.stage_at(&stage.name))?;
             Plugin::start(loaded, &stage.config, stage.limits.clone(), clock.clone())
-                .with_context(|| format!("stage {}", stage.name))
+                .with_context(|| config.stage_at(&stage.name))
         };
         // The version deployed before a restart, unless it no longer starts (then the configured one).
         let redeployed = deployed
@@ -430,6 +430,9 @@ pub struct Processor {
     previous: Vec<Option<Plugin>>,
     /// Stages under watch after a swap: (batches left, calls and failures when the swap happened).
     watching: Vec<Option<(u64, u64, u64)>>,
+    /// Per stage, the number of its last deploy or rollback: a deploy prepared off the thread is swapped
+    /// in only if nothing came after it (see [`Processor::deploy`]).
+    generations: Vec<u64>,
     /// Raw texts of the last batch that had events, for self-tests of new plugin versions.
     sample: Vec<Bytes>,
     /// Where deploys and rollbacks are remembered across restarts.
@@ -484,6 +487,7 @@ impl Processor {
             watermark: i64::MIN,
             previous: (0..n).map(|_| None).collect(),
             watching: vec![None; n],
+            generations: vec![0; n],
             sample: Vec::new(),
             deployed: config.deployed(),
         };
@@ -1037,11 +1041,12 @@ impl Processor {
             } => self.prepare(stage, plugin, bytes, reply),
             Control::Ready {
                 stage,
+                generation,
                 plugin,
                 bytes,
                 reply,
             } => {
-                let _ = reply.send(self.deploy(&stage, *plugin, &bytes));
+                let _ = reply.send(self.deploy(&stage, generation, *plugin, &bytes));
             }
             Control::Rollback { stage, reply } => {
                 let _ = reply.send(self.rollback(&stage));
@@ -1081,6 +1086,8 @@ impl Processor {
                 return;
             }
         };
+        self.generations[index] += 1;
+        let generation = self.generations[index];
         let test = SelfTest {
             shape: self.chain.shape().clone(),
             sample: self.sample.clone(),
@@ -1103,6 +1110,7 @@ impl Processor {
                 // A pipeline that stopped meanwhile drops the reply: the caller hears it is stopping.
                 Ok(plugin) => drop(control.blocking_send(Control::Ready {
                     stage,
+                    generation,
                     plugin: Box::new(plugin),
                     bytes,
                     reply,
@@ -1112,9 +1120,23 @@ impl Processor {
         });
     }
 
-    /// Swaps a started, self-tested version in for a stage's plugin, handing the old version's state over.
-    fn deploy(&mut self, stage: &str, new: Plugin, bytes: &[u8]) -> Result<String, String> {
+    /// Swaps a started, self-tested version in for a stage's plugin, handing the old version's state over,
+    /// unless a later deploy or a rollback of the stage came while it was being prepared.
+    fn deploy(
+        &mut self,
+        stage: &str,
+        generation: u64,
+        new: Plugin,
+        bytes: &[u8],
+    ) -> Result<String, String> {
         let index = self.stage_index(stage)?;
+        if self.generations[index] != generation {
+            return Err(format!(
+                "{} was not deployed: a later deploy or a rollback of stage {stage} came while it was being \
+                 prepared",
+                new.label()
+            ));
+        }
         let label = new.label();
         let pause = Instant::now();
         let old = self.swap(index, new)?;
@@ -1138,9 +1160,10 @@ impl Processor {
         Ok(label)
     }
 
-    /// Returns a stage to the version before the last swap.
+    /// Returns a stage to the version before the last swap (and supersedes a deploy being prepared).
     fn rollback(&mut self, stage: &str) -> Result<String, String> {
         let index = self.stage_index(stage)?;
+        self.generations[index] += 1;
         let previous = self.previous[index]
             .take()
             .ok_or_else(|| format!("stage {stage} has no previous version to roll back to"))?;

@@ -642,11 +642,29 @@ async fn watch_plugins(
             {
                 continue;
             }
-            match crate::api::deploy(&shared, &loader, &stage, &path, Some(bytes.into())).await {
+            let handled = match crate::api::deploy(
+                &shared,
+                &loader,
+                &stage,
+                &path,
+                Some(bytes.into()),
+            )
+            .await
+            {
                 Ok(label) => {
-                    tracing::info!(%stage, plugin = %label, "deployed from the watched directory")
+                    tracing::info!(%stage, plugin = %label, "deployed from the watched directory");
+                    "deployed"
                 }
-                Err(e) => tracing::error!(%stage, file = %path.display(), "not deployed: {e}"),
+                Err(e) => {
+                    tracing::error!(%stage, file = %path.display(), "not deployed: {e}");
+                    "refused"
+                }
+            };
+            // Set aside once handled: a restart must not deploy it again (after a rollback, or over a
+            // configuration that has changed since).
+            let aside = path.with_extension(format!("wasm.{handled}"));
+            if let Err(e) = std::fs::rename(&path, &aside) {
+                tracing::warn!(file = %path.display(), "cannot rename to {}: {e}", aside.display());
             }
         }
     }

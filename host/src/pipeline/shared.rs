@@ -473,6 +473,8 @@ pub enum Control {
     /// pipeline only swaps it in (see `Processor::handle`).
     Ready {
         stage: String,
+        /// Which of the stage's deploys this is: a later deploy or a rollback supersedes it.
+        generation: u64,
         plugin: Box<crate::runtime::Plugin>,
         bytes: bytes::Bytes,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
