@@ -860,3 +860,55 @@ fn replay_from_bronze_when_the_stream_is_gone() {
         "staging streams are removed: {streams:?}"
     );
 }
+
+/// S3 credentials from the profile files `aws configure` writes, with no `AWS_*` keys in the environment
+/// (`object_store` alone would fall through to the instance metadata endpoint).
+#[test]
+fn s3_credentials_come_from_the_aws_profile_files() {
+    let weed = Seaweed::start();
+    weed.bucket("profile");
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let config = dir.path().join("config");
+    std::fs::write(
+        &credentials,
+        "[default]\naws_access_key_id = nobody\naws_secret_access_key = nothing\n\n[weir]\naws_access_key_id = weir\naws_secret_access_key = weir\n",
+    )
+    .unwrap();
+    std::fs::write(&config, "[profile weir]\nregion = us-east-1\n").unwrap();
+    let mut command = std::process::Command::new(crate::support::weir_bin());
+    command
+        .args([
+            "lake",
+            "verify",
+            "--lake",
+            "s3://profile/lake",
+            "--allow-http",
+        ])
+        .args(["--endpoint", &weed.endpoint])
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_PROFILE", "weir");
+    for variable in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "WEIR_LAKE_URL",
+        "WEIR_LAKE_ENDPOINT",
+    ] {
+        command.env_remove(variable);
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"missing\": []"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

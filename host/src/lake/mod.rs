@@ -23,6 +23,7 @@
 //! finished, staging left by uncommitted epochs is deleted, and the plugin state of the last commit is
 //! restored. Each step has a named crash point (see [`crash`]).
 
+mod aws_profile;
 pub mod compact;
 pub mod crash;
 pub mod files;

@@ -1,7 +1,8 @@
 //! The object store a lake lives in, from a URL: `file://` (or a plain path; the default is `./lake`), `s3://`
 //! (AWS and S3-compatible stores: MinIO, SeaweedFS, R2), `gs://`, `az://` (or `abfs://`), `memory://`.
-//! Credentials come from the usual environment variables and files of each cloud (`AWS_ACCESS_KEY_ID`,
-//! `AWS_PROFILE` files, `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_ACCOUNT_KEY`, ...).
+//! Credentials come from the usual environment variables and files of each cloud (`AWS_ACCESS_KEY_ID`, the
+//! profile `AWS_PROFILE` names in `~/.aws/credentials` and `~/.aws/config` (see `aws_profile`), web identity,
+//! instance metadata; `GOOGLE_APPLICATION_CREDENTIALS`; `AZURE_STORAGE_ACCOUNT_KEY`, ...).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,7 @@ impl Store {
             ),
             Some(("s3" | "s3a", rest)) => {
                 let (bucket, prefix) = split_bucket(rest);
+                let profile = super::aws_profile::from_env();
                 let mut builder = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .with_retry(retry)
@@ -93,9 +95,23 @@ impl Store {
                             .region
                             .clone()
                             .or_else(|| std::env::var("AWS_REGION").ok())
+                            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                            .or(profile.region)
                             .unwrap_or_else(|| "us-east-1".into()),
                     )
                     .with_allow_http(config.allow_http);
+                // The environment's keys win; else the profile's, if it has some.
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+                    && let (Some(id), Some(secret)) =
+                        (profile.access_key_id, profile.secret_access_key)
+                {
+                    builder = builder
+                        .with_access_key_id(id)
+                        .with_secret_access_key(secret);
+                    if let Some(token) = profile.session_token {
+                        builder = builder.with_token(token);
+                    }
+                }
                 if let Some(endpoint) = &config.endpoint {
                     builder = builder
                         .with_endpoint(endpoint)
