@@ -47,6 +47,14 @@ fn the_api_reports_queries_controls_and_replays() {
         .find(|l| l.starts_with("weir_events_received_total"))
         .unwrap_or_else(|| panic!("no weir_events_received_total:\n{metrics}"));
     assert!(received.ends_with(&format!(" {last}")), "{received}");
+    let pending = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_consumer_pending_messages{"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(
+        pending.is_some(),
+        "no weir_consumer_pending_messages:\n{metrics}"
+    );
     // Where the pipeline's thread spent its time: every phase reported, and the plugins took some.
     let phases: Vec<(&str, f64)> = metrics
         .lines()
@@ -212,6 +220,8 @@ fn the_api_reports_queries_controls_and_replays() {
         ("/api/v1/gold/gold_wiki?source=elsewhere", 400),
         ("/api/v1/gold/gold_wiki?limit=ten", 400),
         ("/api/v1/gold/gold_wiki?from=2000&to=1000", 400),
+        ("/api/v1/gold/gold_wiki?wkii=enwiki", 400),
+        ("/api/v1/gold/gold_wiki?wkii=enwiki&source=lake", 400),
         ("/api/v1/events/latest?limit=-1", 400),
     ] {
         assert_eq!(
@@ -220,6 +230,18 @@ fn the_api_reports_queries_controls_and_replays() {
             "{path}"
         );
     }
+    let (_, typo) = http(
+        "GET",
+        &format!("{api}/api/v1/gold/gold_wiki?wkii=enwiki"),
+        None,
+        None,
+    );
+    let typo: Value = serde_json::from_str(&typo).unwrap();
+    let typo = typo["error"].as_str().unwrap();
+    assert!(
+        typo.contains("no column \"wkii\"") && typo.contains(", wiki,") && typo.contains("_plugin"),
+        "{typo}"
+    );
     let reasons = get_json(&api, "/api/v1/quarantine/reasons");
     assert!(
         !reasons["since_start"].as_object().unwrap().is_empty(),

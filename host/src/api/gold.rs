@@ -68,6 +68,9 @@ pub(super) async fn gold(
             .map(|(k, v)| Filter::new(k, v))
             .collect(),
     };
+    if let Some(refused) = unknown_filter(&state, &ask).await {
+        return refused;
+    }
     match q.get("source").map(String::as_str) {
         None | Some("auto") => match &state.lake {
             // Without `from` the question is "the newest rows", which memory holds.
@@ -87,6 +90,56 @@ pub(super) async fn gold(
             ),
         ),
     }
+}
+
+/// A 400 naming the table's columns when a filter names a column no row of it has: a typo (`?wkii=`) would
+/// otherwise match nothing and answer an empty 200. Memory's rows are asked first; the commit log's record
+/// of the lake's columns only when they lack one. A table with no rows anywhere yet refuses nothing.
+async fn unknown_filter(state: &AppState, ask: &Question) -> Option<Response> {
+    if ask.filters.is_empty() {
+        return None;
+    }
+    let mut known: std::collections::BTreeSet<String> = ["_plugin".to_string()].into();
+    {
+        let recent = state.shared.recent.lock().expect("not poisoned");
+        let mut last: Option<&Arc<[Box<str>]>> = None;
+        for row in recent.gold.get(&ask.table).into_iter().flatten() {
+            if last.is_none_or(|l| !Arc::ptr_eq(l, row.columns())) {
+                known.extend(row.columns().iter().map(|c| c.to_string()));
+                last = Some(row.columns());
+            }
+        }
+    }
+    let unknown = |known: &std::collections::BTreeSet<String>| {
+        ask.filters
+            .iter()
+            .find(|f| !known.contains(&f.column))
+            .map(|f| f.column.clone())
+    };
+    unknown(&known)?;
+    if let Some(store) = &state.lake
+        && let Ok(records) = state.log.records(store).await
+    {
+        for record in records.iter() {
+            if let Some(columns) = record.gold_columns.get(&ask.table) {
+                known.extend(columns.iter().map(|(c, _)| c.clone()));
+            }
+        }
+    }
+    let column = unknown(&known)?;
+    if known.len() == 1 {
+        // Only `_plugin`: no row of the table has been seen, so there is nothing to judge by.
+        return None;
+    }
+    let columns: Vec<&str> = known.iter().map(String::as_str).collect();
+    Some(error(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "{} has no column {column:?}; filters are `column=value` over its columns: {}",
+            ask.table,
+            columns.join(", ")
+        ),
+    ))
 }
 
 /// What a query asks for: the rows of `table` whose window starts in `[from, to)` and that pass every filter,

@@ -132,6 +132,16 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
         c.skipped_in_flight.load(Ordering::Relaxed),
     );
     o.metric(
+        "weir_consumer_pending_messages",
+        "gauge",
+        "Messages of the stream this host has yet to take or ack (a shared consumer's pending and unacked; for an exclusive reader, those after the newest read), measured every 5 s.",
+    );
+    o.value(
+        "weir_consumer_pending_messages",
+        &[("pipeline", p)],
+        c.pending.load(Ordering::Relaxed),
+    );
+    o.metric(
         "weir_lake_store_retries_total",
         "counter",
         "Failed requests to the lake's store, each retried with backoff (the store is unreachable or failing while these grow).",

@@ -269,6 +269,7 @@ pub async fn exclusive_reader(
 }
 
 /// Where the fetch task reads: the durable consumer hosts share, or this host's own ordered consumers.
+#[derive(Clone)]
 pub enum Reader {
     Shared(jetstream::consumer::Consumer<pull::Config>),
     Exclusive {
@@ -692,6 +693,9 @@ impl Processor {
         }
         if !sample.is_empty() {
             self.sample = sample;
+        }
+        if let Some(newest) = received.iter().map(|r| r.seq).max() {
+            counters.newest_seq.fetch_max(newest, Ordering::Relaxed);
         }
         if self.acks && !immediate_acks.is_empty() {
             let client = self.client.clone();
@@ -1370,6 +1374,41 @@ pub async fn stalled(consumer: &jetstream::consumer::Consumer<pull::Config>) -> 
     let room = limit <= 0 || (info.num_ack_pending as i64) < limit;
     let waiting = info.num_pending + info.num_ack_pending as u64;
     (waiting > 0 && room && info.num_waiting == 0).then_some(waiting)
+}
+
+/// Measures every few seconds what the reader has yet to take or ack, into `Counters::pending`: a shared
+/// consumer's undelivered and unacked messages; for an exclusive reader, the stream's messages after the
+/// newest one read.
+pub async fn measure_pending(
+    reader: Reader,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let pending = match &reader {
+            Reader::Shared(consumer) => consumer
+                .get_info()
+                .await
+                .ok()
+                .map(|info| info.num_pending + info.num_ack_pending as u64),
+            Reader::Exclusive { stream, .. } => {
+                let mut stream = stream.clone();
+                stream.info().await.ok().map(|info| {
+                    let read = shared.counters.newest_seq.load(Ordering::Relaxed);
+                    info.state
+                        .last_sequence
+                        .saturating_sub(read.max(info.state.first_sequence.saturating_sub(1)))
+                })
+            }
+        };
+        if let Some(pending) = pending {
+            shared.counters.pending.store(pending, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Pulls messages and sends micro-batches to the processor until `stop`.

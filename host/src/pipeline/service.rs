@@ -324,6 +324,11 @@ pub async fn run(
     // Room for one pull request's worth of micro-batches, so the processor keeps going while the fetch task
     // (on the I/O runtime, shared with acks and uploads) is busy; still bounded, for backpressure.
     let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(16);
+    let pending_task = tokio::spawn(runner::measure_pending(
+        reader.clone(),
+        shared.clone(),
+        stop_rx.clone(),
+    ));
     let fetch_task = tokio::spawn(runner::fetch(
         reader,
         config.consumer.batch,
@@ -414,6 +419,7 @@ pub async fn run(
     if let Some(task) = watcher {
         task.abort();
     }
+    pending_task.abort();
     if let Some(task) = compactor {
         // A compaction cut short commits nothing, or finishes at the next run: both leave the tables whole.
         task.abort();

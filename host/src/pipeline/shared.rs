@@ -50,6 +50,11 @@ pub struct Counters {
     /// Events passed on unchanged by stages whose plugin failed on them and whose `on_error` is `skip`, by
     /// stage (nothing of them is in the quarantine tables).
     pub skipped_events: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// The newest stream sequence the pipeline has read.
+    pub newest_seq: AtomicU64,
+    /// Messages of the stream this host's reader has yet to take or to ack (`weir_consumer_pending_messages`,
+    /// measured every few seconds): what a falling-behind pipeline owes.
+    pub pending: AtomicU64,
     /// Microseconds the pipeline's thread spent in each [`Phase`]: where a slow pipeline's time goes.
     pub phase_us: [AtomicU64; Phase::ALL.len()],
 }
@@ -421,6 +426,11 @@ impl RecentGold {
     }
 
     /// The row as the lake's answers give it: its columns but the null ones, then the plugin that emitted it.
+    /// The row's column names (shared between consecutive rows of one shape).
+    pub fn columns(&self) -> &Arc<[Box<str>]> {
+        &self.columns
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let mut row: serde_json::Map<String, serde_json::Value> = self
             .columns
