@@ -443,6 +443,20 @@ impl Config {
                 )
             })?;
         }
+        if self.lake.commit_events == 0 {
+            return Err(self.at_field(
+                text,
+                "lake.commit_events",
+                "lake.commit_events must be positive",
+            ));
+        }
+        if self.lake.commit_interval.is_zero() {
+            return Err(self.at_field(
+                text,
+                "lake.commit_interval",
+                "lake.commit_interval must be positive",
+            ));
+        }
         // The plugin files last: the checks above need nothing built.
         for (i, stage) in self.stages.iter().enumerate() {
             let path = self.plugin_path(stage.plugin.get_ref());
@@ -459,20 +473,6 @@ impl Config {
                     ),
                 ));
             }
-        }
-        if self.lake.commit_events == 0 {
-            return Err(self.at_field(
-                text,
-                "lake.commit_events",
-                "lake.commit_events must be positive",
-            ));
-        }
-        if self.lake.commit_interval.is_zero() {
-            return Err(self.at_field(
-                text,
-                "lake.commit_interval",
-                "lake.commit_interval must be positive",
-            ));
         }
         Ok(())
     }

@@ -29,6 +29,24 @@ fn the_api_reports_queries_controls_and_replays() {
     h.wait_committed(&mut weir, last, Duration::from_secs(180));
 
     assert_eq!(http("GET", &format!("{api}/health"), None, None).0, 200);
+    // `weir health`, the container's health check: 0 while it answers, 1 for an address nothing serves.
+    let health = |url: &str, ready: bool| {
+        let mut command = std::process::Command::new(crate::support::weir_bin());
+        command.args(["health", "--url", url]);
+        if ready {
+            command.arg("--ready");
+        }
+        command.output().unwrap()
+    };
+    let ok = health(&api, true);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("\"ready\":true"));
+    let nobody = format!("http://127.0.0.1:{}", crate::harness::free_ports(1)[0]);
+    assert!(!health(&nobody, false).status.success());
     let ready = get_json(&api, "/ready");
     assert_eq!(ready["ready"], true, "{ready}");
 

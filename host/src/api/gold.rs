@@ -117,9 +117,9 @@ async fn unknown_filter(state: &AppState, ask: &Question) -> Option<Response> {
             .map(|f| f.column.clone())
     };
     unknown(&known)?;
-    if let Some(store) = &state.lake
-        && let Ok(records) = state.log.records(store).await
-    {
+    if let Some(store) = &state.lake {
+        // A log that cannot be read now refuses nothing: the column may be in the lake.
+        let records = state.log.records(store).await.ok()?;
         for record in records.iter() {
             if let Some(columns) = record.gold_columns.get(&ask.table) {
                 known.extend(columns.iter().map(|(c, _)| c.clone()));

@@ -85,6 +85,9 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         .with_state(state)
 }
 
+/// What a control request hears when the pipeline stops before answering it.
+pub const STOPPING: &str = "the pipeline is stopping";
+
 async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         // The scheme's name is case-insensitive (RFC 9110); the token is compared in constant time, so
@@ -203,10 +206,8 @@ pub async fn deploy(
             reply,
         })
         .await
-        .map_err(|_| "the pipeline is stopping".to_string())?;
-    answer
-        .await
-        .map_err(|_| "the pipeline is stopping".to_string())?
+        .map_err(|_| STOPPING.to_string())?;
+    answer.await.map_err(|_| STOPPING.to_string())?
 }
 
 async fn deploy_upload(

@@ -2,6 +2,7 @@
 
 mod config;
 mod generate;
+mod health;
 mod ingest;
 mod lake;
 mod plugin;
@@ -44,6 +45,9 @@ enum Command {
     Gen(generate::GenArgs),
     /// Serve a file of events, or generated ones, as a local SSE stream in Wikimedia's format.
     ServeSse(serve_sse::ServeSseArgs),
+    /// Ask a running pipeline's API whether it is alive (or, with --ready, ready): exit 0 when it is. For
+    /// container health checks.
+    Health(health::HealthArgs),
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -59,6 +63,7 @@ pub fn main() -> std::process::ExitCode {
         Command::Ingest(args) => ingest::run(args),
         Command::Gen(args) => generate::run(args),
         Command::ServeSse(args) => serve_sse::run(args),
+        Command::Health(args) => health::run(args),
     };
     match result {
         Ok(code) => code,

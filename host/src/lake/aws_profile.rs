@@ -13,6 +13,9 @@ pub struct Profile {
     pub secret_access_key: Option<String>,
     pub session_token: Option<String>,
     pub region: Option<String>,
+    /// A way to get keys that Weir does not follow (SSO, an assumed role, a credential process), when the
+    /// profile names one.
+    pub other_source: Option<&'static str>,
 }
 
 /// The profile `AWS_PROFILE` names (`default` without it), from `AWS_SHARED_CREDENTIALS_FILE` and
@@ -41,11 +44,11 @@ pub fn load(credentials: Option<&Path>, config: Option<&Path>, name: &str) -> Pr
             .unwrap_or_default()
     };
     let in_credentials = read(credentials, name);
-    let config_section = match name {
-        "default" => "default".to_string(),
-        _ => format!("profile {name}"),
-    };
-    let in_config = read(config, &config_section);
+    // The config file names profiles `[profile name]`; the default one `[default]`, or `[profile default]`.
+    let mut in_config = read(config, &format!("profile {name}"));
+    if name == "default" {
+        in_config.extend(read(config, "default"));
+    }
     let get = |key: &str| {
         in_credentials
             .get(key)
@@ -57,6 +60,14 @@ pub fn load(credentials: Option<&Path>, config: Option<&Path>, name: &str) -> Pr
         secret_access_key: get("aws_secret_access_key"),
         session_token: get("aws_session_token"),
         region: in_config.get("region").cloned(),
+        other_source: [
+            "sso_session",
+            "sso_start_url",
+            "role_arn",
+            "credential_process",
+        ]
+        .into_iter()
+        .find(|key| in_config.contains_key(*key) || in_credentials.contains_key(*key)),
     }
 }
 
@@ -108,6 +119,7 @@ mod tests {
                 secret_access_key: Some("s1".into()),
                 session_token: None,
                 region: Some("eu-west-1".into()),
+                other_source: None,
             }
         );
         let work = load(c, f, "work");
@@ -119,5 +131,15 @@ mod tests {
             Some("AKCONFIG")
         );
         assert_eq!(load(None, None, "default"), Profile::default());
+        std::fs::write(
+            &config,
+            "[profile default]\nregion = ap-south-1\n[profile sso]\nsso_session = corp\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load(None, f, "default").region.as_deref(),
+            Some("ap-south-1")
+        );
+        assert_eq!(load(None, f, "sso").other_source, Some("sso_session"));
     }
 }

@@ -100,16 +100,29 @@ impl Store {
                             .unwrap_or_else(|| "us-east-1".into()),
                     )
                     .with_allow_http(config.allow_http);
-                // The environment's keys win; else the profile's, if it has some.
-                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-                    && let (Some(id), Some(secret)) =
-                        (profile.access_key_id, profile.secret_access_key)
-                {
-                    builder = builder
-                        .with_access_key_id(id)
-                        .with_secret_access_key(secret);
-                    if let Some(token) = profile.session_token {
-                        builder = builder.with_token(token);
+                // The environment's keys win; else the profile's, if it has some. Given as a provider of
+                // their own: a session token left in the environment belongs to other keys.
+                if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                    match (profile.access_key_id, profile.secret_access_key) {
+                        (Some(key_id), Some(secret_key)) => {
+                            let keys = object_store::aws::AwsCredential {
+                                key_id,
+                                secret_key,
+                                token: profile.session_token,
+                            };
+                            builder = builder.with_credentials(Arc::new(
+                                object_store::StaticCredentialProvider::new(keys),
+                            ));
+                        }
+                        _ => {
+                            if let Some(source) = profile.other_source {
+                                tracing::warn!(
+                                    "the AWS profile gets its keys by `{source}`, which Weir does not follow: \
+                                     export them (`aws configure export-credentials --format env`) or use a \
+                                     profile with keys"
+                                );
+                            }
+                        }
                     }
                 }
                 if let Some(endpoint) = &config.endpoint {

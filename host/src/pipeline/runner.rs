@@ -431,9 +431,11 @@ pub struct Processor {
     previous: Vec<Option<Plugin>>,
     /// Stages under watch after a swap: (batches left, calls and failures when the swap happened).
     watching: Vec<Option<(u64, u64, u64)>>,
-    /// Per stage, the number of its last deploy or rollback: a deploy prepared off the thread is swapped
-    /// in only if nothing came after it (see [`Processor::deploy`]).
-    generations: Vec<u64>,
+    /// Per stage, the number of the last deploy asked for, and of the last one applied (a rollback asked
+    /// for counts as applying every deploy asked before it): a deploy prepared off the thread is swapped in
+    /// only if no later one was applied meanwhile (see [`Processor::deploy`]).
+    requested: Vec<u64>,
+    applied: Vec<u64>,
     /// Raw texts of the last batch that had events, for self-tests of new plugin versions.
     sample: Vec<Bytes>,
     /// Where deploys and rollbacks are remembered across restarts.
@@ -488,7 +490,8 @@ impl Processor {
             watermark: i64::MIN,
             previous: (0..n).map(|_| None).collect(),
             watching: vec![None; n],
-            generations: vec![0; n],
+            requested: vec![0; n],
+            applied: vec![0; n],
             sample: Vec::new(),
             deployed: config.deployed(),
         };
@@ -545,10 +548,14 @@ impl Processor {
         // The last batch with events stays the self-test's sample through batches of redeliveries alone.
         let mut sample = Vec::new();
         let mut refreshed = false;
+        let mut newest_seq = 0;
         let at = now_ms();
         for message in messages {
             let (seq, delivered) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.delivered),
+                Ok(info) => {
+                    newest_seq = newest_seq.max(info.stream_sequence);
+                    (info.stream_sequence, info.delivered)
+                }
                 Err(e) => {
                     tracing::warn!("a message without JetStream metadata, ignored: {e}");
                     continue;
@@ -694,9 +701,7 @@ impl Processor {
         if !sample.is_empty() {
             self.sample = sample;
         }
-        if let Some(newest) = received.iter().map(|r| r.seq).max() {
-            counters.newest_seq.fetch_max(newest, Ordering::Relaxed);
-        }
+        counters.newest_seq.fetch_max(newest_seq, Ordering::Relaxed);
         if self.acks && !immediate_acks.is_empty() {
             let client = self.client.clone();
             self.runtime.block_on(ack(&client, &immediate_acks));
@@ -999,7 +1004,7 @@ impl Processor {
             if failures > 0 && rate > self.rollback_error_rate {
                 let stage = self.stages.names[index].clone();
                 tracing::warn!(%stage, rate, "the new version fails too often; rolling back");
-                if let Err(e) = self.rollback(&stage) {
+                if let Err(e) = self.rollback(&stage, false) {
                     tracing::error!(%stage, "automatic rollback failed: {e}");
                 }
                 self.watching[index] = None;
@@ -1053,7 +1058,7 @@ impl Processor {
                 let _ = reply.send(self.deploy(&stage, generation, *plugin, &bytes));
             }
             Control::Rollback { stage, reply } => {
-                let _ = reply.send(self.rollback(&stage));
+                let _ = reply.send(self.rollback(&stage, true));
             }
         }
         self.publish_plugins();
@@ -1090,8 +1095,8 @@ impl Processor {
                 return;
             }
         };
-        self.generations[index] += 1;
-        let generation = self.generations[index];
+        self.requested[index] += 1;
+        let generation = self.requested[index];
         let test = SelfTest {
             shape: self.chain.shape().clone(),
             sample: self.sample.clone(),
@@ -1134,16 +1139,17 @@ impl Processor {
         bytes: &[u8],
     ) -> Result<String, String> {
         let index = self.stage_index(stage)?;
-        if self.generations[index] != generation {
+        if generation <= self.applied[index] {
             return Err(format!(
-                "{} was not deployed: a later deploy or a rollback of stage {stage} came while it was being \
-                 prepared",
+                "{} was not deployed: a later deploy of stage {stage}, or a rollback asked for, was applied \
+                 while it was being prepared",
                 new.label()
             ));
         }
         let label = new.label();
         let pause = Instant::now();
         let old = self.swap(index, new)?;
+        self.applied[index] = generation;
         self.shared
             .pauses
             .record(pause.elapsed().as_micros() as u64);
@@ -1164,16 +1170,19 @@ impl Processor {
         Ok(label)
     }
 
-    /// Returns a stage to the version before the last swap (and supersedes a deploy being prepared).
-    fn rollback(&mut self, stage: &str) -> Result<String, String> {
+    /// Returns a stage to the version before the last swap. One asked for (not the error-rate watch's,
+    /// which a fix being prepared should follow) also supersedes the deploys being prepared.
+    fn rollback(&mut self, stage: &str, asked: bool) -> Result<String, String> {
         let index = self.stage_index(stage)?;
-        self.generations[index] += 1;
         let previous = self.previous[index]
             .take()
             .ok_or_else(|| format!("stage {stage} has no previous version to roll back to"))?;
         let label = previous.label();
         let pause = Instant::now();
         self.swap(index, previous)?;
+        if asked {
+            self.applied[index] = self.requested[index];
+        }
         self.shared
             .pauses
             .record(pause.elapsed().as_micros() as u64);
@@ -1391,13 +1400,17 @@ pub async fn measure_pending(
                 .await
                 .ok()
                 .map(|info| info.num_pending + info.num_ack_pending as u64),
-            Reader::Exclusive { stream, .. } => {
+            Reader::Exclusive { stream, start, .. } => {
                 let mut stream = stream.clone();
                 stream.info().await.ok().map(|info| {
-                    let read = shared.counters.newest_seq.load(Ordering::Relaxed);
-                    info.state
-                        .last_sequence
-                        .saturating_sub(read.max(info.state.first_sequence.saturating_sub(1)))
+                    // Read through: the newest message taken, else where this run started.
+                    let read = shared
+                        .counters
+                        .newest_seq
+                        .load(Ordering::Relaxed)
+                        .max(start.saturating_sub(1))
+                        .max(info.state.first_sequence.saturating_sub(1));
+                    info.state.last_sequence.saturating_sub(read)
                 })
             }
         };

@@ -603,7 +603,8 @@ async fn watch_plugins(
         return;
     }
     tracing::info!(dir = %dir.display(), "watching for new plugin versions (<stage>.wasm)");
-    let mut seen: std::collections::HashMap<PathBuf, std::time::SystemTime> = Default::default();
+    let mut seen: std::collections::HashMap<PathBuf, (u64, std::time::SystemTime)> =
+        Default::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -623,47 +624,51 @@ async fn watch_plugins(
             ) else {
                 continue;
             };
-            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+            let Ok(meta) = entry.metadata() else {
                 continue;
             };
-            if seen.get(&path) == Some(&modified) {
-                continue;
-            }
-            seen.insert(path.clone(), modified);
-            if !shared.stages.contains(&stage) {
-                tracing::warn!(file = %path.display(), "no stage named {stage:?}; ignored");
-                continue;
-            }
-            // A file holding the version that runs already (the last one deployed from here, started again
-            // after a restart) is not deployed twice.
-            let Ok(bytes) = tokio::fs::read(&path).await else {
+            let Ok(modified) = meta.modified() else {
                 continue;
             };
-            let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-            if shared
-                .plugins
-                .load()
-                .iter()
-                .any(|p| p.stage == stage && p.sha256 == sha256)
-            {
+            // Taken once it has stayed the same for a whole tick: a file still being copied in is left
+            // alone until it is whole (writing it elsewhere and renaming it in is better still).
+            let state = (meta.len(), modified);
+            if seen.insert(path.clone(), state) != Some(state) {
                 continue;
             }
-            let handled = match crate::api::deploy(
-                &shared,
-                &loader,
-                &stage,
-                &path,
-                Some(bytes.into()),
-            )
-            .await
-            {
-                Ok(label) => {
-                    tracing::info!(%stage, plugin = %label, "deployed from the watched directory");
+            seen.remove(&path);
+            let handled = if !shared.stages.contains(&stage) {
+                tracing::warn!(file = %path.display(), "no stage named {stage:?}; set aside");
+                "refused"
+            } else {
+                let Ok(bytes) = tokio::fs::read(&path).await else {
+                    continue;
+                };
+                let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+                let running = shared
+                    .plugins
+                    .load()
+                    .iter()
+                    .any(|p| p.stage == stage && p.sha256 == sha256);
+                if running {
+                    // The version that runs already (the last one deployed from here, say): not deployed
+                    // twice, only set aside.
                     "deployed"
-                }
-                Err(e) => {
-                    tracing::error!(%stage, file = %path.display(), "not deployed: {e}");
-                    "refused"
+                } else {
+                    match crate::api::deploy(&shared, &loader, &stage, &path, Some(bytes.into()))
+                        .await
+                    {
+                        Ok(label) => {
+                            tracing::info!(%stage, plugin = %label, "deployed from the watched directory");
+                            "deployed"
+                        }
+                        // Left where it is: the next run takes it.
+                        Err(e) if e == crate::api::STOPPING => return,
+                        Err(e) => {
+                            tracing::error!(%stage, file = %path.display(), "not deployed: {e}");
+                            "refused"
+                        }
+                    }
                 }
             };
             // Set aside once handled: a restart must not deploy it again (after a rollback, or over a

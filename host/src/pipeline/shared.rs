@@ -425,12 +425,12 @@ impl RecentGold {
         }
     }
 
-    /// The row as the lake's answers give it: its columns but the null ones, then the plugin that emitted it.
     /// The row's column names (shared between consecutive rows of one shape).
     pub fn columns(&self) -> &Arc<[Box<str>]> {
         &self.columns
     }
 
+    /// The row as the lake's answers give it: its columns but the null ones, then the plugin that emitted it.
     pub fn to_json(&self) -> serde_json::Value {
         let mut row: serde_json::Map<String, serde_json::Value> = self
             .columns
