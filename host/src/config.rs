@@ -689,54 +689,53 @@ mod tests {
     #[test]
     fn checks_name_the_line_of_the_field() {
         let stage = "\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\n";
+        let with_stage = |text: &str| format!("{text}{stage}");
         let cases = [
             (
-                "[pipeline]\nname = \"x\"\n[consumer]\nmode = \"shared\"\nbatch = 0\n",
+                with_stage("[pipeline]\nname = \"x\"\n[consumer]\nmode = \"shared\"\nbatch = 0\n"),
                 5,
                 "consumer.batch",
             ),
             (
-                "[pipeline]\nname = \"x\"\n[stream]\n\nreplicas = 9\n",
+                with_stage("[pipeline]\nname = \"x\"\n[stream]\n\nreplicas = 9\n"),
                 5,
                 "stream.replicas",
             ),
             (
-                "[pipeline]\nname = \"x\"\n[silver]\ncolumns = [\n  { name = \"a\", path = \"a\", type = \"string\" },\n  { name = \"dt\", path = \"b\", type = \"string\" },\n]\n",
+                with_stage(
+                    "[pipeline]\nname = \"x\"\n[silver]\ncolumns = [\n  { name = \"a\", path = \"a\", type = \"string\" },\n  { name = \"dt\", path = \"b\", type = \"string\" },\n]\n",
+                ),
                 6,
                 "partition key",
             ),
             (
-                "[pipeline]\nname = \"x\"\n[plugins]\nrollback_error_rate = 5.0\n",
+                with_stage("[pipeline]\nname = \"x\"\n[plugins]\nrollback_error_rate = 5.0\n"),
                 4,
                 "0 to 1",
             ),
-            ("[pipeline]\nname = \"bad name\"\n", 2, "pipeline.name"),
+            (
+                with_stage("[pipeline]\nname = \"bad name\"\n"),
+                2,
+                "pipeline.name",
+            ),
+            (
+                "[pipeline]\nname = \"x\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\nlimits = { call_timeout_ms = 0 }\n".to_string(),
+                9,
+                "used twice",
+            ),
+            (
+                format!("[pipeline]\nname = \"x\"\n{stage}limits = {{ call_timeout_ms = 0 }}\n"),
+                7,
+                "stages[0] (f): limits.call_timeout_ms",
+            ),
         ];
         for (text, line, says) in cases {
-            let err = parse(&format!("{text}{stage}")).unwrap_err().to_string();
+            let err = parse(&text).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("/tmp/p.toml:{line}:")) && err.contains(says),
                 "{text}: {err}"
             );
         }
-        let err = parse(
-            "[pipeline]\nname = \"x\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\nlimits = { call_timeout_ms = 0 }\n",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("/tmp/p.toml:9:") && err.contains("used twice"),
-            "{err}"
-        );
-        let err = parse(&format!(
-            "[pipeline]\nname = \"x\"\n{stage}limits = {{ call_timeout_ms = 0 }}\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("/tmp/p.toml:7:") && err.contains("stages[0] (f): limits.call_timeout_ms"),
-            "{err}"
-        );
     }
 
     #[test]

@@ -384,11 +384,13 @@ impl Lake {
         // Epochs are numbered without gaps (a commit takes the next free one), so the records created since
         // this host last looked are those after the last epoch it knows: one listing, and a read of each.
         for record in log::records_after(&self.store, self.last_epoch).await? {
-            self.committed.extend(&record.sequences);
+            note_committed(
+                &mut self.committed,
+                &mut self.bases,
+                &record,
+                &Ranges::default(),
+            );
             self.last_epoch = self.last_epoch.max(record.epoch);
-            if record.state_full {
-                self.bases.insert(record.host.clone(), record.epoch);
-            }
         }
         Ok(())
     }
@@ -536,8 +538,6 @@ impl Lake {
             .try_collect()
             .await
             .context("cannot list the lake's staging area")?;
-        // Staging directories are named `<host>-<first sequence, 20 digits>`: another host's name may start
-        // with this one's (`edge`, `edge-2`), so the whole name is matched.
         let inside = format!("{}/", dir.as_ref());
         let mut leftovers = Vec::new();
         let mut staged_committed = std::collections::BTreeSet::new();
@@ -549,16 +549,11 @@ impl Lake {
             else {
                 continue;
             };
-            let Some(first) = name
-                .strip_prefix(&self.host)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .filter(|digits| digits.len() == 20)
-                .and_then(|digits| digits.parse::<u64>().ok())
-            else {
+            let Some(first) = staged_first(name, &self.host) else {
                 continue;
             };
             if self.committed.contains(first) {
-                staged_committed.insert(format!("_weir/staging/{name}"));
+                staged_committed.insert(staging_dir(&self.host, first));
             }
             leftovers.push(location);
         }
@@ -628,6 +623,21 @@ impl Committed {
     }
 }
 
+/// Where an epoch's files wait for its commit: `_weir/staging/<host>-<first sequence, 20 digits>`.
+fn staging_dir(host: &str, first: u64) -> String {
+    format!("_weir/staging/{host}-{first:020}")
+}
+
+/// The first sequence of one of `host`'s staging directories, from its name (see [`staging_dir`]); `None`
+/// for another host's, even one whose name starts with this one's (`edge`, `edge-2`).
+fn staged_first(name: &str, host: &str) -> Option<u64> {
+    name.strip_prefix(host)?
+        .strip_prefix('-')
+        .filter(|digits| digits.len() == 20)?
+        .parse()
+        .ok()
+}
+
 /// Adds a commit to what is committed: its sequences, those of the other hosts' epochs it stepped over, and
 /// its host's base when it saved the whole state.
 fn note_committed(
@@ -673,7 +683,7 @@ impl Commit {
             ..
         } = epoch;
         let first = sequences.0.first().map_or(0, |r| r.0);
-        let staging = format!("_weir/staging/{host}-{first:020}");
+        let staging = staging_dir(&host, first);
         // Waits for the encoder thread's last row groups: off the runtime's few worker threads.
         let finished = tokio::task::spawn_blocking(move || files.finish_all())
             .await

@@ -428,6 +428,28 @@ mod tests {
         crate::lake::log::create(store, &record).await.unwrap();
     }
 
+    /// The `_seq` of the rows `query` gives for `[from_ms, to_ms)`, checked against the count it returns.
+    async fn query_seqs(
+        store: &Store,
+        table: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Vec<u64> {
+        let records = log::all_records(store).await.unwrap();
+        let mut seqs = Vec::new();
+        let n = query(store, &records, table, from_ms, to_ms, limit, |b| {
+            let c = b.column_by_name("_seq").unwrap();
+            let c = c.as_any().downcast_ref::<UInt64Array>().unwrap();
+            seqs.extend(c.values().iter().copied());
+            Ok(true)
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, seqs.len());
+        seqs
+    }
+
     /// `query` returns exactly the rows timed in the range, across row groups it partly skips, up to the
     /// limit.
     #[test]
@@ -448,22 +470,8 @@ mod tests {
         on_memory_store(|store| async move {
             commit_one_file(&store, "silver", hour, bytes, 10).await;
             let seqs = |from_s: i64, to_s: i64, limit: usize| {
-                let store = &store;
-                async move {
-                    let mut seqs = Vec::new();
-                    let (from, to) = (hour + from_s * 1000, hour + to_s * 1000);
-                    let records = log::all_records(store).await.unwrap();
-                    let n = query(store, &records, "silver", from, to, limit, |b| {
-                        let c = b.column_by_name("_seq").unwrap();
-                        let c = c.as_any().downcast_ref::<UInt64Array>().unwrap();
-                        seqs.extend(c.values().iter().copied());
-                        Ok(true)
-                    })
-                    .await
-                    .unwrap();
-                    assert_eq!(n, seqs.len());
-                    seqs
-                }
+                let (from, to) = (hour + from_s * 1000, hour + to_s * 1000);
+                query_seqs(&store, "silver", from, to, limit)
             };
             assert_eq!(seqs(4, 8, 100).await, [5, 6, 7, 8]);
             assert_eq!(seqs(0, 100, 100).await, (1..=10).collect::<Vec<u64>>());
@@ -501,24 +509,7 @@ mod tests {
         let bytes = parquet_bytes(columns, None);
         on_memory_store(|store| async move {
             commit_one_file(&store, "quarantine_silver", hour, bytes, 3).await;
-            let records = log::all_records(&store).await.unwrap();
-            let mut seqs = Vec::new();
-            query(
-                &store,
-                &records,
-                "quarantine_silver",
-                hour,
-                hour + 60_000,
-                100,
-                |b| {
-                    let c = b.column_by_name("_seq").unwrap();
-                    let c = c.as_any().downcast_ref::<UInt64Array>().unwrap();
-                    seqs.extend(c.values().iter().copied());
-                    Ok(true)
-                },
-            )
-            .await
-            .unwrap();
+            let seqs = query_seqs(&store, "quarantine_silver", hour, hour + 60_000, 100).await;
             assert_eq!(seqs, [1, 2]);
         });
     }

@@ -128,12 +128,18 @@ fn write_atomically(file: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn deploys_and_rollbacks_are_remembered() {
+    /// A record of deploys in a temporary directory, and a configured plugin file holding `v1`.
+    fn deployed_over_v1() -> (tempfile::TempDir, Deployed, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let deployed = Deployed::new(dir.path().join("deployed"));
         let configured = dir.path().join("enrich.wasm");
         std::fs::write(&configured, b"v1").unwrap();
+        (dir, deployed, configured)
+    }
+
+    #[test]
+    fn deploys_and_rollbacks_are_remembered() {
+        let (_dir, deployed, configured) = deployed_over_v1();
         let current = |stage| deployed.current(stage, &configured);
         let read = |p: PathBuf| std::fs::read(p).unwrap();
         assert_eq!(current("enrich"), None);
@@ -161,10 +167,7 @@ mod tests {
     /// A deploy recorded before the configured plugin was noted (by an older Weir) is still started.
     #[test]
     fn a_deploy_without_a_note_carries_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let deployed = Deployed::new(dir.path().join("deployed"));
-        let configured = dir.path().join("enrich.wasm");
-        std::fs::write(&configured, b"v1").unwrap();
+        let (_dir, deployed, configured) = deployed_over_v1();
         deployed
             .record_deploy("enrich", b"v2", &configured)
             .unwrap();
@@ -176,10 +179,7 @@ mod tests {
     /// A configured plugin that changed after a deploy wins over it, and the deploys are forgotten.
     #[test]
     fn a_changed_configuration_wins_over_earlier_deploys() {
-        let dir = tempfile::tempdir().unwrap();
-        let deployed = Deployed::new(dir.path().join("deployed"));
-        let configured = dir.path().join("enrich.wasm");
-        std::fs::write(&configured, b"v1").unwrap();
+        let (_dir, deployed, configured) = deployed_over_v1();
         deployed
             .record_deploy("enrich", b"v2", &configured)
             .unwrap();
