@@ -147,6 +147,11 @@ pub struct EventsSection {
     /// The watermark trails the newest event time by this much; aggregate windows close behind it.
     #[serde(with = "humantime_serde")]
     pub watermark_delay: Duration,
+    /// When no message has come for this long, the pipeline puts a tick in its stream: the tick moves the
+    /// watermark on by the quiet since the last event, so a quiet stream still closes its last windows.
+    /// `0s`: never (windows then wait for the next event).
+    #[serde(with = "humantime_serde")]
+    pub idle_close: Duration,
 }
 
 impl Default for EventsSection {
@@ -156,6 +161,7 @@ impl Default for EventsSection {
             time_path: "meta.dt".into(),
             key_path: None,
             watermark_delay: Duration::from_secs(60),
+            idle_close: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -391,6 +397,17 @@ impl Config {
                 format!(
                     "plugins.rollback_error_rate {} must be a share of calls, 0 to 1",
                     self.plugins.rollback_error_rate
+                ),
+            ));
+        }
+        let idle_close = self.events.idle_close;
+        if !idle_close.is_zero() && idle_close < Duration::from_secs(1) {
+            return Err(self.at_field(
+                text,
+                "events.idle_close",
+                format!(
+                    "events.idle_close {idle_close:?} would put a tick in the stream that often while it is \
+                     quiet: give 1s or more, or 0s for no ticks"
                 ),
             ));
         }
@@ -712,6 +729,11 @@ mod tests {
                 with_stage("[pipeline]\nname = \"x\"\n[plugins]\nrollback_error_rate = 5.0\n"),
                 4,
                 "0 to 1",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[events]\nidle_close = \"10ms\"\n"),
+                4,
+                "events.idle_close",
             ),
             (
                 with_stage("[pipeline]\nname = \"bad name\"\n"),

@@ -43,7 +43,7 @@ fn assert_isolates_with(
         stats.failures
     );
     assert!(stats.instance_restarts >= 1);
-    assert_eq!((stats.kept, stats.quarantined), (63, 1));
+    assert_eq!((stats.kept, stats.quarantined, stats.failed), (63, 0, 1));
 
     let next = plugin.process(&action_events(&["ok"; 100]));
     assert!(

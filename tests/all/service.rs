@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Harness, LakeAt, Weir, free_ports, realistic};
+use weir::source::generate::GenConfig;
+
+use crate::harness::{Harness, LakeAt, Weir, free_ports, now_ms, realistic};
 use crate::support::{plugin_path, swap_plugin_path, weir_bin};
 
 const EVENTS: u64 = 6000;
@@ -353,6 +355,71 @@ fn a_quiet_stream_is_committed_without_waiting_for_the_interval() {
     h.wait_committed(&mut weir, last, Duration::from_secs(120));
     weir.stop();
     h.read_back().assert_exactly_once(last);
+}
+
+/// A stream that goes quiet still closes its last windows: after `events.idle_close` without messages the
+/// pipeline puts a tick in its stream, and the tick moves the watermark on by the quiet since the last event.
+/// The events end just before a 10-minute boundary, so without ticks the watermark (a second behind them)
+/// leaves their last window open; with them it passes the window's end and its minute of allowed lateness
+/// once the stream has been quiet for a little over a minute.
+#[test]
+fn a_quiet_stream_closes_its_last_windows() {
+    let h = Harness::new(LakeAt::Local, |t| {
+        let events = t["events"].as_table_mut().unwrap();
+        events.insert("idle_close".into(), "1s".into());
+        events.insert("watermark_delay".into(), "1s".into());
+        let lake = t["lake"].as_table_mut().unwrap();
+        lake.insert("commit_after_idle".into(), "300ms".into());
+    });
+    let events = 1200;
+    let span = Duration::from_secs(15 * 60);
+    let boundary = now_ms() / 600_000 * 600_000;
+    let generator = GenConfig {
+        start_ms: boundary - span.as_millis() as i64,
+        ..realistic(41, events, span)
+    };
+    let last = h.prefill(generator, events);
+    let mut weir = h.weir(&[]);
+    h.wait_committed(&mut weir, last, Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let gold = h.read_back().0["gold_wiki"].clone();
+        if gold["unwritten"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "windows still open three minutes into the quiet: {gold}\n{}",
+            weir.log_tail()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    weir.stop();
+    assert!(
+        h.committed() > last,
+        "the ticks are committed with the epochs"
+    );
+    // Ticks are not events: bronze and silver hold the events alone, each once.
+    h.read_back().assert_exactly_once(last);
+
+    // A replay from bronze (which holds no tick) stages the ticks again from the log: it covers every
+    // committed sequence, so it can be put in place, and closes the same windows.
+    let out = Command::new(weir_bin())
+        .args(["replay", "--in-place", "--from-bronze", "--from-seq", "1"])
+        .args(["--version", "again", "--config"])
+        .arg(&h.config_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weir replay failed: {stderr}");
+    h.verify();
+    let after = h.read_back();
+    after.assert_exactly_once(last);
+    assert_eq!(
+        after.0["gold_wiki"]["unwritten"], 0,
+        "{}",
+        after.0["gold_wiki"]
+    );
 }
 
 /// The pipeline with no NATS URL: `weir run` starts and supervises its own nats-server, with its data under

@@ -12,7 +12,7 @@ fn failed_calls_leave_no_state_metrics_or_counts() {
     let mut actions = vec!["ok"; 10];
     actions[5] = "boom";
     let result = plugin.process(&action_events(&actions));
-    assert_eq!(plugin.stats().quarantined, 1);
+    assert_eq!(plugin.stats().failed, 1);
     assert!(result.rows.is_empty());
 
     // Keyed state: every kept event marked exactly once, the poison event not at all.
@@ -80,7 +80,7 @@ fn a_trap_after_many_batches_loses_no_snapshot_state() {
     let mut actions = vec!["ok"; 6];
     actions[2] = "boom";
     plugin.process(&action_events(&actions));
-    assert_eq!(plugin.stats().quarantined, 1);
+    assert_eq!(plugin.stats().failed, 1);
     let rows = plugin.on_watermark(1).unwrap();
     assert!(
         rows[0]
@@ -129,11 +129,7 @@ fn a_broken_stateful_plugin_hands_its_state_over_to_a_working_version() {
     broken.process(&action_events(&["ok", "ok", "ok"])); // journaled
     broken.process(&action_events(&["boom"]));
     let later = broken.process(&action_events(&["ok"]));
-    assert_eq!(
-        broken.stats().quarantined,
-        2,
-        "the boom and the event after it"
-    );
+    assert_eq!(broken.stats().failed, 2, "the boom and the event after it");
     assert!(
         format!("{:?}", later.verdicts).contains("cannot be restarted"),
         "{:?}",

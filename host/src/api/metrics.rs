@@ -241,6 +241,7 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             ("kept", st.kept),
             ("dropped", st.dropped),
             ("quarantined", st.quarantined),
+            ("failed", st.failed),
         ] {
             o.value(
                 "weir_plugin_events_total",

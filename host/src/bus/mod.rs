@@ -39,6 +39,10 @@ pub mod headers {
     pub const ORIGINAL_SEQ: &str = "Weir-Original-Seq";
     /// Set with `ORIGINAL_SEQ`: the event's source id (`Nats-Msg-Id` then names the staged copy).
     pub const SOURCE_ID: &str = "Weir-Source-Id";
+    /// A tick, not an event: a pipeline whose stream went quiet put it there to move its watermark to this
+    /// event time (ms since the epoch: the newest event's time plus the quiet since; see
+    /// `events.idle_close`). It has no payload.
+    pub const TICK_MS: &str = "Weir-Tick-Ms";
 }
 
 /// A key-value key for `name` (a source, a pipeline): keys allow `[-/_=\.a-zA-Z0-9]`, and anything else

@@ -62,7 +62,7 @@ pub enum LakeCommand {
     Verify {
         #[command(flatten)]
         lake: LakeArgs,
-        /// Also open every file and compare its row count with its commit's.
+        /// Also read every file's footer and compare its row count with its commit's.
         #[arg(long)]
         deep: bool,
     },

@@ -108,7 +108,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         };
         let plan = runtime.block_on(replace::plan(&live, &records, from, args.to_seq))?;
         eprintln!(
-            "weir replay {} in place: sequences {}..={} ({} committed events){}, starting from {}",
+            "weir replay {} in place: sequences {}..={} ({} committed messages){}, starting from {}",
             replay.version,
             plan.from,
             plan.until,

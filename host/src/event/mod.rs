@@ -254,6 +254,25 @@ impl Event {
         }
     }
 
+    /// Sets every slot of `writes`, in order, or none of them: when one fails, the writes before it are undone,
+    /// so an event whose output is refused goes on (or to quarantine) as it came.
+    pub fn set_all(&mut self, writes: Vec<(Slot, FieldValue)>) -> Result<(), String> {
+        // A plain slot of an event without a document cannot fail, so the common case saves nothing.
+        let cannot_fail = writes.len() < 2
+            || (self.doc.is_none() && writes.iter().all(|&(slot, _)| self.layout.is_plain(slot)));
+        let saved =
+            (!cannot_fail).then(|| (self.values.clone(), self.written.clone(), self.doc.clone()));
+        for (slot, value) in writes {
+            if let Err(e) = self.set(slot, value) {
+                if let Some((values, written, doc)) = saved {
+                    (self.values, self.written, self.doc) = (values, written, doc);
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Sets a slot's path to `value`. Fails, changing nothing, when a prefix of the path holds a scalar (the
     /// path would cross it). Reads of related paths (a prefix read as JSON, or a path below) stay exact: such a
     /// write goes through the whole document and the related slots are read back from it.
@@ -423,6 +442,28 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("a holds a integer"), "{err}");
         assert_eq!(ev.to_json(), json!({"a": 1}));
+    }
+
+    #[test]
+    fn writes_to_one_event_land_all_or_none() {
+        // The first write would succeed and the second crosses a scalar: the event must come out as it went in
+        // (its stage may pass it on unchanged), in its slots and in its document.
+        let layout = layout(&["x"], &["x", "a.b"]);
+        let mut ev = Parser::new(layout.clone())
+            .parse(r#"{"a": 1, "x": 0}"#.to_string(), 0)
+            .unwrap();
+        let x = layout.slot("x").unwrap();
+        let writes = vec![
+            (x, FieldValue::Int(2)),
+            (layout.slot("a.b").unwrap(), FieldValue::Int(1)),
+        ];
+        let err = ev.set_all(writes).unwrap_err();
+        assert!(err.contains("a holds a integer"), "{err}");
+        assert_eq!(ev.value(x), Some(ValueRef::Integer(0)));
+        assert_eq!(ev.to_json_text(), r#"{"a": 1, "x": 0}"#);
+
+        ev.set_all(vec![(x, FieldValue::Int(3))]).unwrap();
+        assert_eq!(ev.to_json(), json!({"a": 1, "x": 3}));
     }
 
     #[test]

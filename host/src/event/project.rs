@@ -117,11 +117,8 @@ impl Projection {
                     }
                 }
             }
-            for (slot, value) in writes {
-                if let Err(e) = event.set(slot, value) {
-                    failed.push((index, e));
-                    break;
-                }
+            if let Err(e) = event.set_all(writes) {
+                failed.push((index, e));
             }
         }
     }

@@ -169,6 +169,11 @@ pub struct CommitRecord {
     /// a table keeps its types across restarts even when a column starts out null.
     #[serde(default)]
     pub gold_columns: BTreeMap<String, Vec<(String, String)>>,
+    /// The ticks among `sequences` (messages a quiet pipeline put in its stream to move its watermark on:
+    /// see `Processor::tick`), with their times in ms: events are the other sequences, and a replay from
+    /// bronze, which holds no tick, stages them again from here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ticks: Vec<(u64, i64)>,
 }
 
 impl CommitRecord {

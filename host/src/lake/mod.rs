@@ -152,6 +152,7 @@ pub struct Lake {
 pub struct Epoch {
     files: EpochFiles,
     sequences: Ranges,
+    ticks: Vec<(u64, i64)>,
     dropped: BTreeMap<String, u64>,
     quarantined: BTreeMap<String, u64>,
     chain: Vec<String>,
@@ -466,6 +467,7 @@ impl Lake {
                     EpochFiles::new(&self.host, self.config.max_file_bytes, metadata)
                 }),
             sequences: Ranges::default(),
+            ticks: Vec::new(),
             dropped: BTreeMap::new(),
             quarantined: BTreeMap::new(),
             chain,
@@ -676,6 +678,7 @@ impl Commit {
         let Epoch {
             files,
             sequences,
+            ticks,
             dropped,
             quarantined,
             chain,
@@ -756,6 +759,7 @@ impl Commit {
                     (table.clone(), columns)
                 })
                 .collect(),
+            ticks,
         };
         let mut others = Ranges::default();
         loop {
@@ -817,6 +821,15 @@ impl Epoch {
             self.sequences.insert(s, s);
             self.events += 1;
         }
+    }
+
+    /// Marks ticks (messages that are not events, with their times: see `Processor::tick`) as consumed by
+    /// this epoch.
+    pub fn consume_ticks(&mut self, ticks: &[(u64, i64)]) {
+        for &(seq, _) in ticks {
+            self.sequences.insert(seq, seq);
+        }
+        self.ticks.extend_from_slice(ticks);
     }
 
     pub fn sequences(&self) -> &Ranges {

@@ -5,11 +5,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray};
-use futures::TryStreamExt;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::file::metadata::RowGroupMetaData;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData};
 use parquet::file::statistics::Statistics;
 
 use super::log::{self, CommitRecord, FileEntry};
@@ -39,7 +45,7 @@ pub fn summarize(records: &[CommitRecord]) -> Summary {
     let replaced = super::log::replaced_paths(records);
     for r in records {
         s.commits += 1;
-        s.events += r.sequences.count();
+        s.events += r.sequences.count().saturating_sub(r.ticks.len() as u64);
         s.last_commit_ms = Some(r.committed_at_ms);
         for (table, files) in &r.tables {
             let t = s.tables.entry(table.clone()).or_default();
@@ -97,7 +103,10 @@ impl Problems {
     }
 }
 
-/// Checks the commit log against the store. `deep` also opens every file to compare its row count.
+/// Footers `weir lake verify --deep` reads at a time.
+const DEEP_CONCURRENCY: usize = 16;
+
+/// Checks the commit log against the store. `deep` also reads every file's footer to compare its row count.
 ///
 /// A live lake is checked as it is: the files are listed before the log is read (a file is moved into place
 /// only after its commit record exists, so none listed lacks its record), and what looks missing or left
@@ -112,10 +121,10 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
     let records = log::all_records(store).await?;
     let mut problems = Problems::default();
     let replaced = super::log::replaced_paths(&records);
-    let mut listed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut listed: BTreeMap<&str, &FileEntry> = BTreeMap::new();
     for r in &records {
         for f in r.files() {
-            listed.insert(f.path.clone(), f.rows);
+            listed.insert(&f.path, f);
         }
     }
     // Sequences claimed twice.
@@ -143,29 +152,37 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
         } else if relative.ends_with(".parquet") {
             if replaced.contains(relative.as_str()) {
                 problems.replaced_present.push(relative.clone());
-            } else if !listed.contains_key(&relative) {
+            } else if !listed.contains_key(relative.as_str()) {
                 problems.orphaned.push(relative.clone());
             }
             present.insert(relative);
         }
     }
-    for (path, rows) in &listed {
-        if replaced.contains(path.as_str()) {
+    let mut footers = Vec::new();
+    for (&path, file) in &listed {
+        if replaced.contains(path) {
             continue;
         }
         if !present.contains(path) {
-            problems.missing.push(path.clone());
+            problems.missing.push(path.to_string());
         } else if deep {
-            let bytes = store.store.get(&store.path(path)).await?.bytes().await?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-            let actual = builder.metadata().file_metadata().num_rows() as u64;
-            if actual != *rows {
-                problems
-                    .wrong_rows
-                    .push(format!("{path}: {actual} rows, the commit says {rows}"));
-            }
+            footers.push(*file);
         }
     }
+    // Deep: each file's row count from its footer alone, several requests at a time.
+    let mut counted = futures::stream::iter(footers)
+        .map(|file| async move { (file, file_metadata(store, file).await) })
+        .buffer_unordered(DEEP_CONCURRENCY);
+    while let Some((file, metadata)) = counted.next().await {
+        let actual = metadata?.file_metadata().num_rows() as u64;
+        if actual != file.rows {
+            problems.wrong_rows.push(format!(
+                "{}: {actual} rows, the commit says {}",
+                file.path, file.rows
+            ));
+        }
+    }
+    problems.wrong_rows.sort();
     // Looked at again: a commit may have moved a file into place since the listing, a compaction may have
     // deleted what it replaced.
     let exists = |path: &String| {
@@ -250,34 +267,181 @@ pub fn is_not_found(error: &anyhow::Error) -> bool {
     })
 }
 
-/// The batches of one committed file.
-pub async fn read_file(
-    store: &Store,
-    path: &str,
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
-    read_file_where(store, path, None, |_| true).await
+/// A committed file read in pieces through ranged GETs: its footer first, then only the row groups and
+/// columns a read asks for. A query of an hour, a deep verify or a replay fetches what it uses, not every
+/// byte of every file it touches (on S3, GCS and Azure each whole-file download costs time and money).
+/// A read that wants most of the file takes it whole, in one GET instead of one per row group.
+pub struct StoreFile {
+    store: std::sync::Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    size: u64,
+    /// The whole file, once a read decided to take it so.
+    whole: Option<Bytes>,
 }
 
+impl StoreFile {
+    async fn take_whole(&mut self) -> Result<()> {
+        let bytes = self.store.get(&self.path).await?.bytes().await?;
+        self.whole = Some(bytes);
+        Ok(())
+    }
+
+    fn cut(whole: &Bytes, range: Range<u64>) -> parquet::errors::Result<Bytes> {
+        let (start, end) = (range.start as usize, range.end as usize);
+        if end > whole.len() {
+            return Err(ParquetError::EOF(format!(
+                "range {start}..{end} beyond the file's {} bytes",
+                whole.len()
+            )));
+        }
+        Ok(whole.slice(start..end))
+    }
+}
+
+/// The footer is read with this much of the file's end in the first request: Weir's footers are a few KiB
+/// to a few tens, so one request almost always holds the whole of it.
+const FOOTER_HINT: usize = 64 * 1024;
+
+fn parquet_error(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreFile {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        if let Some(whole) = &self.whole {
+            return futures::future::ready(Self::cut(whole, range)).boxed();
+        }
+        self.store
+            .get_range(&self.path, range)
+            .map_err(parquet_error)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        if let Some(whole) = &self.whole {
+            let cut = ranges.into_iter().map(|r| Self::cut(whole, r)).collect();
+            return futures::future::ready(cut).boxed();
+        }
+        // `get_ranges` merges ranges that lie close together into one request.
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(parquet_error)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<std::sync::Arc<ParquetMetaData>>> {
+        let size = self.size;
+        async move {
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(FOOTER_HINT))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(std::sync::Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Opens one committed file for reading; `size` is its length when known (the commit log has it), else it
+/// is asked of the store.
+async fn open_file(store: &Store, path: &str, size: Option<u64>) -> Result<StoreFile> {
+    let location = store.path(path);
+    let size = match size.filter(|&n| n > 0) {
+        Some(n) => n,
+        None => {
+            store
+                .store
+                .head(&location)
+                .await
+                .with_context(|| format!("cannot read {path}"))?
+                .size
+        }
+    };
+    let mut file = StoreFile {
+        store: store.store.clone(),
+        path: location,
+        size,
+        whole: None,
+    };
+    // The footer's first read would take all of a small file anyway (gold, quarantine and drops files
+    // mostly are): one GET, and every read after it from memory.
+    if size <= FOOTER_HINT as u64 {
+        file.take_whole()
+            .await
+            .with_context(|| format!("cannot read {path}"))?;
+    }
+    Ok(file)
+}
+
+/// The metadata of one committed file (its row count, row groups and statistics), from its footer alone.
+pub async fn file_metadata(
+    store: &Store,
+    file: &FileEntry,
+) -> Result<std::sync::Arc<ParquetMetaData>> {
+    let mut reader = open_file(store, &file.path, Some(file.bytes)).await?;
+    reader
+        .get_metadata(None)
+        .await
+        .with_context(|| format!("{} is not a readable Parquet file", file.path))
+}
+
+/// The batches of one committed file.
+pub async fn read_file(store: &Store, file: &FileEntry) -> Result<FileBatches> {
+    read_file_where(store, file, None, |_| true).await
+}
+
+/// Batches of one committed file, as they are fetched and decoded.
+pub type FileBatches = parquet::arrow::async_reader::ParquetRecordBatchStream<StoreFile>;
+
 /// The batches of one committed file: only the named `columns` (all when `None`), and only the row groups
-/// `keep` accepts (it sees each row group's metadata: its row count and per-column min/max).
+/// `keep` accepts (it sees each row group's metadata: its row count and per-column min/max). Only those
+/// are fetched from the store.
 pub async fn read_file_where(
     store: &Store,
-    path: &str,
+    file: &FileEntry,
     columns: Option<&[&str]>,
     keep: impl Fn(&RowGroupMetaData) -> bool,
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
-    let bytes = store
-        .store
-        .get(&store.path(path))
+) -> Result<FileBatches> {
+    let path = &file.path;
+    let mut reader = open_file(store, path, Some(file.bytes)).await?;
+    let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
         .await
-        .with_context(|| format!("cannot read {path}"))?
-        .bytes()
-        .await?;
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .with_context(|| format!("{path} is not a readable Parquet file"))?;
-    let groups: Vec<usize> = (0..builder.metadata().num_row_groups())
-        .filter(|&i| keep(builder.metadata().row_group(i)))
+        .map_err(|e| match e {
+            // Not found stays an object_store error, which callers tell apart (see `is_not_found`).
+            ParquetError::External(inner) if inner.is::<object_store::Error>() => {
+                anyhow::Error::from(*inner.downcast::<object_store::Error>().expect("checked"))
+                    .context(format!("cannot read {path}"))
+            }
+            e => anyhow::Error::from(e).context(format!("{path} is not a readable Parquet file")),
+        })?;
+    let groups: Vec<usize> = (0..metadata.metadata().num_row_groups())
+        .filter(|&i| keep(metadata.metadata().row_group(i)))
         .collect();
+    // The bytes the read wants: the chunks of its columns in its row groups.
+    let wanted: u64 = groups
+        .iter()
+        .flat_map(|&i| metadata.metadata().row_group(i).columns())
+        .filter(|c| {
+            columns.is_none_or(|names| names.contains(&c.column_path().parts()[0].as_str()))
+        })
+        .map(|c| c.compressed_size().max(0) as u64)
+        .sum();
+    if wanted > reader.size / 2 && reader.whole.is_none() {
+        reader
+            .take_whole()
+            .await
+            .with_context(|| format!("cannot read {path}"))?;
+    }
+    let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata);
     if let Some(columns) = columns {
         let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
         builder = builder.with_projection(mask);
@@ -342,8 +506,9 @@ pub async fn query_files(
             };
             within(column) || fallback.is_some_and(within)
         };
-        for batch in read_file_where(store, &file.path, None, overlaps).await? {
-            let batch = batch?;
+        let mut batches = read_file_where(store, file, None, overlaps).await?;
+        while let Some(batch) = batches.next().await {
+            let batch = batch.with_context(|| format!("reading {}", file.path))?;
             let timestamps = |name: Option<&str>| -> Result<Option<&TimestampMicrosecondArray>> {
                 name.and_then(|name| batch.column_by_name(name))
                     .map(|c| {
@@ -545,12 +710,20 @@ mod tests {
                 assert_eq!((t0, t1), (a * 10, b * 10));
                 b >= 3
             };
-            let batches: Vec<RecordBatch> =
-                read_file_where(&store, "f.parquet", Some(&["_seq"]), keep)
-                    .await
-                    .unwrap()
-                    .map(|b| b.unwrap())
-                    .collect();
+            // No size: the reader asks the store for it.
+            let file = FileEntry {
+                path: "f.parquet".into(),
+                rows: 6,
+                bytes: 0,
+                min_seq: 1,
+                max_seq: 6,
+            };
+            let batches: Vec<RecordBatch> = read_file_where(&store, &file, Some(&["_seq"]), keep)
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
             let seqs: Vec<u64> = batches
                 .iter()
                 .flat_map(|b| {

@@ -124,9 +124,9 @@ pub async fn first_sequence_at(live: &Store, records: &[CommitRecord], ms: i64) 
         let reaches = |g: &parquet::file::metadata::RowGroupMetaData| {
             read::i64_range(g, "ingest_time").is_none_or(|(_, max)| max >= from_us)
         };
-        let batches =
-            read::read_file_where(live, path, Some(&["_seq", "ingest_time"]), reaches).await?;
-        for batch in batches {
+        let mut batches =
+            read::read_file_where(live, file, Some(&["_seq", "ingest_time"]), reaches).await?;
+        while let Some(batch) = batches.next().await {
             let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
             let column = |name: &str| {
                 batch
@@ -305,6 +305,7 @@ pub async fn put_in_place(
         replaced_dropped,
         replaced_quarantined,
         gold_columns,
+        ticks: Vec::new(),
     };
     loop {
         match retry_log("writing the commit record", || log::create(live, &record)).await? {
@@ -363,7 +364,8 @@ async fn count_replaced(
             t if t.starts_with("quarantine") => (&mut quarantined, &["reason"]),
             _ => continue,
         };
-        for batch in read::read_file(live, &f.path).await? {
+        let mut batches = read::read_file(live, f).await?;
+        while let Some(batch) = batches.next().await {
             let batch = batch.with_context(|| format!("reading {}", f.path))?;
             let columns: Vec<&StringArray> = keys
                 .iter()

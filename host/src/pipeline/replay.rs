@@ -22,6 +22,8 @@ use arrow_array::{
     Array, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt64Array,
 };
 use async_nats::jetstream::{self, consumer::pull};
+use bytes::Bytes;
+use futures::StreamExt;
 
 use crate::bus::{self, StreamConfig};
 use crate::lake::log::Ranges;
@@ -133,7 +135,8 @@ pub async fn last_sequence(js: &jetstream::Context, stream: &str, replay: &Repla
 
 /// Stages the committed bronze rows of `replay`'s range from `bronze` (the live lake) in the stream
 /// `staging`, which is made afresh, leaving out the sequences the version holds already (`done`: a
-/// replay run again stages only what it has not committed). Returns the number of events staged.
+/// replay run again stages only what it has not committed), and the ticks of the range from the log. Returns
+/// the number of messages staged.
 pub async fn stage_bronze(
     js: &jetstream::Context,
     bronze: &Store,
@@ -168,8 +171,26 @@ pub async fn stage_bronze(
         let mut files = read::files_in_range(&records, "bronze", from_ms, i64::MAX);
         files.retain(|f| f.max_seq >= from_seq && f.min_seq <= until);
         files.sort_by_key(|f| f.min_seq);
+        // Ticks are in no bronze file: they come from the log, each staged before the first row after it.
+        let mut ticks: Vec<(u64, i64)> = records
+            .iter()
+            .flat_map(|r| r.ticks.iter().copied())
+            .filter(|&(seq, ms)| {
+                seq >= from_seq
+                    && seq <= until
+                    && ms >= from_ms
+                    && !done.contains(seq)
+                    && !staged.contains(seq)
+            })
+            .collect();
+        ticks.sort_unstable();
+        let mut ticks = ticks.into_iter().peekable();
         let mut gone = None;
-        for file in files {
+        // Files overlap where hosts shared the stream: a tick goes out only once no file still to be read
+        // starts below it, so that every event before it in the stream is staged before it.
+        let starts: Vec<u64> = files.iter().map(|f| f.min_seq).collect();
+        'files: for (index, file) in files.into_iter().enumerate() {
+            let next_start = starts.get(index + 1).copied().unwrap_or(u64::MAX);
             let path = file.path.clone();
             // Nor row groups wholly before the start (by sequence and ingest time) or after the end.
             let wanted = |g: &parquet::file::metadata::RowGroupMetaData| {
@@ -178,17 +199,26 @@ pub async fn stage_bronze(
                     && read::i64_range(g, "ingest_time")
                         .is_none_or(|(_, max)| max.div_euclid(1000) >= from_ms)
             };
-            let batches = match read::read_file_where(bronze, &path, None, wanted).await {
+            // A compaction may replace the file once the log is read, before or while it is read: its rows
+            // are in the merged file, which the next pass reads.
+            let compacted = |e: &anyhow::Error| read::is_not_found(e) && passes < 3;
+            let mut batches = match read::read_file_where(bronze, file, None, wanted).await {
                 Ok(batches) => batches,
-                // A compaction replaced the file since the log was read: its rows are in the merged file.
-                Err(e) if read::is_not_found(&e) && passes < 3 => {
+                Err(e) if compacted(&e) => {
                     gone = Some(path);
                     break;
                 }
                 Err(e) => return Err(e),
             };
-            for batch in batches {
-                let batch = batch.with_context(|| format!("reading bronze file {path}"))?;
+            while let Some(batch) = batches.next().await {
+                let batch = match batch.map_err(anyhow::Error::from) {
+                    Ok(batch) => batch,
+                    Err(e) if compacted(&e) => {
+                        gone = Some(path);
+                        break 'files;
+                    }
+                    Err(e) => return Err(e.context(format!("reading bronze file {path}"))),
+                };
                 let rows =
                     BronzeColumns::of(&batch).with_context(|| format!("bronze file {path}"))?;
                 for i in 0..rows.len() {
@@ -202,20 +232,22 @@ pub async fn stage_bronze(
                     {
                         continue;
                     }
-                    let payload = bytes::Bytes::copy_from_slice(rows.data.value(i).as_bytes());
-                    let ack = js
-                        .publish_with_headers(subject.clone(), rows.headers(i), payload)
-                        .await
-                        .context("staging a bronze event")?;
-                    acks.push_back(ack);
-                    if acks.len() >= STAGING_IN_FLIGHT {
-                        acks.pop_front()
-                            .expect("not empty")
-                            .await
-                            .context("staging a bronze event")?;
+                    while let Some((tick, ms)) =
+                        ticks.next_if(|&(tick, _)| tick < seq && tick < next_start)
+                    {
+                        stage_tick(js, &subject, &mut acks, tick, ms).await?;
+                        staged.insert(tick, tick);
                     }
+                    let payload = Bytes::copy_from_slice(rows.data.value(i).as_bytes());
+                    stage(js, &subject, &mut acks, rows.headers(i), payload).await?;
                     staged.insert(seq, seq);
                 }
+            }
+        }
+        if gone.is_none() {
+            for (tick, ms) in ticks {
+                stage_tick(js, &subject, &mut acks, tick, ms).await?;
+                staged.insert(tick, tick);
             }
         }
         match gone {
@@ -240,6 +272,42 @@ pub async fn stage_bronze(
 
 /// Publishes awaiting their acks while staging.
 const STAGING_IN_FLIGHT: usize = 1024;
+
+/// Publishes one message to the staging stream, with at most [`STAGING_IN_FLIGHT`] awaiting their acks.
+async fn stage(
+    js: &jetstream::Context,
+    subject: &str,
+    acks: &mut std::collections::VecDeque<jetstream::context::PublishAckFuture>,
+    headers: async_nats::HeaderMap,
+    payload: Bytes,
+) -> Result<()> {
+    let ack = js
+        .publish_with_headers(subject.to_string(), headers, payload)
+        .await
+        .context("staging a bronze event")?;
+    acks.push_back(ack);
+    if acks.len() >= STAGING_IN_FLIGHT {
+        acks.pop_front()
+            .expect("not empty")
+            .await
+            .context("staging a bronze event")?;
+    }
+    Ok(())
+}
+
+/// Stages a tick of the live run (see `Processor::tick`) as the live pipeline read it.
+async fn stage_tick(
+    js: &jetstream::Context,
+    subject: &str,
+    acks: &mut std::collections::VecDeque<jetstream::context::PublishAckFuture>,
+    seq: u64,
+    ms: i64,
+) -> Result<()> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(bus::headers::ORIGINAL_SEQ, seq.to_string().as_str());
+    headers.insert(bus::headers::TICK_MS, ms.to_string().as_str());
+    stage(js, subject, acks, headers, Bytes::new()).await
+}
 
 /// The columns of a bronze batch a replay needs.
 struct BronzeColumns<'a> {

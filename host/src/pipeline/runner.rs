@@ -59,6 +59,7 @@ struct Known<'a> {
     rejected: Option<&'a str>,
     invalid_utf8: bool,
     sse_id: Option<&'a str>,
+    tick_ms: Option<&'a str>,
 }
 
 impl<'a> Known<'a> {
@@ -78,6 +79,7 @@ impl<'a> Known<'a> {
                 headers::REJECTED => known.rejected = value,
                 headers::INVALID_UTF8 => known.invalid_utf8 = value.is_some(),
                 headers::SSE_ID => known.sse_id = value,
+                headers::TICK_MS => known.tick_ms = value,
                 _ => {}
             }
         }
@@ -384,6 +386,18 @@ impl Messages {
     }
 }
 
+/// The longest a quiet pipeline waits between two ticks (see [`Processor::tick`]).
+const MAX_TICK_SPACING: Duration = Duration::from_secs(60 * 60);
+
+/// Whether a message is a tick (see [`Processor::tick`]): no payload, and the tick's header.
+fn is_tick(message: &jetstream::Message) -> bool {
+    message.payload.is_empty()
+        && message
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(headers::TICK_MS).is_some())
+}
+
 /// How far ahead of the host clock an event time may be and still move the watermark.
 const WATERMARK_HORIZON_MS: i64 = 5 * 60 * 1000;
 
@@ -409,6 +423,17 @@ pub struct Processor {
     /// commit starts after that.
     pub lease_lost: Arc<std::sync::atomic::AtomicBool>,
     pub watermark_delay_ms: i64,
+    /// Put a tick in the stream after this long without messages (zero: never; see [`Processor::tick`]).
+    pub idle_close: Duration,
+    /// Where ticks go: the stream's first subject.
+    tick_subject: String,
+    /// When the last tick was put in the stream, and when the last batch with events came.
+    last_tick: Option<Instant>,
+    last_events: Instant,
+    /// The newest event time that moved the watermark, and the newest ingest time, in ms: a tick's time is
+    /// where event time has got to by then.
+    newest_event_ms: i64,
+    newest_ingest_ms: i64,
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
     /// Replays: the last stream sequence to process (later ones are left to the replay's consumer, which
@@ -473,6 +498,17 @@ impl Processor {
             acks: !config.exclusive(),
             lease_lost: Default::default(),
             watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
+            // A replay reads a stream it must not write to, and ends when it has read its range.
+            idle_close: if config.replay.is_some() {
+                Duration::ZERO
+            } else {
+                config.events.idle_close
+            },
+            tick_subject: config.stream.subject().to_string(),
+            last_tick: None,
+            last_events: Instant::now(),
+            newest_event_ms: i64::MIN,
+            newest_ingest_ms: i64::MIN,
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
             until: None,
@@ -525,13 +561,83 @@ impl Processor {
         let quiet = !self.commit_after_idle.is_zero()
             && self.last_batch.elapsed() >= self.commit_after_idle;
         self.epoch.as_ref().is_some_and(|e| {
-            e.events > 0
+            !e.sequences().0.is_empty()
                 && (e.events >= self.commit_events || e.age() >= self.commit_interval || quiet)
         })
     }
 
-    /// Processes one micro-batch of messages.
-    pub fn process(&mut self, messages: Vec<jetstream::Message>) -> Result<()> {
+    /// Where event time has got to at `now`: the newest event's time plus the quiet since it was ingested, so
+    /// a source whose event times lag the clock (a backfill, a delayed feed) is not made late by a quiet
+    /// spell; the clock itself when no event has come since the start.
+    fn tick_time(&self, now: i64) -> i64 {
+        if self.newest_event_ms == i64::MIN || self.newest_ingest_ms == i64::MIN {
+            return now;
+        }
+        self.newest_event_ms
+            .saturating_add(now.saturating_sub(self.newest_ingest_ms).max(0))
+    }
+
+    /// Puts a tick in the stream when no message has come for `idle_close` (and none since the last tick).
+    ///
+    /// Why through the stream: the watermark only moves with what the pipeline reads, so a quiet stream would
+    /// hold its last windows open until the next event, maybe for hours. A tick read back moves the watermark
+    /// to its time (see [`Processor::tick_time`]), less `watermark_delay`, and is committed and acked like
+    /// any message: the
+    /// windows it closes are committed with a sequence, so a crash, a redelivery or a replay from the stream
+    /// closes the same windows at the same place. Bronze, silver and the counts never see it.
+    ///
+    /// While nothing but ticks comes, they space out (each waits about half as long as the stream has been
+    /// quiet, at most an hour, or `idle_close` if that is longer): the windows the last events left open
+    /// close within a few ticks, and a pipeline quiet for days does not commit every few minutes.
+    pub fn tick(&mut self) {
+        if self.idle_close.is_zero()
+            || self.last_batch.elapsed() < self.idle_close
+            || self.shared.health.paused.load(Ordering::Relaxed)
+            || self.shared.health.stopping.load(Ordering::Relaxed)
+            || self.lease_lost.load(Ordering::Relaxed)
+        {
+            return;
+        }
+        let spacing = (self.last_events.elapsed() / 2)
+            .min(MAX_TICK_SPACING)
+            .max(self.idle_close);
+        if self.last_tick.is_some_and(|t| t.elapsed() < spacing) {
+            return;
+        }
+        self.last_tick = Some(Instant::now());
+        let mut map = async_nats::HeaderMap::new();
+        map.insert(
+            headers::TICK_MS,
+            self.tick_time(now_ms()).to_string().as_str(),
+        );
+        let client = self.client.clone();
+        let subject = self.tick_subject.clone();
+        self.runtime.spawn(async move {
+            // Unconfirmed on purpose: a tick that does not arrive is replaced by the next one.
+            if let Err(e) = client
+                .publish_with_headers(subject, map, Bytes::new())
+                .await
+            {
+                tracing::warn!("cannot put a tick in the quiet stream: {e}");
+            }
+        });
+    }
+
+    /// Processes one micro-batch of messages. A tick (see [`Processor::tick`]) ends a part of it: the events
+    /// before it are processed before its watermark moves, those after it after, as when it came alone.
+    pub fn process(&mut self, mut messages: Vec<jetstream::Message>) -> Result<()> {
+        while let Some(at) = messages.iter().position(is_tick) {
+            let rest = messages.split_off(at + 1);
+            self.process_part(messages)?;
+            messages = rest;
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.process_part(messages)
+    }
+
+    fn process_part(&mut self, messages: Vec<jetstream::Message>) -> Result<()> {
         let shared = self.shared.clone();
         let counters = &shared.counters;
         let mut clock = Instant::now();
@@ -544,11 +650,13 @@ impl Processor {
         let in_epoch_before = self.epoch.as_ref().map(|e| e.sequences().clone());
         let mut in_batch = std::collections::HashSet::with_capacity(messages.len());
         let mut max_time = i64::MIN;
+        let mut tick_time = i64::MIN;
         let mut newest_ingest = i64::MIN;
         // The last batch with events stays the self-test's sample through batches of redeliveries alone.
         let mut sample = Vec::new();
         let mut refreshed = false;
         let mut newest_seq = 0;
+        let mut ticks = Vec::new();
         let at = now_ms();
         for message in messages {
             let (seq, delivered) = match message.info() {
@@ -619,9 +727,22 @@ impl Processor {
                 immediate_acks.push(reply);
                 continue;
             }
-            counters.received.fetch_add(1, Ordering::Relaxed);
             let msg = message.message;
             let known = Known::of(msg.headers.as_ref(), self.from_bronze);
+            if let Some(tick) = known.tick_ms.filter(|_| msg.payload.is_empty()) {
+                // A tick (see `tick`, and `is_tick`): its time moves the watermark, within the same horizon as
+                // event times.
+                let ms = tick.parse::<i64>().unwrap_or(0);
+                if ms > 0 && ms <= at + WATERMARK_HORIZON_MS {
+                    tick_time = tick_time.max(ms);
+                }
+                ticks.push((seq, ms));
+                if self.acks {
+                    self.deliveries.push(reply);
+                }
+                continue;
+            }
+            counters.received.fetch_add(1, Ordering::Relaxed);
             let ingest_ms = known.ingest_ms.and_then(|v| v.parse().ok()).unwrap_or(at);
             newest_ingest = newest_ingest.max(ingest_ms);
             let source_id = known
@@ -706,9 +827,12 @@ impl Processor {
             let client = self.client.clone();
             self.runtime.block_on(ack(&client, &immediate_acks));
         }
-        if received.is_empty() {
+        if received.is_empty() && ticks.is_empty() {
             counters.phase(Phase::Reading, clock);
             return Ok(());
+        }
+        if !received.is_empty() {
+            self.last_events = self.last_batch;
         }
         let labels = self.chain_labels();
         let chain_label = labels.join(",");
@@ -740,6 +864,9 @@ impl Processor {
                 max_time = max_time.max(event.time_ms);
             }
         }
+        self.newest_event_ms = self.newest_event_ms.max(max_time);
+        self.newest_ingest_ms = self.newest_ingest_ms.max(newest_ingest);
+        let max_time = max_time.max(tick_time);
         let gold: Vec<GoldRow> = std::mem::take(&mut output.rows)
             .into_iter()
             .map(gold_row)
@@ -748,6 +875,7 @@ impl Processor {
         let epoch = self.epoch();
         epoch.note_chain(&labels);
         epoch.consume(received.iter().map(|r| r.seq));
+        epoch.consume_ticks(&ticks);
         if max_time > i64::MIN {
             let watermark = max_time - self.watermark_delay_ms;
             if watermark > self.watermark {
@@ -774,8 +902,12 @@ impl Processor {
             }
         }
         clock = counters.phase(Phase::Watermark, clock);
+        let events = !received.is_empty();
         self.record(&received, output, quarantine, gold, &chain_label)?;
-        self.after_batch();
+        // A batch of ticks alone does not count down the watch of a swapped stage: it called no plugin.
+        if events {
+            self.after_batch();
+        }
         counters.phase(Phase::Tables, clock);
         Ok(())
     }
@@ -872,7 +1004,7 @@ impl Processor {
         let Some(mut epoch) = self.epoch.take() else {
             return Ok(());
         };
-        if epoch.events == 0 {
+        if epoch.sequences().0.is_empty() {
             return Ok(());
         }
         epoch.note_chain(&self.chain_labels());

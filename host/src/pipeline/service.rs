@@ -534,7 +534,8 @@ fn process_loop(
     }
 }
 
-/// One turn of the processor: the batch if one came, the commit under way if it finished, a commit if due.
+/// One turn of the processor: the batch if one came, the commit under way if it finished, a commit if due, a
+/// tick if the stream went quiet.
 fn step(
     processor: &mut Processor,
     batch: Option<Vec<async_nats::jetstream::Message>>,
@@ -546,6 +547,7 @@ fn step(
     if processor.commit_due() {
         processor.commit()?;
     }
+    processor.tick();
     Ok(())
 }
 

@@ -182,7 +182,14 @@ impl Plugin {
         };
         self.process_into(batch, 0, &mut result);
         self.stats.events_in += events as u64;
-        for verdict in &result.verdicts {
+        // The host's verdicts for events the plugin failed on are not the plugin's: where those events go is
+        // for the stage's `on_error` to say, so they are counted apart.
+        self.stats.failed += result.failed.len() as u64;
+        let mut failed = result.failed.iter().peekable();
+        for (index, verdict) in result.verdicts.iter().enumerate() {
+            if failed.next_if(|&&i| i == index).is_some() {
+                continue;
+            }
             match verdict {
                 Verdict::Keep => self.stats.kept += 1,
                 Verdict::Drop(rule) => {

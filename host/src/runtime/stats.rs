@@ -1,4 +1,4 @@
-//! Per-plugin counters: events in / kept / dropped / quarantined, call latency, failures by kind, and the
+//! Per-plugin counters: events in / kept / dropped / quarantined / failed on, call latency, failures by kind, and the
 //! counters and gauges the plugin reports itself.
 
 use std::collections::BTreeMap;
@@ -48,6 +48,9 @@ pub struct PluginStats {
     pub kept: u64,
     pub dropped: u64,
     pub quarantined: u64,
+    /// Events the plugin failed on (trap, timeout, bad output): their verdict is the host's, and where they
+    /// went (quarantine, passed on, dropped) is their stage's `on_error`'s to say. Not in the three above.
+    pub failed: u64,
     pub dropped_by_rule: BTreeMap<String, u64>,
     pub quarantined_by_reason: BTreeMap<String, u64>,
     pub rows_emitted: u64,
