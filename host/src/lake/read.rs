@@ -1,7 +1,7 @@
 //! Reading a lake back: what it holds (`weir lake ls`), whether its files and its commit log agree
 //! (`weir lake verify`), and the rows of a table in a time range (`weir lake query`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use arrow_array::{Array, RecordBatch, TimestampMicrosecondArray};
@@ -83,8 +83,12 @@ pub struct Problems {
     pub orphaned: Vec<String>,
     /// Stream sequences two commits both claim.
     pub duplicate_sequences: Vec<(u64, u64, u64)>,
-    /// Files whose row count differs from their commit's.
+    /// Files whose row count differs from their commit's (`--deep`).
     pub wrong_rows: Vec<String>,
+    /// Files whose size differs from their commit's: rewritten or cut short since.
+    pub wrong_size: Vec<String>,
+    /// Files whose footer cannot be read as Parquet (`--deep`), with why.
+    pub unreadable: Vec<String>,
     /// Staged files left behind.
     pub staging_leftovers: u64,
     /// Files a compaction or a replay in place replaced that are still there: a reader that globs the
@@ -99,6 +103,8 @@ impl Problems {
             && self.orphaned.is_empty()
             && self.duplicate_sequences.is_empty()
             && self.wrong_rows.is_empty()
+            && self.wrong_size.is_empty()
+            && self.unreadable.is_empty()
             && self.replaced_present.is_empty()
     }
 }
@@ -140,7 +146,8 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
                 .push((pair[1].0, pair[0].1.min(pair[1].1), pair[1].2));
         }
     }
-    let mut present = BTreeSet::new();
+    // Every Parquet file of the tables, with its size.
+    let mut present = BTreeMap::new();
     for meta in &all {
         let relative = store.relative(&meta.location);
         if relative.starts_with("_versions/") {
@@ -155,7 +162,7 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
             } else if !listed.contains_key(relative.as_str()) {
                 problems.orphaned.push(relative.clone());
             }
-            present.insert(relative);
+            present.insert(relative, meta.size);
         }
     }
     let mut footers = Vec::new();
@@ -163,8 +170,16 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
         if replaced.contains(path) {
             continue;
         }
-        if !present.contains(path) {
+        let Some(&size) = present.get(path) else {
             problems.missing.push(path.to_string());
+            continue;
+        };
+        // Records from before sizes were kept say 0.
+        if file.bytes > 0 && size != file.bytes {
+            problems.wrong_size.push(format!(
+                "{path}: {size} bytes, the commit says {}",
+                file.bytes
+            ));
         } else if deep {
             footers.push(*file);
         }
@@ -174,7 +189,19 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
         .map(|file| async move { (file, file_metadata(store, file).await) })
         .buffer_unordered(DEEP_CONCURRENCY);
     while let Some((file, metadata)) = counted.next().await {
-        let actual = metadata?.file_metadata().num_rows() as u64;
+        let metadata = match metadata {
+            Ok(metadata) => metadata,
+            // Gone since the listing: looked at again below, with the missing.
+            Err(e) if is_not_found(&e) => {
+                problems.missing.push(file.path.clone());
+                continue;
+            }
+            Err(e) => {
+                problems.unreadable.push(format!("{}: {e:#}", file.path));
+                continue;
+            }
+        };
+        let actual = metadata.file_metadata().num_rows() as u64;
         if actual != file.rows {
             problems.wrong_rows.push(format!(
                 "{}: {actual} rows, the commit says {}",
@@ -183,6 +210,7 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
         }
     }
     problems.wrong_rows.sort();
+    problems.unreadable.sort();
     // Looked at again: a commit may have moved a file into place since the listing, a compaction may have
     // deleted what it replaced.
     let exists = |path: &String| {
@@ -195,6 +223,13 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
             missing.push(path);
         }
     }
+    // A compaction that committed after the log was read deletes what it replaced: not missing either.
+    if !missing.is_empty() {
+        let records = log::all_records(store).await?;
+        let replaced = log::replaced_paths(&records);
+        missing.retain(|path| !replaced.contains(path.as_str()));
+    }
+    missing.sort();
     problems.missing = missing;
     let mut still = Vec::new();
     for path in std::mem::take(&mut problems.replaced_present) {
@@ -642,6 +677,43 @@ mod tests {
             assert_eq!(seqs(0, 100, 100).await, (1..=10).collect::<Vec<u64>>());
             assert_eq!(seqs(3, 100, 2).await, [4, 5]);
             assert_eq!(seqs(20, 30, 100).await, Vec::<u64>::new());
+        });
+    }
+
+    /// `verify` reports a file that no longer matches its commit (cut short, or overwritten with something
+    /// that is not Parquet) as a problem, instead of stopping at it.
+    #[test]
+    fn verify_reports_files_that_changed_since_their_commit() {
+        let hour = 1_764_000_000_000 / 3_600_000 * 3_600_000;
+        let columns: [(&str, ArrayRef); 1] = [("_seq", Arc::new(UInt64Array::from(vec![1, 2, 3])))];
+        let bytes = parquet_bytes(columns, None);
+        on_memory_store(|store| async move {
+            commit_one_file(&store, "silver", hour, bytes.clone(), 3).await;
+            assert!(verify(&store, true).await.unwrap().is_clean());
+            let path = format!("silver/{}/1-3.parquet", crate::lake::rows::partition(hour));
+            let put = |data: Vec<u8>| {
+                let (store, path) = (store.clone(), path.clone());
+                async move {
+                    store
+                        .store
+                        .put(&store.path(&path), data.into())
+                        .await
+                        .unwrap();
+                }
+            };
+            put(vec![b'x'; bytes.len()]).await;
+            let problems = verify(&store, true).await.unwrap();
+            assert_eq!(problems.unreadable.len(), 1, "{problems:?}");
+            assert!(problems.unreadable[0].starts_with(&path));
+            assert!(
+                verify(&store, false).await.unwrap().is_clean(),
+                "a shallow verify reads no footer"
+            );
+
+            put(bytes[..bytes.len() - 1].to_vec()).await;
+            let problems = verify(&store, false).await.unwrap();
+            assert_eq!(problems.wrong_size.len(), 1, "{problems:?}");
+            assert!(!problems.is_clean());
         });
     }
 
