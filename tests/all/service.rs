@@ -394,6 +394,18 @@ fn a_quiet_stream_closes_its_last_windows() {
         );
         std::thread::sleep(Duration::from_secs(3));
     }
+    let (_, metrics) = crate::support::http(
+        "GET",
+        &format!("{}/metrics", weir.api(Duration::from_secs(10))),
+        None,
+        None,
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weir_watermark_ticks_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
     weir.stop();
     assert!(
         h.committed() > last,

@@ -111,6 +111,11 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             "Plugin versions rolled back.",
             &c.rollbacks,
         ),
+        (
+            "weir_watermark_ticks_total",
+            "Ticks read back from the stream: a quiet stream's, which move the watermark on (events.idle_close).",
+            &c.ticks,
+        ),
     ];
     for (name, help, value) in counters {
         o.metric(name, "counter", help);

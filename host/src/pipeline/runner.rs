@@ -834,6 +834,11 @@ impl Processor {
         if !received.is_empty() {
             self.last_events = self.last_batch;
         }
+        if !ticks.is_empty() {
+            counters
+                .ticks
+                .fetch_add(ticks.len() as u64, Ordering::Relaxed);
+        }
         let labels = self.chain_labels();
         let chain_label = labels.join(",");
         if newest_ingest > i64::MIN {

@@ -25,6 +25,8 @@ pub struct Counters {
     pub gold_rows: AtomicU64,
     /// Redeliveries of committed messages, acked and skipped.
     pub skipped_committed: AtomicU64,
+    /// Ticks read back from the stream (see `Processor::tick`).
+    pub ticks: AtomicU64,
     /// Redeliveries of messages still in the open epoch, ignored.
     pub skipped_in_flight: AtomicU64,
     /// Pulls opened anew after a quiet spell with messages waiting (see `runner::fetch`).
