@@ -171,23 +171,29 @@ pub async fn stage_bronze(
         let mut files = read::files_in_range(&records, "bronze", from_ms, i64::MAX);
         files.retain(|f| f.max_seq >= from_seq && f.min_seq <= until);
         files.sort_by_key(|f| f.min_seq);
-        // Ticks are in no bronze file: they come from the log, each staged before the first row after it.
+        // Ticks are in no bronze file: they come from the log, each staged before the first row after it. A
+        // replay from a time takes those after the first event ingested then (a tick's time is event time,
+        // not ingest time); with none, nothing is staged anyway.
+        let ticks_from = match replay.start {
+            ReplayStart::Sequence(seq) => seq,
+            ReplayStart::Time(ms) => crate::lake::replace::first_sequence_at(bronze, &records, ms)
+                .await
+                .unwrap_or(u64::MAX),
+        };
         let mut ticks: Vec<(u64, i64)> = records
             .iter()
             .flat_map(|r| r.ticks.iter().copied())
-            .filter(|&(seq, ms)| {
-                seq >= from_seq
-                    && seq <= until
-                    && ms >= from_ms
-                    && !done.contains(seq)
-                    && !staged.contains(seq)
+            .filter(|&(seq, _)| {
+                seq >= ticks_from && seq <= until && !done.contains(seq) && !staged.contains(seq)
             })
             .collect();
         ticks.sort_unstable();
         let mut ticks = ticks.into_iter().peekable();
         let mut gone = None;
         // Files overlap where hosts shared the stream: a tick goes out only once no file still to be read
-        // starts below it, so that every event before it in the stream is staged before it.
+        // starts below it, so that the events before it in the stream are staged before it (those of a file
+        // that overlaps the tick's all go before it: where hosts shared the stream, windows may close a few
+        // events later than live).
         let starts: Vec<u64> = files.iter().map(|f| f.min_seq).collect();
         'files: for (index, file) in files.into_iter().enumerate() {
             let next_start = starts.get(index + 1).copied().unwrap_or(u64::MAX);

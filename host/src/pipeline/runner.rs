@@ -389,6 +389,19 @@ impl Messages {
 /// The longest a quiet pipeline waits between two ticks (see [`Processor::tick`]).
 const MAX_TICK_SPACING: Duration = Duration::from_secs(60 * 60);
 
+/// A tick's time: where event time has got to at `now`, the newest event's time plus the quiet since it
+/// was ingested, so that a source whose event times lag the clock (a backfill, a delayed feed) is not made
+/// late by a quiet spell; never past the clock (a source whose clock runs ahead). `None` until this host has
+/// seen an event since its start: it cannot tell then where event time is, and a tick at the wall clock
+/// would push a backfill ahead of itself.
+fn tick_time(newest_event_ms: i64, newest_ingest_ms: i64, now: i64) -> Option<i64> {
+    if newest_event_ms == i64::MIN || newest_ingest_ms == i64::MIN {
+        return None;
+    }
+    let quiet = now.saturating_sub(newest_ingest_ms).max(0);
+    Some(newest_event_ms.saturating_add(quiet).min(now))
+}
+
 /// Whether a message is a tick (see [`Processor::tick`]): no payload, and the tick's header.
 fn is_tick(message: &jetstream::Message) -> bool {
     message.payload.is_empty()
@@ -566,22 +579,11 @@ impl Processor {
         })
     }
 
-    /// Where event time has got to at `now`: the newest event's time plus the quiet since it was ingested, so
-    /// a source whose event times lag the clock (a backfill, a delayed feed) is not made late by a quiet
-    /// spell; the clock itself when no event has come since the start.
-    fn tick_time(&self, now: i64) -> i64 {
-        if self.newest_event_ms == i64::MIN || self.newest_ingest_ms == i64::MIN {
-            return now;
-        }
-        self.newest_event_ms
-            .saturating_add(now.saturating_sub(self.newest_ingest_ms).max(0))
-    }
-
     /// Puts a tick in the stream when no message has come for `idle_close` (and none since the last tick).
     ///
     /// Why through the stream: the watermark only moves with what the pipeline reads, so a quiet stream would
     /// hold its last windows open until the next event, maybe for hours. A tick read back moves the watermark
-    /// to its time (see [`Processor::tick_time`]), less `watermark_delay`, and is committed and acked like
+    /// to its time (see [`tick_time`]), less `watermark_delay`, and is committed and acked like
     /// any message: the
     /// windows it closes are committed with a sequence, so a crash, a redelivery or a replay from the stream
     /// closes the same windows at the same place. Bronze, silver and the counts never see it.
@@ -604,12 +606,12 @@ impl Processor {
         if self.last_tick.is_some_and(|t| t.elapsed() < spacing) {
             return;
         }
+        let Some(time) = tick_time(self.newest_event_ms, self.newest_ingest_ms, now_ms()) else {
+            return;
+        };
         self.last_tick = Some(Instant::now());
         let mut map = async_nats::HeaderMap::new();
-        map.insert(
-            headers::TICK_MS,
-            self.tick_time(now_ms()).to_string().as_str(),
-        );
+        map.insert(headers::TICK_MS, time.to_string().as_str());
         let client = self.client.clone();
         let subject = self.tick_subject.clone();
         self.runtime.spawn(async move {
@@ -650,7 +652,7 @@ impl Processor {
         let in_epoch_before = self.epoch.as_ref().map(|e| e.sequences().clone());
         let mut in_batch = std::collections::HashSet::with_capacity(messages.len());
         let mut max_time = i64::MIN;
-        let mut tick_time = i64::MIN;
+        let mut newest_tick = i64::MIN;
         let mut newest_ingest = i64::MIN;
         // The last batch with events stays the self-test's sample through batches of redeliveries alone.
         let mut sample = Vec::new();
@@ -732,9 +734,15 @@ impl Processor {
             if let Some(tick) = known.tick_ms.filter(|_| msg.payload.is_empty()) {
                 // A tick (see `tick`, and `is_tick`): its time moves the watermark, within the same horizon as
                 // event times.
-                let ms = tick.parse::<i64>().unwrap_or(0);
-                if ms > 0 && ms <= at + WATERMARK_HORIZON_MS {
-                    tick_time = tick_time.max(ms);
+                // One this host does not apply is committed without its time (0), so that a replay does not
+                // apply it either.
+                let ms = tick
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|&ms| ms > 0 && ms <= at + WATERMARK_HORIZON_MS)
+                    .unwrap_or(0);
+                if ms > 0 {
+                    newest_tick = newest_tick.max(ms);
                 }
                 ticks.push((seq, ms));
                 if self.acks {
@@ -871,7 +879,7 @@ impl Processor {
         }
         self.newest_event_ms = self.newest_event_ms.max(max_time);
         self.newest_ingest_ms = self.newest_ingest_ms.max(newest_ingest);
-        let max_time = max_time.max(tick_time);
+        let max_time = max_time.max(newest_tick);
         let gold: Vec<GoldRow> = std::mem::take(&mut output.rows)
             .into_iter()
             .map(gold_row)
@@ -1687,4 +1695,32 @@ pub fn describe(names: &[String], chain: &Chain) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    /// A tick carries event time on by the quiet since the last event, never past the clock, and not at all
+    /// before the host has seen an event.
+    #[test]
+    fn a_tick_moves_event_time_on_by_the_quiet() {
+        let now = 1_800_000_000_000;
+        // A backfill an hour behind the clock, quiet for ten minutes: ten minutes on, still an hour behind.
+        let event = now - 70 * MIN;
+        let ingest = now - 10 * MIN;
+        assert_eq!(tick_time(event, ingest, now), Some(event + 10 * MIN));
+        // A source whose clock runs eight minutes ahead: the tick stops at the clock.
+        assert_eq!(tick_time(now + 8 * MIN - MIN, now - MIN, now), Some(now));
+        // An ingest time ahead of this host's clock counts no quiet.
+        assert_eq!(
+            tick_time(now - 5 * MIN, now + MIN, now),
+            Some(now - 5 * MIN)
+        );
+        // Nothing seen since the start: no tick.
+        assert_eq!(tick_time(i64::MIN, i64::MIN, now), None);
+        assert_eq!(tick_time(now, i64::MIN, now), None);
+    }
 }
