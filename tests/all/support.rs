@@ -194,6 +194,18 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// Asserts that the API at `api` reports `metric` (a counter) above zero.
+pub fn assert_counted(api: &str, metric: &str) {
+    let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
+    let prefix = format!("{metric}{{");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(&prefix) && !l.ends_with(" 0")),
+        "{metric} counted nothing:\n{metrics}"
+    );
+}
+
 /// The JSON body of a `GET` that must answer 200.
 pub fn get_json(api: &str, path: &str) -> Value {
     let (code, body) = http("GET", &format!("{api}{path}"), None, None);

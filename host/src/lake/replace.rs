@@ -112,6 +112,22 @@ pub async fn plan(
 /// next file starts above the best sequence found (usually one or two files); of those only the two columns
 /// needed, and only the row groups whose ingest times reach `ms`.
 pub async fn first_sequence_at(live: &Store, records: &[CommitRecord], ms: i64) -> Result<u64> {
+    first_sequence_from(live, records, ms)
+        .await?
+        .with_context(|| {
+            format!(
+                "the lake at {} holds nothing ingested at or after {ms} ms since the epoch",
+                live.url
+            )
+        })
+}
+
+/// [`first_sequence_at`], or `None` when nothing was ingested at or after `ms`.
+pub async fn first_sequence_from(
+    live: &Store,
+    records: &[CommitRecord],
+    ms: i64,
+) -> Result<Option<u64>> {
     let mut files = read::files_in_range(records, "bronze", ms, i64::MAX);
     files.sort_by_key(|f| f.min_seq);
     let from_us = ms.saturating_mul(1000);
@@ -150,12 +166,7 @@ pub async fn first_sequence_at(live: &Store, records: &[CommitRecord], ms: i64) 
             }
         }
     }
-    first.with_context(|| {
-        format!(
-            "the lake at {} holds nothing ingested at or after {ms} ms since the epoch",
-            live.url
-        )
-    })
+    Ok(first)
 }
 
 /// The record that put `version` in place already, if one did.

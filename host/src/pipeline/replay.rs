@@ -176,9 +176,17 @@ pub async fn stage_bronze(
         // not ingest time); with none, nothing is staged anyway.
         let ticks_from = match replay.start {
             ReplayStart::Sequence(seq) => seq,
-            ReplayStart::Time(ms) => crate::lake::replace::first_sequence_at(bronze, &records, ms)
-                .await
-                .unwrap_or(u64::MAX),
+            ReplayStart::Time(ms) => {
+                match crate::lake::replace::first_sequence_from(bronze, &records, ms).await {
+                    Ok(first) => first.unwrap_or(u64::MAX),
+                    // A compaction replaced a file since the log was read: read the log again.
+                    Err(e) if read::is_not_found(&e) && passes < 3 => {
+                        passes += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let mut ticks: Vec<(u64, i64)> = records
             .iter()
