@@ -177,6 +177,9 @@ pub struct PluginsSection {
     /// rolls the previous version back.
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
+    /// A new version whose self-test keeps fewer than this share of the sample events the serving version
+    /// keeps is refused (a rule that drops everything, a check that quarantines everything). 0: no such check.
+    pub self_test_min_kept: f64,
     /// Compiled components are cached here (`off` disables it); default `~/.cache/weir`.
     pub cache_dir: Option<PathBuf>,
     /// Versions deployed while running are kept here, relative to the working directory, so that a restart
@@ -191,6 +194,7 @@ impl Default for PluginsSection {
             watch_dir: None,
             rollback_error_rate: 0.05,
             watch_batches: 20,
+            self_test_min_kept: 0.01,
             cache_dir: None,
             deployed_dir: PathBuf::from(".weir/deployed"),
         }
@@ -390,15 +394,25 @@ impl Config {
             crate::event::JsonPath::parse(path)
                 .map_err(|e| self.at_field(text, what, format!("{what} {path:?}: {e}")))?;
         }
-        if !(0.0..=1.0).contains(&self.plugins.rollback_error_rate) {
-            return Err(self.at_field(
-                text,
+        for (what, share, of) in [
+            (
                 "plugins.rollback_error_rate",
-                format!(
-                    "plugins.rollback_error_rate {} must be a share of calls, 0 to 1",
-                    self.plugins.rollback_error_rate
-                ),
-            ));
+                self.plugins.rollback_error_rate,
+                "calls",
+            ),
+            (
+                "plugins.self_test_min_kept",
+                self.plugins.self_test_min_kept,
+                "the events the serving version keeps",
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(self.at_field(
+                    text,
+                    what,
+                    format!("{what} {share} must be a share of {of}, 0 to 1"),
+                ));
+            }
         }
         let idle_close = self.events.idle_close;
         if !idle_close.is_zero() && idle_close < Duration::from_secs(1) {
@@ -729,6 +743,11 @@ mod tests {
                 with_stage("[pipeline]\nname = \"x\"\n[plugins]\nrollback_error_rate = 5.0\n"),
                 4,
                 "0 to 1",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[plugins]\n\nself_test_min_kept = -1\n"),
+                5,
+                "plugins.self_test_min_kept -1 must be a share",
             ),
             (
                 with_stage("[pipeline]\nname = \"x\"\n[events]\nidle_close = \"10ms\"\n"),

@@ -65,14 +65,8 @@ fn the_api_reports_queries_controls_and_replays() {
         .find(|l| l.starts_with("weir_events_received_total"))
         .unwrap_or_else(|| panic!("no weir_events_received_total:\n{metrics}"));
     assert!(received.ends_with(&format!(" {last}")), "{received}");
-    let pending = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("weir_consumer_pending_messages{"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
-    assert!(
-        pending.is_some(),
-        "no weir_consumer_pending_messages:\n{metrics}"
-    );
+    // The backlog gauge, measured every 5 s: nothing waits once everything is committed and acked.
+    wait_pending(&api, |n| n == 0);
     // Where the pipeline's thread spent its time: every phase reported, and the plugins took some.
     let phases: Vec<(&str, f64)> = metrics
         .lines()
@@ -277,6 +271,10 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(http("POST", &pause, Some(&TOKEN[..4]), None).0, 401);
     assert_eq!(http("POST", &pause, Some(TOKEN), None).0, 200);
     assert_eq!(get_json(&api, "/ready")["paused"], true);
+    // What comes while paused waits in the stream, and the gauge tells how much.
+    let backlog = 200;
+    let last = h.prefill(realistic(37, backlog, Duration::from_secs(60)), backlog);
+    wait_pending(&api, |n| n >= backlog);
     assert_eq!(
         http(
             "POST",
@@ -287,6 +285,7 @@ fn the_api_reports_queries_controls_and_replays() {
         .0,
         200
     );
+    h.wait_committed(&mut weir, last, Duration::from_secs(60));
     let enrich = format!("@{}", plugin_path("weir-plugin-enrich").display());
     let (code, body) = http(
         "POST",
@@ -367,6 +366,27 @@ fn the_api_reports_queries_controls_and_replays() {
     h.read_back_at(status["lake"].as_str().unwrap())
         .assert_replayed(1, last);
     h.read_back().assert_exactly_once(last);
+}
+
+/// Waits (up to 20 s: the gauge is measured every 5 s) for `weir_consumer_pending_messages` to satisfy `ok`.
+fn wait_pending(api: &str, ok: impl Fn(u64) -> bool) {
+    let started = Instant::now();
+    loop {
+        let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
+        let pending = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_consumer_pending_messages{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no weir_consumer_pending_messages:\n{metrics}"));
+        if ok(pending as u64) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "weir_consumer_pending_messages stays at {pending}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Before its first window closes, a gold table the pipeline emits answers with no rows and a note on when

@@ -262,6 +262,14 @@ impl Harness {
         self.start_weir(&self.config_path, &log, env, configure)
     }
 
+    /// Changes the configuration file the next `weir` runs read (`config` keeps what the harness started with).
+    pub fn edit_config(&self, edit: impl FnOnce(&mut toml::Table)) {
+        let mut table: toml::Table =
+            toml::from_str(&std::fs::read_to_string(&self.config_path).unwrap()).unwrap();
+        edit(&mut table);
+        std::fs::write(&self.config_path, to_toml(&table)).unwrap();
+    }
+
     /// `weir run` as host `host` (`pipeline.host`), beside others on the same stream and lake.
     pub fn weir_as(&self, host: &str) -> Weir {
         let mut table: toml::Table =

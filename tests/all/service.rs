@@ -142,6 +142,22 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
     assert!(deploy(&weir, &next).contains("enrich@0.2.0"));
     wait_until(&h, &mut weir, 1200);
 
+    // A release whose rule drops every event fails no call, so only its self-test's comparison with the
+    // serving version, which keeps the same recent events, refuses it.
+    let api = weir.api(Duration::from_secs(60));
+    let drop_all = swap_plugin_path("swap-enrich-drop-all");
+    let args = ["plugin", "deploy", "--api", &api, "--stage", "enrich"];
+    let out = Command::new(weir_bin())
+        .args(args)
+        .arg(&drop_all)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("enrich@0.4.0 failed its self-test: it kept 0 of"),
+        "a release that drops everything was not refused: {stderr}"
+    );
+
     // A broken release, dropped in the watched directory: it passes its self-test, then fails batches and
     // is rolled back to 0.2.0 by the error-rate watch.
     let watch = h.config.watch_dir().unwrap();
@@ -193,6 +209,10 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
             "no silver row from {version}: {chains:?}"
         );
     }
+    assert!(
+        !chains.iter().any(|c| c.contains("enrich@0.4.0")),
+        "the refused release made rows: {chains:?}"
+    );
 }
 
 /// With a store 100 ms away (`WEIR_LAKE_LATENCY_MS`) a commit takes most of a second, so each runs while the
@@ -362,11 +382,15 @@ fn a_quiet_stream_is_committed_without_waiting_for_the_interval() {
 /// The events end just before a 10-minute boundary, so without ticks the watermark (a second behind them)
 /// leaves their last window open; with them it passes the window's end and its minute of allowed lateness
 /// once the stream has been quiet for a little over a minute.
+///
+/// The events are processed with ticks off, and the pipeline restarted with them on and no event to come:
+/// where event time had got to is committed with the plugins' state, so a host restarted on a quiet stream
+/// (an edge box at night) still closes the windows its state holds open.
 #[test]
 fn a_quiet_stream_closes_its_last_windows() {
     let h = Harness::new(LakeAt::Local, |t| {
         let events = t["events"].as_table_mut().unwrap();
-        events.insert("idle_close".into(), "1s".into());
+        events.insert("idle_close".into(), "0s".into());
         events.insert("watermark_delay".into(), "1s".into());
         let lake = t["lake"].as_table_mut().unwrap();
         lake.insert("commit_after_idle".into(), "300ms".into());
@@ -381,6 +405,18 @@ fn a_quiet_stream_closes_its_last_windows() {
     let last = h.prefill(generator, events);
     let mut weir = h.weir(&[]);
     h.wait_committed(&mut weir, last, Duration::from_secs(120));
+    weir.stop();
+    let open = h.read_back().0["gold_wiki"]["unwritten"].clone();
+    assert!(
+        open.as_u64().is_some_and(|n| n > 0),
+        "without ticks the last windows stay open: {open}"
+    );
+
+    h.edit_config(|t| {
+        let events = t["events"].as_table_mut().unwrap();
+        events.insert("idle_close".into(), "1s".into());
+    });
+    let mut weir = h.weir(&[]);
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let gold = h.read_back().0["gold_wiki"].clone();

@@ -174,6 +174,18 @@ pub struct CommitRecord {
     /// bronze, which holds no tick, stages them again from here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ticks: Vec<(u64, i64)>,
+    /// Where event time had got to on the committing host (see `Processor::tick`), so that a host restarted
+    /// on a quiet stream still closes the windows its state holds open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_clock: Option<EventClock>,
+}
+
+/// The newest event time that moved a host's watermark, and the newest ingest time it read, in ms since the
+/// epoch: a quiet pipeline's ticks carry event time on from there by the quiet since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventClock {
+    pub event_ms: i64,
+    pub ingest_ms: i64,
 }
 
 impl CommitRecord {

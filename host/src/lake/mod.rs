@@ -50,7 +50,7 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use files::EpochFiles;
-pub use log::{CommitRecord, FileEntry, Ranges};
+pub use log::{CommitRecord, EventClock, FileEntry, Ranges};
 use rows::{DropRow, GoldRow, Mismatches, QuarantineRow, Received, SilverColumns};
 pub use schema::{ColumnSpec, ColumnType, Layer};
 pub use store::{Store, StoreConfig};
@@ -140,6 +140,8 @@ pub struct Lake {
     since_checkpoint: u64,
     /// This host's state as of its last commit: the whole state, then the changes of each later commit.
     state_chain: Vec<Bytes>,
+    /// Where event time had got to at the last commit of the host whose state was restored.
+    event_clock: Option<EventClock>,
     /// The state restored is another host's (see [`Lake::open`]): the next commit saves the whole state.
     inherited: bool,
     /// Per host, the epoch of its last whole-state commit (kept in checkpoints).
@@ -153,6 +155,7 @@ pub struct Epoch {
     files: EpochFiles,
     sequences: Ranges,
     ticks: Vec<(u64, i64)>,
+    event_clock: Option<EventClock>,
     dropped: BTreeMap<String, u64>,
     quarantined: BTreeMap<String, u64>,
     chain: Vec<String>,
@@ -292,6 +295,7 @@ impl Lake {
             last_epoch: state.last_epoch,
             since_checkpoint: state.records.len() as u64,
             state_chain: Vec::new(),
+            event_clock: None,
             inherited: false,
             bases: state.checkpoint.bases.clone(),
             gold_types: HashMap::new(),
@@ -338,7 +342,8 @@ impl Lake {
             );
         }
         let owner = heir_of.unwrap_or_else(|| lake.host.clone());
-        lake.state_chain = lake.read_state_chain(&owner, &state.records).await?;
+        (lake.state_chain, lake.event_clock) =
+            lake.read_state_chain(&owner, &state.records).await?;
         let mut gold_columns = state.checkpoint.gold_columns.clone();
         for record in &state.records {
             log::merge_gold_columns(&mut gold_columns, &record.gold_columns);
@@ -402,6 +407,11 @@ impl Lake {
         &self.state_chain
     }
 
+    /// Where event time had got to when the state in [`Lake::state_chain`] was committed.
+    pub fn event_clock(&self) -> Option<EventClock> {
+        self.event_clock
+    }
+
     /// Whether the next commit should save the whole plugin state rather than the changes (the first commit
     /// of a host, and one per checkpoint interval, so restores read a bounded chain).
     pub fn wants_full_state(&self) -> bool {
@@ -413,14 +423,15 @@ impl Lake {
         self.since_checkpoint + 1 >= self.config.checkpoint_every
     }
 
-    /// The plugin state `host` committed: its last whole state and each later commit's changes.
+    /// The plugin state `host` committed: its last whole state and each later commit's changes; and where
+    /// event time had got to at the last of them.
     async fn read_state_chain(
         &self,
         host: &str,
         since_checkpoint: &[CommitRecord],
-    ) -> Result<Vec<Bytes>> {
+    ) -> Result<(Vec<Bytes>, Option<EventClock>)> {
         let Some(&base) = self.bases.get(host) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         };
         // The chain starts at the host's last whole state, which may be older than the checkpoint.
         let older;
@@ -435,7 +446,9 @@ impl Lake {
                 &older
             };
         let mut chain = Vec::new();
+        let mut clock = None;
         for record in records.iter().filter(|r| r.host == host && r.epoch >= base) {
+            clock = record.event_clock.or(clock);
             let Some(path) = &record.state else { continue };
             let location = self.store.path(path);
             let bytes = retry("reading the plugin state", || async {
@@ -447,7 +460,7 @@ impl Lake {
             }
             chain.push(bytes);
         }
-        Ok(chain)
+        Ok((chain, clock))
     }
 
     pub fn last_epoch(&self) -> u64 {
@@ -468,6 +481,7 @@ impl Lake {
                 }),
             sequences: Ranges::default(),
             ticks: Vec::new(),
+            event_clock: None,
             dropped: BTreeMap::new(),
             quarantined: BTreeMap::new(),
             chain,
@@ -679,6 +693,7 @@ impl Commit {
             files,
             sequences,
             ticks,
+            event_clock,
             dropped,
             quarantined,
             chain,
@@ -760,6 +775,7 @@ impl Commit {
                 })
                 .collect(),
             ticks,
+            event_clock,
         };
         let mut others = Ranges::default();
         loop {
@@ -821,6 +837,11 @@ impl Epoch {
             self.sequences.insert(s, s);
             self.events += 1;
         }
+    }
+
+    /// Records where event time has got to (see `Processor::tick`), for a restart to carry on from.
+    pub fn note_event_clock(&mut self, clock: EventClock) {
+        self.event_clock = Some(clock);
     }
 
     /// Marks ticks (messages that are not events, with their times: see `Processor::tick`) as consumed by
@@ -1139,6 +1160,62 @@ mod tests {
                     file,
                 ]
             );
+        });
+    }
+    /// Where event time had got to comes back with the plugin state: from the restored host's last commit
+    /// that noted it (a later one without, such as a ticks-free replay's, does not erase it), to that host
+    /// and to the exclusive reader that carries its state on; to no other.
+    #[test]
+    fn the_event_clock_comes_back_with_the_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LakeConfig {
+            url: dir.path().to_str().unwrap().into(),
+            ..Default::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = Store::open(&config.store()).unwrap();
+            store
+                .store
+                .put(
+                    &store.path("_weir/state/1"),
+                    Bytes::from_static(b"{}").into(),
+                )
+                .await
+                .unwrap();
+            let clock = |event_ms| EventClock {
+                event_ms,
+                ingest_ms: event_ms + 5,
+            };
+            for (epoch, state, event_clock) in [
+                (1, Some("_weir/state/1".to_string()), Some(clock(10))),
+                (2, None, Some(clock(20))),
+                (3, None, None),
+            ] {
+                let mut sequences = Ranges::default();
+                sequences.insert(epoch, epoch);
+                let record = CommitRecord {
+                    format: CommitRecord::FORMAT,
+                    epoch,
+                    host: "edge".into(),
+                    sequences,
+                    state_full: state.is_some(),
+                    state,
+                    event_clock,
+                    ..CommitRecord::default()
+                };
+                log::create(&store, &record).await.unwrap();
+            }
+            let open = |host: &'static str, sole: bool| {
+                let config = config.clone();
+                async move { Lake::open(config, host, sole).await.unwrap().event_clock() }
+            };
+            assert_eq!(open("edge", false).await, Some(clock(20)));
+            assert_eq!(open("heir", true).await, Some(clock(20)));
+            assert_eq!(open("other", false).await, None);
         });
     }
 }

@@ -317,6 +317,8 @@ pub async fn put_in_place(
         replaced_quarantined,
         gold_columns,
         ticks: Vec::new(),
+        // Not a host's: nothing restarts from it.
+        event_clock: None,
     };
     loop {
         match retry_log("writing the commit record", || log::create(live, &record)).await? {

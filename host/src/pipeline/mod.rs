@@ -5,6 +5,7 @@ pub mod chain;
 pub mod deployed;
 pub mod replay;
 pub mod runner;
+pub mod self_test;
 pub mod service;
 pub mod shared;
 pub mod state;

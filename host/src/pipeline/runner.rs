@@ -33,6 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::chain::{Chain, ChainOutput};
+use super::self_test::{Sample, SelfTest};
 use super::shared::{Control, Phase, PluginInfo, Recent, Shared};
 use crate::bus::{self, headers};
 use crate::config::Config;
@@ -109,7 +110,7 @@ pub struct Stages {
 
 /// Starts every stage's plugin: the configured version, or the one deployed before a restart. Returns the
 /// plugins, the stages, and for stages started on a deployed version the one before it (for a rollback).
-/// Errors name the stage.
+/// Errors name the stage, and the file of a version deployed since.
 pub fn start_plugins(
     config: &Config,
     loader: &Loader,
@@ -126,12 +127,22 @@ pub fn start_plugins(
     };
     let deployed = config.deployed();
     for stage in config.stages()? {
+        // Errors name the configured stage, and the file when it is a version deployed since.
+        let at = |path: &std::path::Path| {
+            if path == stage.path {
+                config.stage_at(&stage.name)
+            } else {
+                format!(
+                    "{}, version deployed as {}",
+                    config.stage_at(&stage.name),
+                    path.display()
+                )
+            }
+        };
         let start = |path: &std::path::Path| {
-            let loaded = loader
-                .load(path)
-                .with_context(|| config.stage_at(&stage.name))?;
+            let loaded = loader.load(path).with_context(|| at(path))?;
             Plugin::start(loaded, &stage.config, stage.limits.clone(), clock.clone())
-                .with_context(|| config.stage_at(&stage.name))
+                .with_context(|| at(path))
         };
         // The version deployed before a restart, unless it no longer starts (then the configured one).
         let redeployed = deployed
@@ -392,8 +403,8 @@ const MAX_TICK_SPACING: Duration = Duration::from_secs(60 * 60);
 /// A tick's time: where event time has got to at `now`, the newest event's time plus the quiet since it
 /// was ingested, so that a source whose event times lag the clock (a backfill, a delayed feed) is not made
 /// late by a quiet spell; never past the clock (a source whose clock runs ahead). `None` until this host has
-/// seen an event since its start: it cannot tell then where event time is, and a tick at the wall clock
-/// would push a backfill ahead of itself.
+/// seen an event (in this run, or in the commits its plugin state was restored from): it cannot tell then
+/// where event time is, and a tick at the wall clock would push a backfill ahead of itself.
 fn tick_time(newest_event_ms: i64, newest_ingest_ms: i64, now: i64) -> Option<i64> {
     if newest_event_ms == i64::MIN || newest_ingest_ms == i64::MIN {
         return None;
@@ -444,11 +455,13 @@ pub struct Processor {
     last_tick: Option<Instant>,
     last_events: Instant,
     /// The newest event time that moved the watermark, and the newest ingest time, in ms: a tick's time is
-    /// where event time has got to by then.
+    /// where event time has got to by then. Committed, and restored with the plugins' state.
     newest_event_ms: i64,
     newest_ingest_ms: i64,
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
+    /// See [`SelfTest::min_kept`].
+    self_test_min_kept: f64,
     /// Replays: the last stream sequence to process (later ones are left to the replay's consumer, which
     /// is removed at the end).
     pub until: Option<u64>,
@@ -474,8 +487,8 @@ pub struct Processor {
     /// only if no later one was applied meanwhile (see [`Processor::deploy`]).
     requested: Vec<u64>,
     applied: Vec<u64>,
-    /// Raw texts of the last batch that had events, for self-tests of new plugin versions.
-    sample: Vec<Bytes>,
+    /// Recent events, for self-tests of new plugin versions.
+    sample: Sample,
     /// Where deploys and rollbacks are remembered across restarts.
     deployed: Option<super::deployed::Deployed>,
 }
@@ -494,6 +507,9 @@ impl Processor {
         let silver = SilverColumns::new(config.silver.columns.clone(), chain.layout())
             .map_err(|e| anyhow!(e))?;
         let n = stages.names.len();
+        // Where event time had got to with the state restored: a host restarted on a quiet stream ticks on
+        // from there, and closes the windows that state holds open.
+        let clock = lake.event_clock();
         let processor = Processor {
             chain,
             stages,
@@ -520,10 +536,11 @@ impl Processor {
             tick_subject: config.stream.subject().to_string(),
             last_tick: None,
             last_events: Instant::now(),
-            newest_event_ms: i64::MIN,
-            newest_ingest_ms: i64::MIN,
+            newest_event_ms: clock.map_or(i64::MIN, |c| c.event_ms),
+            newest_ingest_ms: clock.map_or(i64::MIN, |c| c.ingest_ms),
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
+            self_test_min_kept: config.plugins.self_test_min_kept,
             until: None,
             from_bronze: config.replay.as_ref().is_some_and(|r| r.bronze.is_some()),
             only: config
@@ -541,7 +558,7 @@ impl Processor {
             watching: vec![None; n],
             requested: vec![0; n],
             applied: vec![0; n],
-            sample: Vec::new(),
+            sample: Sample::default(),
             deployed: config.deployed(),
         };
         processor.publish_plugins();
@@ -654,7 +671,7 @@ impl Processor {
         let mut max_time = i64::MIN;
         let mut newest_tick = i64::MIN;
         let mut newest_ingest = i64::MIN;
-        // The last batch with events stays the self-test's sample through batches of redeliveries alone.
+        // The batch's parsed events, for the self-tests' sample.
         let mut sample = Vec::new();
         let mut refreshed = false;
         let mut newest_seq = 0;
@@ -827,9 +844,7 @@ impl Processor {
                 self.deliveries.push(reply);
             }
         }
-        if !sample.is_empty() {
-            self.sample = sample;
-        }
+        self.sample.add(&sample);
         counters.newest_seq.fetch_max(newest_seq, Ordering::Relaxed);
         if self.acks && !immediate_acks.is_empty() {
             let client = self.client.clone();
@@ -1021,6 +1036,12 @@ impl Processor {
             return Ok(());
         }
         epoch.note_chain(&self.chain_labels());
+        if self.newest_event_ms > i64::MIN && self.newest_ingest_ms > i64::MIN {
+            epoch.note_event_clock(crate::lake::EventClock {
+                event_ms: self.newest_event_ms,
+                ingest_ms: self.newest_ingest_ms,
+            });
+        }
         let started = Instant::now();
         let full = self.lake.wants_full_state();
         let state = super::state::capture(&mut self.chain, &self.stages.names, full, now_ms())?;
@@ -1223,9 +1244,10 @@ impl Processor {
     }
 
     /// Gets a new version of a stage's plugin ready off the pipeline thread, so that batches go on meanwhile:
-    /// starts it, runs it on the last batch's events as a self-test (in an instance of its own, so the test
-    /// leaves no state), starts the instance that will serve, and hands it back as [`Control::Ready`]. A
-    /// Python plugin takes a second or more to start; the pipeline only stops for the swap itself.
+    /// starts it, runs it on recent events as a self-test (in an instance of its own, so the test leaves no
+    /// state; beside a fresh instance of the serving version when it keeps few: see [`SelfTest::run`]),
+    /// starts the instance that will serve, and hands it back as [`Control::Ready`]. A Python plugin takes a
+    /// second or more to start; the pipeline only stops for the swap itself.
     fn prepare(
         &mut self,
         stage: String,
@@ -1242,9 +1264,11 @@ impl Processor {
         };
         self.requested[index] += 1;
         let generation = self.requested[index];
+        let serving = self.chain.stages()[index].plugin().loaded().clone();
         let test = SelfTest {
             shape: self.chain.shape().clone(),
-            sample: self.sample.clone(),
+            sample: self.sample.events(),
+            min_kept: self.self_test_min_kept,
         };
         let config = self.stages.configs[index].clone();
         let limits = self.stages.limits[index].clone();
@@ -1257,7 +1281,7 @@ impl Processor {
             };
             let preparing = Instant::now();
             let ready = start(loaded.clone())
-                .and_then(|candidate| test.run(candidate))
+                .and_then(|candidate| test.run(candidate, || start(serving)))
                 .and_then(|()| start(loaded));
             tracing::info!(%stage, ok = ready.is_ok(), took_ms = preparing.elapsed().as_secs_f64() * 1e3, "prepared a new version off the pipeline thread");
             match ready {
@@ -1371,42 +1395,6 @@ impl Processor {
         self.silver = SilverColumns::new(self.silver_specs.clone(), self.chain.layout())
             .map_err(|e| e.to_string())?;
         Ok(old)
-    }
-}
-
-/// A new version's self-test: the events of the last batch that had any, parsed as the pipeline parses them.
-struct SelfTest {
-    shape: EventShape,
-    sample: Vec<Bytes>,
-}
-
-impl SelfTest {
-    /// Runs the candidate on the sample; any failed call refuses it.
-    fn run(self, candidate: Plugin) -> Result<(), String> {
-        let label = candidate.label();
-        let mut chain = Chain::with_shape(self.shape, vec![candidate], Vec::new())
-            .map_err(|e| format!("{label}: {e:#}"))?;
-        let parser = chain.parser();
-        let events: Vec<_> = self
-            .sample
-            .into_iter()
-            .filter_map(|raw| parser.parse(raw, now_ms()).ok())
-            .collect();
-        let n = events.len();
-        let out = chain.run(events);
-        let stats = chain.stages()[0].plugin().stats();
-        let failures: u64 = stats.failures.values().sum();
-        if failures > 0 {
-            return Err(format!(
-                "{label} failed its self-test: {failures} failed calls on {n} recent events ({:?})",
-                stats.failures
-            ));
-        }
-        if n == 0 {
-            tracing::warn!(plugin = %label, "self-test on no events: none has come since the start");
-        }
-        tracing::info!(plugin = %label, events = n, kept = out.kept.len(), "self-test passed");
-        Ok(())
     }
 }
 
