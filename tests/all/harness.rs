@@ -68,6 +68,12 @@ pub enum LakeAt {
         endpoint: String,
         container: String,
     },
+    /// `gs://<bucket>/lake` through [`GcsFront`] at `front`, over SeaweedFS at `s3`, where the tests read it back.
+    Gcs {
+        front: String,
+        s3: String,
+        bucket: String,
+    },
 }
 
 impl LakeAt {
@@ -89,6 +95,26 @@ impl LakeAt {
                 ("AZURITE_BLOB_STORAGE_URL", endpoint.clone()),
                 ("WEIR_LAKE_SPILL_BYTES", "65536".into()),
             ],
+            // `object_store`'s way to a local GCS: a service-account key that names the base URL and asks for
+            // no OAuth token. The AWS keys are for reading the objects back through S3.
+            LakeAt::Gcs { front, .. } => vec![
+                (
+                    "GOOGLE_SERVICE_ACCOUNT_KEY",
+                    serde_json::json!({
+                        "gcs_base_url": front,
+                        "disable_oauth": true,
+                        "client_email": "",
+                        "private_key": "",
+                        "private_key_id": "",
+                    })
+                    .to_string(),
+                ),
+                ("GOOGLE_ALLOW_HTTP", "true".into()),
+                ("AWS_ACCESS_KEY_ID", "weir".into()),
+                ("AWS_SECRET_ACCESS_KEY", "weir".into()),
+                ("AWS_REGION", "us-east-1".into()),
+                ("WEIR_LAKE_SPILL_BYTES", "65536".into()),
+            ],
         }
     }
 
@@ -97,6 +123,16 @@ impl LakeAt {
         match self {
             LakeAt::Local => None,
             LakeAt::S3 { endpoint, .. } | LakeAt::Azure { endpoint, .. } => Some(endpoint),
+            LakeAt::Gcs { s3, .. } => Some(s3),
+        }
+    }
+
+    /// Where `tests/lake_check.py` reads a lake at `url`: a `gs://` lake's objects are in the S3 bucket of
+    /// the same name.
+    fn read_url(&self, url: &str) -> String {
+        match self {
+            LakeAt::Gcs { .. } => url.replacen("gs://", "s3://", 1),
+            _ => url.to_string(),
         }
     }
 }
@@ -179,6 +215,9 @@ impl Harness {
                         "url",
                         s(&format!("az://{container}/lake")),
                     );
+                }
+                LakeAt::Gcs { bucket, .. } => {
+                    set(&mut table, "lake", "url", s(&format!("gs://{bucket}/lake")));
                 }
             }
             set(&mut table, "api", "listen", s("127.0.0.1:0"));
@@ -388,7 +427,7 @@ impl Harness {
         let mut command = Command::new("python3");
         command
             .arg(workspace_root().join("tests/lake_check.py"))
-            .arg(url);
+            .arg(self.lake.read_url(url));
         if let Some(endpoint) = self.lake.endpoint() {
             command.args(["--endpoint", endpoint]);
         }
@@ -940,6 +979,71 @@ impl Outage for Azurite {
 }
 
 impl Drop for Azurite {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A Google Cloud Storage front (`tests/gcs_front.py`) over an S3-compatible server, on a free loopback port:
+/// `object_store`'s GCS client talks to it as to GCS, and the objects land in the server's buckets. Killed
+/// on drop; killing it takes the store away from the pipeline.
+pub struct GcsFront {
+    child: Option<Child>,
+    port: u16,
+    upstream: String,
+    pub endpoint: String,
+}
+
+impl GcsFront {
+    pub fn start(upstream: &str) -> Self {
+        let port = free_ports(1)[0];
+        let mut front = GcsFront {
+            child: None,
+            port,
+            upstream: upstream.to_string(),
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        front.run();
+        front
+    }
+}
+
+impl Outage for GcsFront {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("python3")
+            .arg(workspace_root().join("tests/gcs_front.py"))
+            .args([
+                "--upstream",
+                &self.upstream,
+                "--port",
+                &self.port.to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run python3 tests/gcs_front.py");
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none() && started.elapsed() < Duration::from_secs(30),
+                "the GCS front did not start on {} (exited: {exited:?})",
+                self.endpoint
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for GcsFront {
     fn drop(&mut self) {
         self.kill();
     }

@@ -2,11 +2,12 @@
 //! every named crash point of the commit protocol (and at random moments), restarted, and the Parquet files
 //! are read back by pyarrow and DuckDB: every stream sequence is in bronze once and in exactly one of silver,
 //! drops and quarantine; gold matches a recomputation from silver. The same on a real S3-compatible store
-//! (SeaweedFS) and on Azure Blob Storage's emulator (Azurite), including the store going away mid-run.
+//! (SeaweedFS), on Azure Blob Storage's emulator (Azurite) and on `gs://` (Google's protocol, through a front
+//! over SeaweedFS), including the store going away mid-run.
 
 use std::time::Duration;
 
-use crate::harness::{Azurite, Harness, LakeAt, Outage, Seaweed, realistic};
+use crate::harness::{Azurite, GcsFront, Harness, LakeAt, Outage, Seaweed, realistic};
 use crate::support::http;
 
 const EVENTS: u64 = 3000;
@@ -372,6 +373,30 @@ fn azure_lake_survives_every_crash_point_and_the_store_going_away() {
     azurite.container("outage");
     let lake = lake("outage");
     survive_outage(lake, 400, &mut azurite);
+}
+
+/// The same promises on `gs://`: `object_store`'s GCS client, as Weir opens it from a `gs://` URL and the
+/// usual `GOOGLE_*` variables, with its conditional creates (`x-goog-if-generation-match: 0`), moves (a copy
+/// and a delete) and multipart uploads, against `tests/gcs_front.py` over SeaweedFS: every crash point, a
+/// compaction, then the front going away. One test, with one front: its address is in the environment.
+#[test]
+fn gcs_lake_survives_every_crash_point_and_the_store_going_away() {
+    let weed = Seaweed::start();
+    let mut front = GcsFront::start(&weed.endpoint);
+    let lake = |bucket: &str| {
+        weed.bucket(bucket);
+        LakeAt::Gcs {
+            front: front.endpoint.clone(),
+            s3: weed.endpoint.clone(),
+            bucket: bucket.into(),
+        }
+    };
+    for (i, point) in weir::lake::crash::POINTS.iter().enumerate() {
+        crash_and_recover(lake(&format!("gcs-crash-{i}")), point, 500 + i as u64);
+    }
+    compact_and_check(lake("gcs-compact"), 47);
+    let lake = lake("gcs-outage");
+    survive_outage(lake, 600, &mut front);
 }
 
 /// Runs the pipeline on `lake`, takes the store down after the first commits and brings it back a few
