@@ -460,8 +460,9 @@ pub struct Processor {
     newest_ingest_ms: i64,
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
-    /// See [`SelfTest::min_kept`].
+    /// See [`SelfTest::min_kept`] and [`SelfTest::batch`].
     self_test_min_kept: f64,
+    self_test_batch: usize,
     /// Replays: the last stream sequence to process (later ones are left to the replay's consumer, which
     /// is removed at the end).
     pub until: Option<u64>,
@@ -541,6 +542,7 @@ impl Processor {
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
             self_test_min_kept: config.plugins.self_test_min_kept,
+            self_test_batch: config.consumer.batch,
             until: None,
             from_bronze: config.replay.as_ref().is_some_and(|r| r.bronze.is_some()),
             only: config
@@ -1269,6 +1271,7 @@ impl Processor {
             shape: self.chain.shape().clone(),
             sample: self.sample.events(),
             min_kept: self.self_test_min_kept,
+            batch: self.self_test_batch,
         };
         let config = self.stages.configs[index].clone();
         let limits = self.stages.limits[index].clone();

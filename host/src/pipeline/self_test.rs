@@ -46,6 +46,9 @@ pub struct SelfTest {
     /// The share of the sample events the serving version keeps that the candidate must keep (0: any;
     /// `plugins.self_test_min_kept`).
     pub min_kept: f64,
+    /// Events per call (`consumer.batch`): the instances under test take batches no larger than live ones,
+    /// so they grow no more memory than the pipeline's do.
+    pub batch: usize,
 }
 
 impl SelfTest {
@@ -109,7 +112,12 @@ impl SelfTest {
             .filter_map(|raw| parser.parse(raw.clone(), now).ok())
             .collect();
         let n = events.len();
-        let out = chain.run(events);
+        let mut kept = 0;
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let batch: Vec<_> = events.by_ref().take(self.batch.max(1)).collect();
+            kept += chain.run(batch).kept.len();
+        }
         let stats = chain.stages()[0].plugin().stats();
         let failures: u64 = stats.failures.values().sum();
         if failures > 0 {
@@ -118,7 +126,7 @@ impl SelfTest {
                 stats.failures
             ));
         }
-        Ok((n, out.kept.len()))
+        Ok((n, kept))
     }
 }
 
