@@ -5,8 +5,10 @@ No GCS emulator installs from the registries these tests may use (fake-gcs-serve
 gcp-storage-emulator answers 501 to the XML API's listing and ignores conditional writes). `object_store`'s
 GCS client speaks only the XML API, which is S3's protocol with Google's names for a few headers. So this
 front takes the client's requests, renames those headers and passes them to a real store (SeaweedFS, as the
-S3 tests use); whatever the store decides (a taken name, a missing object, a multipart upload) comes back as
-GCS would say it. The objects are then in the S3 bucket of the same name, where the tests read them back.
+S3 tests use). What the store decides (a taken name, a missing object, a multipart upload) comes back with
+its status, which is what the client acts on; the rest of the answer is S3's (XML errors, `x-amz-*` headers,
+no `x-goog-generation`). The objects are then in the S3 bucket of the same name, where the tests read them
+back.
 
     python3 tests/gcs_front.py --upstream http://127.0.0.1:8333 --port 4443
 
@@ -36,7 +38,18 @@ class Front(http.server.BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: the tests read the store's answers, not a log
         pass
 
+    def refuse(self, status, why):
+        data = why.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def forward(self):
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            # `object_store` always says how long a body is; a chunked one would be left unread here.
+            self.close_connection = True
+            return self.refuse(411, "this front takes bodies with a Content-Length only")
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {}
@@ -47,10 +60,9 @@ class Front(http.server.BaseHTTPRequestHandler):
             if lower == "x-goog-if-generation-match":
                 # Generation 0: "only if no live object has this name" (a create). Other generations are
                 # versions this front does not keep; the client sends them only for `PutMode::Update`.
-                if value.strip() == "0":
-                    headers["If-None-Match"] = "*"
-                else:
-                    headers["If-Match"] = value
+                if value.strip() != "0":
+                    return self.refuse(501, "this front keeps no generations: only creates are conditional")
+                headers["If-None-Match"] = "*"
                 continue
             if lower.startswith("x-goog-meta-"):
                 headers["x-amz-meta-" + lower[len("x-goog-meta-"):]] = value
@@ -66,7 +78,7 @@ class Front(http.server.BaseHTTPRequestHandler):
             data = response.read()
             status, reason, answer = response.status, response.reason, response.getheaders()
             connection.close()
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:
             # The store is away: as a front that cannot reach its backend would answer.
             status, reason, answer, data = 503, "Service Unavailable", [], str(e).encode()
         self.send_response(status, reason)

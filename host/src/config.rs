@@ -177,8 +177,9 @@ pub struct PluginsSection {
     /// rolls the previous version back.
     pub rollback_error_rate: f64,
     pub watch_batches: u64,
-    /// A new version whose self-test keeps fewer than this share of the sample events the serving version
-    /// keeps is refused (a rule that drops everything, a check that quarantines everything). 0: no such check.
+    /// A new version whose self-test keeps less than this share of the sample events the serving version
+    /// keeps is refused (a rule that drops everything, a check that quarantines everything), when the share
+    /// is one event or more. 0: no such check.
     pub self_test_min_kept: f64,
     /// Compiled components are cached here (`off` disables it); default `~/.cache/weir`.
     pub cache_dir: Option<PathBuf>,

@@ -355,7 +355,8 @@ impl Harness {
     /// The lake's store, as `weir` opens it.
     pub fn store(&self) -> Store {
         // SAFETY of the environment: each variable is only ever set to one value in a test run (S3 tests share
-        // the credentials; one test uses Azurite), before the store that reads it is opened.
+        // the credentials; one test uses Azurite, one the GCS front, whose address is in the key: a second
+        // gs:// test would need the same front), before the store that reads it is opened.
         for (k, v) in self.lake.env() {
             unsafe { std::env::set_var(k, v) };
         }
@@ -992,6 +993,7 @@ pub struct GcsFront {
     port: u16,
     upstream: String,
     pub endpoint: String,
+    log: tempfile::NamedTempFile,
 }
 
 impl GcsFront {
@@ -1002,6 +1004,7 @@ impl GcsFront {
             port,
             upstream: upstream.to_string(),
             endpoint: format!("http://127.0.0.1:{port}"),
+            log: tempfile::NamedTempFile::new().unwrap(),
         };
         front.run();
         front
@@ -1027,6 +1030,7 @@ impl Outage for GcsFront {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(self.log.reopen().unwrap())
             .spawn()
             .expect("run python3 tests/gcs_front.py");
         self.child = Some(child);
@@ -1035,8 +1039,9 @@ impl Outage for GcsFront {
             let exited = self.child.as_mut().unwrap().try_wait().unwrap();
             assert!(
                 exited.is_none() && started.elapsed() < Duration::from_secs(30),
-                "the GCS front did not start on {} (exited: {exited:?})",
-                self.endpoint
+                "the GCS front did not start on {} (exited: {exited:?}):\n{}",
+                self.endpoint,
+                std::fs::read_to_string(self.log.path()).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

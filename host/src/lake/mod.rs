@@ -1162,9 +1162,10 @@ mod tests {
             );
         });
     }
+
     /// Where event time had got to comes back with the plugin state: from the restored host's last commit
-    /// that noted it (a later one without, such as a ticks-free replay's, does not erase it), to that host
-    /// and to the exclusive reader that carries its state on; to no other.
+    /// that noted it (a later one without, from an older binary or before any event had a time, does not
+    /// erase it), to that host and to the exclusive reader that carries its state on; to no other.
     #[test]
     fn the_event_clock_comes_back_with_the_state() {
         let dir = tempfile::tempdir().unwrap();

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::chain::{Chain, ChainOutput};
-use super::self_test::{Sample, SelfTest};
+use super::self_test::{Sample, SelfTest, StageSpec};
 use super::shared::{Control, Phase, PluginInfo, Recent, Shared};
 use crate::bus::{self, headers};
 use crate::config::Config;
@@ -510,7 +510,7 @@ impl Processor {
         let n = stages.names.len();
         // Where event time had got to with the state restored: a host restarted on a quiet stream ticks on
         // from there, and closes the windows that state holds open.
-        let clock = lake.event_clock();
+        let restored = lake.event_clock();
         let processor = Processor {
             chain,
             stages,
@@ -537,8 +537,8 @@ impl Processor {
             tick_subject: config.stream.subject().to_string(),
             last_tick: None,
             last_events: Instant::now(),
-            newest_event_ms: clock.map_or(i64::MIN, |c| c.event_ms),
-            newest_ingest_ms: clock.map_or(i64::MIN, |c| c.ingest_ms),
+            newest_event_ms: restored.map_or(i64::MIN, |c| c.event_ms),
+            newest_ingest_ms: restored.map_or(i64::MIN, |c| c.ingest_ms),
             rollback_error_rate: config.plugins.rollback_error_rate,
             watch_batches: config.plugins.watch_batches,
             self_test_min_kept: config.plugins.self_test_min_kept,
@@ -1266,26 +1266,33 @@ impl Processor {
         };
         self.requested[index] += 1;
         let generation = self.requested[index];
-        let serving = self.chain.stages()[index].plugin().loaded().clone();
+        let spec = |i: usize, loaded: Arc<LoadedPlugin>| StageSpec {
+            loaded,
+            config: self.stages.configs[i].clone(),
+            limits: self.stages.limits[i].clone(),
+        };
+        let stages = self.chain.stages();
         let test = SelfTest {
             shape: self.chain.shape().clone(),
             sample: self.sample.events(),
             min_kept: self.self_test_min_kept,
             batch: self.self_test_batch,
+            clock: self.clock.clone(),
+            before: (0..index)
+                .map(|i| spec(i, stages[i].plugin().loaded().clone()))
+                .collect(),
+            serving: spec(index, stages[index].plugin().loaded().clone()),
+            candidate: spec(index, loaded.clone()),
         };
         let config = self.stages.configs[index].clone();
         let limits = self.stages.limits[index].clone();
         let clock = self.clock.clone();
         let control = self.shared.control.clone();
         self.runtime.spawn_blocking(move || {
-            let start = |loaded: Arc<LoadedPlugin>| {
-                Plugin::start(loaded, &config, limits.clone(), clock.clone())
-                    .map_err(|e| format!("{e:#}"))
-            };
             let preparing = Instant::now();
-            let ready = start(loaded.clone())
-                .and_then(|candidate| test.run(candidate, || start(serving)))
-                .and_then(|()| start(loaded));
+            let ready = test.run().and_then(|()| {
+                Plugin::start(loaded, &config, limits, clock).map_err(|e| format!("{e:#}"))
+            });
             tracing::info!(%stage, ok = ready.is_ok(), took_ms = preparing.elapsed().as_secs_f64() * 1e3, "prepared a new version off the pipeline thread");
             match ready {
                 // A pipeline that stopped meanwhile drops the reply: the caller hears it is stopping.

@@ -10,8 +10,9 @@ pub struct Flaky {
     batches: u64,
 }
 
-/// Batches before the bug shows: twice what a self-test calls (1,024 events in batches of 256), and well
-/// within the error-rate watch after a swap (20 batches).
+/// Batches before the bug shows: twice what a self-test calls (`Sample::EVENTS`, 1,024, in batches of the
+/// default `consumer.batch`, 256; raise this if either changes), and well within the error-rate watch
+/// after a swap (20 batches).
 const HEALTHY_BATCHES: u64 = 8;
 
 impl Plugin for Flaky {
