@@ -12,6 +12,7 @@ mod lake;
 mod lease;
 mod loading;
 mod polyglot;
+mod self_test;
 mod service;
 mod standard_plugins;
 mod state;
