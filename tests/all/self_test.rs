@@ -53,7 +53,10 @@ fn drop_all() -> Arc<LoadedPlugin> {
 
 #[test]
 fn a_version_that_keeps_nothing_is_refused_and_a_good_one_passes() {
-    let refused = enrich_stage(drop_all(), 500, 0.01).run().unwrap_err();
+    let refused = enrich_stage(drop_all(), 500, 0.01)
+        .run()
+        .map(drop)
+        .unwrap_err();
     assert!(
         refused.contains("enrich@0.4.0 failed its self-test: of ")
             && refused.contains("the pipeline up to it would keep 0,"),
@@ -71,7 +74,10 @@ fn the_kept_check_waits_for_enough_events_and_can_be_turned_off() {
     enrich_stage(drop_all(), 50, 0.01).run().unwrap();
     enrich_stage(drop_all(), 500, 0.0).run().unwrap();
     // A share of a half needs two kept events.
-    enrich_stage(drop_all(), 50, 0.5).run().unwrap_err();
+    enrich_stage(drop_all(), 50, 0.5)
+        .run()
+        .map(drop)
+        .unwrap_err();
 }
 
 /// Failed calls refuse a version unless the serving version fails as many on the same events: the panic
@@ -89,7 +95,7 @@ fn failed_calls_refuse_a_version_the_serving_one_does_better_than() {
     };
     let mut test = enrich_stage(panics.clone(), 0, 0.0);
     test.sample = poisoned();
-    let refused = test.run().unwrap_err();
+    let refused = test.run().map(drop).unwrap_err();
     assert!(
         refused.contains("panic@0.1.0 failed its self-test")
             && refused.contains("the serving version failed 0"),

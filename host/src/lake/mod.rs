@@ -1080,6 +1080,14 @@ fn seq_range(seqs: impl Iterator<Item = u64>) -> (u64, u64) {
 mod tests {
     use super::*;
 
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
     /// Opening the lake as host `edge` removes its own uncommitted staging, leaves the staging of host
     /// `edge-2` alone, and moves into place the files of a committed epoch that a checkpoint passed before
     /// they were moved.
@@ -1090,11 +1098,7 @@ mod tests {
             url: dir.path().to_str().unwrap().into(),
             ..Default::default()
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let store = Store::open(&config.store()).unwrap();
             let committed = "_weir/staging/edge-00000000000000000001";
             let file = "silver/dt=2026-12-05/hour=12/1-1.parquet";
@@ -1173,11 +1177,7 @@ mod tests {
             url: dir.path().to_str().unwrap().into(),
             ..Default::default()
         };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        block_on(async {
             let store = Store::open(&config.store()).unwrap();
             store
                 .store

@@ -673,8 +673,6 @@ impl Processor {
         let mut max_time = i64::MIN;
         let mut newest_tick = i64::MIN;
         let mut newest_ingest = i64::MIN;
-        // The batch's parsed events, for the self-tests' sample.
-        let mut sample = Vec::new();
         let mut refreshed = false;
         let mut newest_seq = 0;
         let mut ticks = Vec::new();
@@ -830,7 +828,6 @@ impl Processor {
                 });
             }
             if let Some(event) = parsed {
-                sample.push(data.clone());
                 events.push(event);
             }
             received.push(Received {
@@ -846,7 +843,7 @@ impl Processor {
                 self.deliveries.push(reply);
             }
         }
-        self.sample.add(&sample);
+        self.sample.add(events.iter().map(|e| e.raw().as_bytes()));
         counters.newest_seq.fetch_max(newest_seq, Ordering::Relaxed);
         if self.acks && !immediate_acks.is_empty() {
             let client = self.client.clone();
@@ -1284,15 +1281,10 @@ impl Processor {
             serving: spec(index, stages[index].plugin().loaded().clone()),
             candidate: spec(index, loaded.clone()),
         };
-        let config = self.stages.configs[index].clone();
-        let limits = self.stages.limits[index].clone();
-        let clock = self.clock.clone();
         let control = self.shared.control.clone();
         self.runtime.spawn_blocking(move || {
             let preparing = Instant::now();
-            let ready = test.run().and_then(|()| {
-                Plugin::start(loaded, &config, limits, clock).map_err(|e| format!("{e:#}"))
-            });
+            let ready = test.run();
             tracing::info!(%stage, ok = ready.is_ok(), took_ms = preparing.elapsed().as_secs_f64() * 1e3, "prepared a new version off the pipeline thread");
             match ready {
                 // A pipeline that stopped meanwhile drops the reply: the caller hears it is stopping.

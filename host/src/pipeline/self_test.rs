@@ -25,11 +25,11 @@ impl Sample {
     /// The most events taken from one batch.
     const PER_BATCH: usize = 32;
 
-    /// Takes a few of a batch's parsed events, spread over it. Copies: a payload slices the connection's read
-    /// buffer, which a slice held here would keep whole.
-    pub fn add(&mut self, batch: &[Bytes]) {
+    /// Takes a few of a batch's parsed events (their raw text), spread over it. Copies: a payload slices the
+    /// connection's read buffer, which a slice held here would keep whole.
+    pub fn add<'a>(&mut self, batch: impl ExactSizeIterator<Item = &'a [u8]>) {
         let step = batch.len().div_ceil(Self::PER_BATCH).max(1);
-        for raw in batch.iter().step_by(step) {
+        for raw in batch.step_by(step) {
             self.bytes += raw.len();
             self.events.push_back(Bytes::copy_from_slice(raw));
             while self.events.len() > Self::EVENTS
@@ -98,8 +98,8 @@ impl SelfTest {
     ///   part judges filters and checks.
     ///
     /// The serving version, and the stages before, start only when the candidate fails calls or keeps so
-    /// little of the sample that it could fall short.
-    pub fn run(self) -> Result<(), String> {
+    /// little of the sample that it could fall short. Returns a fresh instance of the candidate, to serve.
+    pub fn run(self) -> Result<Plugin, String> {
         let candidate = self.start(&self.candidate)?;
         let label = candidate.label();
         let alone = self.trial(Vec::new(), candidate)?;
@@ -150,7 +150,7 @@ impl SelfTest {
             }
         }
         tracing::info!(plugin = %label, events = alone.events, kept = alone.kept, "self-test passed");
-        Ok(())
+        self.start(&self.candidate)
     }
 
     fn start(&self, spec: &StageSpec) -> Result<Plugin, String> {
@@ -213,15 +213,15 @@ mod tests {
                 .map(|i| Bytes::from(i.to_string()))
                 .collect()
         };
-        sample.add(&batch(0, 3));
+        sample.add(batch(0, 3).iter().map(|b| &b[..]));
         assert_eq!(sample.events(), batch(0, 3), "a small batch is taken whole");
-        sample.add(&batch(3, 256));
+        sample.add(batch(3, 256).iter().map(|b| &b[..]));
         let events = sample.events();
         assert_eq!(events.len(), 3 + 32, "32 of a batch of 256, spread over it");
         assert_eq!(events[3], Bytes::from("3"));
         assert_eq!(events[4], Bytes::from("11"));
         for from in (1000..).step_by(256).take(40) {
-            sample.add(&batch(from, 256));
+            sample.add(batch(from, 256).iter().map(|b| &b[..]));
         }
         let events = sample.events();
         assert_eq!(events.len(), Sample::EVENTS);
