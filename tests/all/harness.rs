@@ -317,6 +317,16 @@ impl Harness {
             .as_table_mut()
             .unwrap()
             .insert("host".into(), host.into());
+        // Each host remembers its deploys on its own disk, as pods do.
+        table
+            .entry("plugins")
+            .or_insert_with(|| toml::Table::new().into())
+            .as_table_mut()
+            .unwrap()
+            .insert(
+                "deployed_dir".into(),
+                format!(".weir/deployed-{host}").into(),
+            );
         let config = self.dir.path().join(format!("pipeline-{host}.toml"));
         std::fs::write(&config, to_toml(&table)).unwrap();
         self.start_weir(&config, &format!("weir-{host}.log"), &[], |_| {})
@@ -450,6 +460,15 @@ pub struct Weir {
 }
 
 impl Weir {
+    /// The plugin line of the last start-up for `stage`, from the log.
+    pub fn loaded_line(&self, stage: &str) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .rfind(|l| l.contains("plugin loaded") && l.contains(&format!("stage={stage}")))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub fn log_tail(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{Harness, LakeAt, realistic};
-use crate::support::get_json;
+use crate::support::{cli, get_json, swap_plugin_path};
 
 #[test]
 fn two_hosts_share_the_consumer_and_the_lake() {
@@ -51,4 +51,99 @@ fn two_hosts_share_the_consumer_and_the_lake() {
 
     h.verify();
     h.read_back().assert_exactly_once(last);
+}
+
+/// A deploy made through one host's API reaches the other host, a rollback made through the other reaches the
+/// first, and a host started later with nothing on its disk (a pod rescheduled elsewhere) starts on the
+/// version the others run. Events flow throughout and land exactly once.
+#[test]
+fn deploys_and_rollbacks_reach_every_host() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let mut a = h.weir_as("host-a");
+    let mut b = h.weir_as("host-b");
+    let api_a = a.api(Duration::from_secs(60));
+    let api_b = b.api(Duration::from_secs(60));
+    let span = Duration::from_secs(20 * 60);
+    let first = h.prefill(realistic(37, 4000, span), 4000);
+    h.wait_committed(&mut a, first, Duration::from_secs(240));
+
+    let next = swap_plugin_path("swap-enrich-next");
+    let deploy = |api: &str| {
+        cli(&[
+            "plugin",
+            "deploy",
+            "--api",
+            api,
+            "--stage",
+            "enrich",
+            next.to_str().unwrap(),
+        ])
+    };
+    let answer = deploy(&api_a);
+    assert!(answer.contains("enrich@0.2.0"), "{answer}");
+    wait_enrich(&api_b, "0.2.0");
+    let answer = cli(&["plugin", "rollback", "--api", &api_b, "--stage", "enrich"]);
+    assert!(answer.contains("enrich@0.1.0"), "{answer}");
+    wait_enrich(&api_a, "0.1.0");
+    let answer = deploy(&api_a);
+    assert!(answer.contains("enrich@0.2.0"), "{answer}");
+    wait_enrich(&api_b, "0.2.0");
+    let metrics = crate::support::http("GET", &format!("{api_b}/metrics"), None, None).1;
+    assert!(
+        metrics.contains("weir_plugin_cluster_follows_total{pipeline=\"wikimedia\"} 2"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("cluster"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    b.stop();
+
+    let mut c = h.weir_as("host-c");
+    c.api(Duration::from_secs(60));
+    let line = c.loaded_line("enrich");
+    assert!(line.contains("enrich@0.2.0"), "host-c started on {line}");
+    let last = h.prefill(realistic(38, 3000, span), 3000);
+    h.wait_committed(&mut a, last, Duration::from_secs(240));
+    a.stop();
+    c.stop();
+
+    let store = h.store();
+    let records = h.rt.block_on(weir::lake::log::all_records(&store)).unwrap();
+    let of_c: Vec<_> = records.iter().filter(|r| r.host == "host-c").collect();
+    assert!(!of_c.is_empty(), "host-c committed nothing");
+    for record in of_c {
+        assert!(
+            record.chain.iter().any(|p| p == "enrich@0.2.0"),
+            "host-c ran {:?}",
+            record.chain
+        );
+    }
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
+/// Waits until the enrich stage behind `api` runs `version`.
+fn wait_enrich(api: &str, version: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let plugins = get_json(api, "/api/v1/plugins");
+        let enrich = plugins["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["stage"] == "enrich")
+            .cloned()
+            .unwrap();
+        if enrich["version"] == version {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "enrich behind {api} still runs {}",
+            enrich["version"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

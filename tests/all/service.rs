@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use weir::source::generate::GenConfig;
 
 use crate::harness::{Harness, LakeAt, Weir, free_ports, now_ms, realistic};
-use crate::support::{plugin_path, swap_plugin_path, weir_bin};
+use crate::support::{cli, plugin_path, swap_plugin_path, weir_bin};
 
 const EVENTS: u64 = 6000;
 
@@ -82,16 +82,6 @@ impl Drop for ServeSse {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn cli(args: &[&str]) -> String {
-    let out = Command::new(weir_bin()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "weir {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Deploys `file` to the enrich stage with `weir plugin deploy`.
@@ -315,15 +305,6 @@ fn wait_for_stream(h: &Harness, count: u64, weir: &Weir) -> u64 {
     })
 }
 
-/// The plugin line of the last start-up for `stage`, from the log of `weir run`.
-fn loaded_line(weir: &Weir, stage: &str) -> String {
-    let log = std::fs::read_to_string(&weir.log).unwrap_or_default();
-    log.lines()
-        .rfind(|l| l.contains("plugin loaded") && l.contains(&format!("stage={stage}")))
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// A deploy outlives a restart: `weir run` starts again on the version deployed, and can still roll back to
 /// the one before it; a rollback outlives a restart too.
 #[test]
@@ -338,7 +319,7 @@ fn deploys_and_rollbacks_outlive_a_restart() {
 
     let mut weir = h.weir(&[]);
     let api = weir.api(Duration::from_secs(60));
-    let line = loaded_line(&weir, "enrich");
+    let line = weir.loaded_line("enrich");
     assert!(
         line.contains("deployed before the restart") && line.contains("@0.2.0"),
         "{line}"
@@ -350,7 +331,7 @@ fn deploys_and_rollbacks_outlive_a_restart() {
 
     let mut weir = h.weir(&[]);
     weir.api(Duration::from_secs(60));
-    let line = loaded_line(&weir, "enrich");
+    let line = weir.loaded_line("enrich");
     assert!(
         !line.contains("deployed before the restart") && line.contains("@0.1.0"),
         "{line}"

@@ -10,6 +10,17 @@ use weir::runtime::columns::{ColumnBuilder, StringsBuilder};
 use weir::runtime::types::{Batch, ValueRef};
 use weir::runtime::{Clock, Limits, LoadedPlugin, Loader, Plugin};
 
+/// Runs `weir` with `args`, which must succeed; its output.
+pub fn cli(args: &[&str]) -> String {
+    let out = Command::new(weir_bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "weir {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -112,6 +112,16 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             &c.rollbacks,
         ),
         (
+            "weir_plugin_cluster_follows_total",
+            "Deploys and rollbacks made on another host of the pipeline and applied here (counted in swaps and rollbacks too).",
+            &c.cluster_followed,
+        ),
+        (
+            "weir_plugin_cluster_refusals_total",
+            "Deploys and rollbacks made on another host of the pipeline that this host did not follow (its self-test refused the version, say): see its log.",
+            &c.cluster_refused,
+        ),
+        (
             "weir_watermark_ticks_total",
             "Ticks read back from the stream: a quiet stream's, which move the watermark on (events.idle_close).",
             &c.ticks,

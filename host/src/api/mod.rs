@@ -170,13 +170,16 @@ async fn pipeline(State(state): State<AppState>) -> Response {
 }
 
 /// Compiles a component off the async threads, checks it against the contract and asks the pipeline to
-/// swap it in (after its self-test). Shared by the API and the watched directory.
+/// swap it in (after its self-test). Shared by the API, the watched directory and the following of other
+/// hosts' deploys; `announce` says whether the other hosts of the pipeline follow this one (not when it came
+/// from them).
 pub async fn deploy(
     shared: &Shared,
     loader: &Loader,
     stage: &str,
     path: &Path,
     bytes: Option<Bytes>,
+    announce: bool,
 ) -> Result<String, String> {
     if !shared.stages.iter().any(|s| s == stage) {
         return Err(format!(
@@ -203,6 +206,22 @@ pub async fn deploy(
             stage: stage.to_string(),
             plugin: loaded,
             bytes,
+            announce,
+            reply,
+        })
+        .await
+        .map_err(|_| STOPPING.to_string())?;
+    answer.await.map_err(|_| STOPPING.to_string())?
+}
+
+/// Rolls a stage back to its version before the last deploy; `announce` as for [`deploy`].
+pub async fn roll_back(shared: &Shared, stage: &str, announce: bool) -> Result<String, String> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    shared
+        .control
+        .send(Control::Rollback {
+            stage: stage.to_string(),
+            announce,
             reply,
         })
         .await
@@ -228,6 +247,7 @@ async fn deploy_upload(
         &stage,
         Path::new(&name),
         Some(body),
+        true,
     )
     .await
     {
@@ -237,23 +257,10 @@ async fn deploy_upload(
 }
 
 async fn rollback(State(state): State<AppState>, UrlPath(stage): UrlPath<String>) -> Response {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    if state
-        .shared
-        .control
-        .send(Control::Rollback {
-            stage: stage.clone(),
-            reply,
-        })
-        .await
-        .is_err()
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping");
-    }
-    match answer.await {
-        Ok(Ok(label)) => Json(json!({ "stage": stage, "running": label })).into_response(),
-        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is stopping"),
+    match roll_back(&state.shared, &stage, true).await {
+        Ok(label) => Json(json!({ "stage": stage, "running": label })).into_response(),
+        Err(e) if e == STOPPING => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::CONFLICT, e),
     }
 }
 

@@ -5,7 +5,9 @@
 //! - [`stream`]: the stream's settings, created or updated from configuration.
 //! - [`publish`]: an ordered publisher with a bounded number of acks in flight and a durable position.
 //! - [`lease`]: the lease that lets one host alone read a pipeline's stream (exclusive mode).
+//! - [`deploys`]: the plugin version each stage runs, as the last deploy or rollback on any host left it.
 
+pub mod deploys;
 pub mod lease;
 pub mod publish;
 pub mod server;

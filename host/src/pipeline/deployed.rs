@@ -44,14 +44,8 @@ impl Deployed {
                 "the configured plugin changed since this stage's last deploy: starting on it, and forgetting \
                  the deployed versions"
             );
-            for stale in [
-                file.clone(),
-                self.file("previous", stage),
-                self.configured_note(stage),
-            ] {
-                if let Err(e) = remove(&stale) {
-                    tracing::warn!(file = %stale.display(), "cannot remove: {e}");
-                }
+            if let Err(e) = self.forget(stage) {
+                tracing::warn!(%stage, "cannot forget the deployed versions: {e}");
             }
             return None;
         }
@@ -87,6 +81,18 @@ impl Deployed {
         write_atomically(&current, bytes)
     }
 
+    /// Forgets the versions deployed to `stage`: it starts on the configured one.
+    pub fn forget(&self, stage: &str) -> io::Result<()> {
+        for file in [
+            self.file("current", stage),
+            self.file("previous", stage),
+            self.configured_note(stage),
+        ] {
+            remove(&file)?;
+        }
+        Ok(())
+    }
+
     /// Records a rollback of `stage` to the version before its last deploy.
     pub fn record_rollback(&self, stage: &str) -> io::Result<()> {
         let current = self.file("current", stage);
@@ -101,7 +107,7 @@ impl Deployed {
 }
 
 /// The SHA-256 of a plugin file, in hex; `None` when it cannot be read.
-fn fingerprint(file: &Path) -> Option<String> {
+pub(crate) fn fingerprint(file: &Path) -> Option<String> {
     use sha2::{Digest, Sha256};
     std::fs::read(file)
         .ok()

@@ -2,6 +2,7 @@
 //! chain and the lake together (`weir run`).
 
 pub mod chain;
+pub mod cluster;
 pub mod deployed;
 pub mod replay;
 pub mod runner;

@@ -33,6 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::chain::{Chain, ChainOutput};
+use super::cluster::Announcement;
 use super::self_test::{Sample, SelfTest, StageSpec};
 use super::shared::{Control, Phase, PluginInfo, Recent, Shared};
 use crate::bus::{self, headers};
@@ -492,6 +493,8 @@ pub struct Processor {
     sample: Sample,
     /// Where deploys and rollbacks are remembered across restarts.
     deployed: Option<super::deployed::Deployed>,
+    /// Where they are sent for the other hosts of the pipeline to follow.
+    announcements: Option<tokio::sync::mpsc::UnboundedSender<Announcement>>,
 }
 
 impl Processor {
@@ -562,6 +565,7 @@ impl Processor {
             applied: vec![0; n],
             sample: Sample::default(),
             deployed: config.deployed(),
+            announcements: None,
         };
         processor.publish_plugins();
         Ok(processor)
@@ -1169,7 +1173,8 @@ impl Processor {
             if failures > 0 && rate > self.rollback_error_rate {
                 let stage = self.stages.names[index].clone();
                 tracing::warn!(%stage, rate, "the new version fails too often; rolling back");
-                if let Err(e) = self.rollback(&stage, false) {
+                // The other hosts roll back too: a version that fails this often here is judged bad.
+                if let Err(e) = self.rollback(&stage, false, true) {
                     tracing::error!(%stage, "automatic rollback failed: {e}");
                 }
                 self.watching[index] = None;
@@ -1205,28 +1210,39 @@ impl Processor {
         self.shared.plugins.store(Arc::new(infos));
     }
 
+    /// Applies a control request. A reply goes out once the versions are published, so whoever asked sees
+    /// the stage's new version in `shared.plugins` when it hears back.
     pub fn handle(&mut self, control: Control) {
-        match control {
+        let (reply, result) = match control {
             Control::Deploy {
                 stage,
                 plugin,
                 bytes,
+                announce,
                 reply,
-            } => self.prepare(stage, plugin, bytes, reply),
+            } => {
+                self.prepare(stage, plugin, bytes, announce, reply);
+                return;
+            }
             Control::Ready {
                 stage,
                 generation,
                 plugin,
                 bytes,
+                announce,
                 reply,
-            } => {
-                let _ = reply.send(self.deploy(&stage, generation, *plugin, &bytes));
-            }
-            Control::Rollback { stage, reply } => {
-                let _ = reply.send(self.rollback(&stage, true));
-            }
-        }
+            } => (
+                reply,
+                self.deploy(&stage, generation, *plugin, bytes, announce),
+            ),
+            Control::Rollback {
+                stage,
+                announce,
+                reply,
+            } => (reply, self.rollback(&stage, true, announce)),
+        };
         self.publish_plugins();
+        let _ = reply.send(result);
     }
 
     fn stage_index(&self, stage: &str) -> Result<usize, String> {
@@ -1252,6 +1268,7 @@ impl Processor {
         stage: String,
         loaded: Arc<LoadedPlugin>,
         bytes: Bytes,
+        announce: bool,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     ) {
         let index = match self.stage_index(&stage) {
@@ -1293,6 +1310,7 @@ impl Processor {
                     generation,
                     plugin: Box::new(plugin),
                     bytes,
+                    announce,
                     reply,
                 })),
                 Err(e) => drop(reply.send(Err(e))),
@@ -1307,7 +1325,8 @@ impl Processor {
         stage: &str,
         generation: u64,
         new: Plugin,
-        bytes: &[u8],
+        bytes: Bytes,
+        announce: bool,
     ) -> Result<String, String> {
         let index = self.stage_index(stage)?;
         if generation <= self.applied[index] {
@@ -1318,6 +1337,7 @@ impl Processor {
             ));
         }
         let label = new.label();
+        let sha256 = new.loaded().sha256.clone();
         let pause = Instant::now();
         let old = self.swap(index, new)?;
         self.applied[index] = generation;
@@ -1330,27 +1350,39 @@ impl Processor {
             stats.calls,
             stats.failures.values().sum(),
         ));
+        let replaced = old.loaded().sha256.clone();
         self.previous[index] = Some(old);
         self.shared.counters.swaps.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%stage, plugin = %label, "deployed");
         if let Some(record) = &self.deployed
-            && let Err(e) = record.record_deploy(stage, bytes, &self.stages.configured[index])
+            && let Err(e) = record.record_deploy(stage, &bytes, &self.stages.configured[index])
         {
             tracing::warn!(%stage, "deployed, but a restart will not remember it: {e}");
+        }
+        if announce {
+            self.announce(Announcement::Deployed {
+                stage: stage.to_string(),
+                plugin: label.clone(),
+                sha256,
+                replaced,
+                component: bytes,
+                configured: self.stages.configured[index].clone(),
+            });
         }
         Ok(label)
     }
 
     /// Returns a stage to the version before the last swap. One asked for (not the error-rate watch's,
     /// which a fix being prepared should follow) also supersedes the deploys being prepared.
-    fn rollback(&mut self, stage: &str, asked: bool) -> Result<String, String> {
+    fn rollback(&mut self, stage: &str, asked: bool, announce: bool) -> Result<String, String> {
         let index = self.stage_index(stage)?;
         let previous = self.previous[index]
             .take()
             .ok_or_else(|| format!("stage {stage} has no previous version to roll back to"))?;
         let label = previous.label();
+        let sha256 = previous.loaded().sha256.clone();
         let pause = Instant::now();
-        self.swap(index, previous)?;
+        let from = self.swap(index, previous)?.loaded().sha256.clone();
         if asked {
             self.applied[index] = self.requested[index];
         }
@@ -1368,7 +1400,30 @@ impl Processor {
         {
             tracing::warn!(%stage, "rolled back, but a restart will not remember it: {e}");
         }
+        if announce {
+            self.announce(Announcement::RolledBack {
+                stage: stage.to_string(),
+                plugin: label.clone(),
+                sha256,
+                from,
+                configured: self.stages.configured[index].clone(),
+            });
+        }
         Ok(label)
+    }
+
+    /// Tells the other hosts of the pipeline (see [`super::cluster`]), off this thread.
+    fn announce(&self, announcement: Announcement) {
+        if let Some(to) = &self.announcements
+            && to.send(announcement).is_err()
+        {
+            tracing::warn!("deployed here only: the other hosts of the pipeline cannot hear of it");
+        }
+    }
+
+    /// Where deploys and rollbacks made on this host go, for the other hosts to follow.
+    pub fn announce_to(&mut self, to: tokio::sync::mpsc::UnboundedSender<Announcement>) {
+        self.announcements = Some(to);
     }
 
     /// Puts `new` in place of stage `index`, with the current version's keyed state and snapshot; returns

@@ -189,6 +189,24 @@ pub async fn run(
     };
     let lake_store = lake.store().clone();
 
+    // Deploys made on one host reach the others through JetStream (replays run the versions they are
+    // given). The host's record of deploys is brought to the cluster's before the plugins start.
+    let deploys = match config.replay {
+        Some(_) => None,
+        None => match crate::bus::deploys::Deploys::open(&js, &config.pipeline.name).await {
+            Ok(deploys) => Some(deploys),
+            Err(e) => {
+                tracing::warn!("deploys made here or on other hosts reach this host only: {e:#}");
+                None
+            }
+        },
+    };
+    if let Some(deploys) = &deploys
+        && let Err(e) = super::cluster::prepare_start(deploys, &config).await
+    {
+        tracing::warn!("starting on this host's own record of deploys, not the cluster's: {e:#}");
+    }
+
     // Plugins compile off the async threads (a cold Python component takes seconds).
     let loader = match &config.plugins.cache_dir {
         Some(dir) if dir.as_os_str() == "off" => Loader::new(None),
@@ -336,6 +354,12 @@ pub async fn run(
         shared.clone(),
         stop_rx.clone(),
     ));
+    let configured = stages
+        .names
+        .iter()
+        .cloned()
+        .zip(stages.configured.iter().cloned())
+        .collect();
     let mut processor = Processor::new(
         chain,
         stages,
@@ -351,6 +375,27 @@ pub async fn run(
     }
     processor.set_previous(previous);
     processor.clock = clock;
+    let (announcer, follower) = match deploys {
+        Some(deploys) => {
+            let (to, announcements) = tokio::sync::mpsc::unbounded_channel();
+            processor.announce_to(to);
+            (
+                Some(tokio::spawn(super::cluster::announce(
+                    deploys.clone(),
+                    host.clone(),
+                    announcements,
+                ))),
+                Some(tokio::spawn(super::cluster::follow(
+                    deploys,
+                    shared.clone(),
+                    loader.clone(),
+                    configured,
+                    stop_rx.clone(),
+                ))),
+            )
+        }
+        None => (None, None),
+    };
     let processor_thread = std::thread::Builder::new()
         .name("weir-processor".into())
         .spawn(move || process_loop(processor, batches_rx, control_rx))?;
@@ -418,6 +463,17 @@ pub async fn run(
     }
     if let Some(task) = watcher {
         task.abort();
+    }
+    if let Some(task) = follower {
+        task.abort();
+    }
+    // The processor is done, so its sender is gone: what it announced last goes out, if NATS takes it.
+    if let Some(task) = announcer
+        && tokio::time::timeout(FINAL_FLUSH_TIMEOUT, task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the last deploy or rollback did not reach the pipeline's other hosts");
     }
     pending_task.abort();
     if let Some(task) = compactor {
@@ -657,8 +713,15 @@ async fn watch_plugins(
                     // twice, only set aside.
                     "deployed"
                 } else {
-                    match crate::api::deploy(&shared, &loader, &stage, &path, Some(bytes.into()))
-                        .await
+                    match crate::api::deploy(
+                        &shared,
+                        &loader,
+                        &stage,
+                        &path,
+                        Some(bytes.into()),
+                        true,
+                    )
+                    .await
                     {
                         Ok(label) => {
                             tracing::info!(%stage, plugin = %label, "deployed from the watched directory");

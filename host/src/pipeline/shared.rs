@@ -44,6 +44,10 @@ pub struct Counters {
     pub last_commit_duration_us: AtomicU64,
     pub swaps: AtomicU64,
     pub rollbacks: AtomicU64,
+    /// Deploys and rollbacks of other hosts of the pipeline applied here, and refused here (see
+    /// `pipeline::cluster`).
+    pub cluster_followed: AtomicU64,
+    pub cluster_refused: AtomicU64,
     pub type_mismatches: AtomicU64,
     /// Compactions of the lake that committed, failed, and the files they merged.
     pub compactions: AtomicU64,
@@ -479,6 +483,8 @@ pub enum Control {
         plugin: Arc<crate::runtime::LoadedPlugin>,
         /// The component's bytes, kept so that the deploy outlives a restart.
         bytes: bytes::Bytes,
+        /// Whether the other hosts of the pipeline should follow (not for a deploy that came from them).
+        announce: bool,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     },
     /// A new version started and self-tested off the pipeline thread, ready to take its stage's place: the
@@ -489,10 +495,13 @@ pub enum Control {
         generation: u64,
         plugin: Box<crate::runtime::Plugin>,
         bytes: bytes::Bytes,
+        announce: bool,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     },
     Rollback {
         stage: String,
+        /// As for `Deploy`.
+        announce: bool,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     },
 }

@@ -1,0 +1,196 @@
+//! The cluster's word on which version each stage runs, so that a deploy or a rollback made on one host of a
+//! pipeline reaches every host sharing its stream (and a host started later, or rescheduled with an empty
+//! disk, starts on it). Kept in JetStream, which every host reaches already:
+//!
+//! - a key-value bucket `weir_deploys_<pipeline>`, one key per stage, holding a [`Record`];
+//! - an object store bucket `weir_plugins_<pipeline>`, the deployed components by SHA-256.
+//!
+//! A host that deploys or rolls back puts the component first, then the record; every host watches the
+//! records and follows them (`pipeline::cluster`). Components no record refers to any more are removed when
+//! a record is put, so the bucket holds a few versions per stage, not every one ever deployed.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, kv, object_store};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// What a stage of the pipeline should run, as the last host to deploy or roll it back left it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// SHA-256 of the component to run.
+    pub sha256: String,
+    /// Its label (`name@version`), for messages.
+    pub plugin: String,
+    /// SHA-256 of the configured plugin file the deploy was made over: a host configured with another file
+    /// does not follow (its configuration is the newer word, as at a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configured: Option<String>,
+    /// The version this record's deploy replaced, or for a rollback the version rolled back from: kept in
+    /// the bucket, so a host can still follow a rollback to the version before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced: Option<String>,
+    /// Whether this is a rollback (from `replaced`).
+    #[serde(default)]
+    pub rollback: bool,
+    /// The host that deployed or rolled back, and when (ms since the epoch).
+    pub host: String,
+    pub at_ms: i64,
+}
+
+/// The records and components of one pipeline.
+#[derive(Clone)]
+pub struct Deploys {
+    records: kv::Store,
+    components: object_store::ObjectStore,
+}
+
+impl Deploys {
+    /// Opens (creating when missing) the pipeline's buckets.
+    pub async fn open(js: &jetstream::Context, pipeline: &str) -> Result<Deploys> {
+        let records_bucket = format!("weir_deploys_{pipeline}");
+        let records = match js.get_key_value(&records_bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: records_bucket.clone(),
+                    description: format!(
+                        "The plugin version each stage of Weir pipeline {pipeline} runs"
+                    ),
+                    history: 1,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| {
+                    format!("cannot create the key-value bucket {records_bucket} for deploys")
+                })?,
+        };
+        let components_bucket = format!("weir_plugins_{pipeline}");
+        let components = match js.get_object_store(&components_bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: components_bucket.clone(),
+                    description: Some(format!(
+                        "Plugin components deployed to Weir pipeline {pipeline}, by SHA-256"
+                    )),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot create the object store {components_bucket} for deployed plugins"
+                    )
+                })?,
+        };
+        Ok(Deploys {
+            records,
+            components,
+        })
+    }
+
+    /// The record of `stage`, if any host deployed to it.
+    pub async fn record(&self, stage: &str) -> Result<Option<Record>> {
+        match self
+            .records
+            .get(stage)
+            .await
+            .context("reading a deploy record")?
+        {
+            Some(value) => parse(stage, &value).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts `record` for `stage`, with the component it names when `component` is given (a rollback's
+    /// target is in the bucket already, or is the configured file every host has). Then removes the
+    /// components no record refers to.
+    pub async fn put(&self, stage: &str, record: &Record, component: Option<&[u8]>) -> Result<()> {
+        if let Some(bytes) = component {
+            // Content-addressed: a component put before (a redeploy) is not sent again.
+            if self.components.info(&record.sha256).await.is_err() {
+                self.components
+                    .put(record.sha256.as_str(), &mut &bytes[..])
+                    .await
+                    .with_context(|| format!("cannot store {} in the cluster", record.plugin))?;
+            }
+        }
+        self.records
+            .put(stage, Bytes::from(serde_json::to_vec(record)?))
+            .await
+            .context("cannot put the deploy record")?;
+        if let Err(e) = self.remove_unused().await {
+            tracing::warn!("cannot remove deployed components no stage uses any more: {e:#}");
+        }
+        Ok(())
+    }
+
+    /// The component whose SHA-256 is `sha256`, checked against it.
+    pub async fn component(&self, sha256: &str) -> Result<Bytes> {
+        let mut object = self
+            .components
+            .get(sha256)
+            .await
+            .with_context(|| format!("component {sha256} is not in the cluster's store"))?;
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+            .await
+            .with_context(|| format!("reading component {sha256}"))?;
+        let got = hex::encode(sha2::Sha256::digest(&bytes));
+        if got != sha256 {
+            bail!("component {sha256} read back as {got}");
+        }
+        Ok(bytes.into())
+    }
+
+    /// Every stage's record as it is now, then each change, as (stage, revision, record).
+    pub async fn watch(&self) -> Result<impl Stream<Item = Result<(String, u64, Record)>> + use<>> {
+        let watch = self
+            .records
+            .watch_with_history(">")
+            .await
+            .context("cannot watch the deploy records")?;
+        Ok(watch.filter_map(|entry| async move {
+            match entry {
+                Ok(entry) if entry.operation == kv::Operation::Put => {
+                    Some(parse(&entry.key, &entry.value).map(|r| (entry.key, entry.revision, r)))
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(anyhow::anyhow!("watching the deploy records: {e}"))),
+            }
+        }))
+    }
+
+    async fn remove_unused(&self) -> Result<()> {
+        let mut used = BTreeSet::new();
+        let mut keys = self.records.keys().await?.boxed();
+        while let Some(stage) = keys.try_next().await? {
+            if let Some(record) = self.record(&stage).await? {
+                used.insert(record.sha256);
+                used.extend(record.replaced);
+            }
+        }
+        // A component put in the last minutes may be another host's deploy whose record is on its way.
+        let settled = chrono::Utc::now().timestamp() - 600;
+        let mut unused = Vec::new();
+        let mut list = self.components.list().await?;
+        while let Some(info) = list.try_next().await? {
+            let old = info.modified.is_some_and(|m| m.unix_timestamp() < settled);
+            if old && !used.contains(&info.name) {
+                unused.push(info.name);
+            }
+        }
+        for name in unused {
+            self.components.delete(&name).await?;
+        }
+        Ok(())
+    }
+}
+
+fn parse(stage: &str, value: &[u8]) -> Result<Record> {
+    serde_json::from_slice(value)
+        .with_context(|| format!("the deploy record of stage {stage} is not one Weir wrote"))
+}
