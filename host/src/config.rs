@@ -184,7 +184,9 @@ pub struct PluginsSection {
     /// Compiled components are cached here (`off` disables it); default `~/.cache/weir`.
     pub cache_dir: Option<PathBuf>,
     /// Versions deployed while running are kept here, relative to the working directory, so that a restart
-    /// comes back with them (see `pipeline::deployed`). Empty: a restart runs the configured versions.
+    /// comes back with them (see `pipeline::deployed`), with the versions the pipeline's other hosts
+    /// deployed meanwhile (`pipeline::cluster`). Empty: a restart runs the configured versions, and follows
+    /// only the deploys made while it runs.
     pub deployed_dir: PathBuf,
 }
 
@@ -436,6 +438,22 @@ impl Config {
         }
         let mut names = std::collections::HashSet::new();
         for (i, stage) in self.stages.iter().enumerate() {
+            // A stage's name is a file name (`<stage>.wasm`), a metrics label and a key in NATS.
+            if stage.name.is_empty()
+                || !stage
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(self.at_field(
+                    text,
+                    &format!("stages.{i}.name"),
+                    format!(
+                        "stages[{i}].name {:?} must be letters, digits, `-` and `_`",
+                        stage.name
+                    ),
+                ));
+            }
             if !names.insert(stage.name.as_str()) {
                 return Err(self.at_field(
                     text,
@@ -764,6 +782,11 @@ mod tests {
                 "[pipeline]\nname = \"x\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\n\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\nlimits = { call_timeout_ms = 0 }\n".to_string(),
                 9,
                 "used twice",
+            ),
+            (
+                "[pipeline]\nname = \"x\"\n\n[[stages]]\nname = \"my stage\"\nplugin = \"f.wasm\"\n".to_string(),
+                5,
+                "stages[0].name \"my stage\" must be letters",
             ),
             (
                 format!("[pipeline]\nname = \"x\"\n{stage}limits = {{ call_timeout_ms = 0 }}\n"),

@@ -311,8 +311,14 @@ impl Harness {
 
     /// `weir run` as host `host` (`pipeline.host`), beside others on the same stream and lake.
     pub fn weir_as(&self, host: &str) -> Weir {
+        self.weir_as_with(host, |_| {})
+    }
+
+    /// [`Harness::weir_as`], with `edit` changing this host's configuration.
+    pub fn weir_as_with(&self, host: &str, edit: impl FnOnce(&mut toml::Table)) -> Weir {
         let mut table: toml::Table =
             toml::from_str(&std::fs::read_to_string(&self.config_path).unwrap()).unwrap();
+        edit(&mut table);
         table["pipeline"]
             .as_table_mut()
             .unwrap()

@@ -55,11 +55,16 @@ fn two_hosts_share_the_consumer_and_the_lake() {
 
 /// A deploy made through one host's API reaches the other host, a rollback made through the other reaches the
 /// first, and a host started later with nothing on its disk (a pod rescheduled elsewhere) starts on the
-/// version the others run. Events flow throughout and land exactly once.
+/// version the others run. A host whose self-test refuses a version keeps its own, also across a restart.
+/// Events flow throughout and land exactly once.
 #[test]
 fn deploys_and_rollbacks_reach_every_host() {
     let h = Harness::new(LakeAt::Local, |_| {});
-    let mut a = h.weir_as("host-a");
+    // Host a takes any version; the others keep the default self-test, which refuses one that keeps nothing.
+    let mut a = h.weir_as_with("host-a", |t| {
+        let plugins = t["plugins"].as_table_mut().unwrap();
+        plugins.insert("self_test_min_kept".into(), 0.0.into());
+    });
     let mut b = h.weir_as("host-b");
     let api_a = a.api(Duration::from_secs(60));
     let api_b = b.api(Duration::from_secs(60));
@@ -67,8 +72,8 @@ fn deploys_and_rollbacks_reach_every_host() {
     let first = h.prefill(realistic(37, 4000, span), 4000);
     h.wait_committed(&mut a, first, Duration::from_secs(240));
 
-    let next = swap_plugin_path("swap-enrich-next");
-    let deploy = |api: &str| {
+    let deploy = |api: &str, fixture: &str| {
+        let file = swap_plugin_path(fixture);
         cli(&[
             "plugin",
             "deploy",
@@ -76,35 +81,64 @@ fn deploys_and_rollbacks_reach_every_host() {
             api,
             "--stage",
             "enrich",
-            next.to_str().unwrap(),
+            file.to_str().unwrap(),
         ])
     };
-    let answer = deploy(&api_a);
+    let rollback = |api: &str| cli(&["plugin", "rollback", "--api", api, "--stage", "enrich"]);
+    let answer = deploy(&api_a, "swap-enrich-next");
     assert!(answer.contains("enrich@0.2.0"), "{answer}");
     wait_enrich(&api_b, "0.2.0");
-    let answer = cli(&["plugin", "rollback", "--api", &api_b, "--stage", "enrich"]);
+    let answer = rollback(&api_b);
     assert!(answer.contains("enrich@0.1.0"), "{answer}");
     wait_enrich(&api_a, "0.1.0");
-    let answer = deploy(&api_a);
+    let answer = deploy(&api_a, "swap-enrich-next");
     assert!(answer.contains("enrich@0.2.0"), "{answer}");
     wait_enrich(&api_b, "0.2.0");
-    let metrics = crate::support::http("GET", &format!("{api_b}/metrics"), None, None).1;
-    assert!(
-        metrics.contains("weir_plugin_cluster_follows_total{pipeline=\"wikimedia\"} 2"),
-        "{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("cluster"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    // Each host swapped exactly as asked: no record was followed twice, none out of order.
+    for (api, follows, swaps) in [(&api_a, 1, 2), (&api_b, 2, 2)] {
+        assert_eq!(
+            counter(api, "weir_plugin_cluster_follows_total"),
+            follows,
+            "{api}"
+        );
+        assert_eq!(counter(api, "weir_plugin_swaps_total"), swaps, "{api}");
+        assert_eq!(counter(api, "weir_plugin_rollbacks_total"), 1, "{api}");
+    }
     b.stop();
 
     let mut c = h.weir_as("host-c");
-    c.api(Duration::from_secs(60));
+    let api_c = c.api(Duration::from_secs(60));
     let line = c.loaded_line("enrich");
     assert!(line.contains("enrich@0.2.0"), "host-c started on {line}");
-    let last = h.prefill(realistic(38, 3000, span), 3000);
+    // Events for host c's self-test sample.
+    let second = h.prefill(realistic(38, 3000, span), 3000);
+    h.wait_committed(&mut a, second, Duration::from_secs(240));
+
+    // A version that keeps nothing: host a takes it, host c's self-test refuses it.
+    let answer = deploy(&api_a, "swap-enrich-drop-all");
+    assert!(answer.contains("enrich@0.4.0"), "{answer}");
+    let started = std::time::Instant::now();
+    while counter(&api_c, "weir_plugin_cluster_refusals_total") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "host-c did not refuse 0.4.0:\n{}",
+            c.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_enrich(&api_c, "0.2.0");
+    c.stop();
+    let mut c = h.weir_as("host-c");
+    c.api(Duration::from_secs(60));
+    let line = c.loaded_line("enrich");
+    assert!(
+        line.contains("enrich@0.2.0"),
+        "host-c refused 0.4.0, and started on {line}"
+    );
+    let answer = rollback(&api_a);
+    assert!(answer.contains("enrich@0.2.0"), "{answer}");
+
+    let last = h.prefill(realistic(39, 3000, span), 3000);
     h.wait_committed(&mut a, last, Duration::from_secs(240));
     a.stop();
     c.stop();
@@ -122,6 +156,17 @@ fn deploys_and_rollbacks_reach_every_host() {
     }
     h.verify();
     h.read_back().assert_exactly_once(last);
+}
+
+/// The value of a pipeline counter behind `api`.
+fn counter(api: &str, name: &str) -> u64 {
+    let metrics = crate::support::http("GET", &format!("{api}/metrics"), None, None).1;
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics of {api}"))
 }
 
 /// Waits until the enrich stage behind `api` runs `version`.

@@ -214,14 +214,21 @@ pub async fn deploy(
     answer.await.map_err(|_| STOPPING.to_string())?
 }
 
-/// Rolls a stage back to its version before the last deploy; `announce` as for [`deploy`].
-pub async fn roll_back(shared: &Shared, stage: &str, announce: bool) -> Result<String, String> {
+/// Rolls a stage back to its version before the last deploy, if that one's SHA-256 is `to` (when given);
+/// `announce` as for [`deploy`].
+pub async fn roll_back(
+    shared: &Shared,
+    stage: &str,
+    announce: bool,
+    to: Option<&str>,
+) -> Result<String, String> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     shared
         .control
         .send(Control::Rollback {
             stage: stage.to_string(),
             announce,
+            to: to.map(str::to_string),
             reply,
         })
         .await
@@ -257,7 +264,7 @@ async fn deploy_upload(
 }
 
 async fn rollback(State(state): State<AppState>, UrlPath(stage): UrlPath<String>) -> Response {
-    match roll_back(&state.shared, &stage, true).await {
+    match roll_back(&state.shared, &stage, true, None).await {
         Ok(label) => Json(json!({ "stage": stage, "running": label })).into_response(),
         Err(e) if e == STOPPING => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::CONFLICT, e),

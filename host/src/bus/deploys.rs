@@ -6,8 +6,9 @@
 //! - an object store bucket `weir_plugins_<pipeline>`, the deployed components by SHA-256.
 //!
 //! A host that deploys or rolls back puts the component first, then the record; every host watches the
-//! records and follows them (`pipeline::cluster`). Components no record refers to any more are removed when
-//! a record is put, so the bucket holds a few versions per stage, not every one ever deployed.
+//! records and follows them (`pipeline::cluster`). When a record is put, components no record refers to
+//! that are older than ten minutes are removed, so the bucket holds a few versions per stage, not every one
+//! ever deployed.
 
 use std::collections::BTreeSet;
 
@@ -17,6 +18,20 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
+
+/// How old a component no record names must be before it is removed, in seconds.
+const UNUSED_AFTER_S: i64 = 600;
+
+/// Where a watch of the records starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Since {
+    /// Each stage's record as it is now, then each change.
+    Current,
+    /// The changes from now on.
+    Now,
+    /// The changes after this revision.
+    After(u64),
+}
 
 /// What a stage of the pipeline should run, as the last host to deploy or roll it back left it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,6 +56,13 @@ pub struct Record {
     pub at_ms: i64,
 }
 
+impl Record {
+    /// What tells this deploy from another of the same component (a redeploy after a refusal, say).
+    pub fn id(&self) -> String {
+        format!("{} {} {}", self.sha256, self.host, self.at_ms)
+    }
+}
+
 /// The records and components of one pipeline.
 #[derive(Clone)]
 pub struct Deploys {
@@ -49,8 +71,8 @@ pub struct Deploys {
 }
 
 impl Deploys {
-    /// Opens (creating when missing) the pipeline's buckets.
-    pub async fn open(js: &jetstream::Context, pipeline: &str) -> Result<Deploys> {
+    /// Opens (creating when missing) the pipeline's buckets, kept on `replicas` servers as the stream is.
+    pub async fn open(js: &jetstream::Context, pipeline: &str, replicas: usize) -> Result<Deploys> {
         let records_bucket = format!("weir_deploys_{pipeline}");
         let records = match js.get_key_value(&records_bucket).await {
             Ok(kv) => kv,
@@ -61,11 +83,15 @@ impl Deploys {
                         "The plugin version each stage of Weir pipeline {pipeline} runs"
                     ),
                     history: 1,
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await
                 .with_context(|| {
-                    format!("cannot create the key-value bucket {records_bucket} for deploys")
+                    format!(
+                        "cannot create the key-value bucket {records_bucket} (stream KV_{records_bucket}); \
+                         the NATS account needs JetStream rights to create and use it"
+                    )
                 })?,
         };
         let components_bucket = format!("weir_plugins_{pipeline}");
@@ -77,12 +103,14 @@ impl Deploys {
                     description: Some(format!(
                         "Plugin components deployed to Weir pipeline {pipeline}, by SHA-256"
                     )),
+                    num_replicas: replicas,
                     ..Default::default()
                 })
                 .await
                 .with_context(|| {
                     format!(
-                        "cannot create the object store {components_bucket} for deployed plugins"
+                        "cannot create the object store {components_bucket} (stream OBJ_{components_bucket}); \
+                         the NATS account needs JetStream rights to create and use it"
                     )
                 })?,
         };
@@ -92,16 +120,18 @@ impl Deploys {
         })
     }
 
-    /// The record of `stage`, if any host deployed to it.
-    pub async fn record(&self, stage: &str) -> Result<Option<Record>> {
+    /// The record of `stage`, if any host deployed to it, with its revision.
+    pub async fn record(&self, stage: &str) -> Result<Option<(u64, Record)>> {
         match self
             .records
-            .get(stage)
+            .entry(stage)
             .await
             .context("reading a deploy record")?
         {
-            Some(value) => parse(stage, &value).map(Some),
-            None => Ok(None),
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                parse(stage, &entry.value).map(|r| Some((entry.revision, r)))
+            }
+            _ => Ok(None),
         }
     }
 
@@ -110,8 +140,16 @@ impl Deploys {
     /// components no record refers to.
     pub async fn put(&self, stage: &str, record: &Record, component: Option<&[u8]>) -> Result<()> {
         if let Some(bytes) = component {
-            // Content-addressed: a component put before (a redeploy) is not sent again.
-            if self.components.info(&record.sha256).await.is_err() {
+            // Content-addressed: a component put in the last minutes (a redeploy) is not sent again. One put
+            // earlier is, which makes it new again: the clean-up of another host may be about to remove it.
+            let recent = chrono::Utc::now().timestamp() - (UNUSED_AFTER_S / 2);
+            let stored = match self.components.info(&record.sha256).await {
+                Ok(info) => {
+                    !info.deleted && info.modified.is_some_and(|m| m.unix_timestamp() > recent)
+                }
+                Err(_) => false,
+            };
+            if !stored {
                 self.components
                     .put(record.sha256.as_str(), &mut &bytes[..])
                     .await
@@ -146,17 +184,28 @@ impl Deploys {
         Ok(bytes.into())
     }
 
-    /// Every stage's record as it is now, then each change, as (stage, revision, record).
-    pub async fn watch(&self) -> Result<impl Stream<Item = Result<(String, u64, Record)>> + use<>> {
-        let watch = self
-            .records
-            .watch_with_history(">")
-            .await
-            .context("cannot watch the deploy records")?;
+    /// The records from `since` on, as (stage, revision, record). A record this Weir cannot read is
+    /// passed over with a warning; a deleted one is ignored (hosts carry on with what they run).
+    pub async fn watch(
+        &self,
+        since: Since,
+    ) -> Result<impl Stream<Item = Result<(String, u64, Record)>> + use<>> {
+        let watch = match since {
+            Since::Current => self.records.watch_with_history(">").await,
+            Since::Now => self.records.watch_all().await,
+            Since::After(revision) => self.records.watch_all_from_revision(revision + 1).await,
+        }
+        .context("cannot watch the deploy records")?;
         Ok(watch.filter_map(|entry| async move {
             match entry {
                 Ok(entry) if entry.operation == kv::Operation::Put => {
-                    Some(parse(&entry.key, &entry.value).map(|r| (entry.key, entry.revision, r)))
+                    match parse(&entry.key, &entry.value) {
+                        Ok(record) => Some(Ok((entry.key, entry.revision, record))),
+                        Err(e) => {
+                            tracing::warn!("passed over: {e:#}");
+                            None
+                        }
+                    }
                 }
                 Ok(_) => None,
                 Err(e) => Some(Err(anyhow::anyhow!("watching the deploy records: {e}"))),
@@ -168,13 +217,13 @@ impl Deploys {
         let mut used = BTreeSet::new();
         let mut keys = self.records.keys().await?.boxed();
         while let Some(stage) = keys.try_next().await? {
-            if let Some(record) = self.record(&stage).await? {
+            if let Some((_, record)) = self.record(&stage).await? {
                 used.insert(record.sha256);
                 used.extend(record.replaced);
             }
         }
         // A component put in the last minutes may be another host's deploy whose record is on its way.
-        let settled = chrono::Utc::now().timestamp() - 600;
+        let settled = chrono::Utc::now().timestamp() - UNUSED_AFTER_S;
         let mut unused = Vec::new();
         let mut list = self.components.list().await?;
         while let Some(info) = list.try_next().await? {

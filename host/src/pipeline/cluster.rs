@@ -3,14 +3,16 @@
 //! sharing the stream follow through the cluster's record (`bus::deploys`):
 //!
 //! - [`announce`]: each deploy or rollback applied here (from the API, the CLI, the watched directory, or the
-//!   error-rate watch) is put in the record, off the pipeline thread.
+//!   error-rate watch) is put in the record, off the pipeline thread, and tried again until NATS takes it.
 //! - [`follow`]: every host watches the record and brings each stage to it the way a deploy made here goes
 //!   (compile, contract, self-test on its own recent events, swap between batches, state handed over), or
-//!   by a rollback when the record rolls back the version the host runs. A version that fails its self-test
-//!   on a host is not swapped in there: that host carries on with what it runs, and says so.
+//!   by a rollback when the record rolls back the version the host runs to the one it ran before. A host
+//!   that refuses a version (its self-test fails, say) carries on with what it runs, says so, and remembers
+//!   the refusal across restarts (`plugins.deployed_dir`) until the next deploy.
 //! - [`prepare_start`]: before the plugins start, the host's own record of deploys (`plugins.deployed_dir`)
 //!   is brought to the cluster's, so a new host (a pod rescheduled with an empty disk) starts on the version
-//!   the others run rather than swap to it after its first batches.
+//!   the others run rather than swap to it after its first batches. A host that forgets its deploys
+//!   (`deployed_dir = ""`) starts on the configured versions and follows only the deploys made while it runs.
 //!
 //! A host configured with another plugin file for a stage than the one a deploy was made over does not
 //! follow that deploy: as at a restart, its configuration is the newer word (a new build rolled out host by
@@ -26,9 +28,9 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::deployed::fingerprint;
+use super::deployed::{Deployed, fingerprint};
 use super::shared::Shared;
-use crate::bus::deploys::{Deploys, Record};
+use crate::bus::deploys::{Deploys, Record, Since};
 use crate::config::Config;
 use crate::runtime::Loader;
 
@@ -56,24 +58,71 @@ pub enum Announcement {
     },
 }
 
-/// Puts each announcement in the cluster's record, until the pipeline drops its sender.
+/// Puts each announcement in the cluster's record, until the pipeline drops its sender and the last ones
+/// are in. One NATS does not take is tried again (every few seconds, up to half a minute apart), with only
+/// the newest of each stage kept: the record is what the stage runs now.
 pub async fn announce(
     deploys: Deploys,
     host: String,
     mut announcements: tokio::sync::mpsc::UnboundedReceiver<Announcement>,
 ) {
-    while let Some(announcement) = announcements.recv().await {
-        let (stage, record, component) = record_of(announcement, &host).await;
-        match deploys.put(&stage, &record, component.as_deref()).await {
-            Ok(()) => {
-                tracing::info!(%stage, plugin = %record.plugin, "the pipeline's other hosts follow")
+    let mut waiting: BTreeMap<String, (Record, Option<Bytes>)> = BTreeMap::new();
+    let mut open = true;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        if waiting.is_empty() {
+            match announcements.recv().await {
+                Some(announcement) => {
+                    let (stage, record, component) = record_of(announcement, &host).await;
+                    waiting.insert(stage, (record, component));
+                }
+                None => return,
             }
-            Err(e) => tracing::warn!(
-                %stage,
-                plugin = %record.plugin,
-                "applied on this host only, the other hosts cannot hear of it: {e:#}"
-            ),
         }
+        while let Ok(announcement) = announcements.try_recv() {
+            let (stage, record, component) = record_of(announcement, &host).await;
+            waiting.insert(stage, (record, component));
+        }
+        let mut failed = false;
+        for (stage, (record, component)) in std::mem::take(&mut waiting) {
+            match deploys.put(&stage, &record, component.as_deref()).await {
+                Ok(()) => {
+                    tracing::info!(%stage, plugin = %record.plugin, "the pipeline's other hosts follow");
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        %stage,
+                        plugin = %record.plugin,
+                        "the pipeline's other hosts cannot hear of this yet (tried again in {pause:?}): {e:#}"
+                    );
+                    waiting.insert(stage, (record, component));
+                    failed = true;
+                }
+            }
+        }
+        if !failed {
+            pause = Duration::from_secs(1);
+            if !open {
+                return;
+            }
+            continue;
+        }
+        // Wait before trying again, taking newer announcements meanwhile.
+        let sleep = tokio::time::sleep(pause);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                next = announcements.recv(), if open => match next {
+                    Some(announcement) => {
+                        let (stage, record, component) = record_of(announcement, &host).await;
+                        waiting.insert(stage, (record, component));
+                    }
+                    None => open = false,
+                },
+            }
+        }
+        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -123,76 +172,126 @@ async fn hash(file: PathBuf) -> Option<String> {
         .flatten()
 }
 
+/// Why a stage was not brought to a record.
+enum NotFollowed {
+    /// The pipeline is stopping.
+    Stopping,
+    /// The component could not be read (NATS away, say): tried again.
+    Unavailable(String),
+    /// This host refused the version: not tried again until the next deploy.
+    Refused(String),
+}
+
 /// Watches the cluster's record and brings each stage to it, until `stop`. `configured` holds each stage's
-/// configured plugin file.
+/// configured plugin file; `deployed`, where this host remembers its deploys (and its refusals).
 pub async fn follow(
     deploys: Deploys,
     shared: Arc<Shared>,
     loader: Loader,
     configured: BTreeMap<String, PathBuf>,
+    deployed: Option<Deployed>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    // The revision of each stage's record last handled: a watch opened again (after NATS went away)
-    // delivers every record again, and a version refused here is not tried again until it changes.
-    let mut handled: BTreeMap<String, u64> = BTreeMap::new();
+    // A host that forgets its deploys follows only those made while it runs.
+    let mut since = match deployed {
+        Some(_) => Since::Current,
+        None => Since::Now,
+    };
+    let mut refused: BTreeMap<String, String> = configured
+        .keys()
+        .filter_map(|stage| Some((stage.clone(), deployed.as_ref()?.refused(stage)?)))
+        .collect();
     loop {
-        match deploys.watch().await {
-            Ok(records) => {
-                let mut records = std::pin::pin!(records);
-                loop {
-                    let next = tokio::select! {
-                        _ = stop.changed() => return,
-                        next = records.next() => next,
-                    };
-                    let (stage, revision, record) = match next {
-                        Some(Ok(next)) => next,
-                        Some(Err(e)) => {
-                            tracing::warn!("{e:#}; watching again");
-                            break;
-                        }
-                        None => break,
-                    };
-                    if handled.insert(stage.clone(), revision) == Some(revision) {
-                        continue;
+        let records = match deploys.watch(since).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::warn!("deploys made on other hosts do not reach this one for now: {e:#}");
+                if pause(&mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut records = std::pin::pin!(records);
+        loop {
+            let next = tokio::select! {
+                _ = stop.changed() => return,
+                next = records.next() => next,
+            };
+            let (stage, revision, record) = match next {
+                Some(Ok(next)) => next,
+                Some(Err(e)) => {
+                    tracing::warn!("{e:#}; watching again");
+                    break;
+                }
+                None => break,
+            };
+            since = Since::After(revision);
+            let Some(file) = configured.get(&stage) else {
+                continue;
+            };
+            // Only a stage's newest record counts: an older one still on its way here (a deploy rolled back
+            // since, say) is passed over.
+            if let Ok(Some((newest, _))) = deploys.record(&stage).await
+                && newest > revision
+            {
+                continue;
+            }
+            if refused.get(&stage) == Some(&record.id()) {
+                continue;
+            }
+            match bring(&deploys, &shared, &loader, &stage, file, &record).await {
+                Ok(Some(label)) => {
+                    shared
+                        .counters
+                        .cluster_followed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%stage, plugin = %label, by = %record.host, "followed the pipeline's other hosts");
+                }
+                Ok(None) => {}
+                Err(NotFollowed::Stopping) => return,
+                Err(NotFollowed::Unavailable(e)) => {
+                    tracing::warn!(%stage, plugin = %record.plugin, "cannot follow the other hosts yet: {e}");
+                    // Watched again from this record on.
+                    since = Since::After(revision - 1);
+                    break;
+                }
+                Err(NotFollowed::Refused(e)) => {
+                    shared
+                        .counters
+                        .cluster_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        %stage,
+                        plugin = %record.plugin,
+                        by = %record.host,
+                        "not following the other hosts: {e}; this host carries on with the version it runs \
+                         until the next deploy"
+                    );
+                    if let Some(deployed) = &deployed
+                        && let Err(e) = deployed.record_refusal(&stage, &record.id())
+                    {
+                        tracing::warn!(%stage, "a restart will not remember the refusal: {e}");
                     }
-                    let Some(file) = configured.get(&stage) else {
-                        continue;
-                    };
-                    match bring(&deploys, &shared, &loader, &stage, file, &record).await {
-                        Ok(Some(label)) => {
-                            shared
-                                .counters
-                                .cluster_followed
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(%stage, plugin = %label, by = %record.host, "followed the pipeline's other hosts");
-                        }
-                        Ok(None) => {}
-                        Err(e) if e == crate::api::STOPPING => return,
-                        Err(e) => {
-                            shared
-                                .counters
-                                .cluster_refused
-                                .fetch_add(1, Ordering::Relaxed);
-                            tracing::error!(
-                                %stage,
-                                plugin = %record.plugin,
-                                by = %record.host,
-                                "not following the other hosts: {e}; this host carries on with the version it runs"
-                            );
-                        }
-                    }
+                    refused.insert(stage, record.id());
                 }
             }
-            Err(e) => tracing::warn!("deploys made on other hosts do not reach this one: {e:#}"),
         }
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        if pause(&mut stop).await {
+            return;
         }
     }
 }
 
-/// Brings `stage` to `record`; the version it runs then, or `None` when it ran that already.
+/// Waits a few seconds before watching again; whether the pipeline stopped meanwhile.
+async fn pause(stop: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = stop.changed() => true,
+        _ = tokio::time::sleep(Duration::from_secs(5)) => false,
+    }
+}
+
+/// Brings `stage` to `record`; the version it runs then, or `None` when there was nothing to do.
 async fn bring(
     deploys: &Deploys,
     shared: &Shared,
@@ -200,16 +299,14 @@ async fn bring(
     stage: &str,
     configured: &Path,
     record: &Record,
-) -> Result<Option<String>, String> {
-    let serving = || {
-        shared
-            .plugins
-            .load()
-            .iter()
-            .find(|p| p.stage == stage)
-            .map(|p| p.sha256.clone())
-    };
-    if serving().as_deref() == Some(record.sha256.as_str()) {
+) -> Result<Option<String>, NotFollowed> {
+    let serving = shared
+        .plugins
+        .load()
+        .iter()
+        .find(|p| p.stage == stage)
+        .map(|p| p.sha256.clone());
+    if serving.as_deref() == Some(record.sha256.as_str()) {
         return Ok(None);
     }
     let configured_sha = hash(configured.to_path_buf()).await;
@@ -224,45 +321,56 @@ async fn bring(
         );
         return Ok(None);
     }
-    // A rollback of what runs here: the version before it is loaded already, with the state to hand back.
-    if record.rollback && record.replaced == serving() {
-        match crate::api::roll_back(shared, stage, false).await {
-            Ok(label) if serving().as_deref() == Some(record.sha256.as_str()) => {
-                return Ok(Some(label));
-            }
-            Err(e) if e == crate::api::STOPPING => return Err(e),
-            // Rolled back to another version than the record's (or nowhere): deployed as below.
-            _ => {}
+    let refused = |e: String| match e == crate::api::STOPPING {
+        true => NotFollowed::Stopping,
+        false => NotFollowed::Refused(e),
+    };
+    // A rollback of what runs here to what ran before: that version is loaded already, and takes its state
+    // back as a rollback here does. Otherwise (this host ran another version before) it is deployed.
+    if record.rollback && record.replaced == serving {
+        match crate::api::roll_back(shared, stage, false, Some(&record.sha256)).await {
+            Ok(label) => return Ok(Some(label)),
+            Err(e) if e == crate::api::STOPPING => return Err(NotFollowed::Stopping),
+            Err(_) => {}
         }
     }
     let (name, component) = if configured_sha.as_deref() == Some(record.sha256.as_str()) {
-        let bytes = tokio::fs::read(configured)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", configured.display()))?;
+        let bytes = tokio::fs::read(configured).await.map_err(|e| {
+            NotFollowed::Unavailable(format!("cannot read {}: {e}", configured.display()))
+        })?;
         (configured.to_path_buf(), Bytes::from(bytes))
     } else {
         let bytes = deploys
             .component(&record.sha256)
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| NotFollowed::Unavailable(format!("{e:#}")))?;
         (PathBuf::from(format!("cluster:{stage}.wasm")), bytes)
     };
     crate::api::deploy(shared, loader, stage, &name, Some(component), false)
         .await
         .map(Some)
+        .map_err(refused)
 }
 
 /// Brings this host's record of deploys to the cluster's before the plugins start. Changes nothing when
-/// the pipeline forgets deploys (`plugins.deployed_dir = ""`): [`follow`] swaps to the cluster's versions
-/// once it runs.
+/// the pipeline forgets deploys (`plugins.deployed_dir = ""`).
 pub async fn prepare_start(deploys: &Deploys, config: &Config) -> Result<()> {
     let Some(deployed) = config.deployed() else {
         return Ok(());
     };
     for stage in config.stages()? {
-        let Some(record) = deploys.record(&stage.name).await? else {
+        let Some((_, record)) = deploys.record(&stage.name).await? else {
             continue;
         };
+        if deployed.refused(&stage.name) == Some(record.id()) {
+            tracing::info!(
+                stage = %stage.name,
+                plugin = %record.plugin,
+                by = %record.host,
+                "not starting on the pipeline's last deployed version: this host refused it"
+            );
+            continue;
+        }
         let configured = hash(stage.path.clone()).await;
         if record.configured.is_some() && record.configured != configured {
             tracing::info!(

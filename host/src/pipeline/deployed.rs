@@ -93,6 +93,25 @@ impl Deployed {
         Ok(())
     }
 
+    /// Remembers that this host refused the deploy `id` of the pipeline's other hosts to `stage` (see
+    /// `pipeline::cluster`): a restart does not start on it.
+    pub fn record_refusal(&self, stage: &str, id: &str) -> io::Result<()> {
+        let file = self.refusal(stage);
+        std::fs::create_dir_all(file.parent().expect("a file in a directory"))?;
+        write_atomically(&file, id.as_bytes())
+    }
+
+    /// The deploy of the other hosts this host last refused for `stage`.
+    pub fn refused(&self, stage: &str) -> Option<String> {
+        std::fs::read_to_string(self.refusal(stage))
+            .ok()
+            .map(|id| id.trim().to_string())
+    }
+
+    fn refusal(&self, stage: &str) -> PathBuf {
+        self.dir.join("refused").join(stage)
+    }
+
     /// Records a rollback of `stage` to the version before its last deploy.
     pub fn record_rollback(&self, stage: &str) -> io::Result<()> {
         let current = self.file("current", stage);

@@ -1174,7 +1174,7 @@ impl Processor {
                 let stage = self.stages.names[index].clone();
                 tracing::warn!(%stage, rate, "the new version fails too often; rolling back");
                 // The other hosts roll back too: a version that fails this often here is judged bad.
-                if let Err(e) = self.rollback(&stage, false, true) {
+                if let Err(e) = self.rollback(&stage, false, true, None) {
                     tracing::error!(%stage, "automatic rollback failed: {e}");
                 }
                 self.watching[index] = None;
@@ -1238,8 +1238,9 @@ impl Processor {
             Control::Rollback {
                 stage,
                 announce,
+                to,
                 reply,
-            } => (reply, self.rollback(&stage, true, announce)),
+            } => (reply, self.rollback(&stage, true, announce, to.as_deref())),
         };
         self.publish_plugins();
         let _ = reply.send(result);
@@ -1372,13 +1373,29 @@ impl Processor {
         Ok(label)
     }
 
-    /// Returns a stage to the version before the last swap. One asked for (not the error-rate watch's,
-    /// which a fix being prepared should follow) also supersedes the deploys being prepared.
-    fn rollback(&mut self, stage: &str, asked: bool, announce: bool) -> Result<String, String> {
+    /// Returns a stage to the version before the last swap (only if its SHA-256 is `to`, when given). One
+    /// asked for (not the error-rate watch's, which a fix being prepared should follow) also supersedes the
+    /// deploys being prepared.
+    fn rollback(
+        &mut self,
+        stage: &str,
+        asked: bool,
+        announce: bool,
+        to: Option<&str>,
+    ) -> Result<String, String> {
         let index = self.stage_index(stage)?;
-        let previous = self.previous[index]
-            .take()
+        let before = self.previous[index]
+            .as_ref()
             .ok_or_else(|| format!("stage {stage} has no previous version to roll back to"))?;
+        if let Some(to) = to
+            && before.loaded().sha256 != to
+        {
+            return Err(format!(
+                "stage {stage}'s previous version here is {}, not the one asked for",
+                before.label()
+            ));
+        }
+        let previous = self.previous[index].take().expect("checked above");
         let label = previous.label();
         let sha256 = previous.loaded().sha256.clone();
         let pause = Instant::now();

@@ -193,10 +193,19 @@ pub async fn run(
     // given). The host's record of deploys is brought to the cluster's before the plugins start.
     let deploys = match config.replay {
         Some(_) => None,
-        None => match crate::bus::deploys::Deploys::open(&js, &config.pipeline.name).await {
+        None => match crate::bus::deploys::Deploys::open(
+            &js,
+            &config.pipeline.name,
+            config.stream.replicas,
+        )
+        .await
+        {
             Ok(deploys) => Some(deploys),
             Err(e) => {
-                tracing::warn!("deploys made here or on other hosts reach this host only: {e:#}");
+                tracing::warn!(
+                    "deploys made on this host do not reach the pipeline's other hosts, nor theirs this \
+                     one, until it is restarted with access: {e:#}"
+                );
                 None
             }
         },
@@ -390,6 +399,7 @@ pub async fn run(
                     shared.clone(),
                     loader.clone(),
                     configured,
+                    config.deployed(),
                     stop_rx.clone(),
                 ))),
             )
@@ -468,12 +478,16 @@ pub async fn run(
         task.abort();
     }
     // The processor is done, so its sender is gone: what it announced last goes out, if NATS takes it.
-    if let Some(task) = announcer
-        && tokio::time::timeout(FINAL_FLUSH_TIMEOUT, task)
+    if let Some(mut task) = announcer
+        && tokio::time::timeout(FINAL_FLUSH_TIMEOUT, &mut task)
             .await
             .is_err()
     {
-        tracing::warn!("the last deploy or rollback did not reach the pipeline's other hosts");
+        task.abort();
+        tracing::warn!(
+            "the last deploy or rollback did not reach the pipeline's other hosts: this host starts on \
+             their version at its next start"
+        );
     }
     pending_task.abort();
     if let Some(task) = compactor {

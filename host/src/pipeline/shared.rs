@@ -502,6 +502,8 @@ pub enum Control {
         stage: String,
         /// As for `Deploy`.
         announce: bool,
+        /// The SHA-256 the version rolled back to must have (the other hosts' rollback being followed).
+        to: Option<String>,
         reply: tokio::sync::oneshot::Sender<Result<String, String>>,
     },
 }
