@@ -135,6 +135,15 @@ fn deploys_and_rollbacks_reach_every_host() {
         line.contains("enrich@0.2.0"),
         "host-c refused 0.4.0, and started on {line}"
     );
+    // Host a wrote the commit log's checkpoints meanwhile (the harness checkpoints every four commits):
+    // they name host c's last whole state, so host c carries on with its dedupe keys and windows.
+    assert!(
+        !std::fs::read_to_string(&c.log)
+            .unwrap()
+            .contains("no plugin state of this host"),
+        "host-c restarted without its plugin state:\n{}",
+        c.log_tail()
+    );
     let answer = rollback(&api_a);
     assert!(answer.contains("enrich@0.2.0"), "{answer}");
 

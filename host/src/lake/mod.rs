@@ -395,6 +395,7 @@ impl Lake {
                 &mut self.bases,
                 &record,
                 &Ranges::default(),
+                &[],
             );
             self.last_epoch = self.last_epoch.max(record.epoch);
         }
@@ -528,8 +529,18 @@ impl Lake {
 
     /// Takes in a finished [`Commit`]: what it committed, and the other hosts' epochs it stepped over.
     pub fn finish_commit(&mut self, done: Committed) -> CommitRecord {
-        let Committed { record, others } = done;
-        note_committed(&mut self.committed, &mut self.bases, &record, &others);
+        let Committed {
+            record,
+            others,
+            other_bases,
+        } = done;
+        note_committed(
+            &mut self.committed,
+            &mut self.bases,
+            &record,
+            &others,
+            &other_bases,
+        );
         self.last_epoch = self.last_epoch.max(record.epoch);
         // Unchanged since `start_commit`, so this is the commit that wrote the checkpoint.
         self.since_checkpoint = if self.checkpoint_due() {
@@ -630,6 +641,9 @@ pub struct Committed {
     pub record: CommitRecord,
     /// Sequences of other hosts' epochs found in the log on the way to a free epoch number.
     others: Ranges,
+    /// Those of the epochs that saved their host's whole plugin state, as (host, epoch): a checkpoint
+    /// written by this commit must name them, or those hosts would restart with no state.
+    other_bases: Vec<(String, u64)>,
 }
 
 impl Committed {
@@ -655,14 +669,19 @@ fn staged_first(name: &str, host: &str) -> Option<u64> {
 }
 
 /// Adds a commit to what is committed: its sequences, those of the other hosts' epochs it stepped over, and
-/// its host's base when it saved the whole state.
+/// the bases of its host and theirs when they saved the whole state.
 fn note_committed(
     committed: &mut Ranges,
     bases: &mut BTreeMap<String, u64>,
     record: &CommitRecord,
     others: &Ranges,
+    other_bases: &[(String, u64)],
 ) {
     committed.extend(others);
+    for (host, epoch) in other_bases {
+        let base = bases.entry(host.clone()).or_insert(*epoch);
+        *base = (*base).max(*epoch);
+    }
     committed.extend(&record.sequences);
     if record.state_full && record.state.is_some() {
         bases.insert(record.host.clone(), record.epoch);
@@ -778,6 +797,7 @@ impl Commit {
             event_clock,
         };
         let mut others = Ranges::default();
+        let mut other_bases = Vec::new();
         loop {
             let outcome =
                 retry_log("writing the commit record", || log::create(&store, &record)).await?;
@@ -795,6 +815,9 @@ impl Commit {
                         );
                     }
                     others.extend(&existing.sequences);
+                    if existing.state_full && existing.state.is_some() {
+                        other_bases.push((existing.host.clone(), existing.epoch));
+                    }
                     record.epoch = existing.epoch + 1;
                 }
             }
@@ -805,7 +828,7 @@ impl Commit {
         crash::point("commit.after_publish");
 
         if let Some((mut committed, mut bases)) = checkpoint {
-            note_committed(&mut committed, &mut bases, &record, &others);
+            note_committed(&mut committed, &mut bases, &record, &others, &other_bases);
             let checkpoint = log::Checkpoint {
                 epoch: record.epoch,
                 sequences: committed,
@@ -817,7 +840,11 @@ impl Commit {
             })
             .await;
         }
-        Ok(Committed { record, others })
+        Ok(Committed {
+            record,
+            others,
+            other_bases,
+        })
     }
 }
 
