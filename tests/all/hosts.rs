@@ -88,6 +88,11 @@ fn deploys_and_rollbacks_reach_every_host() {
     let answer = deploy(&api_a, "swap-enrich-next");
     assert!(answer.contains("enrich@0.2.0"), "{answer}");
     wait_enrich(&api_b, "0.2.0");
+    // Either host's API shows what each host runs.
+    wait_hosts(
+        &api_b,
+        &[("host-a", "enrich@0.2.0"), ("host-b", "enrich@0.2.0")],
+    );
     let answer = rollback(&api_b);
     assert!(answer.contains("enrich@0.1.0"), "{answer}");
     wait_enrich(&api_a, "0.1.0");
@@ -110,6 +115,11 @@ fn deploys_and_rollbacks_reach_every_host() {
     let api_c = c.api(Duration::from_secs(60));
     let line = c.loaded_line("enrich");
     assert!(line.contains("enrich@0.2.0"), "host-c started on {line}");
+    // Host b's report went with it.
+    wait_hosts(
+        &api_a,
+        &[("host-a", "enrich@0.2.0"), ("host-c", "enrich@0.2.0")],
+    );
     // Events for host c's self-test sample.
     let second = h.prefill(realistic(38, 3000, span), 3000);
     h.wait_committed(&mut a, second, Duration::from_secs(240));
@@ -176,6 +186,35 @@ fn counter(api: &str, name: &str) -> u64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in the metrics of {api}"))
+}
+
+/// Waits until the hosts `api` lists as running are `hosts`, with their enrich versions.
+fn wait_hosts(api: &str, hosts: &[(&str, &str)]) {
+    let started = std::time::Instant::now();
+    loop {
+        let plugins = get_json(api, "/api/v1/plugins");
+        let seen: Vec<(String, String)> = plugins["hosts"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no hosts in {plugins}"))
+            .iter()
+            .map(|h| {
+                let enrich = h["plugins"]["enrich"].as_str().unwrap_or("?");
+                (h["host"].as_str().unwrap().to_string(), enrich.to_string())
+            })
+            .collect();
+        let want: Vec<(String, String)> = hosts
+            .iter()
+            .map(|(h, v)| (h.to_string(), v.to_string()))
+            .collect();
+        if seen == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{api} lists {seen:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Waits until the enrich stage behind `api` runs `version`.

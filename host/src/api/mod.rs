@@ -38,6 +38,8 @@ pub struct ApiOptions {
     pub replay: Option<ReplayContext>,
     /// The lake the pipeline commits to, for queries beyond the rows kept in memory.
     pub lake: Option<Store>,
+    /// The cluster's record of deploys, for what each host of the pipeline runs.
+    pub deploys: Option<crate::bus::deploys::Deploys>,
 }
 
 #[derive(Clone)]
@@ -50,6 +52,7 @@ struct AppState {
     lake: Option<Store>,
     /// The lake's commit log as queries last read it.
     log: Arc<crate::lake::log::CachedLog>,
+    deploys: Option<crate::bus::deploys::Deploys>,
 }
 
 pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
@@ -61,6 +64,7 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         replays: Arc::default(),
         lake: options.lake,
         log: Arc::default(),
+        deploys: options.deploys,
     };
     let control = Router::new()
         .route("/api/v1/plugins/{stage}", post(deploy_upload))
@@ -145,8 +149,18 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// This host's plugins, and what each host of the pipeline runs (`hosts`, from their reports; a host that
+/// stopped drops out within half a minute).
 async fn plugins(State(state): State<AppState>) -> Response {
-    Json(json!({ "plugins": *state.shared.plugins.load_full() })).into_response()
+    let mut body = json!({ "plugins": *state.shared.plugins.load_full() });
+    if let Some(deploys) = &state.deploys {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), deploys.hosts()).await {
+            Ok(Ok(hosts)) => body["hosts"] = json!(hosts),
+            Ok(Err(e)) => body["hosts_error"] = json!(format!("{e:#}")),
+            Err(_) => body["hosts_error"] = json!("NATS did not answer within 2 s"),
+        }
+    }
+    Json(body).into_response()
 }
 
 async fn pipeline(State(state): State<AppState>) -> Response {

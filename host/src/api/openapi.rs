@@ -64,7 +64,7 @@ pub async fn document() -> impl IntoResponse {
             "/ready": { "get": op("NATS, the store and the plugins are up (503 otherwise)", false) },
             "/metrics": { "get": op("Prometheus metrics", false) },
             "/api/v1/pipeline": { "get": op("Pipeline counters and swap pauses", false) },
-            "/api/v1/plugins": { "get": op("The plugins with their versions and stats", false) },
+            "/api/v1/plugins": { "get": op("This host's plugins with their versions and stats, and what each host of the pipeline runs (`hosts`)", false) },
             "/api/v1/plugins/{stage}": deploy_path,
             "/api/v1/plugins/{stage}/rollback": rollback_path,
             "/api/v1/pipeline/pause": { "post": op("Stop taking new events (acks are kept alive)", true) },

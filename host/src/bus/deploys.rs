@@ -5,12 +5,15 @@
 //! - a key-value bucket `weir_deploys_<pipeline>`, one key per stage, holding a [`Record`];
 //! - an object store bucket `weir_plugins_<pipeline>`, the deployed components by SHA-256.
 //!
+//! - a key-value bucket `weir_hosts_<pipeline>`, what each running host runs ([`HostReport`]), put again
+//!   every few seconds and gone half a minute after a host stops putting it.
+//!
 //! A host that deploys or rolls back puts the component first, then the record; every host watches the
 //! records and follows them (`pipeline::cluster`). When a record is put, components no record refers to
 //! that are older than ten minutes are removed, so the bucket holds a few versions per stage, not every one
 //! ever deployed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, kv, object_store};
@@ -27,8 +30,6 @@ const UNUSED_AFTER_S: i64 = 600;
 pub enum Since {
     /// Each stage's record as it is now, then each change.
     Current,
-    /// The changes from now on.
-    Now,
     /// The changes after this revision.
     After(u64),
 }
@@ -63,11 +64,25 @@ impl Record {
     }
 }
 
-/// The records and components of one pipeline.
+/// What a running host runs, as it last said.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostReport {
+    pub host: String,
+    /// By stage, the label (`name@version`) of the version it runs.
+    pub plugins: BTreeMap<String, String>,
+    /// When it said so (ms since the epoch).
+    pub at_ms: i64,
+}
+
+/// How long a host's report outlives its last renewal.
+pub const REPORT_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The records, components and host reports of one pipeline.
 #[derive(Clone)]
 pub struct Deploys {
     records: kv::Store,
     components: object_store::ObjectStore,
+    hosts: kv::Store,
 }
 
 impl Deploys {
@@ -114,10 +129,70 @@ impl Deploys {
                     )
                 })?,
         };
+        let hosts_bucket = format!("weir_hosts_{pipeline}");
+        let hosts = match js.get_key_value(&hosts_bucket).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: hosts_bucket.clone(),
+                    description: format!("What each host of Weir pipeline {pipeline} runs"),
+                    history: 1,
+                    max_age: REPORT_TTL,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot create the key-value bucket {hosts_bucket} (stream KV_{hosts_bucket}); \
+                         the NATS account needs JetStream rights to create and use it"
+                    )
+                })?,
+        };
         Ok(Deploys {
             records,
             components,
+            hosts,
         })
+    }
+
+    /// Says what this host runs (again: a report lasts [`REPORT_TTL`]).
+    pub async fn report(&self, report: &HostReport) -> Result<()> {
+        self.hosts
+            .put(&report.host, Bytes::from(serde_json::to_vec(report)?))
+            .await
+            .context("cannot report what this host runs")?;
+        Ok(())
+    }
+
+    /// Takes this host's report away (at a clean stop).
+    pub async fn leave(&self, host: &str) -> Result<()> {
+        self.hosts
+            .delete(host)
+            .await
+            .context("cannot take this host's report away")?;
+        Ok(())
+    }
+
+    /// What each running host runs, by host name.
+    pub async fn hosts(&self) -> Result<Vec<HostReport>> {
+        let mut keys = self
+            .hosts
+            .keys()
+            .await
+            .context("reading the hosts' reports")?
+            .boxed();
+        let mut reports = Vec::new();
+        while let Some(host) = keys.try_next().await? {
+            if let Some(value) = self.hosts.get(&host).await? {
+                match serde_json::from_slice(&value) {
+                    Ok(report) => reports.push(report),
+                    Err(e) => tracing::warn!(%host, "a host report this Weir cannot read: {e}"),
+                }
+            }
+        }
+        reports.sort_by(|a: &HostReport, b| a.host.cmp(&b.host));
+        Ok(reports)
     }
 
     /// The record of `stage`, if any host deployed to it, with its revision.
@@ -166,13 +241,16 @@ impl Deploys {
         Ok(())
     }
 
-    /// The component whose SHA-256 is `sha256`, checked against it.
-    pub async fn component(&self, sha256: &str) -> Result<Bytes> {
-        let mut object = self
-            .components
-            .get(sha256)
-            .await
-            .with_context(|| format!("component {sha256} is not in the cluster's store"))?;
+    /// The component whose SHA-256 is `sha256`, checked against it; `None` when the store does not hold it
+    /// (any more).
+    pub async fn component(&self, sha256: &str) -> Result<Option<Bytes>> {
+        let mut object = match self.components.get(sha256).await {
+            Ok(object) => object,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading component {sha256} from NATS"));
+            }
+        };
         let mut bytes = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
             .await
@@ -181,7 +259,17 @@ impl Deploys {
         if got != sha256 {
             bail!("component {sha256} read back as {got}");
         }
-        Ok(bytes.into())
+        Ok(Some(bytes.into()))
+    }
+
+    /// The revision of the newest record: a watch from [`Since::After`] it sees the changes from now on.
+    pub async fn revision(&self) -> Result<u64> {
+        let mut stream = self.records.stream.clone();
+        let info = stream
+            .info()
+            .await
+            .context("reading the deploy records' state")?;
+        Ok(info.state.last_sequence)
     }
 
     /// The records from `since` on, as (stage, revision, record). A record this Weir cannot read is
@@ -192,7 +280,6 @@ impl Deploys {
     ) -> Result<impl Stream<Item = Result<(String, u64, Record)>> + use<>> {
         let watch = match since {
             Since::Current => self.records.watch_with_history(">").await,
-            Since::Now => self.records.watch_all().await,
             Since::After(revision) => self.records.watch_all_from_revision(revision + 1).await,
         }
         .context("cannot watch the deploy records")?;

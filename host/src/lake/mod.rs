@@ -315,7 +315,7 @@ impl Lake {
         }
         lake.clean_staging().await?;
         for record in &state.records {
-            if record.state_full {
+            if record.state_full && record.state.is_some() {
                 lake.bases.insert(record.host.clone(), record.epoch);
             }
         }

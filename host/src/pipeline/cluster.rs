@@ -14,6 +14,9 @@
 //!   the others run rather than swap to it after its first batches. A host that forgets its deploys
 //!   (`deployed_dir = ""`) starts on the configured versions and follows only the deploys made while it runs.
 //!
+//! - [`report`]: each host says what it runs, so any host's `/api/v1/plugins` shows whether all of them
+//!   followed.
+//!
 //! A host configured with another plugin file for a stage than the one a deploy was made over does not
 //! follow that deploy: as at a restart, its configuration is the newer word (a new build rolled out host by
 //! host leaves the older deploys behind).
@@ -30,7 +33,7 @@ use futures::StreamExt;
 
 use super::deployed::{Deployed, fingerprint};
 use super::shared::Shared;
-use crate::bus::deploys::{Deploys, Record, Since};
+use crate::bus::deploys::{Deploys, HostReport, REPORT_TTL, Record, Since};
 use crate::config::Config;
 use crate::runtime::Loader;
 
@@ -59,14 +62,16 @@ pub enum Announcement {
 }
 
 /// Puts each announcement in the cluster's record, until the pipeline drops its sender and the last ones
-/// are in. One NATS does not take is tried again (every few seconds, up to half a minute apart), with only
-/// the newest of each stage kept: the record is what the stage runs now.
+/// are in. One NATS does not take is tried again (after a second, doubling up to half a minute, or at once
+/// when another comes), with only the newest of each stage kept: the record is what the stage runs now. A
+/// retry does not put its record over a newer one another host put meanwhile.
 pub async fn announce(
     deploys: Deploys,
     host: String,
     mut announcements: tokio::sync::mpsc::UnboundedReceiver<Announcement>,
 ) {
-    let mut waiting: BTreeMap<String, (Record, Option<Bytes>)> = BTreeMap::new();
+    // By stage: the record to put, its component, and whether it was tried before.
+    let mut waiting: BTreeMap<String, (Record, Option<Bytes>, bool)> = BTreeMap::new();
     let mut open = true;
     let mut pause = Duration::from_secs(1);
     loop {
@@ -74,17 +79,29 @@ pub async fn announce(
             match announcements.recv().await {
                 Some(announcement) => {
                     let (stage, record, component) = record_of(announcement, &host).await;
-                    waiting.insert(stage, (record, component));
+                    waiting.insert(stage, (record, component, false));
                 }
                 None => return,
             }
         }
         while let Ok(announcement) = announcements.try_recv() {
             let (stage, record, component) = record_of(announcement, &host).await;
-            waiting.insert(stage, (record, component));
+            waiting.insert(stage, (record, component, false));
         }
-        let mut failed = false;
-        for (stage, (record, component)) in std::mem::take(&mut waiting) {
+        for (stage, (record, component, retried)) in std::mem::take(&mut waiting) {
+            if retried
+                && let Ok(Some((_, newer))) = deploys.record(&stage).await
+                && newer.at_ms > record.at_ms
+            {
+                tracing::warn!(
+                    %stage,
+                    plugin = %record.plugin,
+                    newer = %newer.plugin,
+                    by = %newer.host,
+                    "not announced: another host deployed to this stage since; this host follows that"
+                );
+                continue;
+            }
             match deploys.put(&stage, &record, component.as_deref()).await {
                 Ok(()) => {
                     tracing::info!(%stage, plugin = %record.plugin, "the pipeline's other hosts follow");
@@ -95,34 +112,28 @@ pub async fn announce(
                         plugin = %record.plugin,
                         "the pipeline's other hosts cannot hear of this yet (tried again in {pause:?}): {e:#}"
                     );
-                    waiting.insert(stage, (record, component));
-                    failed = true;
+                    waiting.insert(stage, (record, component, true));
                 }
             }
         }
-        if !failed {
+        if waiting.is_empty() {
             pause = Duration::from_secs(1);
             if !open {
                 return;
             }
             continue;
         }
-        // Wait before trying again, taking newer announcements meanwhile.
-        let sleep = tokio::time::sleep(pause);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = &mut sleep => break,
-                next = announcements.recv(), if open => match next {
-                    Some(announcement) => {
-                        let (stage, record, component) = record_of(announcement, &host).await;
-                        waiting.insert(stage, (record, component));
-                    }
-                    None => open = false,
-                },
-            }
+        // Wait before trying again; a new announcement, or the pipeline's end, tries again at once.
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_secs(30)),
+            next = announcements.recv(), if open => match next {
+                Some(announcement) => {
+                    let (stage, record, component) = record_of(announcement, &host).await;
+                    waiting.insert(stage, (record, component, false));
+                }
+                None => open = false,
+            },
         }
-        pause = (pause * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -180,6 +191,8 @@ enum NotFollowed {
     Unavailable(String),
     /// This host refused the version: not tried again until the next deploy.
     Refused(String),
+    /// A later deploy or rollback of the stage was applied here while it was being prepared.
+    Superseded(String),
 }
 
 /// Watches the cluster's record and brings each stage to it, until `stop`. `configured` holds each stage's
@@ -195,7 +208,19 @@ pub async fn follow(
     // A host that forgets its deploys follows only those made while it runs.
     let mut since = match deployed {
         Some(_) => Since::Current,
-        None => Since::Now,
+        None => loop {
+            match deploys.revision().await {
+                Ok(revision) => break Since::After(revision),
+                Err(e) => {
+                    tracing::warn!(
+                        "deploys made on other hosts do not reach this one for now: {e:#}"
+                    );
+                    if pause(&mut stop).await {
+                        return;
+                    }
+                }
+            }
+        },
     };
     let mut refused: BTreeMap<String, String> = configured
         .keys()
@@ -232,10 +257,14 @@ pub async fn follow(
             };
             // Only a stage's newest record counts: an older one still on its way here (a deploy rolled back
             // since, say) is passed over.
-            if let Ok(Some((newest, _))) = deploys.record(&stage).await
-                && newest > revision
-            {
-                continue;
+            match deploys.record(&stage).await {
+                Ok(Some((newest, _))) if newest == revision => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(%stage, "cannot follow the other hosts yet: {e:#}");
+                    since = Since::After(revision - 1);
+                    break;
+                }
             }
             if refused.get(&stage) == Some(&record.id()) {
                 continue;
@@ -250,6 +279,9 @@ pub async fn follow(
                 }
                 Ok(None) => {}
                 Err(NotFollowed::Stopping) => return,
+                Err(NotFollowed::Superseded(e)) => {
+                    tracing::info!(%stage, plugin = %record.plugin, "not followed: {e}");
+                }
                 Err(NotFollowed::Unavailable(e)) => {
                     tracing::warn!(%stage, plugin = %record.plugin, "cannot follow the other hosts yet: {e}");
                     // Watched again from this record on.
@@ -321,9 +353,14 @@ async fn bring(
         );
         return Ok(None);
     }
-    let refused = |e: String| match e == crate::api::STOPPING {
-        true => NotFollowed::Stopping,
-        false => NotFollowed::Refused(e),
+    let refused = |e: String| {
+        if e == crate::api::STOPPING {
+            NotFollowed::Stopping
+        } else if e.contains(super::runner::SUPERSEDED) {
+            NotFollowed::Superseded(e)
+        } else {
+            NotFollowed::Refused(e)
+        }
     };
     // A rollback of what runs here to what ran before: that version is loaded already, and takes its state
     // back as a rollback here does. Otherwise (this host ran another version before) it is deployed.
@@ -343,13 +380,69 @@ async fn bring(
         let bytes = deploys
             .component(&record.sha256)
             .await
-            .map_err(|e| NotFollowed::Unavailable(format!("{e:#}")))?;
+            .map_err(|e| NotFollowed::Unavailable(format!("{e:#}")))?
+            .ok_or_else(|| {
+                NotFollowed::Refused(format!(
+                    "{} is not in the cluster's store (removed as unused since); deploy it again",
+                    record.plugin
+                ))
+            })?;
         (PathBuf::from(format!("cluster:{stage}.wasm")), bytes)
     };
     crate::api::deploy(shared, loader, stage, &name, Some(component), false)
         .await
         .map(Some)
         .map_err(refused)
+}
+
+/// Says what this host runs: at once, whenever it changes, and every [`REPORT_TTL`] / 3 so the report
+/// outlasts the host by [`REPORT_TTL`] at most; takes it away at `stop`.
+pub async fn report(
+    deploys: Deploys,
+    shared: Arc<Shared>,
+    host: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut said: Option<(BTreeMap<String, String>, std::time::Instant)> = None;
+    let mut failing = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let plugins: BTreeMap<String, String> = shared
+            .plugins
+            .load()
+            .iter()
+            .map(|p| (p.stage.clone(), format!("{}@{}", p.name, p.version)))
+            .collect();
+        if said
+            .as_ref()
+            .is_some_and(|(before, at)| *before == plugins && at.elapsed() < REPORT_TTL / 3)
+        {
+            continue;
+        }
+        let report = HostReport {
+            host: host.clone(),
+            plugins: plugins.clone(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        match deploys.report(&report).await {
+            Ok(()) => {
+                failing = false;
+                said = Some((plugins, std::time::Instant::now()));
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!("the other hosts cannot see what this one runs for now: {e:#}");
+            }
+            Err(_) => {}
+        }
+    }
+    if let Err(e) = deploys.leave(&host).await {
+        tracing::debug!("{e:#}");
+    }
 }
 
 /// Brings this host's record of deploys to the cluster's before the plugins start. Changes nothing when
@@ -394,7 +487,15 @@ pub async fn prepare_start(deploys: &Deploys, config: &Config) -> Result<()> {
                 .forget(&stage.name)
                 .with_context(|| format!("stage {}: forgetting its deploys", stage.name))?;
         } else {
-            let component = deploys.component(&record.sha256).await?;
+            let Some(component) = deploys.component(&record.sha256).await? else {
+                tracing::warn!(
+                    stage = %stage.name,
+                    plugin = %record.plugin,
+                    "not starting on the pipeline's last deployed version: it is not in the cluster's store \
+                     (removed as unused since); deploy it again"
+                );
+                continue;
+            };
             deployed
                 .record_deploy(&stage.name, &component, &stage.path)
                 .with_context(|| {

@@ -99,6 +99,10 @@ struct PendingCommit {
     gold_through: u64,
 }
 
+/// What a deploy's caller hears when a later deploy or a rollback of its stage came first.
+pub const SUPERSEDED: &str = "was not deployed: a later deploy of its stage, or a rollback asked for, was \
+                              applied while it was being prepared";
+
 /// The plugins of the pipeline, by stage.
 pub struct Stages {
     pub names: Vec<String>,
@@ -1331,11 +1335,7 @@ impl Processor {
     ) -> Result<String, String> {
         let index = self.stage_index(stage)?;
         if generation <= self.applied[index] {
-            return Err(format!(
-                "{} was not deployed: a later deploy of stage {stage}, or a rollback asked for, was applied \
-                 while it was being prepared",
-                new.label()
-            ));
+            return Err(format!("{} {SUPERSEDED}", new.label()));
         }
         let label = new.label();
         let sha256 = new.loaded().sha256.clone();

@@ -314,6 +314,7 @@ pub async fn run(
                 },
             }),
             lake: Some(lake_store.clone()),
+            deploys: deploys.clone(),
         };
         let router = crate::api::router(shared.clone(), options);
         let mut stop = stop_rx.clone();
@@ -384,7 +385,7 @@ pub async fn run(
     }
     processor.set_previous(previous);
     processor.clock = clock;
-    let (announcer, follower) = match deploys {
+    let (announcer, reporter, follower) = match deploys {
         Some(deploys) => {
             let (to, announcements) = tokio::sync::mpsc::unbounded_channel();
             processor.announce_to(to);
@@ -393,6 +394,12 @@ pub async fn run(
                     deploys.clone(),
                     host.clone(),
                     announcements,
+                ))),
+                Some(tokio::spawn(super::cluster::report(
+                    deploys.clone(),
+                    shared.clone(),
+                    host.clone(),
+                    stop_rx.clone(),
                 ))),
                 Some(tokio::spawn(super::cluster::follow(
                     deploys,
@@ -404,7 +411,7 @@ pub async fn run(
                 ))),
             )
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let processor_thread = std::thread::Builder::new()
         .name("weir-processor".into())
@@ -476,6 +483,10 @@ pub async fn run(
     }
     if let Some(task) = follower {
         task.abort();
+    }
+    // Its report goes: the other hosts' `/api/v1/plugins` no longer list this one.
+    if let Some(task) = reporter {
+        let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, task).await;
     }
     // The processor is done, so its sender is gone: what it announced last goes out, if NATS takes it.
     if let Some(mut task) = announcer
