@@ -88,33 +88,37 @@ pub struct Deploys {
 impl Deploys {
     /// Opens (creating when missing) the pipeline's buckets, kept on `replicas` servers as the stream is.
     pub async fn open(js: &jetstream::Context, pipeline: &str, replicas: usize) -> Result<Deploys> {
-        let records_bucket = format!("weir_deploys_{pipeline}");
-        let records = match js.get_key_value(&records_bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: records_bucket.clone(),
-                    description: format!(
-                        "The plugin version each stage of Weir pipeline {pipeline} runs"
-                    ),
-                    history: 1,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot create the key-value bucket {records_bucket} (stream KV_{records_bucket}); \
-                         the NATS account needs JetStream rights to create and use it"
-                    )
-                })?,
-        };
-        let components_bucket = format!("weir_plugins_{pipeline}");
-        let components = match js.get_object_store(&components_bucket).await {
+        let records = key_value(
+            js,
+            kv::Config {
+                bucket: format!("weir_deploys_{pipeline}"),
+                description: format!(
+                    "The plugin version each stage of Weir pipeline {pipeline} runs"
+                ),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let hosts = key_value(
+            js,
+            kv::Config {
+                bucket: format!("weir_hosts_{pipeline}"),
+                description: format!("What each host of Weir pipeline {pipeline} runs"),
+                history: 1,
+                max_age: REPORT_TTL,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let bucket = format!("weir_plugins_{pipeline}");
+        let components = match js.get_object_store(&bucket).await {
             Ok(store) => store,
             Err(_) => js
                 .create_object_store(object_store::Config {
-                    bucket: components_bucket.clone(),
+                    bucket: bucket.clone(),
                     description: Some(format!(
                         "Plugin components deployed to Weir pipeline {pipeline}, by SHA-256"
                     )),
@@ -122,32 +126,7 @@ impl Deploys {
                     ..Default::default()
                 })
                 .await
-                .with_context(|| {
-                    format!(
-                        "cannot create the object store {components_bucket} (stream OBJ_{components_bucket}); \
-                         the NATS account needs JetStream rights to create and use it"
-                    )
-                })?,
-        };
-        let hosts_bucket = format!("weir_hosts_{pipeline}");
-        let hosts = match js.get_key_value(&hosts_bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: hosts_bucket.clone(),
-                    description: format!("What each host of Weir pipeline {pipeline} runs"),
-                    history: 1,
-                    max_age: REPORT_TTL,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot create the key-value bucket {hosts_bucket} (stream KV_{hosts_bucket}); \
-                         the NATS account needs JetStream rights to create and use it"
-                    )
-                })?,
+                .with_context(|| cannot_create("object store", &bucket, "OBJ"))?,
         };
         Ok(Deploys {
             records,
@@ -324,6 +303,26 @@ impl Deploys {
         }
         Ok(())
     }
+}
+
+/// Opens the key-value bucket `config` names, creating it when missing.
+async fn key_value(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store> {
+    match js.get_key_value(&config.bucket).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => {
+            let bucket = config.bucket.clone();
+            js.create_key_value(config)
+                .await
+                .with_context(|| cannot_create("key-value bucket", &bucket, "KV"))
+        }
+    }
+}
+
+fn cannot_create(what: &str, bucket: &str, prefix: &str) -> String {
+    format!(
+        "cannot create the {what} {bucket} (stream {prefix}_{bucket}); the NATS account needs JetStream \
+         rights to create and use it"
+    )
 }
 
 fn parse(stage: &str, value: &[u8]) -> Result<Record> {
