@@ -39,26 +39,17 @@ use crate::runtime::Loader;
 
 /// A deploy or rollback applied on this host, for the others to follow.
 #[derive(Debug)]
-pub enum Announcement {
-    Deployed {
-        stage: String,
-        plugin: String,
-        sha256: String,
-        /// The version it replaced.
-        replaced: String,
-        component: Bytes,
-        /// The stage's configured plugin file.
-        configured: PathBuf,
-    },
-    RolledBack {
-        stage: String,
-        /// The version now running.
-        plugin: String,
-        sha256: String,
-        /// The version rolled back from.
-        from: String,
-        configured: PathBuf,
-    },
+pub struct Announcement {
+    pub stage: String,
+    /// The version the stage runs now: its label and SHA-256.
+    pub plugin: String,
+    pub sha256: String,
+    /// The version it replaced (for a rollback, the one rolled back from).
+    pub replaced: String,
+    /// A deploy's component; `None` for a rollback, whose version the other hosts have already.
+    pub component: Option<Bytes>,
+    /// The stage's configured plugin file.
+    pub configured: PathBuf,
 }
 
 /// Puts each announcement in the cluster's record, until the pipeline drops its sender and the last ones
@@ -70,23 +61,20 @@ pub async fn announce(
     host: String,
     mut announcements: tokio::sync::mpsc::UnboundedReceiver<Announcement>,
 ) {
-    // By stage: the record to put, its component, and whether it was tried before.
-    let mut waiting: BTreeMap<String, (Record, Option<Bytes>, bool)> = BTreeMap::new();
+    let mut waiting = Waiting::new();
     let mut open = true;
     let mut pause = Duration::from_secs(1);
     loop {
         if waiting.is_empty() {
             match announcements.recv().await {
                 Some(announcement) => {
-                    let (stage, record, component) = record_of(announcement, &host).await;
-                    waiting.insert(stage, (record, component, false));
+                    queue(&mut waiting, announcement, &host).await;
                 }
                 None => return,
             }
         }
         while let Ok(announcement) = announcements.try_recv() {
-            let (stage, record, component) = record_of(announcement, &host).await;
-            waiting.insert(stage, (record, component, false));
+            queue(&mut waiting, announcement, &host).await;
         }
         for (stage, (record, component, retried)) in std::mem::take(&mut waiting) {
             if retried
@@ -128,8 +116,7 @@ pub async fn announce(
             _ = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_secs(30)),
             next = announcements.recv(), if open => match next {
                 Some(announcement) => {
-                    let (stage, record, component) = record_of(announcement, &host).await;
-                    waiting.insert(stage, (record, component, false));
+                    queue(&mut waiting, announcement, &host).await;
                 }
                 None => open = false,
             },
@@ -137,42 +124,21 @@ pub async fn announce(
     }
 }
 
-async fn record_of(announcement: Announcement, host: &str) -> (String, Record, Option<Bytes>) {
-    let (stage, plugin, sha256, replaced, rollback, component, configured) = match announcement {
-        Announcement::Deployed {
-            stage,
-            plugin,
-            sha256,
-            replaced,
-            component,
-            configured,
-        } => (
-            stage,
-            plugin,
-            sha256,
-            replaced,
-            false,
-            Some(component),
-            configured,
-        ),
-        Announcement::RolledBack {
-            stage,
-            plugin,
-            sha256,
-            from,
-            configured,
-        } => (stage, plugin, sha256, from, true, None, configured),
-    };
+/// By stage: the record to put, its component, and whether it was tried before.
+type Waiting = BTreeMap<String, (Record, Option<Bytes>, bool)>;
+
+/// Queues an announcement's record, in place of one for its stage not put yet.
+async fn queue(waiting: &mut Waiting, announcement: Announcement, host: &str) {
     let record = Record {
-        sha256,
-        plugin,
-        configured: hash(configured).await,
-        replaced: Some(replaced),
-        rollback,
+        sha256: announcement.sha256,
+        plugin: announcement.plugin,
+        configured: hash(announcement.configured).await,
+        replaced: Some(announcement.replaced),
+        rollback: announcement.component.is_none(),
         host: host.to_string(),
         at_ms: chrono::Utc::now().timestamp_millis(),
     };
-    (stage, record, component)
+    waiting.insert(announcement.stage, (record, announcement.component, false));
 }
 
 /// [`fingerprint`], off the async threads (a Python component is tens of MB).

@@ -1338,7 +1338,6 @@ impl Processor {
             return Err(format!("{} {SUPERSEDED}", new.label()));
         }
         let label = new.label();
-        let sha256 = new.loaded().sha256.clone();
         let pause = Instant::now();
         let old = self.swap(index, new)?;
         self.applied[index] = generation;
@@ -1361,14 +1360,7 @@ impl Processor {
             tracing::warn!(%stage, "deployed, but a restart will not remember it: {e}");
         }
         if announce {
-            self.announce(Announcement::Deployed {
-                stage: stage.to_string(),
-                plugin: label.clone(),
-                sha256,
-                replaced,
-                component: bytes,
-                configured: self.stages.configured[index].clone(),
-            });
+            self.announce(index, replaced, Some(bytes));
         }
         Ok(label)
     }
@@ -1397,7 +1389,6 @@ impl Processor {
         }
         let previous = self.previous[index].take().expect("checked above");
         let label = previous.label();
-        let sha256 = previous.loaded().sha256.clone();
         let pause = Instant::now();
         let from = self.swap(index, previous)?.loaded().sha256.clone();
         if asked {
@@ -1418,22 +1409,27 @@ impl Processor {
             tracing::warn!(%stage, "rolled back, but a restart will not remember it: {e}");
         }
         if announce {
-            self.announce(Announcement::RolledBack {
-                stage: stage.to_string(),
-                plugin: label.clone(),
-                sha256,
-                from,
-                configured: self.stages.configured[index].clone(),
-            });
+            self.announce(index, from, None);
         }
         Ok(label)
     }
 
-    /// Tells the other hosts of the pipeline (see [`super::cluster`]), off this thread.
-    fn announce(&self, announcement: Announcement) {
-        if let Some(to) = &self.announcements
-            && to.send(announcement).is_err()
-        {
+    /// Tells the other hosts of the pipeline (see [`super::cluster`]), off this thread, that stage `index`
+    /// now runs its serving version in place of `replaced`: deployed with `component`, or rolled back.
+    fn announce(&self, index: usize, replaced: String, component: Option<Bytes>) {
+        let Some(to) = &self.announcements else {
+            return;
+        };
+        let serving = self.chain.stages()[index].plugin();
+        let announcement = Announcement {
+            stage: self.stages.names[index].clone(),
+            plugin: serving.label(),
+            sha256: serving.loaded().sha256.clone(),
+            replaced,
+            component,
+            configured: self.stages.configured[index].clone(),
+        };
+        if to.send(announcement).is_err() {
             tracing::warn!("deployed here only: the other hosts of the pipeline cannot hear of it");
         }
     }
