@@ -213,19 +213,14 @@ pub async fn deploy(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{e:#}"))?;
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    shared
-        .control
-        .send(Control::Deploy {
-            stage: stage.to_string(),
-            plugin: loaded,
-            bytes,
-            announce,
-            reply,
-        })
-        .await
-        .map_err(|_| STOPPING.to_string())?;
-    answer.await.map_err(|_| STOPPING.to_string())?
+    ask(shared, |reply| Control::Deploy {
+        stage: stage.to_string(),
+        plugin: loaded,
+        bytes,
+        announce,
+        reply,
+    })
+    .await
 }
 
 /// Rolls a stage back to its version before the last deploy, if that one's SHA-256 is `to` (when given);
@@ -236,15 +231,24 @@ pub async fn roll_back(
     announce: bool,
     to: Option<&str>,
 ) -> Result<String, String> {
+    ask(shared, |reply| Control::Rollback {
+        stage: stage.to_string(),
+        announce,
+        to: to.map(str::to_string),
+        reply,
+    })
+    .await
+}
+
+/// Sends the pipeline a control request and waits for its answer; [`STOPPING`] when it stops meanwhile.
+async fn ask(
+    shared: &Shared,
+    request: impl FnOnce(tokio::sync::oneshot::Sender<Result<String, String>>) -> Control,
+) -> Result<String, String> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     shared
         .control
-        .send(Control::Rollback {
-            stage: stage.to_string(),
-            announce,
-            to: to.map(str::to_string),
-            reply,
-        })
+        .send(request(reply))
         .await
         .map_err(|_| STOPPING.to_string())?;
     answer.await.map_err(|_| STOPPING.to_string())?
