@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{Harness, LakeAt, now_ms, realistic};
-use crate::support::{get_json, http, plugin_path};
+use crate::support::{get_json, http, metric, plugin_path};
 
 const TOKEN: &str = "test-token";
 const RECENT_GOLD_ROWS: i64 = 10;
@@ -372,12 +372,8 @@ fn the_api_reports_queries_controls_and_replays() {
 fn wait_pending(api: &str, ok: impl Fn(u64) -> bool) {
     let started = Instant::now();
     loop {
-        let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
-        let pending = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("weir_consumer_pending_messages{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no weir_consumer_pending_messages:\n{metrics}"));
+        let pending = metric(api, "weir_consumer_pending_messages")
+            .unwrap_or_else(|| panic!("no weir_consumer_pending_messages behind {api}"));
         if ok(pending as u64) {
             return;
         }
@@ -443,14 +439,8 @@ fn gold_tables_answer_before_their_first_window_closes() {
         assert!(body.contains("gold_user_sessions"), "{path}: {body}");
     }
 
-    let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
-    let watermark: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("weir_watermark_timestamp_seconds{"))
-        .and_then(|rest| rest.rsplit(' ').next())
-        .unwrap_or_else(|| panic!("no weir_watermark_timestamp_seconds:\n{metrics}"))
-        .parse()
-        .unwrap();
+    let watermark = metric(&api, "weir_watermark_timestamp_seconds")
+        .unwrap_or_else(|| panic!("no weir_watermark_timestamp_seconds behind {api}"));
     let watermark_ms = (watermark * 1e3) as i64;
     assert!(
         (start_ms..start_ms + window).contains(&watermark_ms),

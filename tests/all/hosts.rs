@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{Harness, LakeAt, realistic};
-use crate::support::{cli, get_json, swap_plugin_path};
+use crate::support::{cli, get_json, metric, swap_plugin_path};
 
 #[test]
 fn two_hosts_share_the_consumer_and_the_lake() {
@@ -179,13 +179,7 @@ fn deploys_and_rollbacks_reach_every_host() {
 
 /// The value of a pipeline counter behind `api`.
 fn counter(api: &str, name: &str) -> u64 {
-    let metrics = crate::support::http("GET", &format!("{api}/metrics"), None, None).1;
-    metrics
-        .lines()
-        .find(|l| l.starts_with(&format!("{name}{{")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in the metrics of {api}"))
+    metric(api, name).unwrap_or_else(|| panic!("no {name} in the metrics of {api}")) as u64
 }
 
 /// Waits until the hosts `api` lists as running are `hosts`, with their enrich versions.

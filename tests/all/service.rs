@@ -461,15 +461,7 @@ fn own_nats_server(t: &mut toml::Table) {
 
 /// Events the pipeline has taken from the stream, from its metrics.
 fn received(api: &str) -> u64 {
-    let out = Command::new("curl")
-        .args(["-s", &format!("{api}/metrics")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with("weir_events_received_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    crate::support::metric(api, "weir_events_received_total").map_or(0, |v| v as u64)
 }
 
 /// A run of the default pipeline on its own nats-server, started in a process group of its own (as a shell

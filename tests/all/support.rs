@@ -205,6 +205,16 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// The value of the pipeline's `name` behind `api` (the first series of it), if the API answers with it.
+pub fn metric(api: &str, name: &str) -> Option<f64> {
+    let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
+    let series = format!("{name}{{");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// Asserts that the API at `api` reports `metric` (a counter) above zero.
 pub fn assert_counted(api: &str, metric: &str) {
     let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
