@@ -1420,6 +1420,9 @@ impl Processor {
         let Some(to) = &self.announcements else {
             return;
         };
+        // The record comes back to this host's own follower, which must see the version it names as the
+        // one served here, or it would deploy it again.
+        self.publish_plugins();
         let serving = self.chain.stages()[index].plugin();
         let announcement = Announcement {
             stage: self.stages.names[index].clone(),
