@@ -177,6 +177,76 @@ fn deploys_and_rollbacks_reach_every_host() {
     h.read_back().assert_exactly_once(last);
 }
 
+/// A deploy made while NATS is away, on a host that stops before NATS is back, reaches the other hosts when
+/// that host starts again: it was kept in the host's `deployed_dir` until NATS took it.
+#[test]
+fn a_deploy_made_while_nats_is_away_reaches_the_other_hosts_at_the_next_start() {
+    let mut h = Harness::new(LakeAt::Local, |_| {});
+    let mut a = h.weir_as("host-a");
+    let api_a = a.api(Duration::from_secs(60));
+    let span = Duration::from_secs(20 * 60);
+    // Events for the self-test sample.
+    let first = h.prefill(realistic(41, 2000, span), 2000);
+    h.wait_committed(&mut a, first, Duration::from_secs(240));
+
+    h.nats.kill();
+    let file = swap_plugin_path("swap-enrich-next");
+    let answer = cli(&[
+        "plugin",
+        "deploy",
+        "--api",
+        &api_a,
+        "--stage",
+        "enrich",
+        file.to_str().unwrap(),
+    ]);
+    assert!(answer.contains("enrich@0.2.0"), "{answer}");
+    a.stop();
+    let kept = h
+        .dir
+        .path()
+        .join(".weir/deployed-host-a/unannounced/enrich.json");
+    assert!(
+        kept.exists(),
+        "host-a did not keep its deploy:\n{}",
+        a.log_tail()
+    );
+    h.nats.restart().unwrap();
+
+    // Host b, started meanwhile, finds no deploy in the cluster's record, and follows host a's once host a
+    // is back.
+    let mut b = h.weir_as("host-b");
+    let api_b = b.api(Duration::from_secs(60));
+    let line = b.loaded_line("enrich");
+    assert!(line.contains("enrich@0.1.0"), "host-b started on {line}");
+    let mut a = h.weir_as("host-a");
+    let api_a = a.api(Duration::from_secs(60));
+    let line = a.loaded_line("enrich");
+    assert!(line.contains("enrich@0.2.0"), "host-a started on {line}");
+    wait_enrich(&api_b, "0.2.0");
+    let started = std::time::Instant::now();
+    while counter(&api_b, "weir_plugin_cluster_follows_total") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "host-b counted no follow"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(counter(&api_b, "weir_plugin_cluster_follows_total"), 1);
+    assert_eq!(counter(&api_a, "weir_plugin_cluster_follows_total"), 0);
+    // Kept no longer: a later start does not put it again over a newer deploy.
+    assert!(!kept.exists(), "{} is still there", kept.display());
+    b.stop();
+    a.stop();
+
+    let mut a = h.weir_as("host-a");
+    let last = h.prefill(realistic(42, 2000, span), 2000);
+    h.wait_committed(&mut a, last, Duration::from_secs(240));
+    a.stop();
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
 /// The value of a pipeline counter behind `api`.
 fn counter(api: &str, name: &str) -> u64 {
     metric(api, name).unwrap_or_else(|| panic!("no {name} in the metrics of {api}")) as u64

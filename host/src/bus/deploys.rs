@@ -189,8 +189,8 @@ impl Deploys {
         }
     }
 
-    /// Puts `record` for `stage`, with the component it names when `component` is given (a rollback's
-    /// target is in the bucket already, or is the configured file every host has). Then removes the
+    /// Puts `record` for `stage`, with the component it names when `component` is given (a deploy's; a
+    /// rollback's target when the host has it at hand, for the hosts that never ran it). Then removes the
     /// components no record refers to.
     pub async fn put(&self, stage: &str, record: &Record, component: Option<&[u8]>) -> Result<()> {
         if let Some(bytes) = component {

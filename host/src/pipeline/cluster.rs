@@ -3,7 +3,8 @@
 //! sharing the stream follow through the cluster's record (`bus::deploys`):
 //!
 //! - [`announce`]: each deploy or rollback applied here (from the API, the CLI, the watched directory, or the
-//!   error-rate watch) is put in the record, off the pipeline thread, and tried again until NATS takes it.
+//!   error-rate watch) is put in the record, off the pipeline thread, and tried again until NATS takes it;
+//!   one NATS has not taken when the host stops is kept (`plugins.deployed_dir`) and put at its next start.
 //! - [`follow`]: every host watches the record and brings each stage to it the way a deploy made here goes
 //!   (compile, contract, self-test on its own recent events, swap between batches, state handed over), or
 //!   by a rollback when the record rolls back the version the host runs to the one it ran before. A host
@@ -31,50 +32,128 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::deployed::{Deployed, fingerprint};
+use super::deployed::{Deployed, fingerprint, sha256_hex};
 use super::shared::Shared;
 use crate::bus::deploys::{Deploys, HostReport, REPORT_TTL, Record, Since};
-use crate::config::Config;
+use crate::config::{Config, ResolvedStage};
 use crate::runtime::Loader;
 
 /// A deploy or rollback applied on this host, for the others to follow.
 #[derive(Debug)]
 pub struct Announcement {
     pub stage: String,
-    /// The version the stage runs now: its label and SHA-256.
-    pub plugin: String,
-    pub sha256: String,
-    /// The version it replaced (for a rollback, the one rolled back from).
-    pub replaced: String,
-    /// A deploy's component; `None` for a rollback, whose version the other hosts have already.
+    pub record: Record,
+    /// A deploy's component. A rollback's is looked for in `found_at`, for the hosts that never ran the
+    /// version rolled back to.
     pub component: Option<Bytes>,
-    /// The stage's configured plugin file.
-    pub configured: PathBuf,
+    pub found_at: Vec<PathBuf>,
+}
+
+/// The pipeline thread's side of [`announce`]: makes each deploy or rollback applied here into the cluster's
+/// record, keeps it in `deployed` (written before anything else can happen, so a stop at any moment after
+/// leaves it there) until NATS takes it, and hands it to [`announce`].
+pub struct Herald {
+    to: tokio::sync::mpsc::UnboundedSender<Announcement>,
+    host: String,
+    deployed: Option<Deployed>,
+    /// By stage index: the configured plugin file, and its SHA-256 when this host started on it.
+    configured: Vec<(PathBuf, Option<String>)>,
+}
+
+impl Herald {
+    pub async fn new(
+        to: tokio::sync::mpsc::UnboundedSender<Announcement>,
+        host: String,
+        deployed: Option<Deployed>,
+        configured: &[PathBuf],
+    ) -> Herald {
+        let mut hashed = Vec::with_capacity(configured.len());
+        for file in configured {
+            hashed.push((file.clone(), hash(file.clone()).await));
+        }
+        Herald {
+            to,
+            host,
+            deployed,
+            configured: hashed,
+        }
+    }
+
+    /// Stage `index` (`stage`) now runs `serving` in place of `replaced` (its SHA-256): deployed with
+    /// `component`, or rolled back.
+    pub fn announce(
+        &self,
+        index: usize,
+        stage: &str,
+        serving: (String, &crate::runtime::LoadedPlugin),
+        replaced: String,
+        component: Option<Bytes>,
+    ) {
+        let (label, loaded) = serving;
+        let (configured, configured_sha) = &self.configured[index];
+        let record = Record {
+            sha256: loaded.sha256.clone(),
+            plugin: label,
+            configured: configured_sha.clone(),
+            replaced: Some(replaced),
+            rollback: component.is_none(),
+            host: self.host.clone(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let mut found_at = vec![loaded.path.clone(), configured.clone()];
+        if let Some(deployed) = &self.deployed {
+            found_at.push(deployed.current_file(stage));
+            if let Err(e) = deployed.record_unannounced(stage, &record) {
+                tracing::warn!(
+                    %stage,
+                    "cannot keep this deploy for the next start ({e}): should NATS not take it before \
+                     this host stops, the other hosts never hear of it; check that plugins.deployed_dir is \
+                     writable"
+                );
+            }
+        }
+        let announcement = Announcement {
+            stage: stage.to_string(),
+            record,
+            component,
+            found_at,
+        };
+        if self.to.send(announcement).is_err() {
+            tracing::warn!(%stage, "deployed here only: the other hosts of the pipeline cannot hear of it");
+        }
+    }
 }
 
 /// Puts each announcement in the cluster's record, until the pipeline drops its sender and the last ones
 /// are in. One NATS does not take is tried again (after a second, doubling up to half a minute, or at once
 /// when another comes), with only the newest of each stage kept: the record is what the stage runs now. A
-/// retry does not put its record over a newer one another host put meanwhile.
+/// retry does not put its record over a newer one another host put meanwhile. A record NATS took, or one a
+/// newer record superseded, is no longer kept in `deployed` ([`Herald`]); one still kept when the host
+/// stops goes out at its next start ([`prepare_start`]).
 pub async fn announce(
     deploys: Deploys,
-    host: String,
+    deployed: Option<Deployed>,
     mut announcements: tokio::sync::mpsc::UnboundedReceiver<Announcement>,
 ) {
+    let announced = |stage: &str, record: &Record| {
+        if let Some(deployed) = &deployed
+            && let Err(e) = deployed.announced(stage, &record.id())
+        {
+            tracing::warn!(%stage, "the next start puts this record again: {e}");
+        }
+    };
     let mut waiting = Waiting::new();
     let mut open = true;
     let mut pause = Duration::from_secs(1);
     loop {
         if waiting.is_empty() {
             match announcements.recv().await {
-                Some(announcement) => {
-                    queue(&mut waiting, announcement, &host).await;
-                }
+                Some(announcement) => queue(&mut waiting, announcement).await,
                 None => return,
             }
         }
         while let Ok(announcement) = announcements.try_recv() {
-            queue(&mut waiting, announcement, &host).await;
+            queue(&mut waiting, announcement).await;
         }
         for (stage, (record, component, retried)) in std::mem::take(&mut waiting) {
             if retried
@@ -88,11 +167,13 @@ pub async fn announce(
                     by = %newer.host,
                     "not announced: another host deployed to this stage since; this host follows that"
                 );
+                announced(&stage, &record);
                 continue;
             }
             match deploys.put(&stage, &record, component.as_deref()).await {
                 Ok(()) => {
                     tracing::info!(%stage, plugin = %record.plugin, "the pipeline's other hosts follow");
+                    announced(&stage, &record);
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -115,9 +196,7 @@ pub async fn announce(
         tokio::select! {
             _ = tokio::time::sleep(pause) => pause = (pause * 2).min(Duration::from_secs(30)),
             next = announcements.recv(), if open => match next {
-                Some(announcement) => {
-                    queue(&mut waiting, announcement, &host).await;
-                }
+                Some(announcement) => queue(&mut waiting, announcement).await,
                 None => open = false,
             },
         }
@@ -127,18 +206,35 @@ pub async fn announce(
 /// By stage: the record to put, its component, and whether it was tried before.
 type Waiting = BTreeMap<String, (Record, Option<Bytes>, bool)>;
 
-/// Queues an announcement's record, in place of one for its stage not put yet.
-async fn queue(waiting: &mut Waiting, announcement: Announcement, host: &str) {
-    let record = Record {
-        sha256: announcement.sha256,
-        plugin: announcement.plugin,
-        configured: hash(announcement.configured).await,
-        replaced: Some(announcement.replaced),
-        rollback: announcement.component.is_none(),
-        host: host.to_string(),
-        at_ms: chrono::Utc::now().timestamp_millis(),
+/// Queues an announcement, in place of one for its stage not put yet.
+async fn queue(waiting: &mut Waiting, announcement: Announcement) {
+    let Announcement {
+        stage,
+        record,
+        component,
+        found_at,
+    } = announcement;
+    let component = match component {
+        Some(component) => Some(component),
+        None => read_version(&found_at, &record.sha256).await,
     };
-    waiting.insert(announcement.stage, (record, announcement.component, false));
+    waiting.insert(stage, (record, component, false));
+}
+
+/// The first of `files` whose SHA-256 is `sha256`, read.
+async fn read_version(files: &[PathBuf], sha256: &str) -> Option<Bytes> {
+    for file in files {
+        let Ok(bytes) = tokio::fs::read(file).await else {
+            continue;
+        };
+        let bytes = Bytes::from(bytes);
+        let check = bytes.clone();
+        let hashed = tokio::task::spawn_blocking(move || sha256_hex(&check)).await;
+        if hashed.ok().as_deref() == Some(sha256) {
+            return Some(bytes);
+        }
+    }
+    None
 }
 
 /// [`fingerprint`], off the async threads (a Python component is tens of MB).
@@ -418,7 +514,11 @@ pub async fn prepare_start(deploys: &Deploys, config: &Config) -> Result<()> {
         return Ok(());
     };
     for stage in config.stages()? {
-        let Some((_, record)) = deploys.record(&stage.name).await? else {
+        let record = deploys.record(&stage.name).await?.map(|(_, record)| record);
+        if announce_kept(deploys, &deployed, &stage, record.as_ref()).await? {
+            continue;
+        }
+        let Some(record) = record else {
             continue;
         };
         if deployed.refused(&stage.name) == Some(record.id()) {
@@ -476,4 +576,61 @@ pub async fn prepare_start(deploys: &Deploys, config: &Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Puts the record of the deploy or rollback of `stage` that this host made while NATS was away, if it
+/// stopped before NATS came back ([`Herald`] kept it in `deployed`), unless another host deployed to the
+/// stage since (`newest`, the cluster's record) or this host no longer runs it. Whether it put one: the
+/// stage then starts on it, and the pipeline's other hosts follow. Should NATS refuse it now, the host
+/// follows the cluster's record, and says to deploy again.
+async fn announce_kept(
+    deploys: &Deploys,
+    deployed: &Deployed,
+    stage: &ResolvedStage,
+    newest: Option<&Record>,
+) -> Result<bool> {
+    let Some(kept) = deployed.unannounced(&stage.name) else {
+        return Ok(false);
+    };
+    let here = deployed
+        .current(&stage.name, &stage.path)
+        .unwrap_or_else(|| stage.path.clone());
+    let component = read_version(std::slice::from_ref(&here), &kept.sha256).await;
+    // Hosts' clocks decide which of two deploys is the newer, as they do at run time.
+    let why_not = match newest {
+        Some(newest) if newest.id() == kept.id() => Some("NATS took it before the stop"),
+        Some(newest) if newest.at_ms > kept.at_ms => {
+            Some("another host deployed to the stage since")
+        }
+        _ if component.is_none() => Some("this host no longer runs it"),
+        _ => None,
+    };
+    if let Some(why_not) = why_not {
+        tracing::info!(
+            stage = %stage.name,
+            plugin = %kept.plugin,
+            "not putting the deploy made here while NATS was away in the cluster's record: {why_not}"
+        );
+        deployed.announced(&stage.name, &kept.id())?;
+        return Ok(false);
+    }
+    if let Err(e) = deploys.put(&stage.name, &kept, component.as_deref()).await {
+        tracing::warn!(
+            stage = %stage.name,
+            plugin = %kept.plugin,
+            "cannot put the deploy made here while NATS was away in the cluster's record ({e:#}): this host \
+             starts on the cluster's version; deploy {} again once NATS takes writes",
+            kept.plugin
+        );
+        deployed.announced(&stage.name, &kept.id())?;
+        return Ok(false);
+    }
+    deployed.announced(&stage.name, &kept.id())?;
+    tracing::info!(
+        stage = %stage.name,
+        plugin = %kept.plugin,
+        "put the deploy made here while NATS was away in the cluster's record: the pipeline's other hosts \
+         follow"
+    );
+    Ok(true)
 }

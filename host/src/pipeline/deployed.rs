@@ -8,9 +8,14 @@
 //! it was deployed over. When that file has changed since (the operator pointed `plugin =` elsewhere or put a
 //! new build there), the configuration is the newer word: the stage starts on it, and the deploys of that
 //! stage are forgotten, with a warning.
+//!
+//! `refused/<stage>` names the other hosts' deploy this host refused last, and `unannounced/<stage>.json`
+//! the deploy or rollback made here that NATS has not taken yet (both for `pipeline::cluster`).
 
 use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::bus::deploys::Record;
 
 #[derive(Clone, Debug)]
 pub struct Deployed {
@@ -24,6 +29,11 @@ impl Deployed {
 
     fn file(&self, which: &str, stage: &str) -> PathBuf {
         self.dir.join(which).join(format!("{stage}.wasm"))
+    }
+
+    /// Where the version last deployed to `stage` is kept (if there is one).
+    pub fn current_file(&self, stage: &str) -> PathBuf {
+        self.file("current", stage)
     }
 
     /// The version last deployed to `stage`, if it is not the configured one and was deployed over the
@@ -112,6 +122,39 @@ impl Deployed {
         self.dir.join("refused").join(stage)
     }
 
+    /// Keeps the cluster's record of a deploy or rollback of `stage` made here until NATS has taken it
+    /// (`pipeline::cluster`): one made while NATS is away, on a host that stops before it is back, is
+    /// announced at the next start rather than lost.
+    pub fn record_unannounced(&self, stage: &str, record: &Record) -> io::Result<()> {
+        let file = self.unannounced_file(stage);
+        std::fs::create_dir_all(file.parent().expect("a file in a directory"))?;
+        let json = serde_json::to_vec(record).map_err(io::Error::other)?;
+        write_atomically(&file, &json)
+    }
+
+    /// The deploy or rollback of `stage` made here that NATS has not taken yet. One that cannot be read
+    /// (a file cut short) is none: the host then starts on the cluster's record, as before it was kept.
+    pub fn unannounced(&self, stage: &str) -> Option<Record> {
+        let file = self.unannounced_file(stage);
+        let bytes = std::fs::read(&file).ok()?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|e| tracing::warn!(file = %file.display(), "passed over: {e}"))
+            .ok()
+    }
+
+    /// NATS took the record `id` of `stage` (or it no longer stands): no longer kept, unless a later one
+    /// replaced it meanwhile.
+    pub fn announced(&self, stage: &str, id: &str) -> io::Result<()> {
+        match self.unannounced(stage) {
+            Some(kept) if kept.id() != id => Ok(()),
+            _ => remove(&self.unannounced_file(stage)),
+        }
+    }
+
+    fn unannounced_file(&self, stage: &str) -> PathBuf {
+        self.dir.join("unannounced").join(format!("{stage}.json"))
+    }
+
     /// Records a rollback of `stage` to the version before its last deploy.
     pub fn record_rollback(&self, stage: &str) -> io::Result<()> {
         let current = self.file("current", stage);
@@ -127,10 +170,13 @@ impl Deployed {
 
 /// The SHA-256 of a plugin file, in hex; `None` when it cannot be read.
 pub(crate) fn fingerprint(file: &Path) -> Option<String> {
+    std::fs::read(file).ok().map(|bytes| sha256_hex(&bytes))
+}
+
+/// The SHA-256 of a component, in hex: its identity.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    std::fs::read(file)
-        .ok()
-        .map(|bytes| hex::encode(Sha256::digest(bytes)))
+    hex::encode(Sha256::digest(bytes))
 }
 
 fn remove(file: &Path) -> io::Result<()> {
@@ -187,6 +233,30 @@ mod tests {
         deployed.record_rollback("enrich").unwrap();
         assert_eq!(current("enrich"), None, "v2 was not the previous of v4");
         assert_eq!(current("filter"), None);
+    }
+
+    #[test]
+    fn a_record_waits_until_announced() {
+        let (_dir, deployed, _) = deployed_over_v1();
+        let record = |at_ms| Record {
+            sha256: "ab".into(),
+            plugin: "enrich@0.2.0".into(),
+            configured: None,
+            replaced: Some("cd".into()),
+            rollback: false,
+            host: "edge-1".into(),
+            at_ms,
+        };
+        assert_eq!(deployed.unannounced("enrich"), None);
+        deployed.record_unannounced("enrich", &record(1)).unwrap();
+        deployed.record_unannounced("enrich", &record(2)).unwrap();
+        assert_eq!(deployed.unannounced("enrich"), Some(record(2)));
+        // An earlier record taken leaves the later one waiting.
+        deployed.announced("enrich", &record(1).id()).unwrap();
+        assert_eq!(deployed.unannounced("enrich"), Some(record(2)));
+        deployed.announced("enrich", &record(2).id()).unwrap();
+        assert_eq!(deployed.unannounced("enrich"), None);
+        deployed.announced("enrich", &record(2).id()).unwrap();
     }
 
     /// A deploy recorded before the configured plugin was noted (by an older Weir) is still started.

@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::chain::{Chain, ChainOutput};
-use super::cluster::Announcement;
+use super::cluster::Herald;
 use super::self_test::{Sample, SelfTest, StageSpec};
 use super::shared::{Control, Phase, PluginInfo, Recent, Shared};
 use crate::bus::{self, headers};
@@ -498,7 +498,7 @@ pub struct Processor {
     /// Where deploys and rollbacks are remembered across restarts.
     deployed: Option<super::deployed::Deployed>,
     /// Where they are sent for the other hosts of the pipeline to follow.
-    announcements: Option<tokio::sync::mpsc::UnboundedSender<Announcement>>,
+    herald: Option<Herald>,
 }
 
 impl Processor {
@@ -569,7 +569,7 @@ impl Processor {
             applied: vec![0; n],
             sample: Sample::default(),
             deployed: config.deployed(),
-            announcements: None,
+            herald: None,
         };
         processor.publish_plugins();
         Ok(processor)
@@ -1417,29 +1417,25 @@ impl Processor {
     /// Tells the other hosts of the pipeline (see [`super::cluster`]), off this thread, that stage `index`
     /// now runs its serving version in place of `replaced`: deployed with `component`, or rolled back.
     fn announce(&self, index: usize, replaced: String, component: Option<Bytes>) {
-        let Some(to) = &self.announcements else {
+        let Some(herald) = &self.herald else {
             return;
         };
         // The record comes back to this host's own follower, which must see the version it names as the
         // one served here, or it would deploy it again.
         self.publish_plugins();
         let serving = self.chain.stages()[index].plugin();
-        let announcement = Announcement {
-            stage: self.stages.names[index].clone(),
-            plugin: serving.label(),
-            sha256: serving.loaded().sha256.clone(),
+        herald.announce(
+            index,
+            &self.stages.names[index],
+            (serving.label(), serving.loaded()),
             replaced,
             component,
-            configured: self.stages.configured[index].clone(),
-        };
-        if to.send(announcement).is_err() {
-            tracing::warn!("deployed here only: the other hosts of the pipeline cannot hear of it");
-        }
+        );
     }
 
     /// Where deploys and rollbacks made on this host go, for the other hosts to follow.
-    pub fn announce_to(&mut self, to: tokio::sync::mpsc::UnboundedSender<Announcement>) {
-        self.announcements = Some(to);
+    pub fn announce_to(&mut self, herald: Herald) {
+        self.herald = Some(herald);
     }
 
     /// Puts `new` in place of stage `index`, with the current version's keyed state and snapshot; returns

@@ -364,6 +364,7 @@ pub async fn run(
         shared.clone(),
         stop_rx.clone(),
     ));
+    let configured_files = stages.configured.clone();
     let configured = stages
         .names
         .iter()
@@ -388,11 +389,14 @@ pub async fn run(
     let (announcer, reporter, follower) = match deploys {
         Some(deploys) => {
             let (to, announcements) = tokio::sync::mpsc::unbounded_channel();
-            processor.announce_to(to);
+            let herald =
+                super::cluster::Herald::new(to, host.clone(), config.deployed(), &configured_files)
+                    .await;
+            processor.announce_to(herald);
             (
                 Some(tokio::spawn(super::cluster::announce(
                     deploys.clone(),
-                    host.clone(),
+                    config.deployed(),
                     announcements,
                 ))),
                 Some(tokio::spawn(super::cluster::report(
@@ -495,9 +499,16 @@ pub async fn run(
             .is_err()
     {
         task.abort();
+        let then = match config.deployed() {
+            Some(_) => {
+                "this host puts it at its next start, unless another host deploys to the stage first"
+            }
+            None => {
+                "with plugins.deployed_dir = \"\" nothing keeps it: deploy it again once NATS is back"
+            }
+        };
         tracing::warn!(
-            "the last deploy or rollback did not reach the pipeline's other hosts: this host starts on \
-             their version at its next start"
+            "the last deploy or rollback did not reach the pipeline's other hosts: {then}"
         );
     }
     pending_task.abort();
