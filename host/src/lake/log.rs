@@ -69,10 +69,19 @@ impl Ranges {
     }
 
     pub fn overlaps(&self, other: &Ranges) -> bool {
-        other
-            .0
-            .iter()
-            .any(|&(a, b)| self.0.iter().any(|&(c, d)| a <= d && c <= b))
+        // Both sorted and disjoint: one walk, however many ranges the log has gathered.
+        let (mut i, mut j) = (0, 0);
+        while let (Some(&(a, b)), Some(&(c, d))) = (self.0.get(i), other.0.get(j)) {
+            if a <= d && c <= b {
+                return true;
+            }
+            if b < d {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        false
     }
 
     /// Forgets everything below `floor` (sequences the stream will never deliver again).

@@ -500,19 +500,36 @@ impl Lake {
         state: Option<Bytes>,
         state_full: bool,
     ) -> Result<CommitRecord> {
-        let done = self.start_commit(epoch, state, state_full).run().await?;
+        let done = self.start_commit(epoch, state, state_full)?.run().await?;
         Ok(self.finish_commit(done))
     }
 
     /// Hands an epoch to a [`Commit`] that runs without the lake, so the pipeline can fill the next epoch
     /// while this one is encoded and uploaded. At most one may run at a time: epochs commit in order, and the
     /// next must start only after [`Lake::finish_commit`] took this one's outcome.
-    pub fn start_commit(&mut self, epoch: Epoch, state: Option<Bytes>, state_full: bool) -> Commit {
+    ///
+    /// Refuses an epoch holding sequences another host committed since they reached this one (a message
+    /// redelivered to a second host while the first still held it): the commit's own look at the log
+    /// starts after the epochs this host knows, so it would not see them.
+    pub fn start_commit(
+        &mut self,
+        epoch: Epoch,
+        state: Option<Bytes>,
+        state_full: bool,
+    ) -> Result<Commit> {
+        if self.committed.overlaps(&epoch.sequences) {
+            anyhow::bail!(
+                "this host's open epoch holds stream sequences another host has committed meanwhile (a \
+                 message delivered to two hosts: redelivered after consumer.ack_wait, or after a server \
+                 restart): stopping without committing it; a restart skips what is committed and reads the \
+                 rest again"
+            );
+        }
         // A later restore of this host starts from this whole state, not from its own chain before it.
         self.inherited &= !state_full;
         // The next epoch types its gold columns as this one did, before this one is in the log.
         self.gold_types = epoch.gold_types.clone();
-        Commit {
+        Ok(Commit {
             store: self.store.clone(),
             host: self.host.clone(),
             upload_concurrency: self.config.upload_concurrency.max(1),
@@ -524,7 +541,7 @@ impl Lake {
             epoch,
             state,
             state_full,
-        }
+        })
     }
 
     /// Takes in a finished [`Commit`]: what it committed, and the other hosts' epochs it stepped over.
@@ -1009,6 +1026,16 @@ impl Epoch {
     }
 }
 
+/// Whether a record after `epoch` replaced the file at `location` (a full store path): a compaction or a
+/// replay in place committed after the caller read the log.
+async fn replaced_since(store: &Store, epoch: u64, location: &str) -> Result<bool> {
+    let later = log::records_after(store, epoch).await?;
+    Ok(later
+        .iter()
+        .flat_map(|r| r.replaces.iter())
+        .any(|path| store.path(path).as_ref() == location))
+}
+
 /// Finishes a committed record (idempotent, so anyone may redo it after a crash): moves its files from
 /// staging to their tables, then deletes the files it replaces (a replay in place), so that readers of the
 /// directories alone (DuckDB, pyarrow) see what the log says. Files in `replaced` (by a later record) are
@@ -1027,6 +1054,7 @@ pub(crate) async fn publish(
     if let Some(state) = &record.state {
         moves.push((format!("{}/state.bin", record.staging), state.clone()));
     }
+    let epoch = record.epoch;
     futures::stream::iter(moves)
         .map(|(from, to)| {
             let store = store.clone();
@@ -1040,6 +1068,12 @@ pub(crate) async fn publish(
                             // Already moved (an earlier attempt, or another host's recovery).
                             Err(object_store::Error::NotFound { .. }) => match store.store.head(&to).await {
                                 Ok(_) => Ok(()),
+                                // Moved, then merged away by a compaction committed since the log was read.
+                                Err(object_store::Error::NotFound { .. })
+                                    if replaced_since(&store, epoch, to.as_ref()).await? =>
+                                {
+                                    Ok(())
+                                }
                                 Err(object_store::Error::NotFound { .. }) => Err(anyhow::anyhow!(
                                     "{to} is missing and its staged copy {from} too: the lake lost a committed file \
                                      (run `weir lake verify`)"
@@ -1115,16 +1149,122 @@ mod tests {
             .block_on(future)
     }
 
-    /// Opening the lake as host `edge` removes its own uncommitted staging, leaves the staging of host
-    /// `edge-2` alone, and moves into place the files of a committed epoch that a checkpoint passed before
-    /// they were moved.
-    #[test]
-    fn staging_is_cleaned_by_whole_host_name_and_committed_files_are_kept() {
+    /// A lake in a temporary directory (kept while the first is).
+    fn local_lake() -> (tempfile::TempDir, LakeConfig) {
         let dir = tempfile::tempdir().unwrap();
         let config = LakeConfig {
             url: dir.path().to_str().unwrap().into(),
             ..Default::default()
         };
+        (dir, config)
+    }
+
+    /// Host `edge`'s epoch 1, staged in `staging`, with one silver file.
+    fn first_record(staging: &str, file: &str) -> CommitRecord {
+        CommitRecord {
+            format: CommitRecord::FORMAT,
+            epoch: 1,
+            host: "edge".into(),
+            staging: staging.into(),
+            tables: [(
+                "silver".to_string(),
+                vec![log::FileEntry {
+                    path: file.into(),
+                    rows: 1,
+                    bytes: 1,
+                    min_seq: 1,
+                    max_seq: 1,
+                }],
+            )]
+            .into(),
+            ..CommitRecord::default()
+        }
+    }
+
+    /// A message redelivered to a second host while the first still held it in its open epoch: once the
+    /// first host has learned of the second's commit (its own commit stepped over it), it refuses to
+    /// commit the message again.
+    #[test]
+    fn an_epoch_holding_what_another_host_committed_is_refused() {
+        let (_dir, config) = local_lake();
+        block_on(async {
+            let mut a = Lake::open(config.clone(), "host-a", false).await.unwrap();
+            let mut b = Lake::open(config.clone(), "host-b", false).await.unwrap();
+            let epoch = |lake: &Lake, seqs: &[u64]| {
+                let mut epoch = lake.begin(Vec::new());
+                epoch.consume(seqs.iter().copied());
+                epoch
+            };
+            let held = epoch(&a, &[5]);
+            b.commit(epoch(&b, &[5, 6]), None, false).await.unwrap();
+            a.commit(epoch(&a, &[1, 2]), None, false).await.unwrap();
+            assert!(a.is_committed(5), "host-a's commit stepped over host-b's");
+            let refused = a.start_commit(held, None, false).err().unwrap();
+            assert!(
+                refused.to_string().contains("another host has committed"),
+                "{refused}"
+            );
+            // An epoch of what no host committed goes ahead.
+            a.commit(epoch(&a, &[7]), None, false).await.unwrap();
+        });
+    }
+
+    /// A host that read the log before a compaction replaced a file publishes the record that wrote it
+    /// again (as at open): the file and its staged copy are both gone, which is no loss.
+    #[test]
+    fn publishing_again_passes_over_a_file_a_later_record_replaced() {
+        let (_dir, config) = local_lake();
+        block_on(async {
+            let store = Store::open(&config.store()).unwrap();
+            let file = "silver/dt=2026-12-05/hour=12/1-1.parquet";
+            let wrote = first_record("_weir/staging/edge-00000000000000000001", file);
+            let compacted = CommitRecord {
+                epoch: 2,
+                replaces: vec![file.into()],
+                ..wrote.clone()
+            };
+            log::create(&store, &wrote).await.unwrap();
+            log::create(&store, &compacted).await.unwrap();
+            let none_replaced = Default::default();
+            let again = publish(&store, &wrote, 4, &none_replaced);
+            tokio::time::timeout(Duration::from_secs(20), again)
+                .await
+                .expect("publishing again waited for a file a compaction removed")
+                .unwrap();
+        });
+    }
+
+    #[test]
+    fn ranges_overlap_in_one_walk() {
+        let ranges = |pairs: &[(u64, u64)]| {
+            let mut r = Ranges::default();
+            for &(a, b) in pairs {
+                r.insert(a, b);
+            }
+            r
+        };
+        let log = ranges(&[(1, 3), (10, 20), (30, 30)]);
+        for (other, overlaps) in [
+            (ranges(&[(4, 9)]), false),
+            (ranges(&[(4, 9), (21, 29), (31, 40)]), false),
+            (ranges(&[(4, 10)]), true),
+            (ranges(&[(0, 1)]), true),
+            (ranges(&[(21, 29), (30, 31)]), true),
+            (ranges(&[(15, 15)]), true),
+            (ranges(&[(0, 100)]), true),
+            (Ranges::default(), false),
+        ] {
+            assert_eq!(log.overlaps(&other), overlaps, "{other:?}");
+            assert_eq!(other.overlaps(&log), overlaps, "{other:?}");
+        }
+    }
+
+    /// Opening the lake as host `edge` removes its own uncommitted staging, leaves the staging of host
+    /// `edge-2` alone, and moves into place the files of a committed epoch that a checkpoint passed before
+    /// they were moved.
+    #[test]
+    fn staging_is_cleaned_by_whole_host_name_and_committed_files_are_kept() {
+        let (_dir, config) = local_lake();
         block_on(async {
             let store = Store::open(&config.store()).unwrap();
             let committed = "_weir/staging/edge-00000000000000000001";
@@ -1143,23 +1283,8 @@ mod tests {
             let mut sequences = Ranges::default();
             sequences.insert(1, 1);
             let record = CommitRecord {
-                format: CommitRecord::FORMAT,
-                epoch: 1,
-                host: "edge".into(),
                 sequences: sequences.clone(),
-                staging: committed.into(),
-                tables: [(
-                    "silver".to_string(),
-                    vec![log::FileEntry {
-                        path: file.into(),
-                        rows: 1,
-                        bytes: 1,
-                        min_seq: 1,
-                        max_seq: 1,
-                    }],
-                )]
-                .into(),
-                ..CommitRecord::default()
+                ..first_record(committed, file)
             };
             log::create(&store, &record).await.unwrap();
             log::checkpoint(
@@ -1199,11 +1324,7 @@ mod tests {
     /// erase it), to that host and to the exclusive reader that carries its state on; to no other.
     #[test]
     fn the_event_clock_comes_back_with_the_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = LakeConfig {
-            url: dir.path().to_str().unwrap().into(),
-            ..Default::default()
-        };
+        let (_dir, config) = local_lake();
         block_on(async {
             let store = Store::open(&config.store()).unwrap();
             store

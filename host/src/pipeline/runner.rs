@@ -1065,7 +1065,7 @@ impl Processor {
         let events = epoch.events;
         let commit = self
             .lake
-            .start_commit(epoch, Some(Bytes::from(state)), full);
+            .start_commit(epoch, Some(Bytes::from(state)), full)?;
         let sequences = commit.sequences().clone();
         let client = self.client.clone();
         let ack_wait = self.ack_wait;
@@ -1647,7 +1647,11 @@ pub async fn fetch(
             next = tokio::time::timeout_at(quiet_since + stall_after, messages.next(&reader)) => {
                 match next {
                     Ok(Some(Ok(m))) => buf.push(m),
-                    Ok(None) => return Ok(()),
+                    // Not asked to stop: the run failed, so that a supervisor starts it again.
+                    Ok(None) => anyhow::bail!(
+                        "the pull from the stream ended (the consumer deleted, or its limits refused by the \
+                         server): stopping, so that a restart opens it again"
+                    ),
                     // An error (a missed heartbeat comes every 10 s while no pull request is waiting at the
                     // server) or the quiet spell's end: past `stall_after`, see whether the pull is stuck.
                     quiet => {
