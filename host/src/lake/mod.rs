@@ -844,6 +844,19 @@ impl Commit {
         publish(&store, &record, upload_concurrency, &Default::default()).await?;
         crash::point("commit.after_publish");
 
+        // A checkpoint passes the records before it: first, what other hosts left staged goes into place.
+        let checkpoint = match checkpoint {
+            Some(checkpoint) => {
+                match publish_stranded(&store, &record.staging, upload_concurrency).await {
+                    Ok(()) => Some(checkpoint),
+                    Err(e) => {
+                        tracing::warn!("not writing the log's checkpoint this time: {e:#}");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         if let Some((mut committed, mut bases)) = checkpoint {
             note_committed(&mut committed, &mut bases, &record, &others, &other_bases);
             let checkpoint = log::Checkpoint {
@@ -1026,6 +1039,49 @@ impl Epoch {
     }
 }
 
+/// How long a committed epoch's files may stay staged before another host moves them into place: their
+/// own host does so within seconds of its record, unless it stopped in between.
+const STRANDED_AFTER_MS: i64 = 60_000;
+
+/// Moves into place the files of committed epochs (of any host but this commit's, `own_staging`) still
+/// staged a minute after their record: their host stopped between its record and the move, and may never
+/// come back under its name (a scaled-down StatefulSet, a new hostname) to finish it at its start. Run
+/// before a checkpoint passes their records, after which only a read of the whole log finds them.
+async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) -> Result<()> {
+    let listed = store
+        .store
+        .list_with_delimiter(Some(&store.path("_weir/staging")))
+        .await
+        .context("cannot list the lake's staging area")?;
+    let own = store.path(own_staging);
+    let staged: std::collections::BTreeSet<&str> = listed
+        .common_prefixes
+        .iter()
+        .filter(|dir| **dir != own)
+        .map(|dir| dir.as_ref())
+        .collect();
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let log = retry_log("reading the commit log", || log::read(store)).await?;
+    let replaced = log::replaced_paths(&log.records);
+    let now = now_ms();
+    for record in &log.records {
+        if staged.contains(store.path(&record.staging).as_ref())
+            && now - record.committed_at_ms > STRANDED_AFTER_MS
+        {
+            tracing::warn!(
+                epoch = record.epoch,
+                host = %record.host,
+                "moving the files of another host's committed epoch into place: that host stopped after its \
+                 commit record"
+            );
+            publish(store, record, concurrency, &replaced).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether a record after `epoch` replaced the file at `location` (a full store path): a compaction or a
 /// replay in place committed after the caller read the log.
 async fn replaced_since(store: &Store, epoch: u64, location: &str) -> Result<bool> {
@@ -1206,6 +1262,43 @@ mod tests {
             );
             // An epoch of what no host committed goes ahead.
             a.commit(epoch(&a, &[7]), None, false).await.unwrap();
+        });
+    }
+
+    /// A host that stopped between its commit record and moving the files into place, and never came
+    /// back: the next checkpoint another host writes moves them first.
+    #[test]
+    fn a_checkpoint_moves_files_another_host_left_staged() {
+        let (_dir, mut config) = local_lake();
+        config.checkpoint_every = 1;
+        block_on(async {
+            let store = Store::open(&config.store()).unwrap();
+            // Open first: a host's start moves what the records since the checkpoint staged.
+            let mut other = Lake::open(config.clone(), "other", false).await.unwrap();
+            let staging = "_weir/staging/edge-00000000000000000001";
+            let file = "silver/dt=2026-12-05/hour=12/1-1.parquet";
+            let left = store.path(&format!("{staging}/{file}"));
+            store
+                .store
+                .put(&left, Bytes::from_static(b"x").into())
+                .await
+                .unwrap();
+            let mut sequences = Ranges::default();
+            sequences.insert(1, 1);
+            let record = CommitRecord {
+                sequences,
+                ..first_record(staging, file)
+            };
+            log::create(&store, &record).await.unwrap();
+
+            let mut epoch = other.begin(Vec::new());
+            epoch.consume([2]);
+            other.commit(epoch, None, false).await.unwrap();
+            let moved = store.store.get(&store.path(file)).await.unwrap();
+            assert_eq!(moved.bytes().await.unwrap(), Bytes::from_static(b"x"));
+            assert!(store.store.head(&left).await.is_err(), "still staged");
+            let checkpoint = log::read(&store).await.unwrap().checkpoint;
+            assert_eq!(checkpoint.epoch, 2, "the checkpoint was written");
         });
     }
 
