@@ -6,7 +6,8 @@
 //! The commit log already refuses a second reader's epochs over the same sequences; the lease stops that
 //! second reader before it writes anything, which matters most when both run under the same host name (their
 //! staged files would share paths). A holder that cannot renew for nearly [`TTL`] counts its lease as lost
-//! (another host may take it after [`TTL`]) and commits nothing more.
+//! (another host may take it after [`TTL`]) and commits nothing more; a commit already under way writes its
+//! record only while the last renewal is that recent ([`Fence`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +94,24 @@ pub struct Lease {
     renewed: Instant,
     /// Set once the lease is lost; whoever commits checks it first.
     lost: Arc<AtomicBool>,
+    /// When it was last renewed, for [`Fence`].
+    renewed_at: Arc<std::sync::Mutex<Instant>>,
+}
+
+/// What a commit checks just before its record, the one step that makes an epoch count: that the lease is
+/// surely still this host's, renewed within [`VALID_FOR`]. The keeper's own verdict ([`Keeper::lost`]) comes
+/// only once it gives up, up to a renewal's timeout later, by when another host may hold the lease.
+#[derive(Clone)]
+pub struct Fence {
+    lost: Arc<AtomicBool>,
+    renewed_at: Arc<std::sync::Mutex<Instant>>,
+}
+
+impl Fence {
+    pub fn holds(&self) -> bool {
+        !self.lost.load(Ordering::SeqCst)
+            && self.renewed_at.lock().expect("not poisoned").elapsed() < VALID_FOR
+    }
 }
 
 /// Whether process `pid` of this machine is running.
@@ -201,7 +220,15 @@ impl Lease {
             revision,
             renewed: Instant::now(),
             lost: Arc::new(AtomicBool::new(false)),
+            renewed_at: Arc::new(std::sync::Mutex::new(Instant::now())),
         }
+    }
+
+    /// Notes a renewal (or a take-over of its own lease).
+    fn renewed(&mut self, revision: u64) {
+        self.revision = revision;
+        self.renewed = Instant::now();
+        *self.renewed_at.lock().expect("not poisoned") = self.renewed;
     }
 
     /// Keeps the lease in a task of its own until [`Keeper::finish`], or until it is lost: taken by
@@ -209,6 +236,10 @@ impl Lease {
     /// retried meanwhile.
     pub fn keep(mut self) -> Keeper {
         let lost = self.lost.clone();
+        let fence = Fence {
+            lost: lost.clone(),
+            renewed_at: self.renewed_at.clone(),
+        };
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TTL / 3);
@@ -243,6 +274,7 @@ impl Lease {
             ended: None,
             stop,
             lost,
+            fence,
         }
     }
 
@@ -253,8 +285,7 @@ impl Lease {
             .await
         {
             Ok(revision) => {
-                self.revision = revision;
-                self.renewed = Instant::now();
+                self.renewed(revision);
                 return Ok(());
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
@@ -266,8 +297,7 @@ impl Lease {
             Ok(Some(entry))
                 if entry.operation == kv::Operation::Put && entry.value == self.value =>
             {
-                self.revision = entry.revision;
-                self.renewed = Instant::now();
+                self.renewed(entry.revision);
                 Ok(())
             }
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
@@ -276,8 +306,7 @@ impl Lease {
             // Gone (deleted by hand, or ran out though renewed in time): nobody else holds it, take it again.
             Ok(_) => match self.kv.create(&self.key, self.value.clone()).await {
                 Ok(revision) => {
-                    self.revision = revision;
-                    self.renewed = Instant::now();
+                    self.renewed(revision);
                     Ok(())
                 }
                 Err(e) => Err(Renewal::Unreachable(e.into())),
@@ -306,12 +335,18 @@ pub struct Keeper {
     ended: Option<Result<Lease>>,
     stop: tokio::sync::watch::Sender<bool>,
     lost: Arc<AtomicBool>,
+    fence: Fence,
 }
 
 impl Keeper {
     /// Set once the lease is lost: from then on, commit nothing.
     pub fn lost(&self) -> Arc<AtomicBool> {
         self.lost.clone()
+    }
+
+    /// What a commit checks before its record.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// Resolves once the lease is lost (it is kept otherwise, until [`Keeper::finish`]).

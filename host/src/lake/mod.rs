@@ -541,6 +541,7 @@ impl Lake {
             epoch,
             state,
             state_full,
+            fence: None,
         })
     }
 
@@ -651,7 +652,13 @@ pub struct Commit {
     epoch: Epoch,
     state: Option<Bytes>,
     state_full: bool,
+    /// Whether this host may still write the record (see [`Commit::fenced_by`]).
+    fence: Option<Fence>,
 }
+
+/// Whether a host may still make an epoch count: an exclusive reader's lease, checked just before each
+/// attempt at the commit record.
+pub type Fence = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// What a [`Commit`] did, for [`Lake::finish_commit`].
 pub struct Committed {
@@ -706,6 +713,14 @@ fn note_committed(
 }
 
 impl Commit {
+    /// Writes the record only while `fence` holds: a record written after this host's lease ran out could
+    /// count sequences the lease's next holder reads too, and staged files that holder, under the same
+    /// host name, has cleaned away.
+    pub fn fenced_by(mut self, fence: Fence) -> Commit {
+        self.fence = Some(fence);
+        self
+    }
+
     /// The stream sequences this commit covers.
     pub fn sequences(&self) -> &Ranges {
         &self.epoch.sequences
@@ -724,6 +739,7 @@ impl Commit {
             epoch,
             state,
             state_full,
+            fence,
         } = self;
         let Epoch {
             files,
@@ -816,8 +832,20 @@ impl Commit {
         let mut others = Ranges::default();
         let mut other_bases = Vec::new();
         loop {
-            let outcome =
-                retry_log("writing the commit record", || log::create(&store, &record)).await?;
+            let outcome = retry_log("writing the commit record", || async {
+                if let Some(fence) = &fence
+                    && !fence()
+                {
+                    return Err(log::Unrecoverable(
+                        "this host's exclusive lease has not been renewed in time, so another host may hold \
+                         it: not writing the commit record (the lease's holder reads the epoch again)"
+                            .into(),
+                    )
+                    .into());
+                }
+                log::create(&store, &record).await
+            })
+            .await?;
             match outcome {
                 log::CreateOutcome::Created => break,
                 log::CreateOutcome::Taken(existing) if *existing == record => break,
@@ -1324,6 +1352,29 @@ mod tests {
                 .await
                 .expect("publishing again waited for a file a compaction removed")
                 .unwrap();
+        });
+    }
+
+    /// A commit whose fence no longer holds (an exclusive reader's lease not renewed in time) writes no
+    /// record, and counts nothing.
+    #[test]
+    fn a_commit_past_its_fence_writes_no_record() {
+        let (_dir, config) = local_lake();
+        block_on(async {
+            let mut lake = Lake::open(config.clone(), "edge", true).await.unwrap();
+            let mut epoch = lake.begin(Vec::new());
+            epoch.consume([1, 2]);
+            let refused = lake
+                .start_commit(epoch, None, false)
+                .unwrap()
+                .fenced_by(Arc::new(|| false))
+                .run()
+                .await
+                .err()
+                .unwrap();
+            assert!(format!("{refused:#}").contains("lease"), "{refused:#}");
+            let log = log::read(lake.store()).await.unwrap();
+            assert_eq!(log.last_epoch, 0, "a record was written");
         });
     }
 

@@ -451,6 +451,8 @@ pub struct Processor {
     /// Exclusive mode: set once this host's lease is lost, when another host may read the stream: no
     /// commit starts after that.
     pub lease_lost: Arc<std::sync::atomic::AtomicBool>,
+    /// An exclusive reader's lease, checked just before each commit record.
+    pub lease_fence: Option<crate::lake::Fence>,
     pub watermark_delay_ms: i64,
     /// Put a tick in the stream after this long without messages (zero: never; see [`Processor::tick`]).
     pub idle_close: Duration,
@@ -534,6 +536,7 @@ impl Processor {
             max_deliver: config.consumer.max_deliver,
             acks: !config.exclusive(),
             lease_lost: Default::default(),
+            lease_fence: None,
             watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
             // A replay reads a stream it must not write to, and ends when it has read its range.
             idle_close: if config.replay.is_some() {
@@ -1066,6 +1069,10 @@ impl Processor {
         let commit = self
             .lake
             .start_commit(epoch, Some(Bytes::from(state)), full)?;
+        let commit = match &self.lease_fence {
+            Some(fence) => commit.fenced_by(fence.clone()),
+            None => commit,
+        };
         let sequences = commit.sequences().clone();
         let client = self.client.clone();
         let ack_wait = self.ack_wait;

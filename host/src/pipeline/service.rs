@@ -383,6 +383,8 @@ pub async fn run(
     processor.until = replay_until;
     if let Some(lease) = &lease {
         processor.lease_lost = lease.lost();
+        let fence = lease.fence();
+        processor.lease_fence = Some(Arc::new(move || fence.holds()));
     }
     processor.set_previous(previous);
     processor.clock = clock;
