@@ -341,6 +341,23 @@ pub async fn put_in_place(
                         plan.until
                     );
                 }
+                // As checked before the loop, for a commit that landed since: its sequences of the range
+                // were not replayed, and replacing the range's files would lose their rows.
+                if !existing
+                    .sequences
+                    .within(plan.from, plan.until)
+                    .0
+                    .is_empty()
+                {
+                    bail!(
+                        "epoch {} ({}) committed sequences of {}..={} while this replay ran (the host had them \
+                         in flight): run the replay again, which plans afresh and replays them too",
+                        existing.epoch,
+                        existing.host,
+                        plan.from,
+                        plan.until
+                    );
+                }
                 record.epoch = existing.epoch + 1;
             }
         }
