@@ -20,7 +20,6 @@ use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 /// How old a component no record names must be before it is removed, in seconds.
 const UNUSED_AFTER_S: i64 = 600;
@@ -234,7 +233,7 @@ impl Deploys {
         tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
             .await
             .with_context(|| format!("reading component {sha256}"))?;
-        let got = hex::encode(sha2::Sha256::digest(&bytes));
+        let got = crate::runtime::component_sha256(&bytes);
         if got != sha256 {
             bail!("component {sha256} read back as {got}");
         }

@@ -32,11 +32,11 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::deployed::{Deployed, fingerprint, sha256_hex};
+use super::deployed::{Deployed, fingerprint};
 use super::shared::Shared;
 use crate::bus::deploys::{Deploys, HostReport, REPORT_TTL, Record, Since};
 use crate::config::{Config, ResolvedStage};
-use crate::runtime::Loader;
+use crate::runtime::{Loader, component_sha256};
 
 /// A deploy or rollback applied on this host, for the others to follow.
 #[derive(Debug)]
@@ -229,7 +229,7 @@ async fn read_version(files: &[PathBuf], sha256: &str) -> Option<Bytes> {
         };
         let bytes = Bytes::from(bytes);
         let check = bytes.clone();
-        let hashed = tokio::task::spawn_blocking(move || sha256_hex(&check)).await;
+        let hashed = tokio::task::spawn_blocking(move || component_sha256(&check)).await;
         if hashed.ok().as_deref() == Some(sha256) {
             return Some(bytes);
         }

@@ -170,13 +170,9 @@ impl Deployed {
 
 /// The SHA-256 of a plugin file, in hex; `None` when it cannot be read.
 pub(crate) fn fingerprint(file: &Path) -> Option<String> {
-    std::fs::read(file).ok().map(|bytes| sha256_hex(&bytes))
-}
-
-/// The SHA-256 of a component, in hex: its identity.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
+    std::fs::read(file)
+        .ok()
+        .map(|bytes| crate::runtime::component_sha256(&bytes))
 }
 
 fn remove(file: &Path) -> io::Result<()> {

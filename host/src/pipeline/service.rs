@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::lake::Lake;
 use crate::runtime::Loader;
-use sha2::Digest;
 
 /// What `run` reports once the service is up (for the "where to look" line and for tests).
 pub struct Started {
@@ -740,7 +739,7 @@ async fn watch_plugins(
                 let Ok(bytes) = tokio::fs::read(&path).await else {
                     continue;
                 };
-                let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+                let sha256 = crate::runtime::component_sha256(&bytes);
                 let running = shared
                     .plugins
                     .load()

@@ -35,6 +35,11 @@ impl std::fmt::Debug for LoadedPlugin {
     }
 }
 
+/// A component's identity: the SHA-256 of its bytes, in hex (caching, lineage, deploys).
+pub fn component_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Where precompiled artifacts are kept: `$WEIR_CACHE_DIR`, else `$XDG_CACHE_HOME/weir`, else `~/.cache/weir`.
 /// `WEIR_CACHE_DIR=off` disables the cache. The directory must be private to the user that runs Weir: the
 /// host trusts the machine code it finds there.
@@ -86,7 +91,7 @@ impl Loader {
     /// Loads a component from memory; `path` is only used in messages.
     pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<LoadedPlugin>> {
         check_is_component(path, bytes)?;
-        let sha256 = hex::encode(Sha256::digest(bytes));
+        let sha256 = component_sha256(bytes);
         let started = Instant::now();
         let (component, from_cache) = self.compile(path, bytes, &sha256)?;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;

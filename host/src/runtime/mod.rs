@@ -17,7 +17,7 @@ pub mod stats;
 pub use bindings::types;
 pub use context::Clock;
 pub use failure::{FailureKind, PluginFailure};
-pub use loader::{LoadedPlugin, Loader};
+pub use loader::{LoadedPlugin, Loader, component_sha256};
 pub use plugin::{BatchResult, HandOver, Plugin, WriteChunk};
 pub use sandbox::Limits;
 pub use snapshot::Snapshot;
