@@ -574,27 +574,10 @@ impl Lake {
     /// its record, and another host's checkpoint past it since, so the records read at open did not show
     /// it) is moved into place first.
     async fn clean_staging(&self) -> Result<()> {
-        let dir = self.store.path("_weir/staging");
-        let listed: Vec<object_store::path::Path> = self
-            .store
-            .store
-            .list(Some(&dir))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await
-            .context("cannot list the lake's staging area")?;
-        let inside = format!("{}/", dir.as_ref());
         let mut leftovers = Vec::new();
         let mut staged_committed = std::collections::BTreeSet::new();
-        for location in listed {
-            let Some(name) = location
-                .as_ref()
-                .strip_prefix(&inside)
-                .and_then(|rest| rest.split('/').next())
-            else {
-                continue;
-            };
-            let Some(first) = staged_first(name, &self.host) else {
+        for (name, location) in staged_files(&self.store).await? {
+            let Some(first) = staged_first(&name, &self.host) else {
                 continue;
             };
             if self.committed.contains(first) {
@@ -679,7 +662,7 @@ impl Committed {
 
 /// Where an epoch's files wait for its commit: `_weir/staging/<host>-<first sequence, 20 digits>`.
 fn staging_dir(host: &str, first: u64) -> String {
-    format!("_weir/staging/{host}-{first:020}")
+    format!("{STAGING}/{host}-{first:020}")
 }
 
 /// The first sequence of one of `host`'s staging directories, from its name (see [`staging_dir`]); `None`
@@ -873,19 +856,14 @@ impl Commit {
         crash::point("commit.after_publish");
 
         // A checkpoint passes the records before it: first, what other hosts left staged goes into place.
-        let checkpoint = match checkpoint {
-            Some(checkpoint) => {
-                match publish_stranded(&store, &record.staging, upload_concurrency).await {
-                    Ok(()) => Some(checkpoint),
-                    Err(e) => {
-                        tracing::warn!("not writing the log's checkpoint this time: {e:#}");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        if let Some((mut committed, mut bases)) = checkpoint {
+        if let Some((mut committed, mut bases)) = checkpoint
+            && publish_stranded(&store, &record.staging, upload_concurrency)
+                .await
+                .inspect_err(|e| {
+                    tracing::warn!("not writing the log's checkpoint this time: {e:#}")
+                })
+                .is_ok()
+        {
             note_committed(&mut committed, &mut bases, &record, &others, &other_bases);
             let checkpoint = log::Checkpoint {
                 epoch: record.epoch,
@@ -1067,6 +1045,30 @@ impl Epoch {
     }
 }
 
+/// Where commits stage their files, a directory per epoch (see [`staging_dir`]).
+const STAGING: &str = "_weir/staging";
+
+/// Every file in the staging area, with the name of the directory it is in (`<host>-<first sequence>`,
+/// `compact`, `replay-<name>`).
+async fn staged_files(store: &Store) -> Result<Vec<(String, object_store::path::Path)>> {
+    let dir = store.path(STAGING);
+    let inside = format!("{}/", dir.as_ref());
+    let listed: Vec<object_store::path::Path> = store
+        .store
+        .list(Some(&dir))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .context("cannot list the lake's staging area")?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|location| {
+            let name = location.as_ref().strip_prefix(&inside)?.split('/').next()?;
+            Some((name.to_string(), location))
+        })
+        .collect())
+}
+
 /// How long a committed epoch's files may stay staged before another host moves them into place: their
 /// own host does so within seconds of its record, unless it stopped in between.
 const STRANDED_AFTER_MS: i64 = 60_000;
@@ -1076,17 +1078,12 @@ const STRANDED_AFTER_MS: i64 = 60_000;
 /// come back under its name (a scaled-down StatefulSet, a new hostname) to finish it at its start. Run
 /// before a checkpoint passes their records, after which only a read of the whole log finds them.
 async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) -> Result<()> {
-    let listed = store
-        .store
-        .list_with_delimiter(Some(&store.path("_weir/staging")))
-        .await
-        .context("cannot list the lake's staging area")?;
-    let own = store.path(own_staging);
-    let staged: std::collections::BTreeSet<&str> = listed
-        .common_prefixes
-        .iter()
-        .filter(|dir| **dir != own)
-        .map(|dir| dir.as_ref())
+    // Directories with files in them: a moved epoch's directory stays behind, empty, on local disk.
+    let staged: std::collections::BTreeSet<String> = staged_files(store)
+        .await?
+        .into_iter()
+        .map(|(name, _)| format!("{STAGING}/{name}"))
+        .filter(|dir| dir != own_staging)
         .collect();
     if staged.is_empty() {
         return Ok(());
@@ -1095,9 +1092,7 @@ async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) 
     let replaced = log::replaced_paths(&log.records);
     let now = now_ms();
     for record in &log.records {
-        if staged.contains(store.path(&record.staging).as_ref())
-            && now - record.committed_at_ms > STRANDED_AFTER_MS
-        {
+        if staged.contains(&record.staging) && now - record.committed_at_ms > STRANDED_AFTER_MS {
             tracing::warn!(
                 epoch = record.epoch,
                 host = %record.host,
