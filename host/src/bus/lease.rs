@@ -91,11 +91,8 @@ pub struct Lease {
     key: String,
     value: Bytes,
     revision: u64,
-    renewed: Instant,
-    /// Set once the lease is lost; whoever commits checks it first.
-    lost: Arc<AtomicBool>,
-    /// When it was last renewed, for [`Fence`].
-    renewed_at: Arc<std::sync::Mutex<Instant>>,
+    /// Whether it is lost, and when it was last renewed.
+    fence: Fence,
 }
 
 /// What a commit checks just before its record, the one step that makes an epoch count: that the lease is
@@ -103,14 +100,18 @@ pub struct Lease {
 /// only once it gives up, up to a renewal's timeout later, by when another host may hold the lease.
 #[derive(Clone)]
 pub struct Fence {
+    /// Set once the keeper gives the lease up.
     lost: Arc<AtomicBool>,
     renewed_at: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl Fence {
     pub fn holds(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst)
-            && self.renewed_at.lock().expect("not poisoned").elapsed() < VALID_FOR
+        !self.lost.load(Ordering::SeqCst) && self.since_renewal() < VALID_FOR
+    }
+
+    fn since_renewal(&self) -> Duration {
+        self.renewed_at.lock().expect("not poisoned").elapsed()
     }
 }
 
@@ -218,28 +219,24 @@ impl Lease {
             key,
             value,
             revision,
-            renewed: Instant::now(),
-            lost: Arc::new(AtomicBool::new(false)),
-            renewed_at: Arc::new(std::sync::Mutex::new(Instant::now())),
+            fence: Fence {
+                lost: Arc::new(AtomicBool::new(false)),
+                renewed_at: Arc::new(std::sync::Mutex::new(Instant::now())),
+            },
         }
     }
 
     /// Notes a renewal (or a take-over of its own lease).
     fn renewed(&mut self, revision: u64) {
         self.revision = revision;
-        self.renewed = Instant::now();
-        *self.renewed_at.lock().expect("not poisoned") = self.renewed;
+        *self.fence.renewed_at.lock().expect("not poisoned") = Instant::now();
     }
 
     /// Keeps the lease in a task of its own until [`Keeper::finish`], or until it is lost: taken by
     /// another host, or not renewed for nearly [`TTL`] (the server unreachable). A failed renewal is
     /// retried meanwhile.
     pub fn keep(mut self) -> Keeper {
-        let lost = self.lost.clone();
-        let fence = Fence {
-            lost: lost.clone(),
-            renewed_at: self.renewed_at.clone(),
-        };
+        let fence = self.fence.clone();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TTL / 3);
@@ -251,20 +248,20 @@ impl Lease {
                 }
                 let error = match self.renew().await {
                     Ok(()) => continue,
-                    Err(Renewal::Unreachable(e)) if self.renewed.elapsed() < VALID_FOR => {
+                    Err(Renewal::Unreachable(e)) if self.fence.since_renewal() < VALID_FOR => {
                         tracing::warn!("cannot renew the exclusive lease (retrying): {e:#}");
                         continue;
                     }
                     Err(Renewal::Unreachable(e)) => anyhow::anyhow!(
                         "the exclusive lease could not be renewed for {}s ({e:#}): another host may \
                          hold it now; stopping without committing",
-                        self.renewed.elapsed().as_secs()
+                        self.fence.since_renewal().as_secs()
                     ),
                     Err(Renewal::Lost(who)) => anyhow::anyhow!(
                         "the exclusive lease was taken over by {who}; stopping without committing"
                     ),
                 };
-                self.lost.store(true, Ordering::SeqCst);
+                self.fence.lost.store(true, Ordering::SeqCst);
                 tracing::error!("{error:#}");
                 return Err(error);
             }
@@ -273,7 +270,6 @@ impl Lease {
             task: Some(task),
             ended: None,
             stop,
-            lost,
             fence,
         }
     }
@@ -334,14 +330,13 @@ pub struct Keeper {
     /// What the task ended with, once [`Keeper::ended`] saw it end.
     ended: Option<Result<Lease>>,
     stop: tokio::sync::watch::Sender<bool>,
-    lost: Arc<AtomicBool>,
     fence: Fence,
 }
 
 impl Keeper {
     /// Set once the lease is lost: from then on, commit nothing.
     pub fn lost(&self) -> Arc<AtomicBool> {
-        self.lost.clone()
+        self.fence.lost.clone()
     }
 
     /// What a commit checks before its record.

@@ -605,32 +605,38 @@ async fn announce_kept(
         _ if component.is_none() => Some("this host no longer runs it"),
         _ => None,
     };
-    if let Some(why_not) = why_not {
-        tracing::info!(
-            stage = %stage.name,
-            plugin = %kept.plugin,
-            "not putting the deploy made here while NATS was away in the cluster's record: {why_not}"
-        );
-        deployed.announced(&stage.name, &kept.id())?;
-        return Ok(false);
-    }
-    if let Err(e) = deploys.put(&stage.name, &kept, component.as_deref()).await {
-        tracing::warn!(
-            stage = %stage.name,
-            plugin = %kept.plugin,
-            "cannot put the deploy made here while NATS was away in the cluster's record ({e:#}): this host \
-             starts on the cluster's version; deploy {} again once NATS takes writes",
-            kept.plugin
-        );
-        deployed.announced(&stage.name, &kept.id())?;
-        return Ok(false);
-    }
+    // Whatever happens to it now, it is kept no longer.
+    let put = match why_not {
+        Some(why_not) => {
+            tracing::info!(
+                stage = %stage.name,
+                plugin = %kept.plugin,
+                "not putting the deploy made here while NATS was away in the cluster's record: {why_not}"
+            );
+            false
+        }
+        None => match deploys.put(&stage.name, &kept, component.as_deref()).await {
+            Ok(()) => {
+                tracing::info!(
+                    stage = %stage.name,
+                    plugin = %kept.plugin,
+                    "put the deploy made here while NATS was away in the cluster's record: the pipeline's \
+                     other hosts follow"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    stage = %stage.name,
+                    plugin = %kept.plugin,
+                    "cannot put the deploy made here while NATS was away in the cluster's record ({e:#}): \
+                     this host starts on the cluster's version; deploy {} again once NATS takes writes",
+                    kept.plugin
+                );
+                false
+            }
+        },
+    };
     deployed.announced(&stage.name, &kept.id())?;
-    tracing::info!(
-        stage = %stage.name,
-        plugin = %kept.plugin,
-        "put the deploy made here while NATS was away in the cluster's record: the pipeline's other hosts \
-         follow"
-    );
-    Ok(true)
+    Ok(put)
 }
