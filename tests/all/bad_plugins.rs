@@ -57,6 +57,25 @@ fn infinite_loop_times_out() {
     assert_isolates("bad-iloop", FailureKind::Timeout, "CPU deadline");
 }
 
+/// A sleep waits in the host (`wasi:io/poll`), out of the epoch deadline's reach: one past the deadline is a
+/// timeout at once, as a loop would be at the deadline.
+#[test]
+fn sleep_times_out() {
+    assert_isolates("bad-sleep", FailureKind::Timeout, "CPU deadline");
+}
+
+#[test]
+fn a_short_sleep_is_left_alone() {
+    let mut plugin = start("bad-sleep");
+    let result = plugin.process(&action_events(&["ok", "nap", "ok", "nap"]));
+    assert!(result.verdicts.iter().all(|o| matches!(o, Verdict::Keep)));
+    assert!(
+        plugin.stats().failures.is_empty(),
+        "{:?}",
+        plugin.stats().failures
+    );
+}
+
 #[test]
 fn memory_bomb_hits_the_cap() {
     // Filling 64 MiB takes a few milliseconds alone, but can take longer than the default 100 ms CPU deadline

@@ -1,10 +1,10 @@
 //! Keyed state, snapshot state and plugin metrics are transactional: a call that fails leaves nothing behind,
 //! so bisecting a poison batch neither double-counts nor loses anything.
 
-use weir::runtime::types::Value;
-use weir::runtime::{Clock, Limits, Plugin};
+use weir::runtime::types::{Value, Verdict};
+use weir::runtime::{Clock, FailureKind, Limits, Plugin};
 
-use crate::support::{action_events, load, start};
+use crate::support::{action_events, load, start, start_with};
 
 #[test]
 fn failed_calls_leave_no_state_metrics_or_counts() {
@@ -39,6 +39,35 @@ fn failed_calls_leave_no_state_metrics_or_counts() {
         "{:?}",
         rows[0].columns
     );
+}
+
+/// Keyed state is capped in total (`limits.state_bytes`): the events whose writes would pass the cap are
+/// quarantined as `plugin_oom`, and the state keeps what the others wrote.
+#[test]
+fn keyed_state_is_capped_in_total() {
+    // `bad-stateful` sets one key (16 bytes hashed) to one byte per event: room for 50 events.
+    let limits = Limits {
+        state_bytes: 50 * 17,
+        ..Limits::default()
+    };
+    let mut plugin = start_with("bad-stateful", limits);
+    let result = plugin.process(&action_events(&["ok"; 64]));
+    for (i, verdict) in result.verdicts.iter().enumerate() {
+        match verdict {
+            Verdict::Keep if i < 50 => {}
+            Verdict::Quarantine(q) if i >= 50 => {
+                assert_eq!(q.reason, FailureKind::Oom.reason(), "{q:?}");
+                assert!(
+                    q.failed_checks
+                        .iter()
+                        .any(|c| c.contains("limits.state_bytes")),
+                    "{q:?}"
+                );
+            }
+            other => panic!("event {i}: {other:?}"),
+        }
+    }
+    assert_eq!(plugin.state().len(), 50);
 }
 
 #[test]

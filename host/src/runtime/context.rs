@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -59,14 +60,18 @@ pub struct StagedMetrics {
     pub gauges: BTreeMap<String, f64>,
 }
 
-/// Enforces `Limits::memory_bytes`. Returning an error (rather than refusing the growth) traps at once, so the
-/// failure is classified as `plugin_oom` instead of surfacing later as an allocator abort.
+/// Enforces `Limits::memory_bytes` over all of an instance's linear memories together (a component may hold
+/// many core instances, each with its own memory), and caps how many memories, tables and core instances it
+/// may create. Returning an error (rather than refusing the growth) traps at once, so the failure is
+/// classified as `plugin_oom` instead of surfacing later as an allocator abort.
 #[derive(Debug)]
 pub struct MemoryCap {
     pub max_bytes: usize,
     pub hit: bool,
     /// The instance's linear memories together, in bytes (they only grow).
     pub size: usize,
+    /// The entries of its tables together.
+    pub table_entries: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
@@ -76,25 +81,42 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self.size + desired.saturating_sub(current);
+        if total > self.max_bytes {
             self.hit = true;
             wasmtime::bail!(
-                "memory limit of {} bytes reached (wanted {desired})",
+                "memory limit of {} bytes reached (its memories together wanted {total})",
                 self.max_bytes
             );
         }
-        self.size += desired.saturating_sub(current);
+        self.size = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million entries is far beyond any real plugin.
-        Ok(desired <= 1_000_000)
+        let total = self.table_entries + desired.saturating_sub(current);
+        if total > sandbox::MAX_TABLE_ENTRIES {
+            return Ok(false);
+        }
+        self.table_entries = total;
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        sandbox::MAX_CORE_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        sandbox::MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        sandbox::MAX_TABLES
     }
 }
 
@@ -110,6 +132,20 @@ pub struct PluginCtx {
     pub stderr: GuestLog,
     pub clock: Clock,
     state_value_bytes: usize,
+    state_bytes: usize,
+    /// Set while a replacement instance repeats the calls journaled since its snapshot (see `journal`):
+    /// their keyed-state writes are dropped, the state holds them already, so they count against no limit.
+    pub repeating: bool,
+    /// When the current call's deadline passes (see [`set_deadline`]): the plugin's waits on clocks end
+    /// there (see `waits`).
+    pub deadline: Instant,
+}
+
+/// Gives the plugin's next call `ticks` epoch ticks (see `sandbox`) before it traps as a timeout.
+pub fn set_deadline(store: &mut Store<PluginCtx>, ticks: u64) {
+    store.set_epoch_deadline(ticks);
+    let budget = sandbox::EPOCH_TICK.saturating_mul(ticks.try_into().unwrap_or(u32::MAX));
+    store.data_mut().deadline = Instant::now() + budget;
 }
 
 impl PluginCtx {
@@ -126,11 +162,15 @@ impl PluginCtx {
                 max_bytes: limits.memory_bytes as usize,
                 hit: false,
                 size: 0,
+                table_entries: 0,
             },
             stdout,
             stderr,
             clock,
             state_value_bytes: limits.state_value_bytes,
+            state_bytes: limits.state_bytes,
+            repeating: false,
+            deadline: Instant::now(),
         }
     }
 
@@ -140,12 +180,22 @@ impl PluginCtx {
         self.stdout.end_call() + self.stderr.end_call()
     }
 
-    fn check_value(&self, key: &str, value: &[u8]) -> wasmtime::Result<()> {
+    fn check_value(&mut self, key: &str, value: &[u8]) -> wasmtime::Result<()> {
         if value.len() > self.state_value_bytes {
             wasmtime::bail!(
                 "state value for key {key:?} is {} bytes, over the limit of {} (limits.state_value_bytes)",
                 value.len(),
                 self.state_value_bytes
+            );
+        }
+        let total = self.state.bytes_with_staged() + 16 + value.len();
+        if total > self.state_bytes && !self.repeating {
+            // A resource cap, like memory: the failure is `plugin_oom`.
+            self.memory.hit = true;
+            wasmtime::bail!(
+                "keyed state limit of {} bytes reached (setting {key:?} would make it {total}; \
+                 limits.state_bytes)",
+                self.state_bytes
             );
         }
         Ok(())
@@ -213,6 +263,10 @@ impl log::Host for PluginCtx {
             Some((cut, _)) => &message[..cut],
             None => &message,
         };
+        // A plugin logging in a loop must not flood the host log either.
+        if !self.stderr.charge(message.len()) {
+            return Ok(());
+        }
         let plugin = &*self.plugin;
         match level {
             log::Level::Trace => tracing::trace!(target: "weir::plugin", plugin, "{message}"),
@@ -240,5 +294,33 @@ impl metrics::Host for PluginCtx {
 impl clock::Host for PluginCtx {
     fn now_ms(&mut self) -> wasmtime::Result<i64> {
         Ok(self.clock.now_ms())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmtime::ResourceLimiter;
+
+    use super::*;
+
+    /// A component may hold many core instances, each with a memory: the cap is on all of them together.
+    #[test]
+    fn the_memory_cap_counts_every_memory() {
+        let mut cap = MemoryCap {
+            max_bytes: 64 << 20,
+            hit: false,
+            size: 0,
+            table_entries: 0,
+        };
+        assert!(cap.memory_growing(0, 40 << 20, None).unwrap());
+        assert!(cap.memory_growing(40 << 20, 50 << 20, None).unwrap());
+        assert!(!cap.hit);
+        let second = cap.memory_growing(0, 20 << 20, None).unwrap_err();
+        assert!(cap.hit);
+        assert!(second.to_string().contains("memory limit"), "{second}");
+        assert_eq!(cap.size, 50 << 20);
+        // Tables likewise, by entries.
+        assert!(cap.table_growing(0, 600_000, None).unwrap());
+        assert!(!cap.table_growing(0, 600_000, None).unwrap());
     }
 }

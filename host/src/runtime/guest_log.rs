@@ -1,8 +1,9 @@
 //! Guest stdout and stderr, forwarded line by line to the host log under the plugin's name.
 //!
-//! A plugin may write at most `Limits::log_bytes_per_call` bytes per call; the rest is dropped and counted so a
-//! plugin that prints in a loop cannot flood the host log or its memory. Writes never fail, because a Rust guest
-//! panics when `println!` fails and that would turn chatter into a trap.
+//! A plugin may write at most `Limits::log_bytes_per_call` bytes per call to each stream (stderr's budget also
+//! covers the messages of the `log` import); the rest is dropped and counted so a plugin that prints in a loop
+//! cannot flood the host log or its memory. Writes never fail, because a Rust guest panics when `println!`
+//! fails and that would turn chatter into a trap.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -50,6 +51,18 @@ impl GuestLog {
         sink.flush_line();
         sink.budget = sink.budget_per_call;
         std::mem::take(&mut sink.dropped_bytes)
+    }
+
+    /// Takes `bytes` of this call's budget for a message the plugin logs through the `log` import, which
+    /// shares stderr's budget; `false` (the message is dropped, and counted) when too little is left.
+    pub fn charge(&self, bytes: usize) -> bool {
+        let mut sink = self.inner.lock().expect("guest log lock");
+        if bytes > sink.budget {
+            sink.dropped_bytes += bytes as u64;
+            return false;
+        }
+        sink.budget -= bytes;
+        true
     }
 
     fn write(&self, bytes: &[u8]) {

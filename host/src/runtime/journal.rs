@@ -15,7 +15,7 @@ use wasmtime::Store;
 
 use super::bindings::Plugin as Instance;
 use super::bindings::types::{Batch, Strings};
-use super::context::PluginCtx;
+use super::context::{PluginCtx, set_deadline};
 use super::sandbox;
 
 /// A new snapshot is taken once the calls journaled since the last one took this many times as long as that
@@ -132,9 +132,20 @@ pub fn repeat(
     store: &mut Store<PluginCtx>,
     calls: &[Journaled],
 ) -> Result<()> {
+    store.data_mut().repeating = true;
+    let repeated = repeat_each(instance, store, calls);
+    store.data_mut().repeating = false;
+    repeated
+}
+
+fn repeat_each(
+    instance: &Instance,
+    store: &mut Store<PluginCtx>,
+    calls: &[Journaled],
+) -> Result<()> {
     let guest = instance.weir_transform_transform();
     for call in calls {
-        store.set_epoch_deadline(sandbox::state_deadline_ticks());
+        set_deadline(store, sandbox::state_deadline_ticks());
         let repeated = match call {
             Journaled::Process(batch) => guest
                 .call_process(&mut *store, &batch.whole())

@@ -11,7 +11,7 @@ use wasmtime::component::{Component, Linker};
 
 use super::bindings::{self, PluginPre};
 use super::context::PluginCtx;
-use super::sandbox;
+use super::{sandbox, waits};
 
 /// A compiled, contract-checked plugin, ready to be instantiated any number of times.
 pub struct LoadedPlugin {
@@ -69,6 +69,7 @@ fn linker() -> &'static Linker<PluginCtx> {
             ctx
         })
         .expect("link the weir:transform imports");
+        waits::bound_by_deadline(&mut linker).expect("link the plugin's clock waits");
         linker
     })
 }
@@ -150,14 +151,15 @@ impl Loader {
                 .join(sandbox::engine_fingerprint())
                 .join(format!("{sha256}.cwasm"))
         });
-        if let Some(artifact) = &artifact
+        if let (Some(root), Some(artifact)) = (&self.cache_dir, &artifact)
+            && private(root, artifact)
             && let Ok(serialized) = std::fs::read(artifact)
         {
             // Read into memory rather than mapping the file: a cache file replaced or truncated while mapped
             // would crash the host with SIGBUS.
             // SAFETY: the artifact was written by `Component::serialize` of an engine with the same
-            // fingerprint (it is in the path), into the user's private cache directory; wasmtime checks its
-            // header and engine compatibility before using it.
+            // fingerprint (it is in the path), into the user's private cache directory (checked just above);
+            // wasmtime checks its header and engine compatibility before using it.
             match unsafe { Component::deserialize(engine, &serialized) } {
                 Ok(component) => return Ok((component, true)),
                 Err(e) => {
@@ -181,15 +183,60 @@ impl Loader {
     }
 }
 
+/// Whether a cached artifact may be trusted: it, and every directory from the cache's root down to it, belong
+/// to the user Weir runs as, and no one else may write them. The host runs the machine code it finds there
+/// outside the sandbox, so a cache others can write to (a shared or group-writable volume) is not read: the
+/// plugin is compiled instead, with a warning.
+#[cfg(unix)]
+fn private(root: &Path, artifact: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    let mut path = artifact;
+    loop {
+        match std::fs::metadata(path) {
+            // Missing: nothing cached yet (the read fails just after).
+            Err(_) => return true,
+            Ok(meta) if meta.uid() != user || meta.mode() & 0o022 != 0 => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "not using the compiled-plugin cache: {} belongs to another user or others may write                      to it; make the cache directory private (chmod 700) or set WEIR_CACHE_DIR",
+                    path.display()
+                );
+                return false;
+            }
+            Ok(_) => {}
+        }
+        match path.parent() {
+            Some(parent) if path != root => path = parent,
+            _ => return true,
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn private(_: &Path, _: &Path) -> bool {
+    true
+}
+
 fn write_artifact(artifact: &Path, component: &Component) -> Result<()> {
     let dir = artifact.parent().expect("artifact path has a parent");
-    std::fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     let serialized = component.serialize()?;
     // Write then rename, so a concurrent loader never reads half an artifact.
     let tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::fs::write(tmp.path(), serialized)?;
     tmp.persist(artifact)?;
     Ok(())
+}
+
+/// Creates `dir` and its missing parents, readable and writable by this user alone.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 fn check_is_component(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -13,6 +13,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod state;
 pub mod stats;
+mod waits;
 
 pub use bindings::types;
 pub use context::Clock;

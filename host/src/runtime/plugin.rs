@@ -16,7 +16,7 @@ use super::bindings::types::{
 };
 use super::bindings::{self, Plugin as Instance};
 use super::columns::{self, CheckedColumn};
-use super::context::{Clock, PluginCtx};
+use super::context::{Clock, PluginCtx, set_deadline};
 use super::failure::{FailureKind, PluginFailure};
 use super::journal::{Journal, Journaled, JournaledBatch, repeat};
 use super::loader::LoadedPlugin;
@@ -96,7 +96,7 @@ impl Plugin {
         let (mut store, instance) =
             instantiate(&loaded, name, &limits, clock.clone(), KeyedState::default())?;
         let guest = instance.weir_transform_transform();
-        store.set_epoch_deadline(limits.setup_deadline_ticks());
+        set_deadline(&mut store, limits.setup_deadline_ticks());
         let manifest = guest.call_manifest(&mut store).map_err(|e| {
             anyhow!(
                 "{}: manifest() failed: {}",
@@ -105,7 +105,7 @@ impl Plugin {
             )
         })?;
         store.data_mut().plugin = manifest.name.clone().into();
-        store.set_epoch_deadline(limits.setup_deadline_ticks());
+        set_deadline(&mut store, limits.setup_deadline_ticks());
         let plan = guest
             .call_init(&mut store, config)
             .map_err(|e| {
@@ -472,7 +472,7 @@ impl Plugin {
         f: impl FnOnce(&Instance, &mut Store<PluginCtx>) -> wasmtime::Result<R>,
         check: impl FnOnce(&R) -> Result<(), PluginFailure>,
     ) -> Result<R, PluginFailure> {
-        self.store.set_epoch_deadline(deadline_ticks);
+        set_deadline(&mut self.store, deadline_ticks);
         self.store.data_mut().memory.hit = false;
         let started = Instant::now();
         let outcome = f(&self.instance, &mut self.store);
@@ -563,13 +563,13 @@ impl Plugin {
     fn bring_up(&mut self, store: &mut Store<PluginCtx>, instance: &Instance) -> Result<()> {
         let snapshot = self.restore_point().map(Snapshot::unpack).transpose()?;
         let guest = instance.weir_transform_transform();
-        store.set_epoch_deadline(self.limits.setup_deadline_ticks());
+        set_deadline(store, self.limits.setup_deadline_ticks());
         guest
             .call_init(&mut *store, &self.config)
             .map_err(|e| anyhow!("init() trapped: {e}"))?
             .map_err(|e| anyhow!("init() refused the config it accepted before: {e}"))?;
         if let Some(raw) = snapshot {
-            store.set_epoch_deadline(sandbox::state_deadline_ticks());
+            set_deadline(store, sandbox::state_deadline_ticks());
             guest
                 .call_restore(&mut *store, &raw)
                 .map_err(|e| anyhow!("restore() trapped: {e}"))?
@@ -603,7 +603,7 @@ fn instantiate(
     );
     store.limiter(|ctx| &mut ctx.memory);
     store.epoch_deadline_trap();
-    store.set_epoch_deadline(limits.setup_deadline_ticks());
+    set_deadline(&mut store, limits.setup_deadline_ticks());
     let instance = loaded
         .pre
         .instantiate(&mut store)

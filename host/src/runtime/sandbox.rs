@@ -39,6 +39,15 @@ pub const SETUP_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// taking the host thread's stack with it. 1 MiB is 2-4x what the SDK's own code needs at its deepest.
 pub const MAX_WASM_STACK: usize = 1 << 20;
 
+/// Core instances, linear memories and tables one plugin instance may create, and the entries of its tables
+/// together: far above what the SDKs' components hold (a componentized interpreter has a handful of core
+/// instances and memories), far below wasmtime's default of 10,000 each. A component past them is refused
+/// when it is instantiated. (`Limits::memory_bytes` bounds its memories together.)
+pub const MAX_CORE_INSTANCES: usize = 100;
+pub const MAX_MEMORIES: usize = 16;
+pub const MAX_TABLES: usize = 100;
+pub const MAX_TABLE_ENTRIES: usize = 1_000_000;
+
 /// Per-plugin resource limits. Pipeline configs can override each field per stage; the defaults suit a plugin
 /// that handles batches of a few thousand ~1 kB events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -49,7 +58,7 @@ pub struct Limits {
     /// that keeps timing out is quarantined as `plugin_timeout`. Default 100 ms. Raise it for plugins that do
     /// heavy work per event, lower it to bound the latency a misbehaving plugin can add.
     pub call_timeout_ms: u64,
-    /// Linear memory the plugin may grow to, in bytes. Growing past it traps (`plugin_oom`) and the instance is
+    /// Linear memory the plugin may grow to, all its memories together, in bytes. Growing past it traps (`plugin_oom`) and the instance is
     /// replaced. Default 64 MiB; interpreted languages (componentize-py, componentize-js) start near 20 MiB.
     pub memory_bytes: u64,
     /// Size of what one call may return (outcomes, field writes and rows, counted by content), in bytes. Larger
@@ -60,8 +69,13 @@ pub struct Limits {
     /// Largest value the plugin may store under one key of its keyed state, in bytes. A larger `set` traps.
     /// Default 1 MiB.
     pub state_value_bytes: usize,
-    /// Bytes of stdout/stderr the plugin may write per call; the rest is dropped (and counted) so a chatty
-    /// plugin cannot flood the host log. Default 64 KiB.
+    /// Keyed state the plugin may hold, keys (16 bytes each) and values together, in bytes, counting the writes
+    /// of the call under way. A write past it traps as `plugin_oom`: the event is quarantined and the state
+    /// keeps what it had. Expired entries count until the state's next sweep. Default 256 MiB.
+    pub state_bytes: usize,
+    /// Bytes the plugin may write per call to each of stdout and stderr (the `log` import's messages count
+    /// as stderr's); the rest is dropped (and counted) so a chatty plugin cannot flood the host log. Default
+    /// 64 KiB.
     pub log_bytes_per_call: usize,
 }
 
@@ -73,6 +87,7 @@ impl Default for Limits {
             output_bytes: 16 << 20,
             max_rows: 100_000,
             state_value_bytes: 1 << 20,
+            state_bytes: 256 << 20,
             log_bytes_per_call: 64 << 10,
         }
     }

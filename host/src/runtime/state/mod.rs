@@ -71,6 +71,8 @@ pub struct KeyedState {
     swept_at_ms: i64,
     /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
     dirty: HashSet<Key>,
+    /// Bytes of keys and values the call under way has set (overwrites counted in full).
+    staged_bytes: usize,
 }
 
 /// Plugin time between sweeps of a state that does not grow.
@@ -124,6 +126,7 @@ impl KeyedState {
     pub fn set(&mut self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>, now_ms: i64) {
         let expires_at_ms =
             ttl_ms.map(|ttl| now_ms.saturating_add(ttl.min(i64::MAX as u64) as i64));
+        self.staged_bytes += std::mem::size_of::<Key>() + value.len();
         self.staged.insert(
             Key::of(key),
             Some(Entry {
@@ -159,6 +162,7 @@ impl KeyedState {
         }
         // The emptied map keeps its table for the next call.
         self.staged = staged;
+        self.staged_bytes = 0;
         let grown = self.committed.len() >= self.swept_len + self.swept_len / 4;
         let due = now_ms.saturating_sub(self.swept_at_ms) >= SWEEP_EVERY_MS;
         if self.committed.len() > 1024 && (grown || due) {
@@ -169,6 +173,7 @@ impl KeyedState {
     /// Forgets the staged writes of a call that failed.
     pub fn rollback(&mut self) {
         self.staged.clear();
+        self.staged_bytes = 0;
     }
 
     fn sweep(&mut self, now_ms: i64) {
@@ -188,6 +193,11 @@ impl KeyedState {
     /// Bytes of keys (16 each) and values committed.
     pub fn bytes(&self) -> usize {
         self.committed.len() * std::mem::size_of::<Key>() + self.committed.value_bytes()
+    }
+
+    /// [`KeyedState::bytes`] with the writes the call under way has set so far (see `Limits::state_bytes`).
+    pub fn bytes_with_staged(&self) -> usize {
+        self.bytes() + self.staged_bytes
     }
 
     /// Every committed entry, as a delta from nothing (a full checkpoint); clears the change tracking.
