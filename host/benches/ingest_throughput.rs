@@ -48,12 +48,11 @@ fn main() {
             subjects: vec!["bench.events".into()],
             ..StreamConfig::default()
         };
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let source = SseConfig {
             url,
             ..SseConfig::default()
         };
-        let mut ingest = Ingest::new(nats.clone(), source, stream, config.clone(), tx)
+        let mut ingest = Ingest::new(nats.clone(), source, stream, config.clone())
             .await
             .unwrap();
         let stats = ingest.stats().clone();

@@ -70,7 +70,6 @@ async fn prefill(nats: &async_nats::Client, config: &Config, count: u64) -> u64 
         count: Some(count),
     });
     let (url, server) = spawn_local(Arc::new(serve)).await.unwrap();
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let source = SseConfig {
         url,
         ..SseConfig::default()
@@ -79,15 +78,9 @@ async fn prefill(nats: &async_nats::Client, config: &Config, count: u64) -> u64 
         name: "bench-prefill".into(),
         ..config.ingest.clone()
     };
-    let mut ingest = Ingest::new(
-        nats.clone(),
-        source,
-        config.stream.clone(),
-        ingest_config,
-        tx,
-    )
-    .await
-    .unwrap();
+    let mut ingest = Ingest::new(nats.clone(), source, config.stream.clone(), ingest_config)
+        .await
+        .unwrap();
     let stats = ingest.stats().clone();
     // Stop once the stream confirmed every event (or the ingest dropped it as a canary). Stopping at the last
     // one *received* could cut off its publish (a stop leaves it to the next start, which reads it from the

@@ -7,8 +7,9 @@
 //! between is dropped by the stream's duplicate window.
 //!
 //! Events that are not JSON are published too (bronze keeps everything), marked with a header and keyed by a
-//! hash of their bytes. Oversize events are not published: they are reported to the quarantine sink with the
-//! reason `oversize`.
+//! hash of their bytes. An oversize event (over `source.max_event_bytes`, or with its headers over what the
+//! NATS server takes) is published as its first [`OVERSIZE_KEPT`] bytes, marked `oversize` with its size, so
+//! the pipeline puts it in quarantine with that reason rather than losing it unseen.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -78,13 +79,8 @@ impl IngestStats {
     }
 }
 
-/// Something ingest could not publish, for the quarantine.
-#[derive(Clone, Debug)]
-pub struct Refused {
-    pub reason: &'static str,
-    pub detail: String,
-    pub last_event_id: String,
-}
+/// How much of an oversize event its quarantine message keeps.
+pub const OVERSIZE_KEPT: usize = 64 << 10;
 
 pub struct Ingest {
     config: IngestConfig,
@@ -94,8 +90,6 @@ pub struct Ingest {
     parser: Parser,
     canary: crate::event::Slot,
     stats: Arc<IngestStats>,
-    /// Oversize events go here (the pipeline's quarantine, or a log).
-    refused: tokio::sync::mpsc::UnboundedSender<Refused>,
 }
 
 fn now_ms() -> i64 {
@@ -106,18 +100,18 @@ fn now_ms() -> i64 {
 }
 
 impl Ingest {
-    /// Connects everything: ensures the stream, opens the position bucket. Fails with a clear message when
-    /// NATS or the configuration is wrong.
+    /// Connects everything: creates the stream when it is missing (one that exists keeps its settings: see
+    /// [`StreamConfig::ensure_exists`]), opens the position bucket. Fails with a clear message when NATS or
+    /// the configuration is wrong.
     pub async fn new(
         nats: async_nats::Client,
         source: SseConfig,
         stream: StreamConfig,
         config: IngestConfig,
-        refused: tokio::sync::mpsc::UnboundedSender<Refused>,
     ) -> Result<Self> {
         source.validate().map_err(anyhow::Error::msg)?;
         let js = async_nats::jetstream::new(nats);
-        stream.ensure(&js).await?;
+        stream.ensure_exists(&js).await?;
         let positions = Positions::open(&js).await?;
         let stats = Arc::new(IngestStats::default());
         let publisher = Publisher::new(
@@ -144,7 +138,6 @@ impl Ingest {
             parser: Parser::new(layout),
             canary,
             stats,
-            refused,
             config,
         })
     }
@@ -174,8 +167,18 @@ impl Ingest {
                 tracing::info!(source = %self.config.name, "ingest stopped");
                 return Ok(());
             };
-            // Whatever ended the connection, what was sent is acked before deciding what comes next.
-            self.publisher.flush().await?;
+            // Whatever ended the connection, what was sent is acked before deciding what comes next; a stop
+            // meanwhile (NATS may be away too) waits for it only as long as any stop does.
+            let flushed = tokio::select! {
+                _ = &mut stop => None,
+                flushed = self.publisher.flush() => Some(flushed),
+            };
+            let Some(flushed) = flushed else {
+                self.flush_on_stop().await?;
+                tracing::info!(source = %self.config.name, "ingest stopped");
+                return Ok(());
+            };
+            flushed?;
             if let Some(p) = self.publisher.acked_position() {
                 position = Some(p.to_string());
             }
@@ -192,7 +195,9 @@ impl Ingest {
                     retry_after,
                     url,
                 }) if status.as_u16() == 429 => {
-                    let delay = retry_after.unwrap_or(config.rate_limited_backoff);
+                    let delay = retry_after
+                        .unwrap_or(config.rate_limited_backoff)
+                        .max(config.min_backoff);
                     tracing::warn!(%url, "HTTP 429 (too many requests); waiting {delay:?}");
                     delay
                 }
@@ -260,14 +265,14 @@ impl Ingest {
                         bytes,
                         last_event_id,
                     } => {
-                        self.stats.oversize.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.refused.send(Refused {
-                            reason: "oversize",
-                            detail: format!(
-                                "an event of {bytes} bytes, over source.max_event_bytes"
-                            ),
-                            last_event_id,
-                        });
+                        // The parser kept none of it (its memory stays bounded).
+                        let detail = format!(
+                            "an event of {bytes} bytes, over source.max_event_bytes (its data is not kept)"
+                        );
+                        let id = format!("oversize:{last_event_id}:{bytes}");
+                        if let Err(e) = self.oversize(id, detail, &last_event_id, "").await {
+                            tracing::error!("cannot publish: {e:#}");
+                        }
                     }
                 }
             }
@@ -320,12 +325,55 @@ impl Ingest {
                 format!("sha256:{}", hex::encode(&Sha256::digest(&payload)[..16]))
             }
         };
+        let message = Outgoing {
+            id,
+            payload,
+            headers,
+            position: Some(event.last_event_id).filter(|p| !p.is_empty()),
+        };
+        // Repairing bad UTF-8 and the headers can take an event under `max_event_bytes` past what the server
+        // takes: sent, it would be refused for ever, and hold up every event after it.
+        if let Some((size, max)) = self.publisher.too_big(&message) {
+            let detail = format!(
+                "an event of {size} bytes with its headers, over the NATS server's max_payload of {max} \
+                 (its first {OVERSIZE_KEPT} bytes are kept)"
+            );
+            let data = String::from_utf8_lossy(&message.payload).into_owned();
+            let sse_id = message.position.unwrap_or_default();
+            return self.oversize(message.id, detail, &sse_id, &data).await;
+        }
+        self.publisher.publish(message).await.context("publish")
+    }
+
+    /// Publishes the start of an oversize event, marked so that the pipeline quarantines it as `oversize`.
+    async fn oversize(
+        &mut self,
+        id: String,
+        detail: String,
+        sse_id: &str,
+        data: &str,
+    ) -> Result<()> {
+        self.stats.oversize.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(source = %self.config.name, after = %sse_id, "oversize: {detail}");
+        // Half the server's limit leaves room for the headers, whatever that limit is.
+        let mut kept = OVERSIZE_KEPT
+            .min(self.publisher.max_payload() / 2)
+            .min(data.len());
+        while !data.is_char_boundary(kept) {
+            kept -= 1;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(headers::SSE_ID, sse_id);
+        headers.insert(headers::INGEST_MS, now_ms().to_string().as_str());
+        headers.insert(headers::SOURCE, self.config.name.as_str());
+        headers.insert(headers::REJECTED, "oversize");
+        headers.insert(headers::REJECTED_DETAIL, detail.as_str());
         self.publisher
             .publish(Outgoing {
                 id,
-                payload,
+                payload: Bytes::copy_from_slice(&data.as_bytes()[..kept]),
                 headers,
-                position: Some(event.last_event_id).filter(|p| !p.is_empty()),
+                position: Some(sse_id.to_string()).filter(|p| !p.is_empty()),
             })
             .await
             .context("publish")

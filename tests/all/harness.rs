@@ -253,7 +253,6 @@ impl Harness {
                 count: Some(count),
             });
             let (url, server) = spawn_local(Arc::new(serve)).await.unwrap();
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
             let source = SseConfig {
                 url,
                 min_backoff: Duration::from_millis(1),
@@ -264,15 +263,10 @@ impl Harness {
                 name: format!("prefill-{}", now_ms()),
                 ..config.ingest.clone()
             };
-            let mut ingest = Ingest::new(
-                nats.clone(),
-                source,
-                config.stream.clone(),
-                ingest_config,
-                tx,
-            )
-            .await
-            .unwrap();
+            let mut ingest =
+                Ingest::new(nats.clone(), source, config.stream.clone(), ingest_config)
+                    .await
+                    .unwrap();
             let stats = ingest.stats().clone();
             let done = async move {
                 while stats.received.load(Ordering::Relaxed) < count {

@@ -64,13 +64,11 @@ async fn start_ingest(
     stream: &StreamConfig,
     name: &str,
 ) -> Ingest {
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     Ingest::new(
         nats.clone(),
         source(url),
         stream.clone(),
         ingest_config(name),
-        tx,
     )
     .await
     .unwrap()
@@ -405,5 +403,94 @@ fn acked_messages_a_crashed_server_lost_are_sent_again() {
         let counted =
             stats.published.load(Ordering::Relaxed) + stats.duplicates.load(Ordering::Relaxed);
         assert_eq!(counted, 110);
+    });
+}
+
+/// An event too big to keep reaches the stream as its start, marked `oversize` with its size, so the
+/// pipeline quarantines it: one over `source.max_event_bytes` (the parser kept none of it), and one under it
+/// but, with its headers, over what the NATS server takes (1 MiB), which sent as it is would be refused for
+/// ever and hold up every event after it.
+#[test]
+fn oversize_events_reach_the_stream_marked_for_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats_server(dir.path());
+    let rt = runtime();
+    let generator = Generator::new(GenConfig::default());
+    let big = |i: u64, bytes: usize| {
+        let mut doc: serde_json::Value = serde_json::from_str(&generator.event(i).data).unwrap();
+        doc["comment"] = "x".repeat(bytes).into();
+        doc.to_string()
+    };
+    let lines = vec![
+        generator.event(0).data,
+        big(1, 2 << 20),
+        generator.event(2).data,
+        big(3, (1 << 20) + 1000),
+        generator.event(4).data,
+    ];
+    rt.block_on(async {
+        let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
+        let (url, server_task) =
+            spawn_local(Arc::new(ServeConfig::new(Events::Lines(lines.clone()))))
+                .await
+                .unwrap();
+        let stream = stream("OVERSIZE");
+        let source = SseConfig {
+            max_event_bytes: 3 << 19,
+            ..source(&url)
+        };
+        let mut ingest = Ingest::new(nats.clone(), source, stream.clone(), ingest_config("big"))
+            .await
+            .unwrap();
+        let stats = ingest.stats().clone();
+        let done = stream_reaches(nats.clone(), stream.name.clone(), 5);
+        tokio::time::timeout(Duration::from_secs(60), ingest.run(done))
+            .await
+            .expect("ingest finished in time")
+            .unwrap();
+        server_task.abort();
+        assert_eq!(stats.oversize.load(Ordering::Relaxed), 2);
+
+        let js = async_nats::jetstream::new(nats.clone());
+        let consumer = js
+            .get_stream("OVERSIZE")
+            .await
+            .unwrap()
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap();
+        let messages: Vec<_> = consumer
+            .messages()
+            .await
+            .unwrap()
+            .take(5)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let header = |i: usize, name: &str| {
+            messages[i]
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.to_string())
+        };
+        for i in [0, 2, 4] {
+            assert_eq!(header(i, "Weir-Rejected"), None, "message {i}");
+            assert_eq!(messages[i].payload, lines[i].as_bytes(), "message {i}");
+        }
+        assert_eq!(header(1, "Weir-Rejected").as_deref(), Some("oversize"));
+        assert!(
+            header(1, "Weir-Rejected-Detail")
+                .unwrap()
+                .contains("max_event_bytes")
+        );
+        assert!(messages[1].payload.is_empty());
+        assert_eq!(header(3, "Weir-Rejected").as_deref(), Some("oversize"));
+        assert!(
+            header(3, "Weir-Rejected-Detail")
+                .unwrap()
+                .contains("max_payload")
+        );
+        assert_eq!(messages[3].payload, lines[3].as_bytes()[..64 << 10]);
     });
 }

@@ -31,7 +31,10 @@ pub mod headers {
     /// When the host received the event, in ms since the epoch.
     pub const INGEST_MS: &str = "Weir-Ingest-Ms";
     /// The event could not be read as JSON (the reason); it is in the stream anyway: bronze keeps everything.
+    /// `oversize`: too big to keep, the message holds its start only (see `REJECTED_DETAIL`).
     pub const REJECTED: &str = "Weir-Rejected";
+    /// Why, for the quarantine's `failed_checks` (an oversize event's size and the limit it passed).
+    pub const REJECTED_DETAIL: &str = "Weir-Rejected-Detail";
     /// Some bytes were not UTF-8 and were replaced before the event was published.
     pub const INVALID_UTF8: &str = "Weir-Invalid-Utf8";
     /// The source the event came from (the configured source name).

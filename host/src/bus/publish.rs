@@ -96,9 +96,12 @@ impl Positions {
     }
 }
 
+/// A sent message's ack, polled without waiting between sends (see [`Publisher::settle_ready`]).
+type AckFuture = <PublishAckFuture as std::future::IntoFuture>::IntoFuture;
+
 struct InFlight {
     message: Outgoing,
-    ack: Option<PublishAckFuture>,
+    ack: Option<AckFuture>,
     /// Acked before, by a server that then lost its newest messages: counted in the stats already.
     recovered: bool,
 }
@@ -166,6 +169,29 @@ impl Publisher {
         &self.stats
     }
 
+    /// Whether `message` is too big for the server (its `max_payload`, 1 MiB by default): the client refuses
+    /// it, every time, so it must not be sent. Counts the headers as NATS frames them, with the
+    /// `Nats-Msg-Id` a send adds.
+    pub fn too_big(&self, message: &Outgoing) -> Option<(usize, usize)> {
+        let framing = |name: &str, value: &str| name.len() + value.len() + 4;
+        let headers: usize = message
+            .headers
+            .iter()
+            .flat_map(|(name, values)| values.iter().map(|v| framing(name.as_ref(), v.as_str())))
+            .sum();
+        let size = "NATS/1.0\r\n\r\n".len()
+            + headers
+            + framing(async_nats::header::NATS_MESSAGE_ID.as_ref(), &message.id)
+            + message.payload.len();
+        let max = self.max_payload();
+        (size > max).then_some((size, max))
+    }
+
+    /// The largest message the server takes, in bytes (its `max_payload`).
+    pub fn max_payload(&self) -> usize {
+        self.js.client().max_payload()
+    }
+
     /// The newest source position whose event the server has acked.
     pub fn acked_position(&self) -> Option<&str> {
         self.acked_position.as_deref()
@@ -190,6 +216,7 @@ impl Publisher {
         if failed {
             self.resend_all().await?;
         }
+        self.settle_ready().await?;
         if self.last_save.elapsed() >= self.save_every {
             self.save_position().await?;
         }
@@ -221,10 +248,11 @@ impl Publisher {
         Ok(())
     }
 
+    // `&mut self`, as every method that waits here: the ack futures are `Send` but not `Sync`.
     async fn send(
-        &self,
+        &mut self,
         message: &Outgoing,
-    ) -> Result<PublishAckFuture, async_nats::jetstream::context::PublishError> {
+    ) -> Result<AckFuture, async_nats::jetstream::context::PublishError> {
         let mut publish = jetstream::message::PublishMessage::build()
             .payload(message.payload.clone())
             .message_id(&message.id);
@@ -233,7 +261,23 @@ impl Publisher {
                 publish = publish.header(name.clone(), value.clone());
             }
         }
-        self.js.send_publish(self.subject.clone(), publish).await
+        let ack = self.js.send_publish(self.subject.clone(), publish).await?;
+        Ok(std::future::IntoFuture::into_future(ack))
+    }
+
+    /// Takes in the acks that have come already, oldest first, without waiting: the saved position and the
+    /// counters keep up with the server rather than trailing it by `max_in_flight` messages (which a crash
+    /// then long enough for the duplicate window to pass would have stored twice).
+    async fn settle_ready(&mut self) -> Result<()> {
+        use futures::FutureExt;
+        while let Some(front) = self.in_flight.front_mut()
+            && let Some(ack) = front.ack.as_mut()
+            && let Some(result) = ack.now_or_never()
+        {
+            front.ack = None;
+            self.settled(result.map_err(|e| e.to_string())).await?;
+        }
+        Ok(())
     }
 
     async fn settle_oldest(&mut self) -> Result<()> {
@@ -244,6 +288,14 @@ impl Publisher {
             Some(ack) => ack.await.map_err(|e| e.to_string()),
             None => Err("not sent".to_string()),
         };
+        self.settled(result).await
+    }
+
+    /// Takes in the outcome of the oldest message's ack.
+    async fn settled(
+        &mut self,
+        result: Result<jetstream::publish::PublishAck, String>,
+    ) -> Result<()> {
         match result {
             Ok(ack) => {
                 let done = self.in_flight.pop_front().expect("front exists");
@@ -298,14 +350,14 @@ impl Publisher {
         let pending = self
             .in_flight
             .iter_mut()
-            .filter_map(|entry| entry.ack.take())
-            .map(std::future::IntoFuture::into_future);
+            .filter_map(|entry| entry.ack.take());
         futures::future::join_all(pending).await;
         self.recover_lost().await;
         let mut delay = Duration::from_millis(100);
         let mut i = 0;
         while i < self.in_flight.len() {
-            match self.send(&self.in_flight[i].message).await {
+            let message = self.in_flight[i].message.clone();
+            match self.send(&message).await {
                 Ok(ack) => {
                     self.in_flight[i].ack = Some(ack);
                     self.stats.resent.fetch_add(1, Ordering::Relaxed);
@@ -364,7 +416,7 @@ impl Publisher {
     /// The ids of the messages the stream holds from the oldest kept acked message on. Every kept message is
     /// looked up, not only the newest: messages the client queued while the server was down may have been
     /// stored (and acked) in the place of lost ones.
-    async fn stored_ids(&self) -> Result<HashSet<String>> {
+    async fn stored_ids(&mut self) -> Result<HashSet<String>> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
         let mut present = HashSet::new();
         let (Some(stream), Some(first)) =
@@ -372,11 +424,7 @@ impl Publisher {
         else {
             return Ok(present);
         };
-        let mut stream = self.js.get_stream(stream).await?;
-        let last = stream.info().await?.state.last_sequence;
-        if last < first {
-            return Ok(present);
-        }
+        let stream = self.js.get_stream(stream).await?;
         let consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: self.subject.clone(),
@@ -387,6 +435,11 @@ impl Publisher {
                 ..Default::default()
             })
             .await?;
+        // Up to the subject's last message, by what the consumer has pending: the stream's own last sequence
+        // may be another subject's, or purged, and would never come.
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(present);
+        }
         let mut messages = consumer.messages().await?;
         loop {
             let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
@@ -401,12 +454,7 @@ impl Publisher {
             {
                 present.insert(id.to_string());
             }
-            if message
-                .info()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .stream_sequence
-                >= last
-            {
+            if message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending == 0 {
                 break;
             }
         }

@@ -18,7 +18,10 @@ pub struct StreamConfig {
     /// Events older than this are removed. Default 7 days (Wikimedia keeps about a week of history too).
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
-    /// The stream's size cap in bytes; the oldest events go first. Default 10 GiB; 0 means no cap.
+    /// The stream's size cap in bytes; the oldest events go first. Default 10 GiB; 0 means no cap. At the
+    /// live Wikimedia rate (~35 events/s of ~1.2 kB with headers, ~4 GB a day) the cap comes before
+    /// `max_age`: 10 GiB holds about 2.5 days, which is how long a pipeline may be down before it misses
+    /// events. Raise it (or set 0) for a longer outage budget.
     pub max_bytes: i64,
     /// Copies kept in a NATS cluster (1 on a single server).
     pub replicas: usize,
@@ -135,5 +138,68 @@ impl StreamConfig {
             tracing::info!(stream = %self.name, "updated the stream's settings");
         }
         Ok(stream)
+    }
+
+    /// Creates the stream with these settings when it is missing; one that exists is used as it is, with
+    /// this config's first subject added when it lacks it. For ingest beside a pipeline (`weir ingest` next
+    /// to `weir run --no-source`): the pipeline's config owns the stream, and a second process with default
+    /// settings must not shrink it (JetStream drops at once what new limits exclude) or take its subjects.
+    pub async fn ensure_exists(&self, js: &jetstream::Context) -> Result<stream::Stream> {
+        self.validate().map_err(anyhow::Error::msg)?;
+        let mut stream = js
+            .get_or_create_stream(self.to_nats())
+            .await
+            .with_context(|| format!("cannot create JetStream stream {}", self.name))?;
+        let mut current = stream.info().await?.config.clone();
+        let subject = self.subject().to_string();
+        let covered = current
+            .subjects
+            .iter()
+            .any(|pattern| subject_matches(pattern, &subject));
+        if !covered {
+            current.subjects.push(subject.clone());
+            js.update_stream(current)
+                .await
+                .with_context(|| format!("cannot add subject {subject} to stream {}", self.name))?;
+            stream = js.get_stream(&self.name).await?;
+            tracing::info!(stream = %self.name, %subject, "added the subject to the stream");
+        }
+        Ok(stream)
+    }
+}
+
+/// Whether NATS subject `pattern` (with `*` for one token and a final `>` for the rest) takes `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for want in pattern.split('.') {
+        match (want, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (want, Some(token)) if want == token => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subjects_match_as_nats_does() {
+        assert!(subject_matches(
+            "wikimedia.recentchange",
+            "wikimedia.recentchange"
+        ));
+        assert!(subject_matches("wikimedia.*", "wikimedia.recentchange"));
+        assert!(subject_matches("wikimedia.>", "wikimedia.recentchange.x"));
+        assert!(subject_matches(">", "a"));
+        assert!(!subject_matches("wikimedia.*", "wikimedia.recentchange.x"));
+        assert!(!subject_matches(
+            "wikimedia.recentchange.x",
+            "wikimedia.recentchange"
+        ));
+        assert!(!subject_matches("other", "wikimedia"));
     }
 }

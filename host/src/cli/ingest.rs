@@ -80,16 +80,12 @@ pub fn run(args: IngestArgs) -> Result<ExitCode> {
             max_in_flight: args.max_in_flight,
             ..IngestConfig::default()
         };
-        let (refused_tx, mut refused_rx) =
-            tokio::sync::mpsc::unbounded_channel::<crate::ingest::Refused>();
-        tokio::spawn(async move {
-            while let Some(r) = refused_rx.recv().await {
-                tracing::warn!(reason = r.reason, after = %r.last_event_id, "not published: {}", r.detail);
-            }
-        });
-        let mut ingest = Ingest::new(nats, source, stream, config, refused_tx).await?;
+        let mut ingest = Ingest::new(nats, source, stream, config).await?;
         let stats = ingest.stats().clone();
-        eprintln!("ingesting {} into stream {} at {url}", args.url, args.stream);
+        eprintln!(
+            "ingesting {} into stream {} at {url}",
+            args.url, args.stream
+        );
         let report = {
             let stats = stats.clone();
             tokio::spawn(async move {

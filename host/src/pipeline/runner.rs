@@ -59,6 +59,7 @@ struct Known<'a> {
     /// `Nats-Msg-Id`; `Weir-Source-Id` in a replay from bronze (the live event's id, kept by the replay).
     source_id: Option<&'a str>,
     rejected: Option<&'a str>,
+    rejected_detail: Option<&'a str>,
     invalid_utf8: bool,
     sse_id: Option<&'a str>,
     tick_ms: Option<&'a str>,
@@ -79,6 +80,7 @@ impl<'a> Known<'a> {
                 name if name == source_id => known.source_id = value,
                 headers::INGEST_MS => known.ingest_ms = value,
                 headers::REJECTED => known.rejected = value,
+                headers::REJECTED_DETAIL => known.rejected_detail = value,
                 headers::INVALID_UTF8 => known.invalid_utf8 = value.is_some(),
                 headers::SSE_ID => known.sse_id = value,
                 headers::TICK_MS => known.tick_ms = value,
@@ -823,7 +825,10 @@ impl Processor {
                 let detail = if poison {
                     format!("delivered {delivered} times without being committed")
                 } else {
-                    "ingest could not read the event".to_string()
+                    known
+                        .rejected_detail
+                        .unwrap_or("ingest could not read the event")
+                        .to_string()
                 };
                 quarantine.push(QuarantineRow {
                     layer: Layer::Bronze,

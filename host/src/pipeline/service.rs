@@ -124,6 +124,7 @@ pub async fn run(
     let source = config.source.as_ref().filter(|_| config.replay.is_none());
     if let Some(source) = source {
         let mut source = source.clone();
+        let mut ingest_config = config.ingest.clone();
         if config.pipeline.offline_fallback && !reachable(&source).await {
             let (url, task) = offline_source().await?;
             tracing::warn!(
@@ -132,24 +133,14 @@ pub async fn run(
                 "the source cannot be reached: serving generated events locally instead (weir serve-sse)"
             );
             source.url = url;
+            // A position of its own: the live stream's would mean nothing to the local server, and the
+            // local server's must never be sent to the live stream.
+            ingest_config.name = format!("{}-offline", ingest_config.name);
             fallback_server = Some(task);
         }
         source_url = Some(source.url.clone());
-        let (refused_tx, mut refused_rx) =
-            tokio::sync::mpsc::unbounded_channel::<crate::ingest::Refused>();
-        tokio::spawn(async move {
-            while let Some(r) = refused_rx.recv().await {
-                tracing::warn!(reason = r.reason, after = %r.last_event_id, "not ingested: {}", r.detail);
-            }
-        });
-        let mut ingest = Ingest::new(
-            client.clone(),
-            source,
-            config.stream.clone(),
-            config.ingest.clone(),
-            refused_tx,
-        )
-        .await?;
+        let mut ingest =
+            Ingest::new(client.clone(), source, config.stream.clone(), ingest_config).await?;
         ingest_stats = Some(ingest.stats().clone());
         let mut stop = stop_rx.clone();
         ingest_task = Some(tokio::spawn(async move {

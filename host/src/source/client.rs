@@ -87,6 +87,8 @@ impl SseConfig {
 /// Jittered exponential backoff ("full jitter": a random delay between zero and the current ceiling).
 #[derive(Debug)]
 pub struct Backoff {
+    /// `source.min_backoff`: the server's `retry` field cannot take the base below it.
+    min: Duration,
     base: Duration,
     max: Duration,
     ceiling: Duration,
@@ -95,6 +97,7 @@ pub struct Backoff {
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
         Backoff {
+            min: base,
             base,
             max,
             ceiling: base,
@@ -114,10 +117,12 @@ impl Backoff {
         self.ceiling = self.base;
     }
 
-    /// The server's `retry` field: the new base delay.
+    /// The server's `retry` field: the new base delay, within `min_backoff..=max_backoff` (a `retry: 0`
+    /// would have made every reconnect immediate for good). The ceiling reached so far stays: a server that
+    /// sends the field on every connection, then drops it, is still backed off from.
     pub fn set_base(&mut self, base: Duration) {
-        self.base = base.min(self.max);
-        self.ceiling = self.base;
+        self.base = base.clamp(self.min, self.max);
+        self.ceiling = self.ceiling.max(self.base);
     }
 }
 
@@ -185,9 +190,11 @@ impl SseClient {
         if let Some(id) = last_event_id.filter(|id| !id.is_empty()) {
             request = request.header("Last-Event-ID", id);
         }
-        let response = request
-            .send()
+        // A proxy that takes the connection and never answers would hold it for ever: the idle timeout
+        // covers the wait for the response's headers too.
+        let response = tokio::time::timeout(self.config.idle_timeout, request.send())
             .await
+            .map_err(|_| SourceError::Idle(self.config.idle_timeout))?
             .map_err(|source| SourceError::Connect {
                 url: url.to_string(),
                 source,
@@ -260,8 +267,13 @@ mod tests {
         );
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
-        b.set_base(Duration::from_millis(10));
-        assert!(b.next_delay() <= Duration::from_millis(10));
+        // The server's `retry` field moves the base, within min_backoff..=max_backoff: `retry: 0` does not
+        // make reconnects immediate.
+        b.set_base(Duration::ZERO);
+        assert!(b.next_delay() >= Duration::from_millis(50));
+        b.set_base(Duration::from_secs(5));
+        let d = b.next_delay().as_millis();
+        assert!((500..=1000).contains(&d), "{d}");
     }
 
     #[test]
