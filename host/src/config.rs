@@ -643,11 +643,14 @@ impl Config {
         }
     }
 
+    /// The control endpoints' bearer token, trimmed: a secret mounted from a file (`kubectl create secret
+    /// --from-file`) usually ends in a newline, which no client sends.
     pub fn api_token(&self) -> Option<String> {
+        let given = |t: String| Some(t.trim().to_string()).filter(|t| !t.is_empty());
         std::env::var("WEIR_API_TOKEN")
             .ok()
-            .filter(|t| !t.is_empty())
-            .or_else(|| self.api.token.clone().filter(|t| !t.is_empty()))
+            .and_then(given)
+            .or_else(|| self.api.token.clone().and_then(given))
     }
 
     /// An S3-compatible endpoint given on the command line (empty: the configured one stays).

@@ -231,6 +231,7 @@ fn the_api_reports_queries_controls_and_replays() {
         ("/api/v1/gold/nonesuch?source=lake", 404),
         ("/api/v1/gold/gold_wiki?source=elsewhere", 400),
         ("/api/v1/gold/gold_wiki?limit=ten", 400),
+        ("/api/v1/gold/gold_wiki?source=lake&limit=100001", 400),
         ("/api/v1/gold/gold_wiki?from=2000&to=1000", 400),
         ("/api/v1/gold/gold_wiki?wkii=enwiki", 400),
         ("/api/v1/gold/gold_wiki?wkii=enwiki&source=lake", 400),
@@ -300,7 +301,8 @@ fn the_api_reports_queries_controls_and_replays() {
         Some(TOKEN),
         None,
     );
-    assert_eq!(code, 409, "{body}");
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("enrich"), "names the stages: {body}");
 
     // A replay from the API, into a new table version.
     let replay = format!("{api}/api/v1/pipeline/replay");
@@ -311,8 +313,15 @@ fn the_api_reports_queries_controls_and_replays() {
         Some(r#"{"version": "api-v2"}"#),
     );
     assert_eq!(code, 202, "{body}");
-    let (code, body) = http("POST", &replay, Some(TOKEN), Some(r#"{"version": "../x"}"#));
-    assert_eq!(code, 409, "{body}");
+    for bad in [
+        r#"{"version": "../x"}"#,
+        r#"{"version": "v3", "from_seq": 100, "to_seq": 50}"#,
+        r#"{"version": "v3", "from_time": "yesterday"}"#,
+        r#"{"version": "v3", "from_seq": 1, "from_time": 0}"#,
+    ] {
+        let (code, body) = http("POST", &replay, Some(TOKEN), Some(bad));
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
     let finished = |version: &str| {
         let started = Instant::now();
         let status = loop {

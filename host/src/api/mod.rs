@@ -66,6 +66,16 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         log: Arc::default(),
         deploys: options.deploys,
     };
+    // The first read of the commit log reads every record (one request each, thousands on a long-lived
+    // lake): at start, not in the first query for committed rows.
+    if let (Some(store), Ok(runtime)) = (&state.lake, tokio::runtime::Handle::try_current()) {
+        let (store, log) = (store.clone(), state.log.clone());
+        runtime.spawn(async move {
+            if let Err(e) = log.records(&store).await {
+                tracing::debug!("reading the commit log for queries: {e:#}");
+            }
+        });
+    }
     let control = Router::new()
         .route("/api/v1/plugins/{stage}", post(deploy_upload))
         .route("/api/v1/plugins/{stage}/rollback", post(rollback))
@@ -259,6 +269,9 @@ async fn deploy_upload(
     UrlPath(stage): UrlPath<String>,
     body: Bytes,
 ) -> Response {
+    if let Some(unknown) = unknown_stage(&state, &stage) {
+        return unknown;
+    }
     if body.is_empty() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -277,11 +290,31 @@ async fn deploy_upload(
     .await
     {
         Ok(label) => Json(json!({ "stage": stage, "deployed": label })).into_response(),
+        Err(e) if e == STOPPING => error(StatusCode::SERVICE_UNAVAILABLE, e),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
     }
 }
 
+/// 404 naming the pipeline's stages when `stage` is none of them.
+fn unknown_stage(state: &AppState, stage: &str) -> Option<Response> {
+    let plugins = state.shared.plugins.load();
+    if plugins.iter().any(|p| p.stage == stage) {
+        return None;
+    }
+    let stages: Vec<&str> = plugins.iter().map(|p| p.stage.as_str()).collect();
+    Some(error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "the pipeline has no stage {stage:?}; its stages: {}",
+            stages.join(", ")
+        ),
+    ))
+}
+
 async fn rollback(State(state): State<AppState>, UrlPath(stage): UrlPath<String>) -> Response {
+    if let Some(unknown) = unknown_stage(&state, &stage) {
+        return unknown;
+    }
     match roll_back(&state.shared, &stage, true, None).await {
         Ok(label) => Json(json!({ "stage": stage, "running": label })).into_response(),
         Err(e) if e == STOPPING => error(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -307,35 +340,43 @@ async fn latest_events(
         Ok(limit) => limit.min(crate::pipeline::shared::Recent::EVENTS),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let recent = state.shared.recent.lock().expect("not poisoned");
-    let events: Vec<serde_json::Value> = recent
-        .events
-        .iter()
-        .rev()
-        .take(limit)
-        .map(|e| e.to_json())
-        .collect();
+    // Copied out (the raw text is shared, not copied), then made JSON without the lock the pipeline's
+    // thread takes every batch.
+    let events: Vec<crate::event::Event> = {
+        let recent = state.shared.recent.lock().expect("not poisoned");
+        recent.events.iter().rev().take(limit).cloned().collect()
+    };
+    let events: Vec<serde_json::Value> = events.iter().map(|e| e.to_json()).collect();
     Json(json!({ "events": events })).into_response()
 }
 
-/// `limit` in a query (`default` without one): a whole number, or an error that says so.
+/// The most rows one query answers with: an answer is built in memory.
+const MAX_QUERY_ROWS: usize = 100_000;
+
+/// `limit` in a query (`default` without one): a whole number up to [`MAX_QUERY_ROWS`], or an error that
+/// says so.
 fn query_limit(q: &HashMap<String, String>, default: usize) -> Result<usize, String> {
-    match q.get("limit") {
-        None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| format!("limit={v:?} is not a whole number of rows")),
+    let Some(v) = q.get("limit") else {
+        return Ok(default);
+    };
+    match v.parse::<usize>() {
+        Ok(limit) if limit <= MAX_QUERY_ROWS => Ok(limit),
+        Ok(_) => Err(format!(
+            "limit={v} is over {MAX_QUERY_ROWS} rows; page with `from` instead"
+        )),
+        Err(_) => Err(format!("limit={v:?} is not a whole number of rows")),
     }
 }
 
-/// A time in a query: ms since the epoch, or RFC 3339.
+/// A time in a query: ms since the epoch, or RFC 3339. An offset's `+` arrives as a space when the client
+/// did not encode it (`from=2025-01-01T00:00:00+02:00`): taken back as `+`.
 fn query_time(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, String> {
     match q.get(name) {
         None => Ok(None),
         Some(v) => v
             .parse::<i64>()
             .ok()
-            .or_else(|| crate::event::parse_rfc3339_ms(v))
+            .or_else(|| crate::event::parse_rfc3339_ms(&v.replace(' ', "+")))
             .map(Some)
             .ok_or_else(|| format!("{name}={v:?} is neither milliseconds nor an RFC 3339 time")),
     }
@@ -364,15 +405,9 @@ async fn start_replay(State(state): State<AppState>, body: Bytes) -> Response {
             );
         }
     };
-    if request.from_seq.is_some() && request.from_time.is_some() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "give from_seq or from_time, not both",
-        );
-    }
     match state.replays.start(context, request) {
         Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
-        Err(e) => error(StatusCode::CONFLICT, e),
+        Err((status, e)) => error(status, e),
     }
 }
 

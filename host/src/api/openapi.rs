@@ -19,7 +19,12 @@ pub async fn document() -> impl IntoResponse {
         true,
     );
     deploy["requestBody"] = json!({ "required": true, "content": { "application/wasm": { "schema": { "type": "string", "format": "binary" } } } });
+    deploy["responses"]["400"] = json!({ "description": "An empty body" });
+    deploy["responses"]["404"] =
+        json!({ "description": "The pipeline has no such stage (the error names its stages)" });
+    deploy["responses"]["413"] = json!({ "description": "The body is over api.max_upload_bytes" });
     deploy["responses"]["422"] = json!({ "description": "The component failed to load, its contract check or its self-test" });
+    deploy["responses"]["503"] = json!({ "description": "The pipeline is stopping" });
     let stage = json!([{ "name": "stage", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let mut gold = op(
         "Rows of a gold table for a window (per-wiki, per-page counts); other parameters filter columns by equality",
@@ -29,7 +34,7 @@ pub async fn document() -> impl IntoResponse {
         { "name": "table", "in": "path", "required": true, "schema": { "type": "string" } },
         { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "window start at or after (ms or RFC 3339)" },
         { "name": "to", "in": "query", "schema": { "type": "string" }, "description": "window start before (ms or RFC 3339)" },
-        { "name": "limit", "in": "query", "schema": { "type": "integer" } },
+        { "name": "limit", "in": "query", "schema": { "type": "integer", "default": 1000, "maximum": 100000 } },
         { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["auto", "memory", "lake"], "default": "auto" }, "description": "auto (default): every row of the windows from `from` on, newest first, from memory when it holds them all, else from the lake with memory's rows not committed yet (`source: memory+lake`); without `from`, the newest rows from memory. memory: memory alone, with `dropped: true` when it lacks rows of windows from `from` on. lake: committed rows of any window, oldest first" }
     ]);
     gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, or `from` not before `to`" });
@@ -45,14 +50,25 @@ pub async fn document() -> impl IntoResponse {
         "type": "object", "required": ["version"],
         "properties": {
             "version": { "type": "string" }, "from_seq": { "type": "integer" },
-            "from_time": { "type": "string", "description": "RFC 3339 or ms" }, "to_seq": { "type": "integer" },
+            "from_time": { "oneOf": [{ "type": "string" }, { "type": "integer" }], "description": "RFC 3339, or ms since the epoch" }, "to_seq": { "type": "integer" },
             "from_bronze": { "type": "boolean", "description": "read the bronze table, not the stream" },
             "in_place": { "type": "boolean", "description": "then put the version in place of the live rows of the range" }
         } } } } });
-    replay["responses"] = json!({ "202": { "description": "Started" }, "409": { "description": "Bad request or already running" } });
+    replay["responses"] = json!({
+        "202": { "description": "Started" },
+        "400": { "description": "A body that cannot be read, or a replay that cannot run (the error says why: a bad version name, both from_seq and from_time, to_seq before the start, an unreadable from_time)" },
+        "404": { "description": "Replays are not offered by this host" },
+        "409": { "description": "That version is running already" }
+    });
     let mut deploy_path = json!({ "post": deploy });
     deploy_path["parameters"] = stage.clone();
-    let mut rollback_path = json!({ "post": op("Return a stage to its previous version", true) });
+    let mut rollback = op("Return a stage to its previous version", true);
+    rollback["responses"]["404"] =
+        json!({ "description": "The pipeline has no such stage (the error names its stages)" });
+    rollback["responses"]["409"] =
+        json!({ "description": "The stage has no version to return to" });
+    rollback["responses"]["503"] = json!({ "description": "The pipeline is stopping" });
+    let mut rollback_path = json!({ "post": rollback });
     rollback_path["parameters"] = stage;
     Json(json!({
         "openapi": "3.0.3",

@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+
+use crate::pipeline::replay::{Replay, ReplayStart};
 
 /// What the API needs to start a replay of the running pipeline.
 #[derive(Clone, Debug)]
@@ -15,6 +18,9 @@ pub struct ReplayContext {
     pub nats_url: String,
     /// The live lake's URL (versions go to `<lake>/_versions/<version>`).
     pub lake: String,
+    /// Its S3-compatible endpoint when the command line gave it (`weir run --lake-endpoint`): the replay
+    /// process does not see the flag.
+    pub lake_endpoint: Option<String>,
     /// Where replay logs go.
     pub log_dir: PathBuf,
 }
@@ -25,8 +31,8 @@ pub struct ReplayContext {
 pub struct ReplayRequest {
     pub version: String,
     pub from_seq: Option<u64>,
-    /// RFC 3339 or ms since the epoch.
-    pub from_time: Option<String>,
+    /// RFC 3339 (a string) or ms since the epoch (a number or a string of digits).
+    pub from_time: Option<serde_json::Value>,
     pub to_seq: Option<u64>,
     /// Read the events from the lake's bronze table instead of the stream (for events older than the
     /// stream keeps).
@@ -59,33 +65,63 @@ pub struct Replays {
     jobs: Mutex<BTreeMap<String, Job>>,
 }
 
+impl ReplayRequest {
+    /// The replay asked for, checked as `weir replay` checks its arguments.
+    fn replay(&self, context: &ReplayContext) -> Result<Replay, String> {
+        let start = match (self.from_seq, &self.from_time) {
+            (Some(_), Some(_)) => return Err("give from_seq or from_time, not both".into()),
+            (_, Some(time)) => ReplayStart::Time(
+                time.as_str()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .or_else(|| crate::event::parse_time_ms(time))
+                    .ok_or_else(|| {
+                        format!("from_time {time} is neither milliseconds nor an RFC 3339 time")
+                    })?,
+            ),
+            (seq, None) => ReplayStart::Sequence(seq.unwrap_or(1)),
+        };
+        let replay = Replay {
+            version: self.version.clone(),
+            start,
+            until: self.to_seq,
+            bronze: self.from_bronze.then(|| context.lake.clone()),
+            in_place: None,
+        };
+        replay.validate()?;
+        Ok(replay)
+    }
+}
+
 impl Replays {
+    /// Starts `weir replay` for `request`; the error comes with its HTTP status: 400 for a request that
+    /// cannot be run, 409 when that version is running already.
     pub fn start(
         &self,
         context: &ReplayContext,
         request: ReplayRequest,
-    ) -> Result<ReplayStatus, String> {
-        let replay = crate::pipeline::replay::Replay {
-            version: request.version.clone(),
-            start: crate::pipeline::replay::ReplayStart::Sequence(1),
-            until: request.to_seq,
-            bronze: request.from_bronze.then(|| context.lake.clone()),
-            in_place: None,
-        };
-        replay.validate()?;
+    ) -> Result<ReplayStatus, (StatusCode, String)> {
+        let replay = request
+            .replay(context)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let failed = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
         let mut jobs = self.jobs.lock().expect("not poisoned");
         if let Some(job) = jobs.get_mut(&request.version)
             && job.child.try_wait().ok().flatten().is_none()
         {
-            return Err(format!("replay {} is running already", request.version));
+            return Err((
+                StatusCode::CONFLICT,
+                format!("replay {} is running already", request.version),
+            ));
         }
         let lake = replay.lake_url(&context.lake);
-        std::fs::create_dir_all(&context.log_dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&context.log_dir)
+            .map_err(|e| failed(format!("{}: {e}", context.log_dir.display())))?;
         let log = context
             .log_dir
             .join(format!("replay-{}.log", request.version));
-        let file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let file =
+            std::fs::File::create(&log).map_err(|e| failed(format!("{}: {e}", log.display())))?;
+        let exe = std::env::current_exe().map_err(|e| failed(e.to_string()))?;
         let mut command = Command::new(exe);
         command
             .arg("replay")
@@ -94,11 +130,12 @@ impl Replays {
             .args(["--version", &request.version])
             .args(["--nats", &context.nats_url])
             .args(["--lake", &lake]);
-        if let Some(seq) = request.from_seq {
-            command.args(["--from-seq", &seq.to_string()]);
-        }
-        if let Some(time) = &request.from_time {
-            command.args(["--from-time", time]);
+        match replay.start {
+            ReplayStart::Sequence(seq) => command.args(["--from-seq", &seq.to_string()]),
+            ReplayStart::Time(ms) => command.args(["--from-time", &ms.to_string()]),
+        };
+        if let Some(endpoint) = &context.lake_endpoint {
+            command.args(["--lake-endpoint", endpoint]);
         }
         if let Some(seq) = request.to_seq {
             command.args(["--to-seq", &seq.to_string()]);
@@ -114,10 +151,10 @@ impl Replays {
         }
         let child = command
             .stdin(Stdio::null())
-            .stdout(file.try_clone().map_err(|e| e.to_string())?)
+            .stdout(file.try_clone().map_err(|e| failed(e.to_string()))?)
             .stderr(file)
             .spawn()
-            .map_err(|e| format!("cannot start weir replay: {e}"))?;
+            .map_err(|e| failed(format!("cannot start weir replay: {e}")))?;
         tracing::info!(version = %request.version, log = %log.display(), "replay started");
         jobs.insert(
             request.version.clone(),

@@ -294,6 +294,7 @@ pub async fn run(
                 config_file: std::fs::canonicalize(&config.file).unwrap_or(config.file.clone()),
                 nats_url: nats_url.clone(),
                 lake: config.lake.url.clone(),
+                lake_endpoint: config.lake.endpoint.clone(),
                 // Absolute, so the path the API reports can be opened from anywhere.
                 log_dir: {
                     let dir = config.nats.data_dir.parent().map_or_else(
