@@ -146,7 +146,11 @@ pub struct Lake {
     inherited: bool,
     /// Per host, the epoch of its last whole-state commit (kept in checkpoints).
     bases: BTreeMap<String, u64>,
+    /// The types this host gives its gold columns (see [`Epoch::add_gold`]).
     gold_types: HashMap<String, Vec<(String, DataType)>>,
+    /// The gold columns every record read so far names, other hosts' too (kept in checkpoints: the types
+    /// of a column only another host has seen yet must outlive the records a checkpoint passes).
+    gold_columns: BTreeMap<String, Vec<(String, String)>>,
     pub mismatches: Arc<Mismatches>,
 }
 
@@ -299,6 +303,7 @@ impl Lake {
             inherited: false,
             bases: state.checkpoint.bases.clone(),
             gold_types: HashMap::new(),
+            gold_columns: BTreeMap::new(),
             mismatches: Arc::new(Mismatches::default()),
             config,
         };
@@ -358,6 +363,7 @@ impl Lake {
                 (table.clone(), columns)
             })
             .collect();
+        lake.gold_columns = gold_columns;
         Ok(lake)
     }
 
@@ -397,6 +403,7 @@ impl Lake {
                 &Ranges::default(),
                 &[],
             );
+            log::merge_gold_columns(&mut self.gold_columns, &record.gold_columns);
             self.last_epoch = self.last_epoch.max(record.epoch);
         }
         Ok(())
@@ -534,10 +541,13 @@ impl Lake {
             host: self.host.clone(),
             upload_concurrency: self.config.upload_concurrency.max(1),
             last_epoch: self.last_epoch,
-            // Only a checkpoint needs the whole log's sequences and bases.
-            checkpoint: self
-                .checkpoint_due()
-                .then(|| (self.committed.clone(), self.bases.clone())),
+            // Only a checkpoint needs the whole log's sequences, bases and gold columns.
+            checkpoint: self.checkpoint_due().then(|| log::Checkpoint {
+                epoch: 0,
+                sequences: self.committed.clone(),
+                gold_columns: self.gold_columns.clone(),
+                bases: self.bases.clone(),
+            }),
             epoch,
             state,
             state_full,
@@ -551,6 +561,7 @@ impl Lake {
             record,
             others,
             other_bases,
+            other_gold_columns,
         } = done;
         note_committed(
             &mut self.committed,
@@ -559,6 +570,8 @@ impl Lake {
             &others,
             &other_bases,
         );
+        log::merge_gold_columns(&mut self.gold_columns, &other_gold_columns);
+        log::merge_gold_columns(&mut self.gold_columns, &record.gold_columns);
         self.last_epoch = self.last_epoch.max(record.epoch);
         // Unchanged since `start_commit`, so this is the commit that wrote the checkpoint.
         self.since_checkpoint = if self.checkpoint_due() {
@@ -630,8 +643,9 @@ pub struct Commit {
     upload_concurrency: usize,
     /// The lake's last epoch when the commit started: this one takes the next free number.
     last_epoch: u64,
-    /// When this commit also writes the log's checkpoint: the sequences and bases committed before it.
-    checkpoint: Option<(Ranges, BTreeMap<String, u64>)>,
+    /// When this commit also writes the log's checkpoint: what the log held before it (its epoch is set
+    /// once the commit has its own).
+    checkpoint: Option<log::Checkpoint>,
     epoch: Epoch,
     state: Option<Bytes>,
     state_full: bool,
@@ -651,6 +665,8 @@ pub struct Committed {
     /// Those of the epochs that saved their host's whole plugin state, as (host, epoch): a checkpoint
     /// written by this commit must name them, or those hosts would restart with no state.
     other_bases: Vec<(String, u64)>,
+    /// The gold columns those epochs name.
+    other_gold_columns: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Committed {
@@ -814,6 +830,7 @@ impl Commit {
         };
         let mut others = Ranges::default();
         let mut other_bases = Vec::new();
+        let mut other_gold_columns = BTreeMap::new();
         loop {
             let outcome = retry_log("writing the commit record", || async {
                 if let Some(fence) = &fence
@@ -846,6 +863,7 @@ impl Commit {
                     if existing.state_full && existing.state.is_some() {
                         other_bases.push((existing.host.clone(), existing.epoch));
                     }
+                    log::merge_gold_columns(&mut other_gold_columns, &existing.gold_columns);
                     record.epoch = existing.epoch + 1;
                 }
             }
@@ -856,7 +874,7 @@ impl Commit {
         crash::point("commit.after_publish");
 
         // A checkpoint passes the records before it: first, what other hosts left staged goes into place.
-        if let Some((mut committed, mut bases)) = checkpoint
+        if let Some(mut checkpoint) = checkpoint
             && publish_stranded(&store, &record.staging, upload_concurrency)
                 .await
                 .inspect_err(|e| {
@@ -864,13 +882,16 @@ impl Commit {
                 })
                 .is_ok()
         {
-            note_committed(&mut committed, &mut bases, &record, &others, &other_bases);
-            let checkpoint = log::Checkpoint {
-                epoch: record.epoch,
-                sequences: committed,
-                gold_columns: record.gold_columns.clone(),
-                bases,
-            };
+            note_committed(
+                &mut checkpoint.sequences,
+                &mut checkpoint.bases,
+                &record,
+                &others,
+                &other_bases,
+            );
+            log::merge_gold_columns(&mut checkpoint.gold_columns, &other_gold_columns);
+            log::merge_gold_columns(&mut checkpoint.gold_columns, &record.gold_columns);
+            checkpoint.epoch = record.epoch;
             retry("writing the log checkpoint", || {
                 log::checkpoint(&store, &checkpoint)
             })
@@ -880,6 +901,7 @@ impl Commit {
             record,
             others,
             other_bases,
+            other_gold_columns,
         })
     }
 }
@@ -1322,6 +1344,56 @@ mod tests {
             assert!(store.store.head(&left).await.is_err(), "still staged");
             let checkpoint = log::read(&store).await.unwrap().checkpoint;
             assert_eq!(checkpoint.epoch, 2, "the checkpoint was written");
+        });
+    }
+
+    /// A checkpoint keeps the gold column types other hosts' records name, not only the writer's: the
+    /// records it passes are no longer read at start, and a column that starts out null on a restarted host
+    /// would lose its type.
+    #[test]
+    fn a_checkpoint_keeps_the_gold_columns_of_other_hosts() {
+        use crate::runtime::bindings::types::Value;
+        let (_dir, mut config) = local_lake();
+        config.checkpoint_every = 1;
+        block_on(async {
+            let mut a = Lake::open(config.clone(), "host-a", false).await.unwrap();
+            let mut b = Lake::open(config.clone(), "host-b", false).await.unwrap();
+            let mut epoch = b.begin(Vec::new());
+            epoch.consume([1]);
+            epoch
+                .add_gold(&[GoldRow {
+                    table: "edits".into(),
+                    plugin: "count@1.0.0".into(),
+                    columns: vec![
+                        ("window_start".into(), Value::Integer(0)),
+                        ("edits".into(), Value::Integer(3)),
+                    ],
+                }])
+                .unwrap();
+            b.commit(epoch, None, false).await.unwrap();
+            // host-a's commit steps over host-b's epoch, and writes the checkpoint past it.
+            let mut epoch = a.begin(Vec::new());
+            epoch.consume([2]);
+            a.commit(epoch, None, false).await.unwrap();
+            let checkpoint = log::read(&a.store).await.unwrap().checkpoint;
+            assert_eq!(checkpoint.epoch, 2, "host-a wrote the checkpoint");
+            let columns = &checkpoint.gold_columns[&schema::gold_table("edits")];
+            assert!(
+                columns.contains(&("edits".to_string(), "int64".to_string())),
+                "{columns:?}"
+            );
+            // So does a later checkpoint of a host that learned of the column by reading the log.
+            let mut c = Lake::open(config.clone(), "host-c", false).await.unwrap();
+            let mut epoch = c.begin(Vec::new());
+            epoch.consume([3]);
+            c.commit(epoch, None, false).await.unwrap();
+            let checkpoint = log::read(&c.store).await.unwrap().checkpoint;
+            assert_eq!(checkpoint.epoch, 3);
+            assert!(
+                checkpoint
+                    .gold_columns
+                    .contains_key(&schema::gold_table("edits"))
+            );
         });
     }
 
