@@ -99,10 +99,12 @@ pub struct ConsumerSection {
     pub batch: usize,
     /// Messages delivered and not yet acked, at most (bounds memory; backpressure beyond it).
     pub max_ack_pending: i64,
-    /// A message not acked within this is delivered again (progress acks extend it during slow commits).
+    /// A message not acked within this is delivered again (progress acks extend it while its epoch is open
+    /// and while a slow commit runs).
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
-    /// A message delivered this many times goes to quarantine as `poison` instead of through the plugins.
+    /// The server's most deliveries of a message; the one before the last puts it in quarantine as `poison`
+    /// instead of through the plugins (so at least 3).
     pub max_deliver: i64,
 }
 
@@ -381,11 +383,12 @@ impl Config {
         if self.consumer.batch == 0 || self.consumer.batch > 65_536 {
             return Err(self.at_field(text, "consumer.batch", "consumer.batch must be 1 to 65536"));
         }
-        if self.consumer.max_deliver < 2 {
+        if self.consumer.max_deliver < 3 {
             return Err(self.at_field(
                 text,
                 "consumer.max_deliver",
-                "consumer.max_deliver must be at least 2",
+                "consumer.max_deliver must be at least 3: the delivery before the last puts the message in \
+                 quarantine as poison unread, so with 2 every message would go there",
             ));
         }
         self.check_consumer_mode()
@@ -815,6 +818,17 @@ mod tests {
         .to_string();
         assert!(
             err.contains("line 7") && err.contains("retry") && err.contains("skip"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_deliver_leaves_a_delivery_before_the_poison_one() {
+        let err = parse("[pipeline]\nname = \"x\"\n[consumer]\nmax_deliver = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/tmp/p.toml:4") && err.contains("at least 3"),
             "{err}"
         );
     }

@@ -12,7 +12,7 @@
 //! the pipeline puts it in quarantine with that reason rather than losing it unseen.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -61,6 +61,9 @@ pub struct IngestStats {
     pub oversize: AtomicU64,
     pub canaries_dropped: AtomicU64,
     pub reconnects: AtomicU64,
+    /// A connection to the source is open (while it is not, a quiet stream is not quiet: see
+    /// `Processor::tick`).
+    pub connected: AtomicBool,
     pub bytes: AtomicU64,
     /// Event time of the newest event received, ms since the epoch (for the lag behind the source).
     pub newest_event_ms: AtomicI64,
@@ -162,6 +165,7 @@ impl Ingest {
                 _ = &mut stop => None,
                 outcome = self.connection(position.as_deref(), &mut backoff, &mut items) => Some(outcome),
             };
+            self.stats.connected.store(false, Ordering::Relaxed);
             let Some(outcome) = outcome else {
                 self.flush_on_stop().await?;
                 tracing::info!(source = %self.config.name, "ingest stopped");
@@ -243,6 +247,7 @@ impl Ingest {
         items: &mut Vec<SseItem>,
     ) -> Result<bool, SourceError> {
         let mut conn = self.client.connect(position).await?;
+        self.stats.connected.store(true, Ordering::Relaxed);
         let healthy_after = self.client.config().healthy_after;
         loop {
             items.clear();

@@ -360,6 +360,84 @@ fn a_quiet_stream_is_committed_without_waiting_for_the_interval() {
     h.read_back().assert_exactly_once(last);
 }
 
+/// An epoch open longer than the consumer's `ack_wait` (4 s here: a long `commit_interval`, no idle commit)
+/// keeps its messages: their ack deadline is extended while it fills, so the server delivers none of them
+/// again. Read back exactly once after the stop's commit.
+#[test]
+fn an_epoch_open_past_ack_wait_keeps_its_messages() {
+    let h = Harness::new(LakeAt::Local, |t| {
+        let lake = t["lake"].as_table_mut().unwrap();
+        lake.insert("commit_interval".into(), "1h".into());
+        lake.insert("commit_events".into(), 1_000_000.into());
+        lake.insert("commit_after_idle".into(), "1h".into());
+    });
+    let events = 1500;
+    let last = h.prefill(realistic(37, events, Duration::from_secs(20 * 60)), events);
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    while received(&api) < events {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "events not read"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Three ack deadlines with the epoch open.
+    std::thread::sleep(Duration::from_secs(12));
+    let (_, metrics) = crate::support::http("GET", &format!("{api}/metrics"), None, None);
+    let redelivered: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_redeliveries_skipped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(redelivered, 0.0, "messages came again:\n{metrics}");
+    weir.stop();
+    h.read_back().assert_exactly_once(last);
+}
+
+/// A stream quiet because the pipeline's own source cannot be reached puts no ticks in it: the events wait
+/// at the source, and ticks would move event time past them, so that the backlog read once the source is
+/// back came too late for every window.
+#[test]
+fn no_ticks_while_the_source_is_down() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let events = 500;
+    let last = h.prefill(realistic(41, events, Duration::from_secs(5 * 60)), events);
+    h.edit_config(|t| {
+        let events = t["events"].as_table_mut().unwrap();
+        events.insert("idle_close".into(), "1s".into());
+        let mut source = toml::Table::new();
+        // Nothing listens on port 1.
+        source.insert("url".into(), "http://127.0.0.1:1/down".into());
+        source.insert("min_backoff".into(), "100ms".into());
+        source.insert("max_backoff".into(), "500ms".into());
+        t.insert("source".into(), source.into());
+    });
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    let started = Instant::now();
+    while received(&api) < events {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "events not read"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Several `idle_close` spans of quiet.
+    std::thread::sleep(Duration::from_secs(5));
+    let metric = |name| crate::support::metric(&api, name);
+    assert_eq!(metric("weir_ingest_connected"), Some(0.0));
+    assert_eq!(
+        metric("weir_watermark_ticks_total"),
+        Some(0.0),
+        "{}",
+        weir.log_tail()
+    );
+    weir.stop();
+    h.read_back().assert_exactly_once(last);
+}
+
 /// A stream that goes quiet still closes its last windows: after `events.idle_close` without messages the
 /// pipeline puts a tick in its stream, and the tick moves the watermark on by the quiet since the last event.
 /// The events end just before a 10-minute boundary, so without ticks the watermark (a second behind them)

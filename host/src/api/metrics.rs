@@ -467,6 +467,16 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             o.value(name, &[("pipeline", p)], value.load(Ordering::Relaxed));
         }
         o.metric(
+            "weir_ingest_connected",
+            "gauge",
+            "1 while a connection to the source is open.",
+        );
+        o.value(
+            "weir_ingest_connected",
+            &[("pipeline", p)],
+            u8::from(ingest.connected.load(Ordering::Relaxed)),
+        );
+        o.metric(
             "weir_ingest_lag_seconds",
             "gauge",
             "How far the newest event received is behind the clock.",

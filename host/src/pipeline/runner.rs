@@ -485,6 +485,8 @@ pub struct Processor {
     epoch: Option<Epoch>,
     /// Where to ack the open epoch's messages.
     deliveries: Vec<async_nats::Subject>,
+    /// When their ack deadline was last extended (see [`Processor::extend_open_epoch`]).
+    extended: Option<Instant>,
     /// The commit of the epoch before, running while this one fills (see [`Processor::commit`]).
     pending: Option<PendingCommit>,
     watermark: i64,
@@ -566,6 +568,7 @@ impl Processor {
             silver,
             epoch: None,
             deliveries: Vec::new(),
+            extended: None,
             pending: None,
             watermark: i64::MIN,
             previous: (0..n).map(|_| None).collect(),
@@ -611,6 +614,35 @@ impl Processor {
         })
     }
 
+    /// Extends the ack deadline of the open epoch's messages every third of `ack_wait` while it stays open
+    /// (a `commit_interval` longer than that, or a quiet stream waiting for `commit_after_idle`): they are
+    /// acked at its commit, and the server would otherwise deliver them again meanwhile.
+    pub fn extend_open_epoch(&mut self) {
+        let every = self.ack_wait / 3;
+        let due = self.acks
+            && !self.deliveries.is_empty()
+            && self.epoch.as_ref().is_some_and(|e| e.age() >= every)
+            && self.extended.is_none_or(|at| at.elapsed() >= every);
+        if due {
+            self.extended = Some(Instant::now());
+            let (client, replies) = (self.client.clone(), self.deliveries.clone());
+            self.runtime
+                .spawn(async move { extend(&client, &replies).await });
+        }
+    }
+
+    /// Whether this host's own source (`weir run` with a `[source]`) has no connection: then the stream is
+    /// quiet because the events wait at the source, and ticks would move event time past them, making the
+    /// backlog read after the outage late for every window.
+    fn source_down(&self) -> bool {
+        self.shared
+            .ingest
+            .load()
+            .as_ref()
+            .as_ref()
+            .is_some_and(|ingest| !ingest.connected.load(Ordering::Relaxed))
+    }
+
     /// Puts a tick in the stream when no message has come for `idle_close` (and none since the last tick).
     ///
     /// Why through the stream: the watermark only moves with what the pipeline reads, so a quiet stream would
@@ -629,6 +661,7 @@ impl Processor {
             || self.shared.health.paused.load(Ordering::Relaxed)
             || self.shared.health.stopping.load(Ordering::Relaxed)
             || self.lease_lost.load(Ordering::Relaxed)
+            || self.source_down()
         {
             return;
         }
@@ -781,7 +814,13 @@ impl Processor {
                 continue;
             }
             counters.received.fetch_add(1, Ordering::Relaxed);
-            let ingest_ms = known.ingest_ms.and_then(|v| v.parse().ok()).unwrap_or(at);
+            // Never past the clock (plus the skew event time is allowed): a header from the future would
+            // hold the ticks of a quiet stream back for as long (see `tick_time`).
+            let ingest_ms = known
+                .ingest_ms
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(at)
+                .min(at + WATERMARK_HORIZON_MS);
             newest_ingest = newest_ingest.max(ingest_ms);
             let source_id = known
                 .source_id
@@ -920,7 +959,8 @@ impl Processor {
         epoch.consume(received.iter().map(|r| r.seq));
         epoch.consume_ticks(&ticks);
         if max_time > i64::MIN {
-            let watermark = max_time - self.watermark_delay_ms;
+            // Saturating: an event time near i64::MIN would wrap to a watermark that closes every window.
+            let watermark = max_time.saturating_sub(self.watermark_delay_ms);
             if watermark > self.watermark {
                 self.watermark = watermark;
                 self.shared
@@ -1070,6 +1110,7 @@ impl Processor {
             .expect("not poisoned")
             .gold_commit_started(first_seq);
         let replies = std::mem::take(&mut self.deliveries);
+        self.extended = None;
         let events = epoch.events;
         let commit = self
             .lake
@@ -1505,6 +1546,16 @@ fn record_gold(epoch: &mut Epoch, shared: &Shared, gold: &[GoldRow]) -> Result<(
     Ok(())
 }
 
+/// Extends the ack deadline of messages (a progress ack); one that went missing only means a redelivery,
+/// which the commit log turns into a skip.
+async fn extend(client: &async_nats::Client, replies: &[async_nats::Subject]) {
+    for reply in replies {
+        let _ = client
+            .publish(reply.clone(), Bytes::from_static(b"+WPI"))
+            .await;
+    }
+}
+
 /// Acks messages (after their commit).
 async fn ack(client: &async_nats::Client, replies: &[async_nats::Subject]) {
     let send = async {
@@ -1538,11 +1589,7 @@ async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>,
     tick.tick().await;
     loop {
         tick.tick().await;
-        for reply in &replies {
-            let _ = client
-                .publish(reply.clone(), Bytes::from_static(b"+WPI"))
-                .await;
-        }
+        extend(&client, &replies).await;
         tracing::info!(
             messages = replies.len(),
             "commit still running; extended the messages' ack deadline"
@@ -1694,12 +1741,18 @@ pub async fn fetch(
             }
         }
         if shared.health.paused.load(Ordering::Relaxed) {
-            // Paused: hold the batch until resumed (the consumer's ack deadline is long; progress is sent).
+            // Paused: hold the batch until resumed, extending its ack deadline every third of it (each
+            // extension is a message per event).
+            let mut extended: Option<tokio::time::Instant> = None;
             while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
-                if let Reader::Shared(_) = reader {
+                if let Reader::Shared(consumer) = &reader
+                    && extended
+                        .is_none_or(|at| at.elapsed() >= consumer.cached_info().config.ack_wait / 3)
+                {
                     for m in &buf {
                         let _ = m.ack_with(jetstream::AckKind::Progress).await;
                     }
+                    extended = Some(tokio::time::Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

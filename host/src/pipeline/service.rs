@@ -632,6 +632,7 @@ fn step(
     if processor.commit_due() {
         processor.commit()?;
     }
+    processor.extend_open_epoch();
     processor.tick();
     Ok(())
 }
