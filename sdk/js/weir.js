@@ -55,14 +55,28 @@ class WeirColumnBuilder {
     this.texts = null;
   }
   put(row, value) {
+    // The same row set again: the last value counts (as in the Rust SDK).
+    if (this.kinds.length === row + 1) this.pop();
     while (this.kinds.length < row) this.push(WeirKind.ABSENT);
-    if (value === null) this.push(WeirKind.NULL);
+    if (value === undefined) this.push(WeirKind.ABSENT);
+    else if (value === null) this.push(WeirKind.NULL);
     else if (typeof value === 'boolean') this.push(WeirKind.BOOLEAN, value ? 1n : 0n);
     else if (typeof value === 'bigint') this.push(WeirKind.INTEGER, value);
     else if (typeof value === 'number' && Number.isInteger(value)) this.push(WeirKind.INTEGER, BigInt(value));
     else if (typeof value === 'number') this.push(WeirKind.FLOAT, undefined, value);
     else if (typeof value === 'string') this.push(WeirKind.TEXT, undefined, undefined, value);
-    else this.push(WeirKind.JSON, undefined, undefined, JSON.stringify(value.json ?? value));
+    else {
+      // A JSON value as `get` gives it (`{json: "<text>"}`) is text already: stringified again, it would
+      // become a string.
+      const json = value.json ?? value;
+      this.push(WeirKind.JSON, undefined, undefined, typeof json === 'string' ? json : JSON.stringify(json));
+    }
+  }
+  pop() {
+    this.kinds.pop();
+    this.integers?.pop();
+    this.floats?.pop();
+    this.texts?.pop();
   }
   push(kind, int, float, text) {
     const row = this.kinds.length;

@@ -76,6 +76,9 @@ class _ColumnBuilder:
         self.texts: Optional[List[bytes]] = None
 
     def put(self, row: int, value: Any) -> None:
+        # The same row set again: the last value counts (as in the Rust SDK).
+        if len(self.kinds) == row + 1:
+            self._pop()
         while len(self.kinds) < row:
             self._push(ABSENT)
         if value is None:
@@ -92,6 +95,12 @@ class _ColumnBuilder:
             self._push(TEXT, text=value.encode("utf-8"))
         else:
             raise TypeError(f"cannot write a {type(value).__name__}; use Json(json.dumps(...)) for objects")
+
+    def _pop(self) -> None:
+        self.kinds.pop()
+        for values in (self.integers, self.floats, self.texts):
+            if values is not None:
+                values.pop()
 
     def _push(self, kind: int, integer=None, floating=None, text=None) -> None:
         rows = len(self.kinds)

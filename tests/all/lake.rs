@@ -13,7 +13,7 @@ use crate::support::http;
 const EVENTS: u64 = 3000;
 
 /// Event time the test events cover: more than a session gap (30 min), so the watermark closes sessions too,
-/// and less than the quality stage's freshness limit (1 h).
+/// and less than the quality stage's freshness limit (8 days).
 fn span() -> Duration {
     Duration::from_secs(50 * 60)
 }

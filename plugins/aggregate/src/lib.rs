@@ -664,19 +664,31 @@ impl Plugin for Aggregate {
             return Ok(());
         }
         let state = snapshot::read(snapshot)?;
+        // Open windows of another configuration would be read as this one's: a count serving a distinct
+        // count, sessions as tumbling windows. Refused; a replay rebuilds them.
+        let sessions = matches!(self.config.window, WindowSpec::Session { .. });
+        if (sessions && !state.windows.is_empty()) || (!sessions && !state.sessions.is_empty()) {
+            return Err(
+                "the snapshot holds windows of another kind (tumbling or sliding, or sessions) than this \
+                 configuration: replay instead of restoring"
+                    .into(),
+            );
+        }
         if let Some(accs) = state
             .windows
             .values()
             .flat_map(|groups| groups.values().map(|accs| &**accs))
             .chain(state.sessions.values().flatten().map(|w| &*w.accs))
             .next()
-            && accs.len() != self.config.measures.len()
         {
-            return Err(format!(
-                "the snapshot has {} measures per window, this configuration {}: replay instead of restoring",
-                accs.len(),
-                self.config.measures.len()
-            ));
+            let ops: Vec<Op> = accs.iter().map(Acc::op).collect();
+            let configured: Vec<Op> = self.config.measures.iter().map(|m| m.op).collect();
+            if ops != configured {
+                return Err(format!(
+                    "the snapshot's measures are {ops:?}, this configuration's {configured:?}: replay \
+                     instead of restoring"
+                ));
+            }
         }
         self.state = state;
         if let WindowSpec::Session { gap_ms } = self.config.window {

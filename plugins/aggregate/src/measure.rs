@@ -234,6 +234,19 @@ impl Acc {
         }
     }
 
+    /// The operation this accumulator serves (a restored snapshot's must match the configuration's).
+    pub fn op(&self) -> Op {
+        match self {
+            Acc::Count(_) => Op::Count,
+            Acc::Sum(_) | Acc::FloatSum(_) => Op::Sum,
+            Acc::Min(_) => Op::Min,
+            Acc::Max(_) => Op::Max,
+            Acc::Few(_) | Acc::Many(_) | Acc::Hll(_) => Op::DistinctCount,
+            Acc::First(_) => Op::First,
+            Acc::Last(_) => Op::Last,
+        }
+    }
+
     /// Adds one event's value (`None` when the path is absent or null; `count` ignores it).
     /// `scratch` is a reusable buffer, so counting an already-seen distinct value allocates nothing.
     pub fn add(

@@ -348,6 +348,37 @@ fn windows_survive_a_snapshot_and_restore() {
     assert_eq!(canonical_rows(&rows), canonical_rows(&expected));
 }
 
+/// A snapshot restores only into a configuration with the same kind of windows and the same measures: a hot
+/// swap to one with its measures reordered read one measure's accumulators as another's.
+#[test]
+fn a_snapshot_of_another_configuration_is_refused() {
+    let tumbling = config(
+        json!({"kind": "tumbling", "size_ms": 600_000}),
+        json!(["wiki"]),
+    );
+    let (mut plugin, plan) = Aggregate::from_config(tumbling.clone()).unwrap();
+    let events = generated(200);
+    plugin.process_batch(&timed_batch(events.iter().map(|(t, d)| (*t, d)), &plan));
+    let snapshot = plugin.snapshot();
+
+    let mut reordered = tumbling.clone();
+    reordered.measures.swap(0, 4);
+    let (mut other, _) = Aggregate::from_config(reordered).unwrap();
+    let err = other.restore(&snapshot).unwrap_err();
+    assert!(err.contains("measures") && err.contains("replay"), "{err}");
+
+    let sessions = config(
+        json!({"kind": "session", "gap_ms": 240_000}),
+        json!(["wiki"]),
+    );
+    let (mut other, _) = Aggregate::from_config(sessions).unwrap();
+    let err = other.restore(&snapshot).unwrap_err();
+    assert!(err.contains("another kind"), "{err}");
+
+    let (mut same, _) = Aggregate::from_config(tumbling).unwrap();
+    same.restore(&snapshot).unwrap();
+}
+
 /// Snapshots of 0.1.0, binary or JSON, whose windows also held their group's values, restore to the same
 /// open windows as today's.
 #[test]

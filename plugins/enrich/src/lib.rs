@@ -4,8 +4,8 @@
 //! | field | from | value |
 //! |---|---|---|
 //! | `is_bot` | `bot` | the flag as a boolean |
-//! | `is_anonymous` | `user` | whether the user is an IPv4 or IPv6 address (edits without an account) |
-//! | `bytes_changed` | `length.new`, `length.old` | `new − old`; null when either is absent (log, categorize) |
+//! | `is_anonymous` | `user` | whether the user is an IPv4 or IPv6 address or a temporary account (`~…`): edits without an account |
+//! | `bytes_changed` | `length.new`, `length.old` | `new − old` (`new` alone for a page creation); null without `length.new` (log, categorize) |
 //! | `event_time_ms` | `meta.dt` | event time in ms since the epoch; whole-second and millisecond forms |
 //! | `processing_lag_ms` | `meta.dt`, host clock | host clock − event time, in ms |
 //! | `project` | `server_name` | `en.wikipedia.org` → `wikipedia`; `commons.wikimedia.org` → `commons` |
@@ -154,11 +154,11 @@ impl Enrich {
         for (i, field) in self.fields.iter().enumerate() {
             let value = match field {
                 Derived::IsBot => event.bool(0).map(ValueRef::Boolean),
-                Derived::IsAnonymous => event.str(1).map(|u| ValueRef::Boolean(is_ip(u))),
+                Derived::IsAnonymous => event.str(1).map(|u| ValueRef::Boolean(is_anonymous(u))),
+                // A page creation (`new`) has no old length: all its bytes are added.
                 Derived::BytesChanged => event
                     .i64(2)
-                    .zip(event.i64(3))
-                    .map(|(new, old)| ValueRef::Integer(new - old)),
+                    .map(|new| ValueRef::Integer(new - event.i64(3).unwrap_or(0))),
                 Derived::EventTimeMs => time_ms.map(ValueRef::Integer),
                 Derived::ProcessingLagMs => time_ms.map(|t| ValueRef::Integer(now_ms - t)),
                 Derived::Project => project.map(ValueRef::Text),
@@ -170,6 +170,12 @@ impl Enrich {
             out.set(i as u32, value.unwrap_or(ValueRef::Null));
         }
     }
+}
+
+/// Whether an edit was made without an account: under the editor's IP address, or (wikis with temporary
+/// accounts, from 2025) under a temporary account's name, which starts with `~` (`~2025-12345-67`).
+pub fn is_anonymous(user: &str) -> bool {
+    user.starts_with('~') || is_ip(user)
 }
 
 /// Whether a user name is an IP address: MediaWiki records edits without an account under the editor's IP.

@@ -123,11 +123,14 @@ impl Default for Config {
                         then: "revision.new".into(),
                     },
                 ),
+                // Older than the live stream's history (about a week): no backlog read after an outage
+                // (`Last-Event-ID`, `?since=`) is that old, so such an event is a replay from elsewhere. An
+                // hour, as it was, sent every event of an outage longer than that to quarantine.
                 check(
                     "timestamp_fresh",
                     "meta.dt",
                     Rule::Freshness {
-                        max_age_ms: 3_600_000,
+                        max_age_ms: 8 * 24 * 3_600_000,
                     },
                 ),
                 check(

@@ -73,7 +73,7 @@ fn each_gate_names_itself_and_every_failure_is_listed() {
         event(json!({"revision": null})),
         event(json!({"revision": {"new": 0}, "id": -3})),
         event(json!({"namespace": "0"})),
-        event(json!({"meta": {"dt": "2025-02-19T19:00:00Z"}})),
+        event(json!({"meta": {"dt": "2025-02-10T19:00:00Z"}})),
         event(json!({"meta": {"dt": "2031-01-01T00:00:00Z"}})),
         event(json!({"meta": {"dt": "yesterday"}})),
         event(json!({"type": "log", "revision": null, "log_params": []})),
