@@ -68,6 +68,32 @@ fn a_version_that_keeps_nothing_is_refused_and_a_good_one_passes() {
     enrich_stage(next, 500, 0.01).run().unwrap();
 }
 
+/// An aggregate's rows come from `on_watermark`: a version that fails there is refused before the swap.
+#[test]
+fn an_aggregate_that_fails_closing_its_windows_is_refused() {
+    let stateful = load("bad-stateful");
+    let test = |candidate: &str| SelfTest {
+        shape: EventShape::default(),
+        sample: sample(100),
+        min_kept: 0.0,
+        batch: 256,
+        clock: Clock::System,
+        before: Vec::new(),
+        serving: spec(stateful.clone(), "{}"),
+        candidate: spec(stateful.clone(), candidate),
+    };
+    let refused = test(r#"{"mode": "watermark-panic"}"#)
+        .run()
+        .map(drop)
+        .unwrap_err();
+    assert!(
+        refused.contains("failed its self-test")
+            && refused.contains("the serving version failed 0"),
+        "{refused}"
+    );
+    test("{}").run().unwrap();
+}
+
 #[test]
 fn the_kept_check_waits_for_enough_events_and_can_be_turned_off() {
     // 1 % of 50 events is less than one: dropping them all may be right.

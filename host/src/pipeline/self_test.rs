@@ -1,5 +1,6 @@
-//! The self-test a new plugin version passes before it is swapped in: run alone on recent events, it must
-//! fail no call, and keep at least a share of what the serving version keeps of them.
+//! The self-test a new plugin version passes before it is swapped in: run alone on recent events (and, for
+//! an aggregate, a watermark that closes every window they opened), it must fail no call, and keep at least
+//! a share of what the serving version keeps of them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -191,6 +192,17 @@ impl SelfTest {
             let batch: Vec<_> = events.by_ref().take(self.batch.max(1)).collect();
             n += batch.len();
             kept += chain.run(batch).kept.len();
+        }
+        // An aggregate's rows come from `on_watermark`: one a day past the clock closes every window the
+        // sample opened, so a version that fails there fails its self-test, not the pipeline after the swap.
+        let tested = chain
+            .stages_mut()
+            .last_mut()
+            .expect("the tested stage")
+            .plugin_mut();
+        if !tested.plan().emits.is_empty() {
+            // A failure is counted in the stats read below.
+            let _ = tested.on_watermark(now + 24 * 3_600_000);
         }
         let last = chain.stages().last().expect("the tested stage");
         Ok(Trial {

@@ -6,6 +6,9 @@
 //! restore a marked snapshot, as a release with a bug in `restore` would. Its replacement instance after a
 //! trap then cannot start, and the stage is broken until a working version takes its state over.
 //!
+//! Configured with `watermark-panic`, `on_watermark` panics, as an aggregate with a bug in closing its
+//! windows would.
+//!
 //! An event whose `action` is "shout" prints a 1,000-byte line. Configured with `slow-snapshot`, `snapshot`
 //! spins for some milliseconds, so the host journals the calls after a snapshot rather than taking another.
 use weir_sdk::prelude::*;
@@ -15,6 +18,7 @@ pub struct Stateful {
     tainted: bool,
     refuse_tainted: bool,
     slow_snapshot: bool,
+    watermark_panic: bool,
 }
 
 impl Plugin for Stateful {
@@ -38,6 +42,7 @@ impl Plugin for Stateful {
             tainted: false,
             refuse_tainted: config.contains("refuse-tainted"),
             slow_snapshot: config.contains("slow-snapshot"),
+            watermark_panic: config.contains("watermark-panic"),
         };
         Ok((plugin, plan))
     }
@@ -57,6 +62,7 @@ impl Plugin for Stateful {
     }
 
     fn on_watermark(&mut self, watermark_ms: i64) -> Vec<Row> {
+        assert!(!self.watermark_panic, "closing the windows failed");
         vec![
             Row::new("counts")
                 .with("count", self.count)
