@@ -145,7 +145,7 @@ fn gold_wiki_aggregate_after_enrich_counts_every_event_once() {
     // Lineage: every row names the aggregate's version (plugins/aggregate/Cargo.toml).
     assert!(
         rows.iter()
-            .all(|r| r.plugin == "aggregate@0.2.3" && r.row.table == "gold_wiki"),
+            .all(|r| r.plugin == "aggregate@0.2.4" && r.row.table == "gold_wiki"),
         "rows from {:?}",
         rows.iter()
             .map(|r| &r.plugin)

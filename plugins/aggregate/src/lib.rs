@@ -4,7 +4,8 @@
 //!   `session` windows per group that end after `gap_ms` without events (default 30 min).
 //! - Group-by paths and measures are configuration (see [`measure::Measure`]).
 //! - A window closes, and its row is emitted, when the watermark passes its end plus `allowed_lateness_ms`.
-//!   An event whose window has already closed is quarantined with reason `late`, never dropped silently.
+//!   An event whose window has already closed is quarantined with reason `late`, never dropped silently;
+//!   for sessions, also one within `gap_ms` of a session of its group already emitted (it belongs there).
 //! - `anomaly` adds `anomaly` and `z_score` columns: the z-score of one measure against the same group's
 //!   trailing windows.
 //! - Open windows live in the snapshot the host keeps (`snapshot_state`), so restarts and hot swaps lose none.
@@ -168,6 +169,12 @@ struct State {
     /// Open sessions by (earliest `end + gap` of the key's sessions, key): a watermark visits only the keys
     /// with a session it may close, not every user. Derived from `sessions`, rebuilt on restore.
     expiries: BTreeSet<(i64, String)>,
+    /// The last event time of each key's last closed session, while an event within `gap` of it may still
+    /// come: such an event belongs to that session, already emitted, so it is late (a session of its own
+    /// would count it twice over). Kept until the watermark makes every such event late anyway.
+    closed_sessions: BTreeMap<String, i64>,
+    /// `closed_sessions` by (end, key), to forget them in order. Derived, rebuilt on restore.
+    closed_order: BTreeSet<(i64, String)>,
 }
 
 /// Per measure: the field index of its path, and of its filter path with the value it must equal.
@@ -417,7 +424,13 @@ impl Aggregate {
 
     fn add_session(&mut self, event: &Event, gap: i64, key: &str) -> bool {
         let t = event.time_ms();
-        if self.closed_before(t.saturating_add(gap)) {
+        if self.closed_before(t.saturating_add(gap))
+            || self
+                .state
+                .closed_sessions
+                .get(key)
+                .is_some_and(|&end| t <= end.saturating_add(gap))
+        {
             return false;
         }
         let seq = self.state.seq;
@@ -538,6 +551,9 @@ impl Aggregate {
                 let (done, open): (Vec<Window>, Vec<Window>) = sessions
                     .into_iter()
                     .partition(|s| self.closed_before(s.end.saturating_add(gap_ms)));
+                if let Some(end) = done.iter().map(|w| w.end).max() {
+                    self.note_closed_session(&key, end);
+                }
                 closed.extend(done.into_iter().map(|w| (key.as_str().into(), w)));
                 if let Some(expiry) = earliest_expiry(&open, gap_ms) {
                     self.state.expiries.insert((expiry, key.clone()));
@@ -545,11 +561,36 @@ impl Aggregate {
                 }
             }
             closed.sort_by(|(ka, a), (kb, b)| (a.end, a.start, ka).cmp(&(b.end, b.start, kb)));
+            // Forget closed sessions no event can touch without being late by its own time already.
+            while let Some((end, _)) = self.state.closed_order.first() {
+                if !self.closed_before(end.saturating_add(gap_ms.saturating_mul(2))) {
+                    break;
+                }
+                let (_, key) = self
+                    .state
+                    .closed_order
+                    .pop_first()
+                    .expect("first just read");
+                self.state.closed_sessions.remove(&key);
+            }
         }
         closed
             .into_iter()
             .map(|(key, window)| self.row(&key, window))
             .collect()
+    }
+
+    /// Remembers that `key`'s sessions up to `end` are closed (see `State::closed_sessions`).
+    fn note_closed_session(&mut self, key: &str, end: i64) {
+        let state = &mut self.state;
+        if let Some(&before) = state.closed_sessions.get(key) {
+            if before >= end {
+                return;
+            }
+            state.closed_order.remove(&(before, key.to_string()));
+        }
+        state.closed_sessions.insert(key.to_string(), end);
+        state.closed_order.insert((end, key.to_string()));
     }
 
     fn row(&mut self, key: &str, window: Window) -> Row {
@@ -700,6 +741,12 @@ impl Plugin for Aggregate {
                     expiries.insert((expiry, key.clone()));
                 }
             }
+            let State {
+                closed_sessions,
+                closed_order,
+                ..
+            } = &mut self.state;
+            closed_order.extend(closed_sessions.iter().map(|(key, &end)| (end, key.clone())));
         }
         Ok(())
     }

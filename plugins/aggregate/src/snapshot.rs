@@ -3,7 +3,9 @@
 //! wrote, and should write what the one before it reads.
 //!
 //! - `WAGG2` + postcard (0.2.0 on): every tumbling or sliding window a [`Window`] with its start and end.
-//!   Written from the state in place; accumulators in the form of 0.2.1 (see `measure::Wire`).
+//!   Written from the state in place; accumulators in the form of 0.2.1 (see `measure::Wire`). Since 0.2.4
+//!   the state is followed by the closed sessions still remembered (`State::closed_sessions`, postcard),
+//!   when there are any: versions before read the state and stop there, and one without reads as none.
 //! - `WAGG1` + postcard (0.1.0): each window also held its group's values ([`WindowV1`]).
 //! - JSON (0.1.0 before the binary form): the same as `WAGG1`.
 
@@ -167,6 +169,8 @@ impl<W: Into<Window>> From<Snapshot<W>> for State {
                 .collect(),
             history: old.history,
             expiries: BTreeSet::new(),
+            closed_sessions: BTreeMap::new(),
+            closed_order: BTreeSet::new(),
         }
     }
 }
@@ -181,9 +185,16 @@ pub(crate) fn write(state: &State) -> Vec<u8> {
     let size = postcard::to_io(state, ByteCount(0))
         .expect("state serializes")
         .0;
-    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + size);
+    // Only when there are any: a snapshot without is byte for byte what 0.2.1 to 0.2.3 wrote.
+    let closed = if state.closed_sessions.is_empty() {
+        Vec::new()
+    } else {
+        postcard::to_allocvec(&state.closed_sessions).expect("closed sessions serialize")
+    };
+    let mut out = Vec::with_capacity(SNAPSHOT_MAGIC.len() + size + closed.len());
     out.extend_from_slice(SNAPSHOT_MAGIC);
     postcard::to_io(state, &mut out).expect("state serializes");
+    out.extend_from_slice(&closed);
     out
 }
 
@@ -192,9 +203,13 @@ pub(crate) fn read(snapshot: &[u8]) -> Result<State, String> {
     let unreadable = |e: &dyn std::fmt::Display| format!("unreadable aggregate snapshot: {e}");
     Ok(
         if let Some(binary) = snapshot.strip_prefix(SNAPSHOT_MAGIC) {
-            postcard::from_bytes::<Snapshot>(binary)
-                .map_err(|e| unreadable(&e))?
-                .into()
+            let (snapshot, rest) =
+                postcard::take_from_bytes::<Snapshot>(binary).map_err(|e| unreadable(&e))?;
+            let mut state: State = snapshot.into();
+            if !rest.is_empty() {
+                state.closed_sessions = postcard::from_bytes(rest).map_err(|e| unreadable(&e))?;
+            }
+            state
         } else if let Some(binary) = snapshot.strip_prefix(SNAPSHOT_MAGIC_V1) {
             postcard::from_bytes::<Snapshot<WindowV1>>(binary)
                 .map_err(|e| unreadable(&e))?

@@ -268,6 +268,37 @@ fn session_windows_match_the_reference() {
     ));
 }
 
+/// An event within the gap of a session already emitted belongs to it: it is late, not a session of its
+/// own (which counted the user's edits twice over). After a snapshot and restore too; one past the gap
+/// starts a new session.
+#[test]
+fn an_event_of_an_emitted_session_is_late() {
+    const MIN: i64 = 60_000;
+    let config = config(
+        json!({"kind": "session", "gap_ms": 30 * MIN}),
+        json!(["user"]),
+    );
+    let (mut plugin, plan) = Aggregate::from_config(config.clone()).unwrap();
+    let doc = json!({"user": "Ann", "type": "edit"});
+    let ev = |t: i64| timed_batch(std::iter::once((t, &doc)), &plan);
+    assert!(plugin.process_batch(&ev(0)).outcomes()[0].is_keep());
+    assert_eq!(plugin.on_watermark(31 * MIN).len(), 1, "the session closed");
+    let late = plugin.process_batch(&ev(5 * MIN));
+    assert!(
+        matches!(&late.outcomes()[0].verdict, Verdict::Quarantine(q) if q.reason == "late"),
+        "{:?}",
+        late.outcomes()[0].verdict
+    );
+    let (mut restored, _) = Aggregate::from_config(config).unwrap();
+    restored.restore(&plugin.snapshot()).unwrap();
+    let late = restored.process_batch(&ev(29 * MIN));
+    assert!(matches!(&late.outcomes()[0].verdict, Verdict::Quarantine(q) if q.reason == "late"));
+    assert!(restored.process_batch(&ev(45 * MIN)).outcomes()[0].is_keep());
+    let rows = restored.on_watermark(i64::MAX);
+    assert_eq!(rows.len(), 1, "only the new session: {rows:?}");
+    assert_eq!(rows[0].get("events"), Some(&Value::Integer(1)));
+}
+
 #[test]
 fn global_group_and_batch_size_do_not_change_the_result() {
     let config = config(json!({"kind": "tumbling", "size_ms": 900_000}), json!([]));
@@ -424,7 +455,8 @@ fn snapshots_written_by_0_1_0_go_on_to_the_same_rows() {
 
 /// The same for snapshots of 0.2.1 (in `fixtures/0.2.1/`), the last version whose accumulators kept their
 /// snapshot form in memory; and after the same steps this version writes the very same bytes, so 0.2.1
-/// restores what this version writes (a rollback to it keeps every open window).
+/// restores what this version writes (a rollback to it keeps every open window). Sessions are followed by
+/// the closed sessions this version remembers, which 0.2.1 does not read (it stops after the state).
 #[test]
 fn snapshots_of_0_2_1_restore_and_are_written_the_same() {
     for (name, config) in compat_configs() {
@@ -437,7 +469,12 @@ fn snapshots_of_0_2_1_restore_and_are_written_the_same() {
         plugin.process_batch(&timed_batch(a.iter().map(|(t, d)| (*t, d)), &plan));
         let max = a.iter().map(|(t, _)| *t).max().unwrap();
         plugin.on_watermark(max - 300_000);
-        assert!(plugin.snapshot() == snapshot, "{name}: not 0.2.1's bytes");
+        let written = plugin.snapshot();
+        if name == "sessions" {
+            assert!(written.starts_with(&snapshot) && written.len() > snapshot.len());
+        } else {
+            assert!(written == snapshot, "{name}: not 0.2.1's bytes");
+        }
     }
 }
 
