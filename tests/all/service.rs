@@ -403,7 +403,7 @@ fn an_epoch_open_past_ack_wait_keeps_its_messages() {
 fn no_ticks_while_the_source_is_down() {
     let h = Harness::new(LakeAt::Local, |_| {});
     let events = 500;
-    let last = h.prefill(realistic(41, events, Duration::from_secs(5 * 60)), events);
+    let last = h.prefill(realistic(41, events, Duration::from_secs(20 * 60)), events);
     h.edit_config(|t| {
         let events = t["events"].as_table_mut().unwrap();
         events.insert("idle_close".into(), "1s".into());

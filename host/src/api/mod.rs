@@ -143,15 +143,17 @@ async fn health() -> &'static str {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let h = &state.shared.health;
+    // Once, so that the status and the body agree.
+    let ready = state.shared.is_ready();
     let body = json!({
-        "ready": state.shared.is_ready(),
-        "nats_connected": h.nats_connected.load(Ordering::Relaxed),
+        "ready": ready,
+        "nats_connected": h.nats_connected(),
         "store_reachable": h.store_reachable(),
         "plugins_loaded": h.plugins_loaded.load(Ordering::Relaxed),
         "paused": h.paused.load(Ordering::Relaxed),
         "stopping": h.stopping.load(Ordering::Relaxed),
     });
-    let status = if state.shared.is_ready() {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

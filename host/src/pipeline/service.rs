@@ -271,6 +271,7 @@ pub async fn run(
     shared.health.store_reachable.store(true, Ordering::Relaxed);
     shared.health.plugins_loaded.store(true, Ordering::Relaxed);
     shared.health.nats_connected.store(true, Ordering::Relaxed);
+    let _ = shared.health.nats.set(client.clone());
 
     let api = if config.api.listen.is_empty() {
         None

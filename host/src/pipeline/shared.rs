@@ -121,7 +121,10 @@ impl Counters {
 /// Readiness: the API says ready only when every part is up.
 #[derive(Debug, Default)]
 pub struct Health {
+    /// Whether the last pull from the stream worked (see [`Health::nats_connected`]).
     pub nats_connected: AtomicBool,
+    /// The pipeline's NATS client, whose connection tells whether NATS is reachable now.
+    pub nats: std::sync::OnceLock<async_nats::Client>,
     pub store_reachable: AtomicBool,
     pub plugins_loaded: AtomicBool,
     pub paused: AtomicBool,
@@ -129,6 +132,15 @@ pub struct Health {
 }
 
 impl Health {
+    /// NATS is reachable: by the client's connection when the pipeline has set it (a quiet stream or a
+    /// pause pulls nothing to tell by), else by the last pull.
+    pub fn nats_connected(&self) -> bool {
+        match self.nats.get() {
+            Some(client) => client.connection_state() == async_nats::connection::State::Connected,
+            None => self.nats_connected.load(Ordering::Relaxed),
+        }
+    }
+
     /// The store answered the lake's last requests: it was reached at the start (or at a commit since) and
     /// no request to it is failing and being retried now.
     pub fn store_reachable(&self) -> bool {
@@ -541,7 +553,7 @@ impl Shared {
 
     pub fn is_ready(&self) -> bool {
         let h = &self.health;
-        h.nats_connected.load(Ordering::Relaxed)
+        h.nats_connected()
             && h.store_reachable()
             && h.plugins_loaded.load(Ordering::Relaxed)
             && !h.stopping.load(Ordering::Relaxed)
