@@ -93,6 +93,9 @@ pub struct Ingest {
     parser: Parser,
     canary: crate::event::Slot,
     stats: Arc<IngestStats>,
+    /// The SSE id the last oversize event the parser skipped came after, and how many came after it: its
+    /// marker's message id, the same when the source sends it again, another for the next one.
+    oversize_after: (String, u32),
 }
 
 fn now_ms() -> i64 {
@@ -141,6 +144,7 @@ impl Ingest {
             parser: Parser::new(layout),
             canary,
             stats,
+            oversize_after: (String::new(), 0),
             config,
         })
     }
@@ -248,6 +252,8 @@ impl Ingest {
     ) -> Result<bool, SourceError> {
         let mut conn = self.client.connect(position).await?;
         self.stats.connected.store(true, Ordering::Relaxed);
+        // The source sends again from `position`: its oversize events get the same marker ids as before.
+        self.oversize_after = (String::new(), 0);
         let healthy_after = self.client.config().healthy_after;
         loop {
             items.clear();
@@ -274,7 +280,17 @@ impl Ingest {
                         let detail = format!(
                             "an event of {bytes} bytes, over source.max_event_bytes (its data is not kept)"
                         );
-                        let id = format!("oversize:{last_event_id}:{bytes}");
+                        let n = match &mut self.oversize_after {
+                            (after, n) if *after == last_event_id => {
+                                *n += 1;
+                                *n
+                            }
+                            after => {
+                                *after = (last_event_id.clone(), 0);
+                                0
+                            }
+                        };
+                        let id = format!("oversize:{last_event_id}:{n}:{bytes}");
                         if let Err(e) = self.oversize(id, detail, &last_event_id, "").await {
                             tracing::error!("cannot publish: {e:#}");
                         }

@@ -188,7 +188,10 @@ impl PluginCtx {
                 self.state_value_bytes
             );
         }
+        // As if the write were staged (an overwrite counts only what it adds).
         let total = self.state.bytes_with_staged() + 16 + value.len();
+        let replaced = self.state.bytes_of(key);
+        let total = total.saturating_sub(replaced);
         if total > self.state_bytes && !self.repeating {
             // A resource cap, like memory: the failure is `plugin_oom`.
             self.memory.hit = true;

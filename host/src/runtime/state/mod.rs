@@ -71,8 +71,9 @@ pub struct KeyedState {
     swept_at_ms: i64,
     /// Keys changed since the last [`KeyedState::take_delta`]: a lake commit saves only those.
     dirty: HashSet<Key>,
-    /// Bytes of keys and values the call under way has set (overwrites counted in full).
-    staged_bytes: usize,
+    /// What the call under way's writes add to [`KeyedState::bytes`] (less when they overwrite with smaller
+    /// values or delete).
+    staged_bytes: isize,
 }
 
 /// Plugin time between sweeps of a state that does not grow.
@@ -126,9 +127,10 @@ impl KeyedState {
     pub fn set(&mut self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>, now_ms: i64) {
         let expires_at_ms =
             ttl_ms.map(|ttl| now_ms.saturating_add(ttl.min(i64::MAX as u64) as i64));
-        self.staged_bytes += std::mem::size_of::<Key>() + value.len();
+        let key = Key::of(key);
+        self.staged_bytes += (std::mem::size_of::<Key>() + value.len()) as isize - self.held(&key);
         self.staged.insert(
-            Key::of(key),
+            key,
             Some(Entry {
                 value: value.into_boxed_slice(),
                 expires_at_ms,
@@ -137,7 +139,23 @@ impl KeyedState {
     }
 
     pub fn delete(&mut self, key: &str) {
-        self.staged.insert(Key::of(key), None);
+        let key = Key::of(key);
+        self.staged_bytes -= self.held(&key);
+        self.staged.insert(key, None);
+    }
+
+    /// The bytes `key` takes (16 and its value's) as of the writes staged so far; 0 when it has no value.
+    pub fn bytes_of(&self, key: &str) -> usize {
+        self.held(&Key::of(key)) as usize
+    }
+
+    /// The bytes `key` takes as of the writes staged so far: its staged value, else its committed one.
+    fn held(&self, key: &Key) -> isize {
+        let value = match self.staged.get(key) {
+            Some(staged) => staged.as_ref().map(|e| e.value.len()),
+            None => self.committed.get(key).map(|(_, value)| value.len()),
+        };
+        value.map_or(0, |len| (std::mem::size_of::<Key>() + len) as isize)
     }
 
     /// Replaces (or with `None` removes) a committed entry.
@@ -195,9 +213,10 @@ impl KeyedState {
         self.committed.len() * std::mem::size_of::<Key>() + self.committed.value_bytes()
     }
 
-    /// [`KeyedState::bytes`] with the writes the call under way has set so far (see `Limits::state_bytes`).
+    /// [`KeyedState::bytes`] with the writes the call under way has staged so far (see
+    /// `Limits::state_bytes`).
     pub fn bytes_with_staged(&self) -> usize {
-        self.bytes() + self.staged_bytes
+        self.bytes().saturating_add_signed(self.staged_bytes)
     }
 
     /// Every committed entry, as a delta from nothing (a full checkpoint); clears the change tracking.
@@ -260,6 +279,28 @@ mod tests {
         let bytes = postcard::to_allocvec(&entry).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
         assert_eq!(postcard::from_bytes::<Entry>(&bytes).unwrap(), entry);
+    }
+
+    /// What the limit on keyed state counts: an overwrite only what it adds, a delete takes off.
+    #[test]
+    fn staged_bytes_count_what_writes_add() {
+        let mut state = KeyedState::default();
+        state.set("a", vec![0; 100], None, 0);
+        state.commit(0);
+        assert_eq!(state.bytes_with_staged(), 116);
+        for _ in 0..10 {
+            state.set("a", vec![0; 100], None, 0);
+        }
+        assert_eq!(state.bytes_with_staged(), 116, "overwrites of one key");
+        state.set("a", vec![0; 40], None, 0);
+        state.set("b", vec![0; 4], None, 0);
+        assert_eq!(state.bytes_with_staged(), 56 + 20);
+        state.delete("a");
+        assert_eq!(state.bytes_with_staged(), 20);
+        assert_eq!(state.bytes_of("b"), 20);
+        state.commit(0);
+        assert_eq!(state.bytes_with_staged(), state.bytes());
+        assert_eq!(state.bytes(), 20);
     }
 
     #[test]
