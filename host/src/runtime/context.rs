@@ -180,7 +180,14 @@ impl PluginCtx {
         self.stdout.end_call() + self.stderr.end_call()
     }
 
-    fn check_value(&mut self, key: &str, value: &[u8]) -> wasmtime::Result<()> {
+    /// Stages a write within `limits.state_value_bytes` and `limits.state_bytes`.
+    fn set_checked(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        now: i64,
+    ) -> wasmtime::Result<()> {
         if value.len() > self.state_value_bytes {
             wasmtime::bail!(
                 "state value for key {key:?} is {} bytes, over the limit of {} (limits.state_value_bytes)",
@@ -188,11 +195,12 @@ impl PluginCtx {
                 self.state_value_bytes
             );
         }
-        // As if the write were staged (an overwrite counts only what it adds).
-        let total = self.state.bytes_with_staged() + 16 + value.len();
-        let replaced = self.state.bytes_of(key);
-        let total = total.saturating_sub(replaced);
-        if total > self.state_bytes && !self.repeating {
+        let limit = if self.repeating {
+            usize::MAX
+        } else {
+            self.state_bytes
+        };
+        if let Err(total) = self.state.try_set(key, value, ttl_ms, now, limit) {
             // A resource cap, like memory: the failure is `plugin_oom`.
             self.memory.hit = true;
             wasmtime::bail!(
@@ -233,17 +241,14 @@ impl state::Host for PluginCtx {
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
-        self.check_value(&key, &value)?;
         let now = self.clock.now_ms();
-        self.state.set(&key, value, ttl_ms, now);
-        Ok(())
+        self.set_checked(&key, value, ttl_ms, now)
     }
 
     fn set_many(&mut self, entries: Vec<state::Entry>) -> wasmtime::Result<()> {
         let now = self.clock.now_ms();
         for entry in entries {
-            self.check_value(&entry.key, &entry.value)?;
-            self.state.set(&entry.key, entry.value, entry.ttl_ms, now);
+            self.set_checked(&entry.key, entry.value, entry.ttl_ms, now)?;
         }
         Ok(())
     }

@@ -125,10 +125,29 @@ impl KeyedState {
     }
 
     pub fn set(&mut self, key: &str, value: Vec<u8>, ttl_ms: Option<u64>, now_ms: i64) {
+        let _ = self.try_set(key, value, ttl_ms, now_ms, usize::MAX);
+    }
+
+    /// Stages the write unless it would take [`KeyedState::bytes_with_staged`] past `limit`; the error is
+    /// the total it would have made. One hash of the key for the check and the write (a dedupe sets one
+    /// key per event).
+    pub fn try_set(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<(), usize> {
         let expires_at_ms =
             ttl_ms.map(|ttl| now_ms.saturating_add(ttl.min(i64::MAX as u64) as i64));
         let key = Key::of(key);
-        self.staged_bytes += (std::mem::size_of::<Key>() + value.len()) as isize - self.held(&key);
+        let added = (std::mem::size_of::<Key>() + value.len()) as isize - self.held(&key);
+        let total = self.bytes_with_staged().saturating_add_signed(added);
+        if total > limit {
+            return Err(total);
+        }
+        self.staged_bytes += added;
         self.staged.insert(
             key,
             Some(Entry {
@@ -136,6 +155,7 @@ impl KeyedState {
                 expires_at_ms,
             }),
         );
+        Ok(())
     }
 
     pub fn delete(&mut self, key: &str) {
@@ -145,6 +165,7 @@ impl KeyedState {
     }
 
     /// The bytes `key` takes (16 and its value's) as of the writes staged so far; 0 when it has no value.
+    #[cfg(test)]
     pub fn bytes_of(&self, key: &str) -> usize {
         self.held(&Key::of(key)) as usize
     }
