@@ -85,6 +85,22 @@ impl IngestStats {
 /// How much of an oversize event its quarantine message keeps.
 pub const OVERSIZE_KEPT: usize = 64 << 10;
 
+/// The longest SSE id (or message id) an oversize marker carries as it is. An id can be as long as a line
+/// (`max_line`, 1 MiB), and a marker carrying it would be as unpublishable as the event it stands for.
+const MARKER_ID_MAX: usize = 1 << 10;
+
+/// `id` if it is short enough for a marker, else a digest of it (the same for the same id, so a marker sent
+/// again is still dropped as a duplicate).
+fn marker_id(id: String) -> String {
+    if id.len() <= MARKER_ID_MAX {
+        return id;
+    }
+    format!(
+        "oversize:sha256:{}",
+        hex::encode(&Sha256::digest(id.as_bytes())[..16])
+    )
+}
+
 pub struct Ingest {
     config: IngestConfig,
     client: SseClient,
@@ -116,12 +132,12 @@ impl Ingest {
         config: IngestConfig,
     ) -> Result<Self> {
         source.validate().map_err(anyhow::Error::msg)?;
-        let js = async_nats::jetstream::new(nats);
+        let js = async_nats::jetstream::new(nats.clone());
         stream.ensure_exists(&js).await?;
         let positions = Positions::open(&js).await?;
         let stats = Arc::new(IngestStats::default());
         let publisher = Publisher::new(
-            js,
+            nats,
             stream.subject(),
             config.max_in_flight,
             positions.clone(),
@@ -383,20 +399,37 @@ impl Ingest {
         while !data.is_char_boundary(kept) {
             kept -= 1;
         }
+        // An SSE id too long to carry is left out, and not saved as the position: a restart then reads from the
+        // position before, and what it sends again is dropped as duplicates.
+        let sse_id = Some(sse_id).filter(|id| !id.is_empty() && id.len() <= MARKER_ID_MAX);
         let mut headers = HeaderMap::new();
-        headers.insert(headers::SSE_ID, sse_id);
+        headers.insert(headers::SSE_ID, sse_id.unwrap_or(""));
         headers.insert(headers::INGEST_MS, now_ms().to_string().as_str());
         headers.insert(headers::SOURCE, self.config.name.as_str());
         headers.insert(headers::REJECTED, "oversize");
         headers.insert(headers::REJECTED_DETAIL, detail.as_str());
         self.publisher
             .publish(Outgoing {
-                id,
+                id: marker_id(id),
                 payload: Bytes::copy_from_slice(&data.as_bytes()[..kept]),
                 headers,
-                position: Some(sse_id.to_string()).filter(|p| !p.is_empty()),
+                position: sse_id.map(str::to_string),
             })
             .await
             .context("publish")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_id_stays_publishable_and_stable() {
+        assert_eq!(marker_id("oversize:42:0:9000".into()), "oversize:42:0:9000");
+        let long = "7".repeat(1 << 20);
+        let id = marker_id(long.clone());
+        assert!(id.len() < 64, "{id}");
+        assert_eq!(id, marker_id(long), "the same id twice");
     }
 }

@@ -338,6 +338,21 @@ fn nats_server_restart_mid_stream_loses_nothing() {
 /// find the gap after the reconnect and fill it, each message once.
 #[test]
 fn acked_messages_a_crashed_server_lost_are_sent_again() {
+    crash_loses_acked_messages(64, 100, 90, 10);
+}
+
+/// The same at a scale where the lost messages and those queued while the server was down, sent again
+/// together, pass async-nats's default limit of 5,000 pending acks per JetStream context: the publisher must
+/// not wait for a permit that only its own unpolled acks could give back.
+#[test]
+fn a_resend_past_the_client_ack_limit_completes() {
+    crash_loses_acked_messages(3000, 3000, 0, 3000);
+}
+
+/// Publishes `before` messages with `in_flight` acks pending at most, leaves the stream holding the first
+/// `kept` of them, kills and restarts the server while `after` more are published, and checks that the
+/// stream ends up with every message once.
+fn crash_loses_acked_messages(in_flight: usize, before: u32, kept: u32, after: u32) {
     let dir = tempfile::tempdir().unwrap();
     let mut server = nats_server(dir.path());
     let rt = runtime();
@@ -349,27 +364,27 @@ fn acked_messages_a_crashed_server_lost_are_sent_again() {
         let positions = weir::bus::Positions::open(&js).await.unwrap();
         let stats = Arc::new(weir::bus::PublishStats::default());
         let mut publisher = weir::bus::Publisher::new(
-            js.clone(),
+            nats.clone(),
             config.subject(),
-            64,
+            in_flight,
             positions,
             "lost",
             stats.clone(),
         );
         let message = |i: u32| weir::bus::publish::Outgoing {
-            id: format!("event-{i:03}"),
-            payload: format!("{{\"meta\":{{\"id\":\"event-{i:03}\"}}}}").into(),
+            id: format!("event-{i:05}"),
+            payload: format!("{{\"meta\":{{\"id\":\"event-{i:05}\"}}}}").into(),
             headers: async_nats::HeaderMap::new(),
             position: Some(i.to_string()),
         };
-        for i in 0..100 {
+        for i in 0..before {
             publisher.publish(message(i)).await.unwrap();
         }
         publisher.flush().await.unwrap();
-        // The stream as the crash leaves it: the first 90 messages, the newest 10 never written.
+        // The stream as the crash leaves it: the first `kept` messages, the newest never written.
         js.delete_stream("LOST").await.unwrap();
         config.ensure(&js).await.unwrap();
-        for i in 0..90 {
+        for i in 0..kept {
             let m = message(i);
             let publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(m.payload)
@@ -389,20 +404,25 @@ fn acked_messages_a_crashed_server_lost_are_sent_again() {
             server.restart().unwrap();
             server
         });
-        for i in 100..110 {
-            publisher.publish(message(i)).await.unwrap();
-        }
-        publisher.flush().await.unwrap();
+        let total = before + after;
+        let finished = tokio::time::timeout(Duration::from_secs(120), async {
+            for i in before..total {
+                publisher.publish(message(i)).await.unwrap();
+            }
+            publisher.flush().await.unwrap();
+        })
+        .await;
         let _server = restart.join().unwrap();
+        finished.expect("the publisher finished within 2 minutes");
         let mut stored = stored_ids(&nats, "LOST").await;
         stored.sort();
-        let expected: Vec<String> = (0..110).map(|i| format!("event-{i:03}")).collect();
+        let expected: Vec<String> = (0..total).map(|i| format!("event-{i:05}")).collect();
         assert_eq!(stored, expected);
         // Each message counted once: as published, or as a duplicate when its ack was lost in the crash and
         // the resend found it stored.
         let counted =
             stats.published.load(Ordering::Relaxed) + stats.duplicates.load(Ordering::Relaxed);
-        assert_eq!(counted, 110);
+        assert_eq!(counted, u64::from(total));
     });
 }
 

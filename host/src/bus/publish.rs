@@ -136,20 +136,28 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Publishes through a JetStream context of its own. async-nats lets a context have at most 5,000 acks
+    /// pending by default and makes a send wait for one to settle; but the publisher holds its pending acks
+    /// unpolled, and after a reconnect sends `max_in_flight` unacked plus up to `max_in_flight` lost
+    /// messages before it waits on any. A shared or default context could so wait for ever.
     pub fn new(
-        js: jetstream::Context,
+        client: async_nats::Client,
         subject: impl Into<String>,
         max_in_flight: usize,
         positions: Positions,
         source: impl Into<String>,
         stats: Arc<PublishStats>,
     ) -> Self {
+        let max_in_flight = max_in_flight.max(1);
+        let js = jetstream::context::ContextBuilder::new()
+            .max_ack_inflight(2 * max_in_flight)
+            .build(client);
         let client_stats = js.client().statistics();
         let connects = client_stats.connects.load(Ordering::Relaxed);
         Publisher {
             js,
             subject: subject.into(),
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight,
             in_flight: VecDeque::new(),
             acked: VecDeque::new(),
             stream: None,
