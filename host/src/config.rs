@@ -51,6 +51,10 @@ pub struct Config {
     /// Set by `weir replay`: run as a replay into a new table version (see `pipeline::replay`).
     #[serde(skip)]
     pub replay: Option<crate::pipeline::replay::Replay>,
+    /// The lake URL came from the command line (see [`Config::set_lake_url`]): `WEIR_LAKE_URL` does not
+    /// override it.
+    #[serde(skip)]
+    lake_url_given: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,13 +297,30 @@ pub struct ResolvedStage {
 impl Config {
     /// Reads and validates a pipeline file. Errors name the file, line and field.
     pub fn load(file: &Path) -> Result<Config> {
+        let config = Self::load_settings(file)?;
         let text = std::fs::read_to_string(file).with_context(|| {
             format!("cannot read the pipeline configuration {}", file.display())
         })?;
-        Self::parse(&text, file)
+        config.check_plugin_files(&text)?;
+        Ok(config)
+    }
+
+    /// The configuration, checked but for its plugin files: for commands that only read the lake, which
+    /// need nothing built.
+    pub fn load_settings(file: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!("cannot read the pipeline configuration {}", file.display())
+        })?;
+        Self::parse_settings(&text, file)
     }
 
     pub fn parse(text: &str, file: &Path) -> Result<Config> {
+        let config = Self::parse_settings(text, file)?;
+        config.check_plugin_files(text)?;
+        Ok(config)
+    }
+
+    fn parse_settings(text: &str, file: &Path) -> Result<Config> {
         let mut config: Config = toml::from_str(text)
             .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
         config.file = file.to_path_buf();
@@ -356,21 +377,28 @@ impl Config {
     }
 
     fn validate(&self, text: &str) -> Result<()> {
-        if self.pipeline.name.is_empty()
-            || !self
-                .pipeline
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(self.at_field(
-                text,
-                "pipeline.name",
-                format!(
-                    "pipeline.name {:?} must be letters, digits, `-` and `_`",
-                    self.pipeline.name
-                ),
-            ));
+        // Names that become parts of paths (the lake's staging directories) and of NATS names (consumers,
+        // keys): a `/` or `.` there would split them.
+        let plain = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        for (field, name) in [
+            ("pipeline.name", Some(&self.pipeline.name)),
+            ("pipeline.host", self.pipeline.host.as_ref()),
+            ("consumer.durable", self.consumer.durable.as_ref()),
+        ] {
+            if let Some(name) = name
+                && !plain(name)
+            {
+                return Err(self.at_field(
+                    text,
+                    field,
+                    format!("{field} {name:?} must be letters, digits, `-` and `_`"),
+                ));
+            }
         }
         if let Some(source) = &self.source {
             source
@@ -391,12 +419,30 @@ impl Config {
                  quarantine as poison unread, so with 2 every message would go there",
             ));
         }
+        if self.consumer.ack_wait < Duration::from_secs(1) {
+            return Err(self.at_field(
+                text,
+                "consumer.ack_wait",
+                "consumer.ack_wait must be at least 1s: messages not acked within it are delivered again,                  and a commit or a batch waiting for the processor takes longer than that",
+            ));
+        }
+        if self.consumer.max_ack_pending < 1 {
+            return Err(self.at_field(
+                text,
+                "consumer.max_ack_pending",
+                "consumer.max_ack_pending must be positive: it bounds the messages delivered and not yet                  acked",
+            ));
+        }
         self.check_consumer_mode()
             .map_err(|e| self.at_field(text, "consumer.durable", e))?;
+        let key_path = self.events.key_path.as_deref();
         for (what, path) in [
-            ("events.id_path", &self.events.id_path),
-            ("events.time_path", &self.events.time_path),
+            ("events.id_path", Some(&self.events.id_path[..])),
+            ("events.time_path", Some(&self.events.time_path[..])),
+            ("events.key_path", key_path),
+            ("ingest.id_path", Some(&self.ingest.id_path[..])),
         ] {
+            let Some(path) = path else { continue };
             crate::event::JsonPath::parse(path)
                 .map_err(|e| self.at_field(text, what, format!("{what} {path:?}: {e}")))?;
         }
@@ -510,7 +556,11 @@ impl Config {
                 "lake.commit_interval must be positive",
             ));
         }
-        // The plugin files last: the checks above need nothing built.
+        Ok(())
+    }
+
+    /// That every stage's plugin file exists (checked after the rest: that needs nothing built).
+    fn check_plugin_files(&self, text: &str) -> Result<()> {
         for (i, stage) in self.stages.iter().enumerate() {
             let path = self.plugin_path(stage.plugin.get_ref());
             if !path.is_file() {
@@ -656,6 +706,15 @@ impl Config {
             .or_else(|| self.api.token.clone().and_then(given))
     }
 
+    /// A lake URL given on the command line (empty: the configured one stays). It wins over `WEIR_LAKE_URL`,
+    /// as a flag wins over the environment everywhere else.
+    pub fn set_lake_url(&mut self, url: String) {
+        if !url.is_empty() {
+            self.lake.url = url;
+            self.lake_url_given = true;
+        }
+    }
+
     /// An S3-compatible endpoint given on the command line (empty: the configured one stays).
     pub fn set_lake_endpoint(&mut self, endpoint: String) {
         if !endpoint.is_empty() {
@@ -672,6 +731,7 @@ impl Config {
         if let Ok(url) = std::env::var("WEIR_LAKE_URL")
             && !url.is_empty()
             && self.replay.is_none()
+            && !self.lake_url_given
         {
             lake.url = url;
         }
@@ -829,6 +889,33 @@ mod tests {
             .to_string();
         assert!(
             err.contains("/tmp/p.toml:4") && err.contains("at least 3"),
+            "{err}"
+        );
+    }
+
+    /// Settings that would break the pipeline later are refused at their line.
+    #[test]
+    fn settings_that_break_later_are_refused_where_they_are() {
+        for (toml, field, says) in [
+            ("[consumer]\nack_wait = \"100ms\"\n", "4", "at least 1s"),
+            ("[consumer]\nmax_ack_pending = 0\n", "4", "must be positive"),
+            ("[consumer]\ndurable = \"a.b\"\n", "4", "consumer.durable"),
+            ("[events]\nkey_path = \"a..b\"\n", "4", "events.key_path"),
+            ("[ingest]\nid_path = \"\"\n", "4", "ingest.id_path"),
+        ] {
+            let err = parse(&format!("[pipeline]\nname = \"x\"\n{toml}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("/tmp/p.toml:{field}")) && err.contains(says),
+                "{toml}: {err}"
+            );
+        }
+        let err = parse("[pipeline]\nname = \"x\"\nhost = \"edge/1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/tmp/p.toml:3") && err.contains("pipeline.host"),
             "{err}"
         );
     }

@@ -187,7 +187,7 @@ fn every_message_reaches_a_slow_processor(exclusive: bool) {
         } else {
             Reader::Shared(consumer)
         };
-        let (batches_tx, mut batches) = tokio::sync::mpsc::channel(1);
+        let (batches_tx, mut batches) = weir::pipeline::handover::channel(1);
         let (stop_tx, stop) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(fetch(reader, 256, batches_tx, shared.clone(), stop));
         // The processor is busy: the pull's messages pile up past the subscription and are dropped.

@@ -385,13 +385,7 @@ fn an_epoch_open_past_ack_wait_keeps_its_messages() {
     }
     // Three ack deadlines with the epoch open.
     std::thread::sleep(Duration::from_secs(12));
-    let (_, metrics) = crate::support::http("GET", &format!("{api}/metrics"), None, None);
-    let redelivered: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("weir_redeliveries_skipped_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert_eq!(redelivered, 0.0, "messages came again:\n{metrics}");
+    crate::support::assert_none_redelivered(&api);
     weir.stop();
     h.read_back().assert_exactly_once(last);
 }

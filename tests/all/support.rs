@@ -215,6 +215,17 @@ pub fn metric(api: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Asserts that the API at `api` reports no message skipped as a redelivery: none came again.
+pub fn assert_none_redelivered(api: &str) {
+    let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);
+    let redelivered: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_redeliveries_skipped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(redelivered, 0.0, "messages came again:\n{metrics}");
+}
+
 /// Asserts that the API at `api` reports `metric` (a counter) above zero.
 pub fn assert_counted(api: &str, metric: &str) {
     let (_, metrics) = http("GET", &format!("{api}/metrics"), None, None);

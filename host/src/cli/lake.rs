@@ -30,7 +30,7 @@ impl LakeArgs {
     /// The lake's settings: the `--config` pipeline's, else the defaults.
     fn config(&self) -> Result<LakeConfig> {
         Ok(match &self.config {
-            Some(file) => Config::load(file)?.lake_config(),
+            Some(file) => Config::load_settings(file)?.lake_config(),
             None => LakeConfig::default(),
         })
     }
@@ -40,8 +40,10 @@ impl LakeArgs {
         if let Some(lake) = self.lake.as_ref().filter(|l| !l.is_empty()) {
             store.url = lake.clone();
         }
-        if self.endpoint.is_some() {
-            store.endpoint = self.endpoint.clone();
+        if let Some(endpoint) = self.endpoint.as_ref().filter(|e| !e.is_empty()) {
+            // As `weir run` takes it (`Config::set_lake_endpoint`).
+            store.allow_http |= endpoint.starts_with("http://");
+            store.endpoint = Some(endpoint.clone());
         }
         store.allow_http |= self.allow_http;
         Store::open(&store)

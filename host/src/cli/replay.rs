@@ -160,7 +160,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     let version_store = config.lake_config().store();
     let started_at = std::time::Instant::now();
     let signal = super::shutdown_signal(&runtime);
-    let shared = runtime.block_on(async {
+    let (shared, ended) = runtime.block_on(async {
         let mut shared = None;
         crate::pipeline::service::run(config, signal, |started| {
             let from = match &args.from_bronze {
@@ -174,7 +174,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             shared = Some(started.shared.clone());
         })
         .await
-        .map(|()| shared)
+        .map(|ended| (shared, ended))
     })?;
     if let Some(shared) = shared {
         let c = &shared.counters;
@@ -188,6 +188,14 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
             c.quarantined.load(Relaxed),
             c.skipped_committed.load(Relaxed),
         );
+    }
+    if ended != crate::pipeline::service::Ended::Replayed {
+        // A script chaining `weir replay && publish` must not go on with part of a version.
+        eprintln!(
+            "weir replay {}: interrupted before the end; run the same command again to resume",
+            args.version
+        );
+        return Ok(ExitCode::FAILURE);
     }
     if let (Some(live), Some(plan)) = (live, &replay.in_place) {
         let version = Store::open(&version_store)?;

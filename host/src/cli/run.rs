@@ -48,8 +48,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     if let Some(api) = args.api {
         config.api.listen = api;
     }
-    if let Some(lake) = args.lake.filter(|l| !l.is_empty()) {
-        config.lake.url = lake;
+    if let Some(lake) = args.lake {
+        config.set_lake_url(lake);
     }
     if let Some(endpoint) = args.lake_endpoint {
         config.set_lake_endpoint(endpoint);

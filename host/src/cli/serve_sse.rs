@@ -20,22 +20,31 @@ pub struct ServeSseArgs {
     #[arg(long)]
     file: Option<PathBuf>,
     /// With the generator: stop after this many events (default: without end).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "file")]
     events: Option<u64>,
-    /// Events per second (default: as fast as the client reads).
-    #[arg(long)]
+    /// Events per second, up to 10 million (default: as fast as the client reads).
+    #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
     /// Close each connection after this many events (clients resume with Last-Event-ID).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     cut_every: Option<u64>,
     /// Close each connection after this many bytes, even mid-event.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     cut_after_bytes: Option<u64>,
     /// After the last event, keep connections open with keep-alive comments.
     #[arg(long)]
     hold_open: bool,
     #[command(flatten)]
     generator: GenOptions,
+}
+
+/// A rate the server can pace: positive, and an interval between events of at least 100 ns.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate <= 1e7 => Ok(rate),
+        Ok(_) => Err("the rate must be more than 0 and at most 10000000 events per second".into()),
+        Err(e) => Err(format!("not a number: {e}")),
+    }
 }
 
 pub fn run(args: ServeSseArgs) -> Result<ExitCode> {

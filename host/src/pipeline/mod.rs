@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod cluster;
 pub mod deployed;
+pub mod handover;
 pub mod replay;
 pub mod runner;
 pub mod self_test;

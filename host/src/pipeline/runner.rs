@@ -8,7 +8,8 @@
 //!
 //! - The fetch task pulls messages and hands micro-batches to the processor through a bounded channel:
 //!   a slow processor or store slows fetching, and the consumer's `max_ack_pending` bounds what the server
-//!   delivers, so memory stays bounded.
+//!   delivers, so memory stays bounded. Batches waiting there keep their messages (see
+//!   [`super::handover`]).
 //! - The processor thread owns the chain and the epoch being written. It skips redeliveries of committed
 //!   messages (acking them) and of messages in the open or the committing epoch, sends poison messages
 //!   (delivered `max_deliver - 1` times) to quarantine, and commits by size or time. Acks go out only after
@@ -233,6 +234,28 @@ pub async fn consumer(
         ..Default::default()
     };
     match stream.get_consumer::<pull::Config>(&config.durable()).await {
+        // An unfinished replay of the version run again from another start: its consumer would go on from
+        // the old one and leave the sequences before it out. Started anew from the new start, it reads them;
+        // what the version holds already is skipped as committed.
+        Ok(existing)
+            if config.replay.is_some()
+                && existing.cached_info().config.deliver_policy != wanted.deliver_policy =>
+        {
+            tracing::warn!(
+                "the replay's consumer {} started from {:?}; starting it again from {:?}",
+                config.durable(),
+                existing.cached_info().config.deliver_policy,
+                wanted.deliver_policy
+            );
+            stream
+                .delete_consumer(&config.durable())
+                .await
+                .context("cannot remove the replay's consumer to start it again")?;
+            Ok(stream
+                .create_consumer(wanted)
+                .await
+                .context("cannot create the durable consumer")?)
+        }
         Ok(existing) => {
             let current = existing.cached_info().config.clone();
             if current.ack_wait != wanted.ack_wait
@@ -541,7 +564,8 @@ impl Processor {
             acks: !config.exclusive(),
             lease_lost: Default::default(),
             lease_fence: None,
-            watermark_delay_ms: config.events.watermark_delay.as_millis() as i64,
+            watermark_delay_ms: i64::try_from(config.events.watermark_delay.as_millis())
+                .unwrap_or(i64::MAX),
             // A replay reads a stream it must not write to, and ends when it has read its range.
             idle_close: if config.replay.is_some() {
                 Duration::ZERO
@@ -1548,7 +1572,7 @@ fn record_gold(epoch: &mut Epoch, shared: &Shared, gold: &[GoldRow]) -> Result<(
 
 /// Extends the ack deadline of messages (a progress ack); one that went missing only means a redelivery,
 /// which the commit log turns into a skip.
-async fn extend(client: &async_nats::Client, replies: &[async_nats::Subject]) {
+pub(super) async fn extend(client: &async_nats::Client, replies: &[async_nats::Subject]) {
     for reply in replies {
         let _ = client
             .publish(reply.clone(), Bytes::from_static(b"+WPI"))
@@ -1689,7 +1713,7 @@ pub async fn measure_pending(
 pub async fn fetch(
     reader: Reader,
     batch: usize,
-    tx: tokio::sync::mpsc::Sender<Vec<jetstream::Message>>,
+    tx: super::handover::Sender,
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {

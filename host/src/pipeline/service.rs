@@ -36,12 +36,21 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs the pipeline until `stop` resolves; calls `started` once everything is up.
+/// How a run that did not fail ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (or its lease went to another host).
+    Stopped,
+    /// A replay read everything it was to read.
+    Replayed,
+}
+
+/// Runs the pipeline until `stop` resolves (or a replay is done); calls `started` once everything is up.
 pub async fn run(
     config: Config,
     stop: impl std::future::Future<Output = ()>,
     started: impl FnOnce(&Started),
-) -> Result<()> {
+) -> Result<Ended> {
     // No URL: the local server another Weir process runs on this data directory, else one of our own.
     let shared_local = config
         .nats
@@ -343,7 +352,11 @@ pub async fn run(
 
     // Room for one pull request's worth of micro-batches, so the processor keeps going while the fetch task
     // (on the I/O runtime, shared with acks and uploads) is busy; still bounded, for backpressure.
-    let (batches_tx, batches_rx) = tokio::sync::mpsc::channel(16);
+    let (batches_tx, batches_rx) = super::handover::channel(16);
+    if let runner::Reader::Shared(consumer) = &reader {
+        let every = consumer.cached_info().config.ack_wait / 3;
+        tokio::spawn(batches_tx.keeper().run(client.clone(), every));
+    }
     let pending_task = tokio::spawn(runner::measure_pending(
         reader.clone(),
         shared.clone(),
@@ -534,7 +547,10 @@ pub async fn run(
     if let Some(mut server) = local {
         tokio::task::spawn_blocking(move || server.stop()).await?;
     }
-    result
+    result.map(|()| match replayed {
+        true => Ended::Replayed,
+        false => Ended::Stopped,
+    })
 }
 
 /// How long the stop waits for NATS to take what is still buffered.
@@ -592,7 +608,7 @@ async fn compact_now_and_then(
 /// commit when the batches end.
 fn process_loop(
     mut processor: Processor,
-    mut batches: tokio::sync::mpsc::Receiver<Vec<async_nats::jetstream::Message>>,
+    mut batches: super::handover::Receiver,
     mut control: tokio::sync::mpsc::Receiver<Control>,
 ) -> Result<()> {
     let runtime = processor.runtime.clone();

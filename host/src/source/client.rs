@@ -72,9 +72,20 @@ impl SseConfig {
                     .into(),
             );
         }
-        if self.idle_timeout.is_zero() || self.min_backoff > self.max_backoff {
+        if self.idle_timeout.is_zero() {
+            return Err("source.idle_timeout must be positive".into());
+        }
+        // Zero would reconnect to a source that refuses as fast as the machine can.
+        if self.min_backoff.is_zero() || self.min_backoff > self.max_backoff {
             return Err(
-                "source.idle_timeout must be positive and min_backoff at most max_backoff".into(),
+                "source.min_backoff must be positive and at most source.max_backoff".into(),
+            );
+        }
+        if self.rate_limited_backoff.is_zero() {
+            return Err(
+                "source.rate_limited_backoff must be positive: it is the wait after a 429 without \
+                 Retry-After"
+                    .into(),
             );
         }
         if self.max_event_bytes < 1024 {

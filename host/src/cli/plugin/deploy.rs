@@ -76,15 +76,34 @@ fn post(remote: &RemoteArgs, url: &str, body: Vec<u8>) -> Result<serde_json::Val
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut request = reqwest::Client::new()
+        // A deploy compiles and self-tests the plugin before it answers: minutes at most.
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(300))
+            .build()?;
+        let mut request = client
             .post(url)
             .header("content-type", "application/wasm")
             .body(body);
-        if let Some(token) = &remote.token {
+        // Trimmed as the pipeline trims its own: a token read from a file ends in a newline, which is not
+        // valid in a header.
+        if let Some(token) = remote
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.with_context(|| {
-            format!("cannot reach the pipeline's API at {url} (is `weir run` running? --api)")
+        let response = request.send().await.map_err(|e| {
+            let why = if e.is_timeout() {
+                "no answer within its time"
+            } else if e.is_connect() {
+                "is `weir run` running? --api"
+            } else {
+                "the request could not be sent"
+            };
+            anyhow::anyhow!("cannot reach the pipeline's API at {url} ({why}): {e}")
         })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();

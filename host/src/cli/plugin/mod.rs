@@ -42,8 +42,9 @@ pub struct SandboxArgs {
     /// CPU deadline per call, in milliseconds.
     #[arg(long, default_value_t = Limits::default().call_timeout_ms)]
     timeout_ms: u64,
-    /// Linear memory cap per plugin, in MiB.
-    #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
+    /// Linear memory cap per plugin, in MiB (at most 4 GiB: a 32-bit Wasm memory cannot grow past it).
+    #[arg(long, default_value_t = Limits::default().memory_bytes >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
     memory_mib: u64,
     /// Pin the clock plugins see (milliseconds since the epoch, or RFC 3339), for reproducible runs.
     #[arg(long, value_parser = super::parse_time)]
