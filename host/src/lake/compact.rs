@@ -307,7 +307,10 @@ fn candidates(
         }
         let settled = options.include_current
             || read::partition_start(&format!("{table}/{partition}/")).is_none_or(|start| {
-                start + 3_600_000 + options.min_age.as_millis() as i64 <= now_ms
+                start
+                    .saturating_add(3_600_000)
+                    .saturating_add(i64::try_from(options.min_age.as_millis()).unwrap_or(i64::MAX))
+                    <= now_ms
             });
         let mut small: Vec<FileEntry> = files
             .iter()

@@ -304,11 +304,18 @@ pub async fn all_records(store: &Store) -> Result<Vec<CommitRecord>> {
 
 /// The commit log as a long-running reader (the API) last saw it: each look reads only the records created
 /// since, as compaction's view does, instead of one request per record of the whole log.
+///
+/// A pipeline commits every few seconds for months, so all but the newest [`CachedLog::KEEP`] records are
+/// folded into one (see [`fold`]): what a reader asks of the log (the files of a table, its gold columns,
+/// the sequences committed) stays the same, and its size follows the lake's live files, not its age.
 #[derive(Debug, Default)]
 pub struct CachedLog(tokio::sync::Mutex<Arc<Vec<CommitRecord>>>);
 
 impl CachedLog {
-    /// Every record (all hosts), oldest first, as of now.
+    /// The records kept as they are, newest last.
+    pub const KEEP: usize = 256;
+
+    /// The records (all hosts), oldest first, as of now: the older ones folded into the first.
     pub async fn records(&self, store: &Store) -> Result<Arc<Vec<CommitRecord>>> {
         let mut seen = self.0.lock().await;
         let newer = match seen.last() {
@@ -316,10 +323,48 @@ impl CachedLog {
             None => all_records(store).await?,
         };
         if !newer.is_empty() {
-            Arc::make_mut(&mut seen).extend(newer);
+            let records = Arc::make_mut(&mut seen);
+            records.extend(newer);
+            // Folded by halves, so that a fold's work is spread over the records that led to it.
+            if records.len() > 2 * Self::KEEP {
+                fold(records, Self::KEEP);
+            }
         }
         Ok(Arc::clone(&seen))
     }
+}
+
+/// Folds all but the newest `keep` of `records` into one record, the first, that stands for them to a
+/// reader: the files of each table that no later record replaced (a table keeps its name when none is left),
+/// their gold columns, and the sequences the pipeline's own commits consumed. The rest of a record (its
+/// host, state, counts, chain) is not kept. A record that replaces files only ever replaces older ones, so
+/// once it is folded, the files it names are gone from the fold, and its list can go too.
+pub fn fold(records: &mut Vec<CommitRecord>, keep: usize) {
+    if records.len() <= keep + 1 {
+        return;
+    }
+    let folded: Vec<CommitRecord> = records.drain(..records.len() - keep).collect();
+    let mut into = CommitRecord::default();
+    for record in folded {
+        if !record.replaces.is_empty() {
+            let gone: std::collections::HashSet<&str> =
+                record.replaces.iter().map(String::as_str).collect();
+            for files in into.tables.values_mut() {
+                files.retain(|f| !gone.contains(f.path.as_str()));
+            }
+        }
+        for (table, files) in record.tables {
+            into.tables.entry(table).or_default().extend(files);
+        }
+        merge_gold_columns(&mut into.gold_columns, &record.gold_columns);
+        if record.replay.is_none() {
+            into.sequences.extend(&record.sequences);
+        }
+        into.format = record.format;
+        into.epoch = record.epoch;
+        into.committed_at_ms = record.committed_at_ms;
+    }
+    records.insert(0, into);
 }
 
 /// The records listed after the one of epoch `after` (all of them when `None`), in the order of their names.
@@ -444,6 +489,83 @@ mod tests {
             // A reader still holding the earlier view keeps it.
             assert_eq!(first.len(), 3);
         });
+    }
+
+    /// A folded log answers as the whole log does: the same live files per table, gold columns and
+    /// sequences; replaced files gone whether the replacing record was folded or not.
+    #[test]
+    fn a_folded_log_answers_as_the_whole_log() {
+        let file = |path: &str| FileEntry {
+            path: path.into(),
+            rows: 1,
+            bytes: 1,
+            min_seq: 0,
+            max_seq: 0,
+        };
+        let record = |epoch: u64| CommitRecord {
+            epoch,
+            sequences: Ranges(vec![(epoch * 10, epoch * 10 + 9)]),
+            tables: [("silver".to_string(), vec![file(&format!("silver/{epoch}"))])].into(),
+            gold_columns: [(
+                "gold".to_string(),
+                vec![(format!("c{}", epoch % 3), "Int64".to_string())],
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let mut records: Vec<CommitRecord> = (1..=20).map(record).collect();
+        // Epoch 8 compacts the files of 1 to 4; epoch 18 those of 5 to 7 (kept as they are below).
+        records[7].replaces = (1..=4).map(|e| format!("silver/{e}")).collect();
+        records[7]
+            .tables
+            .get_mut("silver")
+            .unwrap()
+            .push(file("silver/c1"));
+        records[17].replaces = (5..=7).map(|e| format!("silver/{e}")).collect();
+        records[17]
+            .tables
+            .get_mut("silver")
+            .unwrap()
+            .push(file("silver/c2"));
+        records[3].replay = Some("v2".into());
+        let live = |records: &[CommitRecord]| {
+            let mut files: Vec<String> =
+                crate::lake::read::files_in_range(records, "silver", i64::MIN, i64::MAX)
+                    .into_iter()
+                    .map(|f| f.path.clone())
+                    .collect();
+            files.sort();
+            files
+        };
+        let columns = |records: &[CommitRecord]| {
+            let mut known = BTreeMap::new();
+            for r in records {
+                merge_gold_columns(&mut known, &r.gold_columns);
+            }
+            known
+        };
+        let sequences = |records: &[CommitRecord]| {
+            let mut all = Ranges::default();
+            for r in records.iter().filter(|r| r.replay.is_none()) {
+                all.extend(&r.sequences);
+            }
+            all
+        };
+        let whole = records.clone();
+        fold(&mut records, 5);
+        assert_eq!(records.len(), 6);
+        assert_eq!(records[0].epoch, 15);
+        assert_eq!(live(&records), live(&whole));
+        assert_eq!(columns(&records), columns(&whole));
+        assert_eq!(sequences(&records), sequences(&whole));
+        assert!(
+            !sequences(&records).contains(40),
+            "a replay's sequences are not the pipeline's"
+        );
+        // Folded again, past the second compaction.
+        fold(&mut records, 1);
+        assert_eq!(live(&records), live(&whole));
+        assert_eq!(records[0].tables["silver"].len(), live(&whole).len() - 1);
     }
 
     #[test]

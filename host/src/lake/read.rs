@@ -75,6 +75,38 @@ pub fn summarize(records: &[CommitRecord]) -> Summary {
 }
 
 /// What `verify` found wrong.
+/// Stream sequences `from..=to` claimed by the commits of two epochs.
+#[derive(Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DuplicateClaim {
+    pub from: u64,
+    pub to: u64,
+    pub epochs: [u64; 2],
+}
+
+/// Every overlap between the claims `(from, to, epoch)`, each against the claim that reaches furthest among
+/// those before it (an overlap with a claim that is not the previous one is found too).
+fn overlaps(mut claims: Vec<(u64, u64, u64)>) -> Vec<DuplicateClaim> {
+    claims.sort();
+    let mut found = Vec::new();
+    // The claim seen so far that ends last: (to, epoch).
+    let mut furthest: Option<(u64, u64)> = None;
+    for (from, to, epoch) in claims {
+        if let Some((end, earlier)) = furthest
+            && from <= end
+        {
+            found.push(DuplicateClaim {
+                from,
+                to: to.min(end),
+                epochs: [earlier, epoch],
+            });
+        }
+        if furthest.is_none_or(|(end, _)| to > end) {
+            furthest = Some((to, epoch));
+        }
+    }
+    found
+}
+
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Problems {
     /// Files a commit lists that are not in the store.
@@ -82,7 +114,7 @@ pub struct Problems {
     /// Parquet files in the tables that no commit lists (invisible to a correct reader, but not to a glob).
     pub orphaned: Vec<String>,
     /// Stream sequences two commits both claim.
-    pub duplicate_sequences: Vec<(u64, u64, u64)>,
+    pub duplicate_sequences: Vec<DuplicateClaim>,
     /// Files whose row count differs from their commit's (`--deep`).
     pub wrong_rows: Vec<String>,
     /// Files whose size differs from their commit's: rewritten or cut short since.
@@ -134,18 +166,12 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
         }
     }
     // Sequences claimed twice.
-    let mut claims: Vec<(u64, u64, u64)> = records
-        .iter()
-        .flat_map(|r| r.sequences.0.iter().map(move |&(a, b)| (a, b, r.epoch)))
-        .collect();
-    claims.sort();
-    for pair in claims.windows(2) {
-        if pair[1].0 <= pair[0].1 {
-            problems
-                .duplicate_sequences
-                .push((pair[1].0, pair[0].1.min(pair[1].1), pair[1].2));
-        }
-    }
+    problems.duplicate_sequences = overlaps(
+        records
+            .iter()
+            .flat_map(|r| r.sequences.0.iter().map(move |&(a, b)| (a, b, r.epoch)))
+            .collect(),
+    );
     // Every Parquet file of the tables, with its size.
     let mut present = BTreeMap::new();
     for meta in &all {
@@ -516,6 +542,9 @@ pub async fn query(
     query_files(store, &files, table, from_ms, to_ms, limit, each).await
 }
 
+/// How many files [`query_files`] opens ahead of the one it reads.
+const OPEN_AHEAD: usize = 8;
+
 /// [`query`] over the given files of `table` (some of those [`files_in_range`] gives), in their order.
 pub async fn query_files(
     store: &Store,
@@ -528,20 +557,27 @@ pub async fn query_files(
 ) -> Result<usize> {
     let column = time_column(table);
     let fallback = fallback_time_column(table);
+    // Row groups timed wholly outside the range are not decoded (files hold an hour; queries ask for less).
+    let (from_us, to_us) = (from_ms.saturating_mul(1000), to_ms.saturating_mul(1000));
+    let overlaps = |g: &RowGroupMetaData| {
+        let within =
+            |column| i64_range(g, column).is_none_or(|(min, max)| max >= from_us && min < to_us);
+        within(column) || fallback.is_some_and(within)
+    };
+    // Files are opened a few ahead, in order: on an object store each opening is a round trip or two, and
+    // the newest hours (what recent queries read) hold many small files until compaction merges them.
+    let mut opened = futures::stream::iter(files.iter().copied())
+        .map(|file| {
+            let overlaps = &overlaps;
+            async move { (file, read_file_where(store, file, None, overlaps).await) }
+        })
+        .buffered(OPEN_AHEAD);
     let mut emitted = 0;
-    for file in files {
+    while let Some((file, batches)) = opened.next().await {
         if emitted >= limit {
             break;
         }
-        // Row groups timed wholly outside the range are not decoded (files hold an hour; queries ask for less).
-        let (from_us, to_us) = (from_ms.saturating_mul(1000), to_ms.saturating_mul(1000));
-        let overlaps = |g: &RowGroupMetaData| {
-            let within = |column| {
-                i64_range(g, column).is_none_or(|(min, max)| max >= from_us && min < to_us)
-            };
-            within(column) || fallback.is_some_and(within)
-        };
-        let mut batches = read_file_where(store, file, None, overlaps).await?;
+        let mut batches = batches?;
         while let Some(batch) = batches.next().await {
             let batch = batch.with_context(|| format!("reading {}", file.path))?;
             let timestamps = |name: Option<&str>| -> Result<Option<&TimestampMicrosecondArray>> {
@@ -592,6 +628,21 @@ mod tests {
 
     use super::*;
     use crate::lake::testing::{on_memory_store, parquet_bytes};
+
+    #[test]
+    fn every_overlap_is_found_with_both_epochs() {
+        let claim = |from, to, epochs| DuplicateClaim { from, to, epochs };
+        // 50..=60 overlaps epoch 5's claim, which is not the claim just before it.
+        assert_eq!(
+            overlaps(vec![(10, 20, 6), (1, 100, 5), (50, 60, 7), (101, 200, 8)]),
+            vec![claim(10, 20, [5, 6]), claim(50, 60, [5, 7])]
+        );
+        assert_eq!(overlaps(vec![(1, 10, 1), (11, 20, 2)]), vec![]);
+        assert_eq!(
+            overlaps(vec![(1, 10, 1), (5, 20, 2)]),
+            vec![claim(5, 10, [1, 2])]
+        );
+    }
 
     /// Commits `bytes` as epoch 1's one file of `table`, in the partition of `hour`, with sequences
     /// `1..=rows`.
