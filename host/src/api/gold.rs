@@ -13,7 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use arrow_array::{
@@ -162,12 +162,6 @@ impl Question {
                 .all(|f| row.column_is(&f.column, &f.text, &f.json))
     }
 
-    /// The rows of a batch read from the lake (in the time range already) that pass the filters, as JSON.
-    fn rows_of(&self, batch: &RecordBatch) -> Result<Vec<Map<String, serde_json::Value>>> {
-        let (batch, exact) = self.narrow(batch)?;
-        self.json_of(&batch, exact)
-    }
-
     /// A batch [`Question::narrow`] gave as JSON rows, with the filters it could not apply (unless `exact`)
     /// applied to the JSON.
     fn json_of(
@@ -221,27 +215,33 @@ impl Question {
         Ok((batch, exact))
     }
 
-    /// The newest `want` rows of batches [`Question::narrow`] gave (`exact`: by every filter), as JSON, by
-    /// window start (stable). Only those rows become JSON when the batches are exact: writing JSON is most
-    /// of a lake read's time, and an hour of gold_entity holds ~10^5 rows.
-    fn newest_of(
+    /// The first `want` rows in `order_by` of batches [`Question::narrow`] gave (`exact`: by every filter),
+    /// as JSON, by window start (stable). Only those rows become JSON when the batches are exact: writing JSON
+    /// is most of a lake read's time, and an hour of gold_entity holds ~10^5 rows.
+    fn first_of(
         &self,
         batches: &[RecordBatch],
         exact: bool,
         want: usize,
+        order_by: Order,
     ) -> Result<Vec<Map<String, serde_json::Value>>> {
+        let by_start = |a: i64, b: i64| match order_by {
+            Order::NewestFirst => b.cmp(&a),
+            Order::OldestFirst => a.cmp(&b),
+        };
         if !exact {
             let mut rows = Vec::new();
             for batch in batches {
                 rows.extend(self.json_of(batch, false)?);
             }
-            rows.sort_by_key(|r| {
-                Reverse(r.get("window_start").and_then(|t| t.as_i64()).unwrap_or(0))
-            });
+            let start = |r: &Map<String, serde_json::Value>| {
+                r.get("window_start").and_then(|t| t.as_i64()).unwrap_or(0)
+            };
+            rows.sort_by(|a, b| by_start(start(a), start(b)));
             rows.truncate(want);
             return Ok(rows);
         }
-        // (window start, batch, row), newest first.
+        // (window start, batch, row), in the order asked for.
         let mut order: Vec<(i64, usize, u32)> = Vec::new();
         for (b, batch) in batches.iter().enumerate() {
             let starts = batch
@@ -252,7 +252,7 @@ impl Question {
                 (start, b, r as u32)
             }));
         }
-        order.sort_by_key(|&(start, b, r)| (Reverse(start), b, r));
+        order.sort_by(|x, y| by_start(x.0, y.0).then((x.1, x.2).cmp(&(y.1, y.2))));
         order.truncate(want);
         // Each batch's chosen rows as JSON, in the order chosen; then taken back in the overall order.
         let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); batches.len()];
@@ -275,6 +275,13 @@ impl Question {
             .map(|&(_, b, _)| json[b].next().expect("one row of JSON per row chosen"))
             .collect())
     }
+}
+
+/// The order of rows by window start.
+#[derive(Clone, Copy)]
+enum Order {
+    NewestFirst,
+    OldestFirst,
 }
 
 /// Keeps the rows whose value passes `test` (a null passes when the filter asks for `null`).
@@ -403,6 +410,7 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
         // No commit holds the table, so none of memory's rows of it are committed.
         Ok(None) if in_memory => (seen.floor(), Vec::new()),
         Ok(None) => return no_rows_yet(state, &ask.table, "memory"),
+        Err(e) if e.is::<TooBroad>() => return unreadable(&ask.table, e),
         Err(e) => return memory_alone(state, &ask, e),
     };
     uncommitted.retain(|(number, _)| *number >= saved);
@@ -489,39 +497,10 @@ where
 const LAKE_READ_TRIES: u32 = 5;
 const LAKE_READ_PAUSE: Duration = Duration::from_millis(200);
 
-/// The committed rows asked for, oldest partition first, up to the limit.
-async fn lake_rows_oldest_first(
-    store: &Store,
-    records: Arc<Vec<CommitRecord>>,
-    ask: Arc<Question>,
-) -> Result<Vec<serde_json::Value>> {
-    let store = store.clone();
-    on_blocking_thread(move |runtime| {
-        let mut rows = Vec::new();
-        runtime.block_on(read::query(
-            &store,
-            &records,
-            &ask.table,
-            ask.from,
-            ask.to,
-            usize::MAX,
-            |batch| {
-                let room = ask.limit - rows.len();
-                rows.extend(
-                    ask.rows_of(batch)?
-                        .into_iter()
-                        .take(room)
-                        .map(serde_json::Value::Object),
-                );
-                Ok(rows.len() < ask.limit)
-            },
-        ))?;
-        Ok(rows)
-    })
-    .await
-}
-
 fn unreadable(table: &str, e: anyhow::Error) -> Response {
+    if e.is::<TooBroad>() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}"));
+    }
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         format!("cannot read gold table {table} from the lake: {e:#}"),
@@ -536,6 +515,46 @@ async fn lake_rows_newest_first(
     records: Arc<Vec<CommitRecord>>,
     ask: Arc<Question>,
 ) -> Result<Vec<Map<String, serde_json::Value>>> {
+    lake_rows(store, records, ask, Order::NewestFirst).await
+}
+
+/// The committed rows asked for, oldest first, as [`lake_rows_newest_first`] reads them. By window start
+/// within an hour too (its files come in the order of their sequences, which, with several hosts or a
+/// watermark behind, is not that of their windows), so that a limit never cuts an earlier window out.
+async fn lake_rows_oldest_first(
+    store: &Store,
+    records: Arc<Vec<CommitRecord>>,
+    ask: Arc<Question>,
+) -> Result<Vec<serde_json::Value>> {
+    let rows = lake_rows(store, records, ask, Order::OldestFirst).await?;
+    Ok(rows.into_iter().map(serde_json::Value::Object).collect())
+}
+
+/// How long one request may read the lake: a filter that matches nothing would otherwise read every file of
+/// the table, on a blocking thread that goes on after the client has given up.
+const LAKE_READ_BUDGET: Duration = Duration::from_secs(20);
+
+/// A request that read the lake for [`LAKE_READ_BUDGET`] with hours still to read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the query read {hours} hours of {table} in {secs} s and found {found} of its {limit} rows, with {left}      hours left to read: narrow it with `from` and `to`"
+)]
+struct TooBroad {
+    table: String,
+    hours: usize,
+    secs: u64,
+    found: usize,
+    limit: usize,
+    left: usize,
+}
+
+async fn lake_rows(
+    store: &Store,
+    records: Arc<Vec<CommitRecord>>,
+    ask: Arc<Question>,
+    order: Order,
+) -> Result<Vec<Map<String, serde_json::Value>>> {
+    let started = Instant::now();
     let store = store.clone();
     on_blocking_thread(move |runtime| {
         let mut hours: BTreeMap<Option<i64>, Vec<&FileEntry>> = BTreeMap::new();
@@ -546,7 +565,23 @@ async fn lake_rows_newest_first(
                 .push(file);
         }
         let mut rows = Vec::new();
-        for files in hours.values().rev() {
+        let count = hours.len();
+        let hours: Box<dyn Iterator<Item = &Vec<&FileEntry>>> = match order {
+            Order::NewestFirst => Box::new(hours.values().rev()),
+            Order::OldestFirst => Box::new(hours.values()),
+        };
+        for (read, files) in hours.enumerate() {
+            if started.elapsed() > LAKE_READ_BUDGET {
+                return Err(TooBroad {
+                    table: ask.table.clone(),
+                    hours: read,
+                    secs: started.elapsed().as_secs(),
+                    found: rows.len(),
+                    limit: ask.limit,
+                    left: count - read,
+                }
+                .into());
+            }
             let (mut batches, mut exact) = (Vec::new(), true);
             runtime.block_on(read::query_files(
                 &store,
@@ -564,7 +599,7 @@ async fn lake_rows_newest_first(
                     Ok(true)
                 },
             ))?;
-            rows.extend(ask.newest_of(&batches, exact, ask.limit - rows.len())?);
+            rows.extend(ask.first_of(&batches, exact, ask.limit - rows.len(), order)?);
             if rows.len() >= ask.limit {
                 break;
             }
@@ -709,8 +744,9 @@ mod tests {
             filters: filters.iter().map(|&(c, v)| Filter::new(c, v)).collect(),
         };
         let events = |filters: &[(&str, &str)]| -> Vec<i64> {
-            ask(filters)
-                .rows_of(&batch)
+            let ask = ask(filters);
+            let (narrowed, exact) = ask.narrow(&batch).unwrap();
+            ask.json_of(&narrowed, exact)
                 .unwrap()
                 .iter()
                 .map(|r| r["events"].as_i64().unwrap())
@@ -725,7 +761,7 @@ mod tests {
         assert_eq!(events(&[("events", "4")]), [4]);
         assert_eq!(events(&[]), [3, 4]);
         // The newest rows of several batches, only those written as JSON when the batch did all the filtering.
-        let newest = |filters: &[(&str, &str)], want: usize| -> Vec<i64> {
+        let first = |filters: &[(&str, &str)], want: usize, order: Order| -> Vec<i64> {
             let ask = ask(filters);
             let (mut batches, mut exact) = (Vec::new(), true);
             for _ in 0..2 {
@@ -733,12 +769,14 @@ mod tests {
                 batches.push(narrowed);
                 exact &= all;
             }
-            ask.newest_of(&batches, exact, want)
+            ask.first_of(&batches, exact, want, order)
                 .unwrap()
                 .iter()
                 .map(|r| r["events"].as_i64().unwrap())
                 .collect()
         };
+        let newest = |filters: &[(&str, &str)], want| first(filters, want, Order::NewestFirst);
+        assert_eq!(first(&[], 3, Order::OldestFirst), [3, 3, 4]);
         assert_eq!(newest(&[], 3), [4, 4, 3]);
         assert_eq!(newest(&[], 10), [4, 4, 3, 3]);
         assert_eq!(newest(&[("wiki", "enwiki")], 10), [3, 3]);

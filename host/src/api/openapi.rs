@@ -39,6 +39,9 @@ pub async fn document() -> impl IntoResponse {
     ]);
     gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, or `from` not before `to`" });
     gold["responses"]["404"] = json!({ "description": "No stage of this pipeline emits the table (the error names the ones that do); a table that is emitted but has no rows yet answers 200 with no rows and a `note` on when they come" });
+    gold["responses"]["422"] = json!({ "description": "The lake read took over 20 s with hours still to read (a filter matching few rows over a long range): narrow `from` and `to`" });
+    gold["responses"]["503"] =
+        json!({ "description": "`source=lake` and the lake cannot be read" });
     let mut latest = op("The newest silver events", false);
     latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);
     latest["responses"]["400"] = json!({ "description": "A `limit` that is not a whole number" });

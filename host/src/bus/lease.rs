@@ -107,7 +107,17 @@ pub struct Fence {
 
 impl Fence {
     pub fn holds(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst) && self.since_renewal() < VALID_FOR
+        self.time_left().is_some()
+    }
+
+    /// How much longer the lease is surely this host's; `None` when it may not be.
+    pub fn time_left(&self) -> Option<Duration> {
+        if self.lost.load(Ordering::SeqCst) {
+            return None;
+        }
+        VALID_FOR
+            .checked_sub(self.since_renewal())
+            .filter(|left| !left.is_zero())
     }
 
     fn since_renewal(&self) -> Duration {
@@ -163,8 +173,9 @@ impl Lease {
         let deadline = tokio::time::Instant::now() + wait;
         let mut told = false;
         loop {
+            let sent = Instant::now();
             match kv.create(&key, value.clone()).await {
-                Ok(revision) => return Ok(Lease::new(kv, key, value, revision)),
+                Ok(revision) => return Ok(Lease::new(kv, key, value, revision, sent)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => {
                     return Err(e).context(format!("cannot take the lease of pipeline {pipeline}"));
@@ -182,13 +193,14 @@ impl Lease {
             }
             let holder: Option<Holder> = serde_json::from_slice(&entry.value).ok();
             if holder.as_ref().is_some_and(|h| h.is_gone_run_of(&me)) {
+                let sent = Instant::now();
                 match kv.update(&key, value.clone(), entry.revision).await {
                     Ok(revision) => {
                         tracing::info!(
                             "took over the exclusive lease of an earlier run of this host that did not \
                              let it go"
                         );
-                        return Ok(Lease::new(kv, key, value, revision));
+                        return Ok(Lease::new(kv, key, value, revision, sent));
                     }
                     Err(_) => continue, // someone else was quicker: look again
                 }
@@ -213,7 +225,7 @@ impl Lease {
         }
     }
 
-    fn new(kv: kv::Store, key: String, value: Bytes, revision: u64) -> Lease {
+    fn new(kv: kv::Store, key: String, value: Bytes, revision: u64, sent: Instant) -> Lease {
         Lease {
             kv,
             key,
@@ -221,15 +233,17 @@ impl Lease {
             revision,
             fence: Fence {
                 lost: Arc::new(AtomicBool::new(false)),
-                renewed_at: Arc::new(std::sync::Mutex::new(Instant::now())),
+                renewed_at: Arc::new(std::sync::Mutex::new(sent)),
             },
         }
     }
 
-    /// Notes a renewal (or a take-over of its own lease).
-    fn renewed(&mut self, revision: u64) {
+    /// Notes a renewal (or a take-over of its own lease) by a write sent at `sent`. The server counts the
+    /// lease's time from when it stored the write, which is after `sent` but maybe well before its answer
+    /// came: counted from the answer, the fence could outlast the lease.
+    fn renewed(&mut self, revision: u64, sent: Instant) {
         self.revision = revision;
-        *self.fence.renewed_at.lock().expect("not poisoned") = Instant::now();
+        *self.fence.renewed_at.lock().expect("not poisoned") = sent;
     }
 
     /// Keeps the lease in a task of its own until [`Keeper::finish`], or until it is lost: taken by
@@ -275,13 +289,14 @@ impl Lease {
     }
 
     async fn renew(&mut self) -> Result<(), Renewal> {
+        let sent = Instant::now();
         match self
             .kv
             .update(&self.key, self.value.clone(), self.revision)
             .await
         {
             Ok(revision) => {
-                self.renewed(revision);
+                self.renewed(revision, sent);
                 return Ok(());
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
@@ -289,24 +304,39 @@ impl Lease {
         }
         // Ours no longer: ran out while the server was away, or taken.
         match self.kv.entry(&self.key).await {
-            // Ours after all: a renewal whose answer was lost moved the revision on.
+            // Ours after all: a renewal whose answer was lost moved the revision on. When it was stored is
+            // not known, so the lease is renewed again from here, timed.
             Ok(Some(entry))
                 if entry.operation == kv::Operation::Put && entry.value == self.value =>
             {
-                self.renewed(entry.revision);
-                Ok(())
+                self.revision = entry.revision;
+                let sent = Instant::now();
+                match self
+                    .kv
+                    .update(&self.key, self.value.clone(), entry.revision)
+                    .await
+                {
+                    Ok(revision) => {
+                        self.renewed(revision, sent);
+                        Ok(())
+                    }
+                    Err(e) => Err(Renewal::Unreachable(e.into())),
+                }
             }
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                 Err(Renewal::Lost(describe(&entry.value)))
             }
             // Gone (deleted by hand, or ran out though renewed in time): nobody else holds it, take it again.
-            Ok(_) => match self.kv.create(&self.key, self.value.clone()).await {
-                Ok(revision) => {
-                    self.renewed(revision);
-                    Ok(())
+            Ok(_) => {
+                let sent = Instant::now();
+                match self.kv.create(&self.key, self.value.clone()).await {
+                    Ok(revision) => {
+                        self.renewed(revision, sent);
+                        Ok(())
+                    }
+                    Err(e) => Err(Renewal::Unreachable(e.into())),
                 }
-                Err(e) => Err(Renewal::Unreachable(e.into())),
-            },
+            }
             Err(e) => Err(Renewal::Unreachable(e.into())),
         }
     }

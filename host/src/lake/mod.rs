@@ -392,10 +392,14 @@ impl Lake {
     }
 
     /// Reads commit records other hosts added since the last look (before deciding about redeliveries).
-    pub async fn refresh(&mut self) -> Result<()> {
+    /// Returns whether there was one of another host's (or a replay in place's), as
+    /// [`Committed::others_committed`] tells for the records a commit steps over.
+    pub async fn refresh(&mut self) -> Result<bool> {
+        let mut others = false;
         // Epochs are numbered without gaps (a commit takes the next free one), so the records created since
         // this host last looked are those after the last epoch it knows: one listing, and a read of each.
         for record in log::records_after(&self.store, self.last_epoch).await? {
+            others |= record.host != self.host || record.replay.is_some();
             note_committed(
                 &mut self.committed,
                 &mut self.bases,
@@ -406,7 +410,7 @@ impl Lake {
             log::merge_gold_columns(&mut self.gold_columns, &record.gold_columns);
             self.last_epoch = self.last_epoch.max(record.epoch);
         }
-        Ok(())
+        Ok(others)
     }
 
     /// The plugin state saved by this host's commits: its last whole state, then each later commit's changes
@@ -653,9 +657,9 @@ pub struct Commit {
     fence: Option<Fence>,
 }
 
-/// Whether a host may still make an epoch count: an exclusive reader's lease, checked just before each
-/// attempt at the commit record.
-pub type Fence = Arc<dyn Fn() -> bool + Send + Sync>;
+/// How much longer a host may still make an epoch count (`None`: it may not): an exclusive reader's lease,
+/// checked just before each attempt at the commit record, which must be done within that time.
+pub type Fence = Arc<dyn Fn() -> Option<std::time::Duration> + Send + Sync>;
 
 /// What a [`Commit`] did, for [`Lake::finish_commit`].
 pub struct Committed {
@@ -833,17 +837,32 @@ impl Commit {
         let mut other_gold_columns = BTreeMap::new();
         loop {
             let outcome = retry_log("writing the commit record", || async {
-                if let Some(fence) = &fence
-                    && !fence()
-                {
-                    return Err(log::Unrecoverable(
+                let lapsed = || -> anyhow::Error {
+                    log::Unrecoverable(
                         "this host's exclusive lease has not been renewed in time, so another host may hold \
                          it: not writing the commit record (the lease's holder reads the epoch again)"
                             .into(),
                     )
-                    .into());
+                    .into()
+                };
+                match &fence {
+                    None => log::create(&store, &record).await,
+                    Some(fence) => {
+                        // A write still waiting on the store when the lease may have passed to another host
+                        // is given up (the store may yet take a request already sent: this narrows the
+                        // window to the request's flight, which only a token checked by the store closes).
+                        // Tried again (with the fence checked again): one that did land is then found.
+                        let left = fence().ok_or_else(lapsed)?;
+                        tokio::time::timeout(left, log::create(&store, &record))
+                            .await
+                            .map_err(|_| {
+                                anyhow::anyhow!(
+                                    "the store did not take the commit record within the {left:?} the \
+                                     exclusive lease is surely held for"
+                                )
+                            })?
+                    }
                 }
-                log::create(&store, &record).await
             })
             .await?;
             match outcome {
@@ -1434,7 +1453,7 @@ mod tests {
             let refused = lake
                 .start_commit(epoch, None, false)
                 .unwrap()
-                .fenced_by(Arc::new(|| false))
+                .fenced_by(Arc::new(|| None))
                 .run()
                 .await
                 .err()

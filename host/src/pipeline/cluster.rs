@@ -318,10 +318,11 @@ pub async fn follow(
                 continue;
             };
             // Only a stage's newest record counts: an older one still on its way here (a deploy rolled back
-            // since, say) is passed over.
+            // since, say) is passed over. An answer older than the watch's (or none) is a replica that has not
+            // stored it yet (reads go to any replica): the watch's record is the newest known then.
             match deploys.record(&stage).await {
-                Ok(Some((newest, _))) if newest == revision => {}
-                Ok(_) => continue,
+                Ok(Some((newest, _))) if newest > revision => continue,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(%stage, "cannot follow the other hosts yet: {e:#}");
                     since = Since::After(revision - 1);

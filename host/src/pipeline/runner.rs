@@ -805,8 +805,16 @@ impl Processor {
             // batch: after a crash every message of the epochs it left open comes again.
             if delivered > 1 && !refreshed && !self.lake.is_committed(seq) {
                 refreshed = true;
-                if let Err(e) = self.runtime.block_on(self.lake.refresh()) {
-                    tracing::warn!("reading the commit log for redeliveries: {e:#}");
+                match self.runtime.block_on(self.lake.refresh()) {
+                    // Memory no longer holds every gold row: the API reads the lake too.
+                    Ok(true) => self
+                        .shared
+                        .recent
+                        .lock()
+                        .expect("not poisoned")
+                        .gold_shared_lake(),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("reading the commit log for redeliveries: {e:#}"),
                 }
             }
             // Committed already: ack and skip. Checked for first deliveries too: a consumer that was deleted

@@ -192,22 +192,7 @@ pub async fn run(
     // given). The host's record of deploys is brought to the cluster's before the plugins start.
     let deploys = match config.replay {
         Some(_) => None,
-        None => match crate::bus::deploys::Deploys::open(
-            &js,
-            &config.pipeline.name,
-            config.stream.replicas,
-        )
-        .await
-        {
-            Ok(deploys) => Some(deploys),
-            Err(e) => {
-                tracing::warn!(
-                    "deploys made on this host do not reach the pipeline's other hosts, nor theirs this \
-                     one, until it is restarted with access: {e:#}"
-                );
-                None
-            }
-        },
+        None => open_deploys(&js, &config).await,
     };
     if let Some(deploys) = &deploys
         && let Err(e) = super::cluster::prepare_start(deploys, &config).await
@@ -389,7 +374,7 @@ pub async fn run(
     if let Some(lease) = &lease {
         processor.lease_lost = lease.lost();
         let fence = lease.fence();
-        processor.lease_fence = Some(Arc::new(move || fence.holds()));
+        processor.lease_fence = Some(Arc::new(move || fence.time_left()));
     }
     processor.set_previous(previous);
     processor.clock = clock;
@@ -551,6 +536,40 @@ pub async fn run(
         true => Ended::Replayed,
         false => Ended::Stopped,
     })
+}
+
+/// The pipeline's shared record of deploys. Tried for about half a minute: a JetStream server electing its
+/// leader refuses requests for a few seconds, and a host that gave up at once would not follow the others
+/// (nor they it) for its whole run.
+async fn open_deploys(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+) -> Option<crate::bus::deploys::Deploys> {
+    let open =
+        || crate::bus::deploys::Deploys::open(js, &config.pipeline.name, config.stream.replicas);
+    let mut delay = Duration::from_secs(1);
+    for _ in 0..4 {
+        match open().await {
+            Ok(deploys) => return Some(deploys),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot open the pipeline's record of deploys ({e:#}); trying again in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    match open().await {
+        Ok(deploys) => Some(deploys),
+        Err(e) => {
+            tracing::warn!(
+                "deploys made on this host do not reach the pipeline's other hosts, nor theirs this one, \
+                 until it is restarted with access: {e:#}"
+            );
+            None
+        }
+    }
 }
 
 /// How long the stop waits for NATS to take what is still buffered.
