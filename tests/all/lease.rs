@@ -53,11 +53,11 @@ fn on_a_server<F: std::future::Future<Output = ()>>(test: impl FnOnce(jetstream:
 #[test]
 fn one_host_at_a_time_holds_the_lease() {
     on_a_server(|js| async move {
-        let a = Lease::acquire(&js, "wiki", "host-a", Duration::ZERO)
+        let a = Lease::acquire(&js, "wiki", "host-a", Duration::ZERO, 1)
             .await
             .unwrap();
         // Another host is refused, with the holder named, once its wait is over.
-        let refused = Lease::acquire(&js, "wiki", "host-b", Duration::from_secs(1))
+        let refused = Lease::acquire(&js, "wiki", "host-b", Duration::from_secs(1), 1)
             .await
             .err()
             .expect("a second host is refused");
@@ -70,7 +70,7 @@ fn one_host_at_a_time_holds_the_lease() {
         let holder = weir::bus::lease::holder(&js, "wiki").await.unwrap();
         assert!(holder.is_some_and(|h| h.contains("host-a")));
         // Other pipelines have leases of their own.
-        let other = Lease::acquire(&js, "other", "host-b", Duration::ZERO)
+        let other = Lease::acquire(&js, "other", "host-b", Duration::ZERO, 1)
             .await
             .unwrap();
         other.release().await;
@@ -78,7 +78,7 @@ fn one_host_at_a_time_holds_the_lease() {
         // A released lease is taken at once.
         a.release().await;
         assert_eq!(weir::bus::lease::holder(&js, "wiki").await.unwrap(), None);
-        let b = Lease::acquire(&js, "wiki", "host-b", Duration::ZERO)
+        let b = Lease::acquire(&js, "wiki", "host-b", Duration::ZERO, 1)
             .await
             .unwrap();
 
@@ -100,7 +100,7 @@ fn one_host_at_a_time_holds_the_lease() {
 fn a_killed_run_of_this_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
     on_a_server(|js| async move {
         // Create the bucket, then leave a lease as a killed run of "edge-1" would.
-        Lease::acquire(&js, "wiki", "setup", Duration::ZERO)
+        Lease::acquire(&js, "wiki", "setup", Duration::ZERO, 1)
             .await
             .unwrap()
             .release()
@@ -111,7 +111,7 @@ fn a_killed_run_of_this_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
         // process ids say nothing here, so it is waited for, not taken over.
         let elsewhere = holder("edge-1", dead_pid(), "pid:[1]");
         kv.put("wiki", elsewhere.into()).await.unwrap();
-        let refused = Lease::acquire(&js, "wiki", "edge-1", Duration::from_secs(1)).await;
+        let refused = Lease::acquire(&js, "wiki", "edge-1", Duration::from_secs(1), 1).await;
         assert!(
             refused.is_err(),
             "a holder in another namespace was taken over"
@@ -121,7 +121,7 @@ fn a_killed_run_of_this_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
         kv.put("wiki", killed.into()).await.unwrap();
 
         let started = std::time::Instant::now();
-        let lease = Lease::acquire(&js, "wiki", "edge-1", Duration::from_secs(60))
+        let lease = Lease::acquire(&js, "wiki", "edge-1", Duration::from_secs(60), 1)
             .await
             .unwrap();
         assert!(
@@ -133,7 +133,7 @@ fn a_killed_run_of_this_host_is_taken_over_at_once_and_a_live_holder_is_kept() {
         // Kept by renewals well past the lease's life: nobody else gets it meanwhile.
         let keeper = lease.keep();
         let past_its_life = weir::bus::lease::TTL + Duration::from_secs(3);
-        let refused = Lease::acquire(&js, "wiki", "edge-2", past_its_life).await;
+        let refused = Lease::acquire(&js, "wiki", "edge-2", past_its_life, 1).await;
         assert!(refused.is_err(), "a renewed lease does not run out");
         keeper.finish().await.unwrap();
     });

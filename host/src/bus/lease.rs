@@ -140,7 +140,9 @@ fn running(pid: u32) -> bool {
     }
 }
 
-async fn bucket(js: &jetstream::Context) -> Result<kv::Store> {
+/// The leases' bucket, created on `replicas` servers as the stream is: on one, every exclusive reader would
+/// stop while that server is down, and none could take over.
+async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store> {
     match js.get_key_value(BUCKET).await {
         Ok(kv) => Ok(kv),
         Err(_) => js
@@ -149,6 +151,7 @@ async fn bucket(js: &jetstream::Context) -> Result<kv::Store> {
                 description: "Which host reads each Weir pipeline's stream alone".into(),
                 history: 1,
                 max_age: TTL,
+                num_replicas: replicas.max(1),
                 ..Default::default()
             })
             .await
@@ -165,8 +168,9 @@ impl Lease {
         pipeline: &str,
         host: &str,
         wait: Duration,
+        replicas: usize,
     ) -> Result<Lease> {
-        let kv = bucket(js).await?;
+        let kv = bucket(js, replicas).await?;
         let key = super::kv_key(pipeline);
         let me = Holder::me(host);
         let value = Bytes::from(serde_json::to_vec(&me).expect("a holder serializes"));

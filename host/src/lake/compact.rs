@@ -650,7 +650,9 @@ async fn finish_interrupted(
                 match claim(store, staging, Claim::Abandon).await {
                     Ok(()) => {
                         tracing::info!(%staging, "removing the staging of a compaction that never committed");
-                        delete_run(store, staging).await?;
+                        // The claim stays: a run only stalled (a store away for an hour, a paused process)
+                        // finds it when it goes on to commit, and does not commit files deleted here.
+                        delete_run_keeping(store, staging, Some(CLAIM)).await?;
                     }
                     // Its run is committing it: the record will come.
                     Err(e) => tracing::info!("left for its run: {e:#}"),
@@ -666,7 +668,13 @@ async fn finish_interrupted(
 
 /// Deletes a run's staging, the marker last.
 async fn delete_run(store: &Store, staging: &str) -> Result<()> {
+    delete_run_keeping(store, staging, None).await
+}
+
+/// [`delete_run`], but for the object named `keep`.
+async fn delete_run_keeping(store: &Store, staging: &str, keep: Option<&str>) -> Result<()> {
     let marker = store.path(&format!("{staging}/{MARKER}"));
+    let kept = keep.map(|name| store.path(&format!("{staging}/{name}")));
     let mut leftovers: Vec<object_store::path::Path> = store
         .store
         .list(Some(&store.path(staging)))
@@ -674,7 +682,7 @@ async fn delete_run(store: &Store, staging: &str) -> Result<()> {
         .try_collect()
         .await
         .context("cannot list the compaction staging")?;
-    leftovers.retain(|p| *p != marker);
+    leftovers.retain(|p| *p != marker && Some(p) != kept.as_ref());
     leftovers.push(marker);
     for location in leftovers {
         store

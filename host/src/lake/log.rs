@@ -449,6 +449,44 @@ pub async fn create(store: &Store, record: &CommitRecord) -> Result<CreateOutcom
     }
 }
 
+/// Checks that the store refuses a second create of the same object, as the commit protocol needs: a store
+/// that ignored `If-None-Match` (some S3-compatible ones do, silently) would let two hosts' commit records of
+/// one epoch overwrite each other, and the sequences of the first leave the log though their messages were
+/// acked. Writes and deletes an object under `_weir/probe/`.
+pub async fn check_conditional_writes(store: &Store, host: &str) -> Result<()> {
+    let path = store.path(&format!(
+        "_weir/probe/{host}-{:016x}",
+        rand::random::<u64>()
+    ));
+    let create = || {
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        store
+            .store
+            .put_opts(&path, Bytes::from_static(b"probe").into(), options)
+    };
+    create()
+        .await
+        .context("cannot write to the lake (a probe of its conditional writes)")?;
+    let second = create().await;
+    let _ = store.store.delete(&path).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. })
+        | Err(object_store::Error::Precondition { .. }) => Ok(()),
+        Ok(_) | Err(object_store::Error::NotImplemented { .. }) => Err(Unrecoverable(format!(
+            "the lake's store at {} accepted a second create of the same object: it ignores conditional \
+             writes (If-None-Match), which the commit protocol needs to keep two commits from overwriting \
+             each other. Use a store that honours them (local disk, AWS S3, MinIO, SeaweedFS, R2, GCS, \
+             Azure)",
+            store.url
+        ))
+        .into()),
+        Err(e) => Err(e).context("cannot write to the lake (a probe of its conditional writes)"),
+    }
+}
+
 /// Writes a checkpoint covering the log up to `epoch`.
 pub async fn checkpoint(store: &Store, checkpoint: &Checkpoint) -> Result<()> {
     let body = Bytes::from(serde_json::to_vec(checkpoint)?);

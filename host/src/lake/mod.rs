@@ -291,6 +291,10 @@ impl Lake {
     /// carries on from it instead of starting empty. Hosts that share a consumer each restore their own.
     pub async fn open(config: LakeConfig, host: &str, sole: bool) -> Result<Self> {
         let store = Store::open(&config.store())?;
+        retry_log("checking the store's conditional writes", || {
+            log::check_conditional_writes(&store, host)
+        })
+        .await?;
         let state = retry_log("reading the commit log", || log::read(&store)).await?;
         let mut lake = Lake {
             store,
@@ -566,6 +570,7 @@ impl Lake {
             others,
             other_bases,
             other_gold_columns,
+            checkpointed,
         } = done;
         note_committed(
             &mut self.committed,
@@ -577,8 +582,8 @@ impl Lake {
         log::merge_gold_columns(&mut self.gold_columns, &other_gold_columns);
         log::merge_gold_columns(&mut self.gold_columns, &record.gold_columns);
         self.last_epoch = self.last_epoch.max(record.epoch);
-        // Unchanged since `start_commit`, so this is the commit that wrote the checkpoint.
-        self.since_checkpoint = if self.checkpoint_due() {
+        // A checkpoint put off is due again at the next commit.
+        self.since_checkpoint = if checkpointed {
             0
         } else {
             self.since_checkpoint + 1
@@ -671,6 +676,8 @@ pub struct Committed {
     other_bases: Vec<(String, u64)>,
     /// The gold columns those epochs name.
     other_gold_columns: BTreeMap<String, Vec<(String, String)>>,
+    /// Whether it wrote the log's checkpoint (one due is put off while another host's files are staged).
+    checkpointed: bool,
 }
 
 impl Committed {
@@ -893,6 +900,7 @@ impl Commit {
         crash::point("commit.after_publish");
 
         // A checkpoint passes the records before it: first, what other hosts left staged goes into place.
+        let mut checkpointed = false;
         if let Some(mut checkpoint) = checkpoint
             && publish_stranded(&store, &record.staging, upload_concurrency)
                 .await
@@ -915,12 +923,14 @@ impl Commit {
                 log::checkpoint(&store, &checkpoint)
             })
             .await;
+            checkpointed = true;
         }
         Ok(Committed {
             record,
             others,
             other_bases,
             other_gold_columns,
+            checkpointed,
         })
     }
 }
@@ -1132,8 +1142,9 @@ async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) 
     let log = retry_log("reading the commit log", || log::read(store)).await?;
     let replaced = log::replaced_paths(&log.records);
     let now = now_ms();
-    for record in &log.records {
-        if staged.contains(&record.staging) && now - record.committed_at_ms > STRANDED_AFTER_MS {
+    let mut moving = None;
+    for record in log.records.iter().filter(|r| staged.contains(&r.staging)) {
+        if now - record.committed_at_ms > STRANDED_AFTER_MS {
             tracing::warn!(
                 epoch = record.epoch,
                 host = %record.host,
@@ -1141,7 +1152,20 @@ async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) 
                  commit record"
             );
             publish(store, record, concurrency, &replaced).await?;
+        } else {
+            moving = Some(record);
         }
+    }
+    // One still being moved by its host, or stranded by it moments ago: a checkpoint now would pass its
+    // record, and no one would find its files again if its host does not come back.
+    if let Some(record) = moving {
+        anyhow::bail!(
+            "epoch {} of host {} is committed and its files are still staged: waiting for them to be in \
+             place (its host moves them, or another host does after {} s)",
+            record.epoch,
+            record.host,
+            STRANDED_AFTER_MS / 1000
+        );
     }
     Ok(())
 }
@@ -1329,6 +1353,29 @@ mod tests {
         });
     }
 
+    /// Host `edge`'s epoch 1 (sequence 1, committed at `committed_at_ms`) with its one file still staged:
+    /// the record, the file's path, and where it is staged.
+    async fn left_staged(
+        store: &Store,
+        committed_at_ms: i64,
+    ) -> (CommitRecord, &'static str, object_store::path::Path) {
+        let staging = "_weir/staging/edge-00000000000000000001";
+        let file = "silver/dt=2026-12-05/hour=12/1-1.parquet";
+        let left = store.path(&format!("{staging}/{file}"));
+        store
+            .store
+            .put(&left, Bytes::from_static(b"x").into())
+            .await
+            .unwrap();
+        let record = CommitRecord {
+            sequences: Ranges(vec![(1, 1)]),
+            committed_at_ms,
+            ..first_record(staging, file)
+        };
+        log::create(store, &record).await.unwrap();
+        (record, file, left)
+    }
+
     /// A host that stopped between its commit record and moving the files into place, and never came
     /// back: the next checkpoint another host writes moves them first.
     #[test]
@@ -1339,21 +1386,7 @@ mod tests {
             let store = Store::open(&config.store()).unwrap();
             // Open first: a host's start moves what the records since the checkpoint staged.
             let mut other = Lake::open(config.clone(), "other", false).await.unwrap();
-            let staging = "_weir/staging/edge-00000000000000000001";
-            let file = "silver/dt=2026-12-05/hour=12/1-1.parquet";
-            let left = store.path(&format!("{staging}/{file}"));
-            store
-                .store
-                .put(&left, Bytes::from_static(b"x").into())
-                .await
-                .unwrap();
-            let mut sequences = Ranges::default();
-            sequences.insert(1, 1);
-            let record = CommitRecord {
-                sequences,
-                ..first_record(staging, file)
-            };
-            log::create(&store, &record).await.unwrap();
+            let (_, file, left) = left_staged(&store, 0).await;
 
             let mut epoch = other.begin(Vec::new());
             epoch.consume([2]);
@@ -1363,6 +1396,40 @@ mod tests {
             assert!(store.store.head(&left).await.is_err(), "still staged");
             let checkpoint = log::read(&store).await.unwrap().checkpoint;
             assert_eq!(checkpoint.epoch, 2, "the checkpoint was written");
+        });
+    }
+
+    /// A checkpoint due while another host's committed epoch is still staged, moments after its record (its
+    /// host may be moving the files, or may have stopped just then), is put off: written then, it would pass
+    /// that record, and no later checkpoint would find the files. The next commit writes it.
+    #[test]
+    fn a_checkpoint_waits_for_files_another_host_just_committed() {
+        let (_dir, mut config) = local_lake();
+        config.checkpoint_every = 1;
+        block_on(async {
+            let store = Store::open(&config.store()).unwrap();
+            let mut other = Lake::open(config.clone(), "other", false).await.unwrap();
+            let (record, _, left) = left_staged(&store, now_ms()).await;
+            let commit = |other: &mut Lake, seq: u64| {
+                let mut epoch = other.begin(Vec::new());
+                epoch.consume([seq]);
+                epoch
+            };
+            let epoch = commit(&mut other, 2);
+            other.commit(epoch, None, false).await.unwrap();
+            assert_eq!(
+                log::read(&store).await.unwrap().checkpoint.epoch,
+                0,
+                "put off"
+            );
+            assert!(store.store.head(&left).await.is_ok(), "left to its host");
+            // Its host moves them; the next commit writes the checkpoint.
+            publish(&store, &record, 1, &Default::default())
+                .await
+                .unwrap();
+            let epoch = commit(&mut other, 3);
+            other.commit(epoch, None, false).await.unwrap();
+            assert_eq!(log::read(&store).await.unwrap().checkpoint.epoch, 3);
         });
     }
 

@@ -6,7 +6,7 @@
 //! unextended: the server would deliver them again, to another host sharing the consumer (whose commit then
 //! makes this host's commit of the same sequences refuse its epoch) or to this one, using up their
 //! deliveries until they go to quarantine as poison. So the queue records the reply subjects of the batches
-//! it holds, and a [`Keeper`] extends their ack deadline every third of `ack_wait` until the processor
+//! it holds, and a [`Keeper`] extends their ack deadline every quarter of `ack_wait` until the processor
 //! takes them; from then on the processor's epoch keeps them (see `Processor::extend_open_epoch`).
 
 use std::collections::VecDeque;
@@ -73,7 +73,7 @@ impl Keeper {
     /// Extends the ack deadline of the messages waiting in the queue every `every` until it is closed. For a
     /// consumer that acks (shared mode); run on the I/O runtime.
     pub async fn run(self, client: async_nats::Client, every: Duration) {
-        let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+        let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;

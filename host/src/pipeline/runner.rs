@@ -638,11 +638,11 @@ impl Processor {
         })
     }
 
-    /// Extends the ack deadline of the open epoch's messages every third of `ack_wait` while it stays open
+    /// Extends the ack deadline of the open epoch's messages every [`extend_every`] while it stays open
     /// (a `commit_interval` longer than that, or a quiet stream waiting for `commit_after_idle`): they are
     /// acked at its commit, and the server would otherwise deliver them again meanwhile.
     pub fn extend_open_epoch(&mut self) {
-        let every = self.ack_wait / 3;
+        let every = extend_every(self.ack_wait);
         let due = self.acks
             && !self.deliveries.is_empty()
             && self.epoch.as_ref().is_some_and(|e| e.age() >= every)
@@ -1157,8 +1157,14 @@ impl Processor {
         let shared = self.shared.clone();
         let task = self.runtime.spawn(async move {
             // Keep the epoch's messages ours while the store takes its time.
-            let progress = (!replies.is_empty())
-                .then(|| tokio::spawn(progress(client.clone(), replies.clone(), ack_wait / 3)));
+            let progress = (!replies.is_empty()).then(|| {
+                tokio::spawn(progress(
+                    client.clone(),
+                    replies.clone(),
+                    extend_every(ack_wait),
+                    false,
+                ))
+            });
             let result = commit.run().await;
             if let Some(progress) = progress {
                 progress.abort();
@@ -1212,7 +1218,13 @@ impl Processor {
         let progress = (!pending.task.is_finished() && !self.deliveries.is_empty()).then(|| {
             let replies = self.deliveries.clone();
             self.runtime
-                .spawn(progress(self.client.clone(), replies, self.ack_wait / 3))
+                // At once: the open epoch's messages may have gone most of a period unextended already.
+                .spawn(progress(
+                    self.client.clone(),
+                    replies,
+                    extend_every(self.ack_wait),
+                    true,
+                ))
         });
         let done = self.runtime.block_on(pending.task);
         if let Some(progress) = progress {
@@ -1615,10 +1627,26 @@ async fn ack(client: &async_nats::Client, replies: &[async_nats::Subject]) {
     }
 }
 
-/// Tells the server, every `every`, that these messages are still being worked on.
-async fn progress(client: async_nats::Client, replies: Vec<async_nats::Subject>, every: Duration) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
-    tick.tick().await;
+/// How often messages held unacked have their ack deadline extended: a quarter of `ack_wait`. A message can
+/// go a period unextended while it waits for the processor ([`super::handover`]), a commit interval in the
+/// open epoch, and a period more before its epoch's commit extends it: with a quarter, that stays within
+/// `ack_wait` for commit intervals up to half of it.
+pub fn extend_every(ack_wait: Duration) -> Duration {
+    (ack_wait / 4).max(Duration::from_millis(250))
+}
+
+/// Tells the server, every `every` (from now when `now`, else from `every` on), that these messages are
+/// still being worked on.
+async fn progress(
+    client: async_nats::Client,
+    replies: Vec<async_nats::Subject>,
+    every: Duration,
+    now: bool,
+) {
+    let mut tick = tokio::time::interval(every);
+    if !now {
+        tick.tick().await;
+    }
     loop {
         tick.tick().await;
         extend(&client, &replies).await;
@@ -1773,13 +1801,14 @@ pub async fn fetch(
             }
         }
         if shared.health.paused.load(Ordering::Relaxed) {
-            // Paused: hold the batch until resumed, extending its ack deadline every third of it (each
+            // Paused: hold the batch until resumed, extending its ack deadline every quarter of it (each
             // extension is a message per event).
             let mut extended: Option<tokio::time::Instant> = None;
             while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
                 if let Reader::Shared(consumer) = &reader
-                    && extended
-                        .is_none_or(|at| at.elapsed() >= consumer.cached_info().config.ack_wait / 3)
+                    && extended.is_none_or(|at| {
+                        at.elapsed() >= extend_every(consumer.cached_info().config.ack_wait)
+                    })
                 {
                     for m in &buf {
                         let _ = m.ack_with(jetstream::AckKind::Progress).await;

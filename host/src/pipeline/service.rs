@@ -103,9 +103,15 @@ pub async fn run(
     let host = config.host();
     let mut lease = match config.exclusive() {
         true => Some(
-            Lease::acquire(&js, &config.pipeline.name, &host, 2 * lease::TTL)
-                .await?
-                .keep(),
+            Lease::acquire(
+                &js,
+                &config.pipeline.name,
+                &host,
+                2 * lease::TTL,
+                config.stream.replicas,
+            )
+            .await?
+            .keep(),
         ),
         false => {
             // Replays read beside a live pipeline, whatever its mode.
@@ -339,7 +345,7 @@ pub async fn run(
     // (on the I/O runtime, shared with acks and uploads) is busy; still bounded, for backpressure.
     let (batches_tx, batches_rx) = super::handover::channel(16);
     if let runner::Reader::Shared(consumer) = &reader {
-        let every = consumer.cached_info().config.ack_wait / 3;
+        let every = runner::extend_every(consumer.cached_info().config.ack_wait);
         tokio::spawn(batches_tx.keeper().run(client.clone(), every));
     }
     let pending_task = tokio::spawn(runner::measure_pending(
