@@ -292,17 +292,20 @@ impl Lease {
         }
     }
 
-    async fn renew(&mut self) -> Result<(), Renewal> {
+    /// Writes the lease over `revision`, counting the renewal from when the write was sent.
+    async fn write(&mut self, revision: u64) -> Result<(), kv::UpdateError> {
         let sent = Instant::now();
-        match self
+        let revision = self
             .kv
-            .update(&self.key, self.value.clone(), self.revision)
-            .await
-        {
-            Ok(revision) => {
-                self.renewed(revision, sent);
-                return Ok(());
-            }
+            .update(&self.key, self.value.clone(), revision)
+            .await?;
+        self.renewed(revision, sent);
+        Ok(())
+    }
+
+    async fn renew(&mut self) -> Result<(), Renewal> {
+        match self.write(self.revision).await {
+            Ok(()) => return Ok(()),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
             Err(e) => return Err(Renewal::Unreachable(e.into())),
         }
@@ -314,18 +317,9 @@ impl Lease {
                 if entry.operation == kv::Operation::Put && entry.value == self.value =>
             {
                 self.revision = entry.revision;
-                let sent = Instant::now();
-                match self
-                    .kv
-                    .update(&self.key, self.value.clone(), entry.revision)
+                self.write(entry.revision)
                     .await
-                {
-                    Ok(revision) => {
-                        self.renewed(revision, sent);
-                        Ok(())
-                    }
-                    Err(e) => Err(Renewal::Unreachable(e.into())),
-                }
+                    .map_err(|e| Renewal::Unreachable(e.into()))
             }
             Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
                 Err(Renewal::Lost(describe(&entry.value)))
