@@ -110,6 +110,11 @@ pub struct ConsumerSection {
     /// The server's most deliveries of a message; the one before the last puts it in quarantine as `poison`
     /// instead of through the plugins (so at least 3).
     pub max_deliver: i64,
+    /// Shared mode: a host of the pipeline that has sent no report for this long is taken for gone, and
+    /// another host closes and writes the windows its plugin state held open (see `pipeline::adopt`). Long
+    /// enough for a restart or a rescheduled pod to come back; `0s` never adopts. At least 30s.
+    #[serde(with = "humantime_serde")]
+    pub adopt_after: Duration,
 }
 
 /// How the pipeline reads its stream.
@@ -139,6 +144,7 @@ impl Default for ConsumerSection {
             max_ack_pending: 300_000,
             ack_wait: Duration::from_secs(120),
             max_deliver: 5,
+            adopt_after: Duration::from_secs(600),
         }
     }
 }
@@ -423,14 +429,26 @@ impl Config {
             return Err(self.at_field(
                 text,
                 "consumer.ack_wait",
-                "consumer.ack_wait must be at least 1s: messages not acked within it are delivered again,                  and a commit or a batch waiting for the processor takes longer than that",
+                "consumer.ack_wait must be at least 1s: messages not acked within it are delivered again, \
+                 and a commit or a batch waiting for the processor takes longer than that",
             ));
         }
         if self.consumer.max_ack_pending < 1 {
             return Err(self.at_field(
                 text,
                 "consumer.max_ack_pending",
-                "consumer.max_ack_pending must be positive: it bounds the messages delivered and not yet                  acked",
+                "consumer.max_ack_pending must be positive: it bounds the messages delivered and not yet \
+                 acked",
+            ));
+        }
+        if !self.consumer.adopt_after.is_zero()
+            && self.consumer.adopt_after < crate::bus::deploys::REPORT_TTL
+        {
+            return Err(self.at_field(
+                text,
+                "consumer.adopt_after",
+                "consumer.adopt_after must be at least 30s (or 0s, never): a live host's report may be \
+                 that old, and a live host taken for gone has to restart",
             ));
         }
         self.check_consumer_mode()
@@ -899,6 +917,7 @@ mod tests {
         for (toml, field, says) in [
             ("[consumer]\nack_wait = \"100ms\"\n", "4", "at least 1s"),
             ("[consumer]\nmax_ack_pending = 0\n", "4", "must be positive"),
+            ("[consumer]\nadopt_after = \"10s\"\n", "4", "at least 30s"),
             ("[consumer]\ndurable = \"a.b\"\n", "4", "consumer.durable"),
             ("[events]\nkey_path = \"a..b\"\n", "4", "events.key_path"),
             ("[ingest]\nid_path = \"\"\n", "4", "ingest.id_path"),

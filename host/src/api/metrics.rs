@@ -97,6 +97,11 @@ pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
             &c.compacted_files,
         ),
         (
+            "weir_pipeline_adoptions_total",
+            "Hosts gone from the pipeline whose open windows this host closed and wrote.",
+            &c.adoptions,
+        ),
+        (
             "weir_nats_pulls_reopened_total",
             "Pulls from the consumer opened anew: no messages came for 15 s though the consumer had some to deliver.",
             &c.pulls_reopened,

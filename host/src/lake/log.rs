@@ -187,6 +187,14 @@ pub struct CommitRecord {
     /// on a quiet stream still closes the windows its state holds open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_clock: Option<EventClock>,
+    /// An adoption (see `pipeline::adopt`): the host that wrote this record for `host`, gone from the
+    /// pipeline, with the rows of the windows `host`'s state held open and an empty state in place of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_by: Option<String>,
+    /// Exclusive mode: the host whose plugin state this record's whole state carries on (a host restarted
+    /// under a new name), which has no state of its own in the lake from here on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited_from: Option<String>,
 }
 
 /// The newest event time that moved a host's watermark, and the newest ingest time it read, in ms since the
@@ -295,6 +303,22 @@ pub async fn records_after(store: &Store, epoch: u64) -> Result<Vec<CommitRecord
     let mut records = load(store, Some(epoch)).await?;
     records.retain(|r| r.epoch > epoch);
     Ok(records)
+}
+
+/// The record of `epoch`.
+pub async fn record(store: &Store, epoch: u64) -> Result<CommitRecord> {
+    let path = store.path(&CommitRecord::path(epoch));
+    let bytes = match store.store.get(&path).await {
+        Ok(got) => got.bytes().await?,
+        // Not there now, not there later: waiting cannot help.
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(
+                Unrecoverable(format!("commit record {epoch} is missing from the log")).into(),
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read commit record {epoch}")),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| corrupt("the commit record", &path, e))
 }
 
 /// Every record (all hosts, not just since the last checkpoint), oldest first.

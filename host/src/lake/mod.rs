@@ -23,6 +23,7 @@
 //! finished, staging left by uncommitted epochs is deleted, and the plugin state of the last commit is
 //! restored. Each step has a named crash point (see [`crash`]).
 
+mod adoption;
 mod aws_profile;
 pub mod compact;
 pub mod crash;
@@ -49,6 +50,8 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
+pub use adoption::Departed;
+use adoption::adopted_away;
 use files::EpochFiles;
 pub use log::{CommitRecord, EventClock, FileEntry, Ranges};
 use rows::{DropRow, GoldRow, Mismatches, QuarantineRow, Received, SilverColumns};
@@ -144,6 +147,9 @@ pub struct Lake {
     event_clock: Option<EventClock>,
     /// The state restored is another host's (see [`Lake::open`]): the next commit saves the whole state.
     inherited: bool,
+    /// The host whose state this one carries on (exclusive mode), until a whole state of this host's own
+    /// names it in the log (see [`CommitRecord::inherited_from`]).
+    inherited_from: Option<String>,
     /// Per host, the epoch of its last whole-state commit (kept in checkpoints).
     bases: BTreeMap<String, u64>,
     /// The types this host gives its gold columns (see [`Epoch::add_gold`]).
@@ -152,6 +158,9 @@ pub struct Lake {
     /// of a column only another host has seen yet must outlive the records a checkpoint passes).
     gold_columns: BTreeMap<String, Vec<(String, String)>>,
     pub mismatches: Arc<Mismatches>,
+    /// The host that adopted this host's state (see `pipeline::adopt`), once a record of it is seen: this
+    /// host's state in memory is no longer the lake's, so it commits nothing more.
+    adopted_away: Option<String>,
 }
 
 /// An epoch being written.
@@ -166,6 +175,8 @@ pub struct Epoch {
     gold_types: HashMap<String, Vec<(String, DataType)>>,
     pub events: u64,
     started: Instant,
+    /// The sequences gold files are named by when the epoch has none (an adoption's).
+    gold_seqs: Option<(u64, u64)>,
 }
 
 fn now_ms() -> i64 {
@@ -305,10 +316,12 @@ impl Lake {
             state_chain: Vec::new(),
             event_clock: None,
             inherited: false,
+            inherited_from: None,
             bases: state.checkpoint.bases.clone(),
             gold_types: HashMap::new(),
             gold_columns: BTreeMap::new(),
             mismatches: Arc::new(Mismatches::default()),
+            adopted_away: None,
             config,
         };
         // Files a later replay in place replaced are gone for good: not moved again.
@@ -324,9 +337,7 @@ impl Lake {
         }
         lake.clean_staging().await?;
         for record in &state.records {
-            if record.state_full && record.state.is_some() {
-                lake.bases.insert(record.host.clone(), record.epoch);
-            }
+            note_base(&mut lake.bases, record);
         }
         // Each host's first commit, and the first after it took another's state over, saves the whole state,
         // so the host whose whole state is newest is the one that has committed since.
@@ -336,6 +347,7 @@ impl Lake {
             .map(|(host, _)| host.clone())
             .filter(|last| *last != lake.host);
         lake.inherited = heir_of.is_some();
+        lake.inherited_from = heir_of.clone();
         if let Some(last) = &heir_of {
             tracing::info!(
                 host = %lake.host,
@@ -351,8 +363,12 @@ impl Lake {
             );
         }
         let owner = heir_of.unwrap_or_else(|| lake.host.clone());
-        (lake.state_chain, lake.event_clock) =
+        let adopted;
+        (lake.state_chain, lake.event_clock, adopted) =
             lake.read_state_chain(&owner, &state.records).await?;
+        // The state is an adoption's, empty (see `pipeline::adopt`): the first commit saves a whole state of
+        // this host's own, so that its last whole state tells whether it was adopted since.
+        lake.inherited |= adopted;
         let mut gold_columns = state.checkpoint.gold_columns.clone();
         for record in &state.records {
             log::merge_gold_columns(&mut gold_columns, &record.gold_columns);
@@ -404,6 +420,9 @@ impl Lake {
         // this host last looked are those after the last epoch it knows: one listing, and a read of each.
         for record in log::records_after(&self.store, self.last_epoch).await? {
             others |= record.host != self.host || record.replay.is_some();
+            if record.host == self.host && record.adopted_by.is_some() {
+                self.adopted_away = record.adopted_by.clone();
+            }
             note_committed(
                 &mut self.committed,
                 &mut self.bases,
@@ -439,15 +458,15 @@ impl Lake {
         self.since_checkpoint + 1 >= self.config.checkpoint_every
     }
 
-    /// The plugin state `host` committed: its last whole state and each later commit's changes; and where
-    /// event time had got to at the last of them.
+    /// The plugin state `host` committed: its last whole state and each later commit's changes; where
+    /// event time had got to at the last of them; and whether that whole state is an adoption's.
     async fn read_state_chain(
         &self,
         host: &str,
         since_checkpoint: &[CommitRecord],
-    ) -> Result<(Vec<Bytes>, Option<EventClock>)> {
+    ) -> Result<(Vec<Bytes>, Option<EventClock>, bool)> {
         let Some(&base) = self.bases.get(host) else {
-            return Ok((Vec::new(), None));
+            return Ok((Vec::new(), None, false));
         };
         // The chain starts at the host's last whole state, which may be older than the checkpoint.
         let older;
@@ -463,7 +482,9 @@ impl Lake {
             };
         let mut chain = Vec::new();
         let mut clock = None;
+        let mut adopted = false;
         for record in records.iter().filter(|r| r.host == host && r.epoch >= base) {
+            adopted |= record.epoch == base && record.adopted_by.is_some();
             clock = record.event_clock.or(clock);
             let Some(path) = &record.state else { continue };
             let location = self.store.path(path);
@@ -476,7 +497,7 @@ impl Lake {
             }
             chain.push(bytes);
         }
-        Ok((chain, clock))
+        Ok((chain, clock, adopted))
     }
 
     pub fn last_epoch(&self) -> u64 {
@@ -504,6 +525,7 @@ impl Lake {
             gold_types: self.gold_types.clone(),
             events: 0,
             started: Instant::now(),
+            gold_seqs: None,
         }
     }
 
@@ -532,6 +554,9 @@ impl Lake {
         state: Option<Bytes>,
         state_full: bool,
     ) -> Result<Commit> {
+        if let Some(by) = &self.adopted_away {
+            anyhow::bail!(adopted_away(&self.host, by));
+        }
         if self.committed.overlaps(&epoch.sequences) {
             anyhow::bail!(
                 "this host's open epoch holds stream sequences another host has committed meanwhile (a \
@@ -542,6 +567,7 @@ impl Lake {
         }
         // A later restore of this host starts from this whole state, not from its own chain before it.
         self.inherited &= !state_full;
+        let inherited_from = state_full.then(|| self.inherited_from.take()).flatten();
         // The next epoch types its gold columns as this one did, before this one is in the log.
         self.gold_types = epoch.gold_types.clone();
         Ok(Commit {
@@ -560,6 +586,8 @@ impl Lake {
             state,
             state_full,
             fence: None,
+            adopting: None,
+            inherited_from,
         })
     }
 
@@ -594,11 +622,15 @@ impl Lake {
     /// Deletes staging this host left behind: of epochs that never committed (a crash before their record)
     /// and of committed ones already moved. A committed epoch whose files are still staged (a crash after
     /// its record, and another host's checkpoint past it since, so the records read at open did not show
-    /// it) is moved into place first.
+    /// it) is moved into place first. Adoptions abandoned an hour ago or more go too, whoever's.
     async fn clean_staging(&self) -> Result<()> {
         let mut leftovers = Vec::new();
         let mut staged_committed = std::collections::BTreeSet::new();
         for (name, location) in staged_files(&self.store).await? {
+            if adoption::abandoned(&name) {
+                leftovers.push(location);
+                continue;
+            }
             let Some(first) = staged_first(&name, &self.host) else {
                 continue;
             };
@@ -660,6 +692,10 @@ pub struct Commit {
     state_full: bool,
     /// Whether this host may still write the record (see [`Commit::fenced_by`]).
     fence: Option<Fence>,
+    /// An adoption: written for `host`, gone, by another (see [`Lake::start_adoption`]).
+    adopting: Option<adoption::Adopting>,
+    /// See [`CommitRecord::inherited_from`].
+    inherited_from: Option<String>,
 }
 
 /// How much longer a host may still make an epoch count (`None`: it may not): an exclusive reader's lease,
@@ -717,8 +753,17 @@ fn note_committed(
         *base = (*base).max(*epoch);
     }
     committed.extend(&record.sequences);
+    note_base(bases, record);
+}
+
+/// A record's part in each host's last whole state: its own, when it saved one; and the host whose state it
+/// carries on, which no longer has one of its own (no host adopts it: its windows are this host's now).
+fn note_base(bases: &mut BTreeMap<String, u64>, record: &CommitRecord) {
     if record.state_full && record.state.is_some() {
         bases.insert(record.host.clone(), record.epoch);
+    }
+    if let Some(from) = &record.inherited_from {
+        bases.remove(from);
     }
 }
 
@@ -750,6 +795,8 @@ impl Commit {
             state,
             state_full,
             fence,
+            adopting,
+            inherited_from,
         } = self;
         let Epoch {
             files,
@@ -763,7 +810,11 @@ impl Commit {
             ..
         } = epoch;
         let first = sequences.0.first().map_or(0, |r| r.0);
-        let staging = staging_dir(&host, first);
+        // An adoption stages apart from the host it writes for, under a name no host's staging has.
+        let staging = match &adopting {
+            Some(adopting) => format!("{STAGING}/{}", adopting.staging),
+            None => staging_dir(&host, first),
+        };
         // Waits for the encoder thread's last row groups: off the runtime's few worker threads.
         let finished = tokio::task::spawn_blocking(move || files.finish_all())
             .await
@@ -781,6 +832,12 @@ impl Commit {
             (store.path(&format!("{staging}/{path}")), f.data)
         });
         let uploads: Vec<_> = uploads.collect();
+        // What an adoption that commits nothing removes again: no host's clean-up claims its staging.
+        let mut staged: Vec<object_store::path::Path> = uploads
+            .iter()
+            .map(|(location, _)| location.clone())
+            .collect();
+        staged.push(store.path(&format!("{staging}/state.bin")));
         futures::stream::iter(uploads)
             .map(|(location, data)| {
                 let store = store.clone();
@@ -838,10 +895,13 @@ impl Commit {
                 .collect(),
             ticks,
             event_clock,
+            adopted_by: adopting.as_ref().map(|a| a.by.clone()),
+            inherited_from,
         };
         let mut others = Ranges::default();
         let mut other_bases = Vec::new();
         let mut other_gold_columns = BTreeMap::new();
+        let written: Result<()> = async {
         loop {
             let outcome = retry_log("writing the commit record", || async {
                 let lapsed = || -> anyhow::Error {
@@ -876,6 +936,30 @@ impl Commit {
                 log::CreateOutcome::Created => break,
                 log::CreateOutcome::Taken(existing) if *existing == record => break,
                 log::CreateOutcome::Taken(existing) => {
+                    // This host was adopted (an adoption's commit too: its host's next commit then stops).
+                    let me = adopting.as_ref().map_or(&host, |a| &a.by);
+                    if existing.host == *me
+                        && let Some(by) = &existing.adopted_by
+                    {
+                        anyhow::bail!(adopted_away(me, by));
+                    }
+                    if adopting.is_some()
+                        && existing.host == host
+                        && let Some(by) = &existing.adopted_by
+                    {
+                        anyhow::bail!("host {by} adopted host {host} first");
+                    }
+                    // The host an adoption writes for committed since its state was read: it is back.
+                    if let Some(adopting) = &adopting
+                        && existing.host == host
+                        && existing.epoch > adopting.read_through
+                    {
+                        anyhow::bail!(
+                            "host {host} committed epoch {} after its state was read: it is back, so its \
+                             state is not adopted",
+                            existing.epoch
+                        );
+                    }
                     // Another host committed this epoch number first: take the next one.
                     if existing.sequences.overlaps(&record.sequences) {
                         anyhow::bail!(
@@ -893,6 +977,17 @@ impl Commit {
                     record.epoch = existing.epoch + 1;
                 }
             }
+        }
+        Ok(())
+        }
+        .await;
+        if let Err(e) = written {
+            if adopting.is_some() {
+                for location in &staged {
+                    let _ = store.delete_if_present(location).await;
+                }
+            }
+            return Err(e);
         }
         crash::point("commit.after_record");
 
@@ -1054,10 +1149,13 @@ impl Epoch {
 
     /// Gold rows; `seqs` is the range of the epoch's sequences so far (rows come from windows, not events).
     pub fn add_gold(&mut self, rows: &[GoldRow]) -> Result<()> {
-        let seqs = (
-            self.sequences.0.first().map_or(0, |r| r.0),
-            self.sequences.max().unwrap_or(0),
-        );
+        let seqs = match (self.sequences.max(), self.gold_seqs) {
+            (None, Some(seqs)) => seqs,
+            _ => (
+                self.sequences.0.first().map_or(0, |r| r.0),
+                self.sequences.max().unwrap_or(0),
+            ),
+        };
         let mut by_table: BTreeMap<&str, Vec<&GoldRow>> = BTreeMap::new();
         for r in rows {
             by_table.entry(r.table.as_str()).or_default().push(r);

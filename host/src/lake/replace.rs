@@ -319,6 +319,8 @@ pub async fn put_in_place(
         ticks: Vec::new(),
         // Not a host's: nothing restarts from it.
         event_clock: None,
+        adopted_by: None,
+        inherited_from: None,
     };
     loop {
         match retry_log("writing the commit record", || log::create(live, &record)).await? {

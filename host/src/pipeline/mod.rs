@@ -1,6 +1,7 @@
 //! Running plugins over events: chains of stages over batches, and the service that ties the stream, the
 //! chain and the lake together (`weir run`).
 
+pub mod adopt;
 pub mod chain;
 pub mod cluster;
 pub mod deployed;

@@ -102,6 +102,16 @@ struct PendingCommit {
     gold_through: u64,
 }
 
+/// Progress acks for the open epoch's messages, sent until dropped (see
+/// [`Processor::extend_open_epoch_meanwhile`]).
+pub(super) struct Extending(tokio::task::JoinHandle<()>);
+
+impl Drop for Extending {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a deploy's caller hears when a later deploy or a rollback of its stage came first.
 pub const SUPERSEDED: &str = "was not deployed: a later deploy of its stage, or a rollback asked for, was \
                               applied while it was being prepared";
@@ -526,6 +536,8 @@ pub struct Processor {
     sample: Sample,
     /// Where deploys and rollbacks are remembered across restarts.
     deployed: Option<super::deployed::Deployed>,
+    /// Adopts the windows of hosts gone from the pipeline (shared mode; see `pipeline::adopt`).
+    pub adopter: Option<super::adopt::Adopter>,
     /// Where they are sent for the other hosts of the pipeline to follow.
     herald: Option<Herald>,
 }
@@ -601,6 +613,7 @@ impl Processor {
             applied: vec![0; n],
             sample: Sample::default(),
             deployed: config.deployed(),
+            adopter: None,
             herald: None,
         };
         processor.publish_plugins();
@@ -613,7 +626,7 @@ impl Processor {
         self.publish_plugins();
     }
 
-    fn chain_labels(&self) -> Vec<String> {
+    pub(super) fn chain_labels(&self) -> Vec<String> {
         self.chain
             .stages()
             .iter()
@@ -805,17 +818,7 @@ impl Processor {
             // batch: after a crash every message of the epochs it left open comes again.
             if delivered > 1 && !refreshed && !self.lake.is_committed(seq) {
                 refreshed = true;
-                match self.runtime.block_on(self.lake.refresh()) {
-                    // Memory no longer holds every gold row: the API reads the lake too.
-                    Ok(true) => self
-                        .shared
-                        .recent
-                        .lock()
-                        .expect("not poisoned")
-                        .gold_shared_lake(),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("reading the commit log for redeliveries: {e:#}"),
-                }
+                self.refresh_lake();
             }
             // Committed already: ack and skip. Checked for first deliveries too: a consumer that was deleted
             // and created again (or a replay into the same lake) delivers committed messages afresh.
@@ -1213,23 +1216,10 @@ impl Processor {
             return Ok(());
         };
         let waiting = Instant::now();
-        // A slow commit holds the open epoch's messages too, unacked: keep them ours meanwhile, or they come
-        // again after `ack_wait` and use up their deliveries.
-        let progress = (!pending.task.is_finished() && !self.deliveries.is_empty()).then(|| {
-            let replies = self.deliveries.clone();
-            self.runtime
-                // At once: the open epoch's messages may have gone most of a period unextended already.
-                .spawn(progress(
-                    self.client.clone(),
-                    replies,
-                    extend_every(self.ack_wait),
-                    true,
-                ))
-        });
-        let done = self.runtime.block_on(pending.task);
-        if let Some(progress) = progress {
-            progress.abort();
-        }
+        let done = match pending.task.is_finished() {
+            true => self.runtime.block_on(pending.task),
+            false => self.hold_open_epoch_while(pending.task),
+        };
         let done = done.context("the commit task panicked")??;
         let others = done.others_committed();
         let record = self.lake.finish_commit(done);
@@ -1259,6 +1249,47 @@ impl Processor {
             "committed"
         );
         Ok(())
+    }
+
+    /// Waits for `work` on the pipeline's thread. The open epoch's messages wait too, unacked: they are kept
+    /// ours meanwhile, or they would come again after `ack_wait` and use up their deliveries.
+    fn hold_open_epoch_while<F: std::future::Future>(&self, work: F) -> F::Output {
+        let _extending = self.extend_open_epoch_meanwhile();
+        self.runtime.block_on(work)
+    }
+
+    /// Keeps the open epoch's messages ours (progress acks) until the guard is dropped: for work on the
+    /// pipeline's thread that may outlast `ack_wait`.
+    pub(super) fn extend_open_epoch_meanwhile(&self) -> Option<Extending> {
+        (!self.deliveries.is_empty()).then(|| {
+            // At once: the open epoch's messages may have gone most of a period unextended already.
+            Extending(self.runtime.spawn(progress(
+                self.client.clone(),
+                self.deliveries.clone(),
+                extend_every(self.ack_wait),
+                true,
+            )))
+        })
+    }
+
+    /// Whether nothing is in hand: no epoch open, no commit under way.
+    pub(super) fn is_idle(&self) -> bool {
+        self.epoch.is_none() && self.pending.is_none()
+    }
+
+    /// Reads the commit records other hosts added since the last look. A failure only means a later look.
+    pub(super) fn refresh_lake(&mut self) {
+        match self.runtime.block_on(self.lake.refresh()) {
+            // Memory no longer holds every gold row: the API reads the lake too.
+            Ok(true) => self
+                .shared
+                .recent
+                .lock()
+                .expect("not poisoned")
+                .gold_shared_lake(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("reading the commit log: {e:#}"),
+        }
     }
 
     /// After each batch: watch recently swapped stages, publish the plugins' stats.
@@ -1565,7 +1596,7 @@ impl Processor {
 }
 
 /// A row an aggregate emitted, as the lake writes it.
-fn gold_row(r: super::chain::EmittedRow) -> GoldRow {
+pub(super) fn gold_row(r: super::chain::EmittedRow) -> GoldRow {
     GoldRow {
         table: r.row.table,
         plugin: r.plugin,

@@ -386,6 +386,17 @@ pub async fn run(
     processor.clock = clock;
     let (announcer, reporter, follower) = match deploys {
         Some(deploys) => {
+            // Replays and exclusive readers have no other hosts' windows to adopt.
+            let adopt_after = config.consumer.adopt_after;
+            if !config.exclusive() && config.replay.is_none() && !adopt_after.is_zero() {
+                let presence = Arc::new(super::adopt::Presence::default());
+                tokio::spawn(super::adopt::watch(
+                    deploys.clone(),
+                    presence.clone(),
+                    stop_rx.clone(),
+                ));
+                processor.adopter = Some(super::adopt::Adopter::new(presence, adopt_after));
+            }
             let (to, announcements) = tokio::sync::mpsc::unbounded_channel();
             let herald =
                 super::cluster::Herald::new(to, host.clone(), config.deployed(), &configured_files)
@@ -571,7 +582,9 @@ async fn open_deploys(
         Err(e) => {
             tracing::warn!(
                 "deploys made on this host do not reach the pipeline's other hosts, nor theirs this one, \
-                 until it is restarted with access: {e:#}"
+                 and the others do not hear from it (after consumer.adopt_after they take it for gone and \
+                 adopt its windows; it then stops at its next commit), until it is restarted with access: \
+                 {e:#}"
             );
             None
         }
@@ -674,6 +687,7 @@ fn step(
     if processor.commit_due() {
         processor.commit()?;
     }
+    processor.adopt_departed()?;
     processor.extend_open_epoch();
     processor.tick();
     Ok(())

@@ -53,6 +53,8 @@ pub struct Counters {
     pub compactions: AtomicU64,
     pub compaction_failures: AtomicU64,
     pub compacted_files: AtomicU64,
+    /// Departed hosts whose open windows this host wrote (see `pipeline::adopt`).
+    pub adoptions: AtomicU64,
     /// Events passed on unchanged by stages whose plugin failed on them and whose `on_error` is `skip`, by
     /// stage (nothing of them is in the quarantine tables).
     pub skipped_events: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,

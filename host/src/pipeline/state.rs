@@ -86,6 +86,20 @@ pub fn capture(chain: &mut Chain, names: &[String], full: bool, now_ms: i64) -> 
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
+/// A whole state with nothing in it: restored, every stage starts empty (an adopted host's, see
+/// `pipeline::adopt`).
+pub fn empty() -> Result<Vec<u8>> {
+    let mut raw = vec![FORMAT];
+    raw.extend(
+        postcard::to_allocvec(&Blob::<Delta> {
+            full: true,
+            stages: Vec::new(),
+        })
+        .context("serializing the plugin state")?,
+    );
+    zstd::stream::encode_all(&raw[..], 1).context("compressing the plugin state")
+}
+
 /// Brings the stage's snapshot up to date. A failed snapshot replaces the instance, which comes back up to
 /// date (last snapshot, then its journal), so one more try normally succeeds; a commit never goes ahead with
 /// a stale state.
