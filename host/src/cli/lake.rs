@@ -248,19 +248,41 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 }
                 let stdout = std::io::stdout();
                 let mut writer = arrow_json::LineDelimitedWriter::new(stdout.lock());
-                read::query(
-                    &store,
-                    &records,
-                    &table,
-                    from.unwrap_or(i64::MIN),
-                    to.unwrap_or(i64::MAX),
-                    limit,
-                    |batch| {
-                        writer.write(batch)?;
-                        Ok(true)
-                    },
-                )
-                .await?;
+                let mut records = records;
+                let mut printed = false;
+                for attempt in 1.. {
+                    let read = read::query(
+                        &store,
+                        &records,
+                        &table,
+                        from.unwrap_or(i64::MIN),
+                        to.unwrap_or(i64::MAX),
+                        limit,
+                        |batch| {
+                            printed |= batch.num_rows() > 0;
+                            writer.write(batch)?;
+                            Ok(true)
+                        },
+                    )
+                    .await;
+                    match read {
+                        Ok(_) => break,
+                        // A file the log named is gone or not yet in place: replaced by a compaction since
+                        // the log was read, or committed a moment ago and still being moved. Read afresh,
+                        // unless rows are out already (read again, they would come twice).
+                        Err(e) if read::is_not_found(&e) && !printed && attempt < 5 => {
+                            tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                            records = crate::lake::log::all_records(&store).await?;
+                        }
+                        Err(e) if read::is_not_found(&e) && printed => {
+                            return Err(e.context(
+                                "a file of the table was replaced while its rows were being printed (a \
+                                 compaction): the rows above are incomplete; run the query again",
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 writer.finish()?;
                 Ok(ExitCode::SUCCESS)
             }

@@ -1302,9 +1302,29 @@ pub(crate) async fn publish(
             let store = store.clone();
             async move {
                 let (from, to) = (store.path(&from), store.path(&to));
+                let attempts = std::sync::atomic::AtomicU32::new(0);
                 retry(&format!("moving {from} to {to}"), || {
                     let (store, from, to) = (store.clone(), from.clone(), to.clone());
+                    let again = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
                     async move {
+                        // On an object store a move is a copy, then a delete. After a failed attempt the copy
+                        // may be in place already, and a compaction committed since may have merged it away:
+                        // copied again, it would come back beside the merged file (its rows twice). So a
+                        // retry finishes the move (deletes the staged copy) when the file is in place or
+                        // replaced, and copies only when neither.
+                        if again && store.store.head(&from).await.is_ok() {
+                            let placed = match store.store.head(&to).await {
+                                Ok(_) => true,
+                                Err(object_store::Error::NotFound { .. }) => {
+                                    replaced_since(&store, epoch, to.as_ref()).await?
+                                }
+                                Err(e) => return Err(e.into()),
+                            };
+                            if placed {
+                                store.delete_if_present(&from).await?;
+                                return Ok(());
+                            }
+                        }
                         match store.store.rename(&from, &to).await {
                             Ok(()) => Ok(()),
                             // Already moved (an earlier attempt, or another host's recovery).
