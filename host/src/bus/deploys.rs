@@ -152,6 +152,17 @@ impl Deploys {
         Ok(())
     }
 
+    /// The hosts with a report, whether or not this Weir can read it (a newer one's, in a rolling upgrade).
+    pub async fn reporting(&self) -> Result<Vec<String>> {
+        self.hosts
+            .keys()
+            .await
+            .context("reading the hosts' reports")?
+            .try_collect()
+            .await
+            .context("reading the hosts' reports")
+    }
+
     /// What each running host runs, by host name.
     pub async fn hosts(&self) -> Result<Vec<HostReport>> {
         let mut keys = self

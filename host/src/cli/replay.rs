@@ -88,7 +88,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         let records = runtime.block_on(crate::lake::log::all_records(&live))?;
         if let Some(record) = replace::done(&records, &replay.version) {
             // Done before (maybe up to a crash after the swap): finish the idempotent steps.
-            runtime.block_on(crate::lake::publish(
+            runtime.block_on(crate::lake::republish(
                 &live,
                 record,
                 concurrency,

@@ -26,8 +26,11 @@ pub struct Departed {
     /// The newest epoch of the log when the state was read: a record of the host after it means it is back.
     read_through: u64,
     /// Names the adoption's staging directory and files: the host's name, then a dot, which no host name
-    /// has, so no host takes the directory for its own staging (see `staged_first`), then the time.
+    /// has, so no host takes the directory for its own staging (see `staged_first`), then the time and the
+    /// adopting host (see [`abandoned`]).
     tag: String,
+    /// When the adoption started (the time in `tag`).
+    started_ms: i64,
     /// Where event time had got to at its last commit: the adoption's record keeps it, so that the host, if
     /// it comes back, carries its ticks on from there.
     event_clock: Option<log::EventClock>,
@@ -60,11 +63,15 @@ pub(super) fn adopted_away(host: &str, by: &str) -> String {
 pub(super) fn abandoned(staging: &str) -> bool {
     staging
         .rsplit_once(".adopted-")
-        .and_then(|(_, ms)| ms.parse::<i64>().ok())
+        .and_then(|(_, rest)| rest.split('.').next()?.parse::<i64>().ok())
         .is_some_and(|ms| now_ms() - ms > ABANDONED_AFTER_MS)
 }
 
 const ABANDONED_AFTER_MS: i64 = 3_600_000;
+
+/// An adoption writes its record only this soon after it started (a store away that long holds it up):
+/// well before [`ABANDONED_AFTER_MS`], when another host may remove its staged files as abandoned.
+const RECORD_WITHIN_MS: i64 = 45 * 60_000;
 
 impl Lake {
     /// Every other host with plugin state in the lake, with the epoch of its last whole state (which changes
@@ -113,7 +120,9 @@ impl Lake {
             state,
             last_seq: last_seq.unwrap_or(0),
             read_through,
-            tag: format!("{host}.adopted-{}", now_ms()),
+            // The adopter's name too: two adopters that read the state in the same millisecond stage apart.
+            tag: format!("{host}.adopted-{}.{}", now_ms(), self.host),
+            started_ms: now_ms(),
             event_clock,
         }))
     }
@@ -166,7 +175,13 @@ impl Lake {
     /// state, unless that host committed since its state was read. Settle it with [`Lake::finish_commit`].
     pub fn start_adoption(&mut self, departed: &Departed, epoch: Epoch, state: Bytes) -> Commit {
         debug_assert_eq!(epoch.sequences, Ranges::default());
-        self.gold_types = epoch.gold_types.clone();
+        let deadline = departed.started_ms + RECORD_WITHIN_MS;
+        let fence: super::Fence = std::sync::Arc::new(move || {
+            u64::try_from(deadline - now_ms())
+                .ok()
+                .filter(|&ms| ms > 0)
+                .map(std::time::Duration::from_millis)
+        });
         Commit {
             store: self.store.clone(),
             host: departed.host.clone(),
@@ -177,7 +192,7 @@ impl Lake {
             epoch,
             state: Some(state),
             state_full: true,
-            fence: None,
+            fence: Some(fence),
             adopting: Some(Adopting {
                 by: self.host.clone(),
                 staging: departed.tag.clone(),

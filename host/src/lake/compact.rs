@@ -640,7 +640,7 @@ async fn finish_interrupted(
                     .map(|f| f.path.as_str())
                     .filter(|p| !view.is_visible(p))
                     .collect();
-                super::publish(store, record, concurrency, &replaced).await?;
+                super::republish(store, record, concurrency, &replaced).await?;
                 delete_run(store, staging).await?;
                 finished += 1;
             }

@@ -327,7 +327,7 @@ impl Lake {
         // Files a later replay in place replaced are gone for good: not moved again.
         let replaced = log::replaced_paths(&state.records);
         for record in &state.records {
-            publish(
+            republish(
                 &lake.store,
                 record,
                 lake.config.upload_concurrency,
@@ -599,6 +599,7 @@ impl Lake {
             other_bases,
             other_gold_columns,
             checkpointed,
+            others_wrote: _,
         } = done;
         note_committed(
             &mut self.committed,
@@ -652,7 +653,7 @@ impl Lake {
                     "moving the files of a committed epoch into place: this host stopped after its commit \
                      record, and the log's checkpoint has passed it since"
                 );
-                publish(
+                republish(
                     &self.store,
                     record,
                     self.config.upload_concurrency,
@@ -714,12 +715,14 @@ pub struct Committed {
     other_gold_columns: BTreeMap<String, Vec<(String, String)>>,
     /// Whether it wrote the log's checkpoint (one due is put off while another host's files are staged).
     checkpointed: bool,
+    /// Whether a record it stepped over wrote files (an adoption's hold rows but no sequences).
+    others_wrote: bool,
 }
 
 impl Committed {
     /// Whether another host (or a replay in place) committed to the lake since this host's commit before.
     pub fn others_committed(&self) -> bool {
-        !self.others.0.is_empty()
+        !self.others.0.is_empty() || self.others_wrote
     }
 }
 
@@ -901,15 +904,20 @@ impl Commit {
         let mut others = Ranges::default();
         let mut other_bases = Vec::new();
         let mut other_gold_columns = BTreeMap::new();
+        let mut others_wrote = false;
         let written: Result<()> = async {
         loop {
             let outcome = retry_log("writing the commit record", || async {
                 let lapsed = || -> anyhow::Error {
-                    log::Unrecoverable(
-                        "this host's exclusive lease has not been renewed in time, so another host may hold \
-                         it: not writing the commit record (the lease's holder reads the epoch again)"
+                    log::Unrecoverable(match adopting {
+                        Some(_) => "the adoption took too long (the store away?): not writing its record, \
+                                    as its staged files may be removed as abandoned; it is tried again"
                             .into(),
-                    )
+                        None => "this host's exclusive lease has not been renewed in time, so another host \
+                                 may hold it: not writing the commit record (the lease's holder reads the \
+                                 epoch again)"
+                            .into(),
+                    })
                     .into()
                 };
                 match &fence {
@@ -924,8 +932,8 @@ impl Commit {
                             .await
                             .map_err(|_| {
                                 anyhow::anyhow!(
-                                    "the store did not take the commit record within the {left:?} the \
-                                     exclusive lease is surely held for"
+                                    "the store did not take the commit record within the {left:?} it \
+                                     may still be written in"
                                 )
                             })?
                     }
@@ -970,6 +978,7 @@ impl Commit {
                         );
                     }
                     others.extend(&existing.sequences);
+                    others_wrote |= !existing.tables.is_empty();
                     if existing.state_full && existing.state.is_some() {
                         other_bases.push((existing.host.clone(), existing.epoch));
                     }
@@ -1026,6 +1035,7 @@ impl Commit {
             other_bases,
             other_gold_columns,
             checkpointed,
+            others_wrote,
         })
     }
 }
@@ -1249,7 +1259,7 @@ async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) 
                 "moving the files of another host's committed epoch into place: that host stopped after its \
                  commit record"
             );
-            publish(store, record, concurrency, &replaced).await?;
+            republish(store, record, concurrency, &replaced).await?;
         } else {
             moving = Some(record);
         }
@@ -1281,12 +1291,34 @@ async fn replaced_since(store: &Store, epoch: u64, location: &str) -> Result<boo
 /// Finishes a committed record (idempotent, so anyone may redo it after a crash): moves its files from
 /// staging to their tables, then deletes the files it replaces (a replay in place), so that readers of the
 /// directories alone (DuckDB, pyarrow) see what the log says. Files in `replaced` (by a later record) are
-/// left alone.
+/// left alone. For the commit that wrote the record; see [`republish`] for anyone else.
 pub(crate) async fn publish(
     store: &Store,
     record: &CommitRecord,
     concurrency: usize,
     replaced: &std::collections::BTreeSet<&str>,
+) -> Result<()> {
+    publish_moves(store, record, concurrency, replaced, false).await
+}
+
+/// [`publish`] of a record another run wrote (recovery after a crash, a stranded epoch), which may have
+/// copied some files into place and not deleted their staged copies: those are only deleted (see
+/// `publish_moves`).
+pub(crate) async fn republish(
+    store: &Store,
+    record: &CommitRecord,
+    concurrency: usize,
+    replaced: &std::collections::BTreeSet<&str>,
+) -> Result<()> {
+    publish_moves(store, record, concurrency, replaced, true).await
+}
+
+async fn publish_moves(
+    store: &Store,
+    record: &CommitRecord,
+    concurrency: usize,
+    replaced: &std::collections::BTreeSet<&str>,
+    recovering: bool,
 ) -> Result<()> {
     let mut moves: Vec<(String, String)> = record
         .files()
@@ -1305,21 +1337,29 @@ pub(crate) async fn publish(
                 let attempts = std::sync::atomic::AtomicU32::new(0);
                 retry(&format!("moving {from} to {to}"), || {
                     let (store, from, to) = (store.clone(), from.clone(), to.clone());
-                    let again = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+                    let again = recovering
+                        || attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
                     async move {
-                        // On an object store a move is a copy, then a delete. After a failed attempt the copy
-                        // may be in place already, and a compaction committed since may have merged it away:
-                        // copied again, it would come back beside the merged file (its rows twice). So a
-                        // retry finishes the move (deletes the staged copy) when the file is in place or
-                        // replaced, and copies only when neither.
-                        if again && store.store.head(&from).await.is_ok() {
-                            let placed = match store.store.head(&to).await {
+                        // On an object store a move is a copy, then a delete. After a failed attempt (this
+                        // run's, or a crashed run's) the copy may be in place already, and a compaction
+                        // committed since may have merged it away: copied again, it would come back beside
+                        // the merged file (its rows twice). So a move tried again finishes the move (deletes
+                        // the staged copy) when the file is in place or replaced, and copies only when
+                        // neither.
+                        if again {
+                            let staged = match store.store.head(&from).await {
                                 Ok(_) => true,
-                                Err(object_store::Error::NotFound { .. }) => {
-                                    replaced_since(&store, epoch, to.as_ref()).await?
-                                }
+                                Err(object_store::Error::NotFound { .. }) => false,
                                 Err(e) => return Err(e.into()),
                             };
+                            let placed = staged
+                                && match store.store.head(&to).await {
+                                    Ok(_) => true,
+                                    Err(object_store::Error::NotFound { .. }) => {
+                                        replaced_since(&store, epoch, to.as_ref()).await?
+                                    }
+                                    Err(e) => return Err(e.into()),
+                                };
                             if placed {
                                 store.delete_if_present(&from).await?;
                                 return Ok(());
@@ -1623,6 +1663,39 @@ mod tests {
                 .await
                 .expect("publishing again waited for a file a compaction removed")
                 .unwrap();
+        });
+    }
+
+    /// A move on an object store is a copy, then a delete. A run that copied a file into place and stopped
+    /// before deleting the staged copy, then a compaction that merged the file away: a later publish of the
+    /// record deletes the staged copy instead of bringing the file back beside the merged one.
+    #[test]
+    fn publishing_again_never_copies_back_a_file_a_later_record_replaced() {
+        let (dir, config) = local_lake();
+        block_on(async {
+            let store = Store::open(&config.store()).unwrap();
+            let file = "silver/dt=2026-12-05/hour=12/1-1.parquet";
+            let staging = "_weir/staging/edge-00000000000000000001";
+            let wrote = first_record(staging, file);
+            let compacted = CommitRecord {
+                epoch: 2,
+                replaces: vec![file.into()],
+                ..wrote.clone()
+            };
+            log::create(&store, &wrote).await.unwrap();
+            // Copied into place, not deleted from staging; then merged away by the compaction.
+            let staged = store.path(&format!("{staging}/{file}"));
+            store
+                .store
+                .put(&staged, Bytes::from_static(b"rows").into())
+                .await
+                .unwrap();
+            log::create(&store, &compacted).await.unwrap();
+            republish(&store, &wrote, 4, &Default::default())
+                .await
+                .unwrap();
+            assert!(!dir.path().join(file).exists(), "the merged file came back");
+            assert!(!dir.path().join(staging).join(file).exists());
         });
     }
 

@@ -188,7 +188,7 @@ pub async fn put_in_place(
     let records = log::all_records(live).await?;
     if let Some(record) = done(&records, name) {
         // Its files a later record replaced (a compaction) are gone for good: not to be moved again.
-        super::publish(live, record, concurrency, &log::replaced_paths(&records)).await?;
+        super::republish(live, record, concurrency, &log::replaced_paths(&records)).await?;
         return Ok(record.clone());
     }
     let made = log::all_records(version).await?;

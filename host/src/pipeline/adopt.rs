@@ -35,8 +35,10 @@ const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// Reports read longer ago than this say nothing about who is there now.
 const STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// How long an adoption that failed waits before it is tried again.
+/// How long an adoption that failed first waits before it is tried again; each failure doubles it, up to
+/// [`RETRY_AFTER_MAX`].
 const RETRY_AFTER: Duration = Duration::from_secs(60);
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 
 /// How much longer each host waits than the one before it in name order (of the hosts reporting): the
 /// first adopts, the others find the adoption done instead of racing it.
@@ -110,8 +112,8 @@ pub async fn watch(
             _ = stop.changed() => return,
             _ = tick.tick() => {}
         }
-        match deploys.hosts().await {
-            Ok(reports) => presence.read(reports.into_iter().map(|r| r.host)),
+        match deploys.reporting().await {
+            Ok(hosts) => presence.read(hosts),
             Err(e) => {
                 tracing::debug!(
                     "cannot read the hosts' reports (no host is adopted meanwhile): {e:#}"
@@ -127,8 +129,8 @@ pub struct Adopter {
     presence: Arc<Presence>,
     after: Duration,
     /// Hosts dealt with during their current absence: adopted, found with nothing to adopt (`None`), or to
-    /// try again at the time given.
-    dealt_with: HashMap<String, Option<Instant>>,
+    /// try again at the time given, after a failure (with the wait before it).
+    dealt_with: HashMap<String, Option<(Instant, Duration)>>,
     next_look: Instant,
 }
 
@@ -160,7 +162,7 @@ impl Adopter {
             let waiting = match self.dealt_with.get(host) {
                 None => false,
                 Some(None) => true,
-                Some(Some(retry_at)) => now < *retry_at,
+                Some(Some((retry_at, _))) => now < *retry_at,
             };
             if !waiting && due.is_none() {
                 due = Some(host.clone());
@@ -199,14 +201,18 @@ impl Processor {
                 adopter.dealt_with.insert(host, None);
             }
             Err(e) => {
+                let wait = match adopter.dealt_with.get(&host) {
+                    Some(Some((_, waited))) => (*waited * 2).min(RETRY_AFTER_MAX),
+                    _ => RETRY_AFTER,
+                };
                 tracing::warn!(
                     %host,
                     "cannot adopt the windows of a departed host for now (trying again in {}s): {e:#}",
-                    RETRY_AFTER.as_secs()
+                    wait.as_secs()
                 );
                 adopter
                     .dealt_with
-                    .insert(host, Some(Instant::now() + RETRY_AFTER));
+                    .insert(host, Some((Instant::now() + wait, wait)));
             }
         }
         Ok(())
