@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use weir::source::generate::GenConfig;
 
 use crate::harness::{Harness, LakeAt, Weir, free_ports, now_ms, realistic};
-use crate::support::{cli, plugin_path, swap_plugin_path, weir_bin};
+use crate::support::{cli, http, plugin_path, swap_plugin_path, weir_bin};
 
 const EVENTS: u64 = 6000;
 
@@ -114,6 +114,27 @@ fn wait_log(weir: &Weir, text: &str, timeout: Duration) {
     }
 }
 
+/// Waits until `/ready` answers ready (200), or not ready (503) for want of NATS.
+fn wait_ready(api: &str, ready: bool) {
+    let started = Instant::now();
+    loop {
+        let (status, body) = http("GET", &format!("{api}/ready"), None, None);
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if ready && status == 200 {
+            return;
+        }
+        if !ready && status == 503 && answer["nats_connected"] == false {
+            assert_eq!(answer["store_reachable"], true, "{body}");
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "/ready still answers {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn wait_until(h: &Harness, weir: &mut Weir, committed: u64) {
     h.wait_committed(weir, committed, Duration::from_secs(120));
 }
@@ -173,10 +194,12 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
     wait_until(&h, &mut weir, 2800);
     assert!(deploy(&weir, &next).contains("enrich@0.2.0"));
 
-    // The broker crashes and comes back.
+    // The broker crashes and comes back; `/ready` says so meanwhile.
+    let api = weir.api(Duration::from_secs(60));
     h.nats.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    wait_ready(&api, false);
     h.nats.restart().unwrap();
+    wait_ready(&api, true);
     wait_until(&h, &mut weir, 3500);
     assert!(deploy(&weir, &original).contains("enrich@0.1.0"));
 
