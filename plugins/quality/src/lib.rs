@@ -100,7 +100,7 @@ impl Default for Config {
                     },
                 ),
                 check(
-                    "page_id_positive",
+                    "rc_id_positive",
                     "id",
                     Rule::Range {
                         min: Some(1.0),

@@ -86,7 +86,7 @@ fn each_gate_names_itself_and_every_failure_is_listed() {
         &["event_id_present"],
         &["type_valid"],
         &["edit_has_revision"],
-        &["page_id_positive", "revision_new_positive"],
+        &["rc_id_positive", "revision_new_positive"],
         &["namespace_is_integer"],
         &["timestamp_fresh"],
         &["timestamp_not_future"],
