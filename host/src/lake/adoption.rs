@@ -235,6 +235,7 @@ mod tests {
             commit(&mut b, 1, b"b-whole", true).await.unwrap();
             let mut a = Lake::open(config.clone(), "host-a", false).await.unwrap();
             assert_eq!(a.others_with_state(), [("host-b".to_string(), 1)]);
+            commit(&mut a, 10, b"a-whole", true).await.unwrap();
             let empty = Bytes::from_static(b"empty");
             let rows = [GoldRow {
                 table: "edits".into(),
@@ -273,6 +274,9 @@ mod tests {
                 "{file} is in place: {record:#?}"
             );
             assert!(a.departed("host-b").await.unwrap().is_none(), "adopted");
+            // An exclusive reader carries on from the newest state that is a host's own, not an adoption's.
+            let c = Lake::open(config.clone(), "host-c", true).await.unwrap();
+            assert_eq!(c.state_chain(), [Bytes::from_static(b"a-whole")]);
 
             // Host b, still running, learns of it at its next commit.
             let stopped = commit(&mut b, 3, b"b-change", false)

@@ -340,12 +340,30 @@ impl Lake {
             note_base(&mut lake.bases, record);
         }
         // Each host's first commit, and the first after it took another's state over, saves the whole state,
-        // so the host whose whole state is newest is the one that has committed since.
-        let heir_of = sole
-            .then(|| lake.bases.iter().max_by_key(|(_, epoch)| **epoch))
-            .flatten()
-            .map(|(host, _)| host.clone())
-            .filter(|last| *last != lake.host);
+        // so the host whose whole state is newest is the one that has committed since. An adoption's empty
+        // state (a host gone from a shared consumer, see `pipeline::adopt`) is no host's own: passed over.
+        let mut heir_of = None;
+        if sole {
+            let mut newest_first: Vec<(&String, u64)> = lake
+                .bases
+                .iter()
+                .map(|(host, epoch)| (host, *epoch))
+                .collect();
+            newest_first.sort_by_key(|(_, epoch)| std::cmp::Reverse(*epoch));
+            for (host, epoch) in newest_first {
+                let adopted = match state.records.iter().find(|r| r.epoch == epoch) {
+                    Some(record) => record.adopted_by.is_some(),
+                    None => retry_log("reading the commit log", || log::record(&lake.store, epoch))
+                        .await?
+                        .adopted_by
+                        .is_some(),
+                };
+                if !adopted {
+                    heir_of = Some(host.clone()).filter(|last| *last != lake.host);
+                    break;
+                }
+            }
+        }
         lake.inherited = heir_of.is_some();
         lake.inherited_from = heir_of.clone();
         if let Some(last) = &heir_of {
