@@ -196,8 +196,11 @@ fn the_pipeline_survives_swaps_kills_and_restarts_without_loss_or_duplicates() {
 
     // The broker crashes and comes back; `/ready` says so meanwhile.
     let api = weir.api(Duration::from_secs(60));
+    let killed = Instant::now();
     h.nats.kill();
     wait_ready(&api, false);
+    // Down for a while, as a crashed broker is.
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(killed.elapsed()));
     h.nats.restart().unwrap();
     wait_ready(&api, true);
     wait_until(&h, &mut weir, 3500);

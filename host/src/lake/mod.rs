@@ -353,10 +353,21 @@ impl Lake {
             for (host, epoch) in newest_first {
                 let adopted = match state.records.iter().find(|r| r.epoch == epoch) {
                     Some(record) => record.adopted_by.is_some(),
-                    None => retry_log("reading the commit log", || log::record(&lake.store, epoch))
-                        .await?
-                        .adopted_by
-                        .is_some(),
+                    // Older than the checkpoint: read on its own. One gone (removed by hand) is taken
+                    // for a host's own, as before adoptions.
+                    None => {
+                        match retry_log("reading the commit log", || {
+                            log::record(&lake.store, epoch)
+                        })
+                        .await
+                        {
+                            Ok(record) => record.adopted_by.is_some(),
+                            Err(e) => {
+                                tracing::warn!("{e:#}");
+                                false
+                            }
+                        }
+                    }
                 };
                 if !adopted {
                     heir_of = Some(host.clone()).filter(|last| *last != lake.host);
