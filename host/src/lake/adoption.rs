@@ -210,6 +210,55 @@ mod tests {
     use super::super::{Lake, LakeConfig, log, rows::GoldRow};
     use crate::runtime::bindings::types::Value;
 
+    /// Past a checkpoint, the exclusive heir reads the records of older whole states to tell an adoption's
+    /// empty state from a host's own.
+    #[test]
+    fn the_heir_passes_over_an_adoption_older_than_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LakeConfig {
+            url: dir.path().to_str().unwrap().into(),
+            checkpoint_every: 1,
+            ..Default::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let commit = async |lake: &mut Lake, seq: u64, state: &'static [u8], full: bool| {
+                let mut epoch = lake.begin(Vec::new());
+                epoch.consume([seq]);
+                lake.commit(epoch, Some(Bytes::from_static(state)), full)
+                    .await
+                    .unwrap()
+            };
+            let mut b = Lake::open(config.clone(), "host-b", false).await.unwrap();
+            commit(&mut b, 1, b"b-whole", true).await;
+            let mut a = Lake::open(config.clone(), "host-a", false).await.unwrap();
+            commit(&mut a, 2, b"a-whole", true).await;
+            let departed = a.departed("host-b").await.unwrap().unwrap();
+            let epoch = a.begin_adoption(&departed, Vec::new());
+            let done = a
+                .start_adoption(&departed, epoch, Bytes::from_static(b"empty"))
+                .run()
+                .await
+                .unwrap();
+            let adoption = a.finish_commit(done).epoch;
+            // A checkpoint past the adoption: its record is no longer among those read at open.
+            commit(&mut a, 3, b"a-change", false).await;
+            let checkpoint = log::read(&a.store).await.unwrap().checkpoint;
+            assert!(checkpoint.epoch > adoption, "{checkpoint:?}");
+            let c = Lake::open(config.clone(), "host-c", true).await.unwrap();
+            assert_eq!(
+                c.state_chain(),
+                [
+                    Bytes::from_static(b"a-whole"),
+                    Bytes::from_static(b"a-change")
+                ]
+            );
+        });
+    }
+
     /// The log keeps an adoption and the adopted host apart: an adoption finding a commit of its host after
     /// the state it read gives up; a host finding itself adopted commits nothing more; restarted, it starts
     /// from the adoption's empty state and saves a whole state of its own, which a later adoption takes.
