@@ -207,35 +207,34 @@ impl Lake {
 mod tests {
     use bytes::Bytes;
 
-    use super::super::{Lake, LakeConfig, log, rows::GoldRow};
+    use super::super::testing::{block_on, local_lake};
+    use super::super::{CommitRecord, Lake, log, rows::GoldRow};
     use crate::runtime::bindings::types::Value;
+
+    /// Commits `seq` on `lake` with `state`, whole or a change.
+    async fn commit(
+        lake: &mut Lake,
+        seq: u64,
+        state: &'static [u8],
+        full: bool,
+    ) -> anyhow::Result<CommitRecord> {
+        let mut epoch = lake.begin(Vec::new());
+        epoch.consume([seq]);
+        lake.commit(epoch, Some(Bytes::from_static(state)), full)
+            .await
+    }
 
     /// Past a checkpoint, the exclusive heir reads the records of older whole states to tell an adoption's
     /// empty state from a host's own.
     #[test]
     fn the_heir_passes_over_an_adoption_older_than_the_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = LakeConfig {
-            url: dir.path().to_str().unwrap().into(),
-            checkpoint_every: 1,
-            ..Default::default()
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let commit = async |lake: &mut Lake, seq: u64, state: &'static [u8], full: bool| {
-                let mut epoch = lake.begin(Vec::new());
-                epoch.consume([seq]);
-                lake.commit(epoch, Some(Bytes::from_static(state)), full)
-                    .await
-                    .unwrap()
-            };
+        let (_dir, mut config) = local_lake();
+        config.checkpoint_every = 1;
+        block_on(async {
             let mut b = Lake::open(config.clone(), "host-b", false).await.unwrap();
-            commit(&mut b, 1, b"b-whole", true).await;
+            commit(&mut b, 1, b"b-whole", true).await.unwrap();
             let mut a = Lake::open(config.clone(), "host-a", false).await.unwrap();
-            commit(&mut a, 2, b"a-whole", true).await;
+            commit(&mut a, 2, b"a-whole", true).await.unwrap();
             let departed = a.departed("host-b").await.unwrap().unwrap();
             let epoch = a.begin_adoption(&departed, Vec::new());
             let done = a
@@ -245,7 +244,7 @@ mod tests {
                 .unwrap();
             let adoption = a.finish_commit(done).epoch;
             // A checkpoint past the adoption: its record is no longer among those read at open.
-            commit(&mut a, 3, b"a-change", false).await;
+            commit(&mut a, 3, b"a-change", false).await.unwrap();
             let checkpoint = log::read(&a.store).await.unwrap().checkpoint;
             assert!(checkpoint.epoch > adoption, "{checkpoint:?}");
             let c = Lake::open(config.clone(), "host-c", true).await.unwrap();
@@ -264,22 +263,8 @@ mod tests {
     /// from the adoption's empty state and saves a whole state of its own, which a later adoption takes.
     #[test]
     fn an_adoption_and_its_host_never_both_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = LakeConfig {
-            url: dir.path().to_str().unwrap().into(),
-            ..Default::default()
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let commit = async |lake: &mut Lake, seq: u64, state: &'static [u8], full: bool| {
-                let mut epoch = lake.begin(Vec::new());
-                epoch.consume([seq]);
-                lake.commit(epoch, Some(Bytes::from_static(state)), full)
-                    .await
-            };
+        let (dir, config) = local_lake();
+        block_on(async {
             let mut b = Lake::open(config.clone(), "host-b", false).await.unwrap();
             commit(&mut b, 1, b"b-whole", true).await.unwrap();
             let mut a = Lake::open(config.clone(), "host-a", false).await.unwrap();

@@ -799,6 +799,111 @@ fn note_base(bases: &mut BTreeMap<String, u64>, record: &CommitRecord) {
     }
 }
 
+/// Other hosts' epochs a commit stepped over on its way to a free epoch number.
+#[derive(Default)]
+struct SteppedOver {
+    others: Ranges,
+    other_bases: Vec<(String, u64)>,
+    other_gold_columns: BTreeMap<String, Vec<(String, String)>>,
+    others_wrote: bool,
+}
+
+/// Creates `record` (the one atomic step of a commit) under the next free epoch number, stepping over the
+/// epochs other hosts took first, while `fence` holds. Refuses when a record stepped over says this commit
+/// must not count: its host was adopted, or (for an adoption) its host is back or was adopted first.
+async fn create_record(
+    store: &Store,
+    record: &mut CommitRecord,
+    fence: Option<&Fence>,
+    adopting: Option<&adoption::Adopting>,
+) -> Result<SteppedOver> {
+    let mut stepped = SteppedOver::default();
+    loop {
+        let outcome = retry_log("writing the commit record", || async {
+            let lapsed = || -> anyhow::Error {
+                log::Unrecoverable(match adopting {
+                    Some(_) => "the adoption took too long (the store away?): not writing its record, \
+                                as its staged files may be removed as abandoned; it is tried again"
+                        .into(),
+                    None => "this host's exclusive lease has not been renewed in time, so another host \
+                             may hold it: not writing the commit record (the lease's holder reads the \
+                             epoch again)"
+                        .into(),
+                })
+                .into()
+            };
+            match fence {
+                None => log::create(store, record).await,
+                Some(fence) => {
+                    // A write still waiting on the store when the lease may have passed to another host
+                    // is given up (the store may yet take a request already sent: this narrows the
+                    // window to the request's flight, which only a token checked by the store closes).
+                    // Tried again (with the fence checked again): one that did land is then found.
+                    let left = fence().ok_or_else(lapsed)?;
+                    tokio::time::timeout(left, log::create(store, record))
+                        .await
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "the store did not take the commit record within the {left:?} it \
+                                 may still be written in"
+                            )
+                        })?
+                }
+            }
+        })
+        .await?;
+        match outcome {
+            log::CreateOutcome::Created => return Ok(stepped),
+            log::CreateOutcome::Taken(existing) if *existing == *record => return Ok(stepped),
+            log::CreateOutcome::Taken(existing) => {
+                // This host was adopted (an adoption's commit too: its host's next commit then stops).
+                let host = &record.host;
+                let me = adopting.map_or(host, |a| &a.by);
+                if existing.host == *me
+                    && let Some(by) = &existing.adopted_by
+                {
+                    anyhow::bail!(adopted_away(me, by));
+                }
+                if adopting.is_some()
+                    && existing.host == *host
+                    && let Some(by) = &existing.adopted_by
+                {
+                    anyhow::bail!("host {by} adopted host {host} first");
+                }
+                // The host an adoption writes for committed since its state was read: it is back.
+                if let Some(adopting) = adopting
+                    && existing.host == *host
+                    && existing.epoch > adopting.read_through
+                {
+                    anyhow::bail!(
+                        "host {host} committed epoch {} after its state was read: it is back, so its \
+                         state is not adopted",
+                        existing.epoch
+                    );
+                }
+                // Another host committed this epoch number first: take the next one.
+                if existing.sequences.overlaps(&record.sequences) {
+                    anyhow::bail!(
+                        "epoch {} of host {} covers stream sequences this host also wrote: two hosts \
+                         consumed the same messages (share one durable consumer, do not run two)",
+                        existing.epoch,
+                        existing.host
+                    );
+                }
+                stepped.others.extend(&existing.sequences);
+                stepped.others_wrote |= !existing.tables.is_empty();
+                if existing.state_full && existing.state.is_some() {
+                    stepped
+                        .other_bases
+                        .push((existing.host.clone(), existing.epoch));
+                }
+                log::merge_gold_columns(&mut stepped.other_gold_columns, &existing.gold_columns);
+                record.epoch = existing.epoch + 1;
+            }
+        }
+    }
+}
+
 impl Commit {
     /// Writes the record only while `fence` holds: a record written after this host's lease ran out could
     /// count sequences the lease's next holder reads too, and staged files that holder, under the same
@@ -930,103 +1035,24 @@ impl Commit {
             adopted_by: adopting.as_ref().map(|a| a.by.clone()),
             inherited_from,
         };
-        let mut others = Ranges::default();
-        let mut other_bases = Vec::new();
-        let mut other_gold_columns = BTreeMap::new();
-        let mut others_wrote = false;
-        let written: Result<()> = async {
-        loop {
-            let outcome = retry_log("writing the commit record", || async {
-                let lapsed = || -> anyhow::Error {
-                    log::Unrecoverable(match adopting {
-                        Some(_) => "the adoption took too long (the store away?): not writing its record, \
-                                    as its staged files may be removed as abandoned; it is tried again"
-                            .into(),
-                        None => "this host's exclusive lease has not been renewed in time, so another host \
-                                 may hold it: not writing the commit record (the lease's holder reads the \
-                                 epoch again)"
-                            .into(),
-                    })
-                    .into()
-                };
-                match &fence {
-                    None => log::create(&store, &record).await,
-                    Some(fence) => {
-                        // A write still waiting on the store when the lease may have passed to another host
-                        // is given up (the store may yet take a request already sent: this narrows the
-                        // window to the request's flight, which only a token checked by the store closes).
-                        // Tried again (with the fence checked again): one that did land is then found.
-                        let left = fence().ok_or_else(lapsed)?;
-                        tokio::time::timeout(left, log::create(&store, &record))
-                            .await
-                            .map_err(|_| {
-                                anyhow::anyhow!(
-                                    "the store did not take the commit record within the {left:?} it \
-                                     may still be written in"
-                                )
-                            })?
+        let stepped =
+            match create_record(&store, &mut record, fence.as_ref(), adopting.as_ref()).await {
+                Ok(stepped) => stepped,
+                Err(e) => {
+                    if adopting.is_some() {
+                        for location in &staged {
+                            let _ = store.delete_if_present(location).await;
+                        }
                     }
+                    return Err(e);
                 }
-            })
-            .await?;
-            match outcome {
-                log::CreateOutcome::Created => break,
-                log::CreateOutcome::Taken(existing) if *existing == record => break,
-                log::CreateOutcome::Taken(existing) => {
-                    // This host was adopted (an adoption's commit too: its host's next commit then stops).
-                    let me = adopting.as_ref().map_or(&host, |a| &a.by);
-                    if existing.host == *me
-                        && let Some(by) = &existing.adopted_by
-                    {
-                        anyhow::bail!(adopted_away(me, by));
-                    }
-                    if adopting.is_some()
-                        && existing.host == host
-                        && let Some(by) = &existing.adopted_by
-                    {
-                        anyhow::bail!("host {by} adopted host {host} first");
-                    }
-                    // The host an adoption writes for committed since its state was read: it is back.
-                    if let Some(adopting) = &adopting
-                        && existing.host == host
-                        && existing.epoch > adopting.read_through
-                    {
-                        anyhow::bail!(
-                            "host {host} committed epoch {} after its state was read: it is back, so its \
-                             state is not adopted",
-                            existing.epoch
-                        );
-                    }
-                    // Another host committed this epoch number first: take the next one.
-                    if existing.sequences.overlaps(&record.sequences) {
-                        anyhow::bail!(
-                            "epoch {} of host {} covers stream sequences this host also wrote: two hosts \
-                             consumed the same messages (share one durable consumer, do not run two)",
-                            existing.epoch,
-                            existing.host
-                        );
-                    }
-                    others.extend(&existing.sequences);
-                    others_wrote |= !existing.tables.is_empty();
-                    if existing.state_full && existing.state.is_some() {
-                        other_bases.push((existing.host.clone(), existing.epoch));
-                    }
-                    log::merge_gold_columns(&mut other_gold_columns, &existing.gold_columns);
-                    record.epoch = existing.epoch + 1;
-                }
-            }
-        }
-        Ok(())
-        }
-        .await;
-        if let Err(e) = written {
-            if adopting.is_some() {
-                for location in &staged {
-                    let _ = store.delete_if_present(location).await;
-                }
-            }
-            return Err(e);
-        }
+            };
+        let SteppedOver {
+            others,
+            other_bases,
+            other_gold_columns,
+            others_wrote,
+        } = stepped;
         crash::point("commit.after_record");
 
         publish(&store, &record, upload_concurrency, &Default::default()).await?;
@@ -1317,6 +1343,32 @@ async fn replaced_since(store: &Store, epoch: u64, location: &str) -> Result<boo
         .any(|path| store.path(path).as_ref() == location))
 }
 
+/// Whether a move tried again only had its delete left, which it then does. On an object store a move is a
+/// copy, then a delete; after a failed attempt (this run's, or a crashed run's) the copy may be in place
+/// already, and a compaction committed since may have merged it away: copied again, it would come back
+/// beside the merged file (its rows twice). So the staged copy is deleted when the file is in place or
+/// replaced since (the record of `epoch` wrote it), and the move goes on only when neither.
+async fn finished_copy(
+    store: &Store,
+    from: &object_store::path::Path,
+    to: &object_store::path::Path,
+    epoch: u64,
+) -> Result<bool> {
+    let present = |found: object_store::Result<object_store::ObjectMeta>| match found {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(anyhow::Error::from(e)),
+    };
+    if !present(store.store.head(from).await)? {
+        return Ok(false);
+    }
+    if !present(store.store.head(to).await)? && !replaced_since(store, epoch, to.as_ref()).await? {
+        return Ok(false);
+    }
+    store.delete_if_present(from).await?;
+    Ok(true)
+}
+
 /// Finishes a committed record (idempotent, so anyone may redo it after a crash): moves its files from
 /// staging to their tables, then deletes the files it replaces (a replay in place), so that readers of the
 /// directories alone (DuckDB, pyarrow) see what the log says. Files in `replaced` (by a later record) are
@@ -1369,30 +1421,8 @@ async fn publish_moves(
                     let again = recovering
                         || attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
                     async move {
-                        // On an object store a move is a copy, then a delete. After a failed attempt (this
-                        // run's, or a crashed run's) the copy may be in place already, and a compaction
-                        // committed since may have merged it away: copied again, it would come back beside
-                        // the merged file (its rows twice). So a move tried again finishes the move (deletes
-                        // the staged copy) when the file is in place or replaced, and copies only when
-                        // neither.
-                        if again {
-                            let staged = match store.store.head(&from).await {
-                                Ok(_) => true,
-                                Err(object_store::Error::NotFound { .. }) => false,
-                                Err(e) => return Err(e.into()),
-                            };
-                            let placed = staged
-                                && match store.store.head(&to).await {
-                                    Ok(_) => true,
-                                    Err(object_store::Error::NotFound { .. }) => {
-                                        replaced_since(&store, epoch, to.as_ref()).await?
-                                    }
-                                    Err(e) => return Err(e.into()),
-                                };
-                            if placed {
-                                store.delete_if_present(&from).await?;
-                                return Ok(());
-                            }
+                        if again && finished_copy(&store, &from, &to, epoch).await? {
+                            return Ok(());
                         }
                         match store.store.rename(&from, &to).await {
                             Ok(()) => Ok(()),
@@ -1470,25 +1500,8 @@ fn seq_range(seqs: impl Iterator<Item = u64>) -> (u64, u64) {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{block_on, local_lake};
     use super::*;
-
-    fn block_on<F: std::future::Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(future)
-    }
-
-    /// A lake in a temporary directory (kept while the first is).
-    fn local_lake() -> (tempfile::TempDir, LakeConfig) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = LakeConfig {
-            url: dir.path().to_str().unwrap().into(),
-            ..Default::default()
-        };
-        (dir, config)
-    }
 
     /// Host `edge`'s epoch 1, staged in `staging`, with one silver file.
     fn first_record(staging: &str, file: &str) -> CommitRecord {

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
-use super::StoreConfig;
 use super::store::Store;
+use super::{LakeConfig, StoreConfig};
 
 /// `columns` as one Parquet file, in row groups of at most `row_group_rows` rows (one row group when `None`).
 pub(crate) fn parquet_bytes<'a>(
@@ -36,4 +36,23 @@ pub(crate) fn on_memory_store<T: Future>(test: impl FnOnce(Store) -> T) -> T::Ou
         .build()
         .unwrap()
         .block_on(test(store))
+}
+
+/// Runs `future` on a runtime of its own.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// A lake in a temporary directory (kept while the first is).
+pub(crate) fn local_lake() -> (tempfile::TempDir, LakeConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LakeConfig {
+        url: dir.path().to_str().unwrap().into(),
+        ..Default::default()
+    };
+    (dir, config)
 }

@@ -57,8 +57,6 @@ struct Seen {
     last_read: Option<Instant>,
     /// When each host was last among the reports.
     hosts: HashMap<String, Instant>,
-    /// The hosts of the last read.
-    present: Vec<String>,
 }
 
 impl Presence {
@@ -77,7 +75,10 @@ impl Presence {
     /// How many of the hosts reporting come before `host` by name.
     fn rank(&self, host: &str) -> u32 {
         let seen = self.0.lock().expect("not poisoned");
-        seen.present.iter().filter(|h| h.as_str() < host).count() as u32
+        seen.hosts
+            .iter()
+            .filter(|(h, at)| Some(**at) == seen.last_read && h.as_str() < host)
+            .count() as u32
     }
 
     fn read(&self, hosts: impl IntoIterator<Item = String>) {
@@ -85,18 +86,15 @@ impl Presence {
         let mut seen = self.0.lock().expect("not poisoned");
         seen.since.get_or_insert(now);
         seen.last_read = Some(now);
-        let present: Vec<String> = hosts.into_iter().collect();
-        for host in &present {
-            seen.hosts.insert(host.clone(), now);
+        for host in hosts {
+            seen.hosts.insert(host, now);
         }
-        seen.present = present;
     }
 
     fn failed(&self) {
         let mut seen = self.0.lock().expect("not poisoned");
         seen.since = None;
         seen.hosts.clear();
-        seen.present.clear();
     }
 }
 
