@@ -52,6 +52,48 @@ fn assert_isolates_with(
     );
 }
 
+/// A plugin failing on every event is not chased one event at a time through a whole batch (511 calls for
+/// 256 events, each up to the timeout): past the bisection's budget the events still failing fail together,
+/// each with the reason and a note saying so. A few poison events in a batch are still each found.
+#[test]
+fn a_plugin_failing_on_every_event_is_not_bisected_to_the_end() {
+    for (crate_name, kind) in [
+        ("bad-panic", FailureKind::Trap),
+        ("bad-iloop", FailureKind::Timeout),
+    ] {
+        let mut plugin = start(crate_name);
+        let result = plugin.process(&action_events(&["boom"; 256]));
+        assert_eq!(result.failed, (0..256).collect::<Vec<_>>(), "{crate_name}");
+        let mut together = 0;
+        for verdict in &result.verdicts {
+            let Verdict::Quarantine(q) = verdict else {
+                panic!("{crate_name}: {verdict:?}");
+            };
+            assert_eq!(q.reason, kind.reason(), "{crate_name}: {q:?}");
+            together += q.failed_checks[0].contains("not tried alone") as usize;
+        }
+        assert!(together > 200, "{crate_name}: {together} failed together");
+        let failures = plugin.stats().failures[&kind];
+        // The budget (36 for 256 events), and at most one more call per level of the bisection under way
+        // when it ran out.
+        assert!(failures <= 36 + 8, "{crate_name}: {failures} failed calls");
+        let next = plugin.process(&action_events(&["ok"; 100]));
+        assert!(
+            next.verdicts.iter().all(|o| matches!(o, Verdict::Keep)),
+            "{crate_name}: next batch"
+        );
+    }
+
+    let mut plugin = start("bad-panic");
+    let mut actions = vec!["ok"; 256];
+    for poison in [3, 90, 91, 200] {
+        actions[poison] = "boom";
+    }
+    let result = plugin.process(&action_events(&actions));
+    assert_eq!(result.failed, vec![3, 90, 91, 200]);
+    assert_eq!(plugin.stats().kept, 252);
+}
+
 #[test]
 fn infinite_loop_times_out() {
     assert_isolates("bad-iloop", FailureKind::Timeout, "CPU deadline");

@@ -78,6 +78,8 @@ struct Trial {
     kept: usize,
     /// The tested version's failed calls, by kind.
     failures: BTreeMap<FailureKind, u64>,
+    /// The events it failed on (a batch failing on most events fails them together after a few calls).
+    failed_events: u64,
 }
 
 impl Trial {
@@ -108,15 +110,16 @@ impl SelfTest {
             tracing::warn!(plugin = %label, "self-test on no events: none has come since the start");
         }
         if alone.failed() > 0 {
-            let tolerated = self
+            let (tolerated, tolerated_events) = self
                 .start(&self.serving)
                 .and_then(|serving| self.trial(Vec::new(), serving))
-                .map_or(0, |serving| serving.failed());
-            if alone.failed() > tolerated {
+                .map_or((0, 0), |serving| (serving.failed(), serving.failed_events));
+            if alone.failed() > tolerated || alone.failed_events > tolerated_events {
                 return Err(format!(
-                    "{label} failed its self-test: {} failed calls on {} recent events ({:?}); the serving \
-                     version failed {tolerated}",
+                    "{label} failed its self-test: {} failed calls, failing {} of {} recent events ({:?}); \
+                     the serving version failed {tolerated} calls, failing {tolerated_events} events",
                     alone.failed(),
+                    alone.failed_events,
                     alone.events,
                     alone.failures
                 ));
@@ -209,6 +212,7 @@ impl SelfTest {
             events: n,
             kept,
             failures: last.plugin().stats().failures.clone(),
+            failed_events: last.plugin().stats().failed,
         })
     }
 }

@@ -25,6 +25,15 @@ use super::snapshot::{RestorePoint, Snapshot};
 use super::state::KeyedState;
 use super::stats::PluginStats;
 
+/// Failed calls a batch of `events` may take before the events still failing fail together rather than
+/// each tried alone: enough to find four poison events apart (one costs `log2(events) + 1` failed calls,
+/// 9 in a batch of 256), and at least 32. A plugin failing on every event of 256 then costs at most 44
+/// failed calls (the budget, and one more per level of the bisection under way), not 511, each up to its
+/// deadline and each replacing the instance.
+fn bisection_budget(events: usize) -> u32 {
+    (4 * (events.max(1).ilog2() + 1)).max(32)
+}
+
 /// What a batch produced: one verdict per input event (failures already turned into quarantines), the field
 /// writes of the calls that succeeded and the rows they emitted.
 #[derive(Debug, Default)]
@@ -180,7 +189,8 @@ impl Plugin {
             rows: Vec::new(),
             failed: Vec::new(),
         };
-        self.process_into(batch, 0, &mut result);
+        let mut failures_left = bisection_budget(events);
+        self.process_into(batch, 0, &mut result, &mut failures_left);
         self.stats.events_in += events as u64;
         // The host's verdicts for events the plugin failed on are not the plugin's: where those events go is
         // for the stage's `on_error` to say, so they are counted apart.
@@ -206,8 +216,15 @@ impl Plugin {
         result
     }
 
-    /// Runs `batch`, whose first event is event `start` of the whole batch.
-    fn process_into(&mut self, batch: &Batch, start: usize, result: &mut BatchResult) {
+    /// Runs `batch`, whose first event is event `start` of the whole batch; `failures_left` counts down the
+    /// whole batch's [`bisection_budget`].
+    fn process_into(
+        &mut self,
+        batch: &Batch,
+        start: usize,
+        result: &mut BatchResult,
+        failures_left: &mut u32,
+    ) {
         let events = batch.times.len();
         if events == 0 {
             return;
@@ -251,6 +268,7 @@ impl Plugin {
                 }
             }
         };
+        *failures_left = failures_left.saturating_sub(1);
         if events == 1 {
             let id = String::from_utf8_lossy(&batch.ids.bytes);
             tracing::warn!(plugin = %self.label(), event = %id, reason = failure.kind.reason(), "failed on an event (its stage's on_error decides where it goes): {}", failure.detail);
@@ -261,12 +279,43 @@ impl Plugin {
             }));
             return;
         }
+        if *failures_left == 0 || self.broken.is_some() {
+            // A plugin failing on most events (a bad version, data it cannot read) would otherwise be called
+            // twice per event of the batch; a broken one is not called at all. These events fail together,
+            // each with the reason.
+            let detail = match &self.broken {
+                Some(_) => failure.detail,
+                None => {
+                    tracing::warn!(plugin = %self.label(), events, reason = failure.kind.reason(), "failed too often in one batch: the rest of its failing events are not tried one by one (their stage's on_error decides where they go): {}", failure.detail);
+                    format!(
+                        "{} (the plugin failed so often in this batch that the {events} events still \
+                         failing together were not tried alone: some may be fine; replay them once the \
+                         plugin is fixed)",
+                        failure.detail
+                    )
+                }
+            };
+            for index in start..start + events {
+                result.failed.push(index);
+                result.verdicts.push(Verdict::Quarantine(Quarantine {
+                    reason: failure.kind.reason().to_string(),
+                    failed_checks: vec![detail.clone()],
+                }));
+            }
+            return;
+        }
         let half = events / 2;
-        self.process_into(&columns::slice_batch(batch, 0..half), start, result);
+        self.process_into(
+            &columns::slice_batch(batch, 0..half),
+            start,
+            result,
+            failures_left,
+        );
         self.process_into(
             &columns::slice_batch(batch, half..events),
             start + half,
             result,
+            failures_left,
         );
     }
 
