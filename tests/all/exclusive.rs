@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::harness::{Harness, LakeAt, realistic};
 use crate::lake::{crash_and_recover_with, sigkill_at_random_moments};
+use crate::support::{get_json, http};
 
 /// Sets `consumer.mode = "exclusive"`.
 pub fn exclusive(t: &mut toml::Table) {
@@ -89,6 +90,37 @@ fn a_second_reader_is_refused_and_a_killed_one_is_followed_at_once() {
         "{log}"
     );
 
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
+/// A paused exclusive reader takes nothing more (its pull is closed meanwhile), and resumed it goes on
+/// after the last message it took: every event lands exactly once.
+#[test]
+fn a_paused_exclusive_reader_goes_on_after_the_last_message_it_took() {
+    const EVENTS: u64 = 1500;
+    let h = Harness::new(LakeAt::Local, exclusive);
+    let mut weir = h.weir_as("box-a");
+    let api = weir.api(Duration::from_secs(60));
+    let span = Duration::from_secs(20 * 60);
+    let first = h.prefill(realistic(33, EVENTS, span), EVENTS);
+    h.wait_committed(&mut weir, first, Duration::from_secs(180));
+    let control = |what: &str| {
+        let (code, answer) = http("POST", &format!("{api}/api/v1/pipeline/{what}"), None, None);
+        assert_eq!(code, 200, "{what}: {answer}");
+    };
+    control("pause");
+    let received = || {
+        get_json(&api, "/api/v1/pipeline")["received"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = received();
+    let last = h.prefill(realistic(34, EVENTS, span), EVENTS);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(received(), before, "a paused reader took events");
+    control("resume");
+    h.finish(&mut weir, last);
     h.verify();
     h.read_back().assert_exactly_once(last);
 }

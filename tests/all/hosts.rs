@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{Harness, LakeAt, now_ms, realistic};
-use crate::support::{cli, get_json, metric, swap_plugin_path};
+use crate::support::{cli, get_json, http, metric, swap_plugin_path};
 use weir::source::generate::GenConfig;
 
 #[test]
@@ -327,6 +327,89 @@ fn a_deploy_made_while_nats_is_away_reaches_the_other_hosts_at_the_next_start() 
     a.stop();
     h.verify();
     h.read_back().assert_exactly_once(last);
+}
+
+/// A pause asked of one host pauses every host, a host started while the pipeline is paused starts paused,
+/// and a resume asked of another host resumes them all. What came meanwhile waited in the stream, and lands
+/// exactly once.
+#[test]
+fn a_pause_and_a_resume_reach_every_host() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let mut a = h.weir_as("host-a");
+    let mut b = h.weir_as("host-b");
+    let api_a = a.api(Duration::from_secs(60));
+    let api_b = b.api(Duration::from_secs(60));
+    let span = Duration::from_secs(20 * 60);
+    let first = h.prefill(realistic(61, 2000, span), 2000);
+    h.wait_committed(&mut a, first, Duration::from_secs(240));
+    wait_pending(&api_a, |n| n == 0);
+
+    ask_every_host(&api_a, "pause");
+    wait_paused(&api_b, true);
+    // A host restarted meanwhile starts paused, before it takes an event.
+    b.stop();
+    let mut b = h.weir_as("host-b");
+    let api_b = b.api(Duration::from_secs(60));
+    assert_eq!(get_json(&api_b, "/ready")["paused"], true);
+    let received = |api: &str| {
+        get_json(api, "/api/v1/pipeline")["received"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = (received(&api_a), received(&api_b));
+    let backlog = 1000;
+    let last = h.prefill(realistic(62, backlog, span), backlog);
+    // They wait, unprocessed (a paused host holds the batch it pulled; the rest wait in the stream).
+    wait_pending(&api_a, |n| n >= backlog);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!((received(&api_a), received(&api_b)), before);
+
+    ask_every_host(&api_b, "resume");
+    wait_paused(&api_a, false);
+    h.wait_committed(&mut a, last, Duration::from_secs(240));
+    a.stop();
+    b.stop();
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
+/// Asks the host behind `api` to pause or resume the pipeline (`what`), which every host then follows.
+fn ask_every_host(api: &str, what: &str) {
+    let (code, answer) = http("POST", &format!("{api}/api/v1/pipeline/{what}"), None, None);
+    assert_eq!(
+        (code, answer.contains(r#""hosts":"all""#)),
+        (200, true),
+        "{what}: {answer}"
+    );
+}
+
+/// Waits until the consumer's messages not yet taken or acked (`weir_consumer_pending_messages`, measured
+/// every 5 s) pass `ok`.
+fn wait_pending(api: &str, ok: impl Fn(u64) -> bool) {
+    let started = std::time::Instant::now();
+    loop {
+        let pending = counter(api, "weir_consumer_pending_messages");
+        if ok(pending) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "weir_consumer_pending_messages stays at {pending}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until the host behind `api` says it is paused (or not).
+fn wait_paused(api: &str, paused: bool) {
+    let started = std::time::Instant::now();
+    while get_json(api, "/ready")["paused"] != paused {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{api} did not follow the pause record to paused = {paused}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The value of a pipeline counter behind `api`.

@@ -189,10 +189,20 @@ pub fn init_logging() {
     });
 }
 
-/// (status, body) of a request with curl (`method`, optional bearer token, optional body file).
+/// (status, body) of a request with curl (`method`, optional bearer token, optional body file); status 0
+/// when there is no answer within two minutes (a hung API fails its test rather than stall the run).
 pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
     let mut command = Command::new("curl");
-    command.args(["-s", "-X", method, "-w", "\n%{http_code}", url]);
+    command.args([
+        "-s",
+        "--max-time",
+        "120",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        url,
+    ]);
     if let Some(token) = token {
         command.args(["-H", &format!("Authorization: Bearer {token}")]);
     }

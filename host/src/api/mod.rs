@@ -40,6 +40,8 @@ pub struct ApiOptions {
     pub lake: Option<Store>,
     /// The cluster's record of deploys, for what each host of the pipeline runs.
     pub deploys: Option<crate::bus::deploys::Deploys>,
+    /// Which hosts a pause or resume asked here reaches.
+    pub pause: crate::pipeline::pause::Scope,
 }
 
 #[derive(Clone)]
@@ -53,6 +55,7 @@ struct AppState {
     /// The lake's commit log as queries last read it.
     log: Arc<crate::lake::log::CachedLog>,
     deploys: Option<crate::bus::deploys::Deploys>,
+    pause: crate::pipeline::pause::Scope,
 }
 
 pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
@@ -65,6 +68,7 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         lake: options.lake,
         log: Arc::default(),
         deploys: options.deploys,
+        pause: options.pause,
     };
     // The first read of the commit log reads every record (one request each, thousands on a long-lived
     // lake): at start, not in the first query for committed rows.
@@ -325,13 +329,32 @@ async fn rollback(State(state): State<AppState>, UrlPath(stage): UrlPath<String>
 }
 
 async fn pause(State(state): State<AppState>) -> Response {
-    state.shared.health.paused.store(true, Ordering::Relaxed);
-    Json(json!({ "paused": true })).into_response()
+    pause_or_resume(&state, true).await
 }
 
 async fn resume(State(state): State<AppState>) -> Response {
-    state.shared.health.paused.store(false, Ordering::Relaxed);
-    Json(json!({ "paused": false })).into_response()
+    pause_or_resume(&state, false).await
+}
+
+/// 200 once every host of the pipeline follows (or this one is the whole pipeline: a replay); 202 when this
+/// host follows now and the others once NATS takes the word (this host sees to it); 503 when the others
+/// never will (the cluster's record could not be opened at start).
+async fn pause_or_resume(state: &AppState, paused: bool) -> Response {
+    use crate::pipeline::pause::{Reach, ask};
+    match ask(&state.shared, &state.pause, paused).await {
+        Ok(Reach::All) => Json(json!({ "paused": paused, "hosts": "all" })).into_response(),
+        Ok(Reach::Alone) => Json(json!({ "paused": paused, "hosts": "this one" })).into_response(),
+        Ok(Reach::ThisHostForNow(note)) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "paused": paused, "hosts": "this one for now", "note": note })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "paused": paused, "hosts": "this one", "error": e })),
+        )
+            .into_response(),
+    }
 }
 
 async fn latest_events(

@@ -21,6 +21,8 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use super::{cannot_create, key_value};
+
 /// How old a component no record names must be before it is removed, in seconds.
 const UNUSED_AFTER_S: i64 = 600;
 
@@ -313,26 +315,6 @@ impl Deploys {
         }
         Ok(())
     }
-}
-
-/// Opens the key-value bucket `config` names, creating it when missing.
-async fn key_value(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store> {
-    match js.get_key_value(&config.bucket).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => {
-            let bucket = config.bucket.clone();
-            js.create_key_value(config)
-                .await
-                .with_context(|| cannot_create("key-value bucket", &bucket, "KV"))
-        }
-    }
-}
-
-fn cannot_create(what: &str, bucket: &str, prefix: &str) -> String {
-    format!(
-        "cannot create the {what} {bucket} (stream {prefix}_{bucket}); the NATS account needs JetStream \
-         rights to create and use it"
-    )
 }
 
 fn parse(stage: &str, value: &[u8]) -> Result<Record> {

@@ -6,9 +6,11 @@
 //! - [`publish`]: an ordered publisher with a bounded number of acks in flight and a durable position.
 //! - [`lease`]: the lease that lets one host alone read a pipeline's stream (exclusive mode).
 //! - [`deploys`]: the plugin version each stage runs, as the last deploy or rollback on any host left it.
+//! - [`pause`]: whether the pipeline takes events, as the last pause or resume on any host left it.
 
 pub mod deploys;
 pub mod lease;
+pub mod pause;
 pub mod publish;
 pub mod server;
 pub mod stream;
@@ -74,4 +76,28 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
         .connect(url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))
+}
+
+/// Opens the key-value bucket `config` names, creating it when missing.
+pub(crate) async fn key_value(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    use anyhow::Context;
+    match js.get_key_value(&config.bucket).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => {
+            let bucket = config.bucket.clone();
+            js.create_key_value(config)
+                .await
+                .with_context(|| cannot_create("key-value bucket", &bucket, "KV"))
+        }
+    }
+}
+
+pub(crate) fn cannot_create(what: &str, bucket: &str, prefix: &str) -> String {
+    format!(
+        "cannot create the {what} {bucket} (stream {prefix}_{bucket}); the NATS account needs JetStream \
+         rights to create and use it"
+    )
 }

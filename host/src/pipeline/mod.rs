@@ -6,6 +6,7 @@ pub mod chain;
 pub mod cluster;
 pub mod deployed;
 pub mod handover;
+pub mod pause;
 pub mod replay;
 pub mod runner;
 pub mod self_test;

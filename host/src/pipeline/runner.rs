@@ -342,6 +342,12 @@ enum Messages {
         /// The stream sequence of the last message taken (`start - 1` before the first).
         seen: u64,
     },
+    /// Closed while the pipeline is paused ([`Messages::close`]); opened again by the next `next`.
+    Closed {
+        /// As `Exclusive`'s; `None` for a shared pull.
+        seen: Option<u64>,
+        batch: usize,
+    },
 }
 
 impl Messages {
@@ -406,6 +412,12 @@ impl Messages {
             let (pull, seen) = match self {
                 Messages::Shared(s) => return s.next().await.map(|m| m.map_err(|e| e.to_string())),
                 Messages::Exclusive { pull, seen } => (pull, seen),
+                &mut Messages::Closed { batch, .. } => {
+                    if let Err(e) = self.reopen(reader, batch).await {
+                        return Some(Err(format!("opening the pull again after a pause: {e:#}")));
+                    }
+                    continue;
+                }
             };
             let m = match pull.next().await? {
                 Ok(m) => m,
@@ -433,7 +445,27 @@ impl Messages {
         match self {
             Messages::Shared(_) => None,
             Messages::Exclusive { seen, .. } => Some(*seen),
+            Messages::Closed { seen, .. } => *seen,
         }
+    }
+
+    /// Closes the pull while the pipeline is paused: its client would otherwise ask the server for more
+    /// every half a minute (async-nats renews an expired pull request whether or not its messages are
+    /// taken), holding ever more messages that nothing extends, to be delivered again after `ack_wait`,
+    /// each time one delivery closer to `max_deliver`. A shared pull's messages already prefetched are
+    /// handed back (nak) for the next pull to take at once; an exclusive one opens again after the last
+    /// message taken.
+    async fn close(&mut self, batch: usize) {
+        if let Messages::Shared(pull) = self {
+            use futures::FutureExt;
+            while let Some(Some(Ok(m))) = pull.next().now_or_never() {
+                let _ = m.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+        }
+        *self = Messages::Closed {
+            seen: self.seen(),
+            batch,
+        };
     }
 }
 
@@ -1833,7 +1865,12 @@ pub async fn fetch(
         }
         if shared.health.paused.load(Ordering::Relaxed) {
             // Paused: hold the batch until resumed, extending its ack deadline every quarter of it (each
-            // extension is a message per event).
+            // extension is a message per event), with the pull closed; `next` opens it again.
+            messages.close(batch).await;
+            tracing::info!(
+                held = buf.len(),
+                "paused: holding the batch pulled, taking nothing more until resumed"
+            );
             let mut extended: Option<tokio::time::Instant> = None;
             while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
                 if let Reader::Shared(consumer) = &reader

@@ -200,6 +200,7 @@ pub async fn run(
         Some(_) => None,
         None => open_deploys(&js, &config).await,
     };
+    let pause = open_pause(&js, &config, &host).await;
     if let Some(deploys) = &deploys
         && let Err(e) = super::cluster::prepare_start(deploys, &config).await
     {
@@ -268,6 +269,11 @@ pub async fn run(
             recent.gold_in_lake(table);
         }
     }
+    // A host starting while the pipeline is paused takes no event before it is resumed.
+    let pause_seen = match &pause {
+        super::pause::Scope::Cluster(pausing) => super::pause::at_start(pausing, &shared).await,
+        _ => None,
+    };
     shared.health.store_reachable.store(true, Ordering::Relaxed);
     shared.health.plugins_loaded.store(true, Ordering::Relaxed);
     shared.health.nats_connected.store(true, Ordering::Relaxed);
@@ -307,6 +313,7 @@ pub async fn run(
             }),
             lake: Some(lake_store.clone()),
             deploys: deploys.clone(),
+            pause: pause.clone(),
         };
         let router = crate::api::router(shared.clone(), options);
         let mut stop = stop_rx.clone();
@@ -384,6 +391,14 @@ pub async fn run(
     }
     processor.set_previous(previous);
     processor.clock = clock;
+    if let super::pause::Scope::Cluster(pausing) = pause {
+        tokio::spawn(super::pause::follow(
+            pausing,
+            shared.clone(),
+            pause_seen,
+            stop_rx.clone(),
+        ));
+    }
     let (announcer, reporter, follower) = match deploys {
         Some(deploys) => {
             // Replays and exclusive readers have no other hosts' windows to adopt.
@@ -555,29 +570,17 @@ pub async fn run(
     })
 }
 
-/// The pipeline's shared record of deploys. Tried for about half a minute: a JetStream server electing its
-/// leader refuses requests for a few seconds, and a host that gave up at once would not follow the others
-/// (nor they it) for its whole run.
+/// The pipeline's shared record of deploys (`None` if it cannot be opened, said in the log).
 async fn open_deploys(
     js: &async_nats::jetstream::Context,
     config: &Config,
 ) -> Option<crate::bus::deploys::Deploys> {
-    let open =
-        || crate::bus::deploys::Deploys::open(js, &config.pipeline.name, config.stream.replicas);
-    let mut delay = Duration::from_secs(1);
-    for _ in 0..4 {
-        match open().await {
-            Ok(deploys) => return Some(deploys),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot open the pipeline's record of deploys ({e:#}); trying again in {delay:?}"
-                );
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
-    }
-    match open().await {
+    let (name, replicas) = (&config.pipeline.name, config.stream.replicas);
+    match open_shared("record of deploys", || {
+        crate::bus::deploys::Deploys::open(js, name, replicas)
+    })
+    .await
+    {
         Ok(deploys) => Some(deploys),
         Err(e) => {
             tracing::warn!(
@@ -589,6 +592,58 @@ async fn open_deploys(
             None
         }
     }
+}
+
+/// Which hosts a pause or resume asked of this one reaches: all of the pipeline's, through its shared
+/// record, unless that cannot be opened (said in the log); a replay's alone.
+async fn open_pause(
+    js: &async_nats::jetstream::Context,
+    config: &Config,
+    host: &str,
+) -> super::pause::Scope {
+    if config.replay.is_some() {
+        return super::pause::Scope::Alone;
+    }
+    let (name, replicas) = (&config.pipeline.name, config.stream.replicas);
+    match open_shared("record of pauses", || {
+        crate::bus::pause::ClusterPause::open(js, name, replicas)
+    })
+    .await
+    {
+        Ok(cluster) => {
+            super::pause::Scope::Cluster(super::pause::Pausing::new(cluster, host.to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "pauses and resumes asked of this host do not reach the pipeline's other hosts, nor theirs \
+                 this one, until it is restarted with access: {e:#}"
+            );
+            super::pause::Scope::Unshared
+        }
+    }
+}
+
+/// One of the pipeline's shared records in NATS, tried for about half a minute: a JetStream server electing
+/// its leader refuses requests for a few seconds, and a host that gave up at once would not hear from the
+/// others (nor they from it) for its whole run.
+async fn open_shared<T, F>(what: &str, open: impl Fn() -> F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_secs(1);
+    for _ in 0..4 {
+        match open().await {
+            Ok(opened) => return Ok(opened),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot open the pipeline's {what} ({e:#}); trying again in {delay:?}"
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    open().await
 }
 
 /// How long the stop waits for NATS to take what is still buffered.
