@@ -329,6 +329,29 @@ fn a_deploy_made_while_nats_is_away_reaches_the_other_hosts_at_the_next_start() 
     h.read_back().assert_exactly_once(last);
 }
 
+/// A host stopping while events flow hands what its client prefetched back at once: the other host commits
+/// every event, though a message not acked comes again only after `ack_wait` (ten minutes here).
+#[test]
+fn a_stopping_host_hands_its_prefetched_messages_to_the_others() {
+    let h = Harness::new(LakeAt::Local, |t| {
+        t["consumer"]
+            .as_table_mut()
+            .unwrap()
+            .insert("ack_wait".into(), "10m".into());
+    });
+    let mut a = h.weir_as("host-a");
+    let mut b = h.weir_as("host-b");
+    a.api(Duration::from_secs(60));
+    b.api(Duration::from_secs(60));
+    let events = 40_000;
+    let last = h.prefill(realistic(71, events, Duration::from_secs(25 * 60)), events);
+    b.stop();
+    h.wait_committed(&mut a, last, Duration::from_secs(180));
+    a.stop();
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
 /// A pause asked of one host pauses every host, a host started while the pipeline is paused starts paused,
 /// and a resume asked of another host resumes them all. What came meanwhile waited in the stream, and lands
 /// exactly once.

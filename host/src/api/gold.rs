@@ -485,15 +485,17 @@ where
         match rows(records).await {
             Ok(read) => return Ok(Some(read)),
             Err(e) if read::is_not_found(&e) && tries < LAKE_READ_TRIES => {
+                // Doubling: a commit moving many files into place on a slow object store takes seconds.
+                tokio::time::sleep(LAKE_READ_PAUSE * 2u32.pow(tries)).await;
                 tries += 1;
-                tokio::time::sleep(LAKE_READ_PAUSE).await;
             }
             Err(e) => return Err(e),
         }
     }
 }
 
-/// How often a lake read that found a file gone is tried again, and after how long.
+/// How often a lake read that found a file gone is tried again, and after how long the first time (twice
+/// as long each time after: 6.2 s in all).
 const LAKE_READ_TRIES: u32 = 5;
 const LAKE_READ_PAUSE: Duration = Duration::from_millis(200);
 

@@ -449,17 +449,27 @@ impl Messages {
         }
     }
 
-    /// Closes the pull while the pipeline is paused: its client would otherwise ask the server for more
-    /// every half a minute (async-nats renews an expired pull request whether or not its messages are
-    /// taken), holding ever more messages that nothing extends, to be delivered again after `ack_wait`,
-    /// each time one delivery closer to `max_deliver`. A shared pull's messages already prefetched are
-    /// handed back (nak) for the next pull to take at once; an exclusive one opens again after the last
-    /// message taken.
+    /// Closes the pull at a stop, and while the pipeline is paused: its client would otherwise ask the
+    /// server for more every half a minute (async-nats renews an expired pull request whether or not its
+    /// messages are taken), holding ever more messages that nothing extends, to be delivered again after
+    /// `ack_wait`, each time one delivery closer to `max_deliver`. A shared pull's messages already
+    /// prefetched are handed back (nak) for the next pull, of any host, to take at once, not after
+    /// `ack_wait`; an exclusive one opens again after the last message taken.
     async fn close(&mut self, batch: usize) {
         if let Messages::Shared(pull) = self {
             use futures::FutureExt;
-            while let Some(Some(Ok(m))) = pull.next().now_or_never() {
-                let _ = m.ack_with(jetstream::AckKind::Nak(None)).await;
+            let mut handed_back = 0;
+            // Bounded: with NATS away the client's outgoing buffer fills, and a stop must not wait for it.
+            let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, async {
+                while let Some(Some(Ok(m))) = pull.next().now_or_never() {
+                    if m.ack_with(jetstream::AckKind::Nak(None)).await.is_ok() {
+                        handed_back += 1;
+                    }
+                }
+            })
+            .await;
+            if handed_back > 0 {
+                tracing::info!(handed_back, "prefetched messages handed back to the stream");
             }
         }
         *self = Messages::Closed {
@@ -468,6 +478,10 @@ impl Messages {
         };
     }
 }
+
+/// How long [`Messages::close`] may spend handing prefetched messages back; the rest come again after
+/// `ack_wait`.
+const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest a quiet pipeline waits between two ticks (see [`Processor::tick`]).
 const MAX_TICK_SPACING: Duration = Duration::from_secs(60 * 60);
@@ -1825,7 +1839,12 @@ pub async fn fetch(
         let mut buf = Vec::with_capacity(batch);
         // Wait for the first message (or stop), then gather the rest for a few milliseconds at most.
         tokio::select! {
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => {
+                // What the client prefetched goes back now, for the other hosts (or the next run) to take
+                // at once rather than after `ack_wait`.
+                messages.close(batch).await;
+                return Ok(());
+            }
             next = tokio::time::timeout_at(quiet_since + stall_after, messages.next(&reader)) => {
                 match next {
                     Ok(Some(Ok(m))) => buf.push(m),
