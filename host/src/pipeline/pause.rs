@@ -6,10 +6,9 @@
 //!   that cannot read the record starts paused too, until it can.
 //! - [`follow`]: every host watches the record and pauses or resumes as it changes.
 //!
-//! A paused host processes what it had already taken (at most the handover queue's batches), then holds the
-//! batch it pulled, extending its ack deadline, closes its pull and takes nothing more (`runner::fetch`);
-//! what the client had prefetched goes back to the server for the next pull. Nothing is lost or written
-//! twice.
+//! A paused host processes what it had already taken (at most the handover queue's batches), then closes its
+//! pull and holds what it had pulled and its client had prefetched, extending their ack deadline, and takes
+//! nothing more (`runner::fetch`). Nothing is lost, written twice or delivered again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -414,6 +414,8 @@ impl Messages {
                 Messages::Exclusive { pull, seen } => (pull, seen),
                 &mut Messages::Closed { batch, .. } => {
                     if let Err(e) = self.reopen(reader, batch).await {
+                        // Not at once again: NATS may be away for a while.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
                         return Some(Err(format!("opening the pull again after a pause: {e:#}")));
                     }
                     continue;
@@ -449,38 +451,49 @@ impl Messages {
         }
     }
 
-    /// Closes the pull at a stop, and while the pipeline is paused: its client would otherwise ask the
+    /// Closes the pull, at a stop and while the pipeline is paused: its client would otherwise ask the
     /// server for more every half a minute (async-nats renews an expired pull request whether or not its
-    /// messages are taken), holding ever more messages that nothing extends, to be delivered again after
-    /// `ack_wait`, each time one delivery closer to `max_deliver`. A shared pull's messages already
-    /// prefetched are handed back (nak) for the next pull, of any host, to take at once, not after
-    /// `ack_wait`; an exclusive one opens again after the last message taken.
-    async fn close(&mut self, batch: usize) {
+    /// messages are taken), holding ever more messages that nothing extends, each to be delivered again after
+    /// `ack_wait`, one delivery closer to `max_deliver`. Returns the messages a shared pull had prefetched:
+    /// taken out of the client without waiting (so that no new request goes out meanwhile), and the pull
+    /// dropped before anything is done with them (it unsubscribes, and the server drops its waiting request).
+    /// An exclusive pull opens again after the last message taken.
+    fn close(&mut self, batch: usize) -> Vec<jetstream::Message> {
+        let seen = self.seen();
+        let mut prefetched = Vec::new();
         if let Messages::Shared(pull) = self {
             use futures::FutureExt;
-            let mut handed_back = 0;
-            // Bounded: with NATS away the client's outgoing buffer fills, and a stop must not wait for it.
-            let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, async {
-                while let Some(Some(Ok(m))) = pull.next().now_or_never() {
-                    if m.ack_with(jetstream::AckKind::Nak(None)).await.is_ok() {
-                        handed_back += 1;
-                    }
+            // At most what two pull requests bring: more can only be arriving as this runs.
+            while prefetched.len() < batch.max(64) * 32 {
+                match pull.next().now_or_never() {
+                    Some(Some(Ok(m))) => prefetched.push(m),
+                    _ => break,
                 }
-            })
-            .await;
-            if handed_back > 0 {
-                tracing::info!(handed_back, "prefetched messages handed back to the stream");
             }
         }
-        *self = Messages::Closed {
-            seen: self.seen(),
-            batch,
-        };
+        *self = Messages::Closed { seen, batch };
+        prefetched
     }
 }
 
-/// How long [`Messages::close`] may spend handing prefetched messages back; the rest come again after
-/// `ack_wait`.
+/// Hands messages back to the stream (nak) for any host's next pull to take at once, not after `ack_wait`.
+/// Bounded: with NATS away the client's outgoing buffer fills, and a stop must not wait for it.
+async fn hand_back(messages: Vec<jetstream::Message>) {
+    let mut handed_back = 0;
+    let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, async {
+        for m in &messages {
+            if m.ack_with(jetstream::AckKind::Nak(None)).await.is_ok() {
+                handed_back += 1;
+            }
+        }
+    })
+    .await;
+    if handed_back > 0 {
+        tracing::info!(handed_back, "prefetched messages handed back to the stream");
+    }
+}
+
+/// How long [`hand_back`] may take; the rest come again after `ack_wait`.
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest a quiet pipeline waits between two ticks (see [`Processor::tick`]).
@@ -1837,14 +1850,26 @@ pub async fn fetch(
     let mut quiet_since = tokio::time::Instant::now();
     loop {
         let mut buf = Vec::with_capacity(batch);
-        // Wait for the first message (or stop), then gather the rest for a few milliseconds at most.
+        if shared.health.paused.load(Ordering::Relaxed) {
+            // Paused before anything was pulled: hold what the client had prefetched, take nothing more.
+            hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
+            if !hand_over(buf, batch, &tx).await {
+                return Ok(());
+            }
+            quiet_since = tokio::time::Instant::now();
+            continue;
+        }
+        // Wait for the first message (or stop, or a pause), then gather the rest for a few milliseconds at
+        // most.
         tokio::select! {
+            biased;
             _ = stop.changed() => {
                 // What the client prefetched goes back now, for the other hosts (or the next run) to take
                 // at once rather than after `ack_wait`.
-                messages.close(batch).await;
+                hand_back(messages.close(batch)).await;
                 return Ok(());
             }
+            _ = paused(&shared) => continue,
             next = tokio::time::timeout_at(quiet_since + stall_after, messages.next(&reader)) => {
                 match next {
                     Ok(Some(Ok(m))) => buf.push(m),
@@ -1883,33 +1908,69 @@ pub async fn fetch(
             }
         }
         if shared.health.paused.load(Ordering::Relaxed) {
-            // Paused: hold the batch until resumed, extending its ack deadline every quarter of it (each
-            // extension is a message per event), with the pull closed; `next` opens it again.
-            messages.close(batch).await;
-            tracing::info!(
-                held = buf.len(),
-                "paused: holding the batch pulled, taking nothing more until resumed"
-            );
-            let mut extended: Option<tokio::time::Instant> = None;
-            while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
-                if let Reader::Shared(consumer) = &reader
-                    && extended.is_none_or(|at| {
-                        at.elapsed() >= extend_every(consumer.cached_info().config.ack_wait)
-                    })
-                {
-                    for m in &buf {
-                        let _ = m.ack_with(jetstream::AckKind::Progress).await;
-                    }
-                    extended = Some(tokio::time::Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
         }
-        if tx.send(buf).await.is_err() {
+        if !hand_over(buf, batch, &tx).await {
             return Ok(());
         }
         quiet_since = tokio::time::Instant::now();
     }
+}
+
+/// Returns once the pipeline is paused (looked at every 100 ms).
+async fn paused(shared: &Shared) {
+    while !shared.health.paused.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// While the pipeline is paused (and not stopping): closes the pull, adds what its client had prefetched to
+/// `held`, and holds them all, extending their ack deadline every quarter of it (each extension is a message
+/// per event). Nothing is handed back: the pipeline's other hosts are paused too, and a message handed back
+/// would only be delivered once more, one step closer to `max_deliver`. `next` opens the pull again.
+async fn hold_while_paused(
+    held: &mut Vec<jetstream::Message>,
+    messages: &mut Messages,
+    reader: &Reader,
+    batch: usize,
+    shared: &Shared,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    held.extend(messages.close(batch));
+    tracing::info!(
+        held = held.len(),
+        "paused: holding the messages pulled, taking nothing more until resumed"
+    );
+    let mut extended: Option<tokio::time::Instant> = None;
+    while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
+        if let Reader::Shared(consumer) = reader
+            && extended.is_none_or(|at| {
+                at.elapsed() >= extend_every(consumer.cached_info().config.ack_wait)
+            })
+        {
+            for m in held.iter() {
+                let _ = m.ack_with(jetstream::AckKind::Progress).await;
+            }
+            extended = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends `messages` to the processor in micro-batches of `batch`; whether it still takes them.
+async fn hand_over(
+    mut messages: Vec<jetstream::Message>,
+    batch: usize,
+    tx: &super::handover::Sender,
+) -> bool {
+    while !messages.is_empty() {
+        let rest = messages.split_off(messages.len().min(batch.max(1)));
+        if tx.send(messages).await.is_err() {
+            return false;
+        }
+        messages = rest;
+    }
+    true
 }
 
 /// Opens a new pull in place of `messages` when it is stuck. A pull can stop asking for messages and report

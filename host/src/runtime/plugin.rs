@@ -31,7 +31,8 @@ use super::stats::PluginStats;
 /// failed calls (the budget, and one more per level of the bisection under way), not 511, each up to its
 /// deadline and each replacing the instance.
 fn bisection_budget(events: usize) -> u32 {
-    (4 * (events.max(1).ilog2() + 1)).max(32)
+    // log2 rounded up: a batch of 300 takes 10 halvings to reach one event.
+    (4 * (events.max(1).next_power_of_two().ilog2() + 1)).max(32)
 }
 
 /// What a batch produced: one verdict per input event (failures already turned into quarantines), the field
