@@ -457,7 +457,8 @@ impl Messages {
     /// `ack_wait`, one delivery closer to `max_deliver`. Returns the messages a shared pull had prefetched:
     /// taken out of the client without waiting (so that no new request goes out meanwhile), and the pull
     /// dropped before anything is done with them (it unsubscribes, and the server drops its waiting request).
-    /// An exclusive pull opens again after the last message taken.
+    /// Messages the server was still sending as it closed are lost to this pull and come again after
+    /// `ack_wait`. An exclusive pull opens again after the last message taken.
     fn close(&mut self, batch: usize) -> Vec<jetstream::Message> {
         let seen = self.seen();
         let mut prefetched = Vec::new();
@@ -493,7 +494,8 @@ async fn hand_back(messages: Vec<jetstream::Message>) {
     }
 }
 
-/// How long [`hand_back`] may take; the rest come again after `ack_wait`.
+/// How long [`hand_back`] (or a round of progress acks while paused) may take; what is left comes again
+/// after `ack_wait`.
 const HAND_BACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The longest a quiet pipeline waits between two ticks (see [`Processor::tick`]).
@@ -1843,7 +1845,15 @@ pub async fn fetch(
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut messages = Messages::open(&reader, batch).await?;
+    // A host starting paused opens no pull until it is resumed (`next` opens a closed one).
+    let mut messages = match (shared.health.paused.load(Ordering::Relaxed), &reader) {
+        (true, Reader::Shared(_)) => Messages::Closed { seen: None, batch },
+        (true, Reader::Exclusive { start, .. }) => Messages::Closed {
+            seen: Some(start.saturating_sub(1)),
+            batch,
+        },
+        (false, _) => Messages::open(&reader, batch).await?,
+    };
     let stall_after = reader.stall_after();
     shared.health.nats_connected.store(true, Ordering::Relaxed);
     // Since when the pull has brought nothing (time spent handing batches to the processor not counted).
@@ -1853,6 +1863,10 @@ pub async fn fetch(
         if shared.health.paused.load(Ordering::Relaxed) {
             // Paused before anything was pulled: hold what the client had prefetched, take nothing more.
             hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
+            if *stop.borrow() {
+                stopped_while_paused(buf, &reader).await;
+                return Ok(());
+            }
             if !hand_over(buf, batch, &tx).await {
                 return Ok(());
             }
@@ -1909,6 +1923,10 @@ pub async fn fetch(
         }
         if shared.health.paused.load(Ordering::Relaxed) {
             hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
+            if *stop.borrow() {
+                stopped_while_paused(buf, &reader).await;
+                return Ok(());
+            }
         }
         if !hand_over(buf, batch, &tx).await {
             return Ok(());
@@ -1948,12 +1966,24 @@ async fn hold_while_paused(
                 at.elapsed() >= extend_every(consumer.cached_info().config.ack_wait)
             })
         {
-            for m in held.iter() {
-                let _ = m.ack_with(jetstream::AckKind::Progress).await;
-            }
+            // Bounded, so that a stop with NATS away does not wait on the client's full buffer.
+            let _ = tokio::time::timeout(HAND_BACK_TIMEOUT, async {
+                for m in held.iter() {
+                    let _ = m.ack_with(jetstream::AckKind::Progress).await;
+                }
+            })
+            .await;
             extended = Some(tokio::time::Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A stop while paused: what was held is not processed (the pipeline is paused) but handed back, for the
+/// next run or another host once resumed; an exclusive reader's next run reads on from the lake's log.
+async fn stopped_while_paused(held: Vec<jetstream::Message>, reader: &Reader) {
+    if let Reader::Shared(_) = reader {
+        hand_back(held).await;
     }
 }
 
