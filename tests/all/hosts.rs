@@ -350,7 +350,9 @@ fn a_host_stopping_while_events_flow_leaves_every_event_to_the_others() {
     h.wait_committed(&mut a, last, Duration::from_secs(180));
     a.stop();
     h.verify();
-    h.read_back().assert_exactly_once(last);
+    // Host b's share of the windows open when it stopped stays in its state until it comes back, or until
+    // another host adopts it (`the_windows_a_departed_host_held_open_are_adopted`): gold is not checked.
+    h.read_back().assert_each_event_once(last);
 }
 
 /// A pause asked of one host pauses every host, a host started while the pipeline is paused starts paused,
