@@ -1860,64 +1860,55 @@ pub async fn fetch(
     let mut quiet_since = tokio::time::Instant::now();
     loop {
         let mut buf = Vec::with_capacity(batch);
-        if shared.health.paused.load(Ordering::Relaxed) {
-            // Paused before anything was pulled: hold what the client had prefetched, take nothing more.
-            hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
-            if *stop.borrow() {
-                stopped_while_paused(buf, &reader).await;
-                return Ok(());
-            }
-            if !hand_over(buf, batch, &tx).await {
-                return Ok(());
-            }
-            quiet_since = tokio::time::Instant::now();
-            continue;
-        }
-        // Wait for the first message (or stop, or a pause), then gather the rest for a few milliseconds at
-        // most.
-        tokio::select! {
-            biased;
-            _ = stop.changed() => {
-                // What the client prefetched goes back now, for the other hosts (or the next run) to take
-                // at once rather than after `ack_wait`.
-                hand_back(messages.close(batch)).await;
-                return Ok(());
-            }
-            _ = paused(&shared) => continue,
-            next = tokio::time::timeout_at(quiet_since + stall_after, messages.next(&reader)) => {
-                match next {
-                    Ok(Some(Ok(m))) => buf.push(m),
-                    // Not asked to stop: the run failed, so that a supervisor starts it again.
-                    Ok(None) => anyhow::bail!(
-                        "the pull from the stream ended (the consumer deleted, or its limits refused by the \
-                         server): stopping, so that a restart opens it again"
-                    ),
-                    // An error (a missed heartbeat comes every 10 s while no pull request is waiting at the
-                    // server) or the quiet spell's end: past `stall_after`, see whether the pull is stuck.
-                    quiet => {
-                        if let Ok(Some(Err(e))) = &quiet {
-                            shared.health.nats_connected.store(false, Ordering::Relaxed);
-                            tracing::warn!("pulling messages: {e}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+        // Paused before anything was pulled: nothing is pulled, and the hold below takes what the client
+        // had prefetched.
+        if !shared.health.paused.load(Ordering::Relaxed) {
+            // Wait for the first message (or stop, or a pause), then gather the rest for a few milliseconds at
+            // most.
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    // What the client prefetched goes back now, for the other hosts (or the next run) to take
+                    // at once rather than after `ack_wait`.
+                    hand_back(messages.close(batch)).await;
+                    return Ok(());
+                }
+                _ = paused(&shared) => continue,
+                next = tokio::time::timeout_at(quiet_since + stall_after, messages.next(&reader)) => {
+                    match next {
+                        Ok(Some(Ok(m))) => buf.push(m),
+                        // Not asked to stop: the run failed, so that a supervisor starts it again.
+                        Ok(None) => anyhow::bail!(
+                            "the pull from the stream ended (the consumer deleted, or its limits refused by the \
+                             server): stopping, so that a restart opens it again"
+                        ),
+                        // An error (a missed heartbeat comes every 10 s while no pull request is waiting at the
+                        // server) or the quiet spell's end: past `stall_after`, see whether the pull is stuck.
+                        quiet => {
+                            if let Ok(Some(Err(e))) = &quiet {
+                                shared.health.nats_connected.store(false, Ordering::Relaxed);
+                                tracing::warn!("pulling messages: {e}");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            if quiet_since.elapsed() >= stall_after {
+                                reopen_if_stalled(&reader, batch, &mut messages, &shared).await;
+                                quiet_since = tokio::time::Instant::now();
+                            }
+                            continue;
                         }
-                        if quiet_since.elapsed() >= stall_after {
-                            reopen_if_stalled(&reader, batch, &mut messages, &shared).await;
-                            quiet_since = tokio::time::Instant::now();
-                        }
-                        continue;
                     }
                 }
             }
-        }
-        shared.health.nats_connected.store(true, Ordering::Relaxed);
-        let deadline = tokio::time::sleep(Duration::from_millis(5));
-        tokio::pin!(deadline);
-        while buf.len() < batch {
-            tokio::select! {
-                _ = &mut deadline => break,
-                next = messages.next(&reader) => match next {
-                    Some(Ok(m)) => buf.push(m),
-                    _ => break,
+            shared.health.nats_connected.store(true, Ordering::Relaxed);
+            let deadline = tokio::time::sleep(Duration::from_millis(5));
+            tokio::pin!(deadline);
+            while buf.len() < batch {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    next = messages.next(&reader) => match next {
+                        Some(Ok(m)) => buf.push(m),
+                        _ => break,
+                    }
                 }
             }
         }
