@@ -404,7 +404,8 @@ fn gcs_lake_survives_every_crash_point_and_the_store_going_away() {
 ///
 /// Events come in three waves while the store is down: the first fills an epoch whose commit then fails and
 /// is retried, the second one whose commit must wait for it (the processor waits too), the third waits in the
-/// queue to the processor for longer than `ack_wait`. None is delivered again: each stays extended.
+/// queue to the processor for longer than `ack_wait`. The first is larger than that queue holds: the rest
+/// wait in the pull (closed while the processor takes nothing). None is delivered again: each stays extended.
 fn survive_outage(lake: LakeAt, seed: u64, store: &mut dyn Outage) {
     let h = Harness::new(lake, |_| {});
     h.prefill(realistic(seed, EVENTS, span()), EVENTS);
@@ -420,8 +421,9 @@ fn survive_outage(lake: LakeAt, seed: u64, store: &mut dyn Outage) {
     }
     let api = weir.api(Duration::from_secs(30));
     store.kill();
-    // More events while it is down, so that commits are due whatever the first ones did meanwhile.
-    h.prefill(realistic(seed + 1000, 500, span()), 500);
+    // More events while it is down, so that commits are due whatever the first ones did meanwhile; more than
+    // the queue to the processor holds (16 micro-batches), so that some wait in the pull's client.
+    h.prefill(realistic(seed + 1000, 6000, span()), 6000);
     // Readiness follows the store: not ready once a commit's requests fail and are retried.
     let down = std::time::Instant::now();
     let mut ready = http("GET", &format!("{api}/ready"), None, None);

@@ -6,8 +6,9 @@
 //! unextended: the server would deliver them again, to another host sharing the consumer (whose commit then
 //! makes this host's commit of the same sequences refuse its epoch) or to this one, using up their
 //! deliveries until they go to quarantine as poison. So the queue records the reply subjects of the batches
-//! it holds, and a [`Keeper`] extends their ack deadline every quarter of `ack_wait` until the processor
-//! takes them; from then on the processor's epoch keeps them (see `Processor::extend_open_epoch`).
+//! it holds and of those queued to go in after them ([`Sender::queue`]), and a [`Keeper`] extends their ack
+//! deadline every quarter of `ack_wait` until the processor takes them; from then on the processor's epoch
+//! keeps them (see `Processor::extend_open_epoch`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -39,20 +40,50 @@ pub fn channel(capacity: usize) -> (Sender, Receiver) {
     )
 }
 
+/// Batches queued for the processor and kept meanwhile, sent in order by [`Sender::send_queued`].
+#[derive(Default)]
+pub struct Queued(VecDeque<Vec<Message>>);
+
+impl Queued {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The processor has gone.
+#[derive(Debug)]
+pub struct Closed;
+
 pub struct Sender {
     tx: tokio::sync::mpsc::Sender<Vec<Message>>,
     waiting: Arc<Waiting>,
 }
 
 impl Sender {
-    /// Hands a batch over, waiting for room. Its messages are kept from the call on, the wait for room
-    /// included. Fails when the processor is gone.
-    pub async fn send(&self, batch: Vec<Message>) -> Result<(), Vec<Message>> {
-        let replies = batch.iter().filter_map(|m| m.reply.clone()).collect();
-        // Pushed before the send, so that the receiver, taking batches in the same order, always finds the
-        // one it took at the front.
-        self.waiting.lock().push_back(replies);
-        self.tx.send(batch).await.map_err(|e| e.0)
+    /// Queues `messages` for the processor in micro-batches of `batch`, each kept from now until the
+    /// processor takes it (send them with [`Sender::send_queued`]): a batch only registered when its turn
+    /// to be sent came would wait unextended behind the ones before it.
+    pub fn queue(&self, queued: &mut Queued, mut messages: Vec<Message>, batch: usize) {
+        let mut waiting = self.waiting.lock();
+        while !messages.is_empty() {
+            let rest = messages.split_off(messages.len().min(batch.max(1)));
+            // In the order they will be sent, so that the receiver, taking batches in the same order,
+            // always finds the one it took at the front.
+            waiting.push_back(messages.iter().filter_map(|m| m.reply.clone()).collect());
+            queued.0.push_back(messages);
+            messages = rest;
+        }
+    }
+
+    /// Sends the first of the queued batches once the processor has room for it; `Err` when the processor
+    /// is gone. Cancel-safe: a batch is taken from the queue only when it is sent.
+    pub async fn send_queued(&self, queued: &mut Queued) -> Result<(), Closed> {
+        if queued.0.is_empty() {
+            return Ok(());
+        }
+        let permit = self.tx.reserve().await.map_err(|_| Closed)?;
+        permit.send(queued.0.pop_front().expect("not empty"));
+        Ok(())
     }
 
     /// What keeps the waiting messages (see [`Keeper::run`]); it does not hold the queue open.

@@ -451,10 +451,10 @@ impl Messages {
         }
     }
 
-    /// Closes the pull, at a stop and while the pipeline is paused: its client would otherwise ask the
-    /// server for more every half a minute (async-nats renews an expired pull request whether or not its
-    /// messages are taken), holding ever more messages that nothing extends, each to be delivered again after
-    /// `ack_wait`, one delivery closer to `max_deliver`. Returns the messages a shared pull had prefetched:
+    /// Closes the pull, at a stop, while the pipeline is paused and while the processor takes nothing: its
+    /// client would otherwise ask the server for more every half a minute (async-nats renews an expired pull
+    /// request whether or not its messages are taken), holding ever more messages that nothing extends, each
+    /// to be delivered again after `ack_wait`, one delivery closer to `max_deliver`. Returns the messages a shared pull had prefetched:
     /// taken out of the client without waiting (so that no new request goes out meanwhile), and the pull
     /// dropped before anything is done with them (it unsubscribes, and the server drops its waiting request).
     /// Messages the server was still sending as it closed are lost to this pull and come again after
@@ -1855,6 +1855,11 @@ pub async fn fetch(
         (false, _) => Messages::open(&reader, batch).await?,
     };
     let stall_after = reader.stall_after();
+    // Only a shared pull's messages wait for an ack (an exclusive reader acks nothing).
+    let blocked_after = match &reader {
+        Reader::Shared(consumer) => Some(extend_every(consumer.cached_info().config.ack_wait)),
+        Reader::Exclusive { .. } => None,
+    };
     shared.health.nats_connected.store(true, Ordering::Relaxed);
     // Since when the pull has brought nothing (time spent handing batches to the processor not counted).
     let mut quiet_since = tokio::time::Instant::now();
@@ -1919,7 +1924,7 @@ pub async fn fetch(
                 return Ok(());
             }
         }
-        if !hand_over(buf, batch, &tx).await {
+        if !hand_over(buf, batch, &tx, &mut messages, blocked_after).await {
             return Ok(());
         }
         quiet_since = tokio::time::Instant::now();
@@ -1978,18 +1983,47 @@ async fn stopped_while_paused(held: Vec<jetstream::Message>, reader: &Reader) {
     }
 }
 
-/// Sends `messages` to the processor in micro-batches of `batch`; whether it still takes them.
+/// Sends `messages` to the processor in micro-batches of `batch`, each kept (its ack deadline extended)
+/// until the processor takes it; whether the processor still takes them.
+///
+/// A shared pull is closed, as for a pause, once the processor has taken nothing for `blocked_after` (a
+/// commit waiting for a store that is away, a slow plugin), and what its client had prefetched is queued
+/// behind, kept like the rest. Left open, the pull would keep those messages unextended, and its client asks
+/// the server for more every half a minute whether or not its messages are taken: over an outage of minutes
+/// they would all be delivered again and again, towards `max_deliver`. `next` opens the pull again.
 async fn hand_over(
-    mut messages: Vec<jetstream::Message>,
+    messages: Vec<jetstream::Message>,
     batch: usize,
     tx: &super::handover::Sender,
+    pull: &mut Messages,
+    blocked_after: Option<Duration>,
 ) -> bool {
-    while !messages.is_empty() {
-        let rest = messages.split_off(messages.len().min(batch.max(1)));
-        if tx.send(messages).await.is_err() {
-            return false;
+    let mut queued = super::handover::Queued::default();
+    tx.queue(&mut queued, messages, batch);
+    let after = blocked_after.unwrap_or_default();
+    let blocked = tokio::time::sleep(after);
+    tokio::pin!(blocked);
+    let mut closed = blocked_after.is_none();
+    while !queued.is_empty() {
+        tokio::select! {
+            biased;
+            sent = tx.send_queued(&mut queued) => {
+                if sent.is_err() {
+                    return false;
+                }
+                blocked.as_mut().reset(tokio::time::Instant::now() + after);
+            }
+            _ = &mut blocked, if !closed => {
+                closed = true;
+                let prefetched = pull.close(batch);
+                tracing::info!(
+                    prefetched = prefetched.len(),
+                    "the processor has taken nothing for {after:?}: closing the pull until it does, keeping \
+                     what its client had prefetched"
+                );
+                tx.queue(&mut queued, prefetched, batch);
+            }
         }
-        messages = rest;
     }
     true
 }
