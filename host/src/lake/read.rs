@@ -111,6 +111,9 @@ fn overlaps(mut claims: Vec<(u64, u64, u64)>) -> Vec<DuplicateClaim> {
 pub struct Problems {
     /// Files a commit lists that are not in the store.
     pub missing: Vec<String>,
+    /// Files a commit lists that the store finds by name but leaves out of its listings: engines that read
+    /// the directories (DuckDB, pyarrow, Spark) do not see their rows.
+    pub unlisted: Vec<String>,
     /// Parquet files in the tables that no commit lists (invisible to a correct reader, but not to a glob).
     pub orphaned: Vec<String>,
     /// Stream sequences two commits both claim.
@@ -132,6 +135,7 @@ pub struct Problems {
 impl Problems {
     pub fn is_clean(&self) -> bool {
         self.missing.is_empty()
+            && self.unlisted.is_empty()
             && self.orphaned.is_empty()
             && self.duplicate_sequences.is_empty()
             && self.wrong_rows.is_empty()
@@ -247,6 +251,8 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
     for path in std::mem::take(&mut problems.missing) {
         if !exists(&path).await {
             missing.push(path);
+        } else if !in_listing(store, &path).await? {
+            problems.unlisted.push(path);
         }
     }
     // A compaction that committed after the log was read deletes what it replaced: not missing either.
@@ -265,6 +271,26 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
     }
     problems.replaced_present = still;
     Ok(problems)
+}
+
+/// Whether a listing of its directory shows `path` (a file found by name, which the lake's first listing
+/// did not show: moved into place since, or left out by the store).
+async fn in_listing(store: &Store, path: &str) -> Result<bool> {
+    let location = store.path(path);
+    let dir = object_store::path::Path::from(
+        location
+            .as_ref()
+            .rsplit_once('/')
+            .map_or("", |(dir, _)| dir),
+    );
+    let found: Vec<object_store::ObjectMeta> = store
+        .store
+        .list(Some(&dir))
+        .try_filter(|m| futures::future::ready(m.location == location))
+        .try_collect()
+        .await
+        .with_context(|| format!("cannot list {dir}"))?;
+    Ok(!found.is_empty())
 }
 
 /// The column a table's rows are timed by (the one it is partitioned by).
@@ -764,6 +790,113 @@ mod tests {
             put(bytes[..bytes.len() - 1].to_vec()).await;
             let problems = verify(&store, false).await.unwrap();
             assert_eq!(problems.wrong_size.len(), 1, "{problems:?}");
+            assert!(!problems.is_clean());
+        });
+    }
+
+    /// A store that leaves one object out of its listings, as an S3-compatible server was seen to (once,
+    /// after a restart): found by name, invisible to engines that read the directories.
+    #[derive(Debug)]
+    struct Unlisting {
+        inner: Arc<dyn object_store::ObjectStore>,
+        hidden: object_store::path::Path,
+    }
+
+    impl std::fmt::Display for Unlisting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{} (not listing {})", self.inner, self.hidden)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl object_store::ObjectStore for Unlisting {
+        async fn put_opts(
+            &self,
+            location: &object_store::path::Path,
+            payload: object_store::PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+
+        async fn put_multipart_opts(
+            &self,
+            location: &object_store::path::Path,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+
+        async fn get_opts(
+            &self,
+            location: &object_store::path::Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<
+                'static,
+                object_store::Result<object_store::path::Path>,
+            >,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+        {
+            self.inner.delete_stream(locations)
+        }
+
+        fn list(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            let hidden = self.hidden.clone();
+            self.inner
+                .list(prefix)
+                .try_filter(move |m| futures::future::ready(m.location != hidden))
+                .boxed()
+        }
+
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&object_store::path::Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+
+        async fn copy_opts(
+            &self,
+            from: &object_store::path::Path,
+            to: &object_store::path::Path,
+            options: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    /// `verify` reports a committed file that the store finds by name but does not list: the rows of such a
+    /// file are lost to DuckDB or pyarrow reading the directories.
+    #[test]
+    fn verify_reports_files_the_store_does_not_list() {
+        let hour = 1_764_000_000_000 / 3_600_000 * 3_600_000;
+        let columns: [(&str, ArrayRef); 1] = [("_seq", Arc::new(UInt64Array::from(vec![1, 2, 3])))];
+        let bytes = parquet_bytes(columns, None);
+        on_memory_store(|store| async move {
+            commit_one_file(&store, "silver", hour, bytes, 3).await;
+            assert!(verify(&store, true).await.unwrap().is_clean());
+            let path = format!("silver/{}/1-3.parquet", crate::lake::rows::partition(hour));
+            let unlisting = Store {
+                store: Arc::new(Unlisting {
+                    inner: store.store.clone(),
+                    hidden: store.path(&path),
+                }),
+                prefix: store.prefix.clone(),
+                url: store.url.clone(),
+            };
+            let problems = verify(&unlisting, true).await.unwrap();
+            assert_eq!(problems.unlisted, [path], "{problems:?}");
+            assert!(problems.missing.is_empty(), "{problems:?}");
             assert!(!problems.is_clean());
         });
     }
