@@ -93,10 +93,16 @@ where
             .or_default()
             .push(row);
     }
-    hours
-        .into_iter()
-        .map(|(hour, group)| (partition(hour * 3_600_000), group))
-        .collect()
+    // Merged, not collected: hours beyond the calendar's range all name the same partition, and a plain
+    // collect would keep only the last of their groups.
+    let mut partitions: BTreeMap<String, Vec<&T>> = BTreeMap::new();
+    for (hour, group) in hours {
+        partitions
+            .entry(partition(hour.saturating_mul(3_600_000)))
+            .or_default()
+            .extend(group);
+    }
+    partitions
 }
 
 fn micros(ms: i64) -> i64 {
@@ -494,6 +500,10 @@ mod tests {
         let groups = by_partition(times.iter(), |t| *t);
         assert_eq!(groups["dt=1970-01-01/hour=00"], [&10, &20, &30]);
         assert_eq!(groups["dt=1970-01-01/hour=01"], [&3_600_001]);
+        // Times beyond the calendar share a partition; none of them is lost.
+        let times = [i64::MAX, 5, i64::MIN];
+        let groups = by_partition(times.iter(), |t| *t);
+        assert_eq!(groups.values().map(Vec::len).sum::<usize>(), 3);
     }
 
     #[test]
