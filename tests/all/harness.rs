@@ -268,8 +268,17 @@ impl Harness {
                     .await
                     .unwrap();
             let stats = ingest.stats().clone();
+            // Done once every event is stored (or dropped by the ingest), not merely received: a stop
+            // between an event's receipt and its publish leaves it to the next run of the same source,
+            // which a prefill does not have.
             let done = async move {
-                while stats.received.load(Ordering::Relaxed) < count {
+                let settled = || {
+                    let publish = &stats.publish;
+                    publish.published.load(Ordering::Relaxed)
+                        + publish.duplicates.load(Ordering::Relaxed)
+                        + stats.canaries_dropped.load(Ordering::Relaxed)
+                };
+                while settled() < count {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             };
