@@ -11,19 +11,23 @@
 //! keeps them (see `Processor::extend_open_epoch`).
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Subject;
 use async_nats::jetstream::Message;
 
-/// The reply subjects of the batches in the queue, oldest first.
+/// The reply subjects of the batches in the queue, oldest first, and whether the processor has gone.
 #[derive(Default)]
-struct Waiting(Mutex<VecDeque<Vec<Subject>>>);
+struct Waiting {
+    batches: Mutex<VecDeque<Vec<Subject>>>,
+    receiver_gone: std::sync::atomic::AtomicBool,
+}
 
 impl Waiting {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Vec<Subject>>> {
-        self.0.lock().expect("not poisoned")
+        self.batches.lock().expect("not poisoned")
     }
 }
 
@@ -86,6 +90,16 @@ impl Sender {
         Ok(())
     }
 
+    /// Takes the batches `queued` still holds out of the queue, unsent and no longer kept: to be handed
+    /// back, or held by whoever takes them.
+    pub fn unqueue(&self, queued: &mut Queued) -> Vec<Message> {
+        let mut waiting = self.waiting.lock();
+        // The unsent batches are the last ones queued: every earlier one was sent before these were queued.
+        let kept = waiting.len().saturating_sub(queued.0.len());
+        waiting.truncate(kept);
+        queued.0.drain(..).flatten().collect()
+    }
+
     /// What keeps the waiting messages (see [`Keeper::run`]); it does not hold the queue open.
     pub fn keeper(&self) -> Keeper {
         Keeper {
@@ -101,15 +115,18 @@ pub struct Keeper {
 }
 
 impl Keeper {
-    /// Extends the ack deadline of the messages waiting in the queue every `every` until it is closed. For a
-    /// consumer that acks (shared mode); run on the I/O runtime.
+    /// Extends the ack deadline of the messages waiting in the queue every `every` until the processor has
+    /// gone, or the fetch task has and the processor has taken every batch. For a consumer that acks (shared
+    /// mode); run on the I/O runtime.
     pub async fn run(self, client: async_nats::Client, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
         loop {
             tick.tick().await;
-            // Closed once the fetch task has stopped and the processor has gone.
-            if self.tx.upgrade().is_none_or(|tx| tx.is_closed()) {
+            // A stop during an outage: the fetch task has gone, and the batches it queued wait for a processor
+            // held up by the store, for longer than `ack_wait`.
+            let receiver_gone = self.waiting.receiver_gone.load(Ordering::Relaxed);
+            if receiver_gone || (self.tx.upgrade().is_none() && self.waiting.lock().is_empty()) {
                 return;
             }
             let replies: Vec<Subject> = self.waiting.lock().iter().flatten().cloned().collect();
@@ -127,6 +144,12 @@ impl Keeper {
 pub struct Receiver {
     rx: tokio::sync::mpsc::Receiver<Vec<Message>>,
     waiting: Arc<Waiting>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.waiting.receiver_gone.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Receiver {

@@ -1875,7 +1875,7 @@ pub async fn fetch(
                 _ = stop.changed() => {
                     // What the client prefetched goes back now, for the other hosts (or the next run) to take
                     // at once rather than after `ack_wait`.
-                    hand_back(messages.close(batch)).await;
+                    give_back(Vec::new(), &mut messages, &reader, batch).await;
                     return Ok(());
                 }
                 _ = paused(&shared) => continue,
@@ -1917,15 +1917,34 @@ pub async fn fetch(
                 }
             }
         }
-        if shared.health.paused.load(Ordering::Relaxed) {
-            hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
+        // Held while paused; handed over unless a pause or a stop comes while the processor takes nothing, or
+        // the processor has gone. What it has not taken is then held (paused) or given back.
+        loop {
+            if shared.health.paused.load(Ordering::Relaxed) {
+                hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
+            }
             if *stop.borrow() {
-                stopped_while_paused(buf, &reader).await;
+                give_back(buf, &mut messages, &reader, batch).await;
                 return Ok(());
             }
-        }
-        if !hand_over(buf, batch, &tx, &mut messages, blocked_after).await {
-            return Ok(());
+            buf = match hand_over(
+                buf,
+                batch,
+                &tx,
+                &mut messages,
+                blocked_after,
+                &shared,
+                &stop,
+            )
+            .await
+            {
+                HandOver::Done => break,
+                HandOver::Interrupted(left) => left,
+                HandOver::ProcessorGone(left) => {
+                    give_back(left, &mut messages, &reader, batch).await;
+                    return Ok(());
+                }
+            };
         }
         quiet_since = tokio::time::Instant::now();
     }
@@ -1975,29 +1994,60 @@ async fn hold_while_paused(
     }
 }
 
-/// A stop while paused: what was held is not processed (the pipeline is paused) but handed back, for the
-/// next run or another host once resumed; an exclusive reader's next run reads on from the lake's log.
-async fn stopped_while_paused(held: Vec<jetstream::Message>, reader: &Reader) {
+/// At a stop (or with the processor gone): what the fetch loop holds and the processor has not taken (while
+/// paused, or while it took nothing), with what the pull's client prefetched, is handed back, for the next
+/// run or another host to take at once rather than after `ack_wait`. An exclusive reader acks nothing: its
+/// next run reads on from the lake's log.
+async fn give_back(
+    mut held: Vec<jetstream::Message>,
+    messages: &mut Messages,
+    reader: &Reader,
+    batch: usize,
+) {
+    held.extend(messages.close(batch));
     if let Reader::Shared(_) = reader {
         hand_back(held).await;
     }
 }
 
+/// Returns once the run is asked to stop (never, if the asking side has gone).
+async fn stopping(stop: &tokio::sync::watch::Receiver<bool>) {
+    if stop.clone().wait_for(|&stop| stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How [`hand_over`] ended.
+enum HandOver {
+    /// The processor took every message.
+    Done,
+    /// A pause or a stop came while the processor took nothing: the messages it has not taken.
+    Interrupted(Vec<jetstream::Message>),
+    /// The processor has gone: the messages it has not taken.
+    ProcessorGone(Vec<jetstream::Message>),
+}
+
 /// Sends `messages` to the processor in micro-batches of `batch`, each kept (its ack deadline extended)
-/// until the processor takes it; whether the processor still takes them.
+/// until the processor takes it.
 ///
 /// A shared pull is closed, as for a pause, once the processor has taken nothing for `blocked_after` (a
 /// commit waiting for a store that is away, a slow plugin), and what its client had prefetched is queued
 /// behind, kept like the rest. Left open, the pull would keep those messages unextended, and its client asks
 /// the server for more every half a minute whether or not its messages are taken: over an outage of minutes
 /// they would all be delivered again and again, towards `max_deliver`. `next` opens the pull again.
+///
+/// A pause or a stop while the processor takes nothing ends the hand-over with what it has not taken: a
+/// paused pipeline processes only what its processor had already taken, and a stop does not wait for a
+/// store that is away.
 async fn hand_over(
     messages: Vec<jetstream::Message>,
     batch: usize,
     tx: &super::handover::Sender,
     pull: &mut Messages,
     blocked_after: Option<Duration>,
-) -> bool {
+    shared: &Shared,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> HandOver {
     let mut queued = super::handover::Queued::default();
     tx.queue(&mut queued, messages, batch);
     let after = blocked_after.unwrap_or_default();
@@ -2009,7 +2059,7 @@ async fn hand_over(
             biased;
             sent = tx.send_queued(&mut queued) => {
                 if sent.is_err() {
-                    return false;
+                    return HandOver::ProcessorGone(tx.unqueue(&mut queued));
                 }
                 blocked.as_mut().reset(tokio::time::Instant::now() + after);
             }
@@ -2023,9 +2073,11 @@ async fn hand_over(
                 );
                 tx.queue(&mut queued, prefetched, batch);
             }
+            _ = paused(shared) => return HandOver::Interrupted(tx.unqueue(&mut queued)),
+            _ = stopping(stop) => return HandOver::Interrupted(tx.unqueue(&mut queued)),
         }
     }
-    true
+    HandOver::Done
 }
 
 /// Opens a new pull in place of `messages` when it is stuck. A pull can stop asking for messages and report
