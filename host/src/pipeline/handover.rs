@@ -135,7 +135,9 @@ impl Keeper {
                     messages = replies.len(),
                     "extended the ack deadline of messages waiting for the processor"
                 );
-                super::runner::extend(&client, &replies).await;
+                // Bounded by a round: with NATS away the client's buffer fills and a publish waits, and the
+                // exit checks above must still come round.
+                let _ = tokio::time::timeout(every, super::runner::extend(&client, &replies)).await;
             }
         }
     }

@@ -1923,7 +1923,7 @@ pub async fn fetch(
             if shared.health.paused.load(Ordering::Relaxed) {
                 hold_while_paused(&mut buf, &mut messages, &reader, batch, &shared, &stop).await;
             }
-            if *stop.borrow() {
+            if stop_asked(&stop) {
                 give_back(buf, &mut messages, &reader, batch).await;
                 return Ok(());
             }
@@ -1975,7 +1975,7 @@ async fn hold_while_paused(
         "paused: holding the messages pulled, taking nothing more until resumed"
     );
     let mut extended: Option<tokio::time::Instant> = None;
-    while shared.health.paused.load(Ordering::Relaxed) && !*stop.borrow() {
+    while shared.health.paused.load(Ordering::Relaxed) && !stop_asked(stop) {
         if let Reader::Shared(consumer) = reader
             && extended.is_none_or(|at| {
                 at.elapsed() >= extend_every(consumer.cached_info().config.ack_wait)
@@ -2010,11 +2010,15 @@ async fn give_back(
     }
 }
 
-/// Returns once the run is asked to stop (never, if the asking side has gone).
+/// Whether the run is asked to stop; a stop signal whose sender has gone counts as one, as it does for the
+/// pull's `stop.changed()`.
+fn stop_asked(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// Returns once [`stop_asked`] holds.
 async fn stopping(stop: &tokio::sync::watch::Receiver<bool>) {
-    if stop.clone().wait_for(|&stop| stop).await.is_err() {
-        std::future::pending::<()>().await;
-    }
+    let _ = stop.clone().wait_for(|&stop| stop).await;
 }
 
 /// How [`hand_over`] ended.
@@ -2037,8 +2041,9 @@ enum HandOver {
 /// they would all be delivered again and again, towards `max_deliver`. `next` opens the pull again.
 ///
 /// A pause or a stop while the processor takes nothing ends the hand-over with what it has not taken: a
-/// paused pipeline processes only what its processor had already taken, and a stop does not wait for a
-/// store that is away.
+/// paused pipeline processes only what its processor had already taken, and a stop hands the rest back
+/// rather than waiting for the processor to take it (the stop still waits for the batches in the queue and
+/// their commit).
 async fn hand_over(
     messages: Vec<jetstream::Message>,
     batch: usize,
