@@ -454,9 +454,10 @@ impl Messages {
     /// Closes the pull, at a stop, while the pipeline is paused and while the processor takes nothing: its
     /// client would otherwise ask the server for more every half a minute (async-nats renews an expired pull
     /// request whether or not its messages are taken), holding ever more messages that nothing extends, each
-    /// to be delivered again after `ack_wait`, one delivery closer to `max_deliver`. Returns the messages a shared pull had prefetched:
-    /// taken out of the client without waiting (so that no new request goes out meanwhile), and the pull
-    /// dropped before anything is done with them (it unsubscribes, and the server drops its waiting request).
+    /// to be delivered again after `ack_wait`, one delivery closer to `max_deliver`. Returns the messages a
+    /// shared pull had prefetched: taken out of the client without waiting (so that no new request goes out
+    /// meanwhile), and the pull dropped before anything is done with them (it unsubscribes, and the server
+    /// drops its waiting request).
     /// Messages the server was still sending as it closed are lost to this pull and come again after
     /// `ack_wait`. An exclusive pull opens again after the last message taken.
     fn close(&mut self, batch: usize) -> Vec<jetstream::Message> {
