@@ -634,9 +634,24 @@ impl LakeReport {
         );
     }
 
-    /// [`LakeReport::assert_exactly_once`] without the gold check: for a lake whose last windows a host that
-    /// left still holds open.
-    pub fn assert_each_event_once(&self, last: u64) {
+    /// [`LakeReport::assert_exactly_once`] for a lake whose windows a host that stopped may still hold open:
+    /// its share of them stays in its plugin state until it comes back or another host adopts it, while the
+    /// others have written theirs. Gold may fall short of silver there, never exceed it.
+    pub fn assert_exactly_once_but_windows_held(&self, last: u64) {
+        self.assert_each_event_once(last);
+        let gold = &self.0["gold_wiki"];
+        assert!(
+            gold["windows"].as_u64().unwrap() > 0,
+            "no gold_wiki window closed"
+        );
+        assert_eq!(
+            gold["exceeding"], 0,
+            "gold_wiki counts more than silver has: {gold}"
+        );
+    }
+
+    /// The conservation rule without the gold check.
+    fn assert_each_event_once(&self, last: u64) {
         let all: Vec<u64> = (1..=last).collect();
         let mut bronze = self.seqs("bronze");
         bronze.sort_unstable();
@@ -863,10 +878,12 @@ impl Seaweed {
 }
 
 impl Outage for Seaweed {
+    /// Stops it with SIGTERM, as Azurite: once (fresh-clone CI of bcb3a15), a SeaweedFS killed with SIGKILL
+    /// came back serving a committed file by name that its listings left out, which no client can put right
+    /// and a real store does not do. The store still goes away at once (its S3 gateway stops first).
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            terminate(child);
         }
     }
 
@@ -914,7 +931,27 @@ impl Outage for Seaweed {
 
 impl Drop for Seaweed {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Stops a server with SIGTERM, and SIGKILL if it is still running 15 s later: a graceful stop writes out
+/// what a server keeps in memory.
+fn terminate(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let started = Instant::now();
+    while child.try_wait().ok().flatten().is_none() {
+        if started.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -960,19 +997,8 @@ impl Outage for Azurite {
     /// Stops it with SIGTERM: Azurite keeps its metadata (containers, blob lists) in memory and saves it every
     /// few seconds, so a SIGKILL would lose what a real store never loses. The store still goes away at once.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let started = Instant::now();
-            while child.try_wait().ok().flatten().is_none() {
-                if started.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(child) = self.child.take() {
+            terminate(child);
         }
     }
 

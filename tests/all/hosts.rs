@@ -256,7 +256,9 @@ fn deploys_and_rollbacks_reach_every_host() {
         );
     }
     h.verify();
-    h.read_back().assert_exactly_once(last);
+    // Each host closes a window once its own events have passed it: when they stop, one may have written its
+    // share of a window that another still holds open in its state.
+    h.read_back().assert_exactly_once_but_windows_held(last);
 }
 
 /// A deploy made while NATS is away, on a host that stops before NATS is back, reaches the other hosts when
@@ -351,8 +353,8 @@ fn a_host_stopping_while_events_flow_leaves_every_event_to_the_others() {
     a.stop();
     h.verify();
     // Host b's share of the windows open when it stopped stays in its state until it comes back, or until
-    // another host adopts it (`the_windows_a_departed_host_held_open_are_adopted`): gold is not checked.
-    h.read_back().assert_each_event_once(last);
+    // another host adopts it (`the_windows_a_departed_host_held_open_are_adopted`).
+    h.read_back().assert_exactly_once_but_windows_held(last);
 }
 
 /// A pause asked of one host pauses every host, a host started while the pipeline is paused starts paused,
