@@ -395,6 +395,7 @@ impl Config {
             ("pipeline.name", Some(&self.pipeline.name)),
             ("pipeline.host", self.pipeline.host.as_ref()),
             ("consumer.durable", self.consumer.durable.as_ref()),
+            ("ingest.name", Some(&self.ingest.name)),
         ] {
             if let Some(name) = name
                 && !plain(name)
@@ -574,6 +575,103 @@ impl Config {
                 "lake.commit_interval must be positive",
             ));
         }
+        self.check_addresses(text)?;
+        for (field, value, least, why) in [
+            (
+                "lake.max_file_bytes",
+                self.lake.max_file_bytes as u64,
+                1 << 20,
+                "1048576 (1 MiB): smaller files would be closed after every batch",
+            ),
+            (
+                "lake.checkpoint_every",
+                self.lake.checkpoint_every,
+                1,
+                "1 (commits between two checkpoints of the commit log)",
+            ),
+            (
+                "lake.upload_concurrency",
+                self.lake.upload_concurrency as u64,
+                1,
+                "1 (requests a commit keeps in flight)",
+            ),
+            (
+                "plugins.watch_batches",
+                self.plugins.watch_batches,
+                1,
+                "1 (batches watched after a swap for the rollback error rate)",
+            ),
+            (
+                "api.recent_gold_rows",
+                self.api.recent_gold_rows as u64,
+                1,
+                "1 (gold rows kept in memory per table: without any, the API cannot tell a table with no \
+                 closed window from one whose rows are all in the lake)",
+            ),
+            (
+                "api.max_upload_bytes",
+                self.api.max_upload_bytes as u64,
+                1024,
+                "1024: no plugin fits in less",
+            ),
+        ] {
+            if value < least {
+                return Err(self.at_field(
+                    text,
+                    field,
+                    format!("{field} = {value} is too small: give at least {why}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The lake URL, the NATS URL and the API address: refused here, with the line, rather than once
+    /// `weir run` has started NATS and compiled the plugins.
+    fn check_addresses(&self, text: &str) -> Result<()> {
+        let lake = self.lake_config().url;
+        if let Err(e) = crate::lake::store::check_url(&lake) {
+            return Err(if lake == self.lake.url {
+                self.at_field(text, "lake.url", format!("lake.url: {e}"))
+            } else {
+                anyhow::anyhow!("WEIR_LAKE_URL (which overrides lake.url): {e}")
+            });
+        }
+        // async-nats takes a comma-separated list of servers, each `host:port` or a URL of its schemes.
+        for server in self
+            .nats
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            if let Some((scheme, _)) = server.split_once("://")
+                && !matches!(scheme, "nats" | "tls" | "ws" | "wss")
+            {
+                return Err(self.at_field(
+                    text,
+                    "nats.url",
+                    format!(
+                        "nats.url {server:?}: unknown scheme {scheme:?} (use nats://host:4222, tls://, ws:// \
+                         or wss://; leave it empty for a local nats-server)"
+                    ),
+                ));
+            }
+        }
+        let listen = &self.api.listen;
+        let port = listen
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        if !listen.is_empty() && !matches!(port, Some((host, Ok(_))) if !host.is_empty()) {
+            return Err(self.at_field(
+                text,
+                "api.listen",
+                format!(
+                    "api.listen {listen:?} must be host:port (127.0.0.1:8080, [::1]:8080, 0.0.0.0:8080), or \
+                     empty for no API"
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -586,10 +684,14 @@ impl Config {
                     text,
                     stage.plugin.span(),
                     format!(
-                        "stages[{i}] ({}).plugin: {} does not exist (plugins.dir is {}; build the plugins with \
-                         `make plugins`)",
+                        "stages[{i}] ({}).plugin: {} does not exist ({} is {}; build the plugins with `make \
+                         plugins`)",
                         stage.name,
                         path.display(),
+                        match std::env::var_os("WEIR_PLUGIN_DIR") {
+                            Some(_) => "WEIR_PLUGIN_DIR, which overrides plugins.dir,",
+                            None => "plugins.dir",
+                        },
                         self.plugin_dir().display()
                     ),
                 ));
@@ -876,6 +978,56 @@ mod tests {
                 format!("[pipeline]\nname = \"x\"\n{stage}limits = {{ call_timeout_ms = 0 }}\n"),
                 7,
                 "stages[0] (f): limits.call_timeout_ms",
+            ),
+            (
+                format!("[pipeline]\nname = \"x\"\n{stage}[stages.limits]\noutput_bytes = 9\nmax_rows = 0\n"),
+                9,
+                "limits.max_rows must be positive",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[lake]\nurl = \"s3:/bucket/lake\"\n"),
+                4,
+                "lacks the `//` of s3://",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[lake]\nurl = \"ftp://host/lake\"\n"),
+                4,
+                "unknown scheme \"ftp\"",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[lake]\nmax_file_bytes = 0\n"),
+                4,
+                "lake.max_file_bytes = 0 is too small",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[api]\nlisten = \"localhost\"\n"),
+                4,
+                "api.listen \"localhost\" must be host:port",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[nats]\nurl = \"htp://127.0.0.1:4222\"\n"),
+                4,
+                "unknown scheme \"htp\"",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[stream]\nmax_age = \"1m\"\nduplicate_window = \"2m\"\n"),
+                5,
+                "must not be longer than stream.max_age",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[stream]\nmax_bytes = -5\n"),
+                4,
+                "stream.max_bytes -5",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[source]\nurl = \"https://example.org/s\"\nsince = \"yesterday\"\n"),
+                5,
+                "source.since \"yesterday\"",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[source]\nurl = \"https://example.org/s\"\nmin_backoff = \"1s\"\nmax_backoff = \"500ms\"\n"),
+                6,
+                "source.max_backoff 500ms must be at least",
             ),
         ];
         for (text, line, says) in cases {

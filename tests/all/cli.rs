@@ -393,4 +393,18 @@ fn config_check_names_the_line_of_what_is_wrong() {
         "{}",
         text(&out.stderr)
     );
+
+    // Two aggregates writing one gold table (a copied config that kept its `table`).
+    let twice = original.replace("configs/gold_user.json", "configs/gold_wiki.json");
+    assert_ne!(twice, original);
+    std::fs::write(bad.path(), &twice).unwrap();
+    let out = check(bad.path());
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!("{}:", bad.path().display()))
+            && text(&out.stderr)
+                .contains("stage gold_wiki: emits rows into gold_wiki, as stage gold_user does"),
+        "{}",
+        text(&out.stderr)
+    );
 }

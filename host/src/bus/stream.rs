@@ -80,10 +80,24 @@ impl StreamConfig {
         if self.replicas == 0 || self.replicas > 5 {
             return Err("stream.replicas must be 1 to 5".into());
         }
-        if self.duplicate_window.is_zero() {
+        // NATS refuses a window under 100 ms or longer than the messages are kept, but only once it is asked
+        // to create the stream.
+        if self.duplicate_window < Duration::from_millis(100) {
             return Err(
-                "stream.duplicate_window must be positive: it is what drops replays".into(),
+                "stream.duplicate_window must be at least 100ms: it is what drops replays".into(),
             );
+        }
+        if !self.max_age.is_zero() && self.duplicate_window > self.max_age {
+            return Err(format!(
+                "stream.duplicate_window {:?} must not be longer than stream.max_age {:?} (NATS refuses it)",
+                self.duplicate_window, self.max_age
+            ));
+        }
+        if self.max_bytes < 0 {
+            return Err(format!(
+                "stream.max_bytes {} must be 0 (no cap) or a size in bytes",
+                self.max_bytes
+            ));
         }
         Ok(())
     }

@@ -28,11 +28,14 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", at()))?;
         println!("stage {:<10} {}", stage.name, plugin.label());
     }
-    let plugins = config
-        .stages()?
+    let stages = config.stages()?;
+    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+    let plugins = stages
         .into_iter()
         .map(|s| Plugin::start(loader.load(&s.path)?, &s.config, s.limits, Clock::System))
         .collect::<Result<Vec<_>>>()?;
+    crate::pipeline::chain::check_emits(names.iter().map(String::as_str).zip(&plugins))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.stage_at(&e.stage)))?;
     let extra = config
         .silver
         .columns

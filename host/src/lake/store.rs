@@ -61,6 +61,7 @@ impl Store {
     pub fn open(config: &StoreConfig) -> Result<Self> {
         crate::tls::install_default_provider();
         let url = config.url.trim();
+        check_url(url).map_err(anyhow::Error::msg)?;
         // Requests are retried briefly here; the lake's commit loop retries for as long as it takes.
         let retry = RetryConfig {
             max_retries: 3,
@@ -159,9 +160,7 @@ impl Store {
                     .with_context(|| format!("cannot open {url}"))?;
                 (Arc::new(store), prefix)
             }
-            Some((scheme, _)) => bail!(
-                "lake url {url:?}: unknown scheme {scheme:?} (use file://, s3://, gs://, az:// or memory://)"
-            ),
+            Some((scheme, _)) => bail!("lake url {url:?}: scheme {scheme:?} is not supported"),
         };
         let store: Arc<dyn ObjectStore> = match super::latency::from_env()? {
             Some(wait) => Arc::new(super::latency::Late::new(store, wait)),
@@ -199,6 +198,46 @@ impl Store {
 }
 
 /// `bucket/some/prefix` → (`bucket`, `some/prefix`).
+/// Whether `url` names a lake [`Store::open`] can open: a local path, or a URL of a known scheme with a
+/// bucket or container. A URL that lost a slash (`s3:/bucket`) would otherwise be taken for a local directory
+/// named `s3:`, and the lake would land on local disk unnoticed.
+pub fn check_url(url: &str) -> Result<(), String> {
+    const SCHEMES: &str = "use a local path, file://, s3://, gs://, az:// or memory://";
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(format!("the lake url is empty: {SCHEMES}"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        });
+        return match scheme {
+            Some(scheme) => Err(format!(
+                "lake url {url:?} lacks the `//` of {scheme}://: write {scheme}://..., or ./{url} for a local \
+                 directory of that name"
+            )),
+            None => Ok(()),
+        };
+    };
+    match scheme {
+        "file" | "memory" => Ok(()),
+        "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {
+            if split_bucket(rest).0.is_empty() {
+                Err(format!(
+                    "lake url {url:?} names no bucket or container: {scheme}://<bucket>/<prefix>"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(format!(
+            "lake url {url:?}: unknown scheme {scheme:?} ({SCHEMES})"
+        )),
+    }
+}
+
 fn split_bucket(rest: &str) -> (&str, String) {
     let rest = rest.trim_end_matches('/');
     match rest.split_once('/') {
@@ -210,6 +249,42 @@ fn split_bucket(rest: &str) -> (&str, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lake_urls_that_would_go_astray_are_refused() {
+        for ok in [
+            "./lake",
+            "/data/lake",
+            "lake",
+            "file:///data/lake",
+            "memory://",
+            "s3://bucket",
+            "s3://bucket/prefix/",
+            "gs://bucket/p",
+            "az://container/p",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("s3:/bucket/lake", "lacks the `//` of s3://"),
+            ("gs:bucket", "lacks the `//` of gs://"),
+            ("ftp://host/lake", "unknown scheme \"ftp\""),
+            ("s3://", "names no bucket"),
+            ("az:///prefix", "names no bucket"),
+            ("", "empty"),
+        ] {
+            let err = check_url(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+            assert!(
+                Store::open(&StoreConfig {
+                    url: bad.into(),
+                    ..StoreConfig::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn paths_live_under_the_prefix() {

@@ -11,6 +11,44 @@ use crate::event::{Event, EventShape, JsonPath, Layout, Parser, Projection};
 use crate::runtime::types::{Row, Verdict};
 use crate::runtime::{FailureKind, Plugin, PluginFailure};
 
+/// Two stages emitting rows into one gold table (see [`check_emits`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "emits rows into {table}, as stage {first} does: each would write its own rows for a window, and the \
+     table would count its events twice; give each aggregate its own `table`"
+)]
+pub struct EmitsTwice {
+    /// The later stage, where the configuration went wrong (a copied aggregate config that kept its table).
+    pub stage: String,
+    pub first: String,
+    pub table: String,
+}
+
+/// Refuses two stages (`(name, plugin)`, in stage order) that emit rows into the same gold table.
+pub fn check_emits<'a>(
+    stages: impl IntoIterator<Item = (&'a str, &'a Plugin)>,
+) -> Result<(), EmitsTwice> {
+    let mut owners: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for (stage, plugin) in stages {
+        for table in &plugin.plan().emits {
+            let table = crate::lake::schema::gold_table(table);
+            match owners.get(table.as_str()) {
+                Some(&first) if first != stage => {
+                    return Err(EmitsTwice {
+                        stage: stage.to_string(),
+                        first: first.to_string(),
+                        table,
+                    });
+                }
+                _ => {
+                    owners.insert(table, stage);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One plugin of a chain with its projection, compiled against the chain's layout.
 pub struct Stage {
     /// The stage's name in the pipeline (`gold_wiki`); the plugin's own name unless the chain is `named`.
@@ -173,6 +211,13 @@ impl Chain {
     /// have with it, for [`Chain::replace_stage`]. Nothing changes, so a swap can be refused before any state
     /// moves.
     pub fn replacement(&self, index: usize, plugin: &Plugin) -> anyhow::Result<Replacement> {
+        check_emits(
+            self.stages
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.as_str(), if i == index { plugin } else { &s.plugin })),
+        )
+        .map_err(|e| anyhow!("stage {}: {e}", e.stage))?;
         let plans = self
             .stages
             .iter()

@@ -204,6 +204,8 @@ pub fn start_plugins(
         stages.on_error.push(stage.on_error);
         stages.configured.push(stage.path);
     }
+    super::chain::check_emits(stages.names.iter().map(String::as_str).zip(&plugins))
+        .map_err(|e| anyhow!("{}: {e}", config.stage_at(&e.stage)))?;
     Ok((plugins, stages, previous))
 }
 

@@ -118,8 +118,11 @@ impl Limits {
                 self.memory_bytes
             ));
         }
-        if self.output_bytes == 0 || self.max_rows == 0 {
-            return Err("limits.output_bytes and limits.max_rows must be positive".into());
+        if self.output_bytes == 0 {
+            return Err("limits.output_bytes must be positive".into());
+        }
+        if self.max_rows == 0 {
+            return Err("limits.max_rows must be positive".into());
         }
         Ok(())
     }

@@ -76,10 +76,30 @@ impl SseConfig {
             return Err("source.idle_timeout must be positive".into());
         }
         // Zero would reconnect to a source that refuses as fast as the machine can.
-        if self.min_backoff.is_zero() || self.min_backoff > self.max_backoff {
+        if self.min_backoff.is_zero() {
+            return Err("source.min_backoff must be positive".into());
+        }
+        if self.max_backoff < self.min_backoff {
+            return Err(format!(
+                "source.max_backoff {:?} must be at least source.min_backoff {:?}",
+                self.max_backoff, self.min_backoff
+            ));
+        }
+        if self.healthy_after.is_zero() {
             return Err(
-                "source.min_backoff must be positive and at most source.max_backoff".into(),
+                "source.healthy_after must be positive: a connection up that long resets the backoff"
+                    .into(),
             );
+        }
+        if let Some(since) = &self.since
+            && since.parse::<i64>().is_err()
+            && chrono::DateTime::parse_from_rfc3339(since).is_err()
+            && chrono::NaiveDate::parse_from_str(since, "%Y-%m-%d").is_err()
+        {
+            return Err(format!(
+                "source.since {since:?} must be milliseconds since 1970 or an ISO 8601 time \
+                 (2026-01-31T00:00:00Z, or 2026-01-31)"
+            ));
         }
         if self.rate_limited_backoff.is_zero() {
             return Err(
