@@ -862,7 +862,7 @@ fn replay_from_bronze_when_the_stream_is_gone() {
         .collect();
     assert!(
         live_silver == replayed,
-        "the same events reach silver, under their original sequences: {} live, {} replayed; first          missing from the replay: {missing:?}",
+        "the same events reach silver, under their original sequences: {} live, {} replayed; first missing from the replay: {missing:?}",
         live_silver.len(),
         replayed.len()
     );

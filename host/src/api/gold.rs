@@ -339,11 +339,17 @@ fn memory_answer(state: &AppState, ask: &Question) -> Option<serde_json::Value> 
     if rows.is_none() && !recent.lacks_gold_of(&ask.table) {
         return None;
     }
-    let matched: Vec<serde_json::Value> = rows
+    // Rows come in the order windows closed, which is not that of their starts (a long session closes after
+    // a short one that started later): sorted, newest emitted first within a window.
+    let mut matched: Vec<&RecentGold> = rows
         .into_iter()
         .flatten()
         .filter(|r| ask.wants(r))
-        .rev()
+        .collect();
+    matched.reverse();
+    matched.sort_by_key(|r| Reverse(r.window_start()));
+    let matched: Vec<serde_json::Value> = matched
+        .into_iter()
         .take(ask.limit)
         .map(RecentGold::to_json)
         .collect();
@@ -539,7 +545,7 @@ const LAKE_READ_BUDGET: Duration = Duration::from_secs(20);
 /// A request that read the lake for [`LAKE_READ_BUDGET`] with hours still to read.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the query read {hours} hours of {table} in {secs} s and found {found} of its {limit} rows, with {left}      hours left to read: narrow it with `from` and `to`"
+    "the query read {hours} hours of {table} in {secs} s and found {found} of its {limit} rows, with {left} hours left to read: narrow it with `from` and `to`"
 )]
 struct TooBroad {
     table: String,

@@ -361,8 +361,23 @@ async fn latest_events(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    const KEPT: usize = crate::pipeline::shared::Recent::EVENTS;
+    if let Some(other) = q.keys().find(|k| *k != "limit") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{other:?} is not a parameter of this query: it takes `limit` alone"),
+        );
+    }
     let limit = match query_limit(&q, 20) {
-        Ok(limit) => limit.min(crate::pipeline::shared::Recent::EVENTS),
+        Ok(limit) if limit <= KEPT => limit,
+        Ok(limit) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "limit={limit}: memory keeps the newest {KEPT} events, ask for {KEPT} or fewer"
+                ),
+            );
+        }
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     // Copied out (the raw text is shared, not copied), then made JSON without the lock the pipeline's
@@ -387,21 +402,26 @@ fn query_limit(q: &HashMap<String, String>, default: usize) -> Result<usize, Str
     match v.parse::<usize>() {
         Ok(limit) if limit <= MAX_QUERY_ROWS => Ok(limit),
         Ok(_) => Err(format!(
-            "limit={v} is over {MAX_QUERY_ROWS} rows; page with `from` instead"
+            "limit={v} is over {MAX_QUERY_ROWS} rows: ask for fewer windows with `from` and `to`"
         )),
         Err(_) => Err(format!("limit={v:?} is not a whole number of rows")),
     }
 }
 
 /// A time in a query: ms since the epoch, or RFC 3339. An offset's `+` arrives as a space when the client
-/// did not encode it (`from=2025-01-01T00:00:00+02:00`): taken back as `+`.
+/// did not encode it (`from=2025-01-01T00:00:00+02:00`): the last space is taken back as `+` when the time
+/// does not read as given (where a space may stand between date and time).
 fn query_time(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, String> {
     match q.get(name) {
         None => Ok(None),
         Some(v) => v
             .parse::<i64>()
             .ok()
-            .or_else(|| crate::event::parse_rfc3339_ms(&v.replace(' ', "+")))
+            .or_else(|| crate::event::parse_rfc3339_ms(v))
+            .or_else(|| {
+                let (time, offset) = v.rsplit_once(' ')?;
+                crate::event::parse_rfc3339_ms(&format!("{time}+{offset}"))
+            })
             .map(Some)
             .ok_or_else(|| format!("{name}={v:?} is neither milliseconds nor an RFC 3339 time")),
     }
@@ -451,5 +471,18 @@ mod tests {
         assert!(!same_secret(b"s3cre", b"s3cret"));
         assert!(!same_secret(b"s3crets", b"s3cret"));
         assert!(!same_secret(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn query_times_read_as_clients_send_them() {
+        let at = |v: &str| super::query_time(&[("from".to_string(), v.to_string())].into(), "from");
+        let midnight = Ok(Some(946_684_800_000));
+        assert_eq!(at("946684800000"), midnight);
+        assert_eq!(at("2000-01-01T00:00:00Z"), midnight);
+        assert_eq!(at("2000-01-01 00:00:00Z"), midnight);
+        // An offset's `+` left unencoded arrives as a space.
+        assert_eq!(at("2000-01-01T02:00:00 02:00"), midnight);
+        assert_eq!(at("2000-01-01 02:00:00 02:00"), midnight);
+        assert!(at("yesterday").unwrap_err().contains("from=\"yesterday\""));
     }
 }

@@ -40,11 +40,10 @@ pub async fn document() -> impl IntoResponse {
     gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, or `from` not before `to`" });
     gold["responses"]["404"] = json!({ "description": "No stage of this pipeline emits the table (the error names the ones that do); a table that is emitted but has no rows yet answers 200 with no rows and a `note` on when they come" });
     gold["responses"]["422"] = json!({ "description": "The lake read took over 20 s with hours still to read (a filter matching few rows over a long range): narrow `from` and `to`" });
-    gold["responses"]["503"] =
-        json!({ "description": "`source=lake` and the lake cannot be read" });
+    gold["responses"]["503"] = json!({ "description": "`source=lake` and the lake cannot be read, or the pipeline is still starting (no stage has published the tables it emits yet): ask again in a moment" });
     let mut latest = op("The newest silver events", false);
     latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);
-    latest["responses"]["400"] = json!({ "description": "A `limit` that is not a whole number" });
+    latest["responses"]["400"] = json!({ "description": "A `limit` that is not a whole number or over 1000 (memory keeps the newest 1000 events), or a parameter other than `limit`" });
     let mut replay = op(
         "Replay the stream from a sequence or time into a new table version (<lake>/_versions/<version>)",
         true,
@@ -59,7 +58,7 @@ pub async fn document() -> impl IntoResponse {
         } } } } });
     replay["responses"] = json!({
         "202": { "description": "Started" },
-        "400": { "description": "A body that cannot be read, or a replay that cannot run (the error says why: a bad version name, both from_seq and from_time, to_seq before the start, an unreadable from_time)" },
+        "400": { "description": "A body that cannot be read, or a replay that cannot run (the error says why: a bad version name, both from_seq and from_time, to_seq before the start, an unreadable from_time or one outside 1970-9999)" },
         "404": { "description": "Replays are not offered by this host" },
         "409": { "description": "That version is running already" }
     });

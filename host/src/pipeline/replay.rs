@@ -73,6 +73,14 @@ impl Replay {
                 "replay: --to-seq {until} is before the start ({from})"
             ));
         }
+        // Checked here, not when the replay's consumer is created: by then the replay runs on its own.
+        if let ReplayStart::Time(ms) = self.start
+            && async_nats::datetime::from_nanos(ms as i128 * 1_000_000).is_err()
+        {
+            return Err(format!(
+                "replay start time {ms} ms is out of range: give a time from 1970 to 9999"
+            ));
+        }
         Ok(())
     }
 

@@ -200,7 +200,7 @@ fn private(root: &Path, artifact: &Path) -> bool {
             Ok(meta) if meta.uid() != user || meta.mode() & 0o022 != 0 => {
                 tracing::warn!(
                     path = %path.display(),
-                    "not using the compiled-plugin cache: {} belongs to another user or others may write                      to it; make the cache directory private (chmod 700) or set WEIR_CACHE_DIR",
+                    "not using the compiled-plugin cache: {} belongs to another user or others may write to it; make the cache directory private (chmod 700) or set WEIR_CACHE_DIR",
                     path.display()
                 );
                 return false;
