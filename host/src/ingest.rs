@@ -89,6 +89,27 @@ pub const OVERSIZE_KEPT: usize = 64 << 10;
 /// (`max_line`, 1 MiB), and a marker carrying it would be as unpublishable as the event it stands for.
 const MARKER_ID_MAX: usize = 1 << 10;
 
+/// An event id as the `Nats-Msg-Id` header carries it: the id itself, or a digest of it when it holds a
+/// control character (a header cannot hold a line break, and async-nats panics on one: `"meta":{"id":"a\nb"}`
+/// would stop ingest at every restart) or is longer than [`MARKER_ID_MAX`]. The same id gives the same
+/// header, so an event sent again is still dropped as a duplicate.
+fn header_id(id: String) -> String {
+    if id.len() <= MARKER_ID_MAX && !id.chars().any(char::is_control) {
+        return id;
+    }
+    format!(
+        "id-sha256:{}",
+        hex::encode(&Sha256::digest(id.as_bytes())[..16])
+    )
+}
+
+/// Whether an SSE id can be sent back as `Last-Event-ID`: an HTTP header value (no control character but a
+/// tab; the client refuses others) of a size servers take. Another, saved as the position, would be sent on
+/// every connect after a restart and refused for ever.
+fn resumable(id: &str) -> bool {
+    id.len() <= 4 * MARKER_ID_MAX && id.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// `id` if it is short enough for a marker, else a digest of it (the same for the same id, so a marker sent
 /// again is still dropped as a duplicate).
 fn marker_id(id: String) -> String {
@@ -362,11 +383,27 @@ impl Ingest {
                 format!("sha256:{}", hex::encode(&Sha256::digest(&payload)[..16]))
             }
         };
+        let id = if id.is_empty() {
+            format!("sha256:{}", hex::encode(&Sha256::digest(&payload)[..16]))
+        } else {
+            header_id(id)
+        };
+        let position = Some(event.last_event_id).filter(|p| !p.is_empty());
+        if let Some(p) = &position
+            && !resumable(p)
+        {
+            tracing::warn!(
+                source = %self.config.name,
+                "an SSE id that cannot be sent back as Last-Event-ID ({} bytes, or a control character) is not \
+                 saved as the position: a restart resumes from the one before",
+                p.len()
+            );
+        }
         let message = Outgoing {
             id,
             payload,
             headers,
-            position: Some(event.last_event_id).filter(|p| !p.is_empty()),
+            position: position.filter(|p| resumable(p)),
         };
         // Repairing bad UTF-8 and the headers can take an event under `max_event_bytes` past what the server
         // takes: sent, it would be refused for ever, and hold up every event after it.
@@ -431,5 +468,20 @@ mod tests {
         let id = marker_id(long.clone());
         assert!(id.len() < 64, "{id}");
         assert_eq!(id, marker_id(long), "the same id twice");
+    }
+
+    #[test]
+    fn ids_a_header_cannot_carry_become_stable_digests() {
+        assert_eq!(header_id("4b2e-uuid".into()), "4b2e-uuid");
+        for odd in ["a\nb", "a\rb", "a\u{0}b", &"7".repeat(MARKER_ID_MAX + 1)] {
+            let id = header_id(odd.to_string());
+            assert!(id.starts_with("id-sha256:") && id.len() < 64, "{id}");
+            assert_eq!(id, header_id(odd.to_string()), "the same id twice");
+        }
+        assert!(resumable(
+            r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":-1}]"#
+        ));
+        assert!(!resumable("a\u{1}b"));
+        assert!(!resumable(&"7".repeat(8 * MARKER_ID_MAX)));
     }
 }

@@ -514,3 +514,68 @@ fn oversize_events_reach_the_stream_marked_for_quarantine() {
         assert_eq!(messages[3].payload, lines[3].as_bytes()[..64 << 10]);
     });
 }
+
+/// Event ids a header cannot carry as they are (a line break, which async-nats refuses with a panic) are
+/// sent as a digest; events with an empty id are told apart by their bytes, not dropped as duplicates of
+/// each other. Every event reaches the stream, once.
+#[test]
+fn ids_a_header_cannot_carry_reach_the_stream_as_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats_server(dir.path());
+    let rt = runtime();
+    let generator = Generator::new(GenConfig::default());
+    let with_id = |i: u64, id: &str| {
+        let mut doc: serde_json::Value = serde_json::from_str(&generator.event(i).data).unwrap();
+        doc["meta"]["id"] = id.into();
+        doc.to_string()
+    };
+    let lines = vec![
+        generator.event(0).data,
+        with_id(1, "a\nb"),
+        with_id(2, ""),
+        with_id(3, ""),
+        with_id(4, "a\nb"),
+    ];
+    rt.block_on(async {
+        let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
+        let (url, server_task) =
+            spawn_local(Arc::new(ServeConfig::new(Events::Lines(lines.clone()))))
+                .await
+                .unwrap();
+        let stream = stream("ODD_IDS");
+        // Four stored; the fifth, if it is sent before the stop, is dropped as the second's duplicate.
+        let stats = ingest_until(&nats, &url, &stream, "odd", 4).await;
+        server_task.abort();
+        assert_eq!(stats.publish.published.load(Ordering::Relaxed), 4);
+        let js = async_nats::jetstream::new(nats.clone());
+        let consumer = js
+            .get_stream("ODD_IDS")
+            .await
+            .unwrap()
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap();
+        let messages: Vec<_> = consumer
+            .messages()
+            .await
+            .unwrap()
+            .take(4)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let msg_id = |i: usize| {
+            messages[i]
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.to_string())
+                .unwrap()
+        };
+        for (i, line) in lines.iter().take(4).enumerate() {
+            assert_eq!(messages[i].payload, line.as_bytes(), "message {i}");
+        }
+        assert!(msg_id(1).starts_with("id-sha256:"), "{}", msg_id(1));
+        assert!(msg_id(2).starts_with("sha256:"), "{}", msg_id(2));
+        assert_ne!(msg_id(2), msg_id(3));
+    });
+}

@@ -112,6 +112,15 @@ struct Acked {
     sequence: u64,
 }
 
+/// How long to wait before sending again after `failures` failed acks in a row: nothing at the first (a lost
+/// connection's acks fail together), then 100 ms doubling up to 10 s.
+fn ack_failed_wait(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => (Duration::from_millis(100) * 2u32.pow((n - 1).min(7))).min(Duration::from_secs(10)),
+    }
+}
+
 pub struct Publisher {
     js: jetstream::Context,
     subject: String,
@@ -133,6 +142,8 @@ pub struct Publisher {
     last_save: Instant,
     save_every: Duration,
     stats: Arc<PublishStats>,
+    /// Publish acks failed in a row: each round of sending again waits longer (see [`ack_failed_wait`]).
+    ack_failures: u32,
 }
 
 impl Publisher {
@@ -170,6 +181,7 @@ impl Publisher {
             last_save: Instant::now(),
             save_every: Duration::from_secs(1),
             stats,
+            ack_failures: 0,
         }
     }
 
@@ -306,6 +318,7 @@ impl Publisher {
     ) -> Result<()> {
         match result {
             Ok(ack) => {
+                self.ack_failures = 0;
                 let done = self.in_flight.pop_front().expect("front exists");
                 // A recovered message was counted when it was first acked.
                 if !done.recovered {
@@ -335,7 +348,15 @@ impl Publisher {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(subject = %self.subject, "publish ack failed ({e}); sending the unacked messages again");
+                // A refusal (the store full, a message over the stream's size limit) comes back at once:
+                // sent again at once, it would spin, resending up to `max_in_flight` messages each round.
+                let wait = ack_failed_wait(self.ack_failures);
+                self.ack_failures = self.ack_failures.saturating_add(1);
+                tracing::warn!(
+                    subject = %self.subject,
+                    "publish ack failed ({e}); sending the unacked messages again in {wait:?}"
+                );
+                tokio::time::sleep(wait).await;
                 self.resend_all().await
             }
         }
@@ -484,5 +505,19 @@ impl Publisher {
         }
         self.saved = true;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_acks_are_sent_again_ever_more_slowly() {
+        let waits: Vec<u128> = (0..10).map(|n| ack_failed_wait(n).as_millis()).collect();
+        assert_eq!(
+            waits,
+            [0, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
     }
 }

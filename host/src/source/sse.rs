@@ -202,7 +202,7 @@ impl SseParser {
     fn process(&mut self, line: &[u8], out: &mut Vec<SseItem>) {
         let (field, value) = match line.iter().position(|&b| b == b':') {
             Some(0) => {
-                out.push(SseItem::Comment(self.text(&line[1..])));
+                out.push(SseItem::Comment(lossy(&line[1..])));
                 return;
             }
             Some(colon) => {
@@ -212,13 +212,13 @@ impl SseParser {
             None => (line, &b""[..]),
         };
         match field {
-            b"event" => self.event_type = self.text(value),
+            b"event" => self.event_type = lossy(value),
             b"data" => {
-                let value = self.text(value);
+                let value = self.data_text(value);
                 self.data.push_str(&value);
                 self.data.push('\n');
             }
-            b"id" if !value.contains(&0) => self.last_event_id = self.text(value),
+            b"id" if !value.contains(&0) => self.last_event_id = lossy(value),
             b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
                 // All digits: only an absurd length overflows; saturate rather than ignore.
                 let ms = std::str::from_utf8(value)
@@ -231,7 +231,9 @@ impl SseParser {
         }
     }
 
-    fn text(&mut self, bytes: &[u8]) -> String {
+    /// A `data` line's text; invalid UTF-8 is replaced, and flags the event's payload as repaired (other
+    /// lines are not its payload: a comment's bad byte must not mark the next event).
+    fn data_text(&mut self, bytes: &[u8]) -> String {
         match std::str::from_utf8(bytes) {
             Ok(s) => s.to_string(),
             Err(_) => {
@@ -281,6 +283,10 @@ pub fn parse_all(bytes: &[u8], limits: Limits) -> Vec<SseItem> {
     parser.feed(bytes, &mut out);
     parser.finish(&mut out);
     out
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[cfg(test)]
@@ -373,6 +379,12 @@ mod tests {
             })
         );
         assert_eq!(out[1], event("ok", ""));
+        // Only the payload's bytes flag it: not a comment's, an event type's or an id's.
+        let out = events(b":caf\xE9\nevent: \xE9\nid: \xE9\ndata: ok\n\n");
+        let SseItem::Event(ok) = out.last().unwrap() else {
+            panic!("{out:?}")
+        };
+        assert_eq!((ok.data.as_str(), ok.invalid_utf8), ("ok", false));
     }
 
     #[test]
