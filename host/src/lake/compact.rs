@@ -360,14 +360,20 @@ async fn merge_partition(
     let mut current: Option<Output> = None;
     for input in inputs {
         let location = store.path(&input.path);
-        let bytes = retry(&format!("reading {location}"), || async {
-            match store.store.get(&location).await {
-                Ok(got) => Ok(Some(got.bytes().await?)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e.into()),
-            }
-        })
-        .await;
+        // A refusal (access denied, an object archived away) does not pass with waiting: the partition is left
+        // as it is, rather than the run (and the host's readiness, while it retries) held up for ever.
+        let bytes = super::retry_unless(
+            &format!("reading {location}"),
+            || async {
+                match store.store.get(&location).await {
+                    Ok(got) => Ok(Some(got.bytes().await?)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            },
+            super::is_refusal,
+        )
+        .await?;
         let Some(bytes) = bytes else {
             bail!(
                 "{} is gone: another compaction or a replay in place replaced it since the log was read",

@@ -199,6 +199,20 @@ where
     }
 }
 
+/// Whether a store error refuses the request itself (access denied, credentials not taken), which no wait
+/// mends, unlike the store being away or slow.
+pub(crate) fn is_refusal(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<object_store::Error>(),
+            Some(
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            )
+        )
+    })
+}
+
 /// [`retry`] for the commit log's reads and writes, which give up at once on a [`log::Unrecoverable`] failure.
 pub(crate) async fn retry_log<T, F, Fut>(what: &str, attempt: F) -> Result<T>
 where
@@ -261,7 +275,7 @@ impl Drop for Retrying {
 }
 
 /// [`retry`], except that a failure for which `is_final` holds is returned at once.
-async fn retry_unless<T, F, Fut>(
+pub(crate) async fn retry_unless<T, F, Fut>(
     what: &str,
     mut attempt: F,
     is_final: impl Fn(&anyhow::Error) -> bool,
@@ -1289,30 +1303,41 @@ const STRANDED_AFTER_MS: i64 = 60_000;
 
 /// Moves into place the files of committed epochs (of any host but this commit's, `own_staging`) still
 /// staged a minute after their record: their host stopped between its record and the move, and may never
-/// come back under its name (a scaled-down StatefulSet, a new hostname) to finish it at its start. Run
-/// before a checkpoint passes their records, after which only a read of the whole log finds them.
+/// come back under its name (a scaled-down StatefulSet, a new hostname) to finish it at its start; or a
+/// compaction run stopped there, which only the next run would finish (readers find neither its merged files
+/// nor the files they replace meanwhile). Run before a checkpoint passes their records, after which only a
+/// read of the whole log finds them.
 async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) -> Result<()> {
-    // Directories with files in them: a moved epoch's directory stays behind, empty, on local disk.
+    // Files, not directories: a moved epoch's directory stays behind, empty, on local disk, and a compaction
+    // run's staging keeps its marker until the run is done.
+    let own = format!("{own_staging}/");
     let staged: std::collections::BTreeSet<String> = staged_files(store)
         .await?
         .into_iter()
-        .map(|(name, _)| format!("{STAGING}/{name}"))
-        .filter(|dir| dir != own_staging)
+        .map(|(_, location)| store.relative(&location))
+        .filter(|path| !path.starts_with(&own))
         .collect();
     if staged.is_empty() {
         return Ok(());
     }
+    let holds_staged = |record: &CommitRecord| {
+        record
+            .files()
+            .map(|f| f.path.as_str())
+            .chain(record.state.as_ref().map(|_| "state.bin"))
+            .any(|path| staged.contains(&format!("{}/{path}", record.staging)))
+    };
     let log = retry_log("reading the commit log", || log::read(store)).await?;
     let replaced = log::replaced_paths(&log.records);
     let now = now_ms();
     let mut moving = None;
-    for record in log.records.iter().filter(|r| staged.contains(&r.staging)) {
+    for record in log.records.iter().filter(|r| holds_staged(r)) {
         if now - record.committed_at_ms > STRANDED_AFTER_MS {
             tracing::warn!(
                 epoch = record.epoch,
                 host = %record.host,
-                "moving the files of another host's committed epoch into place: that host stopped after its \
-                 commit record"
+                "moving the files of a committed epoch into place: the host or compaction run that wrote it \
+                 stopped after its commit record"
             );
             republish(store, record, concurrency, &replaced).await?;
         } else {
@@ -1523,6 +1548,69 @@ mod tests {
             .into(),
             ..CommitRecord::default()
         }
+    }
+
+    /// A compaction run that stopped after its record left the merged file staged: readers find neither it
+    /// nor the file it replaces. The next checkpoint's look for stranded epochs finishes it (moves the merged
+    /// file in, deletes the replaced one) rather than leaving it to the next compaction run.
+    #[test]
+    fn a_compaction_stopped_after_its_record_is_finished_before_a_checkpoint() {
+        let (_dir, config) = local_lake();
+        block_on(async {
+            let store = Store::open(&config.store()).unwrap();
+            let put = |path: &str| {
+                let (store, path) = (store.clone(), store.path(path));
+                async move {
+                    store
+                        .store
+                        .put(&path, Bytes::from_static(b"x").into())
+                        .await
+                        .unwrap()
+                }
+            };
+            let original = "silver/dt=2026-01-01/hour=00/a.parquet";
+            let merged = "silver/dt=2026-01-01/hour=00/merged.parquet";
+            let staging = "_weir/staging/compact/run-1";
+            let long_ago = now_ms() - 2 * STRANDED_AFTER_MS;
+            let first = CommitRecord {
+                committed_at_ms: long_ago,
+                ..first_record("_weir/staging/edge-1", original)
+            };
+            put(original).await;
+            assert!(matches!(
+                log::create(&store, &first).await.unwrap(),
+                log::CreateOutcome::Created
+            ));
+            let compaction = CommitRecord {
+                epoch: 2,
+                host: "compactor".into(),
+                replaces: vec![original.into()],
+                committed_at_ms: long_ago,
+                ..first_record(staging, merged)
+            };
+            put(&format!("{staging}/{merged}")).await;
+            put(&format!("{staging}/_unfinished")).await;
+            assert!(matches!(
+                log::create(&store, &compaction).await.unwrap(),
+                log::CreateOutcome::Created
+            ));
+
+            publish_stranded(&store, "_weir/staging/edge-2", 4)
+                .await
+                .unwrap();
+            let exists = |path: &str| {
+                let (store, path) = (store.clone(), store.path(path));
+                async move { store.store.head(&path).await.is_ok() }
+            };
+            assert!(exists(merged).await, "the merged file is in place");
+            assert!(!exists(original).await, "the file it replaces is gone");
+            assert!(!exists(&format!("{staging}/{merged}")).await);
+            // Nothing of it is left staged but the marker, which the next compaction run clears: a second
+            // look moves nothing again.
+            publish_stranded(&store, "_weir/staging/edge-2", 4)
+                .await
+                .unwrap();
+        });
     }
 
     /// A message redelivered to a second host while the first still held it in its open epoch: once the
