@@ -111,6 +111,38 @@ async fn stored_ids(nats: &async_nats::Client, stream: &str) -> Vec<String> {
     ids
 }
 
+/// The first `count` messages of `stream`, in stream order.
+async fn stream_messages(
+    nats: &async_nats::Client,
+    stream: &str,
+    count: usize,
+) -> Vec<async_nats::jetstream::Message> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    consumer
+        .messages()
+        .await
+        .unwrap()
+        .take(count)
+        .map(Result::unwrap)
+        .collect()
+        .await
+}
+
+fn header_of(message: &async_nats::jetstream::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.to_string())
+}
+
 fn ids_of(lines: &[String]) -> Vec<String> {
     lines
         .iter()
@@ -471,29 +503,8 @@ fn oversize_events_reach_the_stream_marked_for_quarantine() {
         server_task.abort();
         assert_eq!(stats.oversize.load(Ordering::Relaxed), 2);
 
-        let js = async_nats::jetstream::new(nats.clone());
-        let consumer = js
-            .get_stream("OVERSIZE")
-            .await
-            .unwrap()
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-            .await
-            .unwrap();
-        let messages: Vec<_> = consumer
-            .messages()
-            .await
-            .unwrap()
-            .take(5)
-            .map(Result::unwrap)
-            .collect()
-            .await;
-        let header = |i: usize, name: &str| {
-            messages[i]
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.to_string())
-        };
+        let messages = stream_messages(&nats, "OVERSIZE", 5).await;
+        let header = |i: usize, name: &str| header_of(&messages[i], name);
         for i in [0, 2, 4] {
             assert_eq!(header(i, "Weir-Rejected"), None, "message {i}");
             assert_eq!(messages[i].payload, lines[i].as_bytes(), "message {i}");
@@ -547,30 +558,8 @@ fn ids_a_header_cannot_carry_reach_the_stream_as_digests() {
         let stats = ingest_until(&nats, &url, &stream, "odd", 4).await;
         server_task.abort();
         assert_eq!(stats.publish.published.load(Ordering::Relaxed), 4);
-        let js = async_nats::jetstream::new(nats.clone());
-        let consumer = js
-            .get_stream("ODD_IDS")
-            .await
-            .unwrap()
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-            .await
-            .unwrap();
-        let messages: Vec<_> = consumer
-            .messages()
-            .await
-            .unwrap()
-            .take(4)
-            .map(Result::unwrap)
-            .collect()
-            .await;
-        let msg_id = |i: usize| {
-            messages[i]
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Nats-Msg-Id"))
-                .map(|v| v.to_string())
-                .unwrap()
-        };
+        let messages = stream_messages(&nats, "ODD_IDS", 4).await;
+        let msg_id = |i: usize| header_of(&messages[i], "Nats-Msg-Id").unwrap();
         for (i, line) in lines.iter().take(4).enumerate() {
             assert_eq!(messages[i].payload, line.as_bytes(), "message {i}");
         }
