@@ -239,6 +239,7 @@ impl Ingest {
                     status,
                     retry_after,
                     url,
+                    ..
                 }) if status.as_u16() == 429 => {
                     let delay = retry_after
                         .unwrap_or(config.rate_limited_backoff)

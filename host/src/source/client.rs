@@ -160,11 +160,13 @@ impl Backoff {
 /// Why a connection attempt or a connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("HTTP {status} from {url}")]
+    #[error("HTTP {status} from {url}{detail}")]
     Status {
         status: reqwest::StatusCode,
         url: String,
         retry_after: Option<Duration>,
+        /// What the server said (the start of its answer) and what to check: `: ...`, or empty.
+        detail: String,
     },
     #[error("cannot connect to {url}: {source}")]
     Connect { url: String, source: reqwest::Error },
@@ -238,10 +240,35 @@ impl SseClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
+            let said = tokio::time::timeout(Duration::from_secs(5), answer_start(response))
+                .await
+                .unwrap_or_default();
+            let hint = match status.as_u16() {
+                403 => Some(
+                    "public streams refuse a generic client: set source.user_agent to one naming the tool \
+                     and a contact",
+                ),
+                400 | 416 if last_event_id.is_some_and(|id| !id.is_empty()) => Some(
+                    "the position sent back (Last-Event-ID) may be what it refuses: it is saved in the KV \
+                     bucket weir_positions under ingest.name (`nats kv del weir_positions <name>` starts \
+                     from source.since, or now)",
+                ),
+                _ => None,
+            };
+            let detail = [Some(said.as_str()).filter(|s| !s.is_empty()), hint]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
             return Err(SourceError::Status {
                 status,
                 url: url.to_string(),
                 retry_after,
+                detail: if detail.is_empty() {
+                    detail
+                } else {
+                    format!(": {detail}")
+                },
             });
         }
         let limits = Limits {
@@ -255,6 +282,25 @@ impl SseClient {
             opened: Instant::now(),
             bytes: 0,
         })
+    }
+}
+
+/// The start of a refusal's body, on one line: where a server says why (Wikimedia names the User-Agent
+/// policy, a proxy its rule). At most 300 characters, read from at most the first 4 KiB.
+async fn answer_start(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while body.len() < 4096
+        && let Some(Ok(chunk)) = chunks.next().await
+    {
+        body.extend_from_slice(&chunk);
+    }
+    body.truncate(4096);
+    let text = String::from_utf8_lossy(&body);
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(300) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line,
     }
 }
 
@@ -285,6 +331,45 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal names what the server said and what to check.
+    #[test]
+    fn a_refusal_says_why() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/stream", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                loop {
+                    let (mut socket, _) = listener.accept().await.unwrap();
+                    let mut request = [0u8; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let body = "Please set a user-agent\n  and respect our robot policy";
+                    let answer = format!(
+                        "HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    socket.write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+            let client = SseClient::new(SseConfig {
+                url,
+                ..SseConfig::default()
+            })
+            .unwrap();
+            let err = client.connect(None).await.err().unwrap().to_string();
+            assert!(
+                err.contains("HTTP 403 Forbidden")
+                    && err.contains("Please set a user-agent and respect our robot policy")
+                    && err.contains("source.user_agent"),
+                "{err}"
+            );
+        });
+    }
 
     #[test]
     fn backoff_grows_with_jitter_up_to_the_cap() {
