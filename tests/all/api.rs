@@ -238,6 +238,8 @@ fn the_api_reports_queries_controls_and_replays() {
         ("/api/v1/events/latest?limit=-1", 400),
         ("/api/v1/events/latest?limit=5000", 400),
         ("/api/v1/events/latest?limt=5", 400),
+        ("/api/v1/gold/gold_wiki?wiki=enwiki&wiki=dewiki", 400),
+        ("/api/v1/events/latest?limit=1&limit=2", 400),
         // RFC 3339 with a space between date and time, and an offset whose `+` came as a space.
         ("/api/v1/gold/gold_wiki?from=2000-01-01%2000:00:00Z", 200),
         (

@@ -21,12 +21,12 @@ use arrow_array::{
     UInt32Array,
 };
 use arrow_schema::{Field, Schema};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Map, json};
 
-use super::{AppState, error, query_limit, query_time};
+use super::{AppState, error, query_limit, query_time, repeated_parameter};
 use crate::lake::log::{CommitRecord, FileEntry};
 use crate::lake::read;
 use crate::lake::schema::gold_table;
@@ -40,7 +40,11 @@ pub(super) async fn gold(
     State(state): State<AppState>,
     UrlPath(table): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
+    if let Some(refused) = repeated_parameter(raw.as_deref()) {
+        return refused;
+    }
     let (from, to, limit) = match (
         query_time(&q, "from"),
         query_time(&q, "to"),

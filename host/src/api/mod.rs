@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -360,7 +360,11 @@ async fn pause_or_resume(state: &AppState, paused: bool) -> Response {
 async fn latest_events(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
+    if let Some(refused) = repeated_parameter(raw.as_deref()) {
+        return refused;
+    }
     const KEPT: usize = crate::pipeline::shared::Recent::EVENTS;
     if let Some(other) = q.keys().find(|k| *k != "limit") {
         return error(
@@ -388,6 +392,21 @@ async fn latest_events(
     };
     let events: Vec<serde_json::Value> = events.iter().map(|e| e.to_json()).collect();
     Json(json!({ "events": events })).into_response()
+}
+
+/// A 400 for a query parameter given twice (`?wiki=enwiki&wiki=dewiki`): the map the handlers read keeps
+/// one of them, and the answer would quietly leave the other out.
+fn repeated_parameter(raw: Option<&str>) -> Option<Response> {
+    let url = reqwest::Url::parse(&format!("http://query/?{}", raw?)).ok()?;
+    let mut seen = std::collections::HashSet::new();
+    let twice = url
+        .query_pairs()
+        .map(|(k, _)| k.into_owned())
+        .find(|k| !seen.insert(k.clone()))?;
+    Some(error(
+        StatusCode::BAD_REQUEST,
+        format!("{twice:?} is given twice: give each parameter once (a filter takes one value)"),
+    ))
 }
 
 /// The most rows one query answers with: an answer is built in memory.

@@ -37,13 +37,13 @@ pub async fn document() -> impl IntoResponse {
         { "name": "limit", "in": "query", "schema": { "type": "integer", "default": 1000, "maximum": 100000 } },
         { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["auto", "memory", "lake"], "default": "auto" }, "description": "auto (default): every row of the windows from `from` on, newest first, from memory when it holds them all, else from the lake with memory's rows not committed yet (`source: memory+lake`); without `from`, the newest rows from memory. memory: memory alone, with `dropped: true` when it lacks rows of windows from `from` on. lake: committed rows of any window, oldest first" }
     ]);
-    gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, or `from` not before `to`" });
+    gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, `from` not before `to`, a filter on a column the table lacks, or a parameter given twice" });
     gold["responses"]["404"] = json!({ "description": "No stage of this pipeline emits the table (the error names the ones that do); a table that is emitted but has no rows yet answers 200 with no rows and a `note` on when they come" });
     gold["responses"]["422"] = json!({ "description": "The lake read took over 20 s with hours still to read (a filter matching few rows over a long range): narrow `from` and `to`" });
     gold["responses"]["503"] = json!({ "description": "`source=lake` and the lake cannot be read, or the pipeline is still starting (no stage has published the tables it emits yet): ask again in a moment" });
     let mut latest = op("The newest silver events", false);
     latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);
-    latest["responses"]["400"] = json!({ "description": "A `limit` that is not a whole number or over 1000 (memory keeps the newest 1000 events), or a parameter other than `limit`" });
+    latest["responses"]["400"] = json!({ "description": "A `limit` that is not a whole number or over 1000 (memory keeps the newest 1000 events), a parameter other than `limit`, or `limit` given twice" });
     let mut replay = op(
         "Replay the stream from a sequence or time into a new table version (<lake>/_versions/<version>)",
         true,
