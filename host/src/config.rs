@@ -395,7 +395,6 @@ impl Config {
             ("pipeline.name", Some(&self.pipeline.name)),
             ("pipeline.host", self.pipeline.host.as_ref()),
             ("consumer.durable", self.consumer.durable.as_ref()),
-            ("ingest.name", Some(&self.ingest.name)),
         ] {
             if let Some(name) = name
                 && !plain(name)
@@ -406,6 +405,13 @@ impl Config {
                     format!("{field} {name:?} must be letters, digits, `-` and `_`"),
                 ));
             }
+        }
+        if self.ingest.name.trim().is_empty() {
+            return Err(self.at_field(
+                text,
+                "ingest.name",
+                "ingest.name must not be empty: it is the key of the source's saved position",
+            ));
         }
         if let Some(source) = &self.source {
             source
@@ -637,26 +643,9 @@ impl Config {
                 anyhow::anyhow!("WEIR_LAKE_URL (which overrides lake.url): {e}")
             });
         }
-        // async-nats takes a comma-separated list of servers, each `host:port` or a URL of its schemes.
-        for server in self
-            .nats
-            .url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-        {
-            if let Some((scheme, _)) = server.split_once("://")
-                && !matches!(scheme, "nats" | "tls" | "ws" | "wss")
-            {
-                return Err(self.at_field(
-                    text,
-                    "nats.url",
-                    format!(
-                        "nats.url {server:?}: unknown scheme {scheme:?} (use nats://host:4222, tls://, ws:// \
-                         or wss://; leave it empty for a local nats-server)"
-                    ),
-                ));
-            }
+        // Read as `bus::connect` reads it (empty: a local nats-server).
+        if let Err(e) = crate::bus::server_addrs(&self.nats.url) {
+            return Err(self.at_field(text, "nats.url", format!("nats.url: {e}")));
         }
         let listen = &self.api.listen;
         let port = listen
@@ -896,6 +885,26 @@ mod tests {
         Config::parse(text, Path::new("/tmp/p.toml"))
     }
 
+    /// Values that passed before the checks of 3b617e7, and must still.
+    #[test]
+    fn values_that_worked_still_do() {
+        let stage = "\n[[stages]]\nname = \"f\"\nplugin = \"f.wasm\"\n";
+        for section in [
+            "[nats]\nurl = \"nats://a:4222, nats://b:4222\"\n",
+            "[nats]\nurl = \"NATS://host:4222\"\n",
+            "[nats]\nurl = \"127.0.0.1:4222\"\n",
+            "[ingest]\nname = \"wikimedia.recentchange\"\n",
+            "[lake]\nurl = \"lake:v2\"\n",
+            "[api]\nlisten = \"[::1]:8080\"\n",
+            "[api]\nlisten = \"\"\n",
+        ] {
+            let text = format!("[pipeline]\nname = \"x\"\n{section}{stage}");
+            // Validated: the check after it, that the plugin file exists, is the one to fail here.
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("f.wasm does not exist"), "{section}: {err}");
+        }
+    }
+
     #[test]
     fn errors_name_the_file_line_and_field() {
         let err = parse("[pipeline]\nname = \"x\"\nbogus = 1\n")
@@ -1007,7 +1016,7 @@ mod tests {
             (
                 with_stage("[pipeline]\nname = \"x\"\n[nats]\nurl = \"htp://127.0.0.1:4222\"\n"),
                 4,
-                "unknown scheme \"htp\"",
+                "nats.url: NATS server \"htp://127.0.0.1:4222\"",
             ),
             (
                 with_stage("[pipeline]\nname = \"x\"\n[stream]\nmax_age = \"1m\"\nduplicate_window = \"2m\"\n"),

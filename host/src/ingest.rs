@@ -439,7 +439,8 @@ impl Ingest {
         }
         // An SSE id too long to carry is left out, and not saved as the position: a restart then reads from the
         // position before, and what it sends again is dropped as duplicates.
-        let sse_id = Some(sse_id).filter(|id| !id.is_empty() && id.len() <= MARKER_ID_MAX);
+        let sse_id =
+            Some(sse_id).filter(|id| !id.is_empty() && id.len() <= MARKER_ID_MAX && resumable(id));
         let mut headers = HeaderMap::new();
         headers.insert(headers::SSE_ID, sse_id.unwrap_or(""));
         headers.insert(headers::INGEST_MS, now_ms().to_string().as_str());

@@ -237,6 +237,7 @@ fn the_api_reports_queries_controls_and_replays() {
         ("/api/v1/gold/gold_wiki?wkii=enwiki&source=lake", 400),
         ("/api/v1/events/latest?limit=-1", 400),
         ("/api/v1/events/latest?limit=5000", 400),
+        ("/api/v1/events/latest?limit=200000", 400),
         ("/api/v1/events/latest?limt=5", 400),
         ("/api/v1/gold/gold_wiki?wiki=enwiki&wiki=dewiki", 400),
         ("/api/v1/events/latest?limit=1&limit=2", 400),

@@ -553,11 +553,25 @@ fn ids_a_header_cannot_carry_reach_the_stream_as_digests() {
             spawn_local(Arc::new(ServeConfig::new(Events::Lines(lines.clone()))))
                 .await
                 .unwrap();
-        let stream = stream("ODD_IDS");
-        // Four stored; the fifth, if it is sent before the stop, is dropped as the second's duplicate.
-        let stats = ingest_until(&nats, &url, &stream, "odd", 4).await;
+        // Four stored, and the fifth dropped as the second's duplicate (the same id, the same digest).
+        let mut ingest = start_ingest(&nats, &url, &stream("ODD_IDS"), "odd").await;
+        let stats = ingest.stats().clone();
+        let publish = stats.publish.clone();
+        let done = async move {
+            while publish.published.load(Ordering::Relaxed)
+                + publish.duplicates.load(Ordering::Relaxed)
+                < 5
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), ingest.run(done))
+            .await
+            .expect("ingest finished in time")
+            .unwrap();
         server_task.abort();
         assert_eq!(stats.publish.published.load(Ordering::Relaxed), 4);
+        assert!(stats.publish.duplicates.load(Ordering::Relaxed) >= 1);
         let messages = stream_messages(&nats, "ODD_IDS", 4).await;
         let msg_id = |i: usize| header_of(&messages[i], "Nats-Msg-Id").unwrap();
         for (i, line) in lines.iter().take(4).enumerate() {

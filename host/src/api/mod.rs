@@ -372,9 +372,11 @@ async fn latest_events(
             format!("{other:?} is not a parameter of this query: it takes `limit` alone"),
         );
     }
-    let limit = match query_limit(&q, 20) {
-        Ok(limit) if limit <= KEPT => limit,
-        Ok(limit) => {
+    // Not `query_limit`: its cap and advice are a gold query's.
+    let limit = match q.get("limit").map(|v| (v, v.parse::<usize>())) {
+        None => 20,
+        Some((_, Ok(limit))) if limit <= KEPT => limit,
+        Some((_, Ok(limit))) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -382,7 +384,12 @@ async fn latest_events(
                 ),
             );
         }
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Some((v, Err(_))) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("limit={v:?} is not a whole number of events"),
+            );
+        }
     };
     // Copied out (the raw text is shared, not copied), then made JSON without the lock the pipeline's
     // thread takes every batch.

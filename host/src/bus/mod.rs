@@ -69,13 +69,31 @@ pub(crate) fn kv_key(name: &str) -> String {
 /// Connects to NATS with the options Weir uses everywhere: a name that shows in server monitoring, and
 /// reconnection without a cap (a restarted server is waited for, not given up on).
 pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = server_addrs(url).map_err(anyhow::Error::msg)?;
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))
+}
+
+/// The servers of a NATS URL: one (`nats://host:4222`, `tls://`, `ws://`, `wss://`, or `host:port`), or a
+/// comma-separated list of them (the seed servers of a cluster).
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|server| {
+            server.parse::<async_nats::ServerAddr>().map_err(|e| {
+                format!(
+                    "NATS server {server:?}: {e} (use nats://host:4222, tls://, ws:// or wss://, several \
+                     separated by commas)"
+                )
+            })
+        })
+        .collect()
 }
 
 /// Opens the key-value bucket `config` names, creating it when missing.

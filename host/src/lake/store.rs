@@ -197,7 +197,6 @@ impl Store {
     }
 }
 
-/// `bucket/some/prefix` → (`bucket`, `some/prefix`).
 /// Whether `url` names a lake [`Store::open`] can open: a local path, or a URL of a known scheme with a
 /// bucket or container. A URL that lost a slash (`s3:/bucket`) would otherwise be taken for a local directory
 /// named `s3:`, and the lake would land on local disk unnoticed.
@@ -208,10 +207,13 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return Err(format!("the lake url is empty: {SCHEMES}"));
     }
     let Some((scheme, rest)) = url.split_once("://") else {
+        // Only the names of schemes: `lake:v2` may be a directory.
         let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
-            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+            [
+                "file", "memory", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http",
+                "https",
+            ]
+            .contains(&s.to_ascii_lowercase().as_str())
         });
         return match scheme {
             Some(scheme) => Err(format!(
@@ -238,6 +240,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// `bucket/some/prefix` → (`bucket`, `some/prefix`).
 fn split_bucket(rest: &str) -> (&str, String) {
     let rest = rest.trim_end_matches('/');
     match rest.split_once('/') {
@@ -262,12 +265,15 @@ mod tests {
             "s3://bucket/prefix/",
             "gs://bucket/p",
             "az://container/p",
+            "lake:v2",
+            "backup-2026-01-01T10:00",
         ] {
             assert_eq!(check_url(ok), Ok(()), "{ok}");
         }
         for (bad, says) in [
             ("s3:/bucket/lake", "lacks the `//` of s3://"),
             ("gs:bucket", "lacks the `//` of gs://"),
+            ("https:/host/lake", "lacks the `//` of https://"),
             ("ftp://host/lake", "unknown scheme \"ftp\""),
             ("s3://", "names no bucket"),
             ("az:///prefix", "names no bucket"),

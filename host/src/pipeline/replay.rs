@@ -78,7 +78,7 @@ impl Replay {
             && async_nats::datetime::from_nanos(ms as i128 * 1_000_000).is_err()
         {
             return Err(format!(
-                "replay start time {ms} ms is out of range: give a time from 1970 to 9999"
+                "replay start time {ms} ms is out of the range NATS takes (years -9999 to 9999)"
             ));
         }
         Ok(())

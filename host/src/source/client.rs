@@ -93,8 +93,7 @@ impl SseConfig {
         }
         if let Some(since) = &self.since
             && since.parse::<i64>().is_err()
-            && chrono::DateTime::parse_from_rfc3339(since).is_err()
-            && chrono::NaiveDate::parse_from_str(since, "%Y-%m-%d").is_err()
+            && !iso_8601(since)
         {
             return Err(format!(
                 "source.since {since:?} must be milliseconds since 1970 or an ISO 8601 time \
@@ -113,6 +112,17 @@ impl SseConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `text` reads as an ISO 8601 date or time, as the source's `?since=` takes them: with an offset or
+/// not, with or without seconds.
+fn iso_8601(text: &str) -> bool {
+    let local = text.strip_suffix('Z').unwrap_or(text);
+    chrono::DateTime::parse_from_rfc3339(text).is_ok()
+        || chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").is_ok()
+        || ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
+            .iter()
+            .any(|format| chrono::NaiveDateTime::parse_from_str(local, format).is_ok())
 }
 
 /// Jittered exponential backoff ("full jitter": a random delay between zero and the current ceiling).
@@ -390,6 +400,28 @@ mod tests {
         b.set_base(Duration::from_secs(5));
         let d = b.next_delay().as_millis();
         assert!((500..=1000).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn since_takes_what_the_source_takes() {
+        for ok in [
+            "1767225600000",
+            "2026-01-31",
+            "2026-01-31T00:00:00Z",
+            "2026-01-31T00:00:00+02:00",
+            "2026-01-31T00:00:00",
+            "2026-01-31T00:00Z",
+            "2026-01-31T00:00:00.250Z",
+        ] {
+            let config = SseConfig {
+                since: Some(ok.into()),
+                ..SseConfig::default()
+            };
+            assert_eq!(config.validate(), Ok(()), "{ok}");
+        }
+        for bad in ["yesterday", "2026-31-01", "31/01/2026"] {
+            assert!(!iso_8601(bad), "{bad}");
+        }
     }
 
     #[test]
