@@ -19,11 +19,10 @@ use anyhow::{Context, Result};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::bus::publish::Outgoing;
 use crate::bus::{CONFIRM_TIMEOUT, Positions, PublishStats, Publisher, StreamConfig, headers};
-use crate::event::{EventShape, JsonPath, Layout, Parser};
+use crate::event::{EventShape, JsonPath, Layout, Parser, digest_id};
 use crate::source::client::{Backoff, SourceError, SseClient, SseConfig};
 use crate::source::sse::{SseEvent, SseItem};
 
@@ -71,6 +70,13 @@ pub struct IngestStats {
 }
 
 impl IngestStats {
+    /// Events received whose outcome is known: stored, dropped as duplicates, or dropped as canaries.
+    pub fn settled(&self) -> u64 {
+        self.publish.published.load(Ordering::Relaxed)
+            + self.publish.duplicates.load(Ordering::Relaxed)
+            + self.canaries_dropped.load(Ordering::Relaxed)
+    }
+
     /// How far behind the source's event time the ingest is, in ms (0 before the first event).
     pub fn lag_ms(&self) -> i64 {
         let newest = self.newest_event_ms.load(Ordering::Relaxed);
@@ -97,10 +103,7 @@ fn header_id(id: String) -> String {
     if id.len() <= MARKER_ID_MAX && !id.chars().any(char::is_control) {
         return id;
     }
-    format!(
-        "id-sha256:{}",
-        hex::encode(&Sha256::digest(id.as_bytes())[..16])
-    )
+    format!("id-{}", digest_id(id.as_bytes()))
 }
 
 /// Whether an SSE id can be sent back as `Last-Event-ID`: an HTTP header value (no control character but a
@@ -116,10 +119,7 @@ fn marker_id(id: String) -> String {
     if id.len() <= MARKER_ID_MAX {
         return id;
     }
-    format!(
-        "oversize:sha256:{}",
-        hex::encode(&Sha256::digest(id.as_bytes())[..16])
-    )
+    format!("oversize:{}", digest_id(id.as_bytes()))
 }
 
 pub struct Ingest {
@@ -381,30 +381,20 @@ impl Ingest {
             Err(rejected) => {
                 self.stats.invalid_json.fetch_add(1, Ordering::Relaxed);
                 headers.insert(headers::REJECTED, rejected.reason);
-                format!("sha256:{}", hex::encode(&Sha256::digest(&payload)[..16]))
+                String::new()
             }
         };
+        // Not JSON, or an empty id: named by its bytes, as an event without an id is.
         let id = if id.is_empty() {
-            format!("sha256:{}", hex::encode(&Sha256::digest(&payload)[..16]))
+            digest_id(&payload)
         } else {
             header_id(id)
         };
-        let position = Some(event.last_event_id).filter(|p| !p.is_empty());
-        if let Some(p) = &position
-            && !resumable(p)
-        {
-            tracing::warn!(
-                source = %self.config.name,
-                "an SSE id that cannot be sent back as Last-Event-ID ({} bytes, or a control character) is not \
-                 saved as the position: a restart resumes from the one before",
-                p.len()
-            );
-        }
         let message = Outgoing {
             id,
             payload,
             headers,
-            position: position.filter(|p| resumable(p)),
+            position: self.position(&event.last_event_id),
         };
         // Repairing bad UTF-8 and the headers can take an event under `max_event_bytes` past what the server
         // takes: sent, it would be refused for ever, and hold up every event after it.
@@ -418,6 +408,25 @@ impl Ingest {
             return self.oversize(message.id, detail, &sse_id, &data).await;
         }
         self.publisher.publish(message).await.context("publish")
+    }
+
+    /// The position an event's SSE id saves once the event is acked: none for an empty id, nor (with a
+    /// warning) for one that cannot be sent back as `Last-Event-ID` (see [`resumable`]): a restart then
+    /// resumes from the position before, and what comes again is dropped as duplicates.
+    fn position(&self, sse_id: &str) -> Option<String> {
+        if sse_id.is_empty() {
+            return None;
+        }
+        if !resumable(sse_id) {
+            tracing::warn!(
+                source = %self.config.name,
+                "an SSE id that cannot be sent back as Last-Event-ID ({} bytes, or a control character) is not \
+                 saved as the position: a restart resumes from the one before",
+                sse_id.len()
+            );
+            return None;
+        }
+        Some(sse_id.to_string())
     }
 
     /// Publishes the start of an oversize event, marked so that the pipeline quarantines it as `oversize`.
@@ -439,10 +448,11 @@ impl Ingest {
         }
         // An SSE id too long to carry is left out, and not saved as the position: a restart then reads from the
         // position before, and what it sends again is dropped as duplicates.
-        let sse_id =
-            Some(sse_id).filter(|id| !id.is_empty() && id.len() <= MARKER_ID_MAX && resumable(id));
+        let sse_id = Some(sse_id)
+            .filter(|id| id.len() <= MARKER_ID_MAX)
+            .and_then(|id| self.position(id));
         let mut headers = HeaderMap::new();
-        headers.insert(headers::SSE_ID, sse_id.unwrap_or(""));
+        headers.insert(headers::SSE_ID, sse_id.as_deref().unwrap_or(""));
         headers.insert(headers::INGEST_MS, now_ms().to_string().as_str());
         headers.insert(headers::SOURCE, self.config.name.as_str());
         headers.insert(headers::REJECTED, "oversize");
@@ -452,7 +462,7 @@ impl Ingest {
                 id: marker_id(id),
                 payload: Bytes::copy_from_slice(&data.as_bytes()[..kept]),
                 headers,
-                position: sse_id.map(str::to_string),
+                position: sse_id,
             })
             .await
             .context("publish")

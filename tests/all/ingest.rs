@@ -556,12 +556,9 @@ fn ids_a_header_cannot_carry_reach_the_stream_as_digests() {
         // Four stored, and the fifth dropped as the second's duplicate (the same id, the same digest).
         let mut ingest = start_ingest(&nats, &url, &stream("ODD_IDS"), "odd").await;
         let stats = ingest.stats().clone();
-        let publish = stats.publish.clone();
+        let seen = stats.clone();
         let done = async move {
-            while publish.published.load(Ordering::Relaxed)
-                + publish.duplicates.load(Ordering::Relaxed)
-                < 5
-            {
+            while seen.settled() < 5 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };

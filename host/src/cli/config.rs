@@ -19,21 +19,18 @@ pub fn run(cmd: ConfigCommand) -> Result<ExitCode> {
     let ConfigCommand::Check { file } = cmd;
     let config = Config::load(&file)?;
     let loader = Loader::with_default_cache();
+    let (mut names, mut plugins) = (Vec::new(), Vec::new());
     for stage in config.stages()? {
         let at = || config.stage_at(&stage.name);
         let loaded = loader
             .load(&stage.path)
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", at()))?;
-        let plugin = Plugin::start(loaded, &stage.config, stage.limits.clone(), Clock::System)
+        let plugin = Plugin::start(loaded, &stage.config, stage.limits, Clock::System)
             .map_err(|e| anyhow::anyhow!("{}: {e:#}", at()))?;
         println!("stage {:<10} {}", stage.name, plugin.label());
+        names.push(stage.name);
+        plugins.push(plugin);
     }
-    let stages = config.stages()?;
-    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
-    let plugins = stages
-        .into_iter()
-        .map(|s| Plugin::start(loader.load(&s.path)?, &s.config, s.limits, Clock::System))
-        .collect::<Result<Vec<_>>>()?;
     crate::pipeline::chain::check_emits(names.iter().map(String::as_str).zip(&plugins))
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.stage_at(&e.stage)))?;
     let extra = config

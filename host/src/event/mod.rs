@@ -137,6 +137,12 @@ impl Parser {
     }
 }
 
+/// The id of an event that has none of its own: `sha256:` and the first 16 bytes of the digest of `bytes`, in
+/// hex (the same bytes, the same id, so a resend is still a duplicate).
+pub fn digest_id(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(&Sha256::digest(bytes)[..16]))
+}
+
 impl Event {
     fn from_values(
         raw: ByteString,
@@ -148,10 +154,7 @@ impl Event {
             Some(FieldValue::Text(t)) => t.resolve(&raw).to_string(),
             Some(FieldValue::Int(i)) => i.to_string(),
             Some(FieldValue::Float(f)) => f.to_string(),
-            _ => format!(
-                "sha256:{}",
-                hex::encode(&Sha256::digest(raw.as_bytes())[..16])
-            ),
+            _ => digest_id(raw.as_bytes()),
         };
         let key = layout.key.and_then(|k| {
             values[k as usize].as_ref().map(|v| match v {

@@ -1320,13 +1320,8 @@ async fn publish_stranded(store: &Store, own_staging: &str, concurrency: usize) 
     if staged.is_empty() {
         return Ok(());
     }
-    let holds_staged = |record: &CommitRecord| {
-        record
-            .files()
-            .map(|f| f.path.as_str())
-            .chain(record.state.as_ref().map(|_| "state.bin"))
-            .any(|path| staged.contains(&format!("{}/{path}", record.staging)))
-    };
+    let holds_staged =
+        |record: &CommitRecord| moves(record).any(|(from, _)| staged.contains(&from));
     let log = retry_log("reading the commit log", || log::read(store)).await?;
     let replaced = log::replaced_paths(&log.records);
     let now = now_ms();
@@ -1419,6 +1414,18 @@ pub(crate) async fn republish(
     publish_moves(store, record, concurrency, replaced, true).await
 }
 
+/// What publishing `record` moves, `(from, to)`: its files and its state, from its staging to their paths.
+fn moves(record: &CommitRecord) -> impl Iterator<Item = (String, String)> + '_ {
+    let files = record.files().map(|f| f.path.clone());
+    let staged = |path: &str| format!("{}/{path}", record.staging);
+    files.map(move |path| (staged(&path), path)).chain(
+        record
+            .state
+            .iter()
+            .map(move |state| (staged("state.bin"), state.clone())),
+    )
+}
+
 async fn publish_moves(
     store: &Store,
     record: &CommitRecord,
@@ -1426,14 +1433,9 @@ async fn publish_moves(
     replaced: &std::collections::BTreeSet<&str>,
     recovering: bool,
 ) -> Result<()> {
-    let mut moves: Vec<(String, String)> = record
-        .files()
-        .filter(|f| !replaced.contains(f.path.as_str()))
-        .map(|f| (format!("{}/{}", record.staging, f.path), f.path.clone()))
+    let moves: Vec<(String, String)> = moves(record)
+        .filter(|(_, to)| !replaced.contains(to.as_str()))
         .collect();
-    if let Some(state) = &record.state {
-        moves.push((format!("{}/state.bin", record.staging), state.clone()));
-    }
     let epoch = record.epoch;
     futures::stream::iter(moves)
         .map(|(from, to)| {

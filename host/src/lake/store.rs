@@ -202,6 +202,9 @@ impl Store {
 /// named `s3:`, and the lake would land on local disk unnoticed.
 pub fn check_url(url: &str) -> Result<(), String> {
     const SCHEMES: &str = "use a local path, file://, s3://, gs://, az:// or memory://";
+    // The schemes `Store::open` takes, those with a bucket or container after them first.
+    const BUCKETED: [&str; 7] = ["s3", "s3a", "gs", "az", "azure", "abfs", "abfss"];
+    const BARE: [&str; 2] = ["file", "memory"];
     let url = url.trim();
     if url.is_empty() {
         return Err(format!("the lake url is empty: {SCHEMES}"));
@@ -209,11 +212,12 @@ pub fn check_url(url: &str) -> Result<(), String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         // Only the names of schemes: `lake:v2` may be a directory.
         let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
-            [
-                "file", "memory", "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http",
-                "https",
-            ]
-            .contains(&s.to_ascii_lowercase().as_str())
+            let s = s.to_ascii_lowercase();
+            BUCKETED
+                .iter()
+                .chain(&BARE)
+                .chain(&["http", "https"])
+                .any(|k| *k == s)
         });
         return match scheme {
             Some(scheme) => Err(format!(
@@ -223,20 +227,18 @@ pub fn check_url(url: &str) -> Result<(), String> {
             None => Ok(()),
         };
     };
-    match scheme {
-        "file" | "memory" => Ok(()),
-        "s3" | "s3a" | "gs" | "az" | "azure" | "abfs" | "abfss" => {
-            if split_bucket(rest).0.is_empty() {
-                Err(format!(
-                    "lake url {url:?} names no bucket or container: {scheme}://<bucket>/<prefix>"
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        _ => Err(format!(
+    if BARE.contains(&scheme) {
+        Ok(())
+    } else if !BUCKETED.contains(&scheme) {
+        Err(format!(
             "lake url {url:?}: unknown scheme {scheme:?} ({SCHEMES})"
-        )),
+        ))
+    } else if split_bucket(rest).0.is_empty() {
+        Err(format!(
+            "lake url {url:?} names no bucket or container: {scheme}://<bucket>/<prefix>"
+        ))
+    } else {
+        Ok(())
     }
 }
 
