@@ -421,6 +421,20 @@ impl Config {
         self.stream
             .validate()
             .map_err(|e| self.at_named_field(text, "", "", e))?;
+        if let Some(source) = &self.source
+            && !source.resume_overlap.is_zero()
+            && source.resume_overlap >= self.stream.duplicate_window
+        {
+            return Err(self.at_field(
+                text,
+                "source.resume_overlap",
+                format!(
+                    "source.resume_overlap {:?} must be shorter than stream.duplicate_window {:?}: what a resume \
+                     sends again is dropped only within that window",
+                    source.resume_overlap, self.stream.duplicate_window
+                ),
+            ));
+        }
         if self.consumer.batch == 0 || self.consumer.batch > 65_536 {
             return Err(self.at_field(text, "consumer.batch", "consumer.batch must be 1 to 65536"));
         }
@@ -1022,6 +1036,11 @@ mod tests {
                 with_stage("[pipeline]\nname = \"x\"\n[stream]\nmax_age = \"1m\"\nduplicate_window = \"2m\"\n"),
                 5,
                 "must not be longer than stream.max_age",
+            ),
+            (
+                with_stage("[pipeline]\nname = \"x\"\n[source]\nresume_overlap = \"10m\"\n"),
+                4,
+                "source.resume_overlap 600s must be shorter than stream.duplicate_window 600s",
             ),
             (
                 with_stage("[pipeline]\nname = \"x\"\n[stream]\nmax_bytes = -5\n"),

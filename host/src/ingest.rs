@@ -6,6 +6,12 @@
 //! position is saved in JetStream, so a restarted host resumes where it left off; anything sent twice in
 //! between is dropped by the stream's duplicate window.
 //!
+//! A position that names times (the live stream's do) is sent back `source.resume_overlap` earlier: the source
+//! resumes at the first event at or after a time, and an event that followed the position with an earlier
+//! time would otherwise never come. Until the source is past the position again, what it sends came before
+//! it, and saves no position: a connection cut meanwhile resumes from the same one, going back half as far
+//! each time until one gets past it.
+//!
 //! Events that are not JSON are published too (bronze keeps everything), marked with a header and keyed by a
 //! hash of their bytes. An oversize event (over `source.max_event_bytes`, or with its headers over what the
 //! NATS server takes) is published as its first [`OVERSIZE_KEPT`] bytes, marked `oversize` with its size, so
@@ -23,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::publish::Outgoing;
 use crate::bus::{CONFIRM_TIMEOUT, Positions, PublishStats, Publisher, StreamConfig, headers};
 use crate::event::{EventShape, JsonPath, Layout, Parser, digest_id};
-use crate::source::client::{Backoff, SourceError, SseClient, SseConfig};
+use crate::source::client::{Backoff, SourceError, SseClient, SseConfig, latest_time, rewind};
 use crate::source::sse::{SseEvent, SseItem};
 
 /// Ingest settings besides the source and the stream.
@@ -133,7 +139,22 @@ pub struct Ingest {
     /// The SSE id the last oversize event the parser skipped came after, and how many came after it: its
     /// marker's message id, the same when the source sends it again, another for the next one.
     oversize_after: (String, u32),
+    /// While the source sends again what came before the position (after a rewound resume).
+    resending: Option<Resending>,
+    /// The stream's name (for [`Publisher::guard_resend`]).
+    stream: String,
 }
+
+/// A resume from before the saved position, until the source is past it again.
+struct Resending {
+    /// The saved position: the event with this SSE id comes again.
+    position: String,
+    /// Or an event later than this (the position's time plus the overlap) shows the source is past it.
+    past_ms: i64,
+}
+
+/// Below this, a rewind is not worth halving again: the next resume sends the position back unchanged.
+const MIN_REWIND: Duration = Duration::from_millis(100);
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -153,6 +174,14 @@ impl Ingest {
         config: IngestConfig,
     ) -> Result<Self> {
         source.validate().map_err(anyhow::Error::msg)?;
+        if !source.resume_overlap.is_zero() && source.resume_overlap >= stream.duplicate_window {
+            anyhow::bail!(
+                "source.resume_overlap {:?} must be shorter than stream.duplicate_window {:?}: what a resume \
+                 sends again is dropped only within that window",
+                source.resume_overlap,
+                stream.duplicate_window
+            );
+        }
         let js = async_nats::jetstream::new(nats.clone());
         stream.ensure_exists(&js).await?;
         let positions = Positions::open(&js).await?;
@@ -182,6 +211,8 @@ impl Ingest {
             canary,
             stats,
             oversize_after: (String::new(), 0),
+            resending: None,
+            stream: stream.name.clone(),
             config,
         })
     }
@@ -201,10 +232,22 @@ impl Ingest {
         let config = self.client.config().clone();
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
         let mut items = Vec::new();
+        let mut rewind = config.resume_overlap;
         loop {
             let outcome = tokio::select! {
                 _ = &mut stop => None,
-                outcome = self.connection(position.as_deref(), &mut backoff, &mut items) => Some(outcome),
+                outcome = self.connection(position.as_deref(), rewind, &mut backoff, &mut items) => Some(outcome),
+            };
+            // The guard holds ids the stream has: whatever the connection sent later with one of them was a
+            // duplicate too, so it is kept to the connection's end.
+            self.publisher.end_resend_guard();
+            // A connection that ended before the source was past the position again made no progress: the next
+            // goes back half as far, so a source that cuts connections sooner than it sends the overlap again
+            // is still read through.
+            rewind = match self.resending.take() {
+                Some(_) if rewind / 2 >= MIN_REWIND => rewind / 2,
+                Some(_) => Duration::ZERO,
+                None => config.resume_overlap,
             };
             self.stats.connected.store(false, Ordering::Relaxed);
             let Some(outcome) = outcome else {
@@ -285,10 +328,44 @@ impl Ingest {
     async fn connection(
         &mut self,
         position: Option<&str>,
+        rewind_by: Duration,
         backoff: &mut Backoff,
         items: &mut Vec<SseItem>,
     ) -> Result<bool, SourceError> {
-        let mut conn = self.client.connect(position).await?;
+        let rewound = position
+            .filter(|_| !rewind_by.is_zero())
+            .and_then(|p| Some((p, rewind(p, rewind_by)?)));
+        let mut conn = self
+            .client
+            .connect(rewound.as_ref().map_or(position, |(_, r)| Some(r.as_str())))
+            .await?;
+        if let Some((position, rewound)) = rewound {
+            tracing::debug!(source = %self.config.name, %position, resume = %rewound, "resuming {rewind_by:?} before the position");
+            let time = latest_time(position);
+            // Connected (the source is up): what it sends first may be past the stream's duplicate window.
+            if let Some(time) = time
+                && let Err(e) = self
+                    .publisher
+                    .guard_resend(
+                        &self.stream,
+                        time.saturating_sub(rewind_by.as_millis() as i64),
+                        rewind_by,
+                    )
+                    .await
+            {
+                tracing::warn!(
+                    source = %self.config.name,
+                    "cannot read back what the stream holds ({e:#}): if its duplicate window has passed, what the \
+                     source sends again is stored twice (the pipeline's dedupe stage drops it from silver)"
+                );
+            }
+            self.resending = Some(Resending {
+                past_ms: time
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(rewind_by.as_millis() as i64),
+                position: position.to_string(),
+            });
+        }
         self.stats.connected.store(true, Ordering::Relaxed);
         // The source sends again from `position`: its oversize events get the same marker ids as before.
         self.oversize_after = (String::new(), 0);
@@ -412,10 +489,20 @@ impl Ingest {
 
     /// The position an event's SSE id saves once the event is acked: none for an empty id, nor (with a
     /// warning) for one that cannot be sent back as `Last-Event-ID` (see [`resumable`]): a restart then
-    /// resumes from the position before, and what comes again is dropped as duplicates.
-    fn position(&self, sse_id: &str) -> Option<String> {
+    /// resumes from the position before, and what comes again is dropped as duplicates. None either while the
+    /// source sends again what came before the saved position: saved, it would move the position back, and
+    /// each cut would resume further back.
+    fn position(&mut self, sse_id: &str) -> Option<String> {
         if sse_id.is_empty() {
             return None;
+        }
+        if let Some(resending) = &self.resending {
+            if sse_id != resending.position
+                && latest_time(sse_id).is_none_or(|t| t <= resending.past_ms)
+            {
+                return None;
+            }
+            self.resending = None;
         }
         if !resumable(sse_id) {
             tracing::warn!(

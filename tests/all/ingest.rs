@@ -10,7 +10,7 @@ use weir::bus::StreamConfig;
 use weir::ingest::{Ingest, IngestConfig};
 use weir::source::client::SseConfig;
 use weir::source::generate::{GenConfig, Generator};
-use weir::source::serve::{Cut, Events, ServeConfig, spawn_local};
+use weir::source::serve::{Cut, Events, Ids, ServeConfig, spawn_local};
 use weir::source::sse::{Limits, SseItem, parse_all};
 
 use crate::harness::{nats_server, runtime};
@@ -221,7 +221,7 @@ fn every_cut_point_of_a_sample_gives_each_event_once_in_order() {
             for (i, l) in lines.iter().enumerate() {
                 n += format!(
                     "event: message\nid: {}\ndata: {l}\n\n",
-                    weir::source::generate::sse_id(i as u64, 0)
+                    Ids::Offsets.format(i as u64, 0)
                 )
                 .len();
             }
@@ -277,6 +277,153 @@ fn random_cuts_many_times_give_each_event_once_in_order() {
         assert!(connections > 100, "only {connections} connections");
         assert!(stats.reconnects.load(Ordering::Relaxed) >= connections - 1);
         assert_eq!(stored_ids(&nats, "RANDOMCUTS").await, expected);
+    });
+}
+
+/// Generated events whose times are out of order by up to `disorder_ms`, and the ids of the first `count`.
+fn out_of_order(disorder_ms: u64, count: u64) -> (GenConfig, Vec<String>) {
+    let generated = GenConfig {
+        disorder_ms,
+        ..GenConfig::default()
+    };
+    let generator = Generator::new(generated.clone());
+    let lines: Vec<String> = (0..count).map(|i| generator.event(i).data).collect();
+    (generated, ids_of(&lines))
+}
+
+/// A server of `count` generated events whose SSE ids are times, as the live stream's.
+fn serve_times(generated: GenConfig, count: u64) -> ServeConfig {
+    let mut serve = ServeConfig::new(Events::Generated {
+        generator: Generator::new(generated),
+        count: Some(count),
+    });
+    serve.ids = Ids::Timestamps;
+    serve
+}
+
+/// The live stream's positions are times, and its events' times are out of order: a resume from the time sent
+/// back unchanged skips the events that followed the position with an earlier time. Sent back
+/// `source.resume_overlap` earlier, none is lost, and what comes again is dropped as a duplicate, even when the
+/// source cuts connections sooner than it sends the overlap again.
+#[test]
+fn positions_that_are_times_resume_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats_server(dir.path());
+    let rt = runtime();
+    let count = 3000;
+    let (generated, expected) = out_of_order(2_000, count);
+    rt.block_on(async {
+        let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
+        for (overlap, name) in [
+            (Duration::ZERO, "TIMESUNCHANGED"),
+            (Duration::from_secs(5), "TIMESOVERLAP"),
+        ] {
+            let mut serve = serve_times(generated.clone(), count);
+            // ~175 events of overlap and up to ~70 out of order: some connections end before the source is
+            // past the position again.
+            serve.cut_every = Some(250);
+            let serve = Arc::new(serve);
+            let (url, server_task) = spawn_local(serve.clone()).await.unwrap();
+            let stream = stream(name);
+            let source = SseConfig {
+                resume_overlap: overlap,
+                ..source(&url)
+            };
+            let mut ingest = Ingest::new(nats.clone(), source, stream, ingest_config(name))
+                .await
+                .unwrap();
+            let stats = ingest.stats().clone();
+            // Until every event is in, or (when some are lost) the stream has stopped growing.
+            let settled = {
+                let nats = nats.clone();
+                async move {
+                    let (mut last, mut still) = (0, 0);
+                    while last < count && still < 20 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let now = stream_count(&nats, name).await;
+                        still = if now == last { still + 1 } else { 0 };
+                        last = now;
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(120), ingest.run(settled))
+                .await
+                .expect("ingest finished in time")
+                .unwrap();
+            server_task.abort();
+            let stored = stored_ids(&nats, name).await;
+            let connections = serve.connections.load(Ordering::Relaxed);
+            if overlap.is_zero() {
+                // What the source sent again is dropped, but what it skipped never came.
+                let mut rest = expected.iter();
+                assert!(
+                    stored.iter().all(|id| rest.any(|e| e == id)),
+                    "in order, each at most once"
+                );
+                assert!(
+                    stored.len() < expected.len(),
+                    "the source skips events out of time order after a position sent back unchanged"
+                );
+            } else {
+                assert_eq!(stored, expected, "{connections} connections");
+                assert!(stats.publish.duplicates.load(Ordering::Relaxed) > 0);
+            }
+            assert!(connections > count / 250, "{connections} connections");
+        }
+    });
+}
+
+/// A resume from before the position after the stream's duplicate window has passed (a host down for longer):
+/// the stream would store what the source sends again twice, so the publisher reads back the ids it holds and
+/// drops those itself.
+#[test]
+fn a_rewound_resume_past_the_duplicate_window_stores_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = nats_server(dir.path());
+    let rt = runtime();
+    let count = 2000;
+    let (generated, expected) = out_of_order(500, count);
+    rt.block_on(async {
+        let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
+        let mut serve = serve_times(generated, count);
+        serve.rate = Some(5_000.0);
+        let (url, server_task) = spawn_local(Arc::new(serve)).await.unwrap();
+        let stream = StreamConfig {
+            duplicate_window: Duration::from_secs(2),
+            ..stream("GUARD")
+        };
+        let start = |stream: StreamConfig| {
+            let source = SseConfig {
+                resume_overlap: Duration::from_secs(1),
+                ..source(&url)
+            };
+            Ingest::new(nats.clone(), source, stream, ingest_config("guard"))
+        };
+        let mut first = start(stream.clone()).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            first.run(stream_reaches(nats.clone(), "GUARD".into(), count / 2)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // Down for longer than the duplicate window.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut second = start(stream).await.unwrap();
+        let stats = second.stats().clone();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            second.run(stream_reaches(nats.clone(), "GUARD".into(), count)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        server_task.abort();
+        assert!(
+            stats.publish.duplicates.load(Ordering::Relaxed) > 0,
+            "some came again"
+        );
+        assert_eq!(stored_ids(&nats, "GUARD").await, expected);
     });
 }
 

@@ -34,8 +34,10 @@ impl ServeSse {
             .args(["--canary", &generator.canary.to_string()])
             .args(["--late", &generator.late.to_string()])
             .args(["--future", &generator.future.to_string()])
-            // Reconnects on cuts too, as against the live stream.
-            .args(["--cut-every", "1000", "--hold-open"])
+            // Reconnects on cuts too, as against the live stream, whose positions are times and whose events
+            // come with times out of order (`source.resume_overlap` is what keeps a resume from skipping them).
+            .args(["--cut-every", "1000", "--hold-open", "--ids", "timestamps"])
+            .args(["--disorder-ms", "2000"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

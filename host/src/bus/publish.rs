@@ -15,6 +15,9 @@
 //!   client queued while the server was down reach the new server before the lost ones are found.
 //! - The source position (the SSE id) of the newest acked event is saved in a JetStream key-value bucket, so a
 //!   restarted host resumes where it left off.
+//! - A resume from before that position (see `ingest`) sends again what the stream holds already. Past the
+//!   duplicate window the stream would store it twice, so the publisher then reads back the ids it holds and
+//!   drops those messages itself ([`Publisher::guard_resend`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -144,7 +147,13 @@ pub struct Publisher {
     stats: Arc<PublishStats>,
     /// Publish acks failed in a row: each round of sending again waits longer (see [`ack_failed_wait`]).
     ack_failures: u32,
+    /// Ids the stream holds but would no longer drop as duplicates: messages with them are dropped here (see
+    /// [`Publisher::guard_resend`]).
+    known: HashSet<String>,
 }
+
+/// How many of the subject's newest messages a resend guard reads back at most.
+const GUARD_MAX: u64 = 1_000_000;
 
 impl Publisher {
     /// Publishes through a JetStream context of its own. async-nats lets a context have at most 5,000 acks
@@ -182,6 +191,7 @@ impl Publisher {
             save_every: Duration::from_secs(1),
             stats,
             ack_failures: 0,
+            known: HashSet::new(),
         }
     }
 
@@ -217,8 +227,66 @@ impl Publisher {
         self.acked_position.as_deref()
     }
 
+    /// Before the source sends again what came from `since_ms` on (its log's time) up to the saved position:
+    /// when the subject's newest message in `stream` is older than the stream's duplicate window less `rewind`,
+    /// the stream would store what comes again a second time. Then the ids of the messages it holds from
+    /// `since_ms` on, less `rewind` and a minute for events out of time order and clocks apart (at most the
+    /// newest [`GUARD_MAX`]), are read back, and messages with them are dropped here until
+    /// [`Publisher::end_resend_guard`]: each is a duplicate, the stream has its id.
+    pub async fn guard_resend(
+        &mut self,
+        stream: &str,
+        since_ms: i64,
+        rewind: Duration,
+    ) -> Result<()> {
+        use async_nats::jetstream::consumer::DeliverPolicy;
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        self.known.clear();
+        let mut handle = self.js.get_stream(stream).await?;
+        let window = handle.info().await?.config.duplicate_window;
+        let newest = match handle.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(newest) => newest,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let now = async_nats::datetime::now().unix_timestamp_nanos();
+        let age = Duration::from_nanos((now - newest.time.unix_timestamp_nanos()).max(0) as u64);
+        if age + rewind + Duration::from_secs(5) < window {
+            return Ok(());
+        }
+        let from_ms =
+            since_ms.saturating_sub((rewind + Duration::from_secs(60)).as_millis() as i64);
+        let start_time = async_nats::datetime::from_nanos(from_ms.max(0) as i128 * 1_000_000)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let by_time = DeliverPolicy::ByStartTime { start_time };
+        let policy = if pending(&handle, &self.subject, by_time).await? > GUARD_MAX {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: newest.sequence.saturating_sub(GUARD_MAX).max(1),
+            }
+        } else {
+            by_time
+        };
+        self.known = read_ids(&handle, &self.subject, policy).await?;
+        tracing::info!(
+            subject = %self.subject,
+            "the stream's newest message is {age:?} old, past its duplicate window of {window:?}: {} ids read back \
+             so that what the source sends again is not stored twice",
+            self.known.len()
+        );
+        Ok(())
+    }
+
+    /// Ends a guard (at the end of the connection it was read back for).
+    pub fn end_resend_guard(&mut self) {
+        self.known = HashSet::new();
+    }
+
     /// Sends a message; waits for the oldest ack first when `max_in_flight` are pending.
     pub async fn publish(&mut self, message: Outgoing) -> Result<()> {
+        if !self.known.is_empty() && self.known.contains(&message.id) {
+            self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         if self.reconnected() {
             // The server may have restarted after a crash: check before anything new is stored after it.
             self.resend_all().await?;
@@ -446,48 +514,17 @@ impl Publisher {
     /// looked up, not only the newest: messages the client queued while the server was down may have been
     /// stored (and acked) in the place of lost ones.
     async fn stored_ids(&mut self) -> Result<HashSet<String>> {
-        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-        let mut present = HashSet::new();
+        use async_nats::jetstream::consumer::DeliverPolicy;
         let (Some(stream), Some(first)) =
             (&self.stream, self.acked.iter().map(|a| a.sequence).min())
         else {
-            return Ok(present);
+            return Ok(HashSet::new());
         };
         let stream = self.js.get_stream(stream).await?;
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: self.subject.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: first,
-                },
-                headers_only: true,
-                ..Default::default()
-            })
-            .await?;
-        // Up to the subject's last message, by what the consumer has pending: the stream's own last sequence
-        // may be another subject's, or purged, and would never come.
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(present);
-        }
-        let mut messages = consumer.messages().await?;
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
-                .await
-                .context("reading the stream back timed out")?;
-            let Some(message) = next else { break };
-            let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(id) = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            {
-                present.insert(id.to_string());
-            }
-            if message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending == 0 {
-                break;
-            }
-        }
-        Ok(present)
+        let policy = DeliverPolicy::ByStartSequence {
+            start_sequence: first,
+        };
+        read_ids(&stream, &self.subject, policy).await
     }
 
     async fn save_position(&mut self) -> Result<()> {
@@ -506,6 +543,69 @@ impl Publisher {
         self.saved = true;
         Ok(())
     }
+}
+
+/// A headers-only reader of `subject`'s messages in `stream` from `start` on.
+async fn reader(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    start: jetstream::consumer::DeliverPolicy,
+) -> Result<jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>> {
+    use async_nats::jetstream::consumer::pull::OrderedConfig;
+    Ok(stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy: start,
+            headers_only: true,
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// How many of `subject`'s messages `stream` holds from `start` on.
+async fn pending(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    start: jetstream::consumer::DeliverPolicy,
+) -> Result<u64> {
+    Ok(reader(stream, subject, start)
+        .await?
+        .cached_info()
+        .num_pending)
+}
+
+/// The `Nats-Msg-Id`s of `subject`'s messages in `stream` from `start` on.
+async fn read_ids(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    start: jetstream::consumer::DeliverPolicy,
+) -> Result<HashSet<String>> {
+    let mut present = HashSet::new();
+    let consumer = reader(stream, subject, start).await?;
+    // Up to the subject's last message, by what the consumer has pending: the stream's own last sequence
+    // may be another subject's, or purged, and would never come.
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(present);
+    }
+    let mut messages = consumer.messages().await?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .context("reading the stream back timed out")?;
+        let Some(message) = next else { break };
+        let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(id) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        {
+            present.insert(id.to_string());
+        }
+        if message.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending == 0 {
+            break;
+        }
+    }
+    Ok(present)
 }
 
 #[cfg(test)]

@@ -44,6 +44,10 @@ pub struct GenOptions {
     /// Share of canary events (0-1).
     #[arg(long, default_value_t = 0.0)]
     canary: f64,
+    /// Events reach the log up to this many ms after their time, so neighbours carry times out of order (as
+    /// on the live stream).
+    #[arg(long, default_value_t = 0)]
+    disorder_ms: u64,
 }
 
 impl GenOptions {
@@ -71,6 +75,7 @@ impl GenOptions {
             late: self.late,
             future: self.future,
             canary: self.canary,
+            disorder_ms: self.disorder_ms,
         })
     }
 }

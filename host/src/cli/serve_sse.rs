@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::generate::GenOptions;
 use crate::source::generate::Generator;
-use crate::source::serve::{Cut, Events, ServeConfig, serve};
+use crate::source::serve::{Cut, Events, Ids, ServeConfig, serve};
 
 #[derive(Args)]
 pub struct ServeSseArgs {
@@ -25,6 +25,11 @@ pub struct ServeSseArgs {
     /// Events per second, up to 10 million (default: as fast as the client reads).
     #[arg(long, value_parser = parse_rate)]
     rate: Option<f64>,
+    /// The SSE ids: `timestamps` as the live stream sends them (a resume starts at the first event at or after
+    /// the time sent back, so a client that sends it back unchanged skips events out of time order), or
+    /// `offsets` (a resume goes on right after the event).
+    #[arg(long, value_enum, default_value_t = IdShape::Timestamps)]
+    ids: IdShape,
     /// Close each connection after this many events (clients resume with Last-Event-ID).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     cut_every: Option<u64>,
@@ -36,6 +41,12 @@ pub struct ServeSseArgs {
     hold_open: bool,
     #[command(flatten)]
     generator: GenOptions,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IdShape {
+    Timestamps,
+    Offsets,
 }
 
 /// A rate the server can pace: positive, and an interval between events of at least 100 ns.
@@ -57,6 +68,10 @@ pub fn run(args: ServeSseArgs) -> Result<ExitCode> {
     };
     let config = ServeConfig {
         rate: args.rate,
+        ids: match args.ids {
+            IdShape::Timestamps => Ids::Timestamps,
+            IdShape::Offsets => Ids::Offsets,
+        },
         cut_every: args.cut_every,
         cut: match args.cut_after_bytes {
             Some(bytes) => Cut::Every(bytes),

@@ -770,7 +770,7 @@ async fn reachable(source: &crate::source::client::SseConfig) -> bool {
 /// now), for demos without internet access.
 async fn offline_source() -> Result<(String, tokio::task::JoinHandle<Result<()>>)> {
     use crate::source::generate::{GenConfig, Generator};
-    use crate::source::serve::{Events, ServeConfig, spawn_local};
+    use crate::source::serve::{Events, Ids, ServeConfig, spawn_local};
     let rate = 200.0;
     let generator = Generator::new(GenConfig {
         seed: now_ms() as u64,
@@ -780,6 +780,8 @@ async fn offline_source() -> Result<(String, tokio::task::JoinHandle<Result<()>>
         malformed: 0.001,
         late: 0.002,
         canary: 0.0005,
+        // As the live stream: times out of order by up to a second, resume positions that are times.
+        disorder_ms: 1_000,
         ..GenConfig::default()
     });
     let mut config = ServeConfig::new(Events::Generated {
@@ -787,6 +789,7 @@ async fn offline_source() -> Result<(String, tokio::task::JoinHandle<Result<()>>
         count: None,
     });
     config.rate = Some(rate);
+    config.ids = Ids::Timestamps;
     spawn_local(Arc::new(config)).await
 }
 

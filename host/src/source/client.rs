@@ -36,6 +36,13 @@ pub struct SseConfig {
     pub healthy_after: Duration,
     /// Start from this time when there is no saved position (`?since=`: milliseconds or an ISO 8601 date).
     pub since: Option<String>,
+    /// When the position sent back names times (the live stream's ids carry a `timestamp` per topic), resume
+    /// this much earlier. The source resumes at the first event at or after that time, and consecutive events
+    /// carry times out of order: sent back unchanged, a position skips the events that followed it with an
+    /// earlier time. What comes again is dropped by the stream's duplicate window, so this must be shorter
+    /// than `stream.duplicate_window`; `0s` sends positions back unchanged.
+    #[serde(with = "humantime_serde")]
+    pub resume_overlap: Duration,
     /// Largest event accepted, in bytes; larger ones are skipped to quarantine as `oversize`.
     pub max_event_bytes: usize,
 }
@@ -54,6 +61,7 @@ impl Default for SseConfig {
             rate_limited_backoff: Duration::from_secs(60),
             healthy_after: Duration::from_secs(60),
             since: None,
+            resume_overlap: Duration::from_secs(60),
             max_event_bytes: 1 << 20,
         }
     }
@@ -112,6 +120,41 @@ impl SseConfig {
         }
         Ok(())
     }
+}
+
+/// `id` with every `"timestamp"` in it moved `by` earlier, or `None` when it names no time (or is not a JSON
+/// array, as Wikimedia's ids are). The rest stays byte for byte as the source sent it.
+pub fn rewind(id: &str, by: Duration) -> Option<String> {
+    serde_json::from_str::<Vec<serde_json::Value>>(id).ok()?;
+    let by = by.as_millis() as i64;
+    let mut out = String::with_capacity(id.len() + 8);
+    let mut rest = id;
+    let mut any = false;
+    while let Some(at) = rest.find("\"timestamp\"") {
+        let (before, after) = rest.split_at(at + "\"timestamp\"".len());
+        out.push_str(before);
+        let value = after.trim_start_matches([' ', ':', '\t', '\n', '\r']);
+        out.push_str(&after[..after.len() - value.len()]);
+        let digits = value
+            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+            .unwrap_or(value.len());
+        match value[..digits].parse::<i64>() {
+            Ok(ms) => {
+                out.push_str(&(ms - by).max(0).to_string());
+                any = true;
+            }
+            Err(_) => out.push_str(&value[..digits]),
+        }
+        rest = &value[digits..];
+    }
+    out.push_str(rest);
+    any.then_some(out)
+}
+
+/// The latest `"timestamp"` an SSE id names (see [`rewind`]).
+pub fn latest_time(id: &str) -> Option<i64> {
+    let entries: Vec<serde_json::Value> = serde_json::from_str(id).ok()?;
+    entries.iter().filter_map(|e| e["timestamp"].as_i64()).max()
 }
 
 /// Whether `text` reads as an ISO 8601 date or time, as the source's `?since=` takes them: with an offset or
@@ -341,6 +384,36 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_of_times_is_moved_back_and_the_rest_kept() {
+        let live = r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"timestamp":1746030241001},{"topic":"codfw.mediawiki.recentchange","partition":0,"offset":-1}]"#;
+        let back = rewind(live, Duration::from_secs(60)).unwrap();
+        assert_eq!(back, live.replace("1746030241001", "1746030181001"));
+        assert_eq!(latest_time(live), Some(1_746_030_241_001));
+        let spaced = r#"[ {"timestamp" : 5000, "topic": "timestamp"}, {"timestamp":7000} ]"#;
+        assert_eq!(
+            rewind(spaced, Duration::from_secs(1)).unwrap(),
+            r#"[ {"timestamp" : 4000, "topic": "timestamp"}, {"timestamp":6000} ]"#
+        );
+        assert_eq!(latest_time(spaced), Some(7000));
+        assert_eq!(
+            rewind(r#"[{"timestamp":10}]"#, Duration::from_secs(1)).unwrap(),
+            r#"[{"timestamp":0}]"#,
+            "not before 1970"
+        );
+        for unchanged in [
+            r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":42}]"#,
+            "42",
+            "not json \"timestamp\":5",
+        ] {
+            assert_eq!(
+                rewind(unchanged, Duration::from_secs(1)),
+                None,
+                "{unchanged}"
+            );
+        }
+    }
 
     /// A refusal names what the server said and what to check.
     #[test]

@@ -31,6 +31,11 @@ pub struct GenConfig {
     pub future: f64,
     /// A canary event (`meta.domain == "canary"`); the live stream has about one an hour.
     pub canary: f64,
+    /// Events reach the source's log up to this many ms after their time, in the order they arrive, so
+    /// consecutive events carry times out of order, as the live stream's do. Its resume positions are times
+    /// (`serve-sse --ids timestamps`), so a client that resumes exactly where it left off skips the events that
+    /// came after the last one it read but carry an earlier time.
+    pub disorder_ms: u64,
 }
 
 impl Default for GenConfig {
@@ -44,17 +49,17 @@ impl Default for GenConfig {
             late: 0.0,
             future: 0.0,
             canary: 0.0,
+            disorder_ms: 0,
         }
     }
 }
 
-/// One generated event: its SSE id (Wikimedia's JSON array of per-topic offsets) and its data line.
+/// One generated event: its position in the source's log and its data line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Generated {
     pub offset: u64,
-    pub sse_id: String,
     pub data: String,
-    /// Event time (the nominal one, before late / future faults).
+    /// Event time (the nominal one, before late / future faults): the time the source's log keeps for it.
     pub time_ms: i64,
 }
 
@@ -156,11 +161,22 @@ impl Generator {
         ChaCha8Rng::seed_from_u64(key)
     }
 
-    /// The nominal event time of event `i`.
+    /// The nominal event time of event `i`: its place in the stream's rate, give or take a jitter too small to
+    /// reorder neighbours, less a delay of up to `disorder_ms`, which does.
     pub fn time_ms(&self, i: u64) -> i64 {
-        let interval = 1000.0 / self.config.events_per_s.max(1e-6);
-        let jitter = self.rng(i, 1).random_range(-0.4..0.4) * interval;
-        self.config.start_ms + (i as f64 * interval + jitter) as i64
+        let interval = self.interval_ms();
+        let mut rng = self.rng(i, 1);
+        let jitter = rng.random_range(-0.4..0.4) * interval;
+        let delay = match self.config.disorder_ms {
+            0 => 0,
+            max => rng.random_range(0..max) as i64,
+        };
+        self.config.start_ms + (i as f64 * interval + jitter) as i64 - delay
+    }
+
+    /// Event time between two events, in ms.
+    pub fn interval_ms(&self) -> f64 {
+        1000.0 / self.config.events_per_s.max(1e-6)
     }
 
     /// Event `i`.
@@ -168,14 +184,12 @@ impl Generator {
         let mut faults = self.rng(i, 2);
         let c = &self.config;
         let time_ms = self.time_ms(i);
-        let sse_id = sse_id(i, time_ms);
         if i > 0 && faults.random_bool(c.duplicates.clamp(0.0, 1.0)) {
             // A redelivery of a recent event, verbatim, under this event's position.
             let back = faults.random_range(1..=i.min(50));
             let original = self.event(i - back);
             return Generated {
                 offset: i,
-                sse_id,
                 data: original.data,
                 time_ms,
             };
@@ -201,7 +215,6 @@ impl Generator {
         }
         Generated {
             offset: i,
-            sse_id,
             data,
             time_ms,
         }
@@ -365,22 +378,6 @@ impl Generator {
     }
 }
 
-/// Wikimedia's SSE id: a JSON array with one entry per data-center topic.
-pub fn sse_id(offset: u64, time_ms: i64) -> String {
-    format!(
-        r#"[{{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":{offset}}},{{"topic":"codfw.mediawiki.recentchange","partition":0,"timestamp":{time_ms}}}]"#
-    )
-}
-
-/// The eqiad offset in an SSE id produced by [`sse_id`] (or by Wikimedia): where to resume after it.
-pub fn sse_offset(id: &str) -> Option<u64> {
-    let entries: Vec<Value> = serde_json::from_str(id).ok()?;
-    entries
-        .iter()
-        .find(|e| e["topic"].as_str().is_some_and(|t| t.starts_with("eqiad.")))
-        .and_then(|e| e["offset"].as_u64())
-}
-
 fn uuid(r: &mut ChaCha8Rng) -> String {
     let b: [u8; 16] = r.random();
     format!(
@@ -411,7 +408,7 @@ mod tests {
         let g2 = Generator::new(GenConfig::default());
         assert_eq!(g2.event(37), a[37]);
         assert_ne!(a[1].data, a[2].data);
-        assert_eq!(sse_offset(&a[7].sse_id), Some(7));
+        assert_eq!(a[7].offset, 7);
     }
 
     #[test]

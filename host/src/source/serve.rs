@@ -3,7 +3,10 @@
 //! connection every N events or after N bytes, and runs at a given rate or as fast as possible.
 //!
 //! The wire format is EventStreams': an `:ok` comment first, then per event `event: message`, an `id:` holding
-//! a JSON array of per-topic offsets, and one `data:` line.
+//! a JSON array of per-topic positions, and one `data:` line. A position is an offset or, as the live stream
+//! sends them, a time ([`Ids`]); a client resuming from a time gets every event from the first one at or after
+//! it, in the log's order, as Kafka looks up a time: events out of time order after that point come again, and
+//! those before it with a later time do not.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::generate::{Generated, Generator, sse_id, sse_offset};
+use serde_json::Value;
+
+use super::generate::{Generated, Generator};
 
 /// What to serve.
 pub enum Events {
@@ -56,7 +61,6 @@ impl Events {
                 let time_ms = time_of_line(&data).unwrap_or(0);
                 Generated {
                     offset: i,
-                    sse_id: sse_id(i, time_ms),
                     data,
                     time_ms,
                 }
@@ -65,21 +69,81 @@ impl Events {
         }
     }
 
-    /// The first offset whose event time is at or after `since_ms`.
+    /// The first offset whose event time is at or after `since_ms` (the end when there is none): where Kafka
+    /// starts a consumer asked for a time.
     fn first_since(&self, since_ms: i64) -> u64 {
+        let generator = match self {
+            Events::Lines(lines) => {
+                return (0..lines.len() as u64)
+                    .find(|&i| self.get(i).time_ms >= since_ms)
+                    .unwrap_or(lines.len() as u64);
+            }
+            Events::Generated { generator, .. } => generator,
+        };
         let end = self.len().unwrap_or(u64::MAX / 2);
-        // Event times rise with the offset (up to jitter), so a binary search is close enough and the scan
-        // after it makes it exact within the jitter.
+        // Generated times rise with the offset but for a jitter and a delay of up to `disorder_ms`, so a binary
+        // search lands within that span of the answer, and a look back over it makes the answer exact.
         let (mut lo, mut hi) = (0, end);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if self.get(mid).time_ms < since_ms {
+            if generator.time_ms(mid) < since_ms {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        lo
+        let span =
+            (generator.config().disorder_ms as f64 / generator.interval_ms()).ceil() as u64 + 2;
+        (lo.saturating_sub(span)..lo)
+            .find(|&i| generator.time_ms(i) >= since_ms)
+            .unwrap_or(lo)
+    }
+}
+
+/// The shape of the SSE ids served. A `Last-Event-ID` of either shape is honoured, whichever is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ids {
+    /// `[{eqiad, offset: N}, {codfw, timestamp}]`: a resume goes on right after event N, exactly.
+    Offsets,
+    /// The live stream's: `[{eqiad, timestamp: T + 1}, {codfw, offset: -1}]`, T the event's time. A resume
+    /// starts at the first event at or after the time sent back (see the module's documentation).
+    Timestamps,
+}
+
+impl Ids {
+    /// Event `offset`'s SSE id.
+    pub fn format(self, offset: u64, time_ms: i64) -> String {
+        match self {
+            Ids::Offsets => format!(
+                r#"[{{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":{offset}}},{{"topic":"codfw.mediawiki.recentchange","partition":0,"timestamp":{time_ms}}}]"#
+            ),
+            Ids::Timestamps => format!(
+                r#"[{{"topic":"eqiad.mediawiki.recentchange","partition":0,"timestamp":{}}},{{"topic":"codfw.mediawiki.recentchange","partition":0,"offset":-1}}]"#,
+                time_ms + 1
+            ),
+        }
+    }
+}
+
+/// Where a `Last-Event-ID` says to resume.
+#[derive(Debug, PartialEq, Eq)]
+enum Resume {
+    /// Right after this offset.
+    After(u64),
+    /// At the first event at or after this time.
+    At(i64),
+}
+
+/// The eqiad entry of an SSE id of either shape (or Wikimedia's): its offset, or else its time.
+fn resume_point(id: &str) -> Option<Resume> {
+    let entries: Vec<Value> = serde_json::from_str(id).ok()?;
+    let eqiad = entries
+        .iter()
+        .find(|e| e["topic"].as_str().is_some_and(|t| t.starts_with("eqiad.")))?;
+    match (eqiad["offset"].as_u64(), eqiad["timestamp"].as_i64()) {
+        (Some(offset), _) => Some(Resume::After(offset)),
+        (None, Some(ms)) => Some(Resume::At(ms)),
+        (None, None) => None,
     }
 }
 
@@ -93,6 +157,8 @@ pub struct ServeConfig {
     pub events: Events,
     /// Events per second; `None` is as fast as the client reads.
     pub rate: Option<f64>,
+    /// The shape of the SSE ids.
+    pub ids: Ids,
     /// Close each connection after this many events (clients reconnect with `Last-Event-ID`).
     pub cut_every: Option<u64>,
     /// Where to cut connections, in bytes from their start, even mid-event (tests of cut points).
@@ -110,6 +176,7 @@ impl ServeConfig {
         ServeConfig {
             events,
             rate: None,
+            ids: Ids::Offsets,
             cut_every: None,
             cut: Cut::Never,
             hold_open: false,
@@ -187,12 +254,13 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
     let start = match (resume, &query.since) {
-        (Some(id), _) => match sse_offset(id) {
-            Some(offset) => offset + 1,
+        (Some(id), _) => match resume_point(id) {
+            Some(Resume::After(offset)) => offset + 1,
+            Some(Resume::At(ms)) => config.events.first_since(ms),
             None => {
                 return (
                     StatusCode::BAD_REQUEST,
-                    format!("Last-Event-ID {id:?} holds no eqiad offset"),
+                    format!("Last-Event-ID {id:?} holds no eqiad offset or timestamp"),
                 )
                     .into_response();
             }
@@ -269,7 +337,7 @@ async fn produce(
         }
         let event = config.events.get(i);
         buf.put_slice(b"event: message\nid: ");
-        buf.put_slice(event.sse_id.as_bytes());
+        buf.put_slice(config.ids.format(event.offset, event.time_ms).as_bytes());
         buf.put_slice(b"\ndata: ");
         buf.put_slice(event.data.as_bytes());
         buf.put_slice(b"\n\n");
@@ -331,4 +399,48 @@ async fn send(
         return false;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::generate::GenConfig;
+
+    #[test]
+    fn either_shape_of_id_says_where_to_resume() {
+        for ids in [Ids::Offsets, Ids::Timestamps] {
+            let id = ids.format(7, 1_767_225_600_123);
+            let expected = match ids {
+                Ids::Offsets => Resume::After(7),
+                Ids::Timestamps => Resume::At(1_767_225_600_124),
+            };
+            assert_eq!(resume_point(&id), Some(expected), "{id}");
+        }
+        // As the live stream sent it (shared/fixtures/wikimedia/raw-sse).
+        let live = r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"timestamp":1746030241001},{"topic":"codfw.mediawiki.recentchange","partition":0,"offset":-1}]"#;
+        assert_eq!(resume_point(live), Some(Resume::At(1_746_030_241_001)));
+        assert_eq!(resume_point("42"), None);
+    }
+
+    #[test]
+    fn a_time_resumes_at_the_first_event_at_or_after_it_as_kafka_does() {
+        let generator = Generator::new(GenConfig {
+            disorder_ms: 3_000,
+            ..GenConfig::default()
+        });
+        let times: Vec<i64> = (0..5_000).map(|i| generator.time_ms(i)).collect();
+        assert!(
+            times.windows(2).filter(|w| w[1] < w[0]).count() > 500,
+            "neighbours out of time order"
+        );
+        let events = Events::Generated {
+            generator,
+            count: Some(5_000),
+        };
+        for i in (0..4_000).step_by(37) {
+            let since = times[i] + 1;
+            let expected = times.iter().position(|&t| t >= since).unwrap() as u64;
+            assert_eq!(events.first_since(since), expected, "since {since}");
+        }
+    }
 }
