@@ -421,19 +421,10 @@ impl Config {
         self.stream
             .validate()
             .map_err(|e| self.at_named_field(text, "", "", e))?;
-        if let Some(source) = &self.source
-            && !source.resume_overlap.is_zero()
-            && source.resume_overlap >= self.stream.duplicate_window
-        {
-            return Err(self.at_field(
-                text,
-                "source.resume_overlap",
-                format!(
-                    "source.resume_overlap {:?} must be shorter than stream.duplicate_window {:?}: what a resume \
-                     sends again is dropped only within that window",
-                    source.resume_overlap, self.stream.duplicate_window
-                ),
-            ));
+        if let Some(source) = &self.source {
+            source
+                .check_overlap(self.stream.duplicate_window)
+                .map_err(|e| self.at_field(text, "source.resume_overlap", e))?;
         }
         if self.consumer.batch == 0 || self.consumer.batch > 65_536 {
             return Err(self.at_field(text, "consumer.batch", "consumer.batch must be 1 to 65536"));
@@ -911,6 +902,8 @@ mod tests {
             "[lake]\nurl = \"lake:v2\"\n",
             "[api]\nlisten = \"[::1]:8080\"\n",
             "[api]\nlisten = \"\"\n",
+            // A duplicate window under the overlap's 60s default: the default halves it.
+            "[source]\nurl = \"https://example.org/s\"\n[stream]\nduplicate_window = \"30s\"\nmax_age = \"1h\"\n",
         ] {
             let text = format!("[pipeline]\nname = \"x\"\n{section}{stage}");
             // Validated: the check after it, that the plugin file exists, is the one to fail here.

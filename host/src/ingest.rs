@@ -6,11 +6,14 @@
 //! position is saved in JetStream, so a restarted host resumes where it left off; anything sent twice in
 //! between is dropped by the stream's duplicate window.
 //!
-//! A position that names times (the live stream's do) is sent back `source.resume_overlap` earlier: the source
-//! resumes at the first event at or after a time, and an event that followed the position with an earlier
-//! time would otherwise never come. Until the source is past the position again, what it sends came before
-//! it, and saves no position: a connection cut meanwhile resumes from the same one, going back half as far
-//! each time until one gets past it.
+//! A position that names times (the live stream's do) is sent back `source.resume_overlap` earlier (see
+//! [`rewind`]): the source resumes at the first event at or after a time, and an event that followed the
+//! position with an earlier time would otherwise never come. Until the source is past the position again,
+//! what it sends came before it, and saves no position: a connection cut meanwhile resumes from the same one,
+//! going back half as far each time until one gets past it (to the position as it is, with a warning, after
+//! ten halvings). A shorter overlap covers less disorder, so that is a last resort, for a source that cuts
+//! connections within an overlap's worth of events (the live stream's last ~15 minutes). What comes again is dropped by the stream's duplicate window, or past it by the publisher
+//! ([`Publisher::guard_resend`]).
 //!
 //! Events that are not JSON are published too (bronze keeps everything), marked with a header and keyed by a
 //! hash of their bytes. An oversize event (over `source.max_event_bytes`, or with its headers over what the
@@ -141,16 +144,22 @@ pub struct Ingest {
     oversize_after: (String, u32),
     /// While the source sends again what came before the position (after a rewound resume).
     resending: Option<Resending>,
+    /// How far before a position of times a resume starts (`source.resume_overlap`).
+    overlap: Duration,
     /// The stream's name (for [`Publisher::guard_resend`]).
     stream: String,
 }
 
 /// A resume from before the saved position, until the source is past it again.
 struct Resending {
-    /// The saved position: the event with this SSE id comes again.
+    /// The saved position: the event with this SSE id comes again, last.
     position: String,
     /// Or an event later than this (the position's time plus the overlap) shows the source is past it.
     past_ms: i64,
+    /// Events the source has sent again so far.
+    sent_again: u64,
+    /// The last of them was the saved position's.
+    at_position: bool,
 }
 
 /// Below this, a rewind is not worth halving again: the next resume sends the position back unchanged.
@@ -174,14 +183,10 @@ impl Ingest {
         config: IngestConfig,
     ) -> Result<Self> {
         source.validate().map_err(anyhow::Error::msg)?;
-        if !source.resume_overlap.is_zero() && source.resume_overlap >= stream.duplicate_window {
-            anyhow::bail!(
-                "source.resume_overlap {:?} must be shorter than stream.duplicate_window {:?}: what a resume \
-                 sends again is dropped only within that window",
-                source.resume_overlap,
-                stream.duplicate_window
-            );
-        }
+        source
+            .check_overlap(stream.duplicate_window)
+            .map_err(anyhow::Error::msg)?;
+        let overlap = source.resume_overlap(stream.duplicate_window);
         let js = async_nats::jetstream::new(nats.clone());
         stream.ensure_exists(&js).await?;
         let positions = Positions::open(&js).await?;
@@ -212,6 +217,7 @@ impl Ingest {
             stats,
             oversize_after: (String::new(), 0),
             resending: None,
+            overlap,
             stream: stream.name.clone(),
             config,
         })
@@ -232,7 +238,7 @@ impl Ingest {
         let config = self.client.config().clone();
         let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
         let mut items = Vec::new();
-        let mut rewind = config.resume_overlap;
+        let mut rewind = self.overlap;
         loop {
             let outcome = tokio::select! {
                 _ = &mut stop => None,
@@ -241,13 +247,22 @@ impl Ingest {
             // The guard holds ids the stream has: whatever the connection sent later with one of them was a
             // duplicate too, so it is kept to the connection's end.
             self.publisher.end_resend_guard();
-            // A connection that ended before the source was past the position again made no progress: the next
-            // goes back half as far, so a source that cuts connections sooner than it sends the overlap again
-            // is still read through.
+            // A connection cut while the source was sending again what came before the position made no
+            // progress: the next goes back half as far, so a source that cuts connections sooner than it sends
+            // the overlap again is still read through. One that sent nothing says nothing of that.
             rewind = match self.resending.take() {
+                Some(r) if r.sent_again == 0 => rewind,
                 Some(_) if rewind / 2 >= MIN_REWIND => rewind / 2,
-                Some(_) => Duration::ZERO,
-                None => config.resume_overlap,
+                Some(_) => {
+                    tracing::warn!(
+                        source = %self.config.name,
+                        "the source cuts connections before it has sent again what came before the position, \
+                         however little: resuming from the position as it is, which skips any event that \
+                         followed it with an earlier time"
+                    );
+                    Duration::ZERO
+                }
+                None => self.overlap,
             };
             self.stats.connected.store(false, Ordering::Relaxed);
             let Some(outcome) = outcome else {
@@ -335,10 +350,10 @@ impl Ingest {
         let rewound = position
             .filter(|_| !rewind_by.is_zero())
             .and_then(|p| Some((p, rewind(p, rewind_by)?)));
-        let mut conn = self
-            .client
-            .connect(rewound.as_ref().map_or(position, |(_, r)| Some(r.as_str())))
-            .await?;
+        let mut conn = match &rewound {
+            Some((position, rewound)) => self.client.connect(Some(rewound)).await?.after(position),
+            None => self.client.connect(position).await?,
+        };
         if let Some((position, rewound)) = rewound {
             tracing::debug!(source = %self.config.name, %position, resume = %rewound, "resuming {rewind_by:?} before the position");
             let time = latest_time(position);
@@ -364,6 +379,8 @@ impl Ingest {
                     .unwrap_or(i64::MAX)
                     .saturating_add(rewind_by.as_millis() as i64),
                 position: position.to_string(),
+                sent_again: 0,
+                at_position: false,
             });
         }
         self.stats.connected.store(true, Ordering::Relaxed);
@@ -496,10 +513,13 @@ impl Ingest {
         if sse_id.is_empty() {
             return None;
         }
-        if let Some(resending) = &self.resending {
-            if sse_id != resending.position
-                && latest_time(sse_id).is_none_or(|t| t <= resending.past_ms)
-            {
+        if let Some(resending) = &mut self.resending {
+            let past =
+                resending.at_position || latest_time(sse_id).is_some_and(|t| t > resending.past_ms);
+            if !past {
+                // The saved position's own event is the last to come again: what follows it is new.
+                resending.at_position = sse_id == resending.position;
+                resending.sent_again += 1;
                 return None;
             }
             self.resending = None;

@@ -152,8 +152,9 @@ pub struct Publisher {
     known: HashSet<String>,
 }
 
-/// How many of the subject's newest messages a resend guard reads back at most.
-const GUARD_MAX: u64 = 1_000_000;
+/// How many of the subject's newest messages a resend guard reads back at most (~6,000 come again after a
+/// minute's overlap at the live stream's rate).
+const GUARD_MAX: u64 = 100_000;
 
 impl Publisher {
     /// Publishes through a JetStream context of its own. async-nats lets a context have at most 5,000 acks
@@ -227,12 +228,15 @@ impl Publisher {
         self.acked_position.as_deref()
     }
 
-    /// Before the source sends again what came from `since_ms` on (its log's time) up to the saved position:
-    /// when the subject's newest message in `stream` is older than the stream's duplicate window less `rewind`,
-    /// the stream would store what comes again a second time. Then the ids of the messages it holds from
-    /// `since_ms` on, less `rewind` and a minute for events out of time order and clocks apart (at most the
-    /// newest [`GUARD_MAX`]), are read back, and messages with them are dropped here until
-    /// [`Publisher::end_resend_guard`]: each is a duplicate, the stream has its id.
+    /// Before the source sends again what came from `since_ms` on (its log's time) up to the saved position.
+    /// The stream drops what comes again as duplicates only within its duplicate window of the first storing,
+    /// so when the oldest of the subject's messages that may come again is older than that window less
+    /// `rewind` (a host down for longer), the ids of those messages are read back, and messages with them are
+    /// dropped here until [`Publisher::end_resend_guard`]: each is a duplicate, the stream has its id.
+    ///
+    /// Which messages may come again: those stored from `since_ms` on, less `rewind` and a minute for events
+    /// out of time order and clocks apart, and at most the subject's newest [`GUARD_MAX`] (a host catching up
+    /// on old events stores them long after their time: what comes again is what it stored last).
     pub async fn guard_resend(
         &mut self,
         stream: &str,
@@ -249,30 +253,43 @@ impl Publisher {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let now = async_nats::datetime::now().unix_timestamp_nanos();
-        let age = Duration::from_nanos((now - newest.time.unix_timestamp_nanos()).max(0) as u64);
-        if age + rewind + Duration::from_secs(5) < window {
-            return Ok(());
-        }
         let from_ms =
             since_ms.saturating_sub((rewind + Duration::from_secs(60)).as_millis() as i64);
         let start_time = async_nats::datetime::from_nanos(from_ms.max(0) as i128 * 1_000_000)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let by_time = DeliverPolicy::ByStartTime { start_time };
-        let policy = if pending(&handle, &self.subject, by_time).await? > GUARD_MAX {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: newest.sequence.saturating_sub(GUARD_MAX).max(1),
-            }
-        } else {
-            by_time
+        let mut consumer = reader(
+            &handle,
+            &self.subject,
+            DeliverPolicy::ByStartTime { start_time },
+        )
+        .await?;
+        if consumer.cached_info().num_pending > GUARD_MAX {
+            let start_sequence = newest.sequence.saturating_sub(GUARD_MAX).max(1);
+            consumer = reader(
+                &handle,
+                &self.subject,
+                DeliverPolicy::ByStartSequence { start_sequence },
+            )
+            .await?;
+        }
+        let now = async_nats::datetime::now().unix_timestamp_nanos();
+        let mut oldest = Duration::ZERO;
+        let past_window = |first: &jetstream::Message| {
+            let stored = first
+                .info()
+                .map_or(now, |i| i.published.unix_timestamp_nanos());
+            oldest = Duration::from_nanos((now - stored).max(0) as u64);
+            oldest + rewind + Duration::from_secs(5) >= window
         };
-        self.known = read_ids(&handle, &self.subject, policy).await?;
-        tracing::info!(
-            subject = %self.subject,
-            "the stream's newest message is {age:?} old, past its duplicate window of {window:?}: {} ids read back \
-             so that what the source sends again is not stored twice",
-            self.known.len()
-        );
+        self.known = read_ids(consumer, past_window).await?;
+        if !self.known.is_empty() {
+            tracing::info!(
+                subject = %self.subject,
+                "what the source sends again was first stored up to {oldest:?} ago, past the stream's duplicate \
+                 window of {window:?}: {} ids read back so that none is stored twice",
+                self.known.len()
+            );
+        }
         Ok(())
     }
 
@@ -524,7 +541,7 @@ impl Publisher {
         let policy = DeliverPolicy::ByStartSequence {
             start_sequence: first,
         };
-        read_ids(&stream, &self.subject, policy).await
+        read_ids(reader(&stream, &self.subject, policy).await?, |_| true).await
     }
 
     async fn save_position(&mut self) -> Result<()> {
@@ -562,38 +579,29 @@ async fn reader(
         .await?)
 }
 
-/// How many of `subject`'s messages `stream` holds from `start` on.
-async fn pending(
-    stream: &jetstream::stream::Stream,
-    subject: &str,
-    start: jetstream::consumer::DeliverPolicy,
-) -> Result<u64> {
-    Ok(reader(stream, subject, start)
-        .await?
-        .cached_info()
-        .num_pending)
-}
-
-/// The `Nats-Msg-Id`s of `subject`'s messages in `stream` from `start` on.
+/// The `Nats-Msg-Id`s of the messages `consumer` has pending, read to the last; none when `go_on` refuses the
+/// first.
 async fn read_ids(
-    stream: &jetstream::stream::Stream,
-    subject: &str,
-    start: jetstream::consumer::DeliverPolicy,
+    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
+    go_on: impl FnOnce(&jetstream::Message) -> bool,
 ) -> Result<HashSet<String>> {
     let mut present = HashSet::new();
-    let consumer = reader(stream, subject, start).await?;
     // Up to the subject's last message, by what the consumer has pending: the stream's own last sequence
     // may be another subject's, or purged, and would never come.
     if consumer.cached_info().num_pending == 0 {
         return Ok(present);
     }
     let mut messages = consumer.messages().await?;
+    let mut go_on = Some(go_on);
     loop {
         let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
             .context("reading the stream back timed out")?;
         let Some(message) = next else { break };
         let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if go_on.take().is_some_and(|go_on| !go_on(&message)) {
+            break;
+        }
         if let Some(id) = message
             .headers
             .as_ref()

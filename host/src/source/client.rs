@@ -40,9 +40,10 @@ pub struct SseConfig {
     /// this much earlier. The source resumes at the first event at or after that time, and consecutive events
     /// carry times out of order: sent back unchanged, a position skips the events that followed it with an
     /// earlier time. What comes again is dropped by the stream's duplicate window, so this must be shorter
-    /// than `stream.duplicate_window`; `0s` sends positions back unchanged.
-    #[serde(with = "humantime_serde")]
-    pub resume_overlap: Duration,
+    /// than `stream.duplicate_window`; `0s` sends positions back unchanged. Default: 60s, or half the
+    /// duplicate window when that is shorter (see [`SseConfig::resume_overlap`]).
+    #[serde(default, with = "humantime_serde")]
+    pub resume_overlap: Option<Duration>,
     /// Largest event accepted, in bytes; larger ones are skipped to quarantine as `oversize`.
     pub max_event_bytes: usize,
 }
@@ -61,13 +62,30 @@ impl Default for SseConfig {
             rate_limited_backoff: Duration::from_secs(60),
             healthy_after: Duration::from_secs(60),
             since: None,
-            resume_overlap: Duration::from_secs(60),
+            resume_overlap: None,
             max_event_bytes: 1 << 20,
         }
     }
 }
 
 impl SseConfig {
+    /// `resume_overlap` as set, else 60s or half the stream's `duplicate_window` when that is shorter.
+    pub fn resume_overlap(&self, duplicate_window: Duration) -> Duration {
+        self.resume_overlap
+            .unwrap_or((duplicate_window / 2).min(Duration::from_secs(60)))
+    }
+
+    /// Refuses a `resume_overlap` the stream's duplicate window does not cover.
+    pub fn check_overlap(&self, duplicate_window: Duration) -> Result<(), String> {
+        match self.resume_overlap {
+            Some(overlap) if !overlap.is_zero() && overlap >= duplicate_window => Err(format!(
+                "source.resume_overlap {overlap:?} must be shorter than stream.duplicate_window \
+                 {duplicate_window:?}: what a resume sends again is dropped only within that window"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| format!("source.url {:?}: {e}", self.url))?;
@@ -122,38 +140,36 @@ impl SseConfig {
     }
 }
 
-/// `id` with every `"timestamp"` in it moved `by` earlier, or `None` when it names no time (or is not a JSON
-/// array, as Wikimedia's ids are). The rest stays byte for byte as the source sent it.
+/// `id` (Wikimedia's: a JSON array of per-topic positions) resuming from `by` before its latest time, the
+/// earliest time an event not yet read can carry when times are out of order by less than `by`:
+/// - a topic whose `timestamp` is later than that point resumes from it; one quiet since before it (the other
+///   data centre's, after a canary) stays where it is, or it would send its last events again at every
+///   resume, long after the stream's duplicate window;
+/// - a topic not read from yet (`"offset": -1`, which the source starts at its end) is read from that point,
+///   so that what reached it meanwhile (a switch of data centres) comes too.
+///
+/// `None` when the id names no time, or is not such an array.
 pub fn rewind(id: &str, by: Duration) -> Option<String> {
-    serde_json::from_str::<Vec<serde_json::Value>>(id).ok()?;
+    let mut entries: Vec<serde_json::Value> = serde_json::from_str(id).ok()?;
     let by = by.as_millis() as i64;
-    let mut out = String::with_capacity(id.len() + 8);
-    let mut rest = id;
-    let mut any = false;
-    while let Some(at) = rest.find("\"timestamp\"") {
-        let (before, after) = rest.split_at(at + "\"timestamp\"".len());
-        out.push_str(before);
-        let value = after.trim_start_matches([' ', ':', '\t', '\n', '\r']);
-        out.push_str(&after[..after.len() - value.len()]);
-        let digits = value
-            .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-            .unwrap_or(value.len());
-        match value[..digits].parse::<i64>() {
-            Ok(ms) => {
-                out.push_str(&(ms - by).max(0).to_string());
-                any = true;
-            }
-            Err(_) => out.push_str(&value[..digits]),
+    let from = latest(&entries)?.saturating_sub(by).max(0);
+    for entry in entries.iter_mut().filter_map(|e| e.as_object_mut()) {
+        if let Some(ms) = entry.get("timestamp").and_then(|t| t.as_i64()) {
+            entry.insert("timestamp".into(), ms.min(from).into());
+        } else if entry.get("offset").and_then(|o| o.as_i64()) == Some(-1) {
+            entry.remove("offset");
+            entry.insert("timestamp".into(), from.into());
         }
-        rest = &value[digits..];
     }
-    out.push_str(rest);
-    any.then_some(out)
+    serde_json::to_string(&entries).ok()
 }
 
-/// The latest `"timestamp"` an SSE id names (see [`rewind`]).
+/// The latest `timestamp` an SSE id names (see [`rewind`]).
 pub fn latest_time(id: &str) -> Option<i64> {
-    let entries: Vec<serde_json::Value> = serde_json::from_str(id).ok()?;
+    latest(&serde_json::from_str::<Vec<serde_json::Value>>(id).ok()?)
+}
+
+fn latest(entries: &[serde_json::Value]) -> Option<i64> {
     entries.iter().filter_map(|e| e["timestamp"].as_i64()).max()
 }
 
@@ -358,6 +374,13 @@ async fn answer_start(response: reqwest::Response) -> String {
 }
 
 impl Connection {
+    /// The id events carry until the source sends one: the position resumed from, when the id sent back was
+    /// moved back from it (so that an event without an id of its own is named the same at every resume).
+    pub fn after(mut self, last_event_id: &str) -> Self {
+        self.parser.set_last_event_id(last_event_id);
+        self
+    }
+
     /// Reads the next chunk and pushes what it completes to `out`. `Ok(false)` at the end of the stream.
     pub async fn read(&mut self, out: &mut Vec<SseItem>) -> Result<bool, SourceError> {
         match tokio::time::timeout(self.idle_timeout, self.response.next()).await {
@@ -386,17 +409,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_position_of_times_is_moved_back_and_the_rest_kept() {
+    fn a_position_of_times_is_moved_back() {
         let live = r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"timestamp":1746030241001},{"topic":"codfw.mediawiki.recentchange","partition":0,"offset":-1}]"#;
-        let back = rewind(live, Duration::from_secs(60)).unwrap();
-        assert_eq!(back, live.replace("1746030241001", "1746030181001"));
-        assert_eq!(latest_time(live), Some(1_746_030_241_001));
-        let spaced = r#"[ {"timestamp" : 5000, "topic": "timestamp"}, {"timestamp":7000} ]"#;
+        let back: serde_json::Value =
+            serde_json::from_str(&rewind(live, Duration::from_secs(60)).unwrap()).unwrap();
         assert_eq!(
-            rewind(spaced, Duration::from_secs(1)).unwrap(),
-            r#"[ {"timestamp" : 4000, "topic": "timestamp"}, {"timestamp":6000} ]"#
+            back,
+            serde_json::json!([
+                {"topic": "eqiad.mediawiki.recentchange", "partition": 0, "timestamp": 1_746_030_181_001i64},
+                // The other data centre's topic, never read from: from the same time, not from its end.
+                {"topic": "codfw.mediawiki.recentchange", "partition": 0, "timestamp": 1_746_030_181_001i64},
+            ])
         );
-        assert_eq!(latest_time(spaced), Some(7000));
+        assert_eq!(latest_time(live), Some(1_746_030_241_001));
+        // A topic quiet since long before the latest time goes back no further than that time less `by`.
+        let three =
+            r#"[{"timestamp":5000,"offset":3},{"timestamp":7000},{"timestamp":900},{"offset":12}]"#;
+        assert_eq!(
+            rewind(three, Duration::from_secs(1)).unwrap(),
+            r#"[{"offset":3,"timestamp":5000},{"timestamp":6000},{"timestamp":900},{"offset":12}]"#
+        );
+        assert_eq!(
+            rewind(three, Duration::from_secs(3)).unwrap(),
+            r#"[{"offset":3,"timestamp":4000},{"timestamp":4000},{"timestamp":900},{"offset":12}]"#
+        );
+        assert_eq!(latest_time(three), Some(7000));
         assert_eq!(
             rewind(r#"[{"timestamp":10}]"#, Duration::from_secs(1)).unwrap(),
             r#"[{"timestamp":0}]"#,
@@ -404,6 +441,7 @@ mod tests {
         );
         for unchanged in [
             r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":42}]"#,
+            r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":-1}]"#,
             "42",
             "not json \"timestamp\":5",
         ] {

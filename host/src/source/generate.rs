@@ -171,7 +171,11 @@ impl Generator {
             0 => 0,
             max => rng.random_range(0..max) as i64,
         };
-        self.config.start_ms + (i as f64 * interval + jitter) as i64 - delay
+        // Saturating: `serve-sse` looks up times far along an endless stream.
+        self.config
+            .start_ms
+            .saturating_add((i as f64 * interval + jitter) as i64)
+            .saturating_sub(delay)
     }
 
     /// Event time between two events, in ms.

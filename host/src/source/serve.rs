@@ -80,9 +80,15 @@ impl Events {
             }
             Events::Generated { generator, .. } => generator,
         };
-        let end = self.len().unwrap_or(u64::MAX / 2);
         // Generated times rise with the offset but for a jitter and a delay of up to `disorder_ms`, so a binary
-        // search lands within that span of the answer, and a look back over it makes the answer exact.
+        // search lands within that span of the answer, and a look back over it makes the answer exact. No event
+        // past the first whose time, less all of that, is at or after `since_ms` can be the answer.
+        let (interval, disorder) = (generator.interval_ms(), generator.config().disorder_ms);
+        let bound = (((since_ms as f64 - generator.config().start_ms as f64 + disorder as f64)
+            / interval)
+            .max(0.0) as u64)
+            .saturating_add(2);
+        let end = self.len().unwrap_or(u64::MAX).min(bound);
         let (mut lo, mut hi) = (0, end);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -92,8 +98,7 @@ impl Events {
                 hi = mid;
             }
         }
-        let span =
-            (generator.config().disorder_ms as f64 / generator.interval_ms()).ceil() as u64 + 2;
+        let span = (disorder as f64 / interval).ceil() as u64 + 2;
         (lo.saturating_sub(span)..lo)
             .find(|&i| generator.time_ms(i) >= since_ms)
             .unwrap_or(lo)
@@ -103,7 +108,8 @@ impl Events {
 /// The shape of the SSE ids served. A `Last-Event-ID` of either shape is honoured, whichever is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ids {
-    /// `[{eqiad, offset: N}, {codfw, timestamp}]`: a resume goes on right after event N, exactly.
+    /// The live stream's older form, `[{eqiad, offset: N}, {codfw, offset: -1}]`: a resume goes on right after
+    /// event N, exactly.
     Offsets,
     /// The live stream's: `[{eqiad, timestamp: T + 1}, {codfw, offset: -1}]`, T the event's time. A resume
     /// starts at the first event at or after the time sent back (see the module's documentation).
@@ -115,7 +121,7 @@ impl Ids {
     pub fn format(self, offset: u64, time_ms: i64) -> String {
         match self {
             Ids::Offsets => format!(
-                r#"[{{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":{offset}}},{{"topic":"codfw.mediawiki.recentchange","partition":0,"timestamp":{time_ms}}}]"#
+                r#"[{{"topic":"eqiad.mediawiki.recentchange","partition":0,"offset":{offset}}},{{"topic":"codfw.mediawiki.recentchange","partition":0,"offset":-1}}]"#
             ),
             Ids::Timestamps => format!(
                 r#"[{{"topic":"eqiad.mediawiki.recentchange","partition":0,"timestamp":{}}},{{"topic":"codfw.mediawiki.recentchange","partition":0,"offset":-1}}]"#,
@@ -442,5 +448,20 @@ mod tests {
             let expected = times.iter().position(|&t| t >= since).unwrap() as u64;
             assert_eq!(events.first_since(since), expected, "since {since}");
         }
+        // Endless, as `weir run`'s offline source: the same answers, and none far along it overflows.
+        let endless = Events::Generated {
+            generator: Generator::new(GenConfig {
+                disorder_ms: 3_000,
+                ..GenConfig::default()
+            }),
+            count: None,
+        };
+        for i in (0..4_000).step_by(37) {
+            let since = times[i] + 1;
+            let expected = times.iter().position(|&t| t >= since).unwrap() as u64;
+            assert_eq!(endless.first_since(since), expected, "since {since}");
+        }
+        assert!(endless.first_since(i64::MAX) > 1 << 40);
+        assert_eq!(endless.first_since(i64::MIN), 0);
     }
 }

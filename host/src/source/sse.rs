@@ -101,8 +101,12 @@ impl SseParser {
 
     /// Starts from a known last event id (a resumed stream: the id is kept for events that do not set one).
     pub fn with_last_event_id(mut self, id: &str) -> Self {
-        self.last_event_id = id.to_string();
+        self.set_last_event_id(id);
         self
+    }
+
+    pub fn set_last_event_id(&mut self, id: &str) {
+        self.last_event_id = id.to_string();
     }
 
     pub fn last_event_id(&self) -> &str {
