@@ -10,9 +10,9 @@
 //! [`rewind`]): the source resumes at the first event at or after a time, and an event that followed the
 //! position with an earlier time would otherwise never come. Until the source is past the position again,
 //! what it sends came before it, and saves no position: a connection cut meanwhile resumes from the same one,
-//! going back half as far each time until one gets past it (to the position as it is, with a warning, after
-//! ten halvings). A shorter overlap covers less disorder, so that is a last resort, for a source that cuts
-//! connections within an overlap's worth of events (the live stream's last ~15 minutes). What comes again is dropped by the stream's duplicate window, or past it by the publisher
+//! going back half as far each time until one gets past it (down to 100 ms: any rewind keeps the events of
+//! the topic the position's event came from; the overlap is for the others), then twice as far again after
+//! each that does. What comes again is dropped by the stream's duplicate window, or past it by the publisher
 //! ([`Publisher::guard_resend`]).
 //!
 //! Events that are not JSON are published too (bronze keeps everything), marked with a header and keyed by a
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::bus::publish::Outgoing;
 use crate::bus::{CONFIRM_TIMEOUT, Positions, PublishStats, Publisher, StreamConfig, headers};
 use crate::event::{EventShape, JsonPath, Layout, Parser, digest_id};
-use crate::source::client::{Backoff, SourceError, SseClient, SseConfig, latest_time, rewind};
+use crate::source::client::{Backoff, SourceError, SseClient, SseConfig, Times, rewind};
 use crate::source::sse::{SseEvent, SseItem};
 
 /// Ingest settings besides the source and the stream.
@@ -152,17 +152,15 @@ pub struct Ingest {
 
 /// A resume from before the saved position, until the source is past it again.
 struct Resending {
-    /// The saved position: the event with this SSE id comes again, last.
-    position: String,
-    /// Or an event later than this (the position's time plus the overlap) shows the source is past it.
+    /// The saved position's times: the event whose SSE id names them comes again, last.
+    position: Times,
+    /// Or an event later than this (the position's time plus the rewind) shows the source is past it.
     past_ms: i64,
-    /// Events the source has sent again so far.
-    sent_again: u64,
-    /// The last of them was the saved position's.
+    /// The last event sent again was the saved position's.
     at_position: bool,
 }
 
-/// Below this, a rewind is not worth halving again: the next resume sends the position back unchanged.
+/// The shortest rewind: enough for the topic the position's event came from (see [`rewind`]).
 const MIN_REWIND: Duration = Duration::from_millis(100);
 
 fn now_ms() -> i64 {
@@ -240,6 +238,9 @@ impl Ingest {
         let mut items = Vec::new();
         let mut rewind = self.overlap;
         loop {
+            let rewinds = position.as_deref().is_some_and(|p| Times::of(p).is_some());
+            let received = self.stats.received.load(Ordering::Relaxed);
+            let stored = self.stats.publish.published.load(Ordering::Relaxed);
             let outcome = tokio::select! {
                 _ = &mut stop => None,
                 outcome = self.connection(position.as_deref(), rewind, &mut backoff, &mut items) => Some(outcome),
@@ -247,23 +248,7 @@ impl Ingest {
             // The guard holds ids the stream has: whatever the connection sent later with one of them was a
             // duplicate too, so it is kept to the connection's end.
             self.publisher.end_resend_guard();
-            // A connection cut while the source was sending again what came before the position made no
-            // progress: the next goes back half as far, so a source that cuts connections sooner than it sends
-            // the overlap again is still read through. One that sent nothing says nothing of that.
-            rewind = match self.resending.take() {
-                Some(r) if r.sent_again == 0 => rewind,
-                Some(_) if rewind / 2 >= MIN_REWIND => rewind / 2,
-                Some(_) => {
-                    tracing::warn!(
-                        source = %self.config.name,
-                        "the source cuts connections before it has sent again what came before the position, \
-                         however little: resuming from the position as it is, which skips any event that \
-                         followed it with an earlier time"
-                    );
-                    Duration::ZERO
-                }
-                None => self.overlap,
-            };
+            self.resending = None;
             self.stats.connected.store(false, Ordering::Relaxed);
             let Some(outcome) = outcome else {
                 self.flush_on_stop().await?;
@@ -285,6 +270,17 @@ impl Ingest {
             if let Some(p) = self.publisher.acked_position() {
                 position = Some(p.to_string());
             }
+            // A rewound connection that brought events, none of them new, was cut before the source was past
+            // the position again: the next goes back half as far, so a source that cuts connections sooner than
+            // it sends the overlap again is still read through. One that stored new events lets the next go
+            // back twice as far again, up to the overlap. One that failed or brought nothing says nothing.
+            let new = self.stats.publish.published.load(Ordering::Relaxed) > stored;
+            let any = self.stats.received.load(Ordering::Relaxed) > received;
+            rewind = match (new, rewinds && any) {
+                (true, _) => (rewind * 2).min(self.overlap),
+                (false, true) => (rewind / 2).max(MIN_REWIND),
+                (false, false) => rewind,
+            };
             let delay = match outcome {
                 Ok(healthy) => {
                     if healthy {
@@ -349,24 +345,25 @@ impl Ingest {
     ) -> Result<bool, SourceError> {
         let rewound = position
             .filter(|_| !rewind_by.is_zero())
-            .and_then(|p| Some((p, rewind(p, rewind_by)?)));
+            .and_then(|p| Some((p, rewind(p, rewind_by)?, Times::of(p)?)));
         let mut conn = match &rewound {
-            Some((position, rewound)) => self.client.connect(Some(rewound)).await?.after(position),
+            Some((position, rewound, _)) => {
+                self.client.connect(Some(rewound)).await?.after(position)
+            }
             None => self.client.connect(position).await?,
         };
-        if let Some((position, rewound)) = rewound {
+        if let Some((position, rewound, times)) = rewound {
             tracing::debug!(source = %self.config.name, %position, resume = %rewound, "resuming {rewind_by:?} before the position");
-            let time = latest_time(position);
+            let time = times.latest();
             // Connected (the source is up): what it sends first may be past the stream's duplicate window.
-            if let Some(time) = time
-                && let Err(e) = self
-                    .publisher
-                    .guard_resend(
-                        &self.stream,
-                        time.saturating_sub(rewind_by.as_millis() as i64),
-                        rewind_by,
-                    )
-                    .await
+            if let Err(e) = self
+                .publisher
+                .guard_resend(
+                    &self.stream,
+                    time.saturating_sub(rewind_by.as_millis() as i64),
+                    rewind_by,
+                )
+                .await
             {
                 tracing::warn!(
                     source = %self.config.name,
@@ -375,11 +372,8 @@ impl Ingest {
                 );
             }
             self.resending = Some(Resending {
-                past_ms: time
-                    .unwrap_or(i64::MAX)
-                    .saturating_add(rewind_by.as_millis() as i64),
-                position: position.to_string(),
-                sent_again: 0,
+                past_ms: time.saturating_add(rewind_by.as_millis() as i64),
+                position: times,
                 at_position: false,
             });
         }
@@ -514,12 +508,16 @@ impl Ingest {
             return None;
         }
         if let Some(resending) = &mut self.resending {
-            let past =
-                resending.at_position || latest_time(sse_id).is_some_and(|t| t > resending.past_ms);
+            let times = Times::of(sse_id);
+            let past = resending.at_position
+                || times
+                    .as_ref()
+                    .is_some_and(|t| t.latest() > resending.past_ms);
             if !past {
-                // The saved position's own event is the last to come again: what follows it is new.
-                resending.at_position = sse_id == resending.position;
-                resending.sent_again += 1;
+                // The saved position's own event is the last to come again: what follows it is new. (Another
+                // with the same times may come first: what follows that saves older positions, which a resume
+                // from still loses nothing, see `rewind`.)
+                resending.at_position = times.is_some_and(|t| resending.position.within(&t));
                 return None;
             }
             self.resending = None;

@@ -265,6 +265,7 @@ impl Publisher {
         .await?;
         if consumer.cached_info().num_pending > GUARD_MAX {
             let start_sequence = newest.sequence.saturating_sub(GUARD_MAX).max(1);
+            forget(&handle, &consumer).await;
             consumer = reader(
                 &handle,
                 &self.subject,
@@ -281,7 +282,7 @@ impl Publisher {
             oldest = Duration::from_nanos((now - stored).max(0) as u64);
             oldest + rewind + Duration::from_secs(5) >= window
         };
-        self.known = read_ids(consumer, past_window).await?;
+        self.known = read_ids(&handle, consumer, past_window).await?;
         if !self.known.is_empty() {
             tracing::info!(
                 subject = %self.subject,
@@ -541,7 +542,12 @@ impl Publisher {
         let policy = DeliverPolicy::ByStartSequence {
             start_sequence: first,
         };
-        read_ids(reader(&stream, &self.subject, policy).await?, |_| true).await
+        read_ids(
+            &stream,
+            reader(&stream, &self.subject, policy).await?,
+            |_| true,
+        )
+        .await
     }
 
     async fn save_position(&mut self) -> Result<()> {
@@ -579,9 +585,29 @@ async fn reader(
         .await?)
 }
 
-/// The `Nats-Msg-Id`s of the messages `consumer` has pending, read to the last; none when `go_on` refuses the
-/// first.
+/// Deletes a reader at once, rather than leaving it to the server's 30 s of inactivity (a source that cuts
+/// connections often would leave one per resume).
+async fn forget(
+    stream: &jetstream::stream::Stream,
+    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
+) {
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+}
+
+/// The `Nats-Msg-Id`s of the messages `consumer` (a [`reader`] of `stream`) has pending, read to the last; none
+/// when `go_on` refuses the first. The reader is deleted after.
 async fn read_ids(
+    stream: &jetstream::stream::Stream,
+    consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
+    go_on: impl FnOnce(&jetstream::Message) -> bool,
+) -> Result<HashSet<String>> {
+    let name = consumer.cached_info().name.clone();
+    let read = read_pending(consumer, go_on).await;
+    let _ = stream.delete_consumer(&name).await;
+    read
+}
+
+async fn read_pending(
     consumer: jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
     go_on: impl FnOnce(&jetstream::Message) -> bool,
 ) -> Result<HashSet<String>> {

@@ -145,8 +145,13 @@ impl SseConfig {
 /// - a topic whose `timestamp` is later than that point resumes from it; one quiet since before it (the other
 ///   data centre's, after a canary) stays where it is, or it would send its last events again at every
 ///   resume, long after the stream's duplicate window;
-/// - a topic not read from yet (`"offset": -1`, which the source starts at its end) is read from that point,
-///   so that what reached it meanwhile (a switch of data centres) comes too.
+/// - a topic named by offset is read from that point too: `-1` (not read from yet, which the source starts at
+///   its end), so that what reached it meanwhile (a switch of data centres) comes too; or an offset the source
+///   resolved an earlier time to, which means something on one cluster only.
+///
+/// The topic the position's event came from is safe with any `by` of a millisecond or more: its `timestamp`
+/// is that event's time plus one, and the source starts at the first event at or after the time sent, so at
+/// that event or before. `by` is for the other topics, and for telling when the source is past the position.
 ///
 /// `None` when the id names no time, or is not such an array.
 pub fn rewind(id: &str, by: Duration) -> Option<String> {
@@ -156,8 +161,7 @@ pub fn rewind(id: &str, by: Duration) -> Option<String> {
     for entry in entries.iter_mut().filter_map(|e| e.as_object_mut()) {
         if let Some(ms) = entry.get("timestamp").and_then(|t| t.as_i64()) {
             entry.insert("timestamp".into(), ms.min(from).into());
-        } else if entry.get("offset").and_then(|o| o.as_i64()) == Some(-1) {
-            entry.remove("offset");
+        } else if entry.remove("offset").is_some() {
             entry.insert("timestamp".into(), from.into());
         }
     }
@@ -167,6 +171,39 @@ pub fn rewind(id: &str, by: Duration) -> Option<String> {
 /// The latest `timestamp` an SSE id names (see [`rewind`]).
 pub fn latest_time(id: &str) -> Option<i64> {
     latest(&serde_json::from_str::<Vec<serde_json::Value>>(id).ok()?)
+}
+
+/// The per-topic times an SSE id names (Wikimedia's), to tell whose position an id is.
+#[derive(Debug)]
+pub struct Times(Vec<(String, i64, i64)>);
+
+impl Times {
+    /// (topic, partition, timestamp) of each entry with a time; `None` when there is none.
+    pub fn of(id: &str) -> Option<Times> {
+        let entries: Vec<serde_json::Value> = serde_json::from_str(id).ok()?;
+        let times: Vec<_> = entries
+            .iter()
+            .filter_map(|e| {
+                let topic = e["topic"].as_str().unwrap_or_default().to_string();
+                Some((
+                    topic,
+                    e["partition"].as_i64().unwrap_or(0),
+                    e["timestamp"].as_i64()?,
+                ))
+            })
+            .collect();
+        (!times.is_empty()).then_some(Times(times))
+    }
+
+    pub fn latest(&self) -> i64 {
+        self.0.iter().map(|t| t.2).max().unwrap_or(i64::MIN)
+    }
+
+    /// Whether `other` names each of these times: the same event's position, though the source may name the
+    /// topics not read from since in another way (an offset it resolved a time to).
+    pub fn within(&self, other: &Times) -> bool {
+        self.0.iter().all(|t| other.0.contains(t))
+    }
 }
 
 fn latest(entries: &[serde_json::Value]) -> Option<i64> {
@@ -427,13 +464,20 @@ mod tests {
             r#"[{"timestamp":5000,"offset":3},{"timestamp":7000},{"timestamp":900},{"offset":12}]"#;
         assert_eq!(
             rewind(three, Duration::from_secs(1)).unwrap(),
-            r#"[{"offset":3,"timestamp":5000},{"timestamp":6000},{"timestamp":900},{"offset":12}]"#
+            r#"[{"offset":3,"timestamp":5000},{"timestamp":6000},{"timestamp":900},{"timestamp":6000}]"#
         );
         assert_eq!(
             rewind(three, Duration::from_secs(3)).unwrap(),
-            r#"[{"offset":3,"timestamp":4000},{"timestamp":4000},{"timestamp":900},{"offset":12}]"#
+            r#"[{"offset":3,"timestamp":4000},{"timestamp":4000},{"timestamp":900},{"timestamp":4000}]"#
         );
         assert_eq!(latest_time(three), Some(7000));
+        // The same event's position, though the source named the topic it had not read from by an offset.
+        let position = Times::of(live).unwrap();
+        let again = live.replace(r#""offset":-1"#, r#""offset":5210"#);
+        assert!(position.within(&Times::of(&again).unwrap()));
+        let other = live.replace("241001", "241002");
+        assert!(!position.within(&Times::of(&other).unwrap()));
+        assert!(Times::of(r#"[{"topic":"t","partition":0,"offset":4}]"#).is_none());
         assert_eq!(
             rewind(r#"[{"timestamp":10}]"#, Duration::from_secs(1)).unwrap(),
             r#"[{"timestamp":0}]"#,
