@@ -160,6 +160,9 @@ pub fn rewind(id: &str, by: Duration) -> Option<String> {
     let from = latest(&entries)?.saturating_sub(by).max(0);
     for entry in entries.iter_mut().filter_map(|e| e.as_object_mut()) {
         if let Some(ms) = entry.get("timestamp").and_then(|t| t.as_i64()) {
+            // An entry with both is dropped by the source (KafkaSSE resolves entries with a timestamp and no
+            // offset, and keeps those with an offset and no timestamp).
+            entry.remove("offset");
             entry.insert("timestamp".into(), ms.min(from).into());
         } else if entry.remove("offset").is_some() {
             entry.insert("timestamp".into(), from.into());
@@ -464,11 +467,11 @@ mod tests {
             r#"[{"timestamp":5000,"offset":3},{"timestamp":7000},{"timestamp":900},{"offset":12}]"#;
         assert_eq!(
             rewind(three, Duration::from_secs(1)).unwrap(),
-            r#"[{"offset":3,"timestamp":5000},{"timestamp":6000},{"timestamp":900},{"timestamp":6000}]"#
+            r#"[{"timestamp":5000},{"timestamp":6000},{"timestamp":900},{"timestamp":6000}]"#
         );
         assert_eq!(
             rewind(three, Duration::from_secs(3)).unwrap(),
-            r#"[{"offset":3,"timestamp":4000},{"timestamp":4000},{"timestamp":900},{"timestamp":4000}]"#
+            r#"[{"timestamp":4000},{"timestamp":4000},{"timestamp":900},{"timestamp":4000}]"#
         );
         assert_eq!(latest_time(three), Some(7000));
         // The same event's position, though the source named the topic it had not read from by an offset.
