@@ -238,7 +238,9 @@ impl Ingest {
         let mut items = Vec::new();
         let mut rewind = self.overlap;
         loop {
-            let rewinds = position.as_deref().is_some_and(|p| Times::of(p).is_some());
+            // As `connection` decides: with `resume_overlap` at 0 nothing is ever rewound.
+            let rewinds =
+                !rewind.is_zero() && position.as_deref().is_some_and(|p| Times::of(p).is_some());
             let received = self.stats.received.load(Ordering::Relaxed);
             let stored = self.stats.publish.published.load(Ordering::Relaxed);
             let outcome = tokio::select! {
@@ -345,14 +347,14 @@ impl Ingest {
     ) -> Result<bool, SourceError> {
         let rewound = position
             .filter(|_| !rewind_by.is_zero())
-            .and_then(|p| Some((p, rewind(p, rewind_by)?, Times::of(p)?)));
+            .and_then(|p| Some((p, rewind(p, rewind_by)?)));
         let mut conn = match &rewound {
-            Some((position, rewound, _)) => {
+            Some((position, (rewound, _))) => {
                 self.client.connect(Some(rewound)).await?.after(position)
             }
             None => self.client.connect(position).await?,
         };
-        if let Some((position, rewound, times)) = rewound {
+        if let Some((position, (rewound, times))) = rewound {
             tracing::debug!(source = %self.config.name, %position, resume = %rewound, "resuming {rewind_by:?} before the position");
             let time = times.latest();
             // Connected (the source is up): what it sends first may be past the stream's duplicate window.

@@ -265,7 +265,7 @@ impl Publisher {
         .await?;
         if consumer.cached_info().num_pending > GUARD_MAX {
             let start_sequence = newest.sequence.saturating_sub(GUARD_MAX).max(1);
-            forget(&handle, &consumer).await;
+            forget(&handle, &consumer.cached_info().name).await;
             consumer = reader(
                 &handle,
                 &self.subject,
@@ -587,11 +587,8 @@ async fn reader(
 
 /// Deletes a reader at once, rather than leaving it to the server's 30 s of inactivity (a source that cuts
 /// connections often would leave one per resume).
-async fn forget(
-    stream: &jetstream::stream::Stream,
-    consumer: &jetstream::consumer::Consumer<jetstream::consumer::pull::OrderedConfig>,
-) {
-    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+async fn forget(stream: &jetstream::stream::Stream, name: &str) {
+    let _ = stream.delete_consumer(name).await;
 }
 
 /// The `Nats-Msg-Id`s of the messages `consumer` (a [`reader`] of `stream`) has pending, read to the last; none
@@ -603,7 +600,7 @@ async fn read_ids(
 ) -> Result<HashSet<String>> {
     let name = consumer.cached_info().name.clone();
     let read = read_pending(consumer, go_on).await;
-    let _ = stream.delete_consumer(&name).await;
+    forget(stream, &name).await;
     read
 }
 

@@ -153,11 +153,11 @@ impl SseConfig {
 /// is that event's time plus one, and the source starts at the first event at or after the time sent, so at
 /// that event or before. `by` is for the other topics, and for telling when the source is past the position.
 ///
-/// `None` when the id names no time, or is not such an array.
-pub fn rewind(id: &str, by: Duration) -> Option<String> {
+/// Returns the id to send and the times `id` names; `None` when it names no time, or is not such an array.
+pub fn rewind(id: &str, by: Duration) -> Option<(String, Times)> {
     let mut entries: Vec<serde_json::Value> = serde_json::from_str(id).ok()?;
-    let by = by.as_millis() as i64;
-    let from = latest(&entries)?.saturating_sub(by).max(0);
+    let times = Times::from_entries(&entries)?;
+    let from = times.latest().saturating_sub(by.as_millis() as i64).max(0);
     for entry in entries.iter_mut().filter_map(|e| e.as_object_mut()) {
         if let Some(ms) = entry.get("timestamp").and_then(|t| t.as_i64()) {
             // An entry with both is dropped by the source (KafkaSSE resolves entries with a timestamp and no
@@ -168,12 +168,7 @@ pub fn rewind(id: &str, by: Duration) -> Option<String> {
             entry.insert("timestamp".into(), from.into());
         }
     }
-    serde_json::to_string(&entries).ok()
-}
-
-/// The latest `timestamp` an SSE id names (see [`rewind`]).
-pub fn latest_time(id: &str) -> Option<i64> {
-    latest(&serde_json::from_str::<Vec<serde_json::Value>>(id).ok()?)
+    Some((serde_json::to_string(&entries).ok()?, times))
 }
 
 /// The per-topic times an SSE id names (Wikimedia's), to tell whose position an id is.
@@ -183,7 +178,10 @@ pub struct Times(Vec<(String, i64, i64)>);
 impl Times {
     /// (topic, partition, timestamp) of each entry with a time; `None` when there is none.
     pub fn of(id: &str) -> Option<Times> {
-        let entries: Vec<serde_json::Value> = serde_json::from_str(id).ok()?;
+        Times::from_entries(&serde_json::from_str::<Vec<serde_json::Value>>(id).ok()?)
+    }
+
+    fn from_entries(entries: &[serde_json::Value]) -> Option<Times> {
         let times: Vec<_> = entries
             .iter()
             .filter_map(|e| {
@@ -198,6 +196,7 @@ impl Times {
         (!times.is_empty()).then_some(Times(times))
     }
 
+    /// The latest of them (there is at least one).
     pub fn latest(&self) -> i64 {
         self.0.iter().map(|t| t.2).max().unwrap_or(i64::MIN)
     }
@@ -207,10 +206,6 @@ impl Times {
     pub fn within(&self, other: &Times) -> bool {
         self.0.iter().all(|t| other.0.contains(t))
     }
-}
-
-fn latest(entries: &[serde_json::Value]) -> Option<i64> {
-    entries.iter().filter_map(|e| e["timestamp"].as_i64()).max()
 }
 
 /// Whether `text` reads as an ISO 8601 date or time, as the source's `?since=` takes them: with an offset or
@@ -448,11 +443,20 @@ impl Connection {
 mod tests {
     use super::*;
 
+    /// The id [`rewind`] sends.
+    fn sent(id: &str, by: Duration) -> Option<String> {
+        rewind(id, by).map(|(sent, _)| sent)
+    }
+
+    fn latest_time(id: &str) -> Option<i64> {
+        Times::of(id).map(|t| t.latest())
+    }
+
     #[test]
     fn a_position_of_times_is_moved_back() {
         let live = r#"[{"topic":"eqiad.mediawiki.recentchange","partition":0,"timestamp":1746030241001},{"topic":"codfw.mediawiki.recentchange","partition":0,"offset":-1}]"#;
         let back: serde_json::Value =
-            serde_json::from_str(&rewind(live, Duration::from_secs(60)).unwrap()).unwrap();
+            serde_json::from_str(&sent(live, Duration::from_secs(60)).unwrap()).unwrap();
         assert_eq!(
             back,
             serde_json::json!([
@@ -466,11 +470,11 @@ mod tests {
         let three =
             r#"[{"timestamp":5000,"offset":3},{"timestamp":7000},{"timestamp":900},{"offset":12}]"#;
         assert_eq!(
-            rewind(three, Duration::from_secs(1)).unwrap(),
+            sent(three, Duration::from_secs(1)).unwrap(),
             r#"[{"timestamp":5000},{"timestamp":6000},{"timestamp":900},{"timestamp":6000}]"#
         );
         assert_eq!(
-            rewind(three, Duration::from_secs(3)).unwrap(),
+            sent(three, Duration::from_secs(3)).unwrap(),
             r#"[{"timestamp":4000},{"timestamp":4000},{"timestamp":900},{"timestamp":4000}]"#
         );
         assert_eq!(latest_time(three), Some(7000));
@@ -482,7 +486,7 @@ mod tests {
         assert!(!position.within(&Times::of(&other).unwrap()));
         assert!(Times::of(r#"[{"topic":"t","partition":0,"offset":4}]"#).is_none());
         assert_eq!(
-            rewind(r#"[{"timestamp":10}]"#, Duration::from_secs(1)).unwrap(),
+            sent(r#"[{"timestamp":10}]"#, Duration::from_secs(1)).unwrap(),
             r#"[{"timestamp":0}]"#,
             "not before 1970"
         );
@@ -492,11 +496,7 @@ mod tests {
             "42",
             "not json \"timestamp\":5",
         ] {
-            assert_eq!(
-                rewind(unchanged, Duration::from_secs(1)),
-                None,
-                "{unchanged}"
-            );
+            assert_eq!(sent(unchanged, Duration::from_secs(1)), None, "{unchanged}");
         }
     }
 
