@@ -7,7 +7,8 @@
 //! fields, the usual way to turn JSON into Arrow) and the same Parquet writer.
 //!
 //! Run with `make bench` (or `cargo bench -p weir --bench lake_throughput`). `WEIR_BENCH_EVENTS` sets the
-//! number of events (default 1,000,000), `WEIR_BENCH_PASSES` the passes (median and best are printed).
+//! number of events (default 1,000,000), `WEIR_BENCH_PASSES` the passes (median and best are printed),
+//! `WEIR_BENCH_BATCH` the events per batch (default 256, the pipeline's micro-batch).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +25,8 @@ use weir::source::generate::{GenConfig, Generator};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const BATCH: usize = 4096;
+/// Events per batch by default: the pipeline's micro-batch (`consumer.batch`), which the lake receives.
+const BATCH: usize = 256;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -69,7 +71,12 @@ struct Phases {
     disk: f64,
 }
 
-fn weir_pass(lines: &[Bytes], columns: &[ColumnSpec], dir: &std::path::Path) -> (f64, u64, Phases) {
+fn weir_pass(
+    lines: &[Bytes],
+    columns: &[ColumnSpec],
+    dir: &std::path::Path,
+    batch: usize,
+) -> (f64, u64, Phases) {
     let paths = columns
         .iter()
         .map(|c| weir::event::JsonPath::parse(&c.path).unwrap())
@@ -88,7 +95,7 @@ fn weir_pass(lines: &[Bytes], columns: &[ColumnSpec], dir: &std::path::Path) -> 
         *into += (now - clock).as_secs_f64();
         clock = now;
     };
-    for chunk in lines.chunks(BATCH) {
+    for chunk in lines.chunks(batch) {
         let events: Vec<_> = chunk
             .iter()
             .map(|l| {
@@ -155,12 +162,12 @@ fn nested_schema() -> Arc<Schema> {
     ]))
 }
 
-fn arrow_json_pass(ndjson: &[u8], dir: &std::path::Path) -> (f64, u64) {
+fn arrow_json_pass(ndjson: &[u8], dir: &std::path::Path, batch: usize) -> (f64, u64) {
     let schema = nested_schema();
     let started = Instant::now();
     let mut files = EpochFiles::new("bench", 128 << 20, Vec::new());
     let mut decoder = arrow_json::ReaderBuilder::new(schema)
-        .with_batch_size(BATCH)
+        .with_batch_size(batch)
         .build_decoder()
         .unwrap();
     let mut rest = ndjson;
@@ -192,6 +199,7 @@ fn summary(times: &mut [f64]) -> (f64, f64) {
 fn main() {
     let events = env("WEIR_BENCH_EVENTS", 1_000_000);
     let passes = env("WEIR_BENCH_PASSES", 3).max(1);
+    let batch = env("WEIR_BENCH_BATCH", BATCH).max(1);
     let generator = Generator::new(GenConfig::default());
     let lines: Vec<Bytes> = (0..events as u64)
         .map(|i| Bytes::from(generator.event(i).data))
@@ -204,7 +212,7 @@ fn main() {
     let mean = ndjson.len() / events;
     let columns = silver_columns();
     println!(
-        "lake_throughput: {events} generated events (mean {mean} bytes), {} silver columns, zstd(1), local disk, one core",
+        "lake_throughput: {events} generated events (mean {mean} bytes), batches of {batch}, {} silver columns, zstd(1), local disk, one core",
         columns.len() + 5
     );
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -212,13 +220,13 @@ fn main() {
     let mut best_phases = Phases::default();
     for _ in 0..passes {
         let dir = tempfile::tempdir().unwrap();
-        let (t, b, phases) = weir_pass(&lines, &columns, &dir.path().join("weir"));
+        let (t, b, phases) = weir_pass(&lines, &columns, &dir.path().join("weir"), batch);
         if ours.iter().all(|&o| t < o) {
             best_phases = phases;
         }
         ours.push(t);
         our_bytes = b;
-        let (t, b) = arrow_json_pass(&ndjson, &dir.path().join("arrow-json"));
+        let (t, b) = arrow_json_pass(&ndjson, &dir.path().join("arrow-json"), batch);
         theirs.push(t);
         their_bytes = b;
     }

@@ -491,6 +491,89 @@ mod tests {
     use super::*;
 
     #[test]
+    fn silver_values_fit_their_columns_or_are_counted_as_null() {
+        use crate::event::{EventShape, JsonPath, Layout, Parser};
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+        let specs: Vec<ColumnSpec> = [
+            ("s", ColumnType::String),
+            ("i", ColumnType::Int64),
+            ("f", ColumnType::Float64),
+            ("b", ColumnType::Bool),
+            ("t", ColumnType::Timestamp),
+            ("ts", ColumnType::TimestampSeconds),
+            ("j", ColumnType::Json),
+        ]
+        .into_iter()
+        .map(|(name, ty)| ColumnSpec {
+            name: name.into(),
+            path: name.into(),
+            ty,
+        })
+        .collect();
+        let reads: Vec<JsonPath> = specs
+            .iter()
+            .map(|c| JsonPath::parse(&c.path).unwrap())
+            .collect();
+        let layout = Arc::new(Layout::new(&EventShape::default(), &reads, &[]).unwrap());
+        let parser = Parser::new(layout.clone());
+        let columns = SilverColumns::new(specs, &layout).unwrap();
+        let events: Vec<Event> = [
+            // Every value fits.
+            r#"{"s":"a\"b","i":7,"f":1.5,"b":true,"t":"2025-01-01T00:00:01Z","ts":1735689601,"j":{"k":[1]}}"#,
+            // Other fitting forms: numbers and booleans as text, a whole float as an integer, milliseconds.
+            r#"{"s":12,"i":3.0,"f":2,"b":false,"t":1735689601000,"ts":1.5,"j":"x"}"#,
+            // Absent and null values are null, not mismatches.
+            r#"{"s":null,"i":null}"#,
+            // Values that do not fit: six mismatches (a null is not one).
+            r#"{"s":{"o":1},"i":"x","f":"y","b":1,"t":"not a time","ts":true,"j":null}"#,
+        ]
+        .iter()
+        .map(|text| parser.parse(text.to_string(), 0).unwrap())
+        .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let mismatches = Mismatches::default();
+        let batch = columns.batch(&refs, "chain@1", &mismatches);
+        assert_eq!(mismatches.0.load(Ordering::Relaxed), 6, "j: null is null");
+        let column = |name: &str| batch.column_by_name(name).unwrap().clone();
+        let s = column("s");
+        let s = s.as_string::<i32>();
+        assert_eq!((s.value(0), s.value(1)), ("a\"b", "12"));
+        assert!(s.is_null(2) && s.is_null(3));
+        let i = column("i");
+        let i = i.as_primitive::<Int64Type>();
+        assert_eq!((i.value(0), i.value(1)), (7, 3));
+        assert!(i.is_null(2) && i.is_null(3));
+        let f = column("f");
+        let f = f.as_primitive::<Float64Type>();
+        assert_eq!((f.value(0), f.value(1)), (1.5, 2.0));
+        assert!(f.is_null(3));
+        let b = column("b");
+        let b = b.as_boolean();
+        assert!(b.value(0) && !b.value(1) && b.is_null(3));
+        let t = column("t");
+        let t = t.as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(
+            (t.value(0), t.value(1)),
+            (1_735_689_601_000_000, 1_735_689_601_000_000)
+        );
+        assert!(t.is_null(3));
+        let ts = column("ts");
+        let ts = ts.as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(
+            (ts.value(0), ts.value(1)),
+            (1_735_689_601_000_000, 1_500_000)
+        );
+        assert!(ts.is_null(3));
+        let j = column("j");
+        let j = j.as_string::<i32>();
+        assert_eq!((j.value(0), j.value(1)), (r#"{"k":[1]}"#, r#""x""#));
+        assert!(j.is_null(2) && j.is_null(3));
+        assert_eq!(batch.num_rows(), 4);
+    }
+
+    #[test]
     fn partitions_are_hive_style_by_hour() {
         assert_eq!(
             partition(1_767_225_600_000 + 3_600_000 * 5 + 59_000),
