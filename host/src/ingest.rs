@@ -144,6 +144,8 @@ pub struct Ingest {
     oversize_after: (String, u32),
     /// While the source sends again what came before the position (after a rewound resume).
     resending: Option<Resending>,
+    /// Whether the last connection resumed from before the position.
+    rewound: bool,
     /// How far before a position of times a resume starts (`source.resume_overlap`).
     overlap: Duration,
     /// The stream's name (for [`Publisher::guard_resend`]).
@@ -215,6 +217,7 @@ impl Ingest {
             stats,
             oversize_after: (String::new(), 0),
             resending: None,
+            rewound: false,
             overlap,
             stream: stream.name.clone(),
             config,
@@ -238,9 +241,6 @@ impl Ingest {
         let mut items = Vec::new();
         let mut rewind = self.overlap;
         loop {
-            // As `connection` decides: with `resume_overlap` at 0 nothing is ever rewound.
-            let rewinds =
-                !rewind.is_zero() && position.as_deref().is_some_and(|p| Times::of(p).is_some());
             let received = self.stats.received.load(Ordering::Relaxed);
             let stored = self.stats.publish.published.load(Ordering::Relaxed);
             let outcome = tokio::select! {
@@ -278,7 +278,7 @@ impl Ingest {
             // back twice as far again, up to the overlap. One that failed or brought nothing says nothing.
             let new = self.stats.publish.published.load(Ordering::Relaxed) > stored;
             let any = self.stats.received.load(Ordering::Relaxed) > received;
-            rewind = match (new, rewinds && any) {
+            rewind = match (new, self.rewound && any) {
                 (true, _) => (rewind * 2).min(self.overlap),
                 (false, true) => (rewind / 2).max(MIN_REWIND),
                 (false, false) => rewind,
@@ -348,6 +348,7 @@ impl Ingest {
         let rewound = position
             .filter(|_| !rewind_by.is_zero())
             .and_then(|p| Some((p, rewind(p, rewind_by)?)));
+        self.rewound = rewound.is_some();
         let mut conn = match &rewound {
             Some((position, (rewound, _))) => {
                 self.client.connect(Some(rewound)).await?.after(position)
