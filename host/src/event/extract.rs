@@ -97,19 +97,16 @@ impl Scanner<'_> {
             }
         }
         let start = self.pos;
-        let captured = match self.peek() {
-            Some(b'{') => {
-                self.object(Some(index), depth + 1)?;
-                node.slot.map(|_| self.json(start))
-            }
-            Some(b'[') => {
-                self.array(Some(index), depth + 1)?;
-                node.slot.map(|_| self.json(start))
-            }
-            _ => self.scalar(node.slot.is_some())?,
-        };
-        if let (Some(slot), Some(value)) = (node.slot, captured) {
-            self.out[slot as usize] = Some(value);
+        let slot = node.slot.map(usize::from);
+        match self.peek() {
+            Some(b'{') => self.object(Some(index), depth + 1)?,
+            Some(b'[') => self.array(Some(index), depth + 1)?,
+            // Scalars are stored by `scalar` itself: returned through memory, as a `FieldValue` is, and then
+            // copied into the slot, each one stalled on its own bytes being read back (5 % of the lake bench).
+            _ => return self.scalar(slot),
+        }
+        if let Some(slot) = slot {
+            self.out[slot] = Some(self.json(start));
         }
         Ok(())
     }
@@ -138,7 +135,7 @@ impl Scanner<'_> {
         match self.peek() {
             Some(b'{') => self.object(None, depth + 1),
             Some(b'[') => self.array(None, depth + 1),
-            _ => self.scalar(false).map(drop),
+            _ => self.scalar(None),
         }
     }
 
@@ -223,40 +220,40 @@ impl Scanner<'_> {
         }
     }
 
-    /// A string, number or literal; its value when `capture`.
-    fn scalar(&mut self, capture: bool) -> Result<Option<FieldValue>, &'static str> {
+    /// A string, number or literal, stored in `slot` when there is one.
+    fn scalar(&mut self, slot: Option<usize>) -> Step {
         match self.peek() {
             Some(b'"') => {
                 let (start, end, escaped) = self.string()?;
-                Ok(capture.then(|| {
-                    FieldValue::Text(if escaped {
+                if let Some(slot) = slot {
+                    self.out[slot] = Some(FieldValue::Text(if escaped {
                         Text::Owned(unescape(&self.b[start..end]).into())
                     } else {
                         Text::Raw {
                             start: start as u32,
                             end: end as u32,
                         }
-                    })
-                }))
+                    }));
+                }
+                Ok(())
             }
-            Some(b't') => self.literal(b"true", capture, FieldValue::Bool(true)),
-            Some(b'f') => self.literal(b"false", capture, FieldValue::Bool(false)),
-            Some(b'n') => self.literal(b"null", capture, FieldValue::Null),
-            Some(b'-' | b'0'..=b'9') => self.number(capture),
+            Some(b't') => self.literal(b"true", slot, FieldValue::Bool(true)),
+            Some(b'f') => self.literal(b"false", slot, FieldValue::Bool(false)),
+            Some(b'n') => self.literal(b"null", slot, FieldValue::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(slot),
             Some(_) => Err("expected a value"),
             None => Err("EOF while parsing a value"),
         }
     }
 
-    fn literal(
-        &mut self,
-        word: &[u8],
-        capture: bool,
-        value: FieldValue,
-    ) -> Result<Option<FieldValue>, &'static str> {
+    #[inline]
+    fn literal(&mut self, word: &[u8], slot: Option<usize>, value: FieldValue) -> Step {
         if self.b[self.pos..].starts_with(word) {
             self.pos += word.len();
-            Ok(capture.then_some(value))
+            if let Some(slot) = slot {
+                self.out[slot] = Some(value);
+            }
+            Ok(())
         } else {
             Err("expected a value")
         }
@@ -320,9 +317,10 @@ impl Scanner<'_> {
     }
 
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, read as an integer when it is one that fits an i64,
-    /// else as a finite float. Numbers out of the f64 range are refused even when skipped, as serde_json
-    /// refuses them in a document, so that every accepted event can be parsed whole later.
-    fn number(&mut self, capture: bool) -> Result<Option<FieldValue>, &'static str> {
+    /// else as a finite float, and stored in `slot` when there is one. Numbers out of the f64 range are
+    /// refused even when skipped, as serde_json refuses them in a document, so that every accepted event can
+    /// be parsed whole later.
+    fn number(&mut self, slot: Option<usize>) -> Step {
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
         if negative {
@@ -356,29 +354,37 @@ impl Scanner<'_> {
             self.digits();
         }
         let digits = self.pos - start;
-        if integer && !capture && digits < 300 {
-            // Too short to overflow an f64: nothing to check.
-            return Ok(None);
-        }
         if integer && int_end - int_start <= 18 {
             // Up to 18 digits always fit an i64: read them here rather than through `str::parse`.
-            let magnitude = self.b[int_start..int_end]
-                .iter()
-                .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
-            return Ok(Some(FieldValue::Int(if negative {
-                -magnitude
-            } else {
-                magnitude
-            })));
+            if let Some(slot) = slot {
+                let magnitude = self.b[int_start..int_end]
+                    .iter()
+                    .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+                self.out[slot] = Some(FieldValue::Int(if negative {
+                    -magnitude
+                } else {
+                    magnitude
+                }));
+            }
+            return Ok(());
+        }
+        if integer && slot.is_none() && digits < 300 {
+            // Too short to overflow an f64: nothing to check.
+            return Ok(());
         }
         let text = std::str::from_utf8(&self.b[start..self.pos]).expect("ASCII digits");
-        if integer && let Ok(i) = text.parse::<i64>() {
-            return Ok(Some(FieldValue::Int(i)));
+        let value = if integer && let Ok(i) = text.parse::<i64>() {
+            FieldValue::Int(i)
+        } else {
+            match text.parse::<f64>() {
+                Ok(f) if f.is_finite() => FieldValue::Float(f),
+                _ => return Err("number out of range"),
+            }
+        };
+        if let Some(slot) = slot {
+            self.out[slot] = Some(value);
         }
-        match text.parse::<f64>() {
-            Ok(f) if f.is_finite() => Ok(capture.then_some(FieldValue::Float(f))),
-            _ => Err("number out of range"),
-        }
+        Ok(())
     }
 
     #[inline]
