@@ -233,7 +233,7 @@ fn every_cut_point_of_a_sample_gives_each_event_once_in_order() {
             .chain((total / 2..=total).step_by(7))
             .collect();
         for (run, cut) in offsets.iter().enumerate() {
-            let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+            let mut config = ServeConfig::new(Events::lines(lines.clone()));
             config.cut = Cut::First(*cut);
             let (url, server_task) = spawn_local(Arc::new(config)).await.unwrap();
             let name = format!("CUT{run}");
@@ -263,7 +263,7 @@ fn random_cuts_many_times_give_each_event_once_in_order() {
     let expected = ids_of(&lines);
     rt.block_on(async {
         let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
-        let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+        let mut config = ServeConfig::new(Events::lines(lines.clone()));
         config.cut = Cut::Random {
             max: 40_000,
             seed: 7,
@@ -444,7 +444,7 @@ fn a_restarted_host_resumes_without_loss_or_duplicates() {
     let expected = ids_of(&lines);
     rt.block_on(async {
         let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
-        let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+        let mut config = ServeConfig::new(Events::lines(lines.clone()));
         config.rate = Some(20_000.0);
         let (url, server_task) = spawn_local(Arc::new(config)).await.unwrap();
         let stream = stream("RESTART");
@@ -477,7 +477,7 @@ fn nats_server_restart_mid_stream_loses_nothing() {
     let url = server.url();
     rt.block_on(async {
         let nats = weir::bus::connect(&url, "test").await.unwrap();
-        let mut config = ServeConfig::new(Events::Lines(lines.clone()));
+        let mut config = ServeConfig::new(Events::lines(lines.clone()));
         config.rate = Some(2_000.0);
         let (sse_url, server_task) = spawn_local(Arc::new(config)).await.unwrap();
         let stream = stream("NATSRESTART");
@@ -637,7 +637,7 @@ fn oversize_events_reach_the_stream_marked_for_quarantine() {
     rt.block_on(async {
         let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
         let (url, server_task) =
-            spawn_local(Arc::new(ServeConfig::new(Events::Lines(lines.clone()))))
+            spawn_local(Arc::new(ServeConfig::new(Events::lines(lines.clone()))))
                 .await
                 .unwrap();
         let stream = stream("OVERSIZE");
@@ -704,7 +704,7 @@ fn ids_a_header_cannot_carry_reach_the_stream_as_digests() {
     rt.block_on(async {
         let nats = weir::bus::connect(&server.url(), "test").await.unwrap();
         let (url, server_task) =
-            spawn_local(Arc::new(ServeConfig::new(Events::Lines(lines.clone()))))
+            spawn_local(Arc::new(ServeConfig::new(Events::lines(lines.clone()))))
                 .await
                 .unwrap();
         // Four stored, and the fifth dropped as the second's duplicate (the same id, the same digest).

@@ -26,8 +26,8 @@ use super::generate::{Generated, Generator};
 
 /// What to serve.
 pub enum Events {
-    /// The lines of a file (NDJSON): event `i` is line `i`; event times come from their `meta.dt`.
-    Lines(Vec<String>),
+    /// The lines of a file (NDJSON): event `i` is line `i`. Build with [`Events::lines`].
+    Lines(Vec<Line>),
     /// The generator; `count` events, or without end.
     Generated {
         generator: Generator,
@@ -35,16 +35,42 @@ pub enum Events {
     },
 }
 
+/// A line served as an event, with its event time.
+pub struct Line {
+    data: String,
+    time_ms: i64,
+}
+
 impl Events {
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read events from {}", path.display()))?;
-        Ok(Events::Lines(
+        Ok(Events::lines(
             text.lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(str::to_string)
                 .collect(),
         ))
+    }
+
+    /// Lines served as they are. An event's time is its `meta.dt`; a line without one (not JSON, as a capture
+    /// may hold to test what the pipeline does with such lines) takes the time of the nearest line before it
+    /// that has one, so that the id it is served with, in the shape of [`Ids::Timestamps`], resumes a client
+    /// right after it rather than from the start of the file.
+    pub fn lines(lines: Vec<String>) -> Self {
+        let mut last = 0;
+        Events::Lines(
+            lines
+                .into_iter()
+                .map(|data| {
+                    last = time_of_line(&data).unwrap_or(last);
+                    Line {
+                        data,
+                        time_ms: last,
+                    }
+                })
+                .collect(),
+        )
     }
 
     fn len(&self) -> Option<u64> {
@@ -57,12 +83,11 @@ impl Events {
     fn get(&self, i: u64) -> Generated {
         match self {
             Events::Lines(lines) => {
-                let data = lines[i as usize].clone();
-                let time_ms = time_of_line(&data).unwrap_or(0);
+                let line = &lines[i as usize];
                 Generated {
                     offset: i,
-                    data,
-                    time_ms,
+                    data: line.data.clone(),
+                    time_ms: line.time_ms,
                 }
             }
             Events::Generated { generator, .. } => generator.event(i),
@@ -74,9 +99,10 @@ impl Events {
     fn first_since(&self, since_ms: i64) -> u64 {
         let generator = match self {
             Events::Lines(lines) => {
-                return (0..lines.len() as u64)
-                    .find(|&i| self.get(i).time_ms >= since_ms)
-                    .unwrap_or(lines.len() as u64);
+                return lines
+                    .iter()
+                    .position(|l| l.time_ms >= since_ms)
+                    .unwrap_or(lines.len()) as u64;
             }
             Events::Generated { generator, .. } => generator,
         };
@@ -463,5 +489,25 @@ mod tests {
         }
         assert!(endless.first_since(i64::MAX) > 1 << 40);
         assert_eq!(endless.first_since(i64::MIN), 0);
+    }
+
+    #[test]
+    fn a_line_without_a_time_resumes_after_itself_not_from_the_start() {
+        let event = |dt: &str| format!(r#"{{"meta":{{"dt":"{dt}"}}}}"#);
+        let events = Events::lines(vec![
+            "not json".into(),
+            event("2026-01-01T00:00:01Z"),
+            "{truncated".into(),
+            event("2026-01-01T00:00:02Z"),
+        ]);
+        let times: Vec<i64> = (0..4).map(|i| events.get(i).time_ms).collect();
+        let (one, two) = (1_767_225_601_000, 1_767_225_602_000);
+        assert_eq!(times, [0, one, one, two]);
+        // The id served with the line that is not JSON resumes at the next event, as that of the line before.
+        let id = Ids::Timestamps.format(2, events.get(2).time_ms);
+        let Some(Resume::At(at)) = resume_point(&id) else {
+            panic!("{id} is a time")
+        };
+        assert_eq!(events.first_since(at), 3);
     }
 }
