@@ -76,6 +76,17 @@ pub struct IngestStats {
     /// Event time of the newest event received, ms since the epoch (for the lag behind the source).
     pub newest_event_ms: AtomicI64,
     pub publish: Arc<PublishStats>,
+    /// What ended the last connection that failed, for the API: a source that answers 404 for ever is
+    /// retried for ever (it may come back), and an operator should not need the logs to see why.
+    pub last_failure: std::sync::Mutex<Option<SourceFailure>>,
+}
+
+/// A connection to the source that failed, and when the next one is tried.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceFailure {
+    pub at_ms: i64,
+    pub error: String,
+    pub retry_in_ms: u64,
 }
 
 impl IngestStats {
@@ -301,11 +312,13 @@ impl Ingest {
                         .unwrap_or(config.rate_limited_backoff)
                         .max(config.min_backoff);
                     tracing::warn!(%url, "HTTP 429 (too many requests); waiting {delay:?}");
+                    self.failed(&format!("HTTP 429 (too many requests) from {url}"), delay);
                     delay
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(source = %self.config.name, "{e}; reconnecting in {delay:?}");
+                    self.failed(&e, delay);
                     delay
                 }
             };
@@ -337,6 +350,14 @@ impl Ingest {
     }
 
     /// One connection: reads and publishes until it ends. `Ok(healthy)` when the server closed the stream,
+    fn failed(&self, error: &dyn std::fmt::Display, retry_in: Duration) {
+        *self.stats.last_failure.lock().expect("not poisoned") = Some(SourceFailure {
+            at_ms: now_ms(),
+            error: error.to_string(),
+            retry_in_ms: retry_in.as_millis() as u64,
+        });
+    }
+
     /// `healthy` when it had stayed up long enough to reset the backoff.
     async fn connection(
         &mut self,

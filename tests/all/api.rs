@@ -468,3 +468,67 @@ fn gold_tables_answer_before_their_first_window_closes() {
     );
     weir.stop();
 }
+
+/// A source that answers 404 is retried (it may come back), and the API says why it is not connected,
+/// without the logs: `/api/v1/pipeline`'s `source.last_failure`.
+#[test]
+fn the_api_says_why_the_source_is_not_connected() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/v2/stream/recentchange",
+        listener.local_addr().unwrap()
+    );
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = reader.get_mut().write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 14\r\nConnection: close\r\n\r\nno such stream",
+            );
+        }
+    });
+    let h = Harness::new(LakeAt::Local, |t| {
+        let mut source = toml::Table::new();
+        source.insert("url".into(), url.clone().into());
+        source.insert("min_backoff".into(), "200ms".into());
+        source.insert("max_backoff".into(), "1s".into());
+        t.insert("source".into(), source.into());
+    });
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    let started = Instant::now();
+    let source = loop {
+        let source = get_json(&api, "/api/v1/pipeline")["source"].clone();
+        if source["reconnects"].as_u64().unwrap_or(0) >= 2 {
+            break source;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no failed connection reported: {source}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(source["connected"], false, "{source}");
+    let failure = &source["last_failure"];
+    let error = failure["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{source}"));
+    assert!(error.contains("HTTP 404"), "{error}");
+    assert!(error.contains(&url), "{error}");
+    assert!(error.contains("no such stream"), "{error}");
+    assert!(
+        failure["at_ms"].as_i64().unwrap() > now_ms() - 60_000,
+        "{failure}"
+    );
+    assert!(
+        failure["retry_in_ms"].as_u64().unwrap() <= 1_000,
+        "{failure}"
+    );
+    // Retried, not given up: the process still serves, and is ready (the source is not part of readiness).
+    assert_eq!(get_json(&api, "/ready")["ready"], true);
+    weir.stop();
+}

@@ -195,8 +195,26 @@ async fn pipeline(State(state): State<AppState>) -> Response {
         "last_commit_ms": c.last_commit_ms.load(Ordering::Relaxed),
         "swap_pauses": { "count": swaps, "p50_us": p50, "p99_us": p99 },
         "lake": state.shared.lake.url,
+        "source": source(&state),
     }))
     .into_response()
+}
+
+/// The ingest of this process, when it runs one: whether it is connected, and what ended the last
+/// connection that failed (kept once connected again, with its time, so that a flapping source shows).
+fn source(state: &AppState) -> serde_json::Value {
+    let ingest = state.shared.ingest.load_full();
+    let Some(ingest) = ingest.as_ref() else {
+        return serde_json::Value::Null;
+    };
+    let last_failure = ingest.last_failure.lock().expect("not poisoned").clone();
+    json!({
+        "connected": ingest.connected.load(Ordering::Relaxed),
+        "received": ingest.received.load(Ordering::Relaxed),
+        "reconnects": ingest.reconnects.load(Ordering::Relaxed),
+        "lag_ms": ingest.lag_ms(),
+        "last_failure": last_failure,
+    })
 }
 
 /// Compiles a component off the async threads, checks it against the contract and asks the pipeline to
