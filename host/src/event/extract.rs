@@ -360,11 +360,13 @@ impl Scanner<'_> {
                 let magnitude = self.b[int_start..int_end]
                     .iter()
                     .fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
-                self.out[slot] = Some(FieldValue::Int(if negative {
-                    -magnitude
-                } else {
-                    magnitude
-                }));
+                self.out[slot] = Some(match (negative, magnitude) {
+                    // `-0` is a float to serde_json (there is no negative zero integer), and so to the
+                    // document an event becomes when parsed whole.
+                    (true, 0) => FieldValue::Float(-0.0),
+                    (true, m) => FieldValue::Int(-m),
+                    (false, m) => FieldValue::Int(m),
+                });
             }
             return Ok(());
         }
@@ -517,6 +519,18 @@ mod tests {
         out[layout.slot(path).unwrap() as usize]
             .as_ref()
             .map(|v| v.to_json(&raw))
+    }
+
+    #[test]
+    fn minus_zero_is_the_float_serde_json_reads() {
+        let l = layout(&["z", "p"]);
+        let text = r#"{"z": -0, "p": 0}"#;
+        let whole: serde_json::Value = serde_json::from_str(text).unwrap();
+        let z = get(&l, text, "z").unwrap();
+        assert_eq!(z.as_f64().map(f64::to_bits), Some((-0.0f64).to_bits()));
+        assert_eq!(z.is_f64(), whole["z"].is_f64());
+        assert_eq!(get(&l, text, "p").unwrap(), whole["p"]);
+        assert!(get(&l, text, "p").unwrap().is_i64());
     }
 
     #[test]
