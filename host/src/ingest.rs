@@ -81,12 +81,13 @@ pub struct IngestStats {
     pub last_failure: std::sync::Mutex<Option<SourceFailure>>,
 }
 
-/// A connection to the source that failed, and when the next one is tried.
+/// A connection to the source that failed, and when the next one is tried (`None`: the ingest stopped on an
+/// error retrying cannot fix).
 #[derive(Clone, Debug, Serialize)]
 pub struct SourceFailure {
     pub at_ms: i64,
     pub error: String,
-    pub retry_in_ms: u64,
+    pub next_try_ms: Option<i64>,
 }
 
 impl IngestStats {
@@ -240,8 +241,19 @@ impl Ingest {
     }
 
     /// Runs until `stop` resolves (then flushes and saves the position), or fails on an error that retrying
-    /// cannot fix.
+    /// cannot fix (also recorded for the API: the pipeline goes on without its ingest).
     pub async fn run(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        let ran = self.run_until_stopped(stop).await;
+        if let Err(e) = &ran {
+            self.failed(&format_args!("the ingest stopped: {e:#}"), None);
+        }
+        ran
+    }
+
+    async fn run_until_stopped(
+        &mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         tokio::pin!(stop);
         let mut position = self.positions.get(&self.config.name).await?;
         if let Some(p) = &position {
@@ -296,29 +308,42 @@ impl Ingest {
             };
             let delay = match outcome {
                 Ok(healthy) => {
-                    if healthy {
+                    let delay = if healthy {
                         backoff.reset();
-                    }
+                        backoff.next_delay()
+                    } else {
+                        // A source that takes the connection and closes it at once, again and again.
+                        let delay = backoff.next_delay();
+                        self.failed(
+                            &format_args!(
+                                "the source closed the stream within {:?} of opening it",
+                                config.healthy_after
+                            ),
+                            Some(delay),
+                        );
+                        delay
+                    };
                     tracing::info!(source = %self.config.name, "the source closed the stream; reconnecting");
-                    backoff.next_delay()
+                    delay
                 }
-                Err(SourceError::Status {
-                    status,
-                    retry_after,
-                    url,
-                    ..
-                }) if status.as_u16() == 429 => {
+                Err(
+                    e @ SourceError::Status {
+                        status,
+                        retry_after,
+                        ..
+                    },
+                ) if status.as_u16() == 429 => {
                     let delay = retry_after
                         .unwrap_or(config.rate_limited_backoff)
                         .max(config.min_backoff);
-                    tracing::warn!(%url, "HTTP 429 (too many requests); waiting {delay:?}");
-                    self.failed(&format!("HTTP 429 (too many requests) from {url}"), delay);
+                    tracing::warn!(source = %self.config.name, "{e}; waiting {delay:?}");
+                    self.failed(&e, Some(delay));
                     delay
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(source = %self.config.name, "{e}; reconnecting in {delay:?}");
-                    self.failed(&e, delay);
+                    self.failed(&e, Some(delay));
                     delay
                 }
             };
@@ -349,15 +374,18 @@ impl Ingest {
         }
     }
 
-    /// One connection: reads and publishes until it ends. `Ok(healthy)` when the server closed the stream,
-    fn failed(&self, error: &dyn std::fmt::Display, retry_in: Duration) {
-        *self.stats.last_failure.lock().expect("not poisoned") = Some(SourceFailure {
-            at_ms: now_ms(),
+    /// Records, for the API, a connection that failed and when the next is tried (`None`: never).
+    fn failed(&self, error: &dyn std::fmt::Display, retry_in: Option<Duration>) {
+        let at_ms = now_ms();
+        let failure = SourceFailure {
+            at_ms,
             error: error.to_string(),
-            retry_in_ms: retry_in.as_millis() as u64,
-        });
+            next_try_ms: retry_in.map(|d| at_ms + d.as_millis() as i64),
+        };
+        *self.stats.last_failure.lock().expect("not poisoned") = Some(failure);
     }
 
+    /// One connection: reads and publishes until it ends. `Ok(healthy)` when the server closed the stream,
     /// `healthy` when it had stayed up long enough to reset the backoff.
     async fn connection(
         &mut self,
