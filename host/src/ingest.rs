@@ -91,6 +91,19 @@ pub struct SourceFailure {
 }
 
 impl IngestStats {
+    /// Records, for the API, a connection that failed and when the next is tried (`None`: never).
+    fn failed(&self, error: &dyn std::fmt::Display, retry_in: Option<Duration>) {
+        let at_ms = now_ms();
+        let failure = SourceFailure {
+            at_ms,
+            error: error.to_string(),
+            // Saturating: a `Retry-After` is the server's to choose.
+            next_try_ms: retry_in
+                .map(|d| at_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+        };
+        *self.last_failure.lock().expect("not poisoned") = Some(failure);
+    }
+
     /// Events received whose outcome is known: stored, dropped as duplicates, or dropped as canaries.
     pub fn settled(&self) -> u64 {
         self.publish.published.load(Ordering::Relaxed)
@@ -108,6 +121,25 @@ impl IngestStats {
         }
     }
 }
+
+/// Records an ingest that panicked, which ends it as surely as an error does. Only when dropped while
+/// unwinding: every other way out (a stop, an error, the future dropped at shutdown) is not a panic.
+struct PanicGuard(Arc<IngestStats>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.connected.store(false, Ordering::Relaxed);
+            self.0.failed(
+                &"the ingest stopped: it panicked (the log says where)",
+                None,
+            );
+        }
+    }
+}
+
+/// The longest wait a `Retry-After` gets: a server's answer should not stop the source for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// How much of an oversize event its quarantine message keeps.
 pub const OVERSIZE_KEPT: usize = 64 << 10;
@@ -243,6 +275,7 @@ impl Ingest {
     /// Runs until `stop` resolves (then flushes and saves the position), or fails on an error that retrying
     /// cannot fix (also recorded for the API: the pipeline goes on without its ingest).
     pub async fn run(&mut self, stop: impl std::future::Future<Output = ()>) -> Result<()> {
+        let _panic = PanicGuard(self.stats.clone());
         let ran = self.run_until_stopped(stop).await;
         if let Err(e) = &ran {
             self.failed(&format_args!("the ingest stopped: {e:#}"), None);
@@ -335,7 +368,7 @@ impl Ingest {
                 ) if status.as_u16() == 429 => {
                     let delay = retry_after
                         .unwrap_or(config.rate_limited_backoff)
-                        .max(config.min_backoff);
+                        .clamp(config.min_backoff, MAX_RETRY_AFTER.max(config.min_backoff));
                     tracing::warn!(source = %self.config.name, "{e}; waiting {delay:?}");
                     self.failed(&e, Some(delay));
                     delay
@@ -374,15 +407,8 @@ impl Ingest {
         }
     }
 
-    /// Records, for the API, a connection that failed and when the next is tried (`None`: never).
     fn failed(&self, error: &dyn std::fmt::Display, retry_in: Option<Duration>) {
-        let at_ms = now_ms();
-        let failure = SourceFailure {
-            at_ms,
-            error: error.to_string(),
-            next_try_ms: retry_in.map(|d| at_ms + d.as_millis() as i64),
-        };
-        *self.stats.last_failure.lock().expect("not poisoned") = Some(failure);
+        self.stats.failed(error, retry_in);
     }
 
     /// One connection: reads and publishes until it ends. `Ok(healthy)` when the server closed the stream,

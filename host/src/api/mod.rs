@@ -201,7 +201,8 @@ async fn pipeline(State(state): State<AppState>) -> Response {
 }
 
 /// The ingest of this process, when it runs one: whether it is connected, and what ended the last
-/// connection that failed (kept once connected again, with its time, so that a flapping source shows).
+/// connection that failed, or the ingest itself (kept once connected again, with its time, so that a
+/// flapping source shows).
 fn source(state: &AppState) -> serde_json::Value {
     let ingest = state.shared.ingest.load_full();
     let Some(ingest) = ingest.as_ref() else {

@@ -81,7 +81,7 @@ pub async fn document() -> impl IntoResponse {
             "/health": { "get": op("The process is alive", false) },
             "/ready": { "get": op("NATS, the store and the plugins are up (503 otherwise)", false) },
             "/metrics": { "get": op("Prometheus metrics", false) },
-            "/api/v1/pipeline": { "get": op("Pipeline counters, swap pauses, and the source this process ingests (`source`: connected or not, and what ended the last connection that failed, with its time and the time of the next try, `next_try_ms`, null when the ingest stopped for good; null without an ingest)", false) },
+            "/api/v1/pipeline": { "get": op("Pipeline counters, swap pauses, and the source this process ingests (`source`: connected or not, and what ended the last connection that failed, with its time `at_ms` and the next try's `next_try_ms`, both ms since the epoch, `next_try_ms` null when the ingest stopped for good; null without an ingest)", false) },
             "/api/v1/plugins": { "get": op("This host's plugins with their versions and stats, and what each host of the pipeline runs (`hosts`)", false) },
             "/api/v1/plugins/{stage}": deploy_path,
             "/api/v1/plugins/{stage}/rollback": rollback_path,
