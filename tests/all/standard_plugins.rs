@@ -94,7 +94,7 @@ fn quality_quarantines_stale_events_with_every_failed_check() {
     for q in &out.quarantined {
         assert_eq!(q.reason, "quality_failed");
         assert_eq!(q.failed_checks, ["timestamp_fresh"], "{}", q.event.id);
-        assert_eq!(q.plugin, "quality@0.1.0");
+        assert_eq!(q.plugin, "quality@0.1.1");
     }
     let stats = chain.stages()[0].plugin().stats();
     assert_eq!(stats.gauges.get("pass_rate"), Some(&0.0));

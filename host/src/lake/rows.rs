@@ -432,6 +432,11 @@ pub fn gold_batch(rows: &[&GoldRow], types: &[(String, DataType)]) -> RecordBatc
                 for r in rows {
                     b.append_option(match value(r, name) {
                         Some(Value::Integer(i)) => Some(i),
+                        // A whole number a plugin gave as a float (JavaScript has no other; a sum that met
+                        // `-0`), as silver's integer columns take it.
+                        Some(Value::Float(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => {
+                            Some(f as i64)
+                        }
                         _ => None,
                     });
                 }
@@ -587,6 +592,37 @@ mod tests {
         let times = [i64::MAX, 5, i64::MIN];
         let groups = by_partition(times.iter(), |t| *t);
         assert_eq!(groups.values().map(Vec::len).sum::<usize>(), 3);
+    }
+
+    #[test]
+    fn an_integer_gold_column_takes_whole_floats() {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        let row = |v: Value| GoldRow {
+            table: "gold_t".into(),
+            plugin: "p@1".into(),
+            columns: vec![("n".into(), v)],
+        };
+        let rows = [
+            row(Value::Integer(3)),
+            row(Value::Float(4.0)),
+            row(Value::Float(-0.0)),
+            row(Value::Float(4.5)),
+        ];
+        let batch = gold_batch(
+            &rows.iter().collect::<Vec<_>>(),
+            &[("n".to_string(), DataType::Int64)],
+        );
+        let n = batch
+            .column_by_name("n")
+            .unwrap()
+            .as_primitive::<arrow_array::types::Int64Type>();
+        assert_eq!(
+            (0..4)
+                .map(|i| n.is_valid(i).then(|| n.value(i)))
+                .collect::<Vec<_>>(),
+            [Some(3), Some(4), Some(0), None]
+        );
     }
 
     #[test]

@@ -224,6 +224,8 @@ impl Compiled {
 
     fn passes_present(&self, value: ValueRef<'_>) -> bool {
         match (&self.test, value) {
+            // JSON Schema's integer is any number without a fraction: `1.0` and `-0` too, and every whole
+            // number a JavaScript plugin writes.
             (Test::Type(t), v) => {
                 matches!(
                     (t, v),
@@ -231,7 +233,8 @@ impl Compiled {
                         | (JsonType::Integer, ValueRef::Integer(_))
                         | (JsonType::Number, ValueRef::Integer(_) | ValueRef::Float(_))
                         | (JsonType::String, ValueRef::Text(_))
-                ) || matches!((t, v), (JsonType::Object, ValueRef::Json(j)) if j.starts_with('{'))
+                ) || matches!((t, v), (JsonType::Integer, ValueRef::Float(f)) if f.fract() == 0.0)
+                    || matches!((t, v), (JsonType::Object, ValueRef::Json(j)) if j.starts_with('{'))
                     || matches!((t, v), (JsonType::Array, ValueRef::Json(j)) if j.starts_with('['))
             }
             (Test::Enum(values), v) => values.iter().any(|c| same(c, v)),

@@ -79,9 +79,13 @@ fn each_gate_names_itself_and_every_failure_is_listed() {
         event(json!({"type": "log", "revision": null, "log_params": []})),
         event(json!({"type": "log", "revision": null, "log_params": {"target": "x"}})),
         event(json!({"type": null, "meta": {"id": null}})),
+        // JSON Schema's integers: numbers without a fraction, whatever their notation.
+        event(json!({"namespace": 4.0})),
+        event(json!({"namespace": -0.0})),
+        event(json!({"namespace": 4.5})),
     ];
     let got = failures("{}", &docs);
-    let expect: [&[&str]; 12] = [
+    let expect: [&[&str]; 15] = [
         &[],
         &["event_id_present"],
         &["type_valid"],
@@ -94,6 +98,9 @@ fn each_gate_names_itself_and_every_failure_is_listed() {
         &[],
         &[],
         &["event_id_present", "event_data_present"],
+        &[],
+        &[],
+        &["namespace_is_integer"],
     ];
     for (i, (got, want)) in got.iter().zip(expect).enumerate() {
         assert_eq!(got, want, "event {i}");
