@@ -101,7 +101,8 @@ impl IngestStats {
             next_try_ms: retry_in
                 .map(|d| at_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
         };
-        *self.last_failure.lock().expect("not poisoned") = Some(failure);
+        // Also called while unwinding, where a second panic would abort the process.
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
     }
 
     /// Events received whose outcome is known: stored, dropped as duplicates, or dropped as canaries.
@@ -655,6 +656,37 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guard lives in the ingest's future across awaits: a panic drops it while unwinding (and a task
+    /// dropped at shutdown, not panicking, records nothing).
+    #[tokio::test]
+    async fn a_panicking_ingest_is_recorded_and_a_dropped_one_is_not() {
+        let stats = Arc::new(IngestStats::default());
+        stats.connected.store(true, Ordering::Relaxed);
+        let guarded = stats.clone();
+        let task = tokio::spawn(async move {
+            let _panic = PanicGuard(guarded);
+            tokio::task::yield_now().await;
+            panic!("an ingest bug");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(!stats.connected.load(Ordering::Relaxed));
+        let failure = stats.last_failure.lock().unwrap().clone().unwrap();
+        assert!(failure.error.contains("panicked"), "{failure:?}");
+        assert_eq!(failure.next_try_ms, None);
+
+        let stats = Arc::new(IngestStats::default());
+        stats.connected.store(true, Ordering::Relaxed);
+        let guarded = stats.clone();
+        let task = tokio::spawn(async move {
+            let _panic = PanicGuard(guarded);
+            std::future::pending::<()>().await;
+        });
+        tokio::task::yield_now().await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert!(stats.last_failure.lock().unwrap().is_none());
+    }
 
     #[test]
     fn a_marker_id_stays_publishable_and_stable() {
