@@ -279,7 +279,8 @@ impl Ingest {
         let _panic = PanicGuard(self.stats.clone());
         let ran = self.run_until_stopped(stop).await;
         if let Err(e) = &ran {
-            self.failed(&format_args!("the ingest stopped: {e:#}"), None);
+            self.stats
+                .failed(&format_args!("the ingest stopped: {e:#}"), None);
         }
         ran
     }
@@ -342,21 +343,20 @@ impl Ingest {
             };
             let delay = match outcome {
                 Ok(healthy) => {
-                    let delay = if healthy {
+                    if healthy {
                         backoff.reset();
-                        backoff.next_delay()
-                    } else {
+                    }
+                    let delay = backoff.next_delay();
+                    if !healthy {
                         // A source that takes the connection and closes it at once, again and again.
-                        let delay = backoff.next_delay();
-                        self.failed(
+                        self.stats.failed(
                             &format_args!(
                                 "the source closed the stream within {:?} of opening it",
                                 config.healthy_after
                             ),
                             Some(delay),
                         );
-                        delay
-                    };
+                    }
                     tracing::info!(source = %self.config.name, "the source closed the stream; reconnecting");
                     delay
                 }
@@ -371,13 +371,13 @@ impl Ingest {
                         .unwrap_or(config.rate_limited_backoff)
                         .clamp(config.min_backoff, MAX_RETRY_AFTER.max(config.min_backoff));
                     tracing::warn!(source = %self.config.name, "{e}; waiting {delay:?}");
-                    self.failed(&e, Some(delay));
+                    self.stats.failed(&e, Some(delay));
                     delay
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(source = %self.config.name, "{e}; reconnecting in {delay:?}");
-                    self.failed(&e, Some(delay));
+                    self.stats.failed(&e, Some(delay));
                     delay
                 }
             };
@@ -406,10 +406,6 @@ impl Ingest {
                 Ok(())
             }
         }
-    }
-
-    fn failed(&self, error: &dyn std::fmt::Display, retry_in: Option<Duration>) {
-        self.stats.failed(error, retry_in);
     }
 
     /// One connection: reads and publishes until it ends. `Ok(healthy)` when the server closed the stream,
