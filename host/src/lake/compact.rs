@@ -14,8 +14,11 @@
 //! A run that crashes leaves its staging (`_weir/staging/compact/<run>/`) with a marker object in it; the
 //! next run finishes what the marker's run committed (moves and deletes are idempotent) and deletes what it
 //! did not, once the marker has gone unchanged long enough not to belong to a run still going (a run
-//! touches it after every file it stages). Before its record, a run claims its staging with a create-only
-//! object; a cleaner claims it the same way before deleting, so the two can never both go ahead.
+//! touches it after every file it stages). The commit log decides between a run that only stalled (a store
+//! away for an hour, a paused process) and the cleaner: before deleting, the cleaner writes a record of the
+//! run's staging that commits nothing, and a run creates its own record only while no record of its
+//! staging is in the log. Whichever record comes first wins: the other side sees it and stands back. (All the hosts
+//! that compact one lake are to run versions from 2026-12-07 on, which decide this way.)
 //!
 //! A file that cannot be merged (gone because another run replaced it, unreadable, or holding other rows
 //! than its commit says) leaves its partition as it is, with a warning, and the run goes on with the others.
@@ -42,8 +45,9 @@ use super::{crash, files, read, retry, retry_log, retry_upload};
 const STAGING: &str = "_weir/staging/compact";
 /// The object that marks a run's staging as not finished yet (deleted last).
 const MARKER: &str = "_unfinished";
-/// The create-only object a run (`commit`) or a cleaner (`abandon`) makes before it goes ahead.
-const CLAIM: &str = "_claim";
+/// The create-only object with which versions before 2026-12-07 claimed a run's staging (see
+/// `finish_interrupted`).
+const LEGACY_CLAIM: &str = "_claim";
 /// The `host` of compaction records.
 pub const HOST: &str = "compact";
 /// Staging of a run with no commit record is deleted once its marker is this old (a run touches its marker
@@ -169,7 +173,7 @@ fn partition_of(path: &str) -> Option<(String, String)> {
 pub async fn compact(store: &Store, options: &Options, view: &mut LogView) -> Result<Report> {
     view.refresh(store).await?;
     let mut report = Report {
-        finished: finish_interrupted(store, view, options.concurrency).await?,
+        finished: finish_interrupted(store, view, options.concurrency, ABANDONED_AFTER).await?,
         ..Report::default()
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -243,32 +247,57 @@ async fn stage_and_commit(
         return Ok(None);
     }
     crash::point("compact.after_files");
-    claim(store, staging, Claim::Commit).await?;
-    // No sequences, state or counts: the rows are the ones already committed.
     let record = CommitRecord {
+        tables,
+        chain,
+        replaces,
+        ..run_record(view, staging)
+    };
+    match create_record(store, record, view.read_to).await? {
+        Created::Now(record) => Ok(Some(record)),
+        Created::Before(record) if !record.replaces.is_empty() => Ok(Some(record)),
+        Created::Before(given_up) => bail!(
+            "a cleaner gave up this compaction's staging ({staging}, epoch {}): it stood still for longer \
+             than {} min (a store away, a paused process); run it again",
+            given_up.epoch,
+            ABANDONED_AFTER.as_secs() / 60
+        ),
+    }
+}
+
+/// The record of the run staging in `staging`, with no files: a cleaner's as it is (the run commits
+/// nothing), a run's once its files are added. No sequences, state or counts: a compaction's rows are ones
+/// already committed.
+fn run_record(view: &LogView, staging: &str) -> CommitRecord {
+    CommitRecord {
         format: CommitRecord::FORMAT,
         host: HOST.to_string(),
         committed_at_ms: chrono::Utc::now().timestamp_millis(),
-        tables,
         staging: staging.to_string(),
-        chain,
-        replaces,
         // Every record lists the gold columns so far: a restarting pipeline takes them from the log.
         gold_columns: view.gold_columns.clone(),
         ..CommitRecord::default()
-    };
-    create_record(store, record, view.read_to).await.map(Some)
+    }
 }
 
-/// Creates the record at the first free epoch after `last`, unless a record created since the files were
-/// chosen replaced some of them (another compaction, or a replay in place): then nothing is committed.
-async fn create_record(
-    store: &Store,
-    mut record: CommitRecord,
-    mut last: u64,
-) -> Result<CommitRecord> {
+/// The record of a run's staging in the log.
+enum Created {
+    /// Just created.
+    Now(CommitRecord),
+    /// Created before: by the run itself (an attempt whose answer was lost), or by the other side (the run
+    /// committed while a cleaner was about to give it up, or a cleaner gave up a run that only stalled).
+    Before(CommitRecord),
+}
+
+/// Creates the record at the first free epoch after `last`, unless a record of its staging is in the log
+/// already, or one created since the files were chosen replaced some of them (another compaction, or a replay
+/// in place): then nothing is committed.
+async fn create_record(store: &Store, mut record: CommitRecord, mut last: u64) -> Result<Created> {
     loop {
         let newer = retry_log("reading the commit log", || log::records_after(store, last)).await?;
+        if let Some(before) = newer.iter().find(|r| r.staging == record.staging) {
+            return Ok(Created::Before(before.clone()));
+        }
         if let Some(other) = newer
             .iter()
             .find(|r| r.replaces.iter().any(|p| record.replaces.contains(p)))
@@ -285,8 +314,10 @@ async fn create_record(
         last = newer.iter().map(|r| r.epoch).max().unwrap_or(last);
         record.epoch = last + 1;
         match retry_log("writing the commit record", || log::create(store, &record)).await? {
-            log::CreateOutcome::Created => return Ok(record),
-            log::CreateOutcome::Taken(existing) if *existing == record => return Ok(record),
+            log::CreateOutcome::Created => return Ok(Created::Now(record)),
+            log::CreateOutcome::Taken(existing) if *existing == record => {
+                return Ok(Created::Now(record));
+            }
             // Another writer took the epoch: look at what it did, then take a later one.
             log::CreateOutcome::Taken(_) => {}
         }
@@ -543,57 +574,6 @@ fn finish(mut output: Output, run: &str, index: usize) -> Result<Option<Closed>>
     Ok(Some((name, data, merged)))
 }
 
-/// Who goes ahead with a run's staging: the run, to commit it, or a cleaner, to delete it.
-#[derive(Clone, Copy, PartialEq)]
-enum Claim {
-    Commit,
-    Abandon,
-}
-
-impl Claim {
-    fn text(self) -> &'static str {
-        match self {
-            Claim::Commit => "commit",
-            Claim::Abandon => "abandon",
-        }
-    }
-}
-
-/// Claims a run's staging (create-only): fails when the other side claimed it first.
-async fn claim(store: &Store, staging: &str, want: Claim) -> Result<()> {
-    let location = store.path(&format!("{staging}/{CLAIM}"));
-    let options = object_store::PutOptions {
-        mode: object_store::PutMode::Create,
-        ..Default::default()
-    };
-    let made = retry("claiming the compaction's staging", || async {
-        match store
-            .store
-            .put_opts(
-                &location,
-                Bytes::from_static(want.text().as_bytes()).into(),
-                options.clone(),
-            )
-            .await
-        {
-            Ok(_) => Ok(None),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => {
-                Ok(Some(store.store.get(&location).await?.bytes().await?))
-            }
-            Err(e) => Err(e.into()),
-        }
-    })
-    .await;
-    match made {
-        Some(existing) if existing != want.text().as_bytes() => bail!(
-            "{staging} was claimed to {} first",
-            String::from_utf8_lossy(&existing)
-        ),
-        _ => Ok(()),
-    }
-}
-
 /// Marks a run's staging as in progress, now.
 async fn touch(store: &Store, staging: &str) {
     let marker = store.path(&format!("{staging}/{MARKER}"));
@@ -617,26 +597,47 @@ fn random() -> u64 {
 }
 
 /// Finishes the runs that crashed after their record (moves their files in, deletes the ones they replace)
-/// and deletes the staging of runs that never made one, once their marker is [`ABANDONED_AFTER`] old.
+/// and deletes the staging of runs that never made one, once their marker is `abandoned_after` old
+/// ([`ABANDONED_AFTER`] but in tests).
 async fn finish_interrupted(
     store: &Store,
     view: &mut LogView,
     concurrency: usize,
+    abandoned_after: Duration,
 ) -> Result<usize> {
-    let markers: Vec<object_store::ObjectMeta> = store
+    let staged: Vec<object_store::ObjectMeta> = store
         .store
         .list(Some(&store.path(STAGING)))
-        .try_filter(|m| futures::future::ready(m.location.filename() == Some(MARKER)))
         .try_collect()
         .await
         .context("cannot list the compaction staging")?;
+    let run_of = |meta: &object_store::ObjectMeta, name: &str| {
+        let relative = store.relative(&meta.location);
+        relative
+            .strip_suffix(&format!("/{name}"))
+            .map(str::to_string)
+    };
+    let markers: Vec<(String, chrono::DateTime<chrono::Utc>)> = staged
+        .iter()
+        .filter_map(|m| Some((run_of(m, MARKER)?, m.last_modified)))
+        .collect();
+    let now = chrono::Utc::now();
+    let abandoned_after = chrono::Duration::from_std(abandoned_after).expect("a sane age");
+    // Versions before 2026-12-07 claimed a staging with a create-only object before their record (a run) or
+    // before deleting it (a cleaner), and know nothing of records that give a run up: a staging such a run
+    // claimed is left to it for a day (by default), and the claims they left behind go after that.
+    let legacy_claims: Vec<(String, chrono::DateTime<chrono::Utc>)> = staged
+        .iter()
+        .filter_map(|m| Some((run_of(m, LEGACY_CLAIM)?, m.last_modified)))
+        .collect();
+    let legacy_claim_expired =
+        |made: &chrono::DateTime<chrono::Utc>| now - *made > abandoned_after * 24;
     let mut finished = 0;
-    for marker in markers {
-        let relative = store.relative(&marker.location);
-        let Some(staging) = relative.strip_suffix(&format!("/{MARKER}")) else {
-            continue;
-        };
-        match view.compactions.iter().find(|r| r.staging == staging) {
+    for (staging, touched) in &markers {
+        let claimed = legacy_claims
+            .iter()
+            .any(|(s, made)| s == staging && !legacy_claim_expired(made));
+        match view.compactions.iter().find(|r| r.staging == *staging) {
             Some(record) => {
                 tracing::info!(epoch = record.epoch, "finishing an interrupted compaction");
                 // Its files that a later record replaced were moved in before (that record's run read
@@ -648,23 +649,23 @@ async fn finish_interrupted(
                     .collect();
                 super::republish(store, record, concurrency, &replaced).await?;
                 delete_run(store, staging).await?;
-                finished += 1;
+                // A record that gives a run up commits nothing: its staging is still here because its
+                // cleaner stopped before deleting it, or the run went on staging after the deletion.
+                finished += usize::from(!record.replaces.is_empty());
             }
-            None if chrono::Utc::now() - marker.last_modified
-                > chrono::Duration::from_std(ABANDONED_AFTER).expect("an hour") =>
-            {
-                match claim(store, staging, Claim::Abandon).await {
-                    Ok(()) => {
-                        tracing::info!(%staging, "removing the staging of a compaction that never committed");
-                        // The claim stays: a run only stalled (a store away for an hour, a paused process)
-                        // finds it when it goes on to commit, and does not commit files deleted here.
-                        delete_run_keeping(store, staging, Some(CLAIM)).await?;
-                    }
-                    // Its run is committing it: the record will come.
-                    Err(e) => tracing::info!("left for its run: {e:#}"),
-                }
+            None if now - *touched > abandoned_after && !claimed => {
+                give_up(store, view, staging).await?;
             }
             None => {}
+        }
+    }
+    for (staging, made) in &legacy_claims {
+        if !markers.iter().any(|(m, _)| m == staging) && legacy_claim_expired(made) {
+            let claim = store.path(&format!("{staging}/{LEGACY_CLAIM}"));
+            store
+                .delete_if_present(&claim)
+                .await
+                .context("cannot clean the compaction staging")?;
         }
     }
     // Every compaction record read so far is finished now (those without a marker were already).
@@ -672,15 +673,32 @@ async fn finish_interrupted(
     Ok(finished)
 }
 
-/// Deletes a run's staging, the marker last.
-async fn delete_run(store: &Store, staging: &str) -> Result<()> {
-    delete_run_keeping(store, staging, None).await
+/// Gives up the run staging in `staging`, which never made a record and has stood still for long: a record
+/// that commits nothing goes in the log first, so that the run, if it only stalled, does not commit the
+/// files deleted here when it goes on (it finds the record and stands back).
+async fn give_up(store: &Store, view: &LogView, staging: &str) -> Result<()> {
+    match create_record(store, run_record(view, staging), view.read_to).await? {
+        Created::Now(record) => {
+            tracing::info!(
+                %staging,
+                epoch = record.epoch,
+                "removing the staging of a compaction that never committed"
+            );
+            delete_run(store, staging).await
+        }
+        // Another cleaner gave it up first, and may have stopped before deleting it.
+        Created::Before(record) if record.replaces.is_empty() => delete_run(store, staging).await,
+        // Its run committed meanwhile: it finishes its record, or the next run does.
+        Created::Before(record) => {
+            tracing::info!(%staging, epoch = record.epoch, "left for its run, which committed it");
+            Ok(())
+        }
+    }
 }
 
-/// [`delete_run`], but for the object named `keep`.
-async fn delete_run_keeping(store: &Store, staging: &str, keep: Option<&str>) -> Result<()> {
+/// Deletes a run's staging, the marker last.
+async fn delete_run(store: &Store, staging: &str) -> Result<()> {
     let marker = store.path(&format!("{staging}/{MARKER}"));
-    let kept = keep.map(|name| store.path(&format!("{staging}/{name}")));
     let mut leftovers: Vec<object_store::path::Path> = store
         .store
         .list(Some(&store.path(staging)))
@@ -688,7 +706,7 @@ async fn delete_run_keeping(store: &Store, staging: &str, keep: Option<&str>) ->
         .try_collect()
         .await
         .context("cannot list the compaction staging")?;
-    leftovers.retain(|p| *p != marker && Some(p) != kept.as_ref());
+    leftovers.retain(|p| *p != marker);
     leftovers.push(marker);
     for location in leftovers {
         store
@@ -884,5 +902,87 @@ mod tests {
             ..options
         };
         assert!(candidates(&picky).is_empty());
+    }
+
+    /// A run that stood still before its record (crashed, or only stalled) is given up through the log: the
+    /// cleaner's record of its staging commits nothing, the staging goes, and the run, if it goes on, finds
+    /// that record and commits nothing. A run whose record came first is left to finish.
+    #[test]
+    fn a_run_that_stood_still_is_given_up_through_the_log() {
+        on_memory_store(|store| async move {
+            let put = |path: String, body: &'static str| {
+                let store = store.clone();
+                async move {
+                    let location = store.path(&path);
+                    store
+                        .store
+                        .put(&location, Bytes::from(body).into())
+                        .await
+                        .unwrap();
+                }
+            };
+            let staged = |run: &str| {
+                let store = store.clone();
+                let prefix = store.path(&format!("{STAGING}/{run}"));
+                async move {
+                    let found: Vec<object_store::ObjectMeta> =
+                        store.store.list(Some(&prefix)).try_collect().await.unwrap();
+                    found.len()
+                }
+            };
+            // `stalled` staged a file and stood still; `claimed` died between its claim (as earlier versions
+            // made one) and its record; only a claim is left of `given-up-before`, which an earlier
+            // version gave up; `committed` made its record after the cleaner last read the log. (Legacy
+            // claims count after a day, by default: here, at once.)
+            for run in ["stalled", "claimed", "committed"] {
+                touch(&store, &format!("{STAGING}/{run}")).await;
+                put(format!("{STAGING}/{run}/silver/a.parquet"), "rows").await;
+            }
+            put(format!("{STAGING}/claimed/{LEGACY_CLAIM}"), "commit").await;
+            put(
+                format!("{STAGING}/given-up-before/{LEGACY_CLAIM}"),
+                "abandon",
+            )
+            .await;
+            let mut view = LogView::default();
+            view.refresh(&store).await.unwrap();
+            let merged = |run: &str| CommitRecord {
+                replaces: vec!["silver/dt=2026-11-25/hour=10/a.parquet".into()],
+                ..run_record(&LogView::default(), &format!("{STAGING}/{run}"))
+            };
+            let Created::Now(committed) =
+                create_record(&store, merged("committed"), 0).await.unwrap()
+            else {
+                panic!("the log is empty")
+            };
+            assert_eq!(committed.epoch, 1);
+
+            let finished = finish_interrupted(&store, &mut view, 1, Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(finished, 0);
+            for run in ["stalled", "claimed", "given-up-before"] {
+                assert_eq!(staged(run).await, 0, "{run} is still staged");
+            }
+            assert_eq!(
+                staged("committed").await,
+                2,
+                "the committed run's staging was not left alone"
+            );
+            let records = log::all_records(&store).await.unwrap();
+            let given_up: Vec<String> = records
+                .iter()
+                .filter(|r| r.host == HOST && r.tables.is_empty() && r.replaces.is_empty())
+                .map(|r| r.staging.replace(&format!("{STAGING}/"), ""))
+                .collect();
+            assert_eq!(given_up, ["claimed", "stalled"], "{records:?}");
+
+            // The stalled run goes on to commit: the log says it was given up.
+            let outcome = create_record(&store, merged("stalled"), 0).await.unwrap();
+            assert!(matches!(outcome, Created::Before(r) if r.replaces.is_empty()));
+            // An attempt of the committed run whose answer was lost finds its own record.
+            let outcome = create_record(&store, merged("committed"), 0).await.unwrap();
+            assert!(matches!(outcome, Created::Before(r) if r.epoch == 1));
+        });
     }
 }
