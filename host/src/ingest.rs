@@ -315,35 +315,11 @@ impl Ingest {
                 tracing::info!(source = %self.config.name, "ingest stopped");
                 return Ok(());
             };
-            // Whatever ended the connection, what was sent is acked before deciding what comes next; a stop
-            // meanwhile (NATS may be away too) waits for it only as long as any stop does.
-            let flushed = tokio::select! {
-                _ = &mut stop => None,
-                flushed = self.publisher.flush() => Some(flushed),
-            };
-            let Some(flushed) = flushed else {
-                self.flush_on_stop().await?;
-                tracing::info!(source = %self.config.name, "ingest stopped");
-                return Ok(());
-            };
-            flushed?;
-            if let Some(p) = self.publisher.acked_position() {
-                position = Some(p.to_string());
-            }
-            // A rewound connection that brought events, none of them new, was cut before the source was past
-            // the position again: the next goes back half as far, so a source that cuts connections sooner than
-            // it sends the overlap again is still read through. One that stored new events lets the next go
-            // back twice as far again, up to the overlap. One that failed or brought nothing says nothing.
-            let new = self.stats.publish.published.load(Ordering::Relaxed) > stored;
-            let any = self.stats.received.load(Ordering::Relaxed) > received;
-            rewind = match (new, self.rewound && any) {
-                (true, _) => (rewind * 2).min(self.overlap),
-                (false, true) => (rewind / 2).max(MIN_REWIND),
-                (false, false) => rewind,
-            };
-            let delay = match outcome {
+            // Why the connection ended goes to the API at once: the flush below waits for NATS, which may be
+            // away too. The next try is due that long after now, the flush's wait counted in.
+            let delay = match &outcome {
                 Ok(healthy) => {
-                    if healthy {
+                    if *healthy {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
@@ -371,15 +347,44 @@ impl Ingest {
                         .unwrap_or(config.rate_limited_backoff)
                         .clamp(config.min_backoff, MAX_RETRY_AFTER.max(config.min_backoff));
                     tracing::warn!(source = %self.config.name, "{e}; waiting {delay:?}");
-                    self.stats.failed(&e, Some(delay));
+                    self.stats.failed(e, Some(delay));
                     delay
                 }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     tracing::warn!(source = %self.config.name, "{e}; reconnecting in {delay:?}");
-                    self.stats.failed(&e, Some(delay));
+                    self.stats.failed(e, Some(delay));
                     delay
                 }
+            };
+            let next_try = tokio::time::Instant::now()
+                .checked_add(delay)
+                .unwrap_or_else(|| tokio::time::Instant::now() + MAX_RETRY_AFTER);
+            // Whatever ended the connection, what was sent is acked before deciding what comes next; a stop
+            // meanwhile (NATS may be away too) waits for it only as long as any stop does.
+            let flushed = tokio::select! {
+                _ = &mut stop => None,
+                flushed = self.publisher.flush() => Some(flushed),
+            };
+            let Some(flushed) = flushed else {
+                self.flush_on_stop().await?;
+                tracing::info!(source = %self.config.name, "ingest stopped");
+                return Ok(());
+            };
+            flushed?;
+            if let Some(p) = self.publisher.acked_position() {
+                position = Some(p.to_string());
+            }
+            // A rewound connection that brought events, none of them new, was cut before the source was past
+            // the position again: the next goes back half as far, so a source that cuts connections sooner than
+            // it sends the overlap again is still read through. One that stored new events lets the next go
+            // back twice as far again, up to the overlap. One that failed or brought nothing says nothing.
+            let new = self.stats.publish.published.load(Ordering::Relaxed) > stored;
+            let any = self.stats.received.load(Ordering::Relaxed) > received;
+            rewind = match (new, self.rewound && any) {
+                (true, _) => (rewind * 2).min(self.overlap),
+                (false, true) => (rewind / 2).max(MIN_REWIND),
+                (false, false) => rewind,
             };
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             tokio::select! {
@@ -387,7 +392,7 @@ impl Ingest {
                     self.flush_on_stop().await?;
                     return Ok(());
                 }
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep_until(next_try) => {}
             }
         }
     }
