@@ -676,6 +676,10 @@ async fn finish_interrupted(
 /// Gives up the run staging in `staging`, which never made a record and has stood still for long: a record
 /// that commits nothing goes in the log first, so that the run, if it only stalled, does not commit the
 /// files deleted here when it goes on (it finds the record and stands back).
+///
+/// Only looking past `view.read_to` for the run's own record is enough because `view` has read the whole log
+/// (never a fold of it) and keeps every compaction record until [`finish_interrupted`] has finished it: a
+/// record of this staging at or before `view.read_to` would have been found there.
 async fn give_up(store: &Store, view: &LogView, staging: &str) -> Result<()> {
     match create_record(store, run_record(view, staging), view.read_to).await? {
         Created::Now(record) => {
