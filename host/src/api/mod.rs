@@ -70,8 +70,9 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         deploys: options.deploys,
         pause: options.pause,
     };
-    // The first read of the commit log reads every record (one request each, thousands on a long-lived
-    // lake): at start, not in the first query for committed rows.
+    // The first read of the commit log reads the fold another reader saved and the records after it, or every
+    // record when there is none (one request each, thousands on a long-lived lake): at start, not in the
+    // first query for committed rows.
     if let (Some(store), Ok(runtime)) = (&state.lake, tokio::runtime::Handle::try_current()) {
         let (store, log) = (store.clone(), state.log.clone());
         runtime.spawn(async move {

@@ -18,6 +18,9 @@ use super::store::Store;
 
 pub const LOG_DIR: &str = "_weir/log";
 const CHECKPOINT: &str = "_weir/log/checkpoint.json";
+/// Where long-running readers keep the fold of the log's older records (see [`CachedLog`]): outside the log's
+/// directory, which holds records and the checkpoint alone.
+const SAVED_FOLD: &str = "_weir/readers/log-fold.json";
 
 /// Stream sequences as sorted, disjoint, inclusive ranges.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,30 +335,150 @@ pub async fn all_records(store: &Store) -> Result<Vec<CommitRecord>> {
 /// A pipeline commits every few seconds for months, so all but the newest [`CachedLog::KEEP`] records are
 /// folded into one (see [`fold`]): what a reader asks of the log (the files of a table, its gold columns,
 /// the sequences committed) stays the same, and its size follows the lake's live files, not its age.
+///
+/// Each fold is also saved in the lake, so that the next reader to start (a restarted API) reads it and the
+/// records after it, not a month of records one request each. The records it stands for never change (the
+/// log only grows, epoch after epoch), so any saved fold is right for its epoch; one whose epoch's record in
+/// the log has another commit time (a log written again from scratch) is ignored. A reader that met a gap
+/// between epochs (a store that left a record out of a listing) saves nothing, so as not to hand the gap
+/// on; nor does it save a fold of more than [`CachedLog::SAVED_FOLD_MAX_FILES`] files.
 #[derive(Debug, Default)]
-pub struct CachedLog(tokio::sync::Mutex<Arc<Vec<CommitRecord>>>);
+pub struct CachedLog(
+    tokio::sync::Mutex<Arc<Vec<CommitRecord>>>,
+    /// Whether a gap between epochs was met.
+    std::sync::atomic::AtomicBool,
+);
 
 impl CachedLog {
     /// The records kept as they are, newest last.
     pub const KEEP: usize = 256;
+
+    /// The most file entries a saved fold holds (~15 MB of JSON): a lake whose small files are never
+    /// compacted lists millions after a month, too many to write again at every fold.
+    pub const SAVED_FOLD_MAX_FILES: usize = 100_000;
 
     /// The records (all hosts), oldest first, as of now: the older ones folded into the first.
     pub async fn records(&self, store: &Store) -> Result<Arc<Vec<CommitRecord>>> {
         let mut seen = self.0.lock().await;
         let newer = match seen.last() {
             Some(last) => records_after(store, last.epoch).await?,
-            None => all_records(store).await?,
+            None => match saved_fold(store).await {
+                Some(folded) => {
+                    let after = folded.epoch;
+                    Arc::make_mut(&mut seen).push(folded);
+                    records_after(store, after).await?
+                }
+                None => all_records(store).await?,
+            },
         };
         if !newer.is_empty() {
+            // Epochs follow one another from 1 (a log that lost records was handled by hand).
+            let mut after = seen.last().map_or(0, |r| r.epoch);
+            for record in &newer {
+                if record.epoch != after + 1 {
+                    tracing::warn!(
+                        "the commit log lists epoch {} after {after}: not saving its fold for other readers",
+                        record.epoch
+                    );
+                    self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                after = record.epoch;
+            }
             let records = Arc::make_mut(&mut seen);
             records.extend(newer);
             // Folded by halves, so that a fold's work is spread over the records that led to it.
             if records.len() > 2 * Self::KEEP {
                 fold(records, Self::KEEP);
+                let folded = &records[0];
+                if folded.files().count() <= Self::SAVED_FOLD_MAX_FILES
+                    && !self.1.load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    // In the background: a query waits for no write.
+                    let (store, folded) = (store.clone(), folded.clone());
+                    tokio::spawn(async move { save_fold(&store, folded).await });
+                }
             }
         }
         Ok(Arc::clone(&seen))
     }
+}
+
+/// A saved fold (see [`CachedLog`]).
+#[derive(Serialize, Deserialize)]
+struct SavedFold {
+    format: u32,
+    folded: CommitRecord,
+}
+
+impl SavedFold {
+    const FORMAT: u32 = 1;
+}
+
+async fn save_fold(store: &Store, folded: CommitRecord) {
+    let saved = SavedFold {
+        format: SavedFold::FORMAT,
+        folded,
+    };
+    let written = async {
+        // Megabytes of JSON: off the runtime's threads.
+        let body = tokio::task::spawn_blocking(move || serde_json::to_vec(&saved)).await??;
+        store
+            .store
+            .put(&store.path(SAVED_FOLD), body.into())
+            .await?;
+        anyhow::Ok(())
+    };
+    // Only a cache: a reader without the right to write (read-only credentials) reads the whole log at start.
+    if let Err(e) = written.await {
+        tracing::warn!(
+            "cannot save the commit log's fold to {SAVED_FOLD}: the next reader to start reads the whole log \
+             ({e:#})"
+        );
+    }
+}
+
+/// The saved fold, when there is one that stands for this log (its epoch's record has its commit time).
+async fn saved_fold(store: &Store) -> Option<CommitRecord> {
+    let bytes = match store.store.get(&store.path(SAVED_FOLD)).await {
+        Ok(got) => match got.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::warn!("cannot read {SAVED_FOLD} ({e}): reading the whole commit log");
+                return None;
+            }
+        },
+        Err(object_store::Error::NotFound { .. }) => return None,
+        Err(e) => {
+            tracing::warn!("cannot read {SAVED_FOLD} ({e}): reading the whole commit log");
+            return None;
+        }
+    };
+    let saved: SavedFold = match serde_json::from_slice(&bytes) {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::warn!("{SAVED_FOLD} is unreadable ({e}): reading the whole commit log");
+            return None;
+        }
+    };
+    let epoch = saved.folded.epoch;
+    if saved.format != SavedFold::FORMAT {
+        tracing::warn!(
+            "{SAVED_FOLD} is of format {}, not {}: reading the whole commit log",
+            saved.format,
+            SavedFold::FORMAT
+        );
+        return None;
+    }
+    let matches = record(store, epoch)
+        .await
+        .is_ok_and(|r| r.committed_at_ms == saved.folded.committed_at_ms);
+    if !matches {
+        tracing::warn!(
+            "{SAVED_FOLD} (epoch {epoch}) does not match this commit log: reading the whole log"
+        );
+        return None;
+    }
+    Some(saved.folded)
 }
 
 /// Folds all but the newest `keep` of `records` into one record, the first, that stands for them to a
@@ -550,6 +673,80 @@ mod tests {
             assert_eq!(second.len(), 5);
             // A reader still holding the earlier view keeps it.
             assert_eq!(first.len(), 3);
+        });
+    }
+
+    /// A reader that starts after another saved its fold reads the fold and the records after it (not the
+    /// records the fold stands for), and answers as the first does; a saved fold of another log is ignored.
+    #[test]
+    fn a_new_reader_starts_from_the_saved_fold() {
+        crate::lake::testing::on_memory_store(|store| async move {
+            let record = |epoch: u64| CommitRecord {
+                epoch,
+                committed_at_ms: epoch as i64 * 1000,
+                sequences: Ranges(vec![(epoch * 10, epoch * 10 + 9)]),
+                tables: [(
+                    "silver".to_string(),
+                    vec![FileEntry {
+                        path: format!("silver/{epoch}"),
+                        rows: 1,
+                        bytes: 1,
+                        min_seq: epoch * 10,
+                        max_seq: epoch * 10 + 9,
+                    }],
+                )]
+                .into(),
+                ..Default::default()
+            };
+            let last = 2 * CachedLog::KEEP as u64 + 10;
+            for epoch in 1..=last {
+                create(&store, &record(epoch)).await.unwrap();
+            }
+            let first = CachedLog::default().records(&store).await.unwrap();
+            assert_eq!(first.len(), CachedLog::KEEP + 1);
+            assert_eq!(first[0].files().count(), last as usize - CachedLog::KEEP);
+            // Saved in the background.
+            let saved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                loop {
+                    if let Some(saved) = saved_fold(&store).await {
+                        break saved;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the fold is saved");
+            assert_eq!(saved, first[0]);
+
+            // A record the fold stands for, gone, is not missed: it is not read.
+            let gone = store.path(&CommitRecord::path(1));
+            store.store.delete(&gone).await.unwrap();
+            let second = CachedLog::default().records(&store).await.unwrap();
+            assert_eq!(*second, *first);
+
+            // The fold of another log (one written again from scratch) is not taken for this one's.
+            let other = SavedFold {
+                format: SavedFold::FORMAT,
+                folded: CommitRecord {
+                    committed_at_ms: 1,
+                    ..saved.clone()
+                },
+            };
+            let body = Bytes::from(serde_json::to_vec(&other).unwrap());
+            store
+                .store
+                .put(&store.path(SAVED_FOLD), body.into())
+                .await
+                .unwrap();
+            assert!(saved_fold(&store).await.is_none());
+            let third = CachedLog::default().records(&store).await.unwrap();
+            assert_eq!(
+                third[0].files().count(),
+                last as usize - 1 - CachedLog::KEEP
+            );
+            // Nor does a reader that found epoch 1 gone save its fold: the other log's stays.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(saved_fold(&store).await.is_none());
         });
     }
 
