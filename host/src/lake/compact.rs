@@ -111,7 +111,8 @@ pub struct Report {
 /// What compaction knows of the commit log: the visible files by table and partition, the gold columns so
 /// far, and the compaction records that may still be unfinished. A lake commits every few seconds, so a
 /// long-running pipeline keeps one and reads only the records created since it last looked, instead of the
-/// whole log at every run.
+/// whole log at every run; and it starts from the fold of the log an API saved (see `log::CachedLog`), when
+/// there is one, instead of reading every record.
 #[derive(Debug, Default)]
 pub struct LogView {
     read_to: u64,
@@ -119,11 +120,21 @@ pub struct LogView {
     gold_columns: BTreeMap<String, Vec<(String, String)>>,
     /// Compaction records read since the last run (finished by now, or to be finished).
     compactions: Vec<CommitRecord>,
+    /// The epoch of the saved fold the view started from: the compaction records up to it were not read
+    /// (`finish_interrupted` reads them when a run's staging lacks its record).
+    folded_through: Option<u64>,
 }
 
 impl LogView {
-    /// Reads the records created since the last look (the whole log the first time).
+    /// Reads the records created since the last look (the first time, the saved fold and the records after
+    /// it, or the whole log).
     pub async fn refresh(&mut self, store: &Store) -> Result<()> {
+        if self.read_to == 0
+            && let Some(folded) = log::saved_fold(store).await
+        {
+            self.folded_through = Some(folded.epoch);
+            self.absorb(folded);
+        }
         for record in log::records_after(store, self.read_to).await? {
             self.absorb(record);
         }
@@ -633,11 +644,37 @@ async fn finish_interrupted(
     let legacy_claim_expired =
         |made: &chrono::DateTime<chrono::Utc>| now - *made > abandoned_after * 24;
     let mut finished = 0;
+    // The records a saved fold stands for, read when a run that stood still has no record in the view.
+    let mut folded: Option<Vec<CommitRecord>> = None;
     for (staging, touched) in &markers {
         let claimed = legacy_claims
             .iter()
             .any(|(s, made)| s == staging && !legacy_claim_expired(made));
-        match view.compactions.iter().find(|r| r.staging == *staging) {
+        let abandoned = now - *touched > abandoned_after && !claimed;
+        let mut record = view
+            .compactions
+            .iter()
+            .find(|r| r.staging == *staging)
+            .cloned();
+        if let Some(through) = view.folded_through
+            && record.is_none()
+            && abandoned
+        {
+            if folded.is_none() {
+                let all = retry_log("reading the commit log", || log::all_records(store)).await?;
+                folded = Some(
+                    all.into_iter()
+                        .filter(|r| r.host == HOST && r.epoch <= through)
+                        .collect(),
+                );
+            }
+            record = folded
+                .iter()
+                .flatten()
+                .find(|r| r.staging == *staging)
+                .cloned();
+        }
+        match &record {
             Some(record) => {
                 tracing::info!(epoch = record.epoch, "finishing an interrupted compaction");
                 // Its files that a later record replaced were moved in before (that record's run read
@@ -653,9 +690,7 @@ async fn finish_interrupted(
                 // cleaner stopped before deleting it, or the run went on staging after the deletion.
                 finished += usize::from(!record.replaces.is_empty());
             }
-            None if now - *touched > abandoned_after && !claimed => {
-                give_up(store, view, staging).await?;
-            }
+            None if abandoned => give_up(store, view, staging).await?,
             None => {}
         }
     }
@@ -677,9 +712,9 @@ async fn finish_interrupted(
 /// that commits nothing goes in the log first, so that the run, if it only stalled, does not commit the
 /// files deleted here when it goes on (it finds the record and stands back).
 ///
-/// Only looking past `view.read_to` for the run's own record is enough because `view` has read the whole log
-/// (never a fold of it) and keeps every compaction record until [`finish_interrupted`] has finished it: a
-/// record of this staging at or before `view.read_to` would have been found there.
+/// Only looking past `view.read_to` for the run's own record is enough because every compaction record up to
+/// it was looked at: `view` keeps those it read until [`finish_interrupted`] has finished them, and that
+/// reads those a saved fold stands for when the view started from one.
 async fn give_up(store: &Store, view: &LogView, staging: &str) -> Result<()> {
     match create_record(store, run_record(view, staging), view.read_to).await? {
         Created::Now(record) => {
@@ -987,6 +1022,70 @@ mod tests {
             // An attempt of the committed run whose answer was lost finds its own record.
             let outcome = create_record(&store, merged("committed"), 0).await.unwrap();
             assert!(matches!(outcome, Created::Before(r) if r.epoch == 1));
+        });
+    }
+
+    /// A view that starts from a saved fold of the log has not read the compaction records the fold stands
+    /// for: a run that died after such a record is still finished (its files moved into place), not given
+    /// up.
+    #[test]
+    fn a_view_from_a_saved_fold_finishes_a_run_the_fold_stands_for() {
+        on_memory_store(|store| async move {
+            let staging = format!("{STAGING}/early");
+            let merged = "silver/dt=2026-11-25/hour=10/merged.parquet";
+            touch(&store, &staging).await;
+            let staged = store.path(&format!("{staging}/{merged}"));
+            store
+                .store
+                .put(&staged, Bytes::from_static(b"rows").into())
+                .await
+                .unwrap();
+            // Epoch 1: the run's record; then enough commits for a reader to fold the log and save it.
+            let run = CommitRecord {
+                epoch: 1,
+                tables: [("silver".to_string(), vec![file(merged, 4, (1, 2))])].into(),
+                replaces: vec!["silver/dt=2026-11-25/hour=10/small.parquet".into()],
+                ..run_record(&LogView::default(), &staging)
+            };
+            log::create(&store, &run).await.unwrap();
+            let last = 2 * log::CachedLog::KEEP as u64 + 10;
+            for epoch in 2..=last {
+                let path = format!("silver/dt=2026-11-25/hour=11/{epoch}.parquet");
+                let commit = record(epoch, "silver", vec![file(&path, 1, (epoch, epoch))], &[]);
+                log::create(&store, &commit).await.unwrap();
+            }
+            log::CachedLog::default().records(&store).await.unwrap();
+            let through = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    if let Some(folded) = log::saved_fold(&store).await {
+                        break folded.epoch;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the fold is saved");
+
+            let mut view = LogView::default();
+            view.refresh(&store).await.unwrap();
+            assert_eq!(view.folded_through, Some(through));
+            assert_eq!(view.read_to, last);
+            assert!(view.compactions.is_empty());
+            assert!(view.is_visible(merged));
+
+            let finished = finish_interrupted(&store, &mut view, 1, Duration::ZERO)
+                .await
+                .unwrap();
+            assert_eq!(finished, 1);
+            store.store.head(&store.path(merged)).await.unwrap();
+            assert!(store.store.head(&staged).await.is_err());
+            let records = log::all_records(&store).await.unwrap();
+            assert_eq!(
+                records.len() as u64,
+                last,
+                "a record was added: {:?}",
+                records.last()
+            );
         });
     }
 }

@@ -438,7 +438,7 @@ async fn save_fold(store: &Store, folded: CommitRecord) {
 }
 
 /// The saved fold, when there is one that stands for this log (its epoch's record has its commit time).
-async fn saved_fold(store: &Store) -> Option<CommitRecord> {
+pub(crate) async fn saved_fold(store: &Store) -> Option<CommitRecord> {
     let bytes = match store.store.get(&store.path(SAVED_FOLD)).await {
         Ok(got) => match got.bytes().await {
             Ok(bytes) => bytes,
