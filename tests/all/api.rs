@@ -501,6 +501,80 @@ fn the_api_says_why_the_source_is_not_connected() {
     assert!(error.contains("closed the stream within"), "{error}");
 }
 
+/// Why a connection ended reaches the API at once, also while NATS does not answer: the flush of what the
+/// connection sent, which waits for NATS, comes after.
+#[test]
+fn the_api_says_why_the_source_is_not_connected_while_nats_is_away() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/v2/stream/recentchange",
+        listener.local_addr().unwrap()
+    );
+    // The source holds its first connection until told to go on, then sends three events and closes it.
+    let (asked, connected) = std::sync::mpsc::channel::<()>();
+    let (go, told) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = asked.send(());
+            let _ = told.recv();
+            let mut response =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                    .to_string();
+            for i in 0..3 {
+                response.push_str(&format!(
+                    "id: {i}\ndata: {{\"meta\":{{\"id\":\"{i}\",\"dt\":\"2026-12-07T00:00:0{i}Z\"}}}}\n\n"
+                ));
+            }
+            let _ = reader.get_mut().write_all(response.as_bytes());
+        }
+    });
+    let h = Harness::new(LakeAt::Local, |t| {
+        let mut source = toml::Table::new();
+        source.insert("url".into(), url.clone().into());
+        t.insert("source".into(), source.into());
+    });
+    let mut weir = h.weir(&[]);
+    let api = weir.api(Duration::from_secs(60));
+    connected
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the ingest connects");
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &h.nats.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    go.send(()).unwrap();
+    let started = Instant::now();
+    let source = loop {
+        let source = get_json(&api, "/api/v1/pipeline")["source"].clone();
+        if !source["last_failure"].is_null() {
+            break source;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            signal("-CONT");
+            panic!("no failure reported while NATS is away: {source}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    signal("-CONT");
+    let error = source["last_failure"]["error"].as_str().unwrap();
+    assert!(error.contains("closed the stream within"), "{source}");
+    assert!(
+        source["last_failure"]["next_try_ms"].is_i64(),
+        "retried, not given up: {source}"
+    );
+    weir.stop();
+}
+
 /// Runs `weir run` against a source that answers every connection with `response`, until the API reports
 /// two failed connections; returns the API's `source`, the source's URL and the failure's `at_ms`.
 fn refused_source(response: &'static [u8]) -> (Value, String, i64) {
