@@ -120,9 +120,9 @@ pub struct LogView {
     gold_columns: BTreeMap<String, Vec<(String, String)>>,
     /// Compaction records read since the last run (finished by now, or to be finished).
     compactions: Vec<CommitRecord>,
-    /// The epoch and commit time (ms) of the saved fold the view started from: the compaction records up to
-    /// it were not read (`finish_interrupted` reads them when a run's staging lacks its record).
-    folded_through: Option<(u64, i64)>,
+    /// The epoch of the saved fold the view started from: the compaction records up to it were not read
+    /// (`finish_interrupted` reads them when a run's staging lacks its record).
+    folded_through: Option<u64>,
 }
 
 impl LogView {
@@ -132,7 +132,7 @@ impl LogView {
         if self.read_to == 0
             && let Some(folded) = log::saved_fold(store).await
         {
-            self.folded_through = Some((folded.epoch, folded.committed_at_ms));
+            self.folded_through = Some(folded.epoch);
             self.absorb(folded);
         }
         for record in log::records_after(store, self.read_to).await? {
@@ -656,10 +656,12 @@ async fn finish_interrupted(
             .iter()
             .find(|r| r.staging == *staging)
             .cloned();
-        if let Some((through, folded_at_ms)) = view.folded_through
+        // Read once per pass, and only when a staging is to be given up (a crash before a record, rare).
+        // A run's start time, in its name, cannot tell whether its record is in the fold: a record's
+        // commit time is set before its create, which a store away may hold up for hours.
+        if let Some(through) = view.folded_through
             && record.is_none()
             && abandoned
-            && started_by(staging, folded_at_ms)
         {
             if folded.is_none() {
                 let all = retry_log("reading the commit log", || log::all_records(store)).await?;
@@ -715,18 +717,6 @@ async fn finish_interrupted(
     // Every compaction record read so far is finished now (those without a marker were already).
     view.compactions.clear();
     Ok(finished)
-}
-
-/// Whether the run staging in `staging` may have made its record by `at_ms` (a record's commit time): it
-/// started before, by its name, give or take [`ABANDONED_AFTER`] for clocks apart. A name without its
-/// start time may have.
-fn started_by(staging: &str, at_ms: i64) -> bool {
-    let started_ms = staging
-        .rsplit('/')
-        .next()
-        .and_then(|run| run.split('-').next()?.parse::<i64>().ok());
-    let margin = ABANDONED_AFTER.as_millis() as i64;
-    started_ms.is_none_or(|ms| ms <= at_ms.saturating_add(margin))
 }
 
 /// Gives up the run staging in `staging`, which never made a record and has stood still for long: a record
@@ -1089,7 +1079,7 @@ mod tests {
 
             let mut view = LogView::default();
             view.refresh(&store).await.unwrap();
-            assert_eq!(view.folded_through, Some((through, 0)));
+            assert_eq!(view.folded_through, Some(through));
             assert_eq!(view.read_to, last);
             assert!(view.compactions.is_empty());
             assert!(view.is_visible(merged));
@@ -1118,19 +1108,5 @@ mod tests {
                 records.last()
             );
         });
-    }
-
-    /// Only a run that started before a fold's last commit (give or take an hour) may have its record in it.
-    #[test]
-    fn a_run_started_after_a_fold_has_no_record_in_it() {
-        let run = |ms: i64| format!("{STAGING}/{ms:013}-00000000000000ab");
-        let folded_at = 1_764_000_000_000;
-        assert!(started_by(&run(folded_at - 1), folded_at));
-        assert!(
-            started_by(&run(folded_at + 3_599_000), folded_at),
-            "clocks apart"
-        );
-        assert!(!started_by(&run(folded_at + 3_601_000), folded_at));
-        assert!(started_by(&format!("{STAGING}/by-hand"), folded_at));
     }
 }
