@@ -505,34 +505,21 @@ fn the_api_says_why_the_source_is_not_connected() {
 /// connection sent, which waits for NATS, comes after.
 #[test]
 fn the_api_says_why_the_source_is_not_connected_while_nats_is_away() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!(
-        "http://{}/v2/stream/recentchange",
-        listener.local_addr().unwrap()
-    );
     // The source holds its first connection until told to go on, then sends three events and closes it.
     let (asked, connected) = std::sync::mpsc::channel::<()>();
     let (go, told) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        use std::io::{BufRead, Write};
-        for stream in listener.incoming().flatten() {
-            let mut reader = std::io::BufReader::new(stream);
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                line.clear();
-            }
-            let _ = asked.send(());
-            let _ = told.recv();
-            let mut response =
-                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
-                    .to_string();
-            for i in 0..3 {
-                response.push_str(&format!(
-                    "id: {i}\ndata: {{\"meta\":{{\"id\":\"{i}\",\"dt\":\"2026-12-07T00:00:0{i}Z\"}}}}\n\n"
-                ));
-            }
-            let _ = reader.get_mut().write_all(response.as_bytes());
+    let url = hand_written_source(move || {
+        let _ = asked.send(());
+        let _ = told.recv();
+        let mut response =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+                .to_string();
+        for i in 0..3 {
+            response.push_str(&format!(
+                "id: {i}\ndata: {{\"meta\":{{\"id\":\"{i}\",\"dt\":\"2026-12-07T00:00:0{i}Z\"}}}}\n\n"
+            ));
         }
+        response.into_bytes()
     });
     let h = Harness::new(LakeAt::Local, |t| {
         let mut source = toml::Table::new();
@@ -575,9 +562,9 @@ fn the_api_says_why_the_source_is_not_connected_while_nats_is_away() {
     weir.stop();
 }
 
-/// Runs `weir run` against a source that answers every connection with `response`, until the API reports
-/// two failed connections; returns the API's `source`, the source's URL and the failure's `at_ms`.
-fn refused_source(response: &'static [u8]) -> (Value, String, i64) {
+/// A source on a free loopback port that reads each request's head and writes `answer()` back, whole; returns
+/// its URL.
+fn hand_written_source(mut answer: impl FnMut() -> Vec<u8> + Send + 'static) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/v2/stream/recentchange",
@@ -591,9 +578,16 @@ fn refused_source(response: &'static [u8]) -> (Value, String, i64) {
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
                 line.clear();
             }
-            let _ = reader.get_mut().write_all(response);
+            let _ = reader.get_mut().write_all(&answer());
         }
     });
+    url
+}
+
+/// Runs `weir run` against a source that answers every connection with `response`, until the API reports
+/// two failed connections; returns the API's `source`, the source's URL and the failure's `at_ms`.
+fn refused_source(response: &'static [u8]) -> (Value, String, i64) {
+    let url = hand_written_source(move || response.to_vec());
     let h = Harness::new(LakeAt::Local, |t| {
         let mut source = toml::Table::new();
         source.insert("url".into(), url.clone().into());

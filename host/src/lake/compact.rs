@@ -17,8 +17,8 @@
 //! touches it after every file it stages). The commit log decides between a run that only stalled (a store
 //! away for an hour, a paused process) and the cleaner: before deleting, the cleaner writes a record of the
 //! run's staging that commits nothing, and a run creates its own record only while no record of its
-//! staging is in the log. Whichever record comes first wins: the other side sees it and stands back. (All the hosts
-//! that compact one lake are to run versions from 2026-12-07 on, which decide this way.)
+//! staging is in the log. Whichever record comes first wins: the other side sees it and stands back. (All
+//! the hosts that compact one lake are to run versions from 2026-12-07 on, which decide this way.)
 //!
 //! A file that cannot be merged (gone because another run replaced it, unreadable, or holding other rows
 //! than its commit says) leaves its partition as it is, with a warning, and the run goes on with the others.
@@ -266,7 +266,7 @@ async fn stage_and_commit(
     };
     match create_record(store, record, view.read_to).await? {
         Created::Now(record) => Ok(Some(record)),
-        Created::Before(record) if !record.replaces.is_empty() => Ok(Some(record)),
+        Created::Before(record) if !gives_up(&record) => Ok(Some(record)),
         Created::Before(given_up) => bail!(
             "a cleaner gave up this compaction's staging ({staging}, epoch {}): it stood still for longer \
              than {} min (a store away, a paused process); run it again",
@@ -289,6 +289,12 @@ fn run_record(view: &LogView, staging: &str) -> CommitRecord {
         gold_columns: view.gold_columns.clone(),
         ..CommitRecord::default()
     }
+}
+
+/// Whether a compaction record is a cleaner's that gave its run up: it replaces nothing, where a run's
+/// replaces every file it merged.
+fn gives_up(record: &CommitRecord) -> bool {
+    record.replaces.is_empty()
 }
 
 /// The record of a run's staging in the log.
@@ -664,20 +670,7 @@ async fn finish_interrupted(
             && abandoned
         {
             if folded.is_none() {
-                let all = retry_log("reading the commit log", || log::all_records(store)).await?;
-                // A record the listing left out would be taken for none, and its run's files deleted.
-                let listed = all.iter().filter(|r| r.epoch <= through).count() as u64;
-                if listed != through {
-                    bail!(
-                        "the commit log lists {listed} records up to epoch {through}, not {through}: not \
-                         removing the staging of any compaction until it lists them all"
-                    );
-                }
-                folded = Some(
-                    all.into_iter()
-                        .filter(|r| r.host == HOST && r.epoch <= through)
-                        .collect(),
-                );
+                folded = Some(compactions_through(store, through).await?);
             }
             record = folded
                 .iter()
@@ -699,7 +692,7 @@ async fn finish_interrupted(
                 delete_run(store, staging).await?;
                 // A record that gives a run up commits nothing: its staging is still here because its
                 // cleaner stopped before deleting it, or the run went on staging after the deletion.
-                finished += usize::from(!record.replaces.is_empty());
+                finished += usize::from(!gives_up(record));
             }
             None if abandoned => give_up(store, view, staging).await?,
             None => {}
@@ -717,6 +710,23 @@ async fn finish_interrupted(
     // Every compaction record read so far is finished now (those without a marker were already).
     view.compactions.clear();
     Ok(finished)
+}
+
+/// The compaction records up to epoch `through`, from the whole log, which must list every epoch: a record
+/// the listing left out would be taken for none, and its run's staged files deleted.
+async fn compactions_through(store: &Store, through: u64) -> Result<Vec<CommitRecord>> {
+    let all = retry_log("reading the commit log", || log::all_records(store)).await?;
+    let listed = all.iter().filter(|r| r.epoch <= through).count() as u64;
+    if listed != through {
+        bail!(
+            "the commit log lists {listed} records up to epoch {through}, not {through}: not removing the \
+             staging of any compaction until it lists them all"
+        );
+    }
+    Ok(all
+        .into_iter()
+        .filter(|r| r.host == HOST && r.epoch <= through)
+        .collect())
 }
 
 /// Gives up the run staging in `staging`, which never made a record and has stood still for long: a record
@@ -737,7 +747,7 @@ async fn give_up(store: &Store, view: &LogView, staging: &str) -> Result<()> {
             delete_run(store, staging).await
         }
         // Another cleaner gave it up first, and may have stopped before deleting it.
-        Created::Before(record) if record.replaces.is_empty() => delete_run(store, staging).await,
+        Created::Before(record) if gives_up(&record) => delete_run(store, staging).await,
         // Its run committed meanwhile: it finishes its record, or the next run does.
         Created::Before(record) => {
             tracing::info!(%staging, epoch = record.epoch, "left for its run, which committed it");

@@ -343,11 +343,11 @@ pub async fn all_records(store: &Store) -> Result<Vec<CommitRecord>> {
 /// between epochs (a store that left a record out of a listing) saves nothing, so as not to hand the gap
 /// on; nor does it save a fold of more than [`CachedLog::SAVED_FOLD_MAX_FILES`] files.
 #[derive(Debug, Default)]
-pub struct CachedLog(
-    tokio::sync::Mutex<Arc<Vec<CommitRecord>>>,
+pub struct CachedLog {
+    seen: tokio::sync::Mutex<Arc<Vec<CommitRecord>>>,
     /// Whether a gap between epochs was met.
-    std::sync::atomic::AtomicBool,
-);
+    gap: std::sync::atomic::AtomicBool,
+}
 
 impl CachedLog {
     /// The records kept as they are, newest last.
@@ -359,7 +359,7 @@ impl CachedLog {
 
     /// The records (all hosts), oldest first, as of now: the older ones folded into the first.
     pub async fn records(&self, store: &Store) -> Result<Arc<Vec<CommitRecord>>> {
-        let mut seen = self.0.lock().await;
+        let mut seen = self.seen.lock().await;
         let newer = match seen.last() {
             Some(last) => records_after(store, last.epoch).await?,
             None => match saved_fold(store).await {
@@ -380,7 +380,7 @@ impl CachedLog {
                         "the commit log lists epoch {} after {after}: not saving its fold for other readers",
                         record.epoch
                     );
-                    self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.gap.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 after = record.epoch;
             }
@@ -391,7 +391,7 @@ impl CachedLog {
                 fold(records, Self::KEEP);
                 let folded = &records[0];
                 if folded.files().count() <= Self::SAVED_FOLD_MAX_FILES
-                    && !self.1.load(std::sync::atomic::Ordering::Relaxed)
+                    && !self.gap.load(std::sync::atomic::Ordering::Relaxed)
                 {
                     // In the background: a query waits for no write.
                     let (store, folded) = (store.clone(), folded.clone());
@@ -439,46 +439,31 @@ async fn save_fold(store: &Store, folded: CommitRecord) {
 
 /// The saved fold, when there is one that stands for this log (its epoch's record has its commit time).
 pub(crate) async fn saved_fold(store: &Store) -> Option<CommitRecord> {
-    let bytes = match store.store.get(&store.path(SAVED_FOLD)).await {
-        Ok(got) => match got.bytes().await {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                tracing::warn!("cannot read {SAVED_FOLD} ({e}): reading the whole commit log");
-                return None;
-            }
-        },
-        Err(object_store::Error::NotFound { .. }) => return None,
-        Err(e) => {
-            tracing::warn!("cannot read {SAVED_FOLD} ({e}): reading the whole commit log");
-            return None;
-        }
-    };
-    let saved: SavedFold = match serde_json::from_slice(&bytes) {
-        Ok(saved) => saved,
-        Err(e) => {
-            tracing::warn!("{SAVED_FOLD} is unreadable ({e}): reading the whole commit log");
-            return None;
-        }
-    };
-    let epoch = saved.folded.epoch;
-    if saved.format != SavedFold::FORMAT {
-        tracing::warn!(
-            "{SAVED_FOLD} is of format {}, not {}: reading the whole commit log",
+    let read = async {
+        let bytes = match store.store.get(&store.path(SAVED_FOLD)).await {
+            Ok(got) => got.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let saved: SavedFold = serde_json::from_slice(&bytes)?;
+        anyhow::ensure!(
+            saved.format == SavedFold::FORMAT,
+            "it is of format {}, not {}",
             saved.format,
             SavedFold::FORMAT
         );
-        return None;
-    }
-    let matches = record(store, epoch)
-        .await
-        .is_ok_and(|r| r.committed_at_ms == saved.folded.committed_at_ms);
-    if !matches {
-        tracing::warn!(
-            "{SAVED_FOLD} (epoch {epoch}) does not match this commit log: reading the whole log"
+        let epoch = saved.folded.epoch;
+        let committed_at_ms = record(store, epoch).await?.committed_at_ms;
+        anyhow::ensure!(
+            committed_at_ms == saved.folded.committed_at_ms,
+            "epoch {epoch} of this commit log was committed at another time: the fold is another log's"
         );
-        return None;
-    }
-    Some(saved.folded)
+        anyhow::Ok(Some(saved.folded))
+    };
+    read.await.unwrap_or_else(|e| {
+        tracing::warn!("not using {SAVED_FOLD} ({e:#}): reading the whole commit log");
+        None
+    })
 }
 
 /// Folds all but the newest `keep` of `records` into one record, the first, that stands for them to a

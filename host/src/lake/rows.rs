@@ -269,7 +269,7 @@ fn column<'a>(ty: ColumnType, events: &[&'a Event], slot: Slot, wrong: &mut u64)
             Int64Builder::with_capacity(n),
             |_: &Event, v: &FieldValue| match v {
                 FieldValue::Int(i) => Some(*i),
-                FieldValue::Float(f) if f.fract() == 0.0 && f.abs() < 9.2e18 => Some(*f as i64),
+                FieldValue::Float(f) => whole(*f),
                 _ => None,
             }
         ),
@@ -434,9 +434,7 @@ pub fn gold_batch(rows: &[&GoldRow], types: &[(String, DataType)]) -> RecordBatc
                         Some(Value::Integer(i)) => Some(i),
                         // A whole number a plugin gave as a float (JavaScript has no other; a sum that met
                         // `-0`), as silver's integer columns take it.
-                        Some(Value::Float(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => {
-                            Some(f as i64)
-                        }
+                        Some(Value::Float(f)) => whole(f),
                         _ => None,
                     });
                 }
@@ -489,6 +487,12 @@ pub fn gold_batch(rows: &[&GoldRow], types: &[(String, DataType)]) -> RecordBatc
     }
     columns.push(Arc::new(plugin.finish()));
     batch(Arc::new(Schema::new(fields)), columns)
+}
+
+/// A float that is a whole number in the i64 range, as an integer column takes it (JavaScript plugins and
+/// JSON writers give whole numbers as floats).
+fn whole(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
 }
 
 #[cfg(test)]
