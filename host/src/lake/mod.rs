@@ -839,9 +839,9 @@ async fn create_record(
                     Some(_) => "the adoption took too long (the store away?): not writing its record, \
                                 as its staged files may be removed as abandoned; it is tried again"
                         .into(),
-                    None => "this host's exclusive lease has not been renewed in time, so another host \
-                             may hold it: not writing the commit record (the lease's holder reads the \
-                             epoch again)"
+                    None => "this host's exclusive lease is lost, or was not renewed in time, so \
+                             another host may hold it: not writing the commit record (the lease's holder \
+                             reads the epoch again)"
                         .into(),
                 })
                 .into()
