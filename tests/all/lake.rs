@@ -260,6 +260,61 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
     );
 }
 
+/// A host that stopped between a commit record and moving its files into place (and has not started again):
+/// `weir lake query` reads the files from the staging the record names, every committed row once.
+#[test]
+fn a_query_reads_what_a_stopped_host_committed_and_left_staged() {
+    let h = Harness::new(LakeAt::Local, |_| {});
+    let last = h.prefill(realistic(12, EVENTS, span()), EVENTS);
+    let mut crashing = h.weir(&[("WEIR_CRASH_AT", "commit.after_record:2")]);
+    let status = crashing.wait(Duration::from_secs(180));
+    assert!(!status.success(), "{}", crashing.log_tail());
+    let store = h.store();
+    let records = h.rt.block_on(weir::lake::log::all_records(&store)).unwrap();
+    let second = records.last().expect("two commits");
+    let staged: Vec<&weir::lake::log::FileEntry> = second.tables["silver"]
+        .iter()
+        .filter(|f| {
+            h.rt.block_on(object_store::ObjectStoreExt::head(
+                &store.store,
+                &store.path(&f.path),
+            ))
+            .is_err_and(|e| matches!(e, object_store::Error::NotFound { .. }))
+        })
+        .collect();
+    assert!(!staged.is_empty(), "the crash left no silver file staged");
+    let committed: u64 = records
+        .iter()
+        .flat_map(|r| r.tables.get("silver").into_iter().flatten())
+        .map(|f| f.rows)
+        .sum();
+    let (ok, rows, err) = lake_query(&h, &["silver", "--limit", "10000000"]);
+    assert!(ok, "{err}");
+    let mut seqs: Vec<u64> = rows
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["_seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs.len() as u64, committed);
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len() as u64, committed, "a row printed twice");
+    assert!(
+        seqs.iter()
+            .any(|s| (staged[0].min_seq..=staged[0].max_seq).contains(s)),
+        "no row of the staged file {} was printed",
+        staged[0].path
+    );
+
+    let mut again = h.weir(&[]);
+    h.finish(&mut again, last);
+    h.verify();
+    h.read_back().assert_exactly_once(last);
+}
+
 /// `weir lake query ARGS` on the harness's lake: (succeeded, stdout, stderr).
 fn lake_query(h: &Harness, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(crate::support::weir_bin())

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::{Map, json};
 
 use super::{AppState, error, query_limit, query_time, repeated_parameter};
-use crate::lake::log::{CommitRecord, FileEntry};
+use crate::lake::log::CommitRecord;
 use crate::lake::read;
 use crate::lake::schema::gold_table;
 use crate::lake::store::Store;
@@ -475,8 +475,9 @@ async fn from_lake(state: &AppState, store: &Store, ask: Question) -> Response {
 }
 
 /// Reads committed rows of `table` with `rows`, over the commit log as it stands; `None` when no commit
-/// holds the table. A file the log lists may be gone, as a commit still moving its files into place or a
-/// compaction that has just replaced them leaves it: the log, read again a moment later, has them.
+/// holds the table. Files not in place yet are read from their commit's staging (see `read::Committed`); one
+/// gone from both, as a compaction that has just replaced it (or a move between the two looks) leaves it, is
+/// looked for again in the log, read afresh a moment later.
 async fn read_committed<T, F>(
     state: &AppState,
     store: &Store,
@@ -495,7 +496,8 @@ where
         match rows(records).await {
             Ok(read) => return Ok(Some(read)),
             Err(e) if read::is_not_found(&e) && tries < LAKE_READ_TRIES => {
-                // Doubling: a commit moving many files into place on a slow object store takes seconds.
+                // Doubling: a compaction deletes what it replaced right after its record, which a cached
+                // log may not have yet.
                 tokio::time::sleep(LAKE_READ_PAUSE * 2u32.pow(tries)).await;
                 tries += 1;
             }
@@ -569,7 +571,7 @@ async fn lake_rows(
     let started = Instant::now();
     let store = store.clone();
     on_blocking_thread(move |runtime| {
-        let mut hours: BTreeMap<Option<i64>, Vec<&FileEntry>> = BTreeMap::new();
+        let mut hours: BTreeMap<Option<i64>, Vec<read::Committed>> = BTreeMap::new();
         for file in read::files_in_range(&records, &ask.table, ask.from, ask.to) {
             hours
                 .entry(read::partition_start(&file.path))
@@ -578,7 +580,7 @@ async fn lake_rows(
         }
         let mut rows = Vec::new();
         let count = hours.len();
-        let hours: Box<dyn Iterator<Item = &Vec<&FileEntry>>> = match order {
+        let hours: Box<dyn Iterator<Item = &Vec<read::Committed>>> = match order {
             Order::NewestFirst => Box::new(hours.values().rev()),
             Order::OldestFirst => Box::new(hours.values()),
         };

@@ -130,7 +130,7 @@ impl Lake {
     /// A record's plugin state: in place, or still staged (its host stopped between the record and moving its
     /// files, which is how a host may well have left).
     async fn read_state(&self, record: &log::CommitRecord, path: &str) -> Result<Bytes> {
-        let staged = format!("{}/state.bin", record.staging);
+        let staged = record.staged("state.bin");
         retry_log("reading a departed host's plugin state", || async {
             for at in [path, &staged] {
                 match self.store.store.get(&self.store.path(at)).await {

@@ -218,6 +218,11 @@ impl CommitRecord {
     pub fn files(&self) -> impl Iterator<Item = &FileEntry> {
         self.tables.values().flatten()
     }
+
+    /// Where this commit staged `path` (a file's, or `state.bin`) before moving it into place.
+    pub fn staged(&self, path: &str) -> String {
+        format!("{}/{path}", self.staging)
+    }
 }
 
 /// Every stream sequence these records consumed.

@@ -1417,12 +1417,11 @@ pub(crate) async fn republish(
 /// What publishing `record` moves, `(from, to)`: its files and its state, from its staging to their paths.
 fn moves(record: &CommitRecord) -> impl Iterator<Item = (String, String)> + '_ {
     let files = record.files().map(|f| f.path.clone());
-    let staged = |path: &str| format!("{}/{path}", record.staging);
-    files.map(move |path| (staged(&path), path)).chain(
+    files.map(|path| (record.staged(&path), path)).chain(
         record
             .state
             .iter()
-            .map(move |state| (staged("state.bin"), state.clone())),
+            .map(|state| (record.staged("state.bin"), state.clone())),
     )
 }
 

@@ -9,7 +9,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::AsyncFileReader;
@@ -216,7 +216,8 @@ pub async fn verify(store: &Store, deep: bool) -> Result<Problems> {
     }
     // Deep: each file's row count from its footer alone, several requests at a time.
     let mut counted = futures::stream::iter(footers)
-        .map(|file| async move { (file, file_metadata(store, file).await) })
+        // Where the log says they are: a file still staged is missing from the table's directory.
+        .map(|file| async move { (file, file_metadata(store, Committed::in_place(file)).await) })
         .buffer_unordered(DEEP_CONCURRENCY);
     while let Some((file, metadata)) = counted.next().await {
         let metadata = match metadata {
@@ -315,12 +316,20 @@ pub fn files_in_range<'a>(
     table: &str,
     from_ms: i64,
     to_ms: i64,
-) -> Vec<&'a FileEntry> {
+) -> Vec<Committed<'a>> {
     let replaced = super::log::replaced_paths(records);
-    let mut files: Vec<&FileEntry> = records
+    let mut files: Vec<Committed> = records
         .iter()
-        .filter_map(|r| r.tables.get(table))
-        .flatten()
+        .flat_map(|r| {
+            r.tables
+                .get(table)
+                .into_iter()
+                .flatten()
+                .map(|file| Committed {
+                    file,
+                    record: Some(r),
+                })
+        })
         .filter(|f| !replaced.contains(f.path.as_str()))
         .filter(|f| {
             partition_start(&f.path)
@@ -329,6 +338,39 @@ pub fn files_in_range<'a>(
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     files
+}
+
+/// A file the commit log lists, with the record that committed it: a record's files are in place moments
+/// after it, unless its host stopped in between, and then stay in its staging until that host starts again
+/// or another host moves them (a minute later, at its next checkpoint). Reads take them from there meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct Committed<'a> {
+    pub file: &'a FileEntry,
+    /// `None` for a file read only where the log says it is (and for the files of a folded record, in place
+    /// long since).
+    record: Option<&'a CommitRecord>,
+}
+
+impl<'a> Committed<'a> {
+    /// A file read only at its path.
+    pub fn in_place(file: &'a FileEntry) -> Self {
+        Committed { file, record: None }
+    }
+
+    /// Where its commit staged it, when known.
+    fn staged(&self) -> Option<String> {
+        self.record
+            .filter(|r| !r.staging.is_empty())
+            .map(|r| r.staged(&self.file.path))
+    }
+}
+
+impl std::ops::Deref for Committed<'_> {
+    type Target = FileEntry;
+
+    fn deref(&self) -> &FileEntry {
+        self.file
+    }
 }
 
 /// The start of the hour a path's `dt=.../hour=...` names.
@@ -361,6 +403,9 @@ pub fn is_not_found(error: &anyhow::Error) -> bool {
 pub struct StoreFile {
     store: std::sync::Arc<dyn object_store::ObjectStore>,
     path: object_store::path::Path,
+    /// Where the file's commit staged it: read from there while it is not in place. The two are the same
+    /// bytes (one is moved to the other), so a read may switch between them at any request.
+    staged: Option<object_store::path::Path>,
     size: u64,
     /// The whole file, once a read decided to take it so.
     whole: Option<Bytes>,
@@ -368,9 +413,37 @@ pub struct StoreFile {
 
 impl StoreFile {
     async fn take_whole(&mut self) -> Result<()> {
-        let bytes = self.store.get(&self.path).await?.bytes().await?;
+        let bytes = self
+            .either(|store, path| async move { store.get(&path).await?.bytes().await })
+            .await?;
         self.whole = Some(bytes);
         Ok(())
+    }
+
+    /// `read` of the file where it is: at its path, else (not found there) at its staged copy, which is then
+    /// read first from there on. Not found at either: the error of its path, which callers take as a sign to
+    /// read the log again (a compaction replaced the file).
+    async fn either<T, F>(
+        &mut self,
+        read: impl Fn(std::sync::Arc<dyn object_store::ObjectStore>, object_store::path::Path) -> F,
+    ) -> object_store::Result<T>
+    where
+        F: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let first = read(self.store.clone(), self.path.clone()).await;
+        let (Err(object_store::Error::NotFound { .. }), Some(staged)) = (&first, &self.staged)
+        else {
+            return first;
+        };
+        match read(self.store.clone(), staged.clone()).await {
+            Err(object_store::Error::NotFound { .. }) => first,
+            second => {
+                if second.is_ok() {
+                    std::mem::swap(&mut self.path, self.staged.as_mut().expect("checked"));
+                }
+                second
+            }
+        }
     }
 
     fn cut(whole: &Bytes, range: Range<u64>) -> parquet::errors::Result<Bytes> {
@@ -398,10 +471,15 @@ impl AsyncFileReader for StoreFile {
         if let Some(whole) = &self.whole {
             return futures::future::ready(Self::cut(whole, range)).boxed();
         }
-        self.store
-            .get_range(&self.path, range)
+        async move {
+            self.either(|store, path| {
+                let range = range.clone();
+                async move { store.get_range(&path, range).await }
+            })
+            .await
             .map_err(parquet_error)
-            .boxed()
+        }
+        .boxed()
     }
 
     fn get_byte_ranges(
@@ -414,10 +492,12 @@ impl AsyncFileReader for StoreFile {
         }
         // `get_ranges` merges ranges that lie close together into one request.
         async move {
-            self.store
-                .get_ranges(&self.path, &ranges)
-                .await
-                .map_err(parquet_error)
+            self.either(|store, path| {
+                let ranges = ranges.clone();
+                async move { store.get_ranges(&path, &ranges).await }
+            })
+            .await
+            .map_err(parquet_error)
         }
         .boxed()
     }
@@ -438,30 +518,26 @@ impl AsyncFileReader for StoreFile {
     }
 }
 
-/// Opens one committed file for reading; `size` is its length when known (the commit log has it), else it
-/// is asked of the store.
-async fn open_file(store: &Store, path: &str, size: Option<u64>) -> Result<StoreFile> {
-    let location = store.path(path);
-    let size = match size.filter(|&n| n > 0) {
-        Some(n) => n,
-        None => {
-            store
-                .store
-                .head(&location)
-                .await
-                .with_context(|| format!("cannot read {path}"))?
-                .size
-        }
-    };
+/// Opens one committed file for reading; its size is asked of the store when the log does not have it.
+async fn open_file(store: &Store, committed: Committed<'_>) -> Result<StoreFile> {
+    let path = &committed.path;
     let mut file = StoreFile {
         store: store.store.clone(),
-        path: location,
-        size,
+        path: store.path(path),
+        staged: committed.staged().map(|staged| store.path(&staged)),
+        size: committed.bytes,
         whole: None,
     };
+    if file.size == 0 {
+        file.size = file
+            .either(|store, path| async move { store.head(&path).await })
+            .await
+            .with_context(|| format!("cannot read {path}"))?
+            .size;
+    }
     // The footer's first read would take all of a small file anyway (gold, quarantine and drops files
     // mostly are): one GET, and every read after it from memory.
-    if size <= FOOTER_HINT as u64 {
+    if file.size <= FOOTER_HINT as u64 {
         file.take_whole()
             .await
             .with_context(|| format!("cannot read {path}"))?;
@@ -472,9 +548,9 @@ async fn open_file(store: &Store, path: &str, size: Option<u64>) -> Result<Store
 /// The metadata of one committed file (its row count, row groups and statistics), from its footer alone.
 pub async fn file_metadata(
     store: &Store,
-    file: &FileEntry,
+    file: Committed<'_>,
 ) -> Result<std::sync::Arc<ParquetMetaData>> {
-    let mut reader = open_file(store, &file.path, Some(file.bytes)).await?;
+    let mut reader = open_file(store, file).await?;
     reader
         .get_metadata(None)
         .await
@@ -482,7 +558,7 @@ pub async fn file_metadata(
 }
 
 /// The batches of one committed file.
-pub async fn read_file(store: &Store, file: &FileEntry) -> Result<FileBatches> {
+pub async fn read_file(store: &Store, file: Committed<'_>) -> Result<FileBatches> {
     read_file_where(store, file, None, |_| true).await
 }
 
@@ -494,12 +570,12 @@ pub type FileBatches = parquet::arrow::async_reader::ParquetRecordBatchStream<St
 /// are fetched from the store.
 pub async fn read_file_where(
     store: &Store,
-    file: &FileEntry,
+    file: Committed<'_>,
     columns: Option<&[&str]>,
     keep: impl Fn(&RowGroupMetaData) -> bool,
 ) -> Result<FileBatches> {
     let path = &file.path;
-    let mut reader = open_file(store, path, Some(file.bytes)).await?;
+    let mut reader = open_file(store, file).await?;
     let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
         .await
         .map_err(|e| match e {
@@ -574,7 +650,7 @@ const OPEN_AHEAD: usize = 8;
 /// [`query`] over the given files of `table` (some of those [`files_in_range`] gives), in their order.
 pub async fn query_files(
     store: &Store,
-    files: &[&FileEntry],
+    files: &[Committed<'_>],
     table: &str,
     from_ms: i64,
     to_ms: i64,
@@ -754,6 +830,101 @@ mod tests {
             assert_eq!(seqs(0, 100, 100).await, (1..=10).collect::<Vec<u64>>());
             assert_eq!(seqs(3, 100, 2).await, [4, 5]);
             assert_eq!(seqs(20, 30, 100).await, Vec::<u64>::new());
+        });
+    }
+
+    /// A committed file its host did not move into place (it stopped between its record and the move) is read
+    /// from the commit's staging, also when it is moved in the middle of a read; gone from both, it is not
+    /// found, which readers take as a sign to read the log again.
+    #[test]
+    fn a_committed_file_still_staged_is_read_from_its_staging() {
+        const ROWS: u64 = 2000;
+        let hour = 1_764_000_000_000 / 3_600_000 * 3_600_000;
+        let columns: [(&str, ArrayRef); 3] = [
+            (
+                "_seq",
+                Arc::new(UInt64Array::from((1..=ROWS).collect::<Vec<u64>>())),
+            ),
+            (
+                "_event_time",
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    hour * 1000;
+                    ROWS as usize
+                ])),
+            ),
+            // Large enough (200 kB) to be read in ranges, not in one request at its opening.
+            (
+                "data",
+                Arc::new(arrow_array::StringArray::from_iter_values(
+                    (0..ROWS).map(|i| format!("{i:0100}")),
+                )),
+            ),
+        ];
+        let bytes = parquet_bytes(columns, Some(500));
+        assert!(bytes.len() > 2 * FOOTER_HINT);
+        on_memory_store(|store| async move {
+            let path = format!(
+                "silver/{}/1-{ROWS}.parquet",
+                crate::lake::rows::partition(hour)
+            );
+            let record = CommitRecord {
+                format: CommitRecord::FORMAT,
+                epoch: 1,
+                host: "h".into(),
+                staging: "_weir/staging/h-1".into(),
+                tables: [(
+                    "silver".to_string(),
+                    vec![FileEntry {
+                        path: path.clone(),
+                        rows: ROWS,
+                        bytes: bytes.len() as u64,
+                        min_seq: 1,
+                        max_seq: ROWS,
+                    }],
+                )]
+                .into(),
+                ..CommitRecord::default()
+            };
+            let (staged, in_place) = (store.path(&record.staged(&path)), store.path(&path));
+            store
+                .store
+                .put(&staged, bytes.clone().into())
+                .await
+                .unwrap();
+            crate::lake::log::create(&store, &record).await.unwrap();
+            let all: Vec<u64> = (1..=ROWS).collect();
+            assert_eq!(
+                query_seqs(&store, "silver", hour, hour + 3_600_000, 5000).await,
+                all
+            );
+
+            // Its footer read from the staging, then moved into place before its rows are read.
+            let records = log::all_records(&store).await.unwrap();
+            let files = files_in_range(&records, "silver", i64::MIN, i64::MAX);
+            let batches = read_file_where(&store, files[0], Some(&["_seq"]), |_| true)
+                .await
+                .unwrap();
+            store.store.put(&in_place, bytes.into()).await.unwrap();
+            store.store.delete(&staged).await.unwrap();
+            let batches: Vec<RecordBatch> = batches.try_collect().await.unwrap();
+            let seqs: Vec<u64> = batches
+                .iter()
+                .flat_map(|b| {
+                    let c = b.column(0).as_any().downcast_ref::<UInt64Array>().unwrap();
+                    c.values().to_vec()
+                })
+                .collect();
+            assert_eq!(seqs, all);
+
+            // Gone from both (a compaction replaced it): not found, naming where the log says it is.
+            store.store.delete(&in_place).await.unwrap();
+            let e = query(&store, &records, "silver", i64::MIN, i64::MAX, 10, |_| {
+                Ok(true)
+            })
+            .await
+            .unwrap_err();
+            assert!(is_not_found(&e), "{e:#}");
+            assert!(format!("{e:#}").contains(&path), "{e:#}");
         });
     }
 
@@ -974,12 +1145,13 @@ mod tests {
                 min_seq: 1,
                 max_seq: 6,
             };
-            let batches: Vec<RecordBatch> = read_file_where(&store, &file, Some(&["_seq"]), keep)
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
+            let batches: Vec<RecordBatch> =
+                read_file_where(&store, Committed::in_place(&file), Some(&["_seq"]), keep)
+                    .await
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
             let seqs: Vec<u64> = batches
                 .iter()
                 .flat_map(|b| {

@@ -396,7 +396,7 @@ async fn count_replaced(
             t if t.starts_with("quarantine") => (&mut quarantined, &["reason"]),
             _ => continue,
         };
-        let mut batches = read::read_file(live, f).await?;
+        let mut batches = read::read_file(live, read::Committed::in_place(f)).await?;
         while let Some(batch) = batches.next().await {
             let batch = batch.with_context(|| format!("reading {}", f.path))?;
             let columns: Vec<&StringArray> = keys
