@@ -279,8 +279,9 @@ impl Lease {
                         "the exclusive lease was taken over by {who}; stopping without committing"
                     ),
                 };
-                self.fence.lost.store(true, Ordering::SeqCst);
+                // Said before the fence falls: a commit it refuses is then logged after the reason.
                 tracing::error!("{error:#}");
+                self.fence.lost.store(true, Ordering::SeqCst);
                 return Err(error);
             }
         });

@@ -267,9 +267,9 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     .await;
                     match read {
                         Ok(_) => break,
-                        // A file the log named is gone or not yet in place: replaced by a compaction since
-                        // the log was read, or committed a moment ago and still being moved. Read afresh,
-                        // unless rows are out already (read again, they would come twice).
+                        // A file the log named is neither in place nor staged: replaced by a compaction since
+                        // the log was read. Read afresh, unless rows are out already (read again, they would
+                        // come twice).
                         Err(e) if read::is_not_found(&e) && !printed && attempt < 5 => {
                             tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
                             records = crate::lake::log::all_records(&store).await?;

@@ -346,8 +346,8 @@ pub fn files_in_range<'a>(
 #[derive(Clone, Copy, Debug)]
 pub struct Committed<'a> {
     pub file: &'a FileEntry,
-    /// `None` for a file read only where the log says it is (and for the files of a folded record, in place
-    /// long since).
+    /// `None` for a file read only where the log says it is. A folded record (see `log::fold`), whose files
+    /// are in place long since, names no staging.
     record: Option<&'a CommitRecord>,
 }
 
@@ -406,6 +406,8 @@ pub struct StoreFile {
     /// Where the file's commit staged it: read from there while it is not in place. The two are the same
     /// bytes (one is moved to the other), so a read may switch between them at any request.
     staged: Option<object_store::path::Path>,
+    /// Whether the last read found it staged (and so looks there first).
+    from_staging: bool,
     size: u64,
     /// The whole file, once a read decided to take it so.
     whole: Option<Bytes>,
@@ -420,9 +422,9 @@ impl StoreFile {
         Ok(())
     }
 
-    /// `read` of the file where it is: at its path, else (not found there) at its staged copy, which is then
-    /// read first from there on. Not found at either: the error of its path, which callers take as a sign to
-    /// read the log again (a compaction replaced the file).
+    /// `read` of the file where it is: at its path or at its staged copy, where the last read found it
+    /// first. Not found at either: the error of its path, which callers take as a sign to read the log again
+    /// (a compaction replaced the file); so is any error of the staged copy (a reader not allowed there).
     async fn either<T, F>(
         &mut self,
         read: impl Fn(std::sync::Arc<dyn object_store::ObjectStore>, object_store::path::Path) -> F,
@@ -430,20 +432,30 @@ impl StoreFile {
     where
         F: std::future::Future<Output = object_store::Result<T>>,
     {
-        let first = read(self.store.clone(), self.path.clone()).await;
-        let (Err(object_store::Error::NotFound { .. }), Some(staged)) = (&first, &self.staged)
-        else {
-            return first;
+        let Some(staged) = self.staged.clone() else {
+            return read(self.store.clone(), self.path.clone()).await;
         };
-        match read(self.store.clone(), staged.clone()).await {
-            Err(object_store::Error::NotFound { .. }) => first,
-            second => {
-                if second.is_ok() {
-                    std::mem::swap(&mut self.path, self.staged.as_mut().expect("checked"));
+        // A move copies the file into place before it deletes the staged copy: looked for a third time where
+        // it was looked for first, a file moved between the first two looks is found.
+        let looks = if self.from_staging {
+            [true, false, true]
+        } else {
+            [false, true, false]
+        };
+        let mut not_found = None;
+        for at_staging in looks {
+            let location = if at_staging { &staged } else { &self.path };
+            match read(self.store.clone(), location.clone()).await {
+                Ok(found) => {
+                    self.from_staging = at_staging;
+                    return Ok(found);
                 }
-                second
+                Err(e @ object_store::Error::NotFound { .. }) if !at_staging => not_found = Some(e),
+                Err(e) if !at_staging => return Err(e),
+                Err(_) => {}
             }
         }
+        Err(not_found.expect("its path is looked at"))
     }
 
     fn cut(whole: &Bytes, range: Range<u64>) -> parquet::errors::Result<Bytes> {
@@ -525,6 +537,7 @@ async fn open_file(store: &Store, committed: Committed<'_>) -> Result<StoreFile>
         store: store.store.clone(),
         path: store.path(path),
         staged: committed.staged().map(|staged| store.path(&staged)),
+        from_staging: false,
         size: committed.bytes,
         whole: None,
     };
@@ -904,7 +917,11 @@ mod tests {
             let batches = read_file_where(&store, files[0], Some(&["_seq"]), |_| true)
                 .await
                 .unwrap();
-            store.store.put(&in_place, bytes.into()).await.unwrap();
+            store
+                .store
+                .put(&in_place, bytes.clone().into())
+                .await
+                .unwrap();
             store.store.delete(&staged).await.unwrap();
             let batches: Vec<RecordBatch> = batches.try_collect().await.unwrap();
             let seqs: Vec<u64> = batches
@@ -916,15 +933,37 @@ mod tests {
                 .collect();
             assert_eq!(seqs, all);
 
-            // Gone from both (a compaction replaced it): not found, naming where the log says it is.
+            // Gone from both (a compaction replaced it), also from under a read that found it staged: not
+            // found, at its path.
+            let not_found_at = |e: &anyhow::Error| {
+                e.chain()
+                    .find_map(|e| match e.downcast_ref::<object_store::Error>() {
+                        Some(object_store::Error::NotFound { path, .. }) => Some(path.clone()),
+                        _ => None,
+                    })
+            };
             store.store.delete(&in_place).await.unwrap();
             let e = query(&store, &records, "silver", i64::MIN, i64::MAX, 10, |_| {
                 Ok(true)
             })
             .await
             .unwrap_err();
-            assert!(is_not_found(&e), "{e:#}");
-            assert!(format!("{e:#}").contains(&path), "{e:#}");
+            assert_eq!(
+                not_found_at(&e).as_deref(),
+                Some(in_place.as_ref()),
+                "{e:#}"
+            );
+            store.store.put(&staged, bytes.into()).await.unwrap();
+            let batches = read_file_where(&store, files[0], Some(&["_seq"]), |_| true)
+                .await
+                .unwrap();
+            store.store.delete(&staged).await.unwrap();
+            let e = anyhow::Error::from(batches.try_collect::<Vec<_>>().await.unwrap_err());
+            assert_eq!(
+                not_found_at(&e).as_deref(),
+                Some(in_place.as_ref()),
+                "{e:#}"
+            );
         });
     }
 
