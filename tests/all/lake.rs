@@ -268,7 +268,12 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
 fn committed_rows_are_read_while_staged(h: &Harness) {
     let store = h.store();
     let records = h.rt.block_on(weir::lake::log::all_records(&store)).unwrap();
-    let last = records.last().expect("a commit");
+    // The crashed commit's record: the last with silver files (a compaction's may have landed after it).
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| r.replaces.is_empty() && r.tables.contains_key("silver"))
+        .expect("a commit of silver rows");
     let staged: Vec<&weir::lake::log::FileEntry> = last.tables["silver"]
         .iter()
         .filter(|f| {
