@@ -132,7 +132,9 @@ impl Lake {
     async fn read_state(&self, record: &log::CommitRecord, path: &str) -> Result<Bytes> {
         let staged = record.staged("state.bin");
         retry_log("reading a departed host's plugin state", || async {
-            for at in [path, &staged] {
+            // A move copies before it deletes: a third look at its path finds a state moved between the first
+            // two (as `read::StoreFile` looks for committed files).
+            for at in [path, &staged, path] {
                 match self.store.store.get(&self.store.path(at)).await {
                     Ok(got) => return Ok(got.bytes().await?),
                     Err(object_store::Error::NotFound { .. }) => continue,
