@@ -38,6 +38,8 @@ pub struct ApiOptions {
     pub replay: Option<ReplayContext>,
     /// The lake the pipeline commits to, for queries beyond the rows kept in memory.
     pub lake: Option<Store>,
+    /// Its commit log, as the pipeline keeps reading it (see `CachedLog::keep_up`).
+    pub log: Arc<crate::lake::log::CachedLog>,
     /// The cluster's record of deploys, for what each host of the pipeline runs.
     pub deploys: Option<crate::bus::deploys::Deploys>,
     /// Which hosts a pause or resume asked here reaches.
@@ -66,21 +68,10 @@ pub fn router(shared: Arc<Shared>, options: ApiOptions) -> Router {
         replay: options.replay.map(Arc::new),
         replays: Arc::default(),
         lake: options.lake,
-        log: Arc::default(),
+        log: options.log,
         deploys: options.deploys,
         pause: options.pause,
     };
-    // The first read of the commit log reads the fold another reader saved and the records after it, or every
-    // record when there is none (one request each, thousands on a long-lived lake): at start, not in the
-    // first query for committed rows.
-    if let (Some(store), Ok(runtime)) = (&state.lake, tokio::runtime::Handle::try_current()) {
-        let (store, log) = (store.clone(), state.log.clone());
-        runtime.spawn(async move {
-            if let Err(e) = log.records(&store).await {
-                tracing::debug!("reading the commit log for queries: {e:#}");
-            }
-        });
-    }
     let control = Router::new()
         .route("/api/v1/plugins/{stage}", post(deploy_upload))
         .route("/api/v1/plugins/{stage}/rollback", post(rollback))

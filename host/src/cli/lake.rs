@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
+use crate::lake::log::CachedLog;
 use crate::lake::store::Store;
 use crate::lake::{LakeConfig, compact, read};
 
@@ -116,7 +117,10 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
         match cmd {
             LakeCommand::Ls { lake, json } => {
                 let store = lake.store()?;
-                let summary = read::summarize(&crate::lake::log::all_records(&store).await?);
+                // The log as the fold a running pipeline saved (see `log::CachedLog`) and the records after
+                // it, not a request per record: a pipeline commits every few seconds for months. So does
+                // `query`; `verify` checks every record.
+                let summary = read::summarize(&CachedLog::read_only().records(&store).await?);
                 if json {
                     println!("{}", serde_json::to_string_pretty(&summary)?);
                     return Ok(ExitCode::SUCCESS);
@@ -212,7 +216,8 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     anyhow::bail!("--from {from} is not before --to {to}: no row is timed in that range");
                 }
                 let store = lake.store()?;
-                let records = crate::lake::log::all_records(&store).await?;
+                let log = CachedLog::read_only();
+                let records = log.records(&store).await?;
                 if !records.iter().any(|r| r.tables.contains_key(&table)) {
                     // Nothing to print: say why, so that a misspelt table is not taken for an empty one.
                     let with_rows: std::collections::BTreeSet<&str> = records
@@ -272,7 +277,7 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                         // come twice).
                         Err(e) if read::is_not_found(&e) && !printed && attempt < 5 => {
                             tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
-                            records = crate::lake::log::all_records(&store).await?;
+                            records = log.records(&store).await?;
                         }
                         Err(e) if read::is_not_found(&e) && printed => {
                             return Err(e.context(

@@ -111,8 +111,8 @@ pub struct Report {
 /// What compaction knows of the commit log: the visible files by table and partition, the gold columns so
 /// far, and the compaction records that may still be unfinished. A lake commits every few seconds, so a
 /// long-running pipeline keeps one and reads only the records created since it last looked, instead of the
-/// whole log at every run; and it starts from the fold of the log an API saved (see `log::CachedLog`), when
-/// there is one, instead of reading every record.
+/// whole log at every run; and it starts from the fold of the log `weir run` saved (see `log::CachedLog`),
+/// when there is one, instead of reading every record.
 #[derive(Debug, Default)]
 pub struct LogView {
     read_to: u64,

@@ -198,6 +198,18 @@ pub struct CommitRecord {
     /// under a new name), which has no state of its own in the lake from here on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inherited_from: Option<String>,
+    /// A fold of older records (see [`fold`]): what they add up to that its other fields no longer tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded: Option<Folded>,
+}
+
+/// What the records a fold stands for add up to (see [`fold`]): how many they were and the events they
+/// consumed. Their drops and quarantines, less those of rows a replay in place replaced, are the fold's own
+/// `dropped` and `quarantined`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Folded {
+    pub commits: u64,
+    pub events: u64,
 }
 
 /// The newest event time that moved a host's watermark, and the newest ingest time it read, in ms since the
@@ -222,6 +234,47 @@ impl CommitRecord {
     /// Where this commit staged `path` (a file's, or `state.bin`) before moving it into place.
     pub fn staged(&self, path: &str) -> String {
         format!("{}/{path}", self.staging)
+    }
+
+    /// The commits this record stands for: itself, or those a fold replaced.
+    pub fn commits(&self) -> u64 {
+        self.folded.map_or(1, |f| f.commits)
+    }
+
+    /// The events among the sequences it consumed (the others are ticks).
+    pub fn events(&self) -> u64 {
+        match self.folded {
+            Some(f) => f.events,
+            None => self
+                .sequences
+                .count()
+                .saturating_sub(self.ticks.len() as u64),
+        }
+    }
+}
+
+/// Adds what `record` dropped (by `stage/rule`) and quarantined (by reason) to running totals, less what
+/// the rows a replay in place replaced had counted.
+pub fn add_counts(
+    record: &CommitRecord,
+    dropped: &mut BTreeMap<String, u64>,
+    quarantined: &mut BTreeMap<String, u64>,
+) {
+    for (add, less, total) in [
+        (&record.dropped, &record.replaced_dropped, &mut *dropped),
+        (
+            &record.quarantined,
+            &record.replaced_quarantined,
+            &mut *quarantined,
+        ),
+    ] {
+        for (k, v) in add {
+            *total.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in less {
+            let n = total.entry(k.clone()).or_default();
+            *n = n.saturating_sub(*v);
+        }
     }
 }
 
@@ -334,15 +387,17 @@ pub async fn all_records(store: &Store) -> Result<Vec<CommitRecord>> {
     load(store, None).await
 }
 
-/// The commit log as a long-running reader (the API) last saw it: each look reads only the records created
-/// since, as compaction's view does, instead of one request per record of the whole log.
+/// The commit log as a reader last saw it (`weir run` for its API, `weir lake ls` and `query`): each look
+/// reads only the records created since, as compaction's view does, instead of one request per record of
+/// the whole log.
 ///
 /// A pipeline commits every few seconds for months, so all but the newest [`CachedLog::KEEP`] records are
 /// folded into one (see [`fold`]): what a reader asks of the log (the files of a table, its gold columns,
-/// the sequences committed) stays the same, and its size follows the lake's live files, not its age.
+/// the sequences committed, what `weir lake ls` counts) stays the same, and its size follows the lake's
+/// live files, not its age.
 ///
-/// Each fold is also saved in the lake, so that the next reader to start (a restarted API) reads it and the
-/// records after it, not a month of records one request each. The records it stands for never change (the
+/// `weir run` also saves each fold in the lake (see [`CachedLog::keep_up`]), so that the next reader to
+/// start reads it and the records after it, not a month of records one request each. The records it stands for never change (the
 /// log only grows, epoch after epoch), so any saved fold is right for its epoch; one whose epoch's record in
 /// the log has another commit time (a log written again from scratch) is ignored. A reader that met a gap
 /// between epochs (a store that left a record out of a listing) saves nothing, so as not to hand the gap
@@ -352,11 +407,25 @@ pub struct CachedLog {
     seen: tokio::sync::Mutex<Arc<Vec<CommitRecord>>>,
     /// Whether a gap between epochs was met.
     gap: std::sync::atomic::AtomicBool,
+    /// A reader that only reads (a command that prints and exits): it saves no fold.
+    read_only: bool,
 }
 
 impl CachedLog {
     /// The records kept as they are, newest last.
     pub const KEEP: usize = 256;
+
+    /// How often a running pipeline reads the log's new records (see [`CachedLog::keep_up`]).
+    pub const KEEP_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// A reader that saves no fold in the lake: a command that reads the log once (`weir lake ls`) would
+    /// write to a lake it only reads, and exit before the write is done.
+    pub fn read_only() -> Self {
+        CachedLog {
+            read_only: true,
+            ..Default::default()
+        }
+    }
 
     /// The most file entries a saved fold holds (~15 MB of JSON): a lake whose small files are never
     /// compacted lists millions after a month, too many to write again at every fold.
@@ -395,7 +464,8 @@ impl CachedLog {
             if records.len() > 2 * Self::KEEP {
                 fold(records, Self::KEEP);
                 let folded = &records[0];
-                if folded.files().count() <= Self::SAVED_FOLD_MAX_FILES
+                if !self.read_only
+                    && folded.files().count() <= Self::SAVED_FOLD_MAX_FILES
                     && !self.gap.load(std::sync::atomic::Ordering::Relaxed)
                 {
                     // In the background: a query waits for no write.
@@ -405,6 +475,28 @@ impl CachedLog {
             }
         }
         Ok(Arc::clone(&seen))
+    }
+
+    /// Reads the log's new records now and then every `every` until `stop`, so that the fold saved in the
+    /// lake stays within a few hundred records of the log's end, whether or not anything queries: readers
+    /// that start from it (`weir lake ls` and `query`, a restarted API, compaction) then read those, not
+    /// every record since the last gold query. `weir run` runs it for its API (at start, not in the first
+    /// query for committed rows); a host without an API keeps no log in memory.
+    pub async fn keep_up(
+        self: Arc<Self>,
+        store: Store,
+        every: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if let Err(e) = self.records(&store).await {
+                tracing::debug!("reading the commit log's new records: {e:#}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
     }
 }
 
@@ -416,7 +508,9 @@ struct SavedFold {
 }
 
 impl SavedFold {
-    const FORMAT: u32 = 1;
+    /// 2: a fold carries the counts of the records it stands for (see [`Folded`]); those of format 1 lack
+    /// them, so `weir lake ls` would miss the events, drops and quarantines of every folded record.
+    const FORMAT: u32 = 2;
 }
 
 async fn save_fold(store: &Store, folded: CommitRecord) {
@@ -453,7 +547,7 @@ pub(crate) async fn saved_fold(store: &Store) -> Option<CommitRecord> {
         let saved: SavedFold = serde_json::from_slice(&bytes)?;
         anyhow::ensure!(
             saved.format == SavedFold::FORMAT,
-            "it is of format {}, not {}",
+            "it is of format {}, not {} (saved by another version of Weir)",
             saved.format,
             SavedFold::FORMAT
         );
@@ -473,16 +567,21 @@ pub(crate) async fn saved_fold(store: &Store) -> Option<CommitRecord> {
 
 /// Folds all but the newest `keep` of `records` into one record, the first, that stands for them to a
 /// reader: the files of each table that no later record replaced (a table keeps its name when none is left),
-/// their gold columns, and the sequences the pipeline's own commits consumed. The rest of a record (its
-/// host, state, counts, chain) is not kept. A record that replaces files only ever replaces older ones, so
-/// once it is folded, the files it names are gone from the fold, and its list can go too.
+/// their gold columns, the sequences the pipeline's own commits consumed, and the counts `weir lake ls`
+/// adds up (see [`Folded`]). The rest of a record (its host, state, chain) is not kept. A record that
+/// replaces files only ever replaces older ones, so once it is folded, the files it names are gone from the
+/// fold, and its list can go too.
 pub fn fold(records: &mut Vec<CommitRecord>, keep: usize) {
     if records.len() <= keep + 1 {
         return;
     }
     let folded: Vec<CommitRecord> = records.drain(..records.len() - keep).collect();
     let mut into = CommitRecord::default();
+    let mut counts = Folded::default();
     for record in folded {
+        counts.commits += record.commits();
+        counts.events += record.events();
+        add_counts(&record, &mut into.dropped, &mut into.quarantined);
         if !record.replaces.is_empty() {
             let gone: std::collections::HashSet<&str> =
                 record.replaces.iter().map(String::as_str).collect();
@@ -501,6 +600,7 @@ pub fn fold(records: &mut Vec<CommitRecord>, keep: usize) {
         into.epoch = record.epoch;
         into.committed_at_ms = record.committed_at_ms;
     }
+    into.folded = Some(counts);
     records.insert(0, into);
 }
 
@@ -740,8 +840,54 @@ mod tests {
         });
     }
 
-    /// A folded log answers as the whole log does: the same live files per table, gold columns and
-    /// sequences; replaced files gone whether the replacing record was folded or not.
+    /// A running pipeline's reader saves the fold as the log grows, with nothing querying it, so that a
+    /// reader starting from the fold (`weir lake ls`) reads few records and tells what the whole log does;
+    /// and it stops when asked.
+    #[test]
+    fn a_kept_up_log_saves_its_fold_as_it_grows() {
+        crate::lake::testing::on_memory_store(|store| async move {
+            let record = |epoch: u64| CommitRecord {
+                epoch,
+                committed_at_ms: epoch as i64,
+                sequences: Ranges(vec![(epoch * 10, epoch * 10 + 9)]),
+                dropped: [("filter/bots".to_string(), 1)].into(),
+                ..Default::default()
+            };
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            let every = std::time::Duration::from_millis(10);
+            let keeper =
+                tokio::spawn(Arc::new(CachedLog::default()).keep_up(store.clone(), every, stop));
+            let last = 2 * CachedLog::KEEP as u64 + 1;
+            for epoch in 1..=last {
+                create(&store, &record(epoch)).await.unwrap();
+            }
+            let saved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                loop {
+                    if let Some(saved) = saved_fold(&store).await {
+                        break saved;
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            })
+            .await
+            .expect("the fold is saved with nothing asking for the log");
+            assert_eq!(saved.commits(), saved.epoch);
+            let mut from_fold = vec![saved.clone()];
+            from_fold.extend(records_after(&store, saved.epoch).await.unwrap());
+            let whole = all_records(&store).await.unwrap();
+            let summary = crate::lake::read::summarize;
+            assert_eq!(summary(&from_fold), summary(&whole));
+            assert_eq!(summary(&from_fold).dropped["filter/bots"], last);
+            stop_tx.send(true).unwrap();
+            tokio::time::timeout(std::time::Duration::from_secs(10), keeper)
+                .await
+                .expect("the keeper stops when asked")
+                .unwrap();
+        });
+    }
+
+    /// A folded log answers as the whole log does: the same live files per table, gold columns, sequences
+    /// and summary (`weir lake ls`); replaced files gone whether the replacing record was folded or not.
     #[test]
     fn a_folded_log_answers_as_the_whole_log() {
         let file = |path: &str| FileEntry {
@@ -777,6 +923,26 @@ mod tests {
             .unwrap()
             .push(file("silver/c2"));
         records[3].replay = Some("v2".into());
+        // Counts: drops and quarantines, ticks, and a replay in place that takes some back.
+        for (i, r) in records.iter_mut().enumerate() {
+            r.dropped = [("filter/bots".to_string(), i as u64)].into();
+            r.quarantined = [(format!("reason{}", i % 2), 2)].into();
+            if i % 4 == 0 {
+                r.ticks = vec![(r.sequences.0[0].0, 0)];
+            }
+        }
+        records[3].replaced_dropped = [("filter/bots".to_string(), 4)].into();
+        records[3].replaced_quarantined = [("reason1".to_string(), 3)].into();
+        records[16].replaced_quarantined = [("reason0".to_string(), 1)].into();
+        // More taken back than counted so far (the total stays at zero), and a reason only taken back.
+        records[2].replaced_dropped = [("filter/bots".to_string(), 100)].into();
+        records[5].replaced_quarantined = [("only_replaced".to_string(), 5)].into();
+        // A table whose one file the compaction of epoch 8 replaced.
+        records[1]
+            .tables
+            .insert("gold_x".to_string(), vec![file("gold_x/2")]);
+        records[7].replaces.push("gold_x/2".to_string());
+        let summary = crate::lake::read::summarize;
         let live = |records: &[CommitRecord]| {
             let mut files: Vec<String> =
                 crate::lake::read::files_in_range(records, "silver", i64::MIN, i64::MAX)
@@ -807,6 +973,9 @@ mod tests {
         assert_eq!(live(&records), live(&whole));
         assert_eq!(columns(&records), columns(&whole));
         assert_eq!(sequences(&records), sequences(&whole));
+        assert_eq!(summary(&records), summary(&whole));
+        assert_eq!(summary(&records).tables["gold_x"].files, 0);
+        assert_eq!(records[0].commits(), 15);
         assert!(
             !sequences(&records).contains(40),
             "a replay's sequences are not the pipeline's"
@@ -814,6 +983,8 @@ mod tests {
         // Folded again, past the second compaction.
         fold(&mut records, 1);
         assert_eq!(live(&records), live(&whole));
+        assert_eq!(summary(&records), summary(&whole));
+        assert_eq!(summary(&records).commits, 20);
         assert_eq!(records[0].tables["silver"].len(), live(&whole).len() - 1);
     }
 

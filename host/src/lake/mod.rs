@@ -1048,6 +1048,7 @@ impl Commit {
             event_clock,
             adopted_by: adopting.as_ref().map(|a| a.by.clone()),
             inherited_from,
+            folded: None,
         };
         let stepped =
             match create_record(&store, &mut record, fence.as_ref(), adopting.as_ref()).await {

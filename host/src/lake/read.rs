@@ -22,14 +22,15 @@ use super::log::{self, CommitRecord, FileEntry};
 use super::store::Store;
 
 /// Per-table totals.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, PartialEq, serde::Serialize)]
 pub struct TableSummary {
     pub files: u64,
     pub rows: u64,
     pub bytes: u64,
 }
 
-#[derive(Debug, Default, serde::Serialize)]
+/// What `weir lake ls` tells.
+#[derive(Debug, Default, PartialEq, serde::Serialize)]
 pub struct Summary {
     pub commits: u64,
     pub events: u64,
@@ -39,13 +40,14 @@ pub struct Summary {
     pub quarantined: BTreeMap<String, u64>,
 }
 
-/// What the lake holds, from its commit log.
+/// What the lake holds, from its commit log (all of it, or a fold and the records after it: see
+/// `log::CachedLog`).
 pub fn summarize(records: &[CommitRecord]) -> Summary {
     let mut s = Summary::default();
     let replaced = super::log::replaced_paths(records);
     for r in records {
-        s.commits += 1;
-        s.events += r.sequences.count().saturating_sub(r.ticks.len() as u64);
+        s.commits += r.commits();
+        s.events += r.events();
         s.last_commit_ms = Some(r.committed_at_ms);
         for (table, files) in &r.tables {
             let t = s.tables.entry(table.clone()).or_default();
@@ -55,26 +57,11 @@ pub fn summarize(records: &[CommitRecord]) -> Summary {
                 t.bytes += f.bytes;
             }
         }
-        for (k, v) in &r.dropped {
-            *s.dropped.entry(k.clone()).or_default() += v;
-        }
-        for (k, v) in &r.quarantined {
-            *s.quarantined.entry(k.clone()).or_default() += v;
-        }
-        // A replay in place counts its own; the rows it replaced no longer count.
-        for (k, v) in &r.replaced_dropped {
-            let n = s.dropped.entry(k.clone()).or_default();
-            *n = n.saturating_sub(*v);
-        }
-        for (k, v) in &r.replaced_quarantined {
-            let n = s.quarantined.entry(k.clone()).or_default();
-            *n = n.saturating_sub(*v);
-        }
+        super::log::add_counts(r, &mut s.dropped, &mut s.quarantined);
     }
     s
 }
 
-/// What `verify` found wrong.
 /// Stream sequences `from..=to` claimed by the commits of two epochs.
 #[derive(Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DuplicateClaim {
@@ -107,6 +94,7 @@ fn overlaps(mut claims: Vec<(u64, u64, u64)>) -> Vec<DuplicateClaim> {
     found
 }
 
+/// What `verify` found wrong.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Problems {
     /// Files a commit lists that are not in the store.

@@ -321,6 +321,7 @@ pub async fn put_in_place(
         event_clock: None,
         adopted_by: None,
         inherited_from: None,
+        folded: None,
     };
     loop {
         match retry_log("writing the commit record", || log::create(live, &record)).await? {

@@ -279,6 +279,15 @@ pub async fn run(
     shared.health.nats_connected.store(true, Ordering::Relaxed);
     let _ = shared.health.nats.set(client.clone());
 
+    // The commit log as the API's queries read it, kept up to date (a replay has no API).
+    let log = Arc::new(crate::lake::log::CachedLog::default());
+    if config.replay.is_none() && !config.api.listen.is_empty() {
+        tokio::spawn(log.clone().keep_up(
+            lake_store.clone(),
+            crate::lake::log::CachedLog::KEEP_UP_EVERY,
+            stop_rx.clone(),
+        ));
+    }
     let api = if config.api.listen.is_empty() {
         None
     } else {
@@ -312,6 +321,7 @@ pub async fn run(
                 },
             }),
             lake: Some(lake_store.clone()),
+            log: log.clone(),
             deploys: deploys.clone(),
             pause: pause.clone(),
         };
