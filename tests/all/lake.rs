@@ -237,6 +237,33 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
     assert_eq!(some.lines().count(), expected);
     let (_, five, _) = lake_query(&h, &["silver", "--limit", "5"]);
     assert_eq!(five.lines().count(), 5);
+    // A reader that stops reading (`| head -1`) ends the query quietly, as it does any Unix tool.
+    assert!(
+        all.len() > 1 << 20,
+        "more than a pipe holds: {} bytes",
+        all.len()
+    );
+    let mut query = std::process::Command::new(crate::support::weir_bin())
+        .args(["lake", "query", "silver", "--limit", "10000000", "--config"])
+        .arg(&h.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(query.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let out = query.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.is_empty(),
+        "{:?}: {err}",
+        out.status
+    );
     // A table with no rows yet prints none and says so; a name that is no table is an error naming them.
     let (ok, out, err) = lake_query(&h, &["gold_nothing"]);
     assert!(ok && out.is_empty(), "{out}{err}");

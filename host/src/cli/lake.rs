@@ -1,5 +1,6 @@
 //! `weir lake`: what a lake holds, whether it is consistent, and rows of a table for a time range.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -113,6 +114,9 @@ pub enum LakeCommand {
 
 pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
+    // Written through, not `println!`, so that a reader gone (`weir lake query … | head`) ends the command
+    // with an error `cli::main` takes for a quiet stop, not a panic.
+    let out = &mut std::io::stdout().lock();
     runtime.block_on(async move {
         match cmd {
             LakeCommand::Ls { lake, json } => {
@@ -122,32 +126,32 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 // `query`; `verify` checks every record.
                 let summary = read::summarize(&CachedLog::read_only().records(&store).await?);
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                    writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                println!(
+                writeln!(out,
                     "{}: {} commits, {} events",
                     store.url, summary.commits, summary.events
-                );
-                println!(
+                )?;
+                writeln!(out,
                     "{:<22} {:>7} {:>12} {:>14}",
                     "table", "files", "rows", "bytes"
-                );
+                )?;
                 for (table, t) in &summary.tables {
-                    println!("{table:<22} {:>7} {:>12} {:>14}", t.files, t.rows, t.bytes);
+                    writeln!(out, "{table:<22} {:>7} {:>12} {:>14}", t.files, t.rows, t.bytes)?;
                 }
                 for (rule, n) in &summary.dropped {
-                    println!("dropped  {rule:<30} {n:>10}");
+                    writeln!(out, "dropped  {rule:<30} {n:>10}")?;
                 }
                 for (reason, n) in &summary.quarantined {
-                    println!("quarantined {reason:<27} {n:>10}");
+                    writeln!(out, "quarantined {reason:<27} {n:>10}")?;
                 }
                 Ok(ExitCode::SUCCESS)
             }
             LakeCommand::Verify { lake, deep } => {
                 let store = lake.store()?;
                 let problems = read::verify(&store, deep).await?;
-                println!("{}", serde_json::to_string_pretty(&problems)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&problems)?)?;
                 Ok(if problems.is_clean() {
                     ExitCode::SUCCESS
                 } else {
@@ -175,32 +179,32 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 let store = lake.store()?;
                 let report = compact::compact(&store, &options, &mut Default::default()).await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
                     return Ok(ExitCode::SUCCESS);
                 }
                 if report.finished > 0 {
-                    println!("finished {} interrupted compaction(s)", report.finished);
+                    writeln!(out, "finished {} interrupted compaction(s)", report.finished)?;
                 }
                 let Some(epoch) = report.epoch else {
-                    println!("{}: nothing to compact", store.url);
+                    writeln!(out, "{}: nothing to compact", store.url)?;
                     return Ok(ExitCode::SUCCESS);
                 };
-                println!(
+                writeln!(out,
                     "{:<60} {:>6} {:>10} {:>12} {:>12}",
                     "merged file", "files", "rows", "bytes before", "bytes after"
-                );
+                )?;
                 for m in &report.merged {
-                    println!(
+                    writeln!(out,
                         "{:<60} {:>6} {:>10} {:>12} {:>12}",
                         m.path, m.files, m.rows, m.bytes_before, m.bytes_after
-                    );
+                    )?;
                 }
                 let files: usize = report.merged.iter().map(|m| m.files).sum();
-                println!(
+                writeln!(out,
                     "{}: {files} files merged into {} in epoch {epoch}",
                     store.url,
                     report.merged.len()
-                );
+                )?;
                 Ok(ExitCode::SUCCESS)
             }
             LakeCommand::Query {
@@ -251,8 +255,7 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     }
                     return Ok(ExitCode::SUCCESS);
                 }
-                let stdout = std::io::stdout();
-                let mut writer = arrow_json::LineDelimitedWriter::new(stdout.lock());
+                let mut writer = arrow_json::LineDelimitedWriter::new(&mut *out);
                 let mut records = records;
                 let mut printed = false;
                 for attempt in 1.. {

@@ -67,11 +67,21 @@ pub fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(code) => code,
+        // What reads the output stopped reading (`weir lake query … | head`): done, as for any Unix tool.
+        Err(e) if closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether a command failed because its output's reader went away.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging() {
