@@ -431,48 +431,53 @@ impl CachedLog {
     /// compacted lists millions after a month, too many to write again at every fold.
     pub const SAVED_FOLD_MAX_FILES: usize = 100_000;
 
+    /// Records read between two folds: a first read of a long log without a saved fold (a month of
+    /// records, ~15 kB each in memory) holds these and the kept ones at most, not the whole log.
+    const READ_BETWEEN_FOLDS: usize = 1024;
+
     /// The records (all hosts), oldest first, as of now: the older ones folded into the first.
     pub async fn records(&self, store: &Store) -> Result<Arc<Vec<CommitRecord>>> {
         let mut seen = self.seen.lock().await;
-        let newer = match seen.last() {
-            Some(last) => records_after(store, last.epoch).await?,
-            None => match saved_fold(store).await {
-                Some(folded) => {
-                    let after = folded.epoch;
-                    Arc::make_mut(&mut seen).push(folded);
-                    records_after(store, after).await?
-                }
-                None => all_records(store).await?,
-            },
+        let after = match seen.last() {
+            Some(last) => Some(last.epoch),
+            None => saved_fold(store).await.map(|folded| {
+                let after = folded.epoch;
+                Arc::make_mut(&mut seen).push(folded);
+                after
+            }),
         };
-        if !newer.is_empty() {
+        let mut folded = false;
+        for paths in list(store, after).await?.chunks(Self::READ_BETWEEN_FOLDS) {
+            let mut newer = fetch(store, paths.to_vec()).await?;
+            newer.retain(|r| after.is_none_or(|after| r.epoch > after));
             // Epochs follow one another from 1 (a log that lost records was handled by hand).
-            let mut after = seen.last().map_or(0, |r| r.epoch);
+            let mut last = seen.last().map_or(0, |r| r.epoch);
             for record in &newer {
-                if record.epoch != after + 1 {
+                if record.epoch != last + 1 {
                     tracing::warn!(
-                        "the commit log lists epoch {} after {after}: not saving its fold for other readers",
+                        "the commit log lists epoch {} after {last}: not saving its fold for other readers",
                         record.epoch
                     );
                     self.gap.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
-                after = record.epoch;
+                last = record.epoch;
             }
             let records = Arc::make_mut(&mut seen);
             records.extend(newer);
             // Folded by halves, so that a fold's work is spread over the records that led to it.
             if records.len() > 2 * Self::KEEP {
                 fold(records, Self::KEEP);
-                let folded = &records[0];
-                if !self.read_only
-                    && folded.files().count() <= Self::SAVED_FOLD_MAX_FILES
-                    && !self.gap.load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    // In the background: a query waits for no write.
-                    let (store, folded) = (store.clone(), folded.clone());
-                    tokio::spawn(async move { save_fold(&store, folded).await });
-                }
+                folded = true;
             }
+        }
+        if folded
+            && !self.read_only
+            && seen[0].files().count() <= Self::SAVED_FOLD_MAX_FILES
+            && !self.gap.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // In the background: a query waits for no write.
+            let (store, fold) = (store.clone(), seen[0].clone());
+            tokio::spawn(async move { save_fold(&store, fold).await });
         }
         Ok(Arc::clone(&seen))
     }
@@ -606,6 +611,11 @@ pub fn fold(records: &mut Vec<CommitRecord>, keep: usize) {
 
 /// The records listed after the one of epoch `after` (all of them when `None`), in the order of their names.
 async fn load(store: &Store, after: Option<u64>) -> Result<Vec<CommitRecord>> {
+    fetch(store, list(store, after).await?).await
+}
+
+/// The paths of the records listed after the one of epoch `after` (all of them when `None`), sorted.
+async fn list(store: &Store, after: Option<u64>) -> Result<Vec<object_store::path::Path>> {
     let dir = store.path(LOG_DIR);
     let listing = match after {
         Some(epoch) => store
@@ -623,8 +633,13 @@ async fn load(store: &Store, after: Option<u64>) -> Result<Vec<CommitRecord>> {
             .is_some_and(|f| f != "checkpoint.json" && f.ends_with(".json"))
     });
     paths.sort();
+    Ok(paths)
+}
+
+/// The records at `paths`, in their order.
+async fn fetch(store: &Store, paths: Vec<object_store::path::Path>) -> Result<Vec<CommitRecord>> {
     // Many at a time: a remote store answers each GET in tens of milliseconds, and a long log has
-    // thousands of records (`weir lake ls`, `verify`, the first read of a new reader).
+    // thousands of records (`verify`, the first read of a reader without a saved fold).
     futures::stream::iter(paths)
         .map(|path| async move {
             let bytes = store.store.get(&path).await?.bytes().await?;
@@ -739,6 +754,26 @@ pub async fn checkpoint(store: &Store, checkpoint: &Checkpoint) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The record of `epoch`: ten sequences, in one silver file.
+    fn with_a_file(epoch: u64) -> CommitRecord {
+        CommitRecord {
+            epoch,
+            sequences: Ranges(vec![(epoch * 10, epoch * 10 + 9)]),
+            tables: [(
+                "silver".to_string(),
+                vec![FileEntry {
+                    path: format!("silver/{epoch}"),
+                    rows: 1,
+                    bytes: 1,
+                    min_seq: epoch * 10,
+                    max_seq: epoch * 10 + 9,
+                }],
+            )]
+            .into(),
+            ..Default::default()
+        }
+    }
+
     /// The cached log gives every record, as the whole log does, reading only the new ones each time.
     #[test]
     fn a_cached_log_keeps_up_with_the_log() {
@@ -772,21 +807,8 @@ mod tests {
     fn a_new_reader_starts_from_the_saved_fold() {
         crate::lake::testing::on_memory_store(|store| async move {
             let record = |epoch: u64| CommitRecord {
-                epoch,
                 committed_at_ms: epoch as i64 * 1000,
-                sequences: Ranges(vec![(epoch * 10, epoch * 10 + 9)]),
-                tables: [(
-                    "silver".to_string(),
-                    vec![FileEntry {
-                        path: format!("silver/{epoch}"),
-                        rows: 1,
-                        bytes: 1,
-                        min_seq: epoch * 10,
-                        max_seq: epoch * 10 + 9,
-                    }],
-                )]
-                .into(),
-                ..Default::default()
+                ..with_a_file(epoch)
             };
             let last = 2 * CachedLog::KEEP as u64 + 10;
             for epoch in 1..=last {
@@ -883,6 +905,41 @@ mod tests {
                 .await
                 .expect("the keeper stops when asked")
                 .unwrap();
+        });
+    }
+
+    /// A first read of a log without a saved fold folds as it reads, so it never holds the whole log, and
+    /// tells what the whole log does.
+    #[test]
+    fn a_first_read_of_a_long_log_folds_as_it_goes() {
+        crate::lake::testing::on_memory_store(|store| async move {
+            let record = |epoch: u64| CommitRecord {
+                quarantined: [("late".to_string(), epoch % 3)].into(),
+                ..with_a_file(epoch)
+            };
+            let last = 2 * CachedLog::READ_BETWEEN_FOLDS as u64 + 100;
+            for epoch in 1..=last {
+                create(&store, &record(epoch)).await.unwrap();
+            }
+            let read = CachedLog::read_only().records(&store).await.unwrap();
+            let whole = all_records(&store).await.unwrap();
+            assert_eq!(
+                read.len(),
+                100 + CachedLog::KEEP + 1,
+                "folded after each part"
+            );
+            let summary = crate::lake::read::summarize;
+            assert_eq!(summary(&read), summary(&whole));
+            let live = |records: &[CommitRecord]| {
+                crate::lake::read::files_in_range(records, "silver", i64::MIN, i64::MAX)
+                    .into_iter()
+                    .map(|f| f.path.clone())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(live(&read), live(&whole));
+            // A read-only reader saves nothing.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(saved_fold(&store).await.is_none());
         });
     }
 
