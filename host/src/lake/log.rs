@@ -435,7 +435,8 @@ impl CachedLog {
     /// records, ~15 kB each in memory) holds these and the kept ones at most, not the whole log.
     const READ_BETWEEN_FOLDS: usize = 1024;
 
-    /// The records (all hosts), oldest first, as of now: the older ones folded into the first.
+    /// The records (all hosts), oldest first, as of now: the older ones folded into the first. New records
+    /// are read [`CachedLog::READ_BETWEEN_FOLDS`] at a time, folding between parts.
     pub async fn records(&self, store: &Store) -> Result<Arc<Vec<CommitRecord>>> {
         let mut seen = self.seen.lock().await;
         let after = match seen.last() {
@@ -447,29 +448,36 @@ impl CachedLog {
             }),
         };
         let mut folded = false;
-        for paths in list(store, after).await?.chunks(Self::READ_BETWEEN_FOLDS) {
-            let mut newer = fetch(store, paths.to_vec()).await?;
-            newer.retain(|r| after.is_none_or(|after| r.epoch > after));
-            // Epochs follow one another from 1 (a log that lost records was handled by hand).
-            let mut last = seen.last().map_or(0, |r| r.epoch);
-            for record in &newer {
-                if record.epoch != last + 1 {
-                    tracing::warn!(
-                        "the commit log lists epoch {} after {last}: not saving its fold for other readers",
-                        record.epoch
-                    );
-                    self.gap.store(true, std::sync::atomic::Ordering::Relaxed);
+        // A part that fails leaves the parts before it in place (whole, in order), and the next look goes on
+        // from there; a fold made meanwhile is saved all the same.
+        let read = async {
+            for paths in list(store, after).await?.chunks(Self::READ_BETWEEN_FOLDS) {
+                let mut newer = fetch(store, paths.to_vec()).await?;
+                newer.retain(|r| after.is_none_or(|after| r.epoch > after));
+                // Epochs follow one another from 1 (a log that lost records was handled by hand).
+                let mut last = seen.last().map_or(0, |r| r.epoch);
+                for record in &newer {
+                    if record.epoch != last + 1 {
+                        tracing::warn!(
+                            "the commit log lists epoch {} after {last}: not saving its fold for other readers",
+                            record.epoch
+                        );
+                        self.gap.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    last = record.epoch;
                 }
-                last = record.epoch;
+                let records = Arc::make_mut(&mut seen);
+                records.extend(newer);
+                // Past twice the records kept, down to them: a fold's work is spread over the records that
+                // led to it.
+                if records.len() > 2 * Self::KEEP {
+                    fold(records, Self::KEEP);
+                    folded = true;
+                }
             }
-            let records = Arc::make_mut(&mut seen);
-            records.extend(newer);
-            // Folded by halves, so that a fold's work is spread over the records that led to it.
-            if records.len() > 2 * Self::KEEP {
-                fold(records, Self::KEEP);
-                folded = true;
-            }
+            anyhow::Ok(())
         }
+        .await;
         if folded
             && !self.read_only
             && seen[0].files().count() <= Self::SAVED_FOLD_MAX_FILES
@@ -479,6 +487,7 @@ impl CachedLog {
             let (store, fold) = (store.clone(), seen[0].clone());
             tokio::spawn(async move { save_fold(&store, fold).await });
         }
+        read?;
         Ok(Arc::clone(&seen))
     }
 
@@ -938,6 +947,31 @@ mod tests {
             };
             assert_eq!(live(&read), live(&whole));
             // A read-only reader saves nothing.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(saved_fold(&store).await.is_none());
+            // Another reader saves its last fold.
+            let saving = CachedLog::default().records(&store).await.unwrap();
+            let saved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                loop {
+                    match saved_fold(&store).await {
+                        Some(saved) => break saved,
+                        None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    }
+                }
+            })
+            .await
+            .expect("the fold is saved");
+            assert_eq!(saved, saving[0]);
+            // A reader that met a gap where two parts meet saves nothing.
+            let gap = CachedLog::READ_BETWEEN_FOLDS as u64 + 1;
+            for path in [CommitRecord::path(gap), SAVED_FOLD.to_string()] {
+                store.store.delete(&store.path(&path)).await.unwrap();
+            }
+            let gapped = CachedLog::default().records(&store).await.unwrap();
+            assert_eq!(
+                summary(&gapped),
+                summary(&all_records(&store).await.unwrap())
+            );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             assert!(saved_fold(&store).await.is_none());
         });
