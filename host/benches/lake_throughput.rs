@@ -98,8 +98,13 @@ fn weir_pass(
     for chunk in lines.chunks(batch) {
         let events: Vec<_> = chunk
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 seq += 1;
+                // As the pipeline's intake does.
+                if let Some(next) = chunk.get(i + 1) {
+                    weir::event::Parser::prefetch(next);
+                }
                 let mut e = parser.parse(l.clone(), 0).unwrap();
                 e.seq = seq;
                 e

@@ -824,7 +824,11 @@ impl Processor {
         let mut newest_seq = 0;
         let mut ticks = Vec::new();
         let at = now_ms();
-        for message in messages {
+        let mut messages = messages.into_iter().peekable();
+        while let Some(message) = messages.next() {
+            if let Some(next) = messages.peek() {
+                crate::event::Parser::prefetch(&next.payload);
+            }
             let (seq, delivered) = match message.info() {
                 Ok(info) => {
                     newest_seq = newest_seq.max(info.stream_sequence);
