@@ -129,11 +129,13 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
                     return Ok(ExitCode::SUCCESS);
                 }
-                writeln!(out,
+                writeln!(
+                    out,
                     "{}: {} commits, {} events",
                     store.url, summary.commits, summary.events
                 )?;
-                writeln!(out,
+                writeln!(
+                    out,
                     "{:<22} {:>7} {:>12} {:>14}",
                     "table", "files", "rows", "bytes"
                 )?;
@@ -189,18 +191,21 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     writeln!(out, "{}: nothing to compact", store.url)?;
                     return Ok(ExitCode::SUCCESS);
                 };
-                writeln!(out,
+                writeln!(
+                    out,
                     "{:<60} {:>6} {:>10} {:>12} {:>12}",
                     "merged file", "files", "rows", "bytes before", "bytes after"
                 )?;
                 for m in &report.merged {
-                    writeln!(out,
+                    writeln!(
+                        out,
                         "{:<60} {:>6} {:>10} {:>12} {:>12}",
                         m.path, m.files, m.rows, m.bytes_before, m.bytes_after
                     )?;
                 }
                 let files: usize = report.merged.iter().map(|m| m.files).sum();
-                writeln!(out,
+                writeln!(
+                    out,
                     "{}: {files} files merged into {} in epoch {epoch}",
                     store.url,
                     report.merged.len()

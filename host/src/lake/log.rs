@@ -397,9 +397,9 @@ pub async fn all_records(store: &Store) -> Result<Vec<CommitRecord>> {
 /// live files, not its age.
 ///
 /// `weir run` also saves each fold in the lake (see [`CachedLog::keep_up`]), so that the next reader to
-/// start reads it and the records after it, not a month of records one request each. The records it stands for never change (the
-/// log only grows, epoch after epoch), so any saved fold is right for its epoch; one whose epoch's record in
-/// the log has another commit time (a log written again from scratch) is ignored. A reader that met a gap
+/// start reads it and the records after it, not a month of records one request each. The records it stands
+/// for never change (the log only grows, epoch after epoch), so any saved fold is right for its epoch; one
+/// whose epoch's record in the log has another commit time (a log written again from scratch) is ignored. A reader that met a gap
 /// between epochs (a store that left a record out of a listing) saves nothing, so as not to hand the gap
 /// on; nor does it save a fold of more than [`CachedLog::SAVED_FOLD_MAX_FILES`] files.
 #[derive(Debug, Default)]
@@ -418,6 +418,14 @@ impl CachedLog {
     /// How often a running pipeline reads the log's new records (see [`CachedLog::keep_up`]).
     pub const KEEP_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+    /// The most file entries a saved fold holds (~15 MB of JSON): a lake whose small files are never
+    /// compacted lists millions after a month, too many to write again at every fold.
+    pub const SAVED_FOLD_MAX_FILES: usize = 100_000;
+
+    /// Records read between two folds: a first read of a long log without a saved fold (a month of
+    /// records, ~15 kB each in memory) holds these and the kept ones at most, not the whole log.
+    const READ_BETWEEN_FOLDS: usize = 1024;
+
     /// A reader that saves no fold in the lake: a command that reads the log once (`weir lake ls`) would
     /// write to a lake it only reads, and exit before the write is done.
     pub fn read_only() -> Self {
@@ -426,14 +434,6 @@ impl CachedLog {
             ..Default::default()
         }
     }
-
-    /// The most file entries a saved fold holds (~15 MB of JSON): a lake whose small files are never
-    /// compacted lists millions after a month, too many to write again at every fold.
-    pub const SAVED_FOLD_MAX_FILES: usize = 100_000;
-
-    /// Records read between two folds: a first read of a long log without a saved fold (a month of
-    /// records, ~15 kB each in memory) holds these and the kept ones at most, not the whole log.
-    const READ_BETWEEN_FOLDS: usize = 1024;
 
     /// The records (all hosts), oldest first, as of now: the older ones folded into the first. New records
     /// are read [`CachedLog::READ_BETWEEN_FOLDS`] at a time, folding between parts.
@@ -783,6 +783,28 @@ mod tests {
         }
     }
 
+    /// The fold saved in the background, once it is there (`None` after ten seconds).
+    async fn saved_soon(store: &Store) -> Option<CommitRecord> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match saved_fold(store).await {
+                    Some(saved) => break saved,
+                    None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await
+        .ok()
+    }
+
+    /// The live silver files the log lists, by path.
+    fn live(records: &[CommitRecord]) -> Vec<String> {
+        crate::lake::read::files_in_range(records, "silver", i64::MIN, i64::MAX)
+            .into_iter()
+            .map(|f| f.path.clone())
+            .collect()
+    }
+
     /// The cached log gives every record, as the whole log does, reading only the new ones each time.
     #[test]
     fn a_cached_log_keeps_up_with_the_log() {
@@ -827,16 +849,7 @@ mod tests {
             assert_eq!(first.len(), CachedLog::KEEP + 1);
             assert_eq!(first[0].files().count(), last as usize - CachedLog::KEEP);
             // Saved in the background.
-            let saved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                loop {
-                    if let Some(saved) = saved_fold(&store).await {
-                        break saved;
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            })
-            .await
-            .expect("the fold is saved");
+            let saved = saved_soon(&store).await.expect("the fold is saved");
             assert_eq!(saved, first[0]);
 
             // A record the fold stands for, gone, is not missed: it is not read.
@@ -892,16 +905,9 @@ mod tests {
             for epoch in 1..=last {
                 create(&store, &record(epoch)).await.unwrap();
             }
-            let saved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                loop {
-                    if let Some(saved) = saved_fold(&store).await {
-                        break saved;
-                    }
-                    tokio::time::sleep(every).await;
-                }
-            })
-            .await
-            .expect("the fold is saved with nothing asking for the log");
+            let saved = saved_soon(&store)
+                .await
+                .expect("the fold is saved with nothing asking for the log");
             assert_eq!(saved.commits(), saved.epoch);
             let mut from_fold = vec![saved.clone()];
             from_fold.extend(records_after(&store, saved.epoch).await.unwrap());
@@ -939,28 +945,13 @@ mod tests {
             );
             let summary = crate::lake::read::summarize;
             assert_eq!(summary(&read), summary(&whole));
-            let live = |records: &[CommitRecord]| {
-                crate::lake::read::files_in_range(records, "silver", i64::MIN, i64::MAX)
-                    .into_iter()
-                    .map(|f| f.path.clone())
-                    .collect::<Vec<_>>()
-            };
             assert_eq!(live(&read), live(&whole));
             // A read-only reader saves nothing.
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             assert!(saved_fold(&store).await.is_none());
             // Another reader saves its last fold.
             let saving = CachedLog::default().records(&store).await.unwrap();
-            let saved = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                loop {
-                    match saved_fold(&store).await {
-                        Some(saved) => break saved,
-                        None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-                    }
-                }
-            })
-            .await
-            .expect("the fold is saved");
+            let saved = saved_soon(&store).await.expect("the fold is saved");
             assert_eq!(saved, saving[0]);
             // A reader that met a gap where two parts meet saves nothing.
             let gap = CachedLog::READ_BETWEEN_FOLDS as u64 + 1;
@@ -1034,15 +1025,6 @@ mod tests {
             .insert("gold_x".to_string(), vec![file("gold_x/2")]);
         records[7].replaces.push("gold_x/2".to_string());
         let summary = crate::lake::read::summarize;
-        let live = |records: &[CommitRecord]| {
-            let mut files: Vec<String> =
-                crate::lake::read::files_in_range(records, "silver", i64::MIN, i64::MAX)
-                    .into_iter()
-                    .map(|f| f.path.clone())
-                    .collect();
-            files.sort();
-            files
-        };
         let columns = |records: &[CommitRecord]| {
             let mut known = BTreeMap::new();
             for r in records {
