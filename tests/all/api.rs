@@ -177,9 +177,11 @@ fn the_api_reports_queries_controls_and_replays() {
     // Row for row the same as memory's, lineage and all.
     assert_eq!(lake[0], *oldest);
     let five = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=5");
-    assert_eq!(five["rows"].as_array().unwrap().len(), 5, "{five}");
+    assert!(five["rows"].as_array().unwrap().len() <= 5, "{five}");
+    assert_eq!(five["more"], true, "{five}");
     // Every row, from the lake: more than memory keeps, the ones in memory among them.
     let all = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=100000");
+    assert_eq!(all["more"], false, "{all}");
     let all = all["rows"].as_array().unwrap();
     assert!(all.len() > rows.len(), "{} rows in the lake", all.len());
     let key = |r: &Value| {
@@ -215,8 +217,48 @@ fn the_api_reports_queries_controls_and_replays() {
         .map(|r| r["window_start"].as_i64().unwrap())
         .collect();
     assert!(starts.is_sorted_by(|a, b| a >= b), "not newest first");
+    assert_eq!(every.len(), all.len());
     let five = get_json(&api, "/api/v1/gold/gold_wiki?from=0&limit=5");
-    assert_eq!(five["rows"].as_array().unwrap()[..], every[..5]);
+    assert_eq!(five["more"], true, "{five}");
+    let five = five["rows"].as_array().unwrap();
+    assert!(!five.is_empty() && five.len() <= 5, "{five:?}");
+    assert_eq!(five[..], every[..five.len()]);
+    // Paged with `next`, newest first and (from the lake) oldest first: every row once, each page whole
+    // windows. Pages of one to two windows, so the limit falls inside windows.
+    let mut per_window: std::collections::HashMap<i64, usize> = Default::default();
+    for start in &starts {
+        *per_window.entry(*start).or_default() += 1;
+    }
+    let widest = *per_window.values().max().unwrap();
+    let limit = widest + widest / 2 + 1;
+    let paged = |first: String| {
+        let (mut url, mut rows, mut pages) = (first, Vec::new(), 0);
+        loop {
+            let answer = get_json(&api, &url);
+            let page = answer["rows"].as_array().unwrap();
+            assert!(!page.is_empty() && page.len() <= limit, "{answer}");
+            rows.extend(page.iter().cloned());
+            pages += 1;
+            match answer["next"].as_str() {
+                Some(next) => {
+                    assert_eq!(answer["more"], true, "{answer}");
+                    url = next.to_string();
+                }
+                None => {
+                    assert_eq!(answer["more"], false, "{answer}");
+                    return (rows, pages);
+                }
+            }
+        }
+    };
+    for first in [
+        format!("/api/v1/gold/gold_wiki?from=0&limit={limit}"),
+        format!("/api/v1/gold/gold_wiki?source=lake&limit={limit}"),
+    ] {
+        let (rows, pages) = paged(first.clone());
+        assert!(pages > 1 || every.len() <= limit, "{first}: {pages} pages");
+        assert_eq!(keys(&rows), keys(every), "{first}");
+    }
     // One wiki's row of the oldest window in memory (which may keep only part of it).
     let one = get_json(
         &api,

@@ -7,7 +7,9 @@
 //! - `memory`: memory alone, with `dropped: true` when it lacks rows of windows from `from` on.
 //! - `lake`: the committed files alone, for any window, oldest first.
 //!
-//! All give times as milliseconds.
+//! All give times as milliseconds. An answer says whether rows beyond `limit` match (`more`) and, when it does,
+//! where the next page starts (`next`): pages end where a window ends, so that paging with `next` gives every
+//! row once (see [`Page`]).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
@@ -71,6 +73,14 @@ pub(super) async fn gold(
             .filter(|(k, _)| !PARAMETERS.contains(&k.as_str()))
             .map(|(k, v)| Filter::new(k, v))
             .collect(),
+        query: raw
+            .as_deref()
+            .map(|raw| {
+                form_urlencoded::parse(raw.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     if let Some(refused) = unknown_filter(&state, &ask).await {
         return refused;
@@ -154,6 +164,97 @@ struct Question {
     to: i64,
     limit: usize,
     filters: Vec<Filter>,
+    /// The query's parameters as given, in order, for the URL of the next page.
+    query: Vec<(String, String)>,
+}
+
+impl Question {
+    /// Rows to fetch: one past the limit, which tells whether more match without counting them all.
+    fn fetch(&self) -> usize {
+        self.limit.saturating_add(1)
+    }
+
+    /// The answer's rows, `more` and `next` from rows fetched in `order` (at most [`Question::fetch`]).
+    fn page(&self, rows: Vec<serde_json::Value>, order: Order, answer: &mut serde_json::Value) {
+        let page = Page::of(rows, self.limit);
+        answer["more"] = json!(page.more);
+        match page.next {
+            Some(start) => {
+                let (name, value) = match order {
+                    // Windows starting before the page's last, which it left out, included.
+                    Order::NewestFirst => ("to", start.saturating_add(1)),
+                    Order::OldestFirst => ("from", start),
+                };
+                let mut next = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in self.query.iter().filter(|(k, _)| k != name) {
+                    next.append_pair(k, v);
+                }
+                next.append_pair(name, &value.to_string());
+                answer["next"] = json!(format!("/api/v1/gold/{}?{}", self.table, next.finish()));
+            }
+            None if page.more => {
+                let hint = format!(
+                    "one window holds more than limit={} matching rows: raise `limit` (up to {}) or add filters \
+                     to have them all",
+                    self.limit,
+                    super::MAX_QUERY_ROWS
+                );
+                answer["hint"] = json!(match answer["hint"].as_str() {
+                    Some(before) => format!("{before}; {hint}"),
+                    None => hint,
+                });
+            }
+            None => {}
+        }
+        answer["rows"] = json!(page.rows);
+    }
+}
+
+/// A page of an answer: at most `limit` rows, ending where a window ends. Rows beyond the limit that belong to
+/// the page's last window are left to the next page with the rest of that window, so that a client paging
+/// with `next` gets every row once and never half a window; only a window that alone holds more than `limit`
+/// rows is cut (then `more` with no `next`).
+#[derive(Debug, PartialEq)]
+struct Page {
+    rows: Vec<serde_json::Value>,
+    /// Whether rows beyond the page match.
+    more: bool,
+    /// The window start the next page begins at (the window left out of this one), when there is a next page.
+    next: Option<i64>,
+}
+
+impl Page {
+    /// The page of `rows`, fetched by window start (in either order) up to one past `limit`.
+    fn of(mut rows: Vec<serde_json::Value>, limit: usize) -> Page {
+        if rows.len() <= limit {
+            return Page {
+                rows,
+                more: false,
+                next: None,
+            };
+        }
+        let start = |r: &serde_json::Value| r["window_start"].as_i64();
+        let last = start(&rows[limit]);
+        // Rows of the window the limit cut (the one past the limit is of it) go to the next page.
+        let keep = rows[..limit]
+            .iter()
+            .rposition(|r| start(r) != last)
+            .map_or(0, |p| p + 1);
+        if keep == 0 {
+            rows.truncate(limit);
+            return Page {
+                rows,
+                more: true,
+                next: None,
+            };
+        }
+        rows.truncate(keep);
+        Page {
+            rows,
+            more: true,
+            next: last,
+        }
+    }
 }
 
 impl Question {
@@ -354,15 +455,14 @@ fn memory_answer(state: &AppState, ask: &Question) -> Option<serde_json::Value> 
     matched.sort_by_key(|r| Reverse(r.window_start()));
     let matched: Vec<serde_json::Value> = matched
         .into_iter()
-        .take(ask.limit)
+        .take(ask.fetch())
         .map(RecentGold::to_json)
         .collect();
     // Memory keeps the newest rows of each table, and none of earlier runs: if it lacks rows of a window at
     // or after `from`, this answer misses them (a window over pages alone has more rows than are kept, by
     // default).
     let dropped = !recent.has_gold_from(&ask.table, ask.from);
-    let mut answer =
-        json!({ "table": ask.table, "source": "memory", "dropped": dropped, "rows": matched });
+    let mut answer = json!({ "table": ask.table, "source": "memory", "dropped": dropped });
     if dropped {
         answer["hint"] = json!(format!(
             "memory lacks rows of windows from `from` on (it keeps the newest {} rows of each table, \
@@ -371,6 +471,7 @@ fn memory_answer(state: &AppState, ask: &Question) -> Option<serde_json::Value> 
             recent.gold_rows
         ));
     }
+    ask.page(matched, Order::NewestFirst, &mut answer);
     Some(answer)
 }
 
@@ -395,7 +496,7 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
             .filter(|r| r.number >= seen.floor() && ask.wants(r))
             .collect();
         wanted.sort_by_key(|r| Reverse(r.window_start()));
-        wanted.truncate(ask.limit);
+        wanted.truncate(ask.fetch());
         let uncommitted: Vec<(u64, serde_json::Value)> =
             wanted.iter().map(|r| (r.number, r.to_json())).collect();
         (seen, uncommitted, rows.is_some())
@@ -435,9 +536,9 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
     rows.extend(committed.into_iter().map(serde_json::Value::Object));
     // Newest window first; the sort is stable, so the lake's rows keep their order within a window.
     rows.sort_by_key(|r| Reverse(r["window_start"].as_i64().unwrap_or(0)));
-    rows.truncate(ask.limit);
+    rows.truncate(ask.fetch());
     let mut answer = json!({
-        "table": ask.table, "source": "memory+lake", "dropped": unsaved.is_some(), "rows": rows,
+        "table": ask.table, "source": "memory+lake", "dropped": unsaved.is_some(),
     });
     if let Some(through) = unsaved {
         answer["hint"] = json!(format!(
@@ -445,6 +546,7 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
              lake once it is done (within `lake.commit_interval`), ask again then"
         ));
     }
+    ask.page(rows, Order::NewestFirst, &mut answer);
     Json(answer).into_response()
 }
 
@@ -467,7 +569,9 @@ async fn from_lake(state: &AppState, store: &Store, ask: Question) -> Response {
     .await;
     match read {
         Ok(Some(rows)) => {
-            Json(json!({ "table": ask.table, "source": "lake", "rows": rows })).into_response()
+            let mut answer = json!({ "table": ask.table, "source": "lake" });
+            ask.page(rows, Order::OldestFirst, &mut answer);
+            Json(answer).into_response()
         }
         Ok(None) => no_rows_yet(state, &ask.table, "lake"),
         Err(e) => unreadable(&ask.table, e),
@@ -613,8 +717,8 @@ async fn lake_rows(
                     Ok(true)
                 },
             ))?;
-            rows.extend(ask.first_of(&batches, exact, ask.limit - rows.len(), order)?);
-            if rows.len() >= ask.limit {
+            rows.extend(ask.first_of(&batches, exact, ask.fetch() - rows.len(), order)?);
+            if rows.len() >= ask.fetch() {
                 break;
             }
         }
@@ -756,6 +860,7 @@ mod tests {
             to: i64::MAX,
             limit: 10,
             filters: filters.iter().map(|&(c, v)| Filter::new(c, v)).collect(),
+            query: Vec::new(),
         };
         let events = |filters: &[(&str, &str)]| -> Vec<i64> {
             let ask = ask(filters);
@@ -800,5 +905,98 @@ mod tests {
         // A filter the batch cannot apply (a timestamp, in milliseconds as JSON has it) is applied to the JSON.
         assert_eq!(newest(&[("window_start", "1700000000000")], 10), [3, 3]);
         assert_eq!(newest(&[("window_start", "1700000060000")], 1), [4]);
+    }
+
+    /// Pages end where a window ends: paging with `next` gives every row once, and a window larger than the
+    /// limit is cut only when it is alone on its page.
+    #[test]
+    fn pages_end_where_a_window_ends() {
+        let rows = |starts: &[i64]| -> Vec<serde_json::Value> {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| json!({ "window_start": s, "n": i }))
+                .collect()
+        };
+        let starts = |page: &Page| -> Vec<i64> {
+            page.rows
+                .iter()
+                .map(|r| r["window_start"].as_i64().unwrap())
+                .collect()
+        };
+        // All fit: no more.
+        let page = Page::of(rows(&[30, 20, 20]), 3);
+        assert_eq!(
+            (starts(&page), page.more, page.next),
+            (vec![30, 20, 20], false, None)
+        );
+        // The limit cuts window 20: it goes whole to the next page.
+        let page = Page::of(rows(&[30, 30, 20, 20]), 3);
+        assert_eq!(
+            (starts(&page), page.more, page.next),
+            (vec![30, 30], true, Some(20))
+        );
+        // The limit falls where a window ends: the page is full.
+        let page = Page::of(rows(&[30, 20, 10]), 2);
+        assert_eq!(
+            (starts(&page), page.more, page.next),
+            (vec![30, 20], true, Some(10))
+        );
+        // Oldest first the same.
+        let page = Page::of(rows(&[10, 20, 20, 20]), 3);
+        assert_eq!(
+            (starts(&page), page.more, page.next),
+            (vec![10], true, Some(20))
+        );
+        // One window over the limit: cut, with no next page to go on to.
+        let page = Page::of(rows(&[20, 20, 20]), 2);
+        assert_eq!(
+            (starts(&page), page.more, page.next),
+            (vec![20, 20], true, None)
+        );
+        let page = Page::of(rows(&[20]), 0);
+        assert_eq!((page.rows.len(), page.more, page.next), (0, true, None));
+
+        // The answer: `next` keeps the query's other parameters and sets the bound the order moves.
+        let ask = Question {
+            table: "gold_wiki".into(),
+            from: 5,
+            to: i64::MAX,
+            limit: 3,
+            filters: vec![Filter::new("wiki", "en wiki")],
+            query: vec![
+                ("wiki".into(), "en wiki".into()),
+                ("from".into(), "5".into()),
+                ("limit".into(), "3".into()),
+            ],
+        };
+        let mut answer = json!({});
+        ask.page(rows(&[30, 30, 20, 20]), Order::NewestFirst, &mut answer);
+        assert_eq!(answer["more"], true);
+        assert_eq!(
+            answer["next"],
+            "/api/v1/gold/gold_wiki?wiki=en+wiki&from=5&limit=3&to=21"
+        );
+        let mut answer = json!({});
+        ask.page(rows(&[10, 20, 20, 20]), Order::OldestFirst, &mut answer);
+        assert_eq!(
+            answer["next"],
+            "/api/v1/gold/gold_wiki?wiki=en+wiki&limit=3&from=20"
+        );
+        let mut answer = json!({ "hint": "memory lacks rows" });
+        ask.page(rows(&[20, 20, 20, 20]), Order::NewestFirst, &mut answer);
+        assert_eq!(
+            (answer["more"].clone(), answer.get("next")),
+            (json!(true), None)
+        );
+        let hint = answer["hint"].as_str().unwrap();
+        assert!(
+            hint.starts_with("memory lacks rows; one window holds more than limit=3"),
+            "{hint}"
+        );
+        let mut answer = json!({});
+        ask.page(rows(&[20]), Order::NewestFirst, &mut answer);
+        assert_eq!(answer["more"], false);
+        assert!(answer.get("next").is_none() && answer.get("hint").is_none());
     }
 }

@@ -27,7 +27,7 @@ pub async fn document() -> impl IntoResponse {
     deploy["responses"]["503"] = json!({ "description": "The pipeline is stopping" });
     let stage = json!([{ "name": "stage", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let mut gold = op(
-        "Rows of a gold table for a window (per-wiki, per-page counts); other parameters filter columns by equality",
+        "Rows of a gold table for a window (per-wiki, per-page counts); other parameters filter columns by equality. `more` says whether rows beyond `limit` match; pages end where a window ends (rows of the window the limit would cut go to the next page, whose URL `next` gives with the same parameters), so following `next` gives every row once; a window that alone holds more than `limit` rows is cut, with `more` and a `hint` but no `next`",
         false,
     );
     gold["parameters"] = json!([
