@@ -176,9 +176,25 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(lake[0]["window_start"], start);
     // Row for row the same as memory's, lineage and all.
     assert_eq!(lake[0], *oldest);
+    // A window holds more rows than that: its first five, and a page that goes on after it.
     let five = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=5");
-    assert!(five["rows"].as_array().unwrap().len() <= 5, "{five}");
+    assert_eq!(five["rows"].as_array().unwrap().len(), 5, "{five}");
     assert_eq!(five["more"], true, "{five}");
+    assert!(
+        five["hint"]
+            .as_str()
+            .unwrap()
+            .contains("are more than limit=5"),
+        "{five}"
+    );
+    let first = five["rows"][0]["window_start"].as_i64().unwrap();
+    assert!(
+        five["next"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("&from={}", first + 1)),
+        "{five}"
+    );
     // Every row, from the lake: more than memory keeps, the ones in memory among them.
     let all = get_json(&api, "/api/v1/gold/gold_wiki?source=lake&limit=100000");
     assert_eq!(all["more"], false, "{all}");
@@ -220,9 +236,21 @@ fn the_api_reports_queries_controls_and_replays() {
     assert_eq!(every.len(), all.len());
     let five = get_json(&api, "/api/v1/gold/gold_wiki?from=0&limit=5");
     assert_eq!(five["more"], true, "{five}");
-    let five = five["rows"].as_array().unwrap();
-    assert!(!five.is_empty() && five.len() <= 5, "{five:?}");
-    assert_eq!(five[..], every[..five.len()]);
+    assert_eq!(five["rows"].as_array().unwrap()[..], every[..5]);
+    // Memory alone, paged: the newest window's first rows, then older windows, which memory lacks.
+    let newest = get_json(&api, "/api/v1/gold/gold_wiki?source=memory&limit=4");
+    assert_eq!(
+        newest["rows"].as_array().unwrap()[..],
+        rows[..4],
+        "{newest}"
+    );
+    let window = rows[0]["window_start"].as_i64().unwrap();
+    let next = newest["next"].as_str().unwrap();
+    assert!(next.ends_with(&format!("&to={window}")), "{newest}");
+    let older = get_json(&api, next);
+    for row in older["rows"].as_array().unwrap() {
+        assert!(row["window_start"].as_i64().unwrap() < window, "{older}");
+    }
     // Paged with `next`, newest first and (from the lake) oldest first: every row once, each page whole
     // windows. Pages of one to two windows, so the limit falls inside windows.
     let mut per_window: std::collections::HashMap<i64, usize> = Default::default();
@@ -273,6 +301,7 @@ fn the_api_reports_queries_controls_and_replays() {
         ("/api/v1/gold/nonesuch?source=lake", 404),
         ("/api/v1/gold/gold_wiki?source=elsewhere", 400),
         ("/api/v1/gold/gold_wiki?limit=ten", 400),
+        ("/api/v1/gold/gold_wiki?limit=0", 400),
         ("/api/v1/gold/gold_wiki?source=lake&limit=100001", 400),
         ("/api/v1/gold/gold_wiki?from=2000&to=1000", 400),
         ("/api/v1/gold/gold_wiki?wkii=enwiki", 400),

@@ -63,6 +63,12 @@ pub(super) async fn gold(
             format!("from={from} is not before to={to}: no window starts in that range"),
         );
     }
+    if limit == 0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "limit=0 asks for no rows: give at least 1",
+        );
+    }
     let ask = Question {
         table: gold_table(&table),
         from,
@@ -174,85 +180,147 @@ impl Question {
         self.limit.saturating_add(1)
     }
 
-    /// The answer's rows, `more` and `next` from rows fetched in `order` (at most [`Question::fetch`]).
-    fn page(&self, rows: Vec<serde_json::Value>, order: Order, answer: &mut serde_json::Value) {
-        let page = Page::of(rows, self.limit);
+    /// The answer's `rows`, `more` and `next` from rows fetched in `order` (at most [`Question::fetch`]).
+    /// `unread`: the read stopped (its time budget spent) with hours left, so rows past these may match.
+    fn page(
+        &self,
+        rows: Vec<serde_json::Value>,
+        order: Order,
+        unread: bool,
+        answer: &mut serde_json::Value,
+    ) {
+        let page = Page::of(rows, self.limit, unread);
         answer["more"] = json!(page.more);
-        match page.next {
-            Some(start) => {
-                let (name, value) = match order {
-                    // Windows starting before the page's last, which it left out, included.
-                    Order::NewestFirst => ("to", start.saturating_add(1)),
-                    Order::OldestFirst => ("from", start),
-                };
-                let mut next = form_urlencoded::Serializer::new(String::new());
-                for (k, v) in self.query.iter().filter(|(k, _)| k != name) {
-                    next.append_pair(k, v);
-                }
-                next.append_pair(name, &value.to_string());
-                answer["next"] = json!(format!("/api/v1/gold/{}?{}", self.table, next.finish()));
+        if let Some(next) = page.next {
+            let (name, value) = match (order, next.with_window) {
+                // `to` is exclusive and `from` inclusive, both over window starts.
+                (Order::NewestFirst, true) => ("to", next.window.saturating_add(1)),
+                (Order::NewestFirst, false) => ("to", next.window),
+                (Order::OldestFirst, true) => ("from", next.window),
+                (Order::OldestFirst, false) => ("from", next.window.saturating_add(1)),
+            };
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in self.query.iter().filter(|(k, _)| k != name) {
+                query.append_pair(k, v);
             }
-            None if page.more => {
-                let hint = format!(
-                    "one window holds more than limit={} matching rows: raise `limit` (up to {}) or add filters \
-                     to have them all",
-                    self.limit,
-                    super::MAX_QUERY_ROWS
-                );
-                answer["hint"] = json!(match answer["hint"].as_str() {
-                    Some(before) => format!("{before}; {hint}"),
-                    None => hint,
-                });
-            }
-            None => {}
+            query.append_pair(name, &value.to_string());
+            let table = percent_encoding::utf8_percent_encode(&self.table, PATH_SEGMENT);
+            answer["next"] = json!(format!("/api/v1/gold/{table}?{}", query.finish()));
+        }
+        let hint = if page.cut {
+            Some(format!(
+                "the rows of window_start {} are more than limit={}: this page holds the first of them, \
+                 `next` goes on after that window; raise `limit` (up to {}) or add filters to have them all",
+                page.rows
+                    .last()
+                    .and_then(|r| r["window_start"].as_i64())
+                    .unwrap_or_default(),
+                self.limit,
+                super::MAX_QUERY_ROWS
+            ))
+        } else if unread && page.more {
+            Some(format!(
+                "the lake read stopped after {} s with hours left to read, so more rows may match: `next` \
+                 goes on from there",
+                LAKE_READ_BUDGET.as_secs()
+            ))
+        } else {
+            None
+        };
+        if let Some(hint) = hint {
+            add_hint(answer, &hint);
         }
         answer["rows"] = json!(page.rows);
     }
 }
 
+/// Characters a table name keeps in the path of a URL (table names are plugins' `emits`, checked only to be
+/// non-empty).
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'-')
+    .remove(b'.');
+
+/// Sets the answer's `hint`, after the one it has.
+fn add_hint(answer: &mut serde_json::Value, hint: &str) {
+    answer["hint"] = json!(match answer["hint"].as_str() {
+        Some(before) => format!("{before}; {hint}"),
+        None => hint.to_string(),
+    });
+}
+
 /// A page of an answer: at most `limit` rows, ending where a window ends. Rows beyond the limit that belong to
 /// the page's last window are left to the next page with the rest of that window, so that a client paging
-/// with `next` gets every row once and never half a window; only a window that alone holds more than `limit`
-/// rows is cut (then `more` with no `next`).
+/// with `next` gets every row once and never half a window (as long as the rows do not change between its
+/// requests). Only a window that alone holds more than `limit` rows is cut: the page holds its first rows,
+/// says so (`cut`), and the next page goes on after it.
 #[derive(Debug, PartialEq)]
 struct Page {
     rows: Vec<serde_json::Value>,
-    /// Whether rows beyond the page match.
+    /// Whether rows beyond the page match (or may: see [`Question::page`]'s `unread`).
     more: bool,
-    /// The window start the next page begins at (the window left out of this one), when there is a next page.
-    next: Option<i64>,
+    /// Where the next page begins, when there is one.
+    next: Option<Next>,
+    /// The page is one window's first `limit` rows.
+    cut: bool,
+}
+
+/// The next page begins at window start `window`, which it holds (`with_window`) or begins after.
+#[derive(Debug, PartialEq, Clone, Copy)]
+struct Next {
+    window: i64,
+    with_window: bool,
 }
 
 impl Page {
-    /// The page of `rows`, fetched by window start (in either order) up to one past `limit`.
-    fn of(mut rows: Vec<serde_json::Value>, limit: usize) -> Page {
+    /// The page of `rows`, fetched by window start (in either order) up to one past `limit`; `unread` as for
+    /// [`Question::page`].
+    fn of(mut rows: Vec<serde_json::Value>, limit: usize, unread: bool) -> Page {
+        let start = |r: &serde_json::Value| r["window_start"].as_i64();
         if rows.len() <= limit {
+            // All fetched fit. The read went through whole windows, so a next page begins after the last.
+            let next = unread
+                .then(|| rows.last().and_then(start))
+                .flatten()
+                .map(|window| Next {
+                    window,
+                    with_window: false,
+                });
             return Page {
+                more: next.is_some(),
                 rows,
-                more: false,
-                next: None,
+                next,
+                cut: false,
             };
         }
-        let start = |r: &serde_json::Value| r["window_start"].as_i64();
         let last = start(&rows[limit]);
-        // Rows of the window the limit cut (the one past the limit is of it) go to the next page.
+        // Rows of the window the limit cuts (the row past the limit is of it) go to the next page.
         let keep = rows[..limit]
             .iter()
             .rposition(|r| start(r) != last)
             .map_or(0, |p| p + 1);
-        if keep == 0 {
-            rows.truncate(limit);
+        if keep > 0 {
+            rows.truncate(keep);
             return Page {
                 rows,
                 more: true,
-                next: None,
+                next: last.map(|window| Next {
+                    window,
+                    with_window: true,
+                }),
+                cut: false,
             };
         }
-        rows.truncate(keep);
+        // One window alone is over the limit: its first rows, and on after it.
+        rows.truncate(limit);
         Page {
+            cut: !rows.is_empty(),
             rows,
             more: true,
-            next: last,
+            next: last.map(|window| Next {
+                window,
+                with_window: false,
+            }),
         }
     }
 }
@@ -471,7 +539,7 @@ fn memory_answer(state: &AppState, ask: &Question) -> Option<serde_json::Value> 
             recent.gold_rows
         ));
     }
-    ask.page(matched, Order::NewestFirst, &mut answer);
+    ask.page(matched, Order::NewestFirst, false, &mut answer);
     Some(answer)
 }
 
@@ -516,15 +584,21 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
         async move { Ok((saved, lake_rows_newest_first(&store, records, ask).await?)) }
     })
     .await;
-    let (saved, committed) = match read {
+    let (saved, (committed, unread)) = match read {
         Ok(Some(read)) => read,
         // No commit holds the table, so none of memory's rows of it are committed.
-        Ok(None) if in_memory => (seen.floor(), Vec::new()),
+        Ok(None) if in_memory => (seen.floor(), (Vec::new(), false)),
         Ok(None) => return no_rows_yet(state, &ask.table, "memory"),
         Err(e) if e.is::<TooBroad>() => return unreadable(&ask.table, e),
         Err(e) => return memory_alone(state, &ask, e),
     };
     uncommitted.retain(|(number, _)| *number >= saved);
+    if unread {
+        // The lake was read down to its last row's window: older rows of memory's would stand before rows of
+        // the lake not read yet.
+        let floor = committed.last().and_then(|r| r["window_start"].as_i64());
+        uncommitted.retain(|(_, row)| row["window_start"].as_i64() >= floor);
+    }
     let unsaved = state
         .shared
         .recent
@@ -546,18 +620,22 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
              lake once it is done (within `lake.commit_interval`), ask again then"
         ));
     }
-    ask.page(rows, Order::NewestFirst, &mut answer);
+    ask.page(rows, Order::NewestFirst, unread, &mut answer);
     Json(answer).into_response()
 }
 
 /// Memory's rows, flagged as missing the rest, when the lake cannot be read.
 fn memory_alone(state: &AppState, ask: &Question, e: anyhow::Error) -> Response {
-    let mut answer = memory_answer(state, ask)
-        .unwrap_or_else(|| json!({ "table": ask.table, "source": "memory", "rows": [] }));
+    let mut answer = memory_answer(state, ask).unwrap_or_else(
+        || json!({ "table": ask.table, "source": "memory", "rows": [], "more": false }),
+    );
     answer["dropped"] = json!(true);
-    answer["hint"] = json!(format!(
-        "these are memory's rows alone: the lake, which holds the rest, cannot be read ({e:#})"
-    ));
+    add_hint(
+        &mut answer,
+        &format!(
+            "these are memory's rows alone: the lake, which holds the rest, cannot be read ({e:#})"
+        ),
+    );
     Json(answer).into_response()
 }
 
@@ -568,9 +646,9 @@ async fn from_lake(state: &AppState, store: &Store, ask: Question) -> Response {
     })
     .await;
     match read {
-        Ok(Some(rows)) => {
+        Ok(Some((rows, unread))) => {
             let mut answer = json!({ "table": ask.table, "source": "lake" });
-            ask.page(rows, Order::OldestFirst, &mut answer);
+            ask.page(rows, Order::OldestFirst, unread, &mut answer);
             Json(answer).into_response()
         }
         Ok(None) => no_rows_yet(state, &ask.table, "lake"),
@@ -626,13 +704,13 @@ fn unreadable(table: &str, e: anyhow::Error) -> Response {
 }
 
 /// The committed rows asked for, newest first: hour partition by hour from the newest, each hour's rows by
-/// window start. Stops after the hour in which the limit is reached, since every later hour holds older
-/// windows.
+/// window start. Stops after the hour in which [`Question::fetch`] is reached, since every later hour holds
+/// older windows. Also whether hours were left unread (see [`lake_rows`]).
 async fn lake_rows_newest_first(
     store: &Store,
     records: Arc<Vec<CommitRecord>>,
     ask: Arc<Question>,
-) -> Result<Vec<Map<String, serde_json::Value>>> {
+) -> Result<(Vec<Map<String, serde_json::Value>>, bool)> {
     lake_rows(store, records, ask, Order::NewestFirst).await
 }
 
@@ -643,9 +721,12 @@ async fn lake_rows_oldest_first(
     store: &Store,
     records: Arc<Vec<CommitRecord>>,
     ask: Arc<Question>,
-) -> Result<Vec<serde_json::Value>> {
-    let rows = lake_rows(store, records, ask, Order::OldestFirst).await?;
-    Ok(rows.into_iter().map(serde_json::Value::Object).collect())
+) -> Result<(Vec<serde_json::Value>, bool)> {
+    let (rows, unread) = lake_rows(store, records, ask, Order::OldestFirst).await?;
+    Ok((
+        rows.into_iter().map(serde_json::Value::Object).collect(),
+        unread,
+    ))
 }
 
 /// How long one request may read the lake: a filter that matches nothing would otherwise read every file of
@@ -666,12 +747,15 @@ struct TooBroad {
     left: usize,
 }
 
+/// The rows asked for in `order`, up to [`Question::fetch`], hour by hour. A read that spends
+/// [`LAKE_READ_BUDGET`] with hours still to read stops: with at least `limit` rows found, it answers them
+/// (whole hours, so whole windows) and says hours were left unread; with fewer, it is [`TooBroad`].
 async fn lake_rows(
     store: &Store,
     records: Arc<Vec<CommitRecord>>,
     ask: Arc<Question>,
     order: Order,
-) -> Result<Vec<Map<String, serde_json::Value>>> {
+) -> Result<(Vec<Map<String, serde_json::Value>>, bool)> {
     let started = Instant::now();
     let store = store.clone();
     on_blocking_thread(move |runtime| {
@@ -690,6 +774,9 @@ async fn lake_rows(
         };
         for (read, files) in hours.enumerate() {
             if started.elapsed() > LAKE_READ_BUDGET {
+                if rows.len() >= ask.limit {
+                    return Ok((rows, true));
+                }
                 return Err(TooBroad {
                     table: ask.table.clone(),
                     hours: read,
@@ -722,7 +809,7 @@ async fn lake_rows(
                 break;
             }
         }
-        Ok(rows)
+        Ok((rows, false))
     })
     .await
 }
@@ -764,12 +851,12 @@ fn no_rows_yet(state: &AppState, table: &str, source: &str) -> Response {
         _ => "no event has reached the aggregates yet".to_string(),
     };
     let answer = if source == "lake" {
-        json!({ "table": table, "source": source, "rows": [], "note": format!(
+        json!({ "table": table, "source": source, "rows": [], "more": false, "note": format!(
             "no rows of {table} are committed yet: rows reach the lake at the first commit after their \
              window closes ({watermark})"
         ) })
     } else {
-        json!({ "table": table, "source": source, "dropped": false, "rows": [], "note": format!(
+        json!({ "table": table, "source": source, "dropped": false, "rows": [], "more": false, "note": format!(
             "no window of {table} has closed yet ({watermark}): a window closes once the watermark, the \
              newest event time less `events.watermark_delay`, passes its end"
         ) })
@@ -908,7 +995,7 @@ mod tests {
     }
 
     /// Pages end where a window ends: paging with `next` gives every row once, and a window larger than the
-    /// limit is cut only when it is alone on its page.
+    /// limit is cut only when it is alone on its page, which then says so and goes on after it.
     #[test]
     fn pages_end_where_a_window_ends() {
         let rows = |starts: &[i64]| -> Vec<serde_json::Value> {
@@ -918,46 +1005,52 @@ mod tests {
                 .map(|(i, &s)| json!({ "window_start": s, "n": i }))
                 .collect()
         };
-        let starts = |page: &Page| -> Vec<i64> {
-            page.rows
+        let of = |starts: &[i64], limit, unread| {
+            let page = Page::of(rows(starts), limit, unread);
+            let got: Vec<i64> = page
+                .rows
                 .iter()
                 .map(|r| r["window_start"].as_i64().unwrap())
-                .collect()
+                .collect();
+            let next = page.next.map(|n| (n.window, n.with_window));
+            (got, page.more, next, page.cut)
         };
         // All fit: no more.
-        let page = Page::of(rows(&[30, 20, 20]), 3);
         assert_eq!(
-            (starts(&page), page.more, page.next),
-            (vec![30, 20, 20], false, None)
+            of(&[30, 20, 20], 3, false),
+            (vec![30, 20, 20], false, None, false)
         );
         // The limit cuts window 20: it goes whole to the next page.
-        let page = Page::of(rows(&[30, 30, 20, 20]), 3);
         assert_eq!(
-            (starts(&page), page.more, page.next),
-            (vec![30, 30], true, Some(20))
+            of(&[30, 30, 20, 20], 3, false),
+            (vec![30, 30], true, Some((20, true)), false)
         );
         // The limit falls where a window ends: the page is full.
-        let page = Page::of(rows(&[30, 20, 10]), 2);
         assert_eq!(
-            (starts(&page), page.more, page.next),
-            (vec![30, 20], true, Some(10))
+            of(&[30, 20, 10], 2, false),
+            (vec![30, 20], true, Some((10, true)), false)
         );
         // Oldest first the same.
-        let page = Page::of(rows(&[10, 20, 20, 20]), 3);
         assert_eq!(
-            (starts(&page), page.more, page.next),
-            (vec![10], true, Some(20))
+            of(&[10, 20, 20, 20], 3, false),
+            (vec![10], true, Some((20, true)), false)
         );
-        // One window over the limit: cut, with no next page to go on to.
-        let page = Page::of(rows(&[20, 20, 20]), 2);
+        // One window over the limit: cut, and the next page goes on after it.
         assert_eq!(
-            (starts(&page), page.more, page.next),
-            (vec![20, 20], true, None)
+            of(&[20, 20, 20], 2, false),
+            (vec![20, 20], true, Some((20, false)), true)
         );
-        let page = Page::of(rows(&[20]), 0);
-        assert_eq!((page.rows.len(), page.more, page.next), (0, true, None));
+        // A read that left hours unread: what it found, and the next page after its last window.
+        assert_eq!(
+            of(&[30, 20], 2, true),
+            (vec![30, 20], true, Some((20, false)), false)
+        );
+        assert_eq!(
+            of(&[30, 20, 20], 2, true),
+            (vec![30], true, Some((20, true)), false)
+        );
 
-        // The answer: `next` keeps the query's other parameters and sets the bound the order moves.
+        // The answer: `next` keeps the query's other parameters and moves the bound of its order.
         let ask = Question {
             table: "gold_wiki".into(),
             from: 5,
@@ -970,33 +1063,78 @@ mod tests {
                 ("limit".into(), "3".into()),
             ],
         };
-        let mut answer = json!({});
-        ask.page(rows(&[30, 30, 20, 20]), Order::NewestFirst, &mut answer);
-        assert_eq!(answer["more"], true);
+        let answer = |starts: &[i64], order, unread, before: serde_json::Value| {
+            let mut answer = before;
+            ask.page(rows(starts), order, unread, &mut answer);
+            answer
+        };
+        let newest = answer(&[30, 30, 20, 20], Order::NewestFirst, false, json!({}));
+        assert_eq!(newest["more"], true);
+        assert_eq!(newest["rows"].as_array().unwrap().len(), 2);
         assert_eq!(
-            answer["next"],
+            newest["next"],
             "/api/v1/gold/gold_wiki?wiki=en+wiki&from=5&limit=3&to=21"
         );
-        let mut answer = json!({});
-        ask.page(rows(&[10, 20, 20, 20]), Order::OldestFirst, &mut answer);
+        assert!(newest.get("hint").is_none(), "{newest}");
+        let oldest = answer(&[10, 20, 20, 20], Order::OldestFirst, false, json!({}));
         assert_eq!(
-            answer["next"],
+            oldest["next"],
             "/api/v1/gold/gold_wiki?wiki=en+wiki&limit=3&from=20"
         );
-        let mut answer = json!({ "hint": "memory lacks rows" });
-        ask.page(rows(&[20, 20, 20, 20]), Order::NewestFirst, &mut answer);
-        assert_eq!(
-            (answer["more"].clone(), answer.get("next")),
-            (json!(true), None)
+        // A cut window: its first rows, a hint after the one the answer had, and on past the window.
+        let cut = answer(
+            &[20, 20, 20, 20],
+            Order::NewestFirst,
+            false,
+            json!({ "hint": "memory lacks rows" }),
         );
-        let hint = answer["hint"].as_str().unwrap();
+        assert_eq!(cut["more"], true);
+        assert_eq!(cut["rows"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            cut["next"],
+            "/api/v1/gold/gold_wiki?wiki=en+wiki&from=5&limit=3&to=20"
+        );
+        let hint = cut["hint"].as_str().unwrap();
         assert!(
-            hint.starts_with("memory lacks rows; one window holds more than limit=3"),
+            hint.starts_with(
+                "memory lacks rows; the rows of window_start 20 are more than limit=3"
+            ),
             "{hint}"
         );
+        let cut = answer(&[20, 20, 20, 20], Order::OldestFirst, false, json!({}));
+        assert_eq!(
+            cut["next"],
+            "/api/v1/gold/gold_wiki?wiki=en+wiki&limit=3&from=21"
+        );
+        // Hours left unread: more may match, and the hint says why.
+        let unread = answer(&[10, 20], Order::OldestFirst, true, json!({}));
+        assert_eq!(unread["more"], true);
+        assert_eq!(
+            unread["next"],
+            "/api/v1/gold/gold_wiki?wiki=en+wiki&limit=3&from=21"
+        );
+        assert!(
+            unread["hint"]
+                .as_str()
+                .unwrap()
+                .contains("hours left to read"),
+            "{unread}"
+        );
+        let all = answer(&[20], Order::NewestFirst, false, json!({}));
+        assert_eq!(all["more"], false);
+        assert!(all.get("next").is_none() && all.get("hint").is_none());
+        // A table name that is not a plain word is encoded in the path.
+        let odd = Question {
+            table: "gold_a b/c".into(),
+            query: Vec::new(),
+            ..ask
+        };
         let mut answer = json!({});
-        ask.page(rows(&[20]), Order::NewestFirst, &mut answer);
+        odd.page(rows(&[30, 20]), Order::NewestFirst, false, &mut answer);
         assert_eq!(answer["more"], false);
-        assert!(answer.get("next").is_none() && answer.get("hint").is_none());
+        let odd = Question { limit: 1, ..odd };
+        let mut answer = json!({});
+        odd.page(rows(&[30, 20]), Order::NewestFirst, false, &mut answer);
+        assert_eq!(answer["next"], "/api/v1/gold/gold_a%20b%2Fc?to=21");
     }
 }

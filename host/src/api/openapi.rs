@@ -27,19 +27,19 @@ pub async fn document() -> impl IntoResponse {
     deploy["responses"]["503"] = json!({ "description": "The pipeline is stopping" });
     let stage = json!([{ "name": "stage", "in": "path", "required": true, "schema": { "type": "string" } }]);
     let mut gold = op(
-        "Rows of a gold table for a window (per-wiki, per-page counts); other parameters filter columns by equality. `more` says whether rows beyond `limit` match; pages end where a window ends (rows of the window the limit would cut go to the next page, whose URL `next` gives with the same parameters), so following `next` gives every row once; a window that alone holds more than `limit` rows is cut, with `more` and a `hint` but no `next`",
+        "Rows of a gold table for a window (per-wiki, per-page counts); other parameters filter columns by equality. `more` says whether rows beyond `limit` match; pages end where a window ends (rows of the window the limit would cut go to the next page, whose URL `next` gives with the same parameters), so following `next` gives every row once while the rows do not change between the requests; a window that alone holds more than `limit` rows is cut (its first rows, a `hint`, and a `next` that goes on after it)",
         false,
     );
     gold["parameters"] = json!([
         { "name": "table", "in": "path", "required": true, "schema": { "type": "string" } },
         { "name": "from", "in": "query", "schema": { "type": "string" }, "description": "window start at or after (ms or RFC 3339)" },
         { "name": "to", "in": "query", "schema": { "type": "string" }, "description": "window start before (ms or RFC 3339)" },
-        { "name": "limit", "in": "query", "schema": { "type": "integer", "default": 1000, "maximum": 100000 } },
+        { "name": "limit", "in": "query", "schema": { "type": "integer", "default": 1000, "minimum": 1, "maximum": 100000 } },
         { "name": "source", "in": "query", "schema": { "type": "string", "enum": ["auto", "memory", "lake"], "default": "auto" }, "description": "auto (default): every row of the windows from `from` on, newest first, from memory when it holds them all, else from the lake with memory's rows not committed yet (`source: memory+lake`); without `from`, the newest rows from memory. memory: memory alone, with `dropped: true` when it lacks rows of windows from `from` on. lake: committed rows of any window, oldest first" }
     ]);
     gold["responses"]["400"] = json!({ "description": "A `from`, `to`, `limit` or `source` that cannot be read, `from` not before `to`, a filter on a column the table lacks, or a parameter given twice" });
     gold["responses"]["404"] = json!({ "description": "No stage of this pipeline emits the table (the error names the ones that do); a table that is emitted but has no rows yet answers 200 with no rows and a `note` on when they come" });
-    gold["responses"]["422"] = json!({ "description": "The lake read took over 20 s with hours still to read (a filter matching few rows over a long range): narrow `from` and `to`" });
+    gold["responses"]["422"] = json!({ "description": "The lake read took over 20 s with hours still to read and fewer than `limit` rows found (a filter matching few rows over a long range): narrow `from` and `to`" });
     gold["responses"]["503"] = json!({ "description": "`source=lake` and the lake cannot be read, or the pipeline is still starting (no stage has published the tables it emits yet): ask again in a moment" });
     let mut latest = op("The newest silver events", false);
     latest["parameters"] = json!([{ "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": 1000 } }]);

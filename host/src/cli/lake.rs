@@ -107,6 +107,7 @@ pub enum LakeCommand {
         /// To this time (RFC 3339 or ms), exclusive.
         #[arg(long, value_parser = super::parse_time)]
         to: Option<i64>,
+        /// Print at most this many rows; a note on stderr says when more match.
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -262,18 +263,23 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                 }
                 let mut writer = arrow_json::LineDelimitedWriter::new(&mut *out);
                 let mut records = records;
-                let mut printed = false;
+                let (mut printed, mut more) = (0, false);
                 for attempt in 1.. {
+                    // One row past the limit, to tell whether more match.
                     let read = read::query(
                         &store,
                         &records,
                         &table,
                         from.unwrap_or(i64::MIN),
                         to.unwrap_or(i64::MAX),
-                        limit,
+                        limit.saturating_add(1),
                         |batch| {
-                            printed |= batch.num_rows() > 0;
-                            writer.write(batch)?;
+                            let take = batch.num_rows().min(limit - printed);
+                            more |= take < batch.num_rows();
+                            if take > 0 {
+                                writer.write(&batch.slice(0, take))?;
+                                printed += take;
+                            }
                             Ok(true)
                         },
                     )
@@ -283,11 +289,11 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                         // A file the log named is neither in place nor staged: replaced by a compaction since
                         // the log was read. Read afresh, unless rows are out already (read again, they would
                         // come twice).
-                        Err(e) if read::is_not_found(&e) && !printed && attempt < 5 => {
+                        Err(e) if read::is_not_found(&e) && printed == 0 && attempt < 5 => {
                             tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
                             records = log.records(&store).await?;
                         }
-                        Err(e) if read::is_not_found(&e) && printed => {
+                        Err(e) if read::is_not_found(&e) && printed > 0 => {
                             return Err(e.context(
                                 "a file of the table was replaced while its rows were being printed (a \
                                  compaction): the rows above are incomplete; run the query again",
@@ -297,6 +303,12 @@ pub fn run(cmd: LakeCommand) -> Result<ExitCode> {
                     }
                 }
                 writer.finish()?;
+                if more {
+                    eprintln!(
+                        "printed the first {limit} rows of {table}; more match: raise --limit or narrow \
+                         --from/--to"
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
         }
