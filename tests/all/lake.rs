@@ -204,7 +204,7 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
 
     // `weir lake query` prints the same rows, as JSON lines, for a time range.
     let (ok, all, err) = lake_query(&h, &["silver", "--limit", "10000000"]);
-    assert!(ok && err.is_empty(), "{err}");
+    assert!(ok && !err.contains("more may match"), "{err}");
     let times: Vec<i64> = all
         .lines()
         .map(|line| {
@@ -239,12 +239,12 @@ fn tables_read_back_with_hive_partitioning_and_the_declared_schema() {
     assert_eq!(five.lines().count(), 5);
     // Cut by the limit: stderr says more rows match (and nothing when they all fit, above).
     assert!(
-        err.contains("printed the first 5 rows of silver; more match"),
+        err.contains("printed the first 5 rows of silver; more may match"),
         "{err}"
     );
     let (_, exact, err) = lake_query(&h, &["silver", "--limit", &times.len().to_string()]);
     assert_eq!(exact.lines().count(), times.len());
-    assert!(err.is_empty(), "{err}");
+    assert!(!err.contains("more may match"), "{err}");
     // A reader that stops reading (`| head -1`) ends the query quietly, as it does any Unix tool.
     assert!(
         all.len() > 1 << 20,

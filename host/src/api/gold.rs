@@ -189,16 +189,26 @@ impl Question {
         unread: bool,
         answer: &mut serde_json::Value,
     ) {
-        let page = Page::of(rows, self.limit, unread);
+        let mut page = Page::of(rows, self.limit, unread);
+        let bound = page.next.map(|next| match (order, next.with_window) {
+            // `to` is exclusive and `from` inclusive, both over window starts.
+            (Order::NewestFirst, true) => ("to", next.window.saturating_add(1)),
+            (Order::NewestFirst, false) => ("to", next.window),
+            (Order::OldestFirst, true) => ("from", next.window),
+            (Order::OldestFirst, false) => ("from", next.window.saturating_add(1)),
+        });
+        // After the range's last window there is no next page (it would be refused: `from` not before `to`).
+        let bound = bound.filter(|&(name, value)| match name {
+            "to" => value > self.from,
+            _ => value < self.to,
+        });
+        if bound.is_none() {
+            page.next = None;
+            // Only a cut window has rows left then.
+            page.more &= page.cut;
+        }
         answer["more"] = json!(page.more);
-        if let Some(next) = page.next {
-            let (name, value) = match (order, next.with_window) {
-                // `to` is exclusive and `from` inclusive, both over window starts.
-                (Order::NewestFirst, true) => ("to", next.window.saturating_add(1)),
-                (Order::NewestFirst, false) => ("to", next.window),
-                (Order::OldestFirst, true) => ("from", next.window),
-                (Order::OldestFirst, false) => ("from", next.window.saturating_add(1)),
-            };
+        if let Some((name, value)) = bound {
             let mut query = form_urlencoded::Serializer::new(String::new());
             for (k, v) in self.query.iter().filter(|(k, _)| k != name) {
                 query.append_pair(k, v);
@@ -209,13 +219,18 @@ impl Question {
         }
         let hint = if page.cut {
             Some(format!(
-                "the rows of window_start {} are more than limit={}: this page holds the first of them, \
-                 `next` goes on after that window; raise `limit` (up to {}) or add filters to have them all",
+                "the rows of window_start {} are more than limit={}: this page holds the first of them{}; \
+                 raise `limit` (up to {}) or add filters to have them all",
                 page.rows
                     .last()
                     .and_then(|r| r["window_start"].as_i64())
                     .unwrap_or_default(),
                 self.limit,
+                if page.next.is_some() {
+                    ", `next` goes on after that window"
+                } else {
+                    ""
+                },
                 super::MAX_QUERY_ROWS
             ))
         } else if unread && page.more {
@@ -596,7 +611,10 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
     if unread {
         // The lake was read down to its last row's window: older rows of memory's would stand before rows of
         // the lake not read yet.
-        let floor = committed.last().and_then(|r| r["window_start"].as_i64());
+        let floor = committed
+            .last()
+            .and_then(|r| r.get("window_start"))
+            .and_then(|s| s.as_i64());
         uncommitted.retain(|(_, row)| row["window_start"].as_i64() >= floor);
     }
     let unsaved = state
@@ -1123,6 +1141,28 @@ mod tests {
         let all = answer(&[20], Order::NewestFirst, false, json!({}));
         assert_eq!(all["more"], false);
         assert!(all.get("next").is_none() && all.get("hint").is_none());
+        // A cut window that is the range's last: no next page, and the hint does not promise one.
+        let edge = Question {
+            from: 20,
+            query: Vec::new(),
+            ..ask
+        };
+        let mut cut = json!({});
+        edge.page(rows(&[20, 20, 20, 20]), Order::NewestFirst, false, &mut cut);
+        assert_eq!((cut["more"].clone(), cut.get("next")), (json!(true), None));
+        let hint = cut["hint"].as_str().unwrap();
+        assert!(hint.contains("the first of them; raise"), "{hint}");
+        let mut unread = json!({});
+        edge.page(rows(&[30, 20, 20]), Order::NewestFirst, true, &mut unread);
+        assert_eq!(
+            (unread["more"].clone(), unread.get("next")),
+            (json!(false), None)
+        );
+        let ask = Question {
+            from: 5,
+            query: Vec::new(),
+            ..edge
+        };
         // A table name that is not a plain word is encoded in the path.
         let odd = Question {
             table: "gold_a b/c".into(),
