@@ -198,15 +198,19 @@ impl Question {
             (Order::OldestFirst, false) => ("from", next.window.saturating_add(1)),
         });
         // After the range's last window there is no next page (it would be refused: `from` not before `to`).
-        let bound = bound.filter(|&(name, value)| match name {
+        let in_range = |&(name, value): &(&str, i64)| match name {
             "to" => value > self.from,
             _ => value < self.to,
-        });
-        if bound.is_none() {
-            page.next = None;
-            // Only a cut window has rows left then.
-            page.more &= page.cut;
-        }
+        };
+        let bound = match bound {
+            Some(bound) if !in_range(&bound) => {
+                page.next = None;
+                // Only a cut window has rows left then.
+                page.more &= page.cut;
+                None
+            }
+            bound => bound,
+        };
         answer["more"] = json!(page.more);
         if let Some((name, value)) = bound {
             let mut query = form_urlencoded::Serializer::new(String::new());
