@@ -190,27 +190,12 @@ impl Question {
         answer: &mut serde_json::Value,
     ) {
         let mut page = Page::of(rows, self.limit, unread);
-        let bound = page.next.map(|next| match (order, next.with_window) {
-            // `to` is exclusive and `from` inclusive, both over window starts.
-            (Order::NewestFirst, true) => ("to", next.window.saturating_add(1)),
-            (Order::NewestFirst, false) => ("to", next.window),
-            (Order::OldestFirst, true) => ("from", next.window),
-            (Order::OldestFirst, false) => ("from", next.window.saturating_add(1)),
-        });
-        // After the range's last window there is no next page (it would be refused: `from` not before `to`).
-        let in_range = |&(name, value): &(&str, i64)| match name {
-            "to" => value > self.from,
-            _ => value < self.to,
-        };
-        let bound = match bound {
-            Some(bound) if !in_range(&bound) => {
-                page.next = None;
-                // Only a cut window has rows left then.
-                page.more &= page.cut;
-                None
-            }
-            bound => bound,
-        };
+        let bound = page.next.and_then(|next| self.bound(next, order));
+        if page.next.is_some() && bound.is_none() {
+            // After the range's last window there is no next page: only a cut window has rows left then.
+            page.next = None;
+            page.more &= page.cut;
+        }
         answer["more"] = json!(page.more);
         if let Some((name, value)) = bound {
             let mut query = form_urlencoded::Serializer::new(String::new());
@@ -225,10 +210,7 @@ impl Question {
             Some(format!(
                 "the rows of window_start {} are more than limit={}: this page holds the first of them{}; \
                  raise `limit` (up to {}) or add filters to have them all",
-                page.rows
-                    .last()
-                    .and_then(|r| r["window_start"].as_i64())
-                    .unwrap_or_default(),
+                page.rows.last().and_then(window_start).unwrap_or_default(),
                 self.limit,
                 if page.next.is_some() {
                     ", `next` goes on after that window"
@@ -251,6 +233,28 @@ impl Question {
         }
         answer["rows"] = json!(page.rows);
     }
+
+    /// The parameter that asks for the page at `next` in `order`, or `None` when that page would fall outside
+    /// the range asked for (and be refused: `from` not before `to`).
+    fn bound(&self, next: Next, order: Order) -> Option<(&'static str, i64)> {
+        // `to` is exclusive and `from` inclusive, both over window starts.
+        let (name, value) = match (order, next.with_window) {
+            (Order::NewestFirst, true) => ("to", next.window.saturating_add(1)),
+            (Order::NewestFirst, false) => ("to", next.window),
+            (Order::OldestFirst, true) => ("from", next.window),
+            (Order::OldestFirst, false) => ("from", next.window.saturating_add(1)),
+        };
+        let within = match order {
+            Order::NewestFirst => value > self.from,
+            Order::OldestFirst => value < self.to,
+        };
+        within.then_some((name, value))
+    }
+}
+
+/// A gold row's window start (ms), the key pages and answers are ordered by.
+fn window_start(row: &serde_json::Value) -> Option<i64> {
+    row.get("window_start")?.as_i64()
 }
 
 /// Characters a table name keeps in the path of a URL (table names are plugins' `emits`, checked only to be
@@ -295,11 +299,10 @@ impl Page {
     /// The page of `rows`, fetched by window start (in either order) up to one past `limit`; `unread` as for
     /// [`Question::page`].
     fn of(mut rows: Vec<serde_json::Value>, limit: usize, unread: bool) -> Page {
-        let start = |r: &serde_json::Value| r["window_start"].as_i64();
         if rows.len() <= limit {
             // All fetched fit. The read went through whole windows, so a next page begins after the last.
             let next = unread
-                .then(|| rows.last().and_then(start))
+                .then(|| rows.last().and_then(window_start))
                 .flatten()
                 .map(|window| Next {
                     window,
@@ -312,11 +315,11 @@ impl Page {
                 cut: false,
             };
         }
-        let last = start(&rows[limit]);
+        let last = window_start(&rows[limit]);
         // Rows of the window the limit cuts (the row past the limit is of it) go to the next page.
         let keep = rows[..limit]
             .iter()
-            .rposition(|r| start(r) != last)
+            .rposition(|r| window_start(r) != last)
             .map_or(0, |p| p + 1);
         if keep > 0 {
             rows.truncate(keep);
@@ -619,7 +622,7 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
             .last()
             .and_then(|r| r.get("window_start"))
             .and_then(|s| s.as_i64());
-        uncommitted.retain(|(_, row)| row["window_start"].as_i64() >= floor);
+        uncommitted.retain(|(_, row)| window_start(row) >= floor);
     }
     let unsaved = state
         .shared
@@ -631,7 +634,7 @@ async fn merged(state: &AppState, store: &Store, ask: Question) -> Response {
     let mut rows: Vec<serde_json::Value> = uncommitted.into_iter().map(|(_, row)| row).collect();
     rows.extend(committed.into_iter().map(serde_json::Value::Object));
     // Newest window first; the sort is stable, so the lake's rows keep their order within a window.
-    rows.sort_by_key(|r| Reverse(r["window_start"].as_i64().unwrap_or(0)));
+    rows.sort_by_key(|r| Reverse(window_start(r).unwrap_or(0)));
     rows.truncate(ask.fetch());
     let mut answer = json!({
         "table": ask.table, "source": "memory+lake", "dropped": unsaved.is_some(),
@@ -1162,16 +1165,11 @@ mod tests {
             (unread["more"].clone(), unread.get("next")),
             (json!(false), None)
         );
-        let ask = Question {
-            from: 5,
-            query: Vec::new(),
-            ..edge
-        };
         // A table name that is not a plain word is encoded in the path.
         let odd = Question {
             table: "gold_a b/c".into(),
-            query: Vec::new(),
-            ..ask
+            from: 5,
+            ..edge
         };
         let mut answer = json!({});
         odd.page(rows(&[30, 20]), Order::NewestFirst, false, &mut answer);
