@@ -114,12 +114,13 @@ fn enriched(mut doc: Json) -> (i64, Json) {
         .and_then(Json::as_str)
         .and_then(parse_rfc3339_ms)
         .unwrap_or(0);
+    // As the enrich plugin writes them: null where their source field is missing.
     let length = |key: &str| get(&doc, &format!("length.{key}")).and_then(Json::as_i64);
     let bytes_changed = length("new").map(|new| new - length("old").unwrap_or(0));
-    let is_bot = get(&doc, "bot").and_then(Json::as_bool).unwrap_or(false);
+    let is_bot = get(&doc, "bot").and_then(Json::as_bool);
     let is_anonymous = get(&doc, "user")
         .and_then(Json::as_str)
-        .is_some_and(|u| u.parse::<std::net::IpAddr>().is_ok() || u.starts_with('~'));
+        .map(weir_plugin_enrich::is_anonymous);
     if let Some(map) = doc.as_object_mut() {
         map.insert("bytes_changed".into(), bytes_changed.into());
         map.insert("is_bot".into(), is_bot.into());
